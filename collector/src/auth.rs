@@ -1,0 +1,76 @@
+//! Secrets and passwords: enrolment secrets are random tokens stored only as
+//! SHA-256 (they carry 160 bits of entropy, so a fast hash is safe); console
+//! passwords are stored as Argon2id hashes.
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+
+use crate::pki::sha256_hex;
+
+const SECRET_PREFIX: &str = "hmes_";
+
+/// A new enrolment secret, e.g. `hmes_3f9c…` (45 characters).
+pub fn generate_enrollment_secret() -> String {
+    format!("{SECRET_PREFIX}{}", random_hex(20))
+}
+
+/// What the database keeps of a secret.
+pub fn secret_digest(secret: &str) -> String {
+    sha256_hex(secret.trim().as_bytes())
+}
+
+/// The leading characters shown by `enroll-secret list`.
+pub fn secret_hint(secret: &str) -> String {
+    secret.chars().take(SECRET_PREFIX.len() + 6).collect()
+}
+
+/// A new console password: 20 characters without look-alikes.
+pub fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    random_bytes(20)
+        .into_iter()
+        .map(|b| ALPHABET[usize::from(b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::encode_b64(&random_bytes(16))?;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the OS random source is available");
+    bytes
+}
+
+fn random_hex(n: usize) -> String {
+    random_bytes(n).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+
+    #[test]
+    fn secrets_are_unique_and_digest_ignores_surrounding_space() {
+        let a = generate_enrollment_secret();
+        let b = generate_enrollment_secret();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 45);
+        assert_eq!(secret_digest(&a), secret_digest(&format!(" {a}\n")));
+        assert!(a.starts_with(&secret_hint(&a)));
+    }
+
+    #[test]
+    fn password_hash_verifies() {
+        let password = generate_password();
+        let hash = hash_password(&password).unwrap();
+        let parsed = PasswordHash::new(&hash).unwrap();
+        assert!(argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok());
+        assert!(argon2::Argon2::default().verify_password(b"wrong", &parsed).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! Output of the collector's read commands (`devices`, `enroll-secret
+//! list`) as a human table or as stable JSON for scripts. The JSON carries a
+//! `schema` name; fields are only ever added under the same name.
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::model::{Connectivity, DeviceRecord, EnrollmentSecretInfo};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+struct DeviceJson<'a> {
+    id: &'a str,
+    site: &'a str,
+    hostname: &'a str,
+    status: Connectivity,
+    last_seen_at: Option<Timestamp>,
+    enrolled_at: Timestamp,
+    heartbeat_interval_secs: u32,
+    last_acked_seq: u64,
+    events_stored: u64,
+    sequence_gap: u64,
+    facts_updated_at: Timestamp,
+    facts: &'a crate::model::DeviceFacts,
+}
+
+fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
+    DeviceJson {
+        id: d.id.as_str(),
+        site: &d.site,
+        hostname: &d.hostname,
+        status: d.connectivity(now),
+        last_seen_at: d.last_seen_at,
+        enrolled_at: d.enrolled_at,
+        heartbeat_interval_secs: d.heartbeat_interval_secs,
+        last_acked_seq: d.last_seq,
+        events_stored: d.events_stored,
+        sequence_gap: d.sequence_gap(),
+        facts_updated_at: d.facts_updated_at,
+        facts: &d.facts,
+    }
+}
+
+pub fn devices_list(devices: &[DeviceRecord], now: Timestamp, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let list: Vec<_> = devices.iter().map(|d| device_json(d, now)).collect();
+            pretty(&json!({ "schema": "hallmonitor.devices.v1", "as_of": now, "devices": list }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "DEVICE".to_string(),
+                "SITE".into(),
+                "HOSTNAME".into(),
+                "OS".into(),
+                "AGENT".into(),
+                "STATUS".into(),
+                "LAST SEEN".into(),
+            ]];
+            for d in devices {
+                rows.push([
+                    d.id.to_string(),
+                    d.site.clone(),
+                    d.hostname.clone(),
+                    format!("{} {}", d.facts.os_name, d.facts.os_version).trim().to_string(),
+                    d.facts.agent_version.clone(),
+                    status_word(d.connectivity(now)).into(),
+                    local(d.last_seen_at, &d.site_timezone),
+                ]);
+            }
+            let mut out = table(&rows);
+            out.push_str(&format!("{} device(s)\n", devices.len()));
+            out
+        }
+    }
+}
+
+pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!({
+            "schema": "hallmonitor.device.v1",
+            "as_of": now,
+            "device": device_json(d, now),
+        })),
+        Format::Table => {
+            let f = &d.facts;
+            let tz = &d.site_timezone;
+            let mut out = String::new();
+            let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+            line("device", d.id.to_string());
+            line("site", d.site.clone());
+            line("hostname", d.hostname.clone());
+            line("status", status_word(d.connectivity(now)).into());
+            line("last seen", local(d.last_seen_at, tz));
+            line("enrolled", local(Some(d.enrolled_at), tz));
+            line("heartbeat interval", format!("{} s", d.heartbeat_interval_secs));
+            line("last acked sequence", d.last_seq.to_string());
+            line("events stored", d.events_stored.to_string());
+            line(
+                "sequence gap",
+                match d.sequence_gap() {
+                    0 => "none".into(),
+                    n => format!("{n} event(s) not received (evicted on the device or in flight)"),
+                },
+            );
+            line("os", format!("{} {}", f.os_name, f.os_version));
+            line("kernel", f.kernel_version.clone());
+            line("architecture", f.architecture.clone());
+            line("machine id", f.machine_id.clone());
+            line("serial number", or_dash(&f.serial_number));
+            line("cpu", format!("{} ({} cores)", f.cpu_model, f.cpu_cores));
+            line(
+                "memory",
+                format!("{} total, {} available", bytes(f.memory_total_bytes), bytes(f.memory_available_bytes)),
+            );
+            line("uptime", format!("{} s", f.uptime_secs));
+            line("agent version", f.agent_version.clone());
+            line("facts updated", local(Some(d.facts_updated_at), tz));
+            for disk in &f.disks {
+                line(
+                    "disk",
+                    format!(
+                        "{} on {} ({}, {} total, {} free, encryption: {:?}{})",
+                        disk.name,
+                        disk.mount_point,
+                        disk.file_system,
+                        bytes(disk.total_bytes),
+                        bytes(disk.available_bytes),
+                        disk.encryption,
+                        if disk.removable { ", removable" } else { "" }
+                    ),
+                );
+            }
+            out
+        }
+    }
+}
+
+pub fn secrets_list(secrets: &[EnrollmentSecretInfo], now: Timestamp, format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!({ "schema": "hallmonitor.enrollment_secrets.v1", "as_of": now, "secrets": secrets })),
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "SITE".into(),
+                "SECRET STARTS".into(),
+                "LABEL".into(),
+                "STATE".into(),
+                "USES".into(),
+                "CREATED".into(),
+            ]];
+            for s in secrets {
+                let state = if s.revoked_at.is_some() {
+                    "revoked"
+                } else if s.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                rows.push([
+                    s.id.to_string(),
+                    s.site.clone(),
+                    format!("{}…", s.hint),
+                    s.label.clone(),
+                    state.into(),
+                    s.uses.to_string(),
+                    s.created_at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
+fn status_word(c: Connectivity) -> &'static str {
+    match c {
+        Connectivity::Online => "online",
+        Connectivity::Offline => "offline",
+    }
+}
+
+/// An instant in the site's zone, e.g. `2026-11-24 09:15:02 GMT`.
+fn local(t: Option<Timestamp>, zone: &str) -> String {
+    let Some(t) = t else { return "never".into() };
+    let tz = TimeZone::get(zone).unwrap_or(TimeZone::UTC);
+    t.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.into() }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    s.push('\n');
+    s
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_read_naturally() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(8 * 1024 * 1024 * 1024), "8.0 GiB");
+    }
+
+    #[test]
+    fn local_time_uses_the_site_zone_across_the_clock_change() {
+        // 2026-07-01 12:00 UTC is 13:00 BST; 2026-12-01 12:00 UTC is 12:00 GMT.
+        let summer: Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
+        let winter: Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        assert_eq!(local(Some(summer), "Europe/London"), "2026-07-01 13:00:00 BST");
+        assert_eq!(local(Some(winter), "Europe/London"), "2026-12-01 12:00:00 GMT");
+        assert_eq!(local(None, "Europe/London"), "never");
+    }
+}

@@ -1,0 +1,281 @@
+//! hallmonitor-collector: command-line entry point. Parses arguments,
+//! installs the rustls crypto provider and logging, and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hallmonitor_collector::cli::{self, Format};
+use hallmonitor_collector::model::DeviceId;
+use hallmonitor_collector::store::{AuditEntry, NewSecret, Store};
+use hallmonitor_collector::{auth, init, open_store, serve};
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "hallmonitor-collector", version, about = "Hall Monitor collector: enrolment, ingest and checks")]
+struct Cli {
+    /// Collector data directory (configuration, certificates, database).
+    #[arg(long, global = true, env = "HALLMONITOR_DATA", default_value = "/var/lib/hallmonitor-collector")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new data directory: CA, server certificate, database, first
+    /// site, its enrolment secret and the first console administrator.
+    Init {
+        /// Name of the first site (school).
+        #[arg(long)]
+        site: String,
+        /// Host names or IP addresses agents use to reach the collector (repeatable).
+        #[arg(long = "hostname", required = true)]
+        hostnames: Vec<String>,
+        /// Time zone the site's reports are shown in.
+        #[arg(long, default_value = "Europe/London")]
+        timezone: String,
+        /// User name of the first console administrator.
+        #[arg(long, default_value = "admin")]
+        admin_user: String,
+        /// Telemetry address to write into collector.toml.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Enrolment address to write into collector.toml.
+        #[arg(long)]
+        enroll_listen: Option<SocketAddr>,
+    },
+    /// Serve enrolment and telemetry until SIGTERM or SIGINT.
+    Serve {
+        /// Telemetry address (overrides collector.toml).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Enrolment address (overrides collector.toml).
+        #[arg(long)]
+        enroll_listen: Option<SocketAddr>,
+    },
+    /// What the collector knows about devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Manage sites' enrolment secrets.
+    EnrollSecret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List devices with last seen time and online/offline status.
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Everything known about one device.
+    Show {
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Create a secret for a site; it is printed once and stored hashed.
+    Create {
+        #[arg(long)]
+        site: String,
+        /// A note to tell secrets apart (e.g. "Year 7 laptops, Intune").
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Stop accepting the secret after this many days.
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Stop accepting a secret. Devices already enrolled are not affected.
+    Revoke {
+        #[arg(long)]
+        site: String,
+        /// The secret's ID from `enroll-secret list`.
+        id: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data = cli.data;
+    match cli.command {
+        Command::Init { site, hostnames, timezone, admin_user, listen, enroll_listen } => {
+            let report = init::init(init::InitOptions {
+                data: data.clone(),
+                site,
+                timezone,
+                hostnames,
+                admin_user,
+                listen,
+                enroll_listen,
+            })
+            .await?;
+            println!("Initialised collector in {}", report.data.display());
+            println!("  site:                 {}", report.site);
+            println!("  telemetry address:    {}", report.config.listen);
+            println!("  enrolment address:    {}", report.config.enroll_listen);
+            println!("  CA fingerprint:       {}", report.ca_fingerprint);
+            println!("  enrolment secret:     {}", report.enrollment_secret);
+            println!("  console admin:        {} / {}", report.admin_user, report.admin_password);
+            println!();
+            println!("The secret and password are shown only now; store them safely.");
+            println!("Give agents the CA fingerprint and the enrolment secret (agent.toml).");
+        }
+        Command::Serve { listen, enroll_listen } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            serve::serve(&data, serve::ServeOverrides { listen, enroll_listen }, shutdown).await?;
+        }
+        Command::Devices { command } => {
+            let store = open_store(&data).await?;
+            let now = Timestamp::now();
+            match command {
+                DevicesCommand::List { site, format } => {
+                    let site = resolve_site(&store, site.as_deref()).await?;
+                    let devices = store.list_devices(site.map(|s| s.id)).await?;
+                    print!("{}", cli::devices_list(&devices, now, format));
+                }
+                DevicesCommand::Show { id, format } => {
+                    let Some(device) = store.device(&DeviceId::from_string(id.clone())).await? else {
+                        bail!("no device with id {id}");
+                    };
+                    print!("{}", cli::device_show(&device, now, format));
+                }
+            }
+        }
+        Command::EnrollSecret { command } => {
+            let store = open_store(&data).await?;
+            let now = Timestamp::now();
+            match command {
+                SecretCommand::Create { site, label, expires_in_days } => {
+                    let site = require_site(&store, &site).await?;
+                    let secret = auth::generate_enrollment_secret();
+                    let expires_at = expires_in_days
+                        .map(|days| now.checked_add(jiff::SignedDuration::from_hours(24 * i64::from(days))))
+                        .transpose()
+                        .context("--expires-in-days is too large")?;
+                    let info = store
+                        .create_enrollment_secret(NewSecret {
+                            site: site.id,
+                            secret_sha256: auth::secret_digest(&secret),
+                            hint: auth::secret_hint(&secret),
+                            label,
+                            expires_at,
+                            at: now,
+                        })
+                        .await?;
+                    store
+                        .append_audit(AuditEntry {
+                            at: now,
+                            actor: "cli",
+                            action: "enrollment_secret_created",
+                            target: &format!("secret {}", info.id),
+                            detail: &format!("site={}", site.name),
+                        })
+                        .await?;
+                    println!("{secret}");
+                    eprintln!("Created enrolment secret {} for site {}; it is shown only now.", info.id, site.name);
+                }
+                SecretCommand::List { site, format } => {
+                    let site = resolve_site(&store, site.as_deref()).await?;
+                    let secrets = store.list_enrollment_secrets(site.map(|s| s.id)).await?;
+                    print!("{}", cli::secrets_list(&secrets, now, format));
+                }
+                SecretCommand::Revoke { site, id } => {
+                    let site = require_site(&store, &site).await?;
+                    if !store.revoke_enrollment_secret(site.id, id, now).await? {
+                        bail!("site {} has no active enrolment secret with id {id}", site.name);
+                    }
+                    store
+                        .append_audit(AuditEntry {
+                            at: now,
+                            actor: "cli",
+                            action: "enrollment_secret_revoked",
+                            target: &format!("secret {id}"),
+                            detail: &format!("site={}", site.name),
+                        })
+                        .await?;
+                    println!("Revoked enrolment secret {id} of site {}.", site.name);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn resolve_site(
+    store: &impl Store,
+    name: Option<&str>,
+) -> anyhow::Result<Option<hallmonitor_collector::model::Site>> {
+    match name {
+        None => Ok(None),
+        Some(name) => Ok(Some(require_site(store, name).await?)),
+    }
+}
+
+async fn require_site(store: &impl Store, name: &str) -> anyhow::Result<hallmonitor_collector::model::Site> {
+    store
+        .site_by_name(name)
+        .await?
+        .with_context(|| format!("no site named '{name}'"))
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,265 @@
+//! Domain types of the collector. Wire (prost) types are converted into these
+//! at the edge (`enroll`, `ingest`), so storage, rules and the CLI never see
+//! protobuf structs.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// A device's identity, issued at enrolment and carried as the CN of its
+/// client certificate. Stable across re-enrolment of the same machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    /// A fresh random id, `dev-` followed by a UUIDv7 (time-ordered).
+    pub fn generate() -> Self {
+        DeviceId(format!("dev-{}", uuid::Uuid::now_v7()))
+    }
+    /// Wraps an id read back from storage or typed by a user.
+    pub fn from_string(s: impl Into<String>) -> Self {
+        DeviceId(s.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Per-device event sequence number: strictly increasing on the agent, never
+/// reused. (device, seq) identifies an event for idempotent ingest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SiteId(pub i64);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub id: SiteId,
+    pub name: String,
+    /// IANA zone the site's reports are shown in.
+    pub timezone: String,
+}
+
+/// Whether the OS says a disk is encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    #[default]
+    Unknown,
+    Encrypted,
+    NotEncrypted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Disk {
+    pub name: String,
+    pub mount_point: String,
+    pub file_system: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub removable: bool,
+    pub encryption: Encryption,
+}
+
+/// What the agent reports about its machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceFacts {
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel_version: String,
+    pub machine_id: String,
+    pub serial_number: String,
+    pub uptime_secs: u64,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disks: Vec<Disk>,
+    pub agent_version: String,
+    pub architecture: String,
+}
+
+/// One event as the collector stores it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub seq: Seq,
+    pub event_id: String,
+    pub occurred_at: Timestamp,
+    pub body: EventBody,
+}
+
+/// The event kinds the collector understands. Kinds whose rules are not built
+/// yet are kept verbatim (`Other`) so nothing an agent sent is lost.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    Heartbeat {
+        uptime_secs: u64,
+        interval_secs: u32,
+    },
+    HeartbeatInterval {
+        first: Timestamp,
+        last: Timestamp,
+        interval_secs: u32,
+        count: u64,
+    },
+    Facts(DeviceFacts),
+    OutboxReport {
+        evicted_telemetry: u64,
+        evicted_sessions: u64,
+        evicted_mfa: u64,
+        evicted_captures: u64,
+        evicted_enforcement: u64,
+        evicted_other: u64,
+        corrupt_file_moved_to: String,
+    },
+    /// A kind this version stores but does not interpret yet (stored as its
+    /// own JSON, not through this enum's tagging).
+    #[serde(skip)]
+    Other { name: String, json: serde_json::Value },
+}
+
+impl EventBody {
+    /// The short name stored in the `kind` column.
+    pub fn kind(&self) -> &str {
+        match self {
+            EventBody::Heartbeat { .. } => "heartbeat",
+            EventBody::HeartbeatInterval { .. } => "heartbeat_interval",
+            EventBody::Facts(_) => "facts",
+            EventBody::OutboxReport { .. } => "outbox_report",
+            EventBody::Other { name, .. } => name,
+        }
+    }
+}
+
+/// What `record_batch` did with a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub stored: u32,
+    pub duplicates: u32,
+}
+
+/// A device as the CLI and console list it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub site: String,
+    /// The site's IANA zone, for showing local times.
+    pub site_timezone: String,
+    pub hostname: String,
+    pub enrolled_at: Timestamp,
+    pub last_seen_at: Option<Timestamp>,
+    pub heartbeat_interval_secs: u32,
+    /// Highest sequence number committed for this device.
+    pub last_seq: u64,
+    /// How many distinct events are stored for this device.
+    pub events_stored: u64,
+    pub facts: DeviceFacts,
+    pub facts_updated_at: Timestamp,
+}
+
+/// Online means a message arrived within three heartbeat intervals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connectivity {
+    Online,
+    Offline,
+}
+
+impl DeviceRecord {
+    pub fn connectivity(&self, now: Timestamp) -> Connectivity {
+        let Some(last_seen) = self.last_seen_at else {
+            return Connectivity::Offline;
+        };
+        let limit = jiff::SignedDuration::from_secs(3 * i64::from(self.heartbeat_interval_secs.max(1)));
+        if now.duration_since(last_seen) <= limit {
+            Connectivity::Online
+        } else {
+            Connectivity::Offline
+        }
+    }
+
+    /// Sequence numbers at or below `last_seq` that the collector does not
+    /// hold: events the agent evicted or that are still in flight.
+    pub fn sequence_gap(&self) -> u64 {
+        self.last_seq.saturating_sub(self.events_stored)
+    }
+}
+
+/// An enrolment secret as listed (the secret itself is never stored).
+#[derive(Clone, Debug, Serialize)]
+pub struct EnrollmentSecretInfo {
+    pub id: i64,
+    pub site: String,
+    /// The first characters of the secret, to tell secrets apart.
+    pub hint: String,
+    pub label: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub uses: u64,
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// Why an enrolment secret was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SecretRejection {
+    #[error("unknown enrolment secret")]
+    Unknown,
+    #[error("enrolment secret has been revoked")]
+    Revoked,
+    #[error("enrolment secret has expired")]
+    Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(last_seen: Option<i64>, interval: u32) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::from_string("dev-1"),
+            site: "s".into(),
+            site_timezone: "Europe/London".into(),
+            hostname: "h".into(),
+            enrolled_at: Timestamp::from_second(0).unwrap(),
+            last_seen_at: last_seen.map(|s| Timestamp::from_second(s).unwrap()),
+            heartbeat_interval_secs: interval,
+            last_seq: 10,
+            events_stored: 7,
+            facts: DeviceFacts::default(),
+            facts_updated_at: Timestamp::from_second(0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn online_until_three_heartbeats_missed() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        let cases = [
+            ("never seen", None, Connectivity::Offline),
+            ("just now", Some(1_000), Connectivity::Online),
+            ("exactly three intervals", Some(820), Connectivity::Online),
+            ("one second past three intervals", Some(819), Connectivity::Offline),
+        ];
+        for (name, seen, want) in cases {
+            assert_eq!(record(seen, 60).connectivity(now), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn gap_counts_missing_sequence_numbers() {
+        assert_eq!(record(None, 60).sequence_gap(), 3);
+    }
+}

@@ -1,0 +1,110 @@
+//! `serve`: runs the enrolment and telemetry gRPC services until the
+//! shutdown token fires, then lets in-flight batches commit (bounded by
+//! `shutdown_grace_secs`) and closes the database.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hallmonitor_proto::v1::enrollment_server::EnrollmentServer;
+use hallmonitor_proto::v1::telemetry_server::TelemetryServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::CollectorConfig;
+use crate::enroll::EnrollmentService;
+use crate::ingest::TelemetryService;
+use crate::pki::{CertificateAuthority, PkiPaths, read};
+use crate::store::Store;
+
+/// Command-line overrides of the configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOverrides {
+    pub listen: Option<SocketAddr>,
+    pub enroll_listen: Option<SocketAddr>,
+}
+
+pub async fn serve(data: &Path, overrides: ServeOverrides, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut config = CollectorConfig::load(data)?;
+    config.listen = overrides.listen.unwrap_or(config.listen);
+    config.enroll_listen = overrides.enroll_listen.unwrap_or(config.enroll_listen);
+
+    let store = crate::open_store(data).await?;
+    let paths = PkiPaths::in_data_dir(data);
+    let ca = Arc::new(CertificateAuthority::load(&paths)?);
+    let identity = Identity::from_pem(read(&paths.server_cert)?, read(&paths.server_key)?);
+
+    let telemetry_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the telemetry address {}", config.listen))?;
+    let enroll_listener = TcpListener::bind(config.enroll_listen)
+        .await
+        .with_context(|| format!("binding the enrolment address {}", config.enroll_listen))?;
+    let telemetry_addr = telemetry_listener.local_addr()?;
+    let enroll_addr = enroll_listener.local_addr()?;
+    // Scripts and tests read this line to find the ports (they may ask for
+    // port 0).
+    println!("hallmonitor-collector listening telemetry={telemetry_addr} enroll={enroll_addr}");
+    tracing::info!(%telemetry_addr, %enroll_addr, ca_fingerprint = %ca.fingerprint(), "collector serving");
+
+    let store: Arc<dyn Store> = Arc::new(store.clone());
+    let streams_stop = CancellationToken::new();
+    let telemetry = TelemetryService {
+        store: store.clone(),
+        heartbeat_interval_secs: config.heartbeat_interval_secs,
+        max_batch_events: config.max_batch_events,
+        shutdown: streams_stop.clone(),
+    };
+    let enrollment = EnrollmentService {
+        store: store.clone(),
+        ca: ca.clone(),
+        heartbeat_interval_secs: config.heartbeat_interval_secs,
+    };
+
+    let telemetry_server = Server::builder()
+        .tls_config(
+            ServerTlsConfig::new()
+                .identity(identity.clone())
+                .client_ca_root(Certificate::from_pem(&ca.cert_pem)),
+        )?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(TelemetryServer::new(telemetry).max_decoding_message_size(config.max_message_bytes))
+        .serve_with_incoming_shutdown(incoming(telemetry_listener), shutdown.clone().cancelled_owned());
+    let enroll_server = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))?
+        .timeout(Duration::from_secs(30))
+        .add_service(EnrollmentServer::new(enrollment).max_decoding_message_size(256 * 1024))
+        .serve_with_incoming_shutdown(incoming(enroll_listener), shutdown.clone().cancelled_owned());
+
+    let servers = async { tokio::try_join!(telemetry_server, enroll_server) };
+    tokio::pin!(servers);
+    tokio::select! {
+        result = &mut servers => { result.context("gRPC server failed")?; }
+        _ = shutdown.cancelled() => {
+            tracing::info!("shutting down: finishing in-flight batches");
+            streams_stop.cancel();
+            let grace = Duration::from_secs(config.shutdown_grace_secs);
+            match tokio::time::timeout(grace, &mut servers).await {
+                Ok(result) => { result.context("gRPC server failed")?; }
+                Err(_) => tracing::warn!(grace_secs = config.shutdown_grace_secs, "connections still open after the grace period; closing"),
+            }
+        }
+    }
+    store_close(&store).await;
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+async fn store_close(_store: &Arc<dyn Store>) {
+    // Pools close when the last handle drops; every batch was committed
+    // before its ack, so there is nothing left to flush.
+}

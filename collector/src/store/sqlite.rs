@@ -1,0 +1,451 @@
+//! SQLite backend: one file in WAL mode. All writes go through a pool of one
+//! connection (the single writer), reads through a separate pool, so readers
+//! never wait on a batch commit and writers never contend for the lock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{AuditEntry, Enrollment, NewSecret, Result, Store, StoreError, StreamDevice};
+use crate::model::{
+    BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event, EventBody,
+    SecretRejection, Site, SiteId,
+};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Events per multi-row INSERT: 7 bound values each, well under SQLite's
+/// limit of 32,766 variables per statement.
+const INSERT_CHUNK: usize = 500;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if `create`) the database file and applies pending
+    /// migrations.
+    pub async fn open(path: &Path, create: bool) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a commit survives a process crash; only a power
+            // loss can drop the last transactions, never corrupt the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATIONS.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+fn millis(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn instant(ms: i64) -> Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
+
+fn optional_instant(ms: Option<i64>) -> Result<Option<Timestamp>> {
+    ms.map(instant).transpose()
+}
+
+fn site_from_row(row: &SqliteRow) -> Result<Site> {
+    Ok(Site {
+        id: SiteId(row.try_get("id")?),
+        name: row.try_get("name")?,
+        timezone: row.try_get("timezone")?,
+    })
+}
+
+fn secret_from_row(row: &SqliteRow) -> Result<EnrollmentSecretInfo> {
+    Ok(EnrollmentSecretInfo {
+        id: row.try_get("id")?,
+        site: row.try_get("site")?,
+        hint: row.try_get("hint")?,
+        label: row.try_get("label")?,
+        created_at: instant(row.try_get("created_at")?)?,
+        expires_at: optional_instant(row.try_get("expires_at")?)?,
+        revoked_at: optional_instant(row.try_get("revoked_at")?)?,
+        uses: row.try_get::<i64, _>("uses")? as u64,
+        last_used_at: optional_instant(row.try_get("last_used_at")?)?,
+    })
+}
+
+fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
+    let id: String = row.try_get("id")?;
+    let facts_json: String = row.try_get("facts_json")?;
+    let facts: DeviceFacts = serde_json::from_str(&facts_json)
+        .map_err(|e| StoreError::Corrupt(format!("facts of device {id}: {e}")))?;
+    Ok(DeviceRecord {
+        id: DeviceId::from_string(id),
+        site: row.try_get("site")?,
+        site_timezone: row.try_get("site_timezone")?,
+        hostname: row.try_get("hostname")?,
+        enrolled_at: instant(row.try_get("enrolled_at")?)?,
+        last_seen_at: optional_instant(row.try_get("last_seen_at")?)?,
+        heartbeat_interval_secs: row.try_get::<i64, _>("heartbeat_interval_secs")? as u32,
+        last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+        events_stored: row.try_get::<i64, _>("events_stored")? as u64,
+        facts,
+        facts_updated_at: instant(row.try_get("facts_updated_at")?)?,
+    })
+}
+
+const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
+     d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at \
+     FROM devices d JOIN sites s ON s.id = d.site_id";
+
+const SECRET_SELECT: &str = "SELECT e.id, s.name AS site, e.hint, e.label, e.created_at, e.expires_at, \
+     e.revoked_at, e.uses, e.last_used_at FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id";
+
+fn facts_json(facts: &DeviceFacts) -> String {
+    // Serialising plain data with string keys cannot fail.
+    serde_json::to_string(facts).expect("facts serialise")
+}
+
+fn event_json(body: &EventBody) -> String {
+    match body {
+        EventBody::Other { json, .. } => json.to_string(),
+        other => serde_json::to_string(other).expect("event bodies serialise"),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_site(&self, name: &str, timezone: &str, at: Timestamp) -> Result<Site> {
+        let row = sqlx::query("INSERT INTO sites (name, timezone, created_at) VALUES (?, ?, ?) RETURNING id, name, timezone")
+            .bind(name)
+            .bind(timezone)
+            .bind(millis(at))
+            .fetch_one(&self.writer)
+            .await;
+        match row {
+            Ok(row) => site_from_row(&row),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::SiteExists(name.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn site_by_name(&self, name: &str) -> Result<Option<Site>> {
+        let row = sqlx::query("SELECT id, name, timezone FROM sites WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(site_from_row).transpose()
+    }
+
+    async fn create_enrollment_secret(&self, secret: NewSecret) -> Result<EnrollmentSecretInfo> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO enrollment_secrets (site_id, secret_sha256, hint, label, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(secret.site.0)
+        .bind(&secret.secret_sha256)
+        .bind(&secret.hint)
+        .bind(&secret.label)
+        .bind(millis(secret.at))
+        .bind(secret.expires_at.map(millis))
+        .fetch_one(&self.writer)
+        .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SECRET_SELECT} WHERE e.id = ?")))
+            .bind(id)
+            .fetch_one(&self.writer)
+            .await?;
+        secret_from_row(&row)
+    }
+
+    async fn list_enrollment_secrets(&self, site: Option<SiteId>) -> Result<Vec<EnrollmentSecretInfo>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SECRET_SELECT} WHERE (?1 IS NULL OR e.site_id = ?1) ORDER BY e.id"
+        )))
+        .bind(site.map(|s| s.0))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(secret_from_row).collect()
+    }
+
+    async fn revoke_enrollment_secret(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE enrollment_secrets SET revoked_at = ? WHERE id = ? AND site_id = ? AND revoked_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(id)
+        .bind(site.0)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn redeem_enrollment_secret(
+        &self,
+        secret_sha256: &str,
+        at: Timestamp,
+    ) -> Result<Result<Site, SecretRejection>> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "SELECT e.id AS secret_id, e.expires_at, e.revoked_at, s.id, s.name, s.timezone \
+             FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id WHERE e.secret_sha256 = ?",
+        )
+        .bind(secret_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(SecretRejection::Unknown));
+        };
+        if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+            return Ok(Err(SecretRejection::Revoked));
+        }
+        if let Some(expires) = row.try_get::<Option<i64>, _>("expires_at")?
+            && expires <= millis(at)
+        {
+            return Ok(Err(SecretRejection::Expired));
+        }
+        let site = site_from_row(&row)?;
+        sqlx::query("UPDATE enrollment_secrets SET uses = uses + 1, last_used_at = ? WHERE id = ?")
+            .bind(millis(at))
+            .bind(row.try_get::<i64, _>("secret_id")?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(site))
+    }
+
+    async fn device_for_machine(&self, machine_id: &str, serial: &str) -> Result<Option<DeviceId>> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM devices WHERE (?1 <> '' AND machine_id = ?1) \
+             UNION ALL SELECT id FROM devices WHERE (?2 <> '' AND serial_number = ?2) LIMIT 1",
+        )
+        .bind(machine_id)
+        .bind(serial)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(id.map(DeviceId::from_string))
+    }
+
+    async fn save_enrollment(&self, e: Enrollment) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let existed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM devices WHERE id = ?")
+            .bind(e.device_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let at = millis(e.at);
+        if existed.is_some() {
+            sqlx::query(
+                "UPDATE devices SET site_id = ?, machine_id = ?, serial_number = ?, hostname = ?, \
+                 reenrolled_at = ?, cert_sha256 = ?, facts_json = ?, facts_updated_at = ? WHERE id = ?",
+            )
+            .bind(e.site.0)
+            .bind(&e.facts.machine_id)
+            .bind(&e.facts.serial_number)
+            .bind(&e.facts.hostname)
+            .bind(at)
+            .bind(&e.cert_sha256)
+            .bind(facts_json(&e.facts))
+            .bind(at)
+            .bind(e.device_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO devices (id, site_id, machine_id, serial_number, hostname, enrolled_at, \
+                 cert_sha256, facts_json, facts_updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(e.device_id.as_str())
+            .bind(e.site.0)
+            .bind(&e.facts.machine_id)
+            .bind(&e.facts.serial_number)
+            .bind(&e.facts.hostname)
+            .bind(at)
+            .bind(&e.cert_sha256)
+            .bind(facts_json(&e.facts))
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(existed.is_some())
+    }
+
+    async fn device_by_certificate(&self, cert_sha256: &str) -> Result<Option<StreamDevice>> {
+        let row = sqlx::query("SELECT id, site_id, last_seq FROM devices WHERE cert_sha256 = ?")
+            .bind(cert_sha256)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.map(|row| {
+            Ok(StreamDevice {
+                id: DeviceId::from_string(row.try_get::<String, _>("id")?),
+                site: SiteId(row.try_get("site_id")?),
+                last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+            })
+        })
+        .transpose()
+    }
+
+    async fn record_hello(&self, device: &DeviceId, heartbeat_interval_secs: u32, at: Timestamp) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?), \
+             heartbeat_interval_secs = ? WHERE id = ?",
+        )
+        .bind(millis(at))
+        .bind(i64::from(heartbeat_interval_secs.max(1)))
+        .bind(device.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_batch(&self, device: &DeviceId, events: &[Event], received_at: Timestamp) -> Result<BatchOutcome> {
+        let mut tx = self.writer.begin().await?;
+        let received = millis(received_at);
+        let mut stored: u64 = 0;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO events (device_id, seq, event_id, kind, occurred_at, received_at, body) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(device.as_str().to_owned())
+                    .push_bind(event.seq.0 as i64)
+                    .push_bind(event.event_id.clone())
+                    .push_bind(event.body.kind().to_owned())
+                    .push_bind(millis(event.occurred_at))
+                    .push_bind(received)
+                    .push_bind(event_json(&event.body));
+            });
+            insert.push(" ON CONFLICT (device_id, seq) DO NOTHING");
+            stored += insert.build().execute(&mut *tx).await?.rows_affected();
+        }
+
+        // The newest facts win, even when older facts arrive later.
+        let newest_facts = events
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Facts(f) => Some((e.occurred_at, f)),
+                _ => None,
+            })
+            .max_by_key(|(at, _)| *at);
+        if let Some((at, facts)) = newest_facts {
+            sqlx::query(
+                "UPDATE devices SET facts_json = ?, facts_updated_at = ?, hostname = ? \
+                 WHERE id = ? AND facts_updated_at <= ?",
+            )
+            .bind(facts_json(facts))
+            .bind(millis(at))
+            .bind(&facts.hostname)
+            .bind(device.as_str())
+            .bind(millis(at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let interval = events.iter().rev().find_map(|e| match e.body {
+            EventBody::Heartbeat { interval_secs, .. } if interval_secs > 0 => Some(i64::from(interval_secs)),
+            _ => None,
+        });
+        let max_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0) as i64;
+        sqlx::query(
+            "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?), last_seq = max(last_seq, ?), \
+             events_stored = events_stored + ?, heartbeat_interval_secs = coalesce(?, heartbeat_interval_secs) \
+             WHERE id = ?",
+        )
+        .bind(received)
+        .bind(max_seq)
+        .bind(stored as i64)
+        .bind(interval)
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let stored = stored as u32;
+        Ok(BatchOutcome {
+            stored,
+            duplicates: events.len() as u32 - stored,
+        })
+    }
+
+    async fn list_devices(&self, site: Option<SiteId>) -> Result<Vec<DeviceRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} WHERE (?1 IS NULL OR d.site_id = ?1) ORDER BY s.name, d.hostname, d.id"
+        )))
+        .bind(site.map(|s| s.0))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{DEVICE_SELECT} WHERE d.id = ?")))
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn event_kinds(&self, device: &DeviceId) -> Result<Vec<(u64, String)>> {
+        let rows = sqlx::query("SELECT seq, kind FROM events WHERE device_id = ? ORDER BY seq")
+            .bind(device.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("seq")? as u64, r.try_get("kind")?)))
+            .collect()
+    }
+
+    async fn create_console_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        site: Option<SiteId>,
+        at: Timestamp,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO console_users (username, password_hash, role, site_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(role)
+        .bind(site.map(|s| s.0))
+        .bind(millis(at))
+        .execute(&self.writer)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::UserExists(username.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(millis(entry.at))
+            .bind(entry.actor)
+            .bind(entry.action)
+            .bind(entry.target)
+            .bind(entry.detail)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}

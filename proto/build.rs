@@ -1,0 +1,10 @@
+//! Compiles the .proto files with protox (pure Rust: no `protoc` needed) and
+//! generates prost messages and tonic clients and servers from them.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let file = "proto/hallmonitor/v1/hallmonitor.proto";
+    println!("cargo:rerun-if-changed={file}");
+    let descriptors = protox::compile([file], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
