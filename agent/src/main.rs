@@ -1,1 +1,118 @@
-fn main(){}
+//! hallmonitor-agent: command-line entry point. Parses arguments, installs
+//! the rustls crypto provider and logging, and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use hallmonitor_agent::config::{self, AgentConfig};
+use hallmonitor_agent::enroll::{self, Identity};
+use hallmonitor_agent::{daemon, status};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "hallmonitor-agent", version, about = "Hall Monitor device agent")]
+struct Cli {
+    /// Configuration file (default /etc/hallmonitor/agent.toml; HALLMONITOR_*
+    /// environment variables override it).
+    #[arg(long, global = true, env = "HALLMONITOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol this device with the collector and store its identity.
+    Enroll {
+        /// Enrol again even if already enrolled (keeps the device id).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the daemon: enrol if needed, then stream to the collector.
+    Run,
+    /// Show enrolment, connection and queue state.
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
+    match cli.command {
+        Command::Enroll { force } => {
+            if let Some(identity) = Identity::load(&config.data_dir)?
+                && !force
+            {
+                bail!(
+                    "already enrolled as {} (site {}); use --force to enrol again",
+                    identity.device_id,
+                    identity.site
+                );
+            }
+            let facts = daemon::collect_facts(&config).await;
+            let identity = enroll::enroll(&config, facts).await?;
+            println!("Enrolled as {} (site {}).", identity.device_id, identity.site);
+        }
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            daemon::run(config, shutdown).await?;
+        }
+        Command::Status { format } => {
+            let status = status::read(&config, jiff::Timestamp::now()).await?;
+            match format {
+                OutputFormat::Text => print!("{}", status::render_text(&status)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        tracing::error!("cannot listen for SIGTERM");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

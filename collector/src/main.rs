@@ -123,6 +123,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

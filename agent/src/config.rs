@@ -1,0 +1,294 @@
+//! Agent configuration: a TOML file (default `/etc/hallmonitor/agent.toml`,
+//! documented by `agent.example.toml`, which a test loads) overlaid by
+//! `HALLMONITOR_*` environment variables. MDM tools deliver files; scripts
+//! and tests find variables easier.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/hallmonitor/agent.toml";
+pub const EXAMPLE: &str = include_str!("../agent.example.toml");
+pub const DEFAULT_ENROLL_PORT: u16 = 50052;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub collector: String,
+    pub enroll_address: String,
+    pub ca_fingerprint: String,
+    pub site: String,
+    pub enrollment_secret: String,
+    pub enrollment_secret_file: String,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval_secs: u32,
+    pub facts_interval_secs: u32,
+    pub machine_id: String,
+    pub delivery: Delivery,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    pub batch_max_events: usize,
+    pub batch_linger_ms: u64,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            collector: String::new(),
+            enroll_address: String::new(),
+            ca_fingerprint: String::new(),
+            site: String::new(),
+            enrollment_secret: String::new(),
+            enrollment_secret_file: String::new(),
+            data_dir: PathBuf::from("/var/lib/hallmonitor-agent"),
+            heartbeat_interval_secs: 60,
+            facts_interval_secs: 300,
+            machine_id: String::new(),
+            delivery: Delivery::default(),
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            batch_max_events: 500,
+            batch_linger_ms: 200,
+            reconnect_initial_ms: 1000,
+            reconnect_max_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Environment variables, as (name, value) pairs, so tests pass their own.
+pub type Env = Vec<(String, String)>;
+
+pub fn process_env() -> Env {
+    std::env::vars().filter(|(k, _)| k.starts_with("HALLMONITOR_")).collect()
+}
+
+impl AgentConfig {
+    /// Loads the file (`explicit` must exist; the default path may be
+    /// absent when the environment carries the settings), then applies the
+    /// environment and checks the result.
+    pub fn load(explicit: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
+        let path = explicit.map(Path::to_path_buf).unwrap_or_else(|| DEFAULT_PATH.into());
+        let mut config = match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path)?,
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => AgentConfig::default(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        config.apply_env(env)?;
+        config.validate(&path)?;
+        Ok(config)
+    }
+
+    /// Parses TOML; errors name the file, line and column.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        for (key, value) in env {
+            let number = |v: &str| {
+                v.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                    origin: format!("environment variable {key}"),
+                    message: format!("'{v}' is not a whole number"),
+                })
+            };
+            match key.as_str() {
+                "HALLMONITOR_COLLECTOR" => self.collector = value.clone(),
+                "HALLMONITOR_ENROLL_ADDRESS" => self.enroll_address = value.clone(),
+                "HALLMONITOR_CA_FINGERPRINT" => self.ca_fingerprint = value.clone(),
+                "HALLMONITOR_SITE" => self.site = value.clone(),
+                "HALLMONITOR_ENROLLMENT_SECRET" => self.enrollment_secret = value.clone(),
+                "HALLMONITOR_ENROLLMENT_SECRET_FILE" => self.enrollment_secret_file = value.clone(),
+                "HALLMONITOR_DATA_DIR" => self.data_dir = value.into(),
+                "HALLMONITOR_HEARTBEAT_SECS" => self.heartbeat_interval_secs = number(value)?,
+                "HALLMONITOR_MACHINE_ID" => self.machine_id = value.clone(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            message,
+        };
+        if self.collector.is_empty() {
+            return Err(invalid(
+                "collector is not set (host:port of the collector, or HALLMONITOR_COLLECTOR)".into(),
+            ));
+        }
+        split_host_port(&self.collector).map_err(|m| invalid(format!("collector: {m}")))?;
+        if !self.enroll_address.is_empty() {
+            split_host_port(&self.enroll_address).map_err(|m| invalid(format!("enroll_address: {m}")))?;
+        }
+        let fp = normalise_fingerprint(&self.ca_fingerprint);
+        if !fp.is_empty() && (fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err(invalid("ca_fingerprint: expected 64 hexadecimal digits (SHA-256)".into()));
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return Err(invalid("heartbeat_interval_secs must be at least 1".into()));
+        }
+        if self.facts_interval_secs == 0 {
+            return Err(invalid("facts_interval_secs must be at least 1".into()));
+        }
+        if self.delivery.batch_max_events == 0 {
+            return Err(invalid("delivery.batch_max_events must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The enrolment address: configured, or the collector host on 50052.
+    pub fn enroll_address(&self) -> String {
+        if !self.enroll_address.is_empty() {
+            return self.enroll_address.clone();
+        }
+        match split_host_port(&self.collector) {
+            Ok((host, _)) if host.contains(':') => format!("[{host}]:{DEFAULT_ENROLL_PORT}"),
+            Ok((host, _)) => format!("{host}:{DEFAULT_ENROLL_PORT}"),
+            Err(_) => self.collector.clone(),
+        }
+    }
+
+    /// The enrolment secret from the config, the environment or its file.
+    pub fn enrollment_secret(&self) -> Result<String, ConfigError> {
+        if !self.enrollment_secret.trim().is_empty() {
+            return Ok(self.enrollment_secret.trim().to_owned());
+        }
+        if self.enrollment_secret_file.is_empty() {
+            return Ok(String::new());
+        }
+        let path = PathBuf::from(&self.enrollment_secret_file);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })?;
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    pub fn ca_fingerprint(&self) -> String {
+        normalise_fingerprint(&self.ca_fingerprint)
+    }
+}
+
+/// Accepts `AB:CD:…` and upper case as printed by other tools.
+fn normalise_fingerprint(s: &str) -> String {
+    s.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`).
+pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, port) = rest.split_once("]:").ok_or("IPv6 addresses are written [addr]:port")?;
+        (host, port)
+    } else {
+        address.rsplit_once(':').ok_or(format!("'{address}' is not host:port"))?
+    };
+    if host.is_empty() {
+        return Err(format!("'{address}' has no host"));
+    }
+    let port = port.parse::<u16>().map_err(|_| format!("'{port}' is not a port number"))?;
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn example_parses_to_the_defaults_apart_from_the_collector() {
+        let parsed = AgentConfig::parse(EXAMPLE, Path::new("agent.example.toml")).unwrap();
+        let expected = AgentConfig {
+            collector: "hallmonitor.example.sch.uk:50051".into(),
+            ..AgentConfig::default()
+        };
+        assert_eq!(parsed, expected);
+        parsed.validate(Path::new("agent.example.toml")).unwrap();
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "collector = \"a:1\"\nheartbeat_interval_secs = 30\n").unwrap();
+        let config = AgentConfig::load(
+            Some(&path),
+            &env(&[("HALLMONITOR_COLLECTOR", "b:2"), ("HALLMONITOR_HEARTBEAT_SECS", "5")]),
+        )
+        .unwrap();
+        assert_eq!(config.collector, "b:2");
+        assert_eq!(config.heartbeat_interval_secs, 5);
+    }
+
+    #[test]
+    fn corrupt_file_error_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "collector = \"a:1\"\n\nheartbeat_interval_secs = \"often\"\n").unwrap();
+        let err = AgentConfig::load(Some(&path), &Env::new()).unwrap_err().to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases = [
+            ("no collector", "", "collector is not set"),
+            ("no port", "collector = \"host\"", "collector:"),
+            ("short pin", "collector = \"h:1\"\nca_fingerprint = \"abc\"", "ca_fingerprint"),
+            ("unknown key", "collector = \"h:1\"\ncolector = 2", "unknown field"),
+        ];
+        for (name, text, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = AgentConfig::load(Some(&path), &Env::new()).unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let err = AgentConfig::load(None, &env(&[("HALLMONITOR_COLLECTOR", "h:1"), ("HALLMONITOR_HEARTBEAT_SECS", "x")]));
+        assert!(err.unwrap_err().to_string().contains("HALLMONITOR_HEARTBEAT_SECS"));
+    }
+
+    #[test]
+    fn enroll_address_defaults_to_collector_host() {
+        let mut config = AgentConfig { collector: "hm.school:50051".into(), ..AgentConfig::default() };
+        assert_eq!(config.enroll_address(), "hm.school:50052");
+        config.collector = "[::1]:7000".into();
+        assert_eq!(config.enroll_address(), "[::1]:50052");
+        config.enroll_address = "other:9".into();
+        assert_eq!(config.enroll_address(), "other:9");
+    }
+
+    #[test]
+    fn fingerprint_accepts_colons_and_case() {
+        let config = AgentConfig { ca_fingerprint: "AB:cd".into(), ..AgentConfig::default() };
+        assert_eq!(config.ca_fingerprint(), "abcd");
+    }
+}

@@ -1,0 +1,128 @@
+//! `status`: what the daemon is doing, read from the identity files and
+//! the outbox without disturbing a running daemon.
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::config::AgentConfig;
+use crate::enroll::Identity;
+use crate::outbox::{self, Outbox};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub schema: &'static str,
+    pub as_of: Timestamp,
+    pub enrolled: bool,
+    pub device_id: Option<String>,
+    pub site: Option<String>,
+    pub collector: String,
+    pub daemon_running: bool,
+    pub daemon_pid: Option<u32>,
+    /// connecting, connected, disconnected or stopped.
+    pub connection: String,
+    pub connection_since: Option<String>,
+    pub last_error: Option<String>,
+    pub queue_depth: u64,
+    pub oldest_unsent_at: Option<Timestamp>,
+    pub oldest_unsent_age_secs: Option<i64>,
+    pub last_successful_send_at: Option<String>,
+    pub last_acked_seq: Option<u64>,
+    pub next_seq: u64,
+    pub corrupt_outbox_moved_to: Option<String>,
+}
+
+pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status> {
+    let identity = Identity::load(&config.data_dir)?;
+    let mut status = Status {
+        schema: "hallmonitor.agent_status.v1",
+        as_of: now,
+        enrolled: identity.is_some(),
+        device_id: identity.as_ref().map(|i| i.device_id.clone()),
+        site: identity.as_ref().map(|i| i.site.clone()),
+        collector: config.collector.clone(),
+        daemon_running: false,
+        daemon_pid: None,
+        connection: "stopped".into(),
+        connection_since: None,
+        last_error: None,
+        queue_depth: 0,
+        oldest_unsent_at: None,
+        oldest_unsent_age_secs: None,
+        last_successful_send_at: None,
+        last_acked_seq: None,
+        next_seq: 1,
+        corrupt_outbox_moved_to: None,
+    };
+    if !config.data_dir.join(outbox::FILE_NAME).exists() {
+        return Ok(status);
+    }
+    let outbox = Outbox::open_read_only(&config.data_dir).await?;
+    let stats = outbox.stats().await?;
+    status.queue_depth = stats.depth;
+    status.next_seq = stats.next_seq;
+    status.oldest_unsent_at = stats.oldest_occurred_at;
+    status.oldest_unsent_age_secs = stats.oldest_occurred_at.map(|t| now.duration_since(t).as_secs());
+    status.last_successful_send_at = outbox.state("last_ack_at").await?;
+    status.last_acked_seq = outbox.state("last_acked_seq").await?.and_then(|s| s.parse().ok());
+    status.corrupt_outbox_moved_to = outbox.state("corrupt_moved_to").await?;
+    status.daemon_pid = outbox.state("daemon_pid").await?.and_then(|s| s.parse().ok());
+    status.daemon_running = status.daemon_pid.is_some_and(process_alive);
+    if status.daemon_running {
+        status.connection = outbox.state("connection").await?.unwrap_or_else(|| "connecting".into());
+        status.connection_since = outbox.state("connection_since").await?;
+    }
+    status.last_error = outbox.state("last_error").await?;
+    outbox.close().await;
+    Ok(status)
+}
+
+fn process_alive(pid: u32) -> bool {
+    // Signal 0 checks existence and permission without sending anything.
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 has no side effects.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+pub fn render_text(s: &Status) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    line(
+        "enrolled",
+        match (&s.device_id, &s.site) {
+            (Some(id), Some(site)) => format!("yes, as {id} (site {site})"),
+            _ => "no".into(),
+        },
+    );
+    line("collector", s.collector.clone());
+    line(
+        "daemon",
+        match (s.daemon_running, s.daemon_pid) {
+            (true, Some(pid)) => format!("running (pid {pid})"),
+            _ => "not running".into(),
+        },
+    );
+    line(
+        "connection",
+        match &s.connection_since {
+            Some(since) => format!("{} since {since}", s.connection),
+            None => s.connection.clone(),
+        },
+    );
+    line("queue depth", format!("{} event(s)", s.queue_depth));
+    line(
+        "oldest unsent",
+        match (s.oldest_unsent_at, s.oldest_unsent_age_secs) {
+            (Some(at), Some(age)) => format!("{at} ({age} s ago)"),
+            _ => "-".into(),
+        },
+    );
+    line("last successful send", dash(&s.last_successful_send_at));
+    line("last acked sequence", s.last_acked_seq.map(|n| n.to_string()).unwrap_or_else(|| "-".into()));
+    line("last error", dash(&s.last_error));
+    if let Some(moved) = &s.corrupt_outbox_moved_to {
+        line("corrupt outbox moved", moved.clone());
+    }
+    out
+}

@@ -1,0 +1,253 @@
+//! The telemetry stream: one mutual-TLS gRPC stream to the collector,
+//! reconnected with capped exponential backoff and jitter.
+//!
+//! On every connection the agent resends from the oldest unacknowledged
+//! event in the outbox; the collector ignores what it already holds. Events
+//! leave the outbox only on an Ack, which the collector sends after its
+//! commit. Up to `WINDOW` batches are in flight at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hallmonitor_proto::v1;
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Delivery;
+use crate::enroll::Identity;
+use crate::outbox::{Outbox, OutboxError};
+use crate::tls::{self, TlsError};
+
+/// Batches sent but not yet acknowledged, at most.
+const WINDOW: usize = 4;
+/// Largest message the agent accepts from the collector.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("collector: {0}")]
+    Status(String),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl From<tonic::Status> for StreamError {
+    fn from(s: tonic::Status) -> Self {
+        StreamError::Status(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+pub struct StreamSettings {
+    pub collector: String,
+    pub delivery: Delivery,
+    pub heartbeat_interval_secs: u32,
+}
+
+enum Ended {
+    Shutdown,
+    ClosedByCollector,
+}
+
+/// Keeps a stream to the collector open until `shutdown`.
+pub async fn run(
+    identity: Identity,
+    settings: StreamSettings,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> Result<(), StreamError> {
+    let tls = tls::mutual_tls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
+    let mut attempt: u32 = 0;
+    loop {
+        set_connection(&outbox, "connecting", None).await;
+        let mut connected = false;
+        let outcome = run_once(&settings, tls.clone(), &outbox, &wake, &shutdown, &mut connected).await;
+        match outcome {
+            Ok(Ended::Shutdown) => {
+                set_connection(&outbox, "stopped", None).await;
+                return Ok(());
+            }
+            Ok(Ended::ClosedByCollector) => {
+                tracing::info!("collector closed the stream; reconnecting");
+                set_connection(&outbox, "disconnected", Some("closed by the collector")).await;
+            }
+            Err(StreamError::Outbox(e)) => return Err(StreamError::Outbox(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry stream failed");
+                set_connection(&outbox, "disconnected", Some(&e.to_string())).await;
+            }
+        }
+        if connected {
+            attempt = 0;
+        }
+        let delay = backoff(&settings.delivery, attempt, random_unit());
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {
+                set_connection(&outbox, "stopped", None).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn run_once(
+    settings: &StreamSettings,
+    tls: rustls::ClientConfig,
+    outbox: &Outbox,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+) -> Result<Ended, StreamError> {
+    let channel = tokio::select! {
+        channel = tls::connect(&settings.collector, tls, Duration::from_secs(10)) => channel?,
+        _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+    };
+    let mut client = v1::telemetry_client::TelemetryClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(WINDOW + 2);
+    let stats = outbox.stats().await?;
+    let hello = v1::AgentMessage {
+        body: Some(v1::agent_message::Body::Hello(v1::AgentHello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            oldest_unacked_seq: stats.oldest_seq.unwrap_or(0),
+            next_seq: stats.next_seq,
+            policy_version: 0,
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+        })),
+    };
+    tx.send(hello).await.map_err(|_| StreamError::Protocol("stream closed".into()))?;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(15), inbound.message())
+        .await
+        .map_err(|_| StreamError::Protocol("no hello from the collector within 15 s".into()))??;
+    let Some(v1::CollectorMessage { body: Some(v1::collector_message::Body::Hello(server_hello)) }) = first else {
+        return Err(StreamError::Protocol("the collector did not start with a hello".into()));
+    };
+    outbox.raise_sequence_floor(server_hello.last_committed_seq).await?;
+    *connected = true;
+    set_connection(outbox, "connected", None).await;
+    tracing::info!(device_id = %server_hello.device_id, last_committed_seq = server_hello.last_committed_seq, "connected to collector");
+
+    let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
+    let mut sent_up_to = 0u64;
+    let mut next_batch_id = 1u64;
+    loop {
+        while in_flight.len() < WINDOW {
+            let events = outbox.read_after(sent_up_to, settings.delivery.batch_max_events).await?;
+            let (Some(first), Some(last)) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq)) else {
+                break;
+            };
+            let batch_id = next_batch_id;
+            next_batch_id += 1;
+            let message = v1::AgentMessage {
+                body: Some(v1::agent_message::Body::Batch(v1::EventBatch { batch_id, events })),
+            };
+            if tx.send(message).await.is_err() {
+                return Err(StreamError::Protocol("stream closed while sending".into()));
+            }
+            sent_up_to = last;
+            in_flight.push_back((batch_id, first, last));
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+            message = inbound.message() => {
+                let Some(message) = message? else { return Ok(Ended::ClosedByCollector) };
+                handle(message, outbox, &mut in_flight).await?;
+            }
+            _ = wake.notified(), if in_flight.len() < WINDOW => {
+                // Let a burst of appends gather into one batch.
+                tokio::time::sleep(Duration::from_millis(settings.delivery.batch_linger_ms)).await;
+            }
+        }
+    }
+}
+
+async fn handle(
+    message: v1::CollectorMessage,
+    outbox: &Outbox,
+    in_flight: &mut VecDeque<(u64, u64, u64)>,
+) -> Result<(), StreamError> {
+    use v1::collector_message::Body;
+    match message.body {
+        Some(Body::Ack(ack)) => {
+            let Some(position) = in_flight.iter().position(|(id, _, _)| *id == ack.batch_id) else {
+                return Err(StreamError::Protocol(format!("ack for unknown batch {}", ack.batch_id)));
+            };
+            let (_, first, last) = in_flight.remove(position).expect("position is in range");
+            outbox.acknowledge(first, last).await?;
+            let now = Timestamp::now().to_string();
+            outbox.set_states(&[("last_ack_at", &now), ("last_acked_seq", &last.to_string())]).await?;
+            tracing::debug!(batch_id = ack.batch_id, first, last, stored = ack.stored, duplicates = ack.duplicates, "batch acknowledged");
+            if ack.rejected > 0 {
+                tracing::warn!(batch_id = ack.batch_id, rejected = ack.rejected, "collector could not interpret some events (kept as unrecognised)");
+            }
+        }
+        Some(Body::Hello(_)) => return Err(StreamError::Protocol("second hello".into())),
+        // Policy, commands and device state are carried by later features;
+        // this version has nothing to apply.
+        Some(Body::Policy(p)) => tracing::info!(version = p.version, "policy update received; this agent version does not apply policies yet"),
+        Some(Body::Command(c)) => tracing::warn!(command_id = %c.command_id, kind = c.kind, "command received; this agent version cannot carry it out"),
+        Some(Body::State(_)) | None => {}
+    }
+    Ok(())
+}
+
+async fn set_connection(outbox: &Outbox, state: &str, error: Option<&str>) {
+    let now = Timestamp::now().to_string();
+    let mut pairs = vec![("connection", state), ("connection_since", now.as_str())];
+    if let Some(error) = error {
+        pairs.push(("last_error", error));
+    }
+    if let Err(e) = outbox.set_states(&pairs).await {
+        tracing::warn!(error = %e, "cannot record connection state");
+    }
+}
+
+/// Exponential backoff: initial × 2^attempt, capped, scaled by `unit` in
+/// [0, 1) into the range [½, 1) of that (jitter, so a restarted collector is
+/// not hit by every agent at once).
+pub fn backoff(delivery: &Delivery, attempt: u32, unit: f64) -> Duration {
+    let cap = Duration::from_secs(delivery.reconnect_max_secs.max(1));
+    let base = Duration::from_millis(delivery.reconnect_initial_ms.max(1))
+        .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+        .min(cap);
+    base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let delivery = Delivery { reconnect_initial_ms: 1000, reconnect_max_secs: 60, ..Delivery::default() };
+        let cases = [
+            ("first, no jitter", 0, 1.0, 1000),
+            ("first, most jitter", 0, 0.0, 500),
+            ("third", 2, 1.0, 4000),
+            ("capped", 10, 1.0, 60_000),
+            ("capped, most jitter", 10, 0.0, 30_000),
+            ("huge attempt does not overflow", u32::MAX, 1.0, 60_000),
+        ];
+        for (name, attempt, unit, want_ms) in cases {
+            assert_eq!(backoff(&delivery, attempt, unit).as_millis(), want_ms, "{name}");
+        }
+    }
+}
