@@ -83,7 +83,9 @@ pub enum ConfigError {
 pub type Env = Vec<(String, String)>;
 
 pub fn process_env() -> Env {
-    std::env::vars().filter(|(k, _)| k.starts_with("HALLMONITOR_")).collect()
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("HALLMONITOR_"))
+        .collect()
 }
 
 impl AgentConfig {
@@ -91,10 +93,14 @@ impl AgentConfig {
     /// absent when the environment carries the settings), then applies the
     /// environment and checks the result.
     pub fn load(explicit: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
-        let path = explicit.map(Path::to_path_buf).unwrap_or_else(|| DEFAULT_PATH.into());
+        let path = explicit
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| DEFAULT_PATH.into());
         let mut config = match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path)?,
-            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => AgentConfig::default(),
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+                AgentConfig::default()
+            }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         config.apply_env(env)?;
@@ -141,16 +147,20 @@ impl AgentConfig {
         };
         if self.collector.is_empty() {
             return Err(invalid(
-                "collector is not set (host:port of the collector, or HALLMONITOR_COLLECTOR)".into(),
+                "collector is not set (host:port of the collector, or HALLMONITOR_COLLECTOR)"
+                    .into(),
             ));
         }
         split_host_port(&self.collector).map_err(|m| invalid(format!("collector: {m}")))?;
         if !self.enroll_address.is_empty() {
-            split_host_port(&self.enroll_address).map_err(|m| invalid(format!("enroll_address: {m}")))?;
+            split_host_port(&self.enroll_address)
+                .map_err(|m| invalid(format!("enroll_address: {m}")))?;
         }
         let fp = normalise_fingerprint(&self.ca_fingerprint);
         if !fp.is_empty() && (fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit())) {
-            return Err(invalid("ca_fingerprint: expected 64 hexadecimal digits (SHA-256)".into()));
+            return Err(invalid(
+                "ca_fingerprint: expected 64 hexadecimal digits (SHA-256)".into(),
+            ));
         }
         if self.heartbeat_interval_secs == 0 {
             return Err(invalid("heartbeat_interval_secs must be at least 1".into()));
@@ -159,7 +169,9 @@ impl AgentConfig {
             return Err(invalid("facts_interval_secs must be at least 1".into()));
         }
         if self.delivery.batch_max_events == 0 {
-            return Err(invalid("delivery.batch_max_events must be at least 1".into()));
+            return Err(invalid(
+                "delivery.batch_max_events must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -185,7 +197,8 @@ impl AgentConfig {
             return Ok(String::new());
         }
         let path = PathBuf::from(&self.enrollment_secret_file);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })?;
         Ok(text.lines().next().unwrap_or("").trim().to_owned())
     }
 
@@ -196,21 +209,30 @@ impl AgentConfig {
 
 /// Accepts `AB:CD:…` and upper case as printed by other tools.
 fn normalise_fingerprint(s: &str) -> String {
-    s.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+    s.chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// Splits `host:port` (IPv6 as `[addr]:port`).
 pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let (host, port) = rest.split_once("]:").ok_or("IPv6 addresses are written [addr]:port")?;
+        let (host, port) = rest
+            .split_once("]:")
+            .ok_or("IPv6 addresses are written [addr]:port")?;
         (host, port)
     } else {
-        address.rsplit_once(':').ok_or(format!("'{address}' is not host:port"))?
+        address
+            .rsplit_once(':')
+            .ok_or(format!("'{address}' is not host:port"))?
     };
     if host.is_empty() {
         return Err(format!("'{address}' has no host"));
     }
-    let port = port.parse::<u16>().map_err(|_| format!("'{port}' is not a port number"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("'{port}' is not a port number"))?;
     Ok((host.to_owned(), port))
 }
 
@@ -219,7 +241,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -240,7 +265,10 @@ mod tests {
         std::fs::write(&path, "collector = \"a:1\"\nheartbeat_interval_secs = 30\n").unwrap();
         let config = AgentConfig::load(
             Some(&path),
-            &env(&[("HALLMONITOR_COLLECTOR", "b:2"), ("HALLMONITOR_HEARTBEAT_SECS", "5")]),
+            &env(&[
+                ("HALLMONITOR_COLLECTOR", "b:2"),
+                ("HALLMONITOR_HEARTBEAT_SECS", "5"),
+            ]),
         )
         .unwrap();
         assert_eq!(config.collector, "b:2");
@@ -251,8 +279,14 @@ mod tests {
     fn corrupt_file_error_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "collector = \"a:1\"\n\nheartbeat_interval_secs = \"often\"\n").unwrap();
-        let err = AgentConfig::load(Some(&path), &Env::new()).unwrap_err().to_string();
+        std::fs::write(
+            &path,
+            "collector = \"a:1\"\n\nheartbeat_interval_secs = \"often\"\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(Some(&path), &Env::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with(&path.display().to_string()), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -262,23 +296,46 @@ mod tests {
         let cases = [
             ("no collector", "", "collector is not set"),
             ("no port", "collector = \"host\"", "collector:"),
-            ("short pin", "collector = \"h:1\"\nca_fingerprint = \"abc\"", "ca_fingerprint"),
-            ("unknown key", "collector = \"h:1\"\ncolector = 2", "unknown field"),
+            (
+                "short pin",
+                "collector = \"h:1\"\nca_fingerprint = \"abc\"",
+                "ca_fingerprint",
+            ),
+            (
+                "unknown key",
+                "collector = \"h:1\"\ncolector = 2",
+                "unknown field",
+            ),
         ];
         for (name, text, want) in cases {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("agent.toml");
             std::fs::write(&path, text).unwrap();
-            let err = AgentConfig::load(Some(&path), &Env::new()).unwrap_err().to_string();
+            let err = AgentConfig::load(Some(&path), &Env::new())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{name}: {err}");
         }
-        let err = AgentConfig::load(None, &env(&[("HALLMONITOR_COLLECTOR", "h:1"), ("HALLMONITOR_HEARTBEAT_SECS", "x")]));
-        assert!(err.unwrap_err().to_string().contains("HALLMONITOR_HEARTBEAT_SECS"));
+        let err = AgentConfig::load(
+            None,
+            &env(&[
+                ("HALLMONITOR_COLLECTOR", "h:1"),
+                ("HALLMONITOR_HEARTBEAT_SECS", "x"),
+            ]),
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("HALLMONITOR_HEARTBEAT_SECS")
+        );
     }
 
     #[test]
     fn enroll_address_defaults_to_collector_host() {
-        let mut config = AgentConfig { collector: "hm.school:50051".into(), ..AgentConfig::default() };
+        let mut config = AgentConfig {
+            collector: "hm.school:50051".into(),
+            ..AgentConfig::default()
+        };
         assert_eq!(config.enroll_address(), "hm.school:50052");
         config.collector = "[::1]:7000".into();
         assert_eq!(config.enroll_address(), "[::1]:50052");
@@ -288,7 +345,10 @@ mod tests {
 
     #[test]
     fn fingerprint_accepts_colons_and_case() {
-        let config = AgentConfig { ca_fingerprint: "AB:cd".into(), ..AgentConfig::default() };
+        let config = AgentConfig {
+            ca_fingerprint: "AB:cd".into(),
+            ..AgentConfig::default()
+        };
         assert_eq!(config.ca_fingerprint(), "abcd");
     }
 }

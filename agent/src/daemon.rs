@@ -19,7 +19,10 @@ use crate::outbox::Outbox;
 use crate::stream::{self, StreamSettings};
 
 pub fn fact_sources(config: &AgentConfig) -> FactSources {
-    FactSources { machine_id_override: config.machine_id.clone(), ..FactSources::default() }
+    FactSources {
+        machine_id_override: config.machine_id.clone(),
+        ..FactSources::default()
+    }
 }
 
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -33,7 +36,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (outbox, moved) = Outbox::open(&config.data_dir).await?;
     let pid = std::process::id().to_string();
     outbox
-        .set_states(&[("daemon_pid", &pid), ("daemon_started_at", &Timestamp::now().to_string())])
+        .set_states(&[
+            ("daemon_pid", &pid),
+            ("daemon_started_at", &Timestamp::now().to_string()),
+        ])
         .await?;
     if let Some(moved) = moved {
         outbox
@@ -48,13 +54,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let wake = Arc::new(Notify::new());
-    let producer = tokio::spawn(produce(config.clone(), outbox.clone(), wake.clone(), shutdown.clone()));
+    let producer = tokio::spawn(produce(
+        config.clone(),
+        outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let settings = StreamSettings {
         collector: config.collector.clone(),
         delivery: config.delivery.clone(),
         heartbeat_interval_secs: config.heartbeat_interval_secs,
     };
-    let streamer = tokio::spawn(stream::run(identity, settings, outbox.clone(), wake, shutdown.clone()));
+    let streamer = tokio::spawn(stream::run(
+        identity,
+        settings,
+        outbox.clone(),
+        wake,
+        shutdown.clone(),
+    ));
 
     let (produced, streamed) = tokio::join!(producer, streamer);
     outbox.set_state("daemon_pid", "").await.ok();
@@ -67,7 +84,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
 /// The stored identity, or a new one from enrolment, retrying while the
 /// collector is unreachable. None if shutdown came first.
-async fn identity_or_enroll(config: &AgentConfig, shutdown: &CancellationToken) -> anyhow::Result<Option<Identity>> {
+async fn identity_or_enroll(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Identity>> {
     if let Some(identity) = Identity::load(&config.data_dir)? {
         return Ok(Some(identity));
     }
@@ -82,7 +102,9 @@ async fn identity_or_enroll(config: &AgentConfig, shutdown: &CancellationToken) 
             // Unreachable collector: keep trying. Refusals and bad
             // configuration need a person; exit so the service manager
             // shows the error.
-            Err(EnrollError::Tls(e)) => tracing::warn!(error = %e, "enrolment: collector unreachable; will retry"),
+            Err(EnrollError::Tls(e)) => {
+                tracing::warn!(error = %e, "enrolment: collector unreachable; will retry")
+            }
             Err(e) => return Err(e).context("enrolment failed"),
         }
         let delay = stream::backoff(&config.delivery, attempt, 1.0);
@@ -121,7 +143,10 @@ async fn produce(
         let now = Timestamp::now();
         let mut events = vec![(
             now,
-            v1::event::Body::Heartbeat(v1::Heartbeat { uptime_secs: facts::uptime_secs(), interval_secs: interval }),
+            v1::event::Body::Heartbeat(v1::Heartbeat {
+                uptime_secs: facts::uptime_secs(),
+                interval_secs: interval,
+            }),
         )];
         if last_facts.is_none() || facts_checked.elapsed() >= facts_every {
             facts_checked = tokio::time::Instant::now();
@@ -133,7 +158,9 @@ async fn produce(
             }
         }
         outbox.append_all(events).await?;
-        outbox.set_state("daemon_alive_at", &now.to_string()).await?;
+        outbox
+            .set_state("daemon_alive_at", &now.to_string())
+            .await?;
         wake.notify_one();
     }
 }

@@ -71,7 +71,12 @@ impl Identity {
         let text = match std::fs::read_to_string(&marker) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(EnrollError::Io { path: marker, source }),
+            Err(source) => {
+                return Err(EnrollError::Io {
+                    path: marker,
+                    source,
+                });
+            }
         };
         let file: DeviceFile = toml::from_str(&text).map_err(|e| EnrollError::Io {
             path: marker.clone(),
@@ -97,10 +102,13 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
     let fingerprint = config.ca_fingerprint();
     if fingerprint.is_empty() {
         return Err(EnrollError::NotConfigured(
-            "ca_fingerprint is not set (the CA fingerprint `hallmonitor-collector init` printed)".into(),
+            "ca_fingerprint is not set (the CA fingerprint `hallmonitor-collector init` printed)"
+                .into(),
         ));
     }
-    let secret = config.enrollment_secret().map_err(|e| EnrollError::NotConfigured(e.to_string()))?;
+    let secret = config
+        .enrollment_secret()
+        .map_err(|e| EnrollError::NotConfigured(e.to_string()))?;
     if secret.is_empty() {
         return Err(EnrollError::NotConfigured(
             "no enrolment secret (enrollment_secret, enrollment_secret_file or HALLMONITOR_ENROLLMENT_SECRET)".into(),
@@ -115,11 +123,18 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, facts.hostname.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, facts.hostname.as_str());
     let csr = params.serialize_request(&key)?;
 
     let address = config.enroll_address();
-    let channel = tls::connect(&address, tls::pinned_ca_config(&fingerprint), Duration::from_secs(15)).await?;
+    let channel = tls::connect(
+        &address,
+        tls::pinned_ca_config(&fingerprint),
+        Duration::from_secs(15),
+    )
+    .await?;
     let mut client = v1::enrollment_client::EnrollmentClient::new(channel);
     let answer = client
         .enroll(v1::EnrollRequest {
@@ -129,16 +144,25 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
             facts: Some(facts),
         })
         .await
-        .map_err(|status| EnrollError::Refused(format!("{}: {}", code_words(status.code()), status.message())))?
+        .map_err(|status| {
+            EnrollError::Refused(format!(
+                "{}: {}",
+                code_words(status.code()),
+                status.message()
+            ))
+        })?
         .into_inner();
 
     // The CA we are told to trust from now on must be the one we pinned.
-    let ca_der = rustls::pki_types::CertificateDer::pem_slice_iter(answer.ca_certificate_pem.as_bytes())
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| EnrollError::BadAnswer("no CA certificate".into()))?;
+    let ca_der =
+        rustls::pki_types::CertificateDer::pem_slice_iter(answer.ca_certificate_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| EnrollError::BadAnswer("no CA certificate".into()))?;
     if sha256_hex(ca_der.as_ref()) != fingerprint {
-        return Err(EnrollError::BadAnswer("CA certificate does not match ca_fingerprint".into()));
+        return Err(EnrollError::BadAnswer(
+            "CA certificate does not match ca_fingerprint".into(),
+        ));
     }
     if answer.device_id.is_empty() || answer.certificate_pem.is_empty() {
         return Err(EnrollError::BadAnswer("no device id or certificate".into()));
@@ -174,13 +198,19 @@ fn store(data_dir: &Path, identity: &Identity) -> Result<(), EnrollError> {
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|source| EnrollError::Io { path: dir.clone(), source })?;
+        .map_err(|source| EnrollError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     // The marker goes first out of the way, so a crash between files never
     // pairs an old device id with a new key.
     let marker = dir.join("device.toml");
     match std::fs::remove_file(&marker) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(EnrollError::Io { path: marker, source: e });
+            return Err(EnrollError::Io {
+                path: marker,
+                source: e,
+            });
         }
         _ => {}
     }
@@ -198,7 +228,10 @@ fn store(data_dir: &Path, identity: &Identity) -> Result<(), EnrollError> {
 
 /// Writes `path` with mode 0600 through a temporary file and a rename.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), EnrollError> {
-    let io = |source| EnrollError::Io { path: path.into(), source };
+    let io = |source| EnrollError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
@@ -234,7 +267,10 @@ mod tests {
         assert_eq!(back.device_id, "dev-1");
         assert_eq!(back.key_pem, "KEY");
         for name in ["device.key", "device.crt", "ca.crt", "device.toml"] {
-            let mode = std::fs::metadata(identity_dir(dir.path()).join(name)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(identity_dir(dir.path()).join(name))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
     }

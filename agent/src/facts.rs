@@ -34,8 +34,17 @@ pub fn collect(sources: &FactSources) -> v1::DeviceFacts {
         Ok(mut system) => {
             system.refresh_memory();
             system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
-            let model = system.cpus().first().map(|c| c.brand().trim().to_owned()).unwrap_or_default();
-            (model, system.cpus().len() as u32, system.total_memory(), system.available_memory())
+            let model = system
+                .cpus()
+                .first()
+                .map(|c| c.brand().trim().to_owned())
+                .unwrap_or_default();
+            (
+                model,
+                system.cpus().len() as u32,
+                system.total_memory(),
+                system.available_memory(),
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read CPU and memory facts");
@@ -97,7 +106,17 @@ pub fn stable_view(f: &v1::DeviceFacts) -> v1::DeviceFacts {
 }
 
 fn is_pseudo(fs: &str) -> bool {
-    matches!(fs, "overlay" | "tmpfs" | "squashfs" | "devtmpfs" | "proc" | "sysfs" | "ramfs" | "fuse.snapfuse")
+    matches!(
+        fs,
+        "overlay"
+            | "tmpfs"
+            | "squashfs"
+            | "devtmpfs"
+            | "proc"
+            | "sysfs"
+            | "ramfs"
+            | "fuse.snapfuse"
+    )
 }
 
 fn machine_id(sources: &FactSources) -> String {
@@ -115,8 +134,19 @@ fn machine_id(sources: &FactSources) -> String {
 
 /// The DMI serial, unless it is one of the placeholders vendors ship.
 fn serial_number(path: &Path) -> String {
-    let serial = std::fs::read_to_string(path).unwrap_or_default().trim().to_owned();
-    let placeholder = ["", "0", "None", "Default string", "To be filled by O.E.M.", "System Serial Number", "Not Specified"];
+    let serial = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let placeholder = [
+        "",
+        "0",
+        "None",
+        "Default string",
+        "To be filled by O.E.M.",
+        "System Serial Number",
+        "Not Specified",
+    ];
     if placeholder.iter().any(|p| p.eq_ignore_ascii_case(&serial)) {
         String::new()
     } else {
@@ -159,9 +189,11 @@ fn is_dm_crypt(name: &str, sys_block: &Path, depth: u32) -> bool {
     let Ok(slaves) = std::fs::read_dir(dir.join("slaves")) else {
         return false;
     };
-    slaves
-        .filter_map(Result::ok)
-        .any(|s| s.file_name().to_str().is_some_and(|n| is_dm_crypt(n, sys_block, depth + 1)))
+    slaves.filter_map(Result::ok).any(|s| {
+        s.file_name()
+            .to_str()
+            .is_some_and(|n| is_dm_crypt(n, sys_block, depth + 1))
+    })
 }
 
 #[cfg(test)]
@@ -216,7 +248,10 @@ mod tests {
 
     #[test]
     fn collects_this_machine() {
-        let sources = FactSources { machine_id_override: "test-machine".into(), ..FactSources::default() };
+        let sources = FactSources {
+            machine_id_override: "test-machine".into(),
+            ..FactSources::default()
+        };
         let facts = collect(&sources);
         assert_eq!(facts.machine_id, "test-machine");
         assert!(!facts.hostname.is_empty());
@@ -227,7 +262,10 @@ mod tests {
 
     #[test]
     fn stable_view_ignores_moving_counters() {
-        let sources = FactSources { machine_id_override: "m".into(), ..FactSources::default() };
+        let sources = FactSources {
+            machine_id_override: "m".into(),
+            ..FactSources::default()
+        };
         let mut a = collect(&sources);
         let mut b = a.clone();
         b.uptime_secs += 100;

@@ -12,7 +12,11 @@ use hallmonitor_agent::{daemon, status};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hallmonitor-agent", version, about = "Hall Monitor device agent")]
+#[command(
+    name = "hallmonitor-agent",
+    version,
+    about = "Hall Monitor device agent"
+)]
 struct Cli {
     /// Configuration file (default /etc/hallmonitor/agent.toml; HALLMONITOR_*
     /// environment variables override it).
@@ -50,12 +54,17 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -86,7 +95,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let facts = daemon::collect_facts(&config).await;
             let identity = enroll::enroll(&config, facts).await?;
-            println!("Enrolled as {} (site {}).", identity.device_id, identity.site);
+            println!(
+                "Enrolled as {} (site {}).",
+                identity.device_id, identity.site
+            );
         }
         Command::Run => {
             let shutdown = CancellationToken::new();

@@ -21,7 +21,9 @@ use std::time::Duration;
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
 use prost::Message;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -49,7 +51,11 @@ pub enum OutboxError {
         source: std::io::Error,
     },
     #[error("outbox {path}: stored event {seq} is unreadable: {detail}")]
-    BadRow { path: PathBuf, seq: i64, detail: String },
+    BadRow {
+        path: PathBuf,
+        seq: i64,
+        detail: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, OutboxError>;
@@ -112,7 +118,9 @@ impl Outbox {
                 tracing::error!(error = %e, path = %path.display(), "outbox unreadable; moving it aside and starting a new one");
                 let moved = move_aside(&path)?;
                 let outbox = Self::open_checked(&path).await?;
-                outbox.set_state("corrupt_moved_to", &moved.display().to_string()).await?;
+                outbox
+                    .set_state("corrupt_moved_to", &moved.display().to_string())
+                    .await?;
                 Ok((outbox, Some(moved)))
             }
             Err(e) => Err(e),
@@ -127,7 +135,10 @@ impl Outbox {
             .max_connections(1)
             .connect_with(options)
             .await
-            .map_err(|source| OutboxError::Database { path: path.clone(), source })?;
+            .map_err(|source| OutboxError::Database {
+                path: path.clone(),
+                source,
+            })?;
         Ok(Outbox { pool, path })
     }
 
@@ -142,27 +153,44 @@ impl Outbox {
     }
 
     async fn open_checked(path: &Path) -> Result<Outbox> {
-        let db = |source| OutboxError::Database { path: path.into(), source };
+        let db = |source| OutboxError::Database {
+            path: path.into(),
+            source,
+        };
         // One connection: the daemon is the only writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(Self::options(path))
             .await
             .map_err(db)?;
-        let check: String = sqlx::query_scalar("PRAGMA quick_check").fetch_one(&pool).await.map_err(db)?;
+        let check: String = sqlx::query_scalar("PRAGMA quick_check")
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
         if check != "ok" {
             pool.close().await;
-            return Err(db(sqlx::Error::Protocol(format!("integrity check failed: {check}"))));
+            return Err(db(sqlx::Error::Protocol(format!(
+                "integrity check failed: {check}"
+            ))));
         }
         MIGRATIONS
             .run(&pool)
             .await
-            .map_err(|source| OutboxError::Migration { path: path.into(), source })?;
-        Ok(Outbox { pool, path: path.into() })
+            .map_err(|source| OutboxError::Migration {
+                path: path.into(),
+                source,
+            })?;
+        Ok(Outbox {
+            pool,
+            path: path.into(),
+        })
     }
 
     fn db(&self) -> impl Fn(sqlx::Error) -> OutboxError + '_ {
-        |source| OutboxError::Database { path: self.path.clone(), source }
+        |source| OutboxError::Database {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// Appends one event; returns its sequence number once committed.
@@ -176,7 +204,11 @@ impl Outbox {
         let mut seqs = Vec::with_capacity(events.len());
         for (occurred_at, body) in events {
             let (kind, priority) = classify(&body);
-            let payload = v1::Event { body: Some(body), ..Default::default() }.encode_to_vec();
+            let payload = v1::Event {
+                body: Some(body),
+                ..Default::default()
+            }
+            .encode_to_vec();
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
             )
@@ -206,11 +238,12 @@ impl Outbox {
             .map(|row| {
                 let seq: i64 = row.get("seq");
                 let payload: Vec<u8> = row.get("payload");
-                let mut event = v1::Event::decode(payload.as_slice()).map_err(|e| OutboxError::BadRow {
-                    path: self.path.clone(),
-                    seq,
-                    detail: e.to_string(),
-                })?;
+                let mut event =
+                    v1::Event::decode(payload.as_slice()).map_err(|e| OutboxError::BadRow {
+                        path: self.path.clone(),
+                        seq,
+                        detail: e.to_string(),
+                    })?;
                 let ms: i64 = row.get("occurred_at");
                 event.seq = seq as u64;
                 event.event_id = row.get("event_id");
@@ -274,7 +307,10 @@ impl Outbox {
                 .map_err(self.db())?;
         }
         tx.commit().await.map_err(self.db())?;
-        tracing::warn!(committed, "outbox sequence raised past what the collector already holds");
+        tracing::warn!(
+            committed,
+            "outbox sequence raised past what the collector already holds"
+        );
         Ok(true)
     }
 
@@ -288,7 +324,11 @@ impl Outbox {
             row.push_bind(k.to_string()).push_bind(v.to_string());
         });
         insert.push(" ON CONFLICT (key) DO UPDATE SET value = excluded.value");
-        insert.build().execute(&self.pool).await.map_err(self.db())?;
+        insert
+            .build()
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
         Ok(())
     }
 
@@ -308,7 +348,10 @@ impl Outbox {
 fn move_aside(path: &Path) -> Result<PathBuf> {
     let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     let target = path.with_file_name(format!("{FILE_NAME}.corrupt-{stamp}"));
-    std::fs::rename(path, &target).map_err(|source| OutboxError::MoveAside { path: path.into(), source })?;
+    std::fs::rename(path, &target).map_err(|source| OutboxError::MoveAside {
+        path: path.into(),
+        source,
+    })?;
     for suffix in ["-wal", "-shm"] {
         let side = PathBuf::from(format!("{}{suffix}", path.display()));
         if side.exists() {
@@ -323,7 +366,10 @@ mod tests {
     use super::*;
 
     fn heartbeat(n: u64) -> v1::event::Body {
-        v1::event::Body::Heartbeat(v1::Heartbeat { uptime_secs: n, interval_secs: 60 })
+        v1::event::Body::Heartbeat(v1::Heartbeat {
+            uptime_secs: n,
+            interval_secs: 60,
+        })
     }
 
     #[tokio::test]
@@ -332,7 +378,10 @@ mod tests {
         let (outbox, moved) = Outbox::open(dir.path()).await.unwrap();
         assert!(moved.is_none());
         let t = Timestamp::from_second(1_700_000_000).unwrap();
-        let seqs = outbox.append_all((1..=5).map(|n| (t, heartbeat(n))).collect()).await.unwrap();
+        let seqs = outbox
+            .append_all((1..=5).map(|n| (t, heartbeat(n))).collect())
+            .await
+            .unwrap();
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
         let batch = outbox.read_after(2, 10).await.unwrap();
         assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
@@ -340,7 +389,10 @@ mod tests {
         assert!(!batch[0].event_id.is_empty());
         assert_eq!(outbox.acknowledge(1, 3).await.unwrap(), 3);
         let stats = outbox.stats().await.unwrap();
-        assert_eq!((stats.depth, stats.oldest_seq, stats.next_seq), (2, Some(4), 6));
+        assert_eq!(
+            (stats.depth, stats.oldest_seq, stats.next_seq),
+            (2, Some(4), 6)
+        );
     }
 
     #[tokio::test]
@@ -355,7 +407,11 @@ mod tests {
             outbox.close().await;
         }
         let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
-        assert_eq!(outbox.append(t, heartbeat(3)).await.unwrap(), 3, "never reused");
+        assert_eq!(
+            outbox.append(t, heartbeat(3)).await.unwrap(),
+            3,
+            "never reused"
+        );
     }
 
     #[tokio::test]
@@ -363,21 +419,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
         assert!(outbox.raise_sequence_floor(41).await.unwrap());
-        assert_eq!(outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(), 42);
-        assert!(!outbox.raise_sequence_floor(10).await.unwrap(), "never lowers");
-        assert_eq!(outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(), 43);
+        assert_eq!(
+            outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
+            42
+        );
+        assert!(
+            !outbox.raise_sequence_floor(10).await.unwrap(),
+            "never lowers"
+        );
+        assert_eq!(
+            outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
+            43
+        );
     }
 
     #[tokio::test]
     async fn garbage_file_is_moved_aside_and_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(FILE_NAME), b"this is not a database, just some garbage bytes".repeat(200)).unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"this is not a database, just some garbage bytes".repeat(200),
+        )
+        .unwrap();
         let (outbox, moved) = Outbox::open(dir.path()).await.unwrap();
         let moved = moved.expect("reported as moved");
         assert!(moved.exists());
-        assert!(moved.file_name().unwrap().to_str().unwrap().starts_with("outbox.db.corrupt-"));
-        assert_eq!(outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(), 1);
-        assert_eq!(outbox.state("corrupt_moved_to").await.unwrap(), Some(moved.display().to_string()));
+        assert!(
+            moved
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("outbox.db.corrupt-")
+        );
+        assert_eq!(
+            outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            outbox.state("corrupt_moved_to").await.unwrap(),
+            Some(moved.display().to_string())
+        );
     }
 
     #[tokio::test]
@@ -386,8 +468,14 @@ mod tests {
         {
             let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
             let t = Timestamp::now();
-            outbox.append_all((0..2000).map(|n| (t, heartbeat(n))).collect()).await.unwrap();
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&outbox.pool).await.unwrap();
+            outbox
+                .append_all((0..2000).map(|n| (t, heartbeat(n))).collect())
+                .await
+                .unwrap();
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&outbox.pool)
+                .await
+                .unwrap();
             outbox.close().await;
         }
         let path = dir.path().join(FILE_NAME);
@@ -402,7 +490,12 @@ mod tests {
 
     #[test]
     fn severe_captures_are_protected() {
-        let capture = |severity| v1::event::Body::Capture(v1::Capture { severity, ..Default::default() });
+        let capture = |severity| {
+            v1::event::Body::Capture(v1::Capture {
+                severity,
+                ..Default::default()
+            })
+        };
         assert_eq!(classify(&capture(5)).1, Priority::Protected);
         assert_eq!(classify(&capture(4)).1, Priority::Protected);
         assert_eq!(classify(&capture(3)).1, Priority::Capture);

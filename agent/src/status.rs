@@ -61,14 +61,25 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     status.queue_depth = stats.depth;
     status.next_seq = stats.next_seq;
     status.oldest_unsent_at = stats.oldest_occurred_at;
-    status.oldest_unsent_age_secs = stats.oldest_occurred_at.map(|t| now.duration_since(t).as_secs());
+    status.oldest_unsent_age_secs = stats
+        .oldest_occurred_at
+        .map(|t| now.duration_since(t).as_secs());
     status.last_successful_send_at = outbox.state("last_ack_at").await?;
-    status.last_acked_seq = outbox.state("last_acked_seq").await?.and_then(|s| s.parse().ok());
+    status.last_acked_seq = outbox
+        .state("last_acked_seq")
+        .await?
+        .and_then(|s| s.parse().ok());
     status.corrupt_outbox_moved_to = outbox.state("corrupt_moved_to").await?;
-    status.daemon_pid = outbox.state("daemon_pid").await?.and_then(|s| s.parse().ok());
+    status.daemon_pid = outbox
+        .state("daemon_pid")
+        .await?
+        .and_then(|s| s.parse().ok());
     status.daemon_running = status.daemon_pid.is_some_and(process_alive);
     if status.daemon_running {
-        status.connection = outbox.state("connection").await?.unwrap_or_else(|| "connecting".into());
+        status.connection = outbox
+            .state("connection")
+            .await?
+            .unwrap_or_else(|| "connecting".into());
         status.connection_since = outbox.state("connection_since").await?;
     }
     status.last_error = outbox.state("last_error").await?;
@@ -78,7 +89,9 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
 
 fn process_alive(pid: u32) -> bool {
     // Signal 0 checks existence and permission without sending anything.
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
     // SAFETY: kill with signal 0 has no side effects.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -119,7 +132,12 @@ pub fn render_text(s: &Status) -> String {
         },
     );
     line("last successful send", dash(&s.last_successful_send_at));
-    line("last acked sequence", s.last_acked_seq.map(|n| n.to_string()).unwrap_or_else(|| "-".into()));
+    line(
+        "last acked sequence",
+        s.last_acked_seq
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+    );
     line("last error", dash(&s.last_error));
     if let Some(moved) = &s.corrupt_outbox_moved_to {
         line("corrupt outbox moved", moved.clone());

@@ -68,7 +68,15 @@ pub async fn run(
     loop {
         set_connection(&outbox, "connecting", None).await;
         let mut connected = false;
-        let outcome = run_once(&settings, tls.clone(), &outbox, &wake, &shutdown, &mut connected).await;
+        let outcome = run_once(
+            &settings,
+            tls.clone(),
+            &outbox,
+            &wake,
+            &shutdown,
+            &mut connected,
+        )
+        .await;
         match outcome {
             Ok(Ended::Shutdown) => {
                 set_connection(&outbox, "stopped", None).await;
@@ -125,15 +133,24 @@ async fn run_once(
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
         })),
     };
-    tx.send(hello).await.map_err(|_| StreamError::Protocol("stream closed".into()))?;
+    tx.send(hello)
+        .await
+        .map_err(|_| StreamError::Protocol("stream closed".into()))?;
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(15), inbound.message())
         .await
         .map_err(|_| StreamError::Protocol("no hello from the collector within 15 s".into()))??;
-    let Some(v1::CollectorMessage { body: Some(v1::collector_message::Body::Hello(server_hello)) }) = first else {
-        return Err(StreamError::Protocol("the collector did not start with a hello".into()));
+    let Some(v1::CollectorMessage {
+        body: Some(v1::collector_message::Body::Hello(server_hello)),
+    }) = first
+    else {
+        return Err(StreamError::Protocol(
+            "the collector did not start with a hello".into(),
+        ));
     };
-    outbox.raise_sequence_floor(server_hello.last_committed_seq).await?;
+    outbox
+        .raise_sequence_floor(server_hello.last_committed_seq)
+        .await?;
     *connected = true;
     set_connection(outbox, "connected", None).await;
     tracing::info!(device_id = %server_hello.device_id, last_committed_seq = server_hello.last_committed_seq, "connected to collector");
@@ -143,14 +160,21 @@ async fn run_once(
     let mut next_batch_id = 1u64;
     loop {
         while in_flight.len() < WINDOW {
-            let events = outbox.read_after(sent_up_to, settings.delivery.batch_max_events).await?;
-            let (Some(first), Some(last)) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq)) else {
+            let events = outbox
+                .read_after(sent_up_to, settings.delivery.batch_max_events)
+                .await?;
+            let (Some(first), Some(last)) =
+                (events.first().map(|e| e.seq), events.last().map(|e| e.seq))
+            else {
                 break;
             };
             let batch_id = next_batch_id;
             next_batch_id += 1;
             let message = v1::AgentMessage {
-                body: Some(v1::agent_message::Body::Batch(v1::EventBatch { batch_id, events })),
+                body: Some(v1::agent_message::Body::Batch(v1::EventBatch {
+                    batch_id,
+                    events,
+                })),
             };
             if tx.send(message).await.is_err() {
                 return Err(StreamError::Protocol("stream closed while sending".into()));
@@ -182,22 +206,43 @@ async fn handle(
     match message.body {
         Some(Body::Ack(ack)) => {
             let Some(position) = in_flight.iter().position(|(id, _, _)| *id == ack.batch_id) else {
-                return Err(StreamError::Protocol(format!("ack for unknown batch {}", ack.batch_id)));
+                return Err(StreamError::Protocol(format!(
+                    "ack for unknown batch {}",
+                    ack.batch_id
+                )));
             };
             let (_, first, last) = in_flight.remove(position).expect("position is in range");
             outbox.acknowledge(first, last).await?;
             let now = Timestamp::now().to_string();
-            outbox.set_states(&[("last_ack_at", &now), ("last_acked_seq", &last.to_string())]).await?;
-            tracing::debug!(batch_id = ack.batch_id, first, last, stored = ack.stored, duplicates = ack.duplicates, "batch acknowledged");
+            outbox
+                .set_states(&[("last_ack_at", &now), ("last_acked_seq", &last.to_string())])
+                .await?;
+            tracing::debug!(
+                batch_id = ack.batch_id,
+                first,
+                last,
+                stored = ack.stored,
+                duplicates = ack.duplicates,
+                "batch acknowledged"
+            );
             if ack.rejected > 0 {
-                tracing::warn!(batch_id = ack.batch_id, rejected = ack.rejected, "collector could not interpret some events (kept as unrecognised)");
+                tracing::warn!(
+                    batch_id = ack.batch_id,
+                    rejected = ack.rejected,
+                    "collector could not interpret some events (kept as unrecognised)"
+                );
             }
         }
         Some(Body::Hello(_)) => return Err(StreamError::Protocol("second hello".into())),
         // Policy, commands and device state are carried by later features;
         // this version has nothing to apply.
-        Some(Body::Policy(p)) => tracing::info!(version = p.version, "policy update received; this agent version does not apply policies yet"),
-        Some(Body::Command(c)) => tracing::warn!(command_id = %c.command_id, kind = c.kind, "command received; this agent version cannot carry it out"),
+        Some(Body::Policy(p)) => tracing::info!(
+            version = p.version,
+            "policy update received; this agent version does not apply policies yet"
+        ),
+        Some(Body::Command(c)) => {
+            tracing::warn!(command_id = %c.command_id, kind = c.kind, "command received; this agent version cannot carry it out")
+        }
         Some(Body::State(_)) | None => {}
     }
     Ok(())
@@ -237,7 +282,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
-        let delivery = Delivery { reconnect_initial_ms: 1000, reconnect_max_secs: 60, ..Delivery::default() };
+        let delivery = Delivery {
+            reconnect_initial_ms: 1000,
+            reconnect_max_secs: 60,
+            ..Delivery::default()
+        };
         let cases = [
             ("first, no jitter", 0, 1.0, 1000),
             ("first, most jitter", 0, 0.0, 500),
@@ -247,7 +296,11 @@ mod tests {
             ("huge attempt does not overflow", u32::MAX, 1.0, 60_000),
         ];
         for (name, attempt, unit, want_ms) in cases {
-            assert_eq!(backoff(&delivery, attempt, unit).as_millis(), want_ms, "{name}");
+            assert_eq!(
+                backoff(&delivery, attempt, unit).as_millis(),
+                want_ms,
+                "{name}"
+            );
         }
     }
 }

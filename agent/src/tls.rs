@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -64,17 +64,29 @@ pub fn pinned_ca_config(fingerprint: &str) -> ClientConfig {
 
 /// For telemetry: trust only the collector CA, present the device
 /// certificate.
-pub fn mutual_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ClientConfig, TlsError> {
+pub fn mutual_tls_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let cert = cert.map_err(|e| TlsError::Pem { what: "collector CA certificate", detail: e.to_string() })?;
+        let cert = cert.map_err(|e| TlsError::Pem {
+            what: "collector CA certificate",
+            detail: e.to_string(),
+        })?;
         roots.add(cert)?;
     }
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { what: "device certificate", detail: e.to_string() })?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| TlsError::Pem { what: "device key", detail: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            what: "device certificate",
+            detail: e.to_string(),
+        })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
+        what: "device key",
+        detail: e.to_string(),
+    })?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -84,7 +96,11 @@ pub fn mutual_tls_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<
 }
 
 /// Connects a gRPC channel to `address` (host:port) over our TLS config.
-pub async fn connect(address: &str, tls: ClientConfig, timeout: Duration) -> Result<Channel, TlsError> {
+pub async fn connect(
+    address: &str,
+    tls: ClientConfig,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
     let (host, _) = split_host_port(address).map_err(TlsError::Address)?;
     let server_name =
         ServerName::try_from(host).map_err(|e| TlsError::Address(format!("{address}: {e}")))?;
@@ -111,7 +127,10 @@ pub async fn connect(address: &str, tls: ClientConfig, timeout: Duration) -> Res
     endpoint
         .connect_with_connector(service)
         .await
-        .map_err(|source| TlsError::Connect { address: address.to_owned(), source })
+        .map_err(|source| TlsError::Connect {
+            address: address.to_owned(),
+            source,
+        })
 }
 
 #[derive(Debug)]
@@ -139,9 +158,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -151,7 +171,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -160,10 +185,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

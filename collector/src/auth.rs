@@ -70,7 +70,15 @@ mod tests {
         let password = generate_password();
         let hash = hash_password(&password).unwrap();
         let parsed = PasswordHash::new(&hash).unwrap();
-        assert!(argon2::Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok());
-        assert!(argon2::Argon2::default().verify_password(b"wrong", &parsed).is_err());
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        );
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"wrong", &parsed)
+                .is_err()
+        );
     }
 }

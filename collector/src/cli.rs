@@ -69,7 +69,9 @@ pub fn devices_list(devices: &[DeviceRecord], now: Timestamp, format: Format) ->
                     d.id.to_string(),
                     d.site.clone(),
                     d.hostname.clone(),
-                    format!("{} {}", d.facts.os_name, d.facts.os_version).trim().to_string(),
+                    format!("{} {}", d.facts.os_name, d.facts.os_version)
+                        .trim()
+                        .to_string(),
                     d.facts.agent_version.clone(),
                     status_word(d.connectivity(now)).into(),
                     local(d.last_seen_at, &d.site_timezone),
@@ -100,7 +102,10 @@ pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
             line("status", status_word(d.connectivity(now)).into());
             line("last seen", local(d.last_seen_at, tz));
             line("enrolled", local(Some(d.enrolled_at), tz));
-            line("heartbeat interval", format!("{} s", d.heartbeat_interval_secs));
+            line(
+                "heartbeat interval",
+                format!("{} s", d.heartbeat_interval_secs),
+            );
             line("last acked sequence", d.last_seq.to_string());
             line("events stored", d.events_stored.to_string());
             line(
@@ -118,7 +123,11 @@ pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
             line("cpu", format!("{} ({} cores)", f.cpu_model, f.cpu_cores));
             line(
                 "memory",
-                format!("{} total, {} available", bytes(f.memory_total_bytes), bytes(f.memory_available_bytes)),
+                format!(
+                    "{} total, {} available",
+                    bytes(f.memory_total_bytes),
+                    bytes(f.memory_available_bytes)
+                ),
             );
             line("uptime", format!("{} s", f.uptime_secs));
             line("agent version", f.agent_version.clone());
@@ -145,7 +154,9 @@ pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
 
 pub fn secrets_list(secrets: &[EnrollmentSecretInfo], now: Timestamp, format: Format) -> String {
     match format {
-        Format::Json => pretty(&json!({ "schema": "hallmonitor.enrollment_secrets.v1", "as_of": now, "secrets": secrets })),
+        Format::Json => pretty(
+            &json!({ "schema": "hallmonitor.enrollment_secrets.v1", "as_of": now, "secrets": secrets }),
+        ),
         Format::Table => {
             let mut rows = vec![[
                 "ID".to_string(),
@@ -205,7 +216,11 @@ fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn pretty(value: &serde_json::Value) -> String {
@@ -223,7 +238,11 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
     }
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
@@ -246,8 +265,14 @@ mod tests {
         // 2026-07-01 12:00 UTC is 13:00 BST; 2026-12-01 12:00 UTC is 12:00 GMT.
         let summer: Timestamp = "2026-07-01T12:00:00Z".parse().unwrap();
         let winter: Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
-        assert_eq!(local(Some(summer), "Europe/London"), "2026-07-01 13:00:00 BST");
-        assert_eq!(local(Some(winter), "Europe/London"), "2026-12-01 12:00:00 GMT");
+        assert_eq!(
+            local(Some(summer), "Europe/London"),
+            "2026-07-01 13:00:00 BST"
+        );
+        assert_eq!(
+            local(Some(winter), "Europe/London"),
+            "2026-12-01 12:00:00 GMT"
+        );
         assert_eq!(local(None, "Europe/London"), "never");
     }
 }

@@ -118,12 +118,18 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let cases = [
-            ("unknown key", "listen = \"0.0.0.0:1\"\nbogus = 1\n", "line 2"),
+            (
+                "unknown key",
+                "listen = \"0.0.0.0:1\"\nbogus = 1\n",
+                "line 2",
+            ),
             ("bad address", "\n\nlisten = \"nowhere\"\n", "line 3"),
             ("bad syntax", "listen = \n", "line 1"),
         ];
         for (name, text, want) in cases {
-            let err = CollectorConfig::parse(text, Path::new("/data/collector.toml")).unwrap_err().to_string();
+            let err = CollectorConfig::parse(text, Path::new("/data/collector.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("/data/collector.toml: "), "{name}: {err}");
             assert!(err.contains(want), "{name}: {err}");
         }
@@ -131,7 +137,8 @@ mod tests {
 
     #[test]
     fn zero_heartbeat_is_refused() {
-        let err = CollectorConfig::parse("heartbeat_interval_secs = 0", Path::new("c.toml")).unwrap_err();
+        let err =
+            CollectorConfig::parse("heartbeat_interval_secs = 0", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("heartbeat_interval_secs"), "{err}");
     }
 }

@@ -23,8 +23,14 @@ pub struct EnrollmentService {
 
 #[tonic::async_trait]
 impl v1::enrollment_server::Enrollment for EnrollmentService {
-    async fn enroll(&self, request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    async fn enroll(
+        &self,
+        request: Request<v1::EnrollRequest>,
+    ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let request = request.into_inner();
         let facts = request
             .facts
@@ -48,8 +54,13 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             Ok(site) => site,
             Err(rejection) => {
                 tracing::warn!(%peer, hostname = %facts.hostname, reason = %rejection, "enrolment refused");
-                self.audit(now, "enrollment_refused", &facts.hostname, &rejection.to_string())
-                    .await?;
+                self.audit(
+                    now,
+                    "enrollment_refused",
+                    &facts.hostname,
+                    &rejection.to_string(),
+                )
+                .await?;
                 return Err(Status::permission_denied(rejection.to_string()));
             }
         };
@@ -84,9 +95,18 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             })
             .await
             .map_err(internal)?;
-        let action = if reenrolled { "device_reenrolled" } else { "device_enrolled" };
-        self.audit(now, action, device_id.as_str(), &format!("site={} peer={peer}", site.name))
-            .await?;
+        let action = if reenrolled {
+            "device_reenrolled"
+        } else {
+            "device_enrolled"
+        };
+        self.audit(
+            now,
+            action,
+            device_id.as_str(),
+            &format!("site={} peer={peer}", site.name),
+        )
+        .await?;
         tracing::info!(device_id = %device_id, site = %site.name, reenrolled, "device enrolled");
 
         Ok(Response::new(v1::EnrollResponse {
@@ -100,7 +120,13 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
 }
 
 impl EnrollmentService {
-    async fn audit(&self, at: Timestamp, action: &str, target: &str, detail: &str) -> Result<(), Status> {
+    async fn audit(
+        &self,
+        at: Timestamp,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), Status> {
         self.store
             .append_audit(AuditEntry {
                 at,

@@ -122,7 +122,11 @@ impl StreamSession {
         match message.body {
             Some(v1::agent_message::Body::Hello(hello)) => {
                 self.store
-                    .record_hello(&self.device.id, hello.heartbeat_interval_secs, Timestamp::now())
+                    .record_hello(
+                        &self.device.id,
+                        hello.heartbeat_interval_secs,
+                        Timestamp::now(),
+                    )
                     .await
                     .map_err(|e| unavailable(&e))?;
                 Ok(())
@@ -155,7 +159,10 @@ impl StreamSession {
                 event
             })
             .collect();
-        if let Some(bad) = events.iter().find(|e| e.seq.0 == 0 || e.seq.0 > i64::MAX as u64) {
+        if let Some(bad) = events
+            .iter()
+            .find(|e| e.seq.0 == 0 || e.seq.0 > i64::MAX as u64)
+        {
             return Err(Status::invalid_argument(format!(
                 "event {} has sequence number {}; it must be between 1 and 2^63-1",
                 bad.event_id, bad.seq.0
@@ -211,18 +218,20 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             uptime_secs: h.uptime_secs,
             interval_secs: h.interval_secs,
         },
-        Some(Body::HeartbeatInterval(h)) => match (timestamp(h.first.as_ref()), timestamp(h.last.as_ref())) {
-            (Some(first), Some(last)) => EventBody::HeartbeatInterval {
-                first,
-                last,
-                interval_secs: h.interval_secs,
-                count: h.count,
-            },
-            _ => {
-                ok = false;
-                unrecognised("heartbeat_interval", "missing first or last")
+        Some(Body::HeartbeatInterval(h)) => {
+            match (timestamp(h.first.as_ref()), timestamp(h.last.as_ref())) {
+                (Some(first), Some(last)) => EventBody::HeartbeatInterval {
+                    first,
+                    last,
+                    interval_secs: h.interval_secs,
+                    count: h.count,
+                },
+                _ => {
+                    ok = false;
+                    unrecognised("heartbeat_interval", "missing first or last")
+                }
             }
-        },
+        }
         Some(Body::Facts(f)) => EventBody::Facts(facts_from_wire(f)),
         Some(Body::OutboxReport(r)) => EventBody::OutboxReport {
             evicted_telemetry: r.evicted_telemetry,
@@ -307,7 +316,10 @@ mod tests {
     use super::*;
 
     fn ts(s: i64) -> Option<hallmonitor_proto::Timestamp> {
-        Some(hallmonitor_proto::Timestamp { seconds: s, nanos: 0 })
+        Some(hallmonitor_proto::Timestamp {
+            seconds: s,
+            nanos: 0,
+        })
     }
 
     #[test]
@@ -317,14 +329,22 @@ mod tests {
             seq: 1,
             event_id: "a".into(),
             occurred_at: ts(1_000),
-            body: Some(v1::event::Body::Heartbeat(v1::Heartbeat { uptime_secs: 9, interval_secs: 60 })),
+            body: Some(v1::event::Body::Heartbeat(v1::Heartbeat {
+                uptime_secs: 9,
+                interval_secs: 60,
+            })),
         };
         let (event, ok) = event_from_wire(heartbeat, now);
         assert!(ok);
         assert_eq!(event.occurred_at, Timestamp::from_second(1_000).unwrap());
         assert_eq!(event.body.kind(), "heartbeat");
 
-        let empty = v1::Event { seq: 2, event_id: "b".into(), occurred_at: None, body: None };
+        let empty = v1::Event {
+            seq: 2,
+            event_id: "b".into(),
+            occurred_at: None,
+            body: None,
+        };
         let (event, ok) = event_from_wire(empty, now);
         assert!(!ok);
         assert_eq!(event.body.kind(), "unrecognised");
@@ -335,13 +355,33 @@ mod tests {
     fn disk_encryption_maps_unknown_values_to_unknown() {
         let facts = v1::DeviceFacts {
             disks: vec![
-                v1::Disk { encryption: 1, ..Default::default() },
-                v1::Disk { encryption: 2, ..Default::default() },
-                v1::Disk { encryption: 99, ..Default::default() },
+                v1::Disk {
+                    encryption: 1,
+                    ..Default::default()
+                },
+                v1::Disk {
+                    encryption: 2,
+                    ..Default::default()
+                },
+                v1::Disk {
+                    encryption: 99,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
-        let got: Vec<_> = facts_from_wire(facts).disks.iter().map(|d| d.encryption).collect();
-        assert_eq!(got, [Encryption::Encrypted, Encryption::NotEncrypted, Encryption::Unknown]);
+        let got: Vec<_> = facts_from_wire(facts)
+            .disks
+            .iter()
+            .map(|d| d.encryption)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                Encryption::Encrypted,
+                Encryption::NotEncrypted,
+                Encryption::Unknown
+            ]
+        );
     }
 }

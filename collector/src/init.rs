@@ -39,19 +39,37 @@ pub struct InitReport {
 
 pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
     if options.hostnames.is_empty() {
-        bail!("at least one --hostname is needed: the names or addresses agents use to reach this collector");
+        bail!(
+            "at least one --hostname is needed: the names or addresses agents use to reach this collector"
+        );
     }
     if options.site.trim().is_empty() {
         bail!("--site must not be empty");
     }
     jiff::tz::TimeZone::get(&options.timezone)
         .ok()
-        .with_context(|| format!("--timezone {}: not a known IANA time zone", options.timezone))?;
+        .with_context(|| {
+            format!(
+                "--timezone {}: not a known IANA time zone",
+                options.timezone
+            )
+        })?;
     let data = &options.data;
-    if data.exists() && data.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} already exists and is not empty: refusing to overwrite a collector", data.display());
+    if data.exists()
+        && data
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} already exists and is not empty: refusing to overwrite a collector",
+            data.display()
+        );
     }
-    let parent = data.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = data
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = parent.join(format!(
         ".{}.init-{}",
@@ -63,11 +81,15 @@ pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
     match result {
         Ok(report) => {
             if data.exists() {
-                std::fs::remove_dir(data).with_context(|| format!("replacing empty {}", data.display()))?;
+                std::fs::remove_dir(data)
+                    .with_context(|| format!("replacing empty {}", data.display()))?;
             }
             std::fs::rename(&staging, data)
                 .with_context(|| format!("moving {} to {}", staging.display(), data.display()))?;
-            Ok(InitReport { data: data.clone(), ..report })
+            Ok(InitReport {
+                data: data.clone(),
+                ..report
+            })
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -98,7 +120,9 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
 
     let store = crate::store::SqliteStore::open(&dir.join(crate::DATABASE_FILE), true).await?;
     let now = Timestamp::now();
-    let site = store.create_site(&options.site, &options.timezone, now).await?;
+    let site = store
+        .create_site(&options.site, &options.timezone, now)
+        .await?;
     let secret = auth::generate_enrollment_secret();
     store
         .create_enrollment_secret(NewSecret {
@@ -111,7 +135,8 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
         })
         .await?;
     let password = auth::generate_password();
-    let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    let hash = auth::hash_password(&password)
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
     store
         .create_console_user(&options.admin_user, &hash, "admin", None, now)
         .await?;

@@ -15,10 +15,19 @@ use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "hallmonitor-collector", version, about = "Hall Monitor collector: enrolment, ingest and checks")]
+#[command(
+    name = "hallmonitor-collector",
+    version,
+    about = "Hall Monitor collector: enrolment, ingest and checks"
+)]
 struct Cli {
     /// Collector data directory (configuration, certificates, database).
-    #[arg(long, global = true, env = "HALLMONITOR_DATA", default_value = "/var/lib/hallmonitor-collector")]
+    #[arg(
+        long,
+        global = true,
+        env = "HALLMONITOR_DATA",
+        default_value = "/var/lib/hallmonitor-collector"
+    )]
     data: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -120,7 +129,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HALLMONITOR_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -144,7 +154,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data = cli.data;
     match cli.command {
-        Command::Init { site, hostnames, timezone, admin_user, listen, enroll_listen } => {
+        Command::Init {
+            site,
+            hostnames,
+            timezone,
+            admin_user,
+            listen,
+            enroll_listen,
+        } => {
             let report = init::init(init::InitOptions {
                 data: data.clone(),
                 site,
@@ -161,15 +178,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("  enrolment address:    {}", report.config.enroll_listen);
             println!("  CA fingerprint:       {}", report.ca_fingerprint);
             println!("  enrolment secret:     {}", report.enrollment_secret);
-            println!("  console admin:        {} / {}", report.admin_user, report.admin_password);
+            println!(
+                "  console admin:        {} / {}",
+                report.admin_user, report.admin_password
+            );
             println!();
             println!("The secret and password are shown only now; store them safely.");
             println!("Give agents the CA fingerprint and the enrolment secret (agent.toml).");
         }
-        Command::Serve { listen, enroll_listen } => {
+        Command::Serve {
+            listen,
+            enroll_listen,
+        } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            serve::serve(&data, serve::ServeOverrides { listen, enroll_listen }, shutdown).await?;
+            serve::serve(
+                &data,
+                serve::ServeOverrides {
+                    listen,
+                    enroll_listen,
+                },
+                shutdown,
+            )
+            .await?;
         }
         Command::Devices { command } => {
             let store = open_store(&data).await?;
@@ -181,7 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print!("{}", cli::devices_list(&devices, now, format));
                 }
                 DevicesCommand::Show { id, format } => {
-                    let Some(device) = store.device(&DeviceId::from_string(id.clone())).await? else {
+                    let Some(device) = store.device(&DeviceId::from_string(id.clone())).await?
+                    else {
                         bail!("no device with id {id}");
                     };
                     print!("{}", cli::device_show(&device, now, format));
@@ -192,11 +224,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&data).await?;
             let now = Timestamp::now();
             match command {
-                SecretCommand::Create { site, label, expires_in_days } => {
+                SecretCommand::Create {
+                    site,
+                    label,
+                    expires_in_days,
+                } => {
                     let site = require_site(&store, &site).await?;
                     let secret = auth::generate_enrollment_secret();
                     let expires_at = expires_in_days
-                        .map(|days| now.checked_add(jiff::SignedDuration::from_hours(24 * i64::from(days))))
+                        .map(|days| {
+                            now.checked_add(jiff::SignedDuration::from_hours(24 * i64::from(days)))
+                        })
                         .transpose()
                         .context("--expires-in-days is too large")?;
                     let info = store
@@ -219,7 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         })
                         .await?;
                     println!("{secret}");
-                    eprintln!("Created enrolment secret {} for site {}; it is shown only now.", info.id, site.name);
+                    eprintln!(
+                        "Created enrolment secret {} for site {}; it is shown only now.",
+                        info.id, site.name
+                    );
                 }
                 SecretCommand::List { site, format } => {
                     let site = resolve_site(&store, site.as_deref()).await?;
@@ -229,7 +270,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SecretCommand::Revoke { site, id } => {
                     let site = require_site(&store, &site).await?;
                     if !store.revoke_enrollment_secret(site.id, id, now).await? {
-                        bail!("site {} has no active enrolment secret with id {id}", site.name);
+                        bail!(
+                            "site {} has no active enrolment secret with id {id}",
+                            site.name
+                        );
                     }
                     store
                         .append_audit(AuditEntry {
@@ -258,7 +302,10 @@ async fn resolve_site(
     }
 }
 
-async fn require_site(store: &impl Store, name: &str) -> anyhow::Result<hallmonitor_collector::model::Site> {
+async fn require_site(
+    store: &impl Store,
+    name: &str,
+) -> anyhow::Result<hallmonitor_collector::model::Site> {
     store
         .site_by_name(name)
         .await?

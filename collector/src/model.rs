@@ -128,7 +128,10 @@ pub enum EventBody {
     /// A kind this version stores but does not interpret yet (stored as its
     /// own JSON, not through this enum's tagging).
     #[serde(skip)]
-    Other { name: String, json: serde_json::Value },
+    Other {
+        name: String,
+        json: serde_json::Value,
+    },
 }
 
 impl EventBody {
@@ -183,7 +186,8 @@ impl DeviceRecord {
         let Some(last_seen) = self.last_seen_at else {
             return Connectivity::Offline;
         };
-        let limit = jiff::SignedDuration::from_secs(3 * i64::from(self.heartbeat_interval_secs.max(1)));
+        let limit =
+            jiff::SignedDuration::from_secs(3 * i64::from(self.heartbeat_interval_secs.max(1)));
         if now.duration_since(last_seen) <= limit {
             Connectivity::Online
         } else {
@@ -251,7 +255,11 @@ mod tests {
             ("never seen", None, Connectivity::Offline),
             ("just now", Some(1_000), Connectivity::Online),
             ("exactly three intervals", Some(820), Connectivity::Online),
-            ("one second past three intervals", Some(819), Connectivity::Offline),
+            (
+                "one second past three intervals",
+                Some(819),
+                Connectivity::Offline,
+            ),
         ];
         for (name, seen, want) in cases {
             assert_eq!(record(seen, 60).connectivity(now), want, "{name}");

@@ -12,8 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::{CertificateSigningRequestDer, pem::PemObject};
 use time::{Duration, OffsetDateTime};
@@ -87,7 +87,11 @@ impl CertificateAuthority {
                 detail: e.to_string(),
             })?
             .to_vec();
-        Ok(CertificateAuthority { cert_pem, cert_der, issuer })
+        Ok(CertificateAuthority {
+            cert_pem,
+            cert_der,
+            issuer,
+        })
     }
 
     /// SHA-256 of the CA certificate (DER), hex: what agents pin.
@@ -104,14 +108,20 @@ impl CertificateAuthority {
         site: &str,
     ) -> Result<rcgen::Certificate, PkiError> {
         let csr = CertificateSigningRequestDer::from(csr_der);
-        let mut request =
-            CertificateSigningRequestParams::from_der(&csr).map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let mut request = CertificateSigningRequestParams::from_der(&csr)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, device.as_str());
-        params.distinguished_name.push(DnType::OrganizationalUnitName, site);
-        params.distinguished_name.push(DnType::OrganizationName, "Hall Monitor device");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, site);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Hall Monitor device");
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(DEVICE_CERT_DAYS);
         params.serial_number = Some(random_serial());
@@ -127,16 +137,22 @@ impl CertificateAuthority {
 /// addresses), writing them under `DATA/pki/`. Refuses to overwrite.
 pub fn create(paths: &PkiPaths, organisation: &str, hostnames: &[String]) -> Result<(), PkiError> {
     let dir = paths.ca_cert.parent().expect("pki paths have a parent");
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let now = OffsetDateTime::now_utc();
 
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = DistinguishedName::new();
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("Hall Monitor CA ({organisation})"),
+    );
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, format!("Hall Monitor CA ({organisation})"));
-    ca_params.distinguished_name.push(DnType::OrganizationName, organisation);
+        .push(DnType::OrganizationName, organisation);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = now - Duration::hours(1);
@@ -147,7 +163,9 @@ pub fn create(paths: &PkiPaths, organisation: &str, hostnames: &[String]) -> Res
     let server_key = KeyPair::generate()?;
     let mut server_params = CertificateParams::new(hostnames.to_vec())?;
     server_params.distinguished_name = DistinguishedName::new();
-    server_params.distinguished_name.push(DnType::CommonName, hostnames[0].as_str());
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, hostnames[0].as_str());
     server_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server_params.not_before = now - Duration::hours(1);
@@ -159,7 +177,11 @@ pub fn create(paths: &PkiPaths, organisation: &str, hostnames: &[String]) -> Res
 
     write_new(&paths.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
-    write_new(&paths.server_key, server_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(
+        &paths.server_key,
+        server_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
     // The server presents its chain: leaf then CA, so agents can pin the CA.
     let chain = format!("{}{}", server_cert.pem(), ca_cert.pem());
     write_new(&paths.server_cert, chain.as_bytes(), 0o644)?;
@@ -180,12 +202,18 @@ fn random_serial() -> SerialNumber {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes a file that must not exist yet, with the given mode, and syncs it.
 pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -204,16 +232,25 @@ mod tests {
     fn signs_a_csr_with_the_device_id_as_subject() {
         let dir = tempfile::tempdir().unwrap();
         let paths = PkiPaths::in_data_dir(dir.path());
-        create(&paths, "Test School", &["localhost".into(), "127.0.0.1".into()]).unwrap();
+        create(
+            &paths,
+            "Test School",
+            &["localhost".into(), "127.0.0.1".into()],
+        )
+        .unwrap();
         let ca = CertificateAuthority::load(&paths).unwrap();
         assert_eq!(ca.fingerprint().len(), 64);
 
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, "evil-admin");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "evil-admin");
         let csr = params.serialize_request(&key).unwrap();
         let device = DeviceId::from_string("dev-123");
-        let cert = ca.sign_device_csr(csr.der(), &device, "Test School").unwrap();
+        let cert = ca
+            .sign_device_csr(csr.der(), &device, "Test School")
+            .unwrap();
         let text = String::from_utf8_lossy(cert.der());
         assert!(text.contains("dev-123"), "CN is the device id");
         assert!(!text.contains("evil-admin"), "requested subject is ignored");
@@ -241,6 +278,9 @@ mod tests {
             let mode = fs::metadata(key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
-        assert!(create(&paths, "S", &["localhost".into()]).is_err(), "never overwrites");
+        assert!(
+            create(&paths, "S", &["localhost".into()]).is_err(),
+            "never overwrites"
+        );
     }
 }

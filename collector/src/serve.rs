@@ -28,7 +28,11 @@ pub struct ServeOverrides {
     pub enroll_listen: Option<SocketAddr>,
 }
 
-pub async fn serve(data: &Path, overrides: ServeOverrides, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    data: &Path,
+    overrides: ServeOverrides,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut config = CollectorConfig::load(data)?;
     config.listen = overrides.listen.unwrap_or(config.listen);
     config.enroll_listen = overrides.enroll_listen.unwrap_or(config.enroll_listen);
@@ -73,13 +77,21 @@ pub async fn serve(data: &Path, overrides: ServeOverrides, shutdown: Cancellatio
         )?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(TelemetryServer::new(telemetry).max_decoding_message_size(config.max_message_bytes))
-        .serve_with_incoming_shutdown(incoming(telemetry_listener), shutdown.clone().cancelled_owned());
+        .add_service(
+            TelemetryServer::new(telemetry).max_decoding_message_size(config.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(
+            incoming(telemetry_listener),
+            shutdown.clone().cancelled_owned(),
+        );
     let enroll_server = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))?
         .timeout(Duration::from_secs(30))
         .add_service(EnrollmentServer::new(enrollment).max_decoding_message_size(256 * 1024))
-        .serve_with_incoming_shutdown(incoming(enroll_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            incoming(enroll_listener),
+            shutdown.clone().cancelled_owned(),
+        );
 
     let servers = async { tokio::try_join!(telemetry_server, enroll_server) };
     tokio::pin!(servers);

@@ -81,7 +81,10 @@ pub trait Store: Send + Sync + 'static {
 
     // enrolment secrets
     async fn create_enrollment_secret(&self, secret: NewSecret) -> Result<EnrollmentSecretInfo>;
-    async fn list_enrollment_secrets(&self, site: Option<SiteId>) -> Result<Vec<EnrollmentSecretInfo>>;
+    async fn list_enrollment_secrets(
+        &self,
+        site: Option<SiteId>,
+    ) -> Result<Vec<EnrollmentSecretInfo>>;
     /// Marks a secret revoked; false when no such (unrevoked) secret exists.
     async fn revoke_enrollment_secret(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool>;
     /// Checks a secret and counts its use. Returns the site it enrols into.
@@ -100,9 +103,19 @@ pub trait Store: Send + Sync + 'static {
     async fn save_enrollment(&self, enrollment: Enrollment) -> Result<bool>;
     /// The device whose current client certificate has this SHA-256.
     async fn device_by_certificate(&self, cert_sha256: &str) -> Result<Option<StreamDevice>>;
-    async fn record_hello(&self, device: &DeviceId, heartbeat_interval_secs: u32, at: Timestamp) -> Result<()>;
+    async fn record_hello(
+        &self,
+        device: &DeviceId,
+        heartbeat_interval_secs: u32,
+        at: Timestamp,
+    ) -> Result<()>;
     /// Stores the events the collector does not hold yet, in one transaction.
-    async fn record_batch(&self, device: &DeviceId, events: &[Event], received_at: Timestamp) -> Result<BatchOutcome>;
+    async fn record_batch(
+        &self,
+        device: &DeviceId,
+        events: &[Event],
+        received_at: Timestamp,
+    ) -> Result<BatchOutcome>;
     async fn list_devices(&self, site: Option<SiteId>) -> Result<Vec<DeviceRecord>>;
     async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
     /// Events of a device in sequence order, as (seq, kind) pairs.

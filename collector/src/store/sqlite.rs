@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{AuditEntry, Enrollment, NewSecret, Result, Store, StoreError, StreamDevice};
@@ -144,7 +147,9 @@ impl Store for SqliteStore {
             .await;
         match row {
             Ok(row) => site_from_row(&row),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::SiteExists(name.into())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::SiteExists(name.into()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -170,14 +175,19 @@ impl Store for SqliteStore {
         .bind(secret.expires_at.map(millis))
         .fetch_one(&self.writer)
         .await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{SECRET_SELECT} WHERE e.id = ?")))
-            .bind(id)
-            .fetch_one(&self.writer)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{SECRET_SELECT} WHERE e.id = ?"
+        )))
+        .bind(id)
+        .fetch_one(&self.writer)
+        .await?;
         secret_from_row(&row)
     }
 
-    async fn list_enrollment_secrets(&self, site: Option<SiteId>) -> Result<Vec<EnrollmentSecretInfo>> {
+    async fn list_enrollment_secrets(
+        &self,
+        site: Option<SiteId>,
+    ) -> Result<Vec<EnrollmentSecretInfo>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{SECRET_SELECT} WHERE (?1 IS NULL OR e.site_id = ?1) ORDER BY e.id"
         )))
@@ -304,7 +314,12 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    async fn record_hello(&self, device: &DeviceId, heartbeat_interval_secs: u32, at: Timestamp) -> Result<()> {
+    async fn record_hello(
+        &self,
+        device: &DeviceId,
+        heartbeat_interval_secs: u32,
+        at: Timestamp,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?), \
              heartbeat_interval_secs = ? WHERE id = ?",
@@ -317,7 +332,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_batch(&self, device: &DeviceId, events: &[Event], received_at: Timestamp) -> Result<BatchOutcome> {
+    async fn record_batch(
+        &self,
+        device: &DeviceId,
+        events: &[Event],
+        received_at: Timestamp,
+    ) -> Result<BatchOutcome> {
         let mut tx = self.writer.begin().await?;
         let received = millis(received_at);
         let mut stored: u64 = 0;
@@ -360,7 +380,9 @@ impl Store for SqliteStore {
             .await?;
         }
         let interval = events.iter().rev().find_map(|e| match e.body {
-            EventBody::Heartbeat { interval_secs, .. } if interval_secs > 0 => Some(i64::from(interval_secs)),
+            EventBody::Heartbeat { interval_secs, .. } if interval_secs > 0 => {
+                Some(i64::from(interval_secs))
+            }
             _ => None,
         });
         let max_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0) as i64;
@@ -395,10 +417,12 @@ impl Store for SqliteStore {
     }
 
     async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("{DEVICE_SELECT} WHERE d.id = ?")))
-            .bind(id.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{DEVICE_SELECT} WHERE d.id = ?"
+        )))
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(device_from_row).transpose()
     }
 
@@ -432,20 +456,24 @@ impl Store for SqliteStore {
         .await;
         match done {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::UserExists(username.into())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::UserExists(username.into()))
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()> {
-        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
-            .bind(millis(entry.at))
-            .bind(entry.actor)
-            .bind(entry.action)
-            .bind(entry.target)
-            .bind(entry.detail)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(millis(entry.at))
+        .bind(entry.actor)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.detail)
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 }

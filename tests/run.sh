@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of Hall Monitor: unit tests, end-to-end tests that start
+# the real binaries on loopback, and the quickstart in check mode.
+# System packages the tests need are installed here when running as root
+# (none are needed yet beyond the Rust toolchain: SQLite is bundled and the
+# protobuf compiler is pure Rust); otherwise what is missing is named.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+missing=()
+for pkg in "${need_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    else
+        echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+        exit 1
+    fi
+fi
+
+# End-to-end tests start the binaries from target/debug: build them first.
+cargo build --workspace --bins
+cargo test --workspace
+bash deploy/quickstart.sh --check
