@@ -34,6 +34,7 @@ pub struct Delivery {
     pub batch_linger_ms: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_secs: u64,
+    pub outbox_max_bytes: u64,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +62,7 @@ impl Default for Delivery {
             batch_linger_ms: 200,
             reconnect_initial_ms: 1000,
             reconnect_max_secs: 300,
+            outbox_max_bytes: crate::outbox::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -167,6 +169,11 @@ impl AgentConfig {
         }
         if self.facts_interval_secs == 0 {
             return Err(invalid("facts_interval_secs must be at least 1".into()));
+        }
+        if self.delivery.outbox_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "delivery.outbox_max_bytes must be at least 65536".into(),
+            ));
         }
         if self.delivery.batch_max_events == 0 {
             return Err(invalid(

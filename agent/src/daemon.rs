@@ -33,7 +33,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     tracing::info!(device_id = %identity.device_id, site = %identity.site, "agent starting");
 
-    let (outbox, moved) = Outbox::open(&config.data_dir).await?;
+    let (outbox, moved) = Outbox::open(&config.data_dir, config.delivery.outbox_max_bytes).await?;
     let pid = std::process::id().to_string();
     outbox
         .set_states(&[
@@ -141,13 +141,9 @@ async fn produce(
             _ = shutdown.cancelled() => return Ok(()),
         }
         let now = Timestamp::now();
-        let mut events = vec![(
-            now,
-            v1::event::Body::Heartbeat(v1::Heartbeat {
-                uptime_secs: facts::uptime_secs(),
-                interval_secs: interval,
-            }),
-        )];
+        // Facts first: a heartbeat merges into an unsent heartbeat only when
+        // it is the newest row.
+        let mut events = Vec::new();
         if last_facts.is_none() || facts_checked.elapsed() >= facts_every {
             facts_checked = tokio::time::Instant::now();
             let current = collect_facts(&config).await;
@@ -157,7 +153,14 @@ async fn produce(
                 last_facts = Some(stable);
             }
         }
-        outbox.append_all(events).await?;
+        if !events.is_empty() {
+            outbox.append_all(events).await?;
+        }
+        let heartbeat = v1::Heartbeat {
+            uptime_secs: facts::uptime_secs(),
+            interval_secs: interval,
+        };
+        outbox.append_heartbeat(now, heartbeat).await?;
         outbox
             .set_state("daemon_alive_at", &now.to_string())
             .await?;

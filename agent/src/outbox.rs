@@ -13,6 +13,20 @@
 //! - A file that cannot be opened or fails SQLite's integrity check is moved
 //!   aside (`outbox.db.corrupt-<time>`) and a new one started; `open`
 //!   returns where it went so the agent can report it.
+//! - Bounded (`max_bytes`, counted as payload plus a fixed per-row
+//!   overhead). When an append would pass the bound, events are evicted in
+//!   this order: telemetry (heartbeats, facts) first, then outbox reports,
+//!   then records (sessions, MFA, enforcement, file alerts), then captures
+//!   of severity 1–3; oldest first within a class. An append never evicts
+//!   a class above its own: if nothing at or below it can go, the new
+//!   event itself is dropped (and counted). Captures of severity 4–5 are
+//!   never evicted and are always accepted, even past the bound. Every
+//!   eviction is counted per class; `take_eviction_report` turns the counts
+//!   not yet reported into an `OutboxReport` event.
+//! - Consecutive heartbeats that have not been sent yet are merged into one
+//!   `HeartbeatInterval` (first, last, count), so a month offline is one
+//!   row, not 40,000. Rows handed to the stream (`read_for_send`) are
+//!   claimed and never rewritten until the stream releases them.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -60,6 +74,10 @@ pub enum OutboxError {
 
 pub type Result<T> = std::result::Result<T, OutboxError>;
 
+/// Bytes counted per row on top of its payload (ids, times, index entry).
+pub const ROW_OVERHEAD: u64 = 96;
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Eviction classes, lowest evicted first (the bounded-outbox work uses them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
@@ -91,6 +109,27 @@ pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
     }
 }
 
+/// Classes eviction is counted and reported by.
+pub const REPORT_CLASSES: [&str; 6] = [
+    "telemetry",
+    "sessions",
+    "mfa",
+    "captures",
+    "enforcement",
+    "other",
+];
+
+fn report_class(kind: &str) -> &'static str {
+    match kind {
+        "heartbeat" | "heartbeat_interval" | "facts" => "telemetry",
+        "session" => "sessions",
+        "mfa" => "mfa",
+        "capture" => "captures",
+        "enforcement" => "enforcement",
+        _ => "other",
+    }
+}
+
 /// Queue figures for `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutboxStats {
@@ -99,25 +138,39 @@ pub struct OutboxStats {
     pub oldest_occurred_at: Option<Timestamp>,
     /// The sequence number the next append gets.
     pub next_seq: u64,
+    /// Bytes counted against the bound.
+    pub bytes: u64,
+}
+
+/// In-memory bookkeeping, guarded by one lock so appends, compaction,
+/// eviction and the stream's reads never interleave.
+#[derive(Debug, Default)]
+struct Books {
+    /// Rows at or below this were handed to the stream: not to be rewritten.
+    claimed_up_to: u64,
+    /// Bytes counted against the bound.
+    bytes: u64,
 }
 
 #[derive(Clone)]
 pub struct Outbox {
     pool: SqlitePool,
     path: PathBuf,
+    max_bytes: u64,
+    books: std::sync::Arc<tokio::sync::Mutex<Books>>,
 }
 
 impl Outbox {
     /// Opens or creates the outbox in `dir`. A corrupt file is moved aside
     /// and replaced; the second value says where it went.
-    pub async fn open(dir: &Path) -> Result<(Outbox, Option<PathBuf>)> {
+    pub async fn open(dir: &Path, max_bytes: u64) -> Result<(Outbox, Option<PathBuf>)> {
         let path = dir.join(FILE_NAME);
-        match Self::open_checked(&path).await {
+        match Self::open_checked(&path, max_bytes).await {
             Ok(outbox) => Ok((outbox, None)),
             Err(e) if path.exists() => {
                 tracing::error!(error = %e, path = %path.display(), "outbox unreadable; moving it aside and starting a new one");
                 let moved = move_aside(&path)?;
-                let outbox = Self::open_checked(&path).await?;
+                let outbox = Self::open_checked(&path, max_bytes).await?;
                 outbox
                     .set_state("corrupt_moved_to", &moved.display().to_string())
                     .await?;
@@ -139,7 +192,12 @@ impl Outbox {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Outbox { pool, path })
+        Ok(Outbox {
+            pool,
+            path,
+            max_bytes: u64::MAX,
+            books: Default::default(),
+        })
     }
 
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -152,7 +210,7 @@ impl Outbox {
             .busy_timeout(Duration::from_secs(10))
     }
 
-    async fn open_checked(path: &Path) -> Result<Outbox> {
+    async fn open_checked(path: &Path, max_bytes: u64) -> Result<Outbox> {
         let db = |source| OutboxError::Database {
             path: path.into(),
             source,
@@ -180,9 +238,22 @@ impl Outbox {
                 path: path.into(),
                 source,
             })?;
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(length(payload)), 0) + count(*) * ? FROM outbox",
+        )
+        .bind(ROW_OVERHEAD as i64)
+        .fetch_one(&pool)
+        .await
+        .map_err(db)?;
+        let books = Books {
+            claimed_up_to: 0,
+            bytes: bytes as u64,
+        };
         Ok(Outbox {
             pool,
             path: path.into(),
+            max_bytes,
+            books: std::sync::Arc::new(tokio::sync::Mutex::new(books)),
         })
     }
 
@@ -198,10 +269,15 @@ impl Outbox {
         Ok(self.append_all(vec![(occurred_at, body)]).await?[0])
     }
 
-    /// Appends events in one transaction, in order.
+    /// Appends events in one transaction, in order, evicting to stay within
+    /// the bound (see the module docs). Returns the sequence numbers of the
+    /// events stored; an event dropped because nothing could make room for
+    /// it has none.
     pub async fn append_all(&self, events: Vec<(Timestamp, v1::event::Body)>) -> Result<Vec<u64>> {
+        let mut books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
         let mut seqs = Vec::with_capacity(events.len());
+        let mut bytes = books.bytes;
         for (occurred_at, body) in events {
             let (kind, priority) = classify(&body);
             let payload = v1::Event {
@@ -209,6 +285,17 @@ impl Outbox {
                 ..Default::default()
             }
             .encode_to_vec();
+            let size = payload.len() as u64 + ROW_OVERHEAD;
+            if bytes + size > self.max_bytes {
+                // Protected events evict what they can but are kept anyway.
+                let evictable = priority.min(Priority::Capture);
+                bytes = self.make_room(&mut tx, bytes, size, evictable).await?;
+                if bytes + size > self.max_bytes && priority < Priority::Protected {
+                    count_eviction(&mut tx, kind, 1).await.map_err(self.db())?;
+                    tracing::warn!(kind, "outbox full: new event dropped");
+                    continue;
+                }
+            }
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) VALUES (?, ?, ?, ?, ?) RETURNING seq",
             )
@@ -220,20 +307,212 @@ impl Outbox {
             .fetch_one(&mut *tx)
             .await
             .map_err(self.db())?;
+            bytes += size;
             seqs.push(seq as u64);
         }
         tx.commit().await.map_err(self.db())?;
+        books.bytes = bytes;
         Ok(seqs)
+    }
+
+    /// Evicts events of `priority` or lower (oldest first, lowest class
+    /// first) until `size` more bytes fit. Returns the new byte count.
+    async fn make_room(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        mut bytes: u64,
+        size: u64,
+        priority: Priority,
+    ) -> Result<u64> {
+        while bytes + size > self.max_bytes {
+            let victims = sqlx::query(
+                "SELECT seq, kind, length(payload) AS len FROM outbox WHERE priority <= ? \
+                 ORDER BY priority, seq LIMIT 256",
+            )
+            .bind(priority as i64)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(self.db())?;
+            if victims.is_empty() {
+                break;
+            }
+            let mut freed_enough = false;
+            let mut last = 0i64;
+            let mut counts: Vec<(String, u64)> = Vec::new();
+            for row in &victims {
+                last = row.get("seq");
+                let kind: String = row.get("kind");
+                bytes = bytes.saturating_sub(row.get::<i64, _>("len") as u64 + ROW_OVERHEAD);
+                match counts.iter_mut().find(|(k, _)| *k == kind) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((kind, 1)),
+                }
+                if bytes + size <= self.max_bytes {
+                    freed_enough = true;
+                    break;
+                }
+            }
+            let first_priority = priority as i64;
+            sqlx::query(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority <= ? \
+                 ORDER BY priority, seq LIMIT ?)",
+            )
+            .bind(first_priority)
+            .bind(counts.iter().map(|(_, n)| *n as i64).sum::<i64>())
+            .execute(&mut **tx)
+            .await
+            .map_err(self.db())?;
+            for (kind, n) in &counts {
+                count_eviction(tx, kind, *n).await.map_err(self.db())?;
+            }
+            tracing::warn!(up_to_seq = last, evicted = ?counts, "outbox full: evicted events");
+            if freed_enough {
+                break;
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Appends a heartbeat, merging it into the newest row when that row is
+    /// an unsent heartbeat (or merged interval) with the same interval.
+    pub async fn append_heartbeat(&self, at: Timestamp, heartbeat: v1::Heartbeat) -> Result<()> {
+        {
+            let mut books = self.books.lock().await;
+            let newest = sqlx::query(
+                "SELECT seq, kind, occurred_at, payload FROM outbox ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.db())?;
+            if let Some(row) = newest {
+                let seq: i64 = row.get("seq");
+                let kind: String = row.get("kind");
+                let unsent = seq as u64 > books.claimed_up_to;
+                if unsent && (kind == "heartbeat" || kind == "heartbeat_interval") {
+                    let payload: Vec<u8> = row.get("payload");
+                    let started = Timestamp::from_millisecond(row.get("occurred_at")).unwrap_or(at);
+                    if let Some(merged) = merge_heartbeat(&payload, started, at, &heartbeat) {
+                        let new_payload = v1::Event {
+                            body: Some(merged),
+                            ..Default::default()
+                        }
+                        .encode_to_vec();
+                        sqlx::query("UPDATE outbox SET kind = 'heartbeat_interval', payload = ? WHERE seq = ?")
+                            .bind(&new_payload)
+                            .bind(seq)
+                            .execute(&self.pool)
+                            .await
+                            .map_err(self.db())?;
+                        books.bytes = (books.bytes + new_payload.len() as u64)
+                            .saturating_sub(payload.len() as u64);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.append(at, v1::event::Body::Heartbeat(heartbeat))
+            .await?;
+        Ok(())
+    }
+
+    /// Like `read_after`, and claims what it returns so it is never
+    /// rewritten while it may be in flight.
+    pub async fn read_for_send(&self, after: u64, limit: usize) -> Result<Vec<v1::Event>> {
+        let mut books = self.books.lock().await;
+        let events = self.read_after(after, limit).await?;
+        if let Some(last) = events.last() {
+            books.claimed_up_to = books.claimed_up_to.max(last.seq);
+        }
+        Ok(events)
+    }
+
+    /// The stream lost its connection: nothing is in flight any more.
+    pub async fn release_claims(&self) {
+        self.books.lock().await.claimed_up_to = 0;
+    }
+
+    /// Eviction counts not yet reported, as an `OutboxReport` appended to
+    /// the outbox in the same transaction that marks them reported. None
+    /// when there is nothing to report.
+    pub async fn take_eviction_report(&self) -> Result<Option<u64>> {
+        let _books = self.books.lock().await;
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut report = v1::OutboxReport::default();
+        let mut any = false;
+        for class in REPORT_CLASSES {
+            let total = state_number(&mut tx, &format!("evicted.{class}"))
+                .await
+                .map_err(self.db())?;
+            let reported = state_number(&mut tx, &format!("evicted_reported.{class}"))
+                .await
+                .map_err(self.db())?;
+            let new = total.saturating_sub(reported);
+            if new == 0 {
+                continue;
+            }
+            any = true;
+            match class {
+                "telemetry" => report.evicted_telemetry = new,
+                "sessions" => report.evicted_sessions = new,
+                "mfa" => report.evicted_mfa = new,
+                "captures" => report.evicted_captures = new,
+                "enforcement" => report.evicted_enforcement = new,
+                _ => report.evicted_other = new,
+            }
+            set_state_in(
+                &mut tx,
+                &format!("evicted_reported.{class}"),
+                &total.to_string(),
+            )
+            .await
+            .map_err(self.db())?;
+        }
+        if !any {
+            return Ok(None);
+        }
+        let payload = v1::Event {
+            body: Some(v1::event::Body::OutboxReport(report)),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) VALUES (?, 'outbox_report', ?, ?, ?) RETURNING seq",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(Priority::Report as i64)
+        .bind(Timestamp::now().as_millisecond())
+        .bind(payload)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
+        Ok(Some(seq as u64))
+    }
+
+    /// Lifetime eviction counts per class, for `status`.
+    pub async fn eviction_totals(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::new();
+        for class in REPORT_CLASSES {
+            let n = self
+                .state(&format!("evicted.{class}"))
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            out.push((class, n));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` events with sequence numbers above `after`, in order.
     pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<v1::Event>> {
-        let rows = sqlx::query("SELECT seq, event_id, occurred_at, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(after as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(self.db())?;
+        let rows = sqlx::query(
+            "SELECT seq, event_id, occurred_at, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
         rows.iter()
             .map(|row| {
                 let seq: i64 = row.get("seq");
@@ -258,21 +537,29 @@ impl Outbox {
 
     /// Deletes the events of an acknowledged batch.
     pub async fn acknowledge(&self, first_seq: u64, last_seq: u64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM outbox WHERE seq BETWEEN ? AND ?")
-            .bind(first_seq as i64)
-            .bind(last_seq as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(self.db())?;
-        Ok(done.rows_affected())
+        let mut books = self.books.lock().await;
+        let row = sqlx::query(
+            "DELETE FROM outbox WHERE seq BETWEEN ? AND ? RETURNING length(payload) + ? AS size",
+        )
+        .bind(first_seq as i64)
+        .bind(last_seq as i64)
+        .bind(ROW_OVERHEAD as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        let freed: u64 = row.iter().map(|r| r.get::<i64, _>("size") as u64).sum();
+        books.bytes = books.bytes.saturating_sub(freed);
+        Ok(row.len() as u64)
     }
 
     pub async fn stats(&self) -> Result<OutboxStats> {
         let row = sqlx::query(
             "SELECT count(*) AS depth, min(seq) AS oldest_seq, \
              (SELECT occurred_at FROM outbox ORDER BY seq LIMIT 1) AS oldest_at, \
-             coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) AS last_seq FROM outbox",
+             coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0) AS last_seq, \
+             coalesce(sum(length(payload)), 0) + count(*) * ? AS bytes FROM outbox",
         )
+        .bind(ROW_OVERHEAD as i64)
         .fetch_one(&self.pool)
         .await
         .map_err(self.db())?;
@@ -282,6 +569,7 @@ impl Outbox {
             oldest_seq: row.get::<Option<i64>, _>("oldest_seq").map(|s| s as u64),
             oldest_occurred_at: oldest_at.and_then(|ms| Timestamp::from_millisecond(ms).ok()),
             next_seq: row.get::<i64, _>("last_seq") as u64 + 1,
+            bytes: row.get::<i64, _>("bytes") as u64,
         })
     }
 
@@ -345,6 +633,72 @@ impl Outbox {
     }
 }
 
+/// Folds a heartbeat into the stored heartbeat or interval `payload`
+/// (which started at `started`). None when they differ in interval.
+fn merge_heartbeat(
+    payload: &[u8],
+    started: Timestamp,
+    at: Timestamp,
+    hb: &v1::Heartbeat,
+) -> Option<v1::event::Body> {
+    let stored = v1::Event::decode(payload).ok()?.body?;
+    let ts = |t: Timestamp| hallmonitor_proto::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    };
+    let (first, count, interval) = match stored {
+        v1::event::Body::Heartbeat(h) => (ts(started), 1, h.interval_secs),
+        v1::event::Body::HeartbeatInterval(i) => (i.first?, i.count, i.interval_secs),
+        _ => return None,
+    };
+    (interval == hb.interval_secs).then(|| {
+        v1::event::Body::HeartbeatInterval(v1::HeartbeatInterval {
+            first: Some(first),
+            last: Some(ts(at)),
+            interval_secs: interval,
+            count: count + 1,
+        })
+    })
+}
+
+async fn count_eviction(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    kind: &str,
+    n: u64,
+) -> sqlx::Result<()> {
+    let key = format!("evicted.{}", report_class(kind));
+    sqlx::query(
+        "INSERT INTO state (key, value) VALUES (?, ?) \
+         ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)",
+    )
+    .bind(key)
+    .bind(n.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn state_number(tx: &mut sqlx::Transaction<'_, Sqlite>, key: &str) -> sqlx::Result<u64> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM state WHERE key = ?")
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+async fn set_state_in(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    key: &str,
+    value: &str,
+) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 fn move_aside(path: &Path) -> Result<PathBuf> {
     let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     let target = path.with_file_name(format!("{FILE_NAME}.corrupt-{stamp}"));
@@ -375,7 +729,7 @@ mod tests {
     #[tokio::test]
     async fn append_read_acknowledge() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, moved) = Outbox::open(dir.path()).await.unwrap();
+        let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         assert!(moved.is_none());
         let t = Timestamp::from_second(1_700_000_000).unwrap();
         let seqs = outbox
@@ -400,13 +754,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Timestamp::now();
         {
-            let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
+            let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
             outbox.append(t, heartbeat(1)).await.unwrap();
             outbox.append(t, heartbeat(2)).await.unwrap();
             outbox.acknowledge(1, 2).await.unwrap();
             outbox.close().await;
         }
-        let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         assert_eq!(
             outbox.append(t, heartbeat(3)).await.unwrap(),
             3,
@@ -417,7 +771,7 @@ mod tests {
     #[tokio::test]
     async fn floor_jumps_past_collector_high_water_mark() {
         let dir = tempfile::tempdir().unwrap();
-        let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         assert!(outbox.raise_sequence_floor(41).await.unwrap());
         assert_eq!(
             outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
@@ -441,7 +795,7 @@ mod tests {
             b"this is not a database, just some garbage bytes".repeat(200),
         )
         .unwrap();
-        let (outbox, moved) = Outbox::open(dir.path()).await.unwrap();
+        let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         let moved = moved.expect("reported as moved");
         assert!(moved.exists());
         assert!(
@@ -466,7 +820,7 @@ mod tests {
     async fn truncated_file_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (outbox, _) = Outbox::open(dir.path()).await.unwrap();
+            let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
             let t = Timestamp::now();
             outbox
                 .append_all((0..2000).map(|n| (t, heartbeat(n))).collect())
@@ -483,9 +837,224 @@ mod tests {
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(len / 3).unwrap();
         drop(file);
-        let (outbox, moved) = Outbox::open(dir.path()).await.unwrap();
+        let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         assert!(moved.is_some(), "truncation detected");
         assert_eq!(outbox.stats().await.unwrap().depth, 0);
+    }
+
+    fn capture(severity: u32, size: usize) -> v1::event::Body {
+        v1::event::Body::Capture(v1::Capture {
+            severity,
+            image_png: vec![7; size],
+            ..Default::default()
+        })
+    }
+
+    fn session() -> v1::event::Body {
+        v1::event::Body::Session(v1::SessionEvent {
+            account: "u1".into(),
+            ..Default::default()
+        })
+    }
+
+    /// Bytes one event counts against the bound.
+    fn cost(body: v1::event::Body) -> u64 {
+        v1::Event {
+            body: Some(body),
+            ..Default::default()
+        }
+        .encoded_len() as u64
+            + ROW_OVERHEAD
+    }
+
+    async fn kinds(outbox: &Outbox) -> Vec<String> {
+        outbox
+            .read_after(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| classify(&e.body.unwrap()).0.to_owned())
+            .collect()
+    }
+
+    async fn evicted(outbox: &Outbox) -> Vec<(&'static str, u64)> {
+        outbox
+            .eviction_totals()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn full_outbox_evicts_in_priority_order_and_never_severe_captures() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for exactly ten 1 KiB captures, and less than a session more.
+        let bound = 10 * cost(capture(5, 1024)) + 50;
+        let (outbox, _) = Outbox::open(dir.path(), bound).await.unwrap();
+        let t = Timestamp::now();
+        outbox
+            .append_all(vec![(t, heartbeat(1)), (t, session()), (t, heartbeat(2))])
+            .await
+            .unwrap();
+        outbox
+            .append_all((0..4).map(|_| (t, capture(2, 1024))).collect())
+            .await
+            .unwrap();
+        outbox
+            .append_all((0..5).map(|_| (t, capture(5, 1024))).collect())
+            .await
+            .unwrap();
+        // Full now. More severe captures push out the lowest classes first:
+        // heartbeats, then the session, then the severity-2 captures.
+        outbox.append(t, capture(5, 1024)).await.unwrap();
+        assert_eq!(evicted(&outbox).await, [("telemetry", 2), ("sessions", 1)]);
+        let left = kinds(&outbox).await;
+        assert!(
+            !left.contains(&"heartbeat".to_string()) && !left.contains(&"session".to_string()),
+            "{left:?}"
+        );
+        outbox
+            .append_all((0..4).map(|_| (t, capture(4, 1024))).collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            evicted(&outbox).await,
+            [("telemetry", 2), ("sessions", 1), ("captures", 4)]
+        );
+        // Only protected captures remain: a heartbeat cannot displace them
+        // and is dropped itself; another severe capture is still accepted.
+        assert!(
+            outbox
+                .append_all(vec![(t, heartbeat(3))])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            evicted(&outbox).await,
+            [("telemetry", 3), ("sessions", 1), ("captures", 4)]
+        );
+        outbox.append(t, capture(5, 1024)).await.unwrap();
+        let left = outbox.read_after(0, 100).await.unwrap();
+        assert_eq!(left.len(), 11);
+        assert!(
+            left.iter()
+                .all(|e| matches!(&e.body, Some(v1::event::Body::Capture(c)) if c.severity >= 4))
+        );
+        assert!(
+            outbox.stats().await.unwrap().bytes > bound,
+            "severe captures may pass the bound"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_event_never_evicts_a_more_important_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), 3 * cost(capture(3, 1000)) + 50)
+            .await
+            .unwrap();
+        let t = Timestamp::now();
+        outbox
+            .append_all((0..3).map(|_| (t, capture(3, 1000))).collect())
+            .await
+            .unwrap();
+        let stored = outbox.append_all(vec![(t, session())]).await.unwrap();
+        assert!(stored.is_empty(), "the session is dropped, not a capture");
+        assert_eq!(evicted(&outbox).await, [("sessions", 1)]);
+        assert_eq!(kinds(&outbox).await, ["capture", "capture", "capture"]);
+    }
+
+    #[tokio::test]
+    async fn eviction_report_is_taken_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), 2 * cost(capture(1, 1000)) + 50)
+            .await
+            .unwrap();
+        let t = Timestamp::now();
+        outbox
+            .append_all((0..5).map(|_| (t, capture(1, 1000))).collect())
+            .await
+            .unwrap();
+        assert_eq!(evicted(&outbox).await, [("captures", 3)]);
+        let seq = outbox
+            .take_eviction_report()
+            .await
+            .unwrap()
+            .expect("a report");
+        let events = outbox.read_after(seq - 1, 1).await.unwrap();
+        match &events[0].body {
+            Some(v1::event::Body::OutboxReport(r)) => assert_eq!(r.evicted_captures, 3),
+            other => panic!("expected a report, got {other:?}"),
+        }
+        assert_eq!(
+            outbox.take_eviction_report().await.unwrap(),
+            None,
+            "nothing new to report"
+        );
+    }
+
+    #[tokio::test]
+    async fn unsent_heartbeats_merge_into_one_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let start = Timestamp::from_second(1_800_000_000).unwrap();
+        for i in 0..1000 {
+            let at = start + jiff::SignedDuration::from_secs(60 * i);
+            outbox
+                .append_heartbeat(
+                    at,
+                    v1::Heartbeat {
+                        uptime_secs: 0,
+                        interval_secs: 60,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let events = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(events.len(), 1, "a thousand heartbeats, one row");
+        match &events[0].body {
+            Some(v1::event::Body::HeartbeatInterval(i)) => {
+                assert_eq!(i.count, 1000);
+                assert_eq!(i.first.unwrap().seconds, 1_800_000_000);
+                assert_eq!(i.last.unwrap().seconds, 1_800_000_000 + 60 * 999);
+            }
+            other => panic!("expected an interval, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn claimed_heartbeats_are_never_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let t = Timestamp::now();
+        let hb = v1::Heartbeat {
+            uptime_secs: 0,
+            interval_secs: 60,
+        };
+        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        let sent = outbox.read_for_send(0, 10).await.unwrap();
+        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        let all = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(all.len(), 2, "the in-flight heartbeat stays as sent");
+        assert_eq!(all[0], sent[0]);
+        // Another heartbeat still merges into the unsent one.
+        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 2);
+        // A heartbeat with another interval is not merged.
+        outbox
+            .append_heartbeat(
+                t,
+                v1::Heartbeat {
+                    uptime_secs: 0,
+                    interval_secs: 5,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 3);
     }
 
     #[test]

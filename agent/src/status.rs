@@ -29,6 +29,11 @@ pub struct Status {
     pub last_acked_seq: Option<u64>,
     pub next_seq: u64,
     pub corrupt_outbox_moved_to: Option<String>,
+    /// Bytes the outbox holds, counted against its bound.
+    pub outbox_bytes: u64,
+    /// Events evicted because the outbox was full, per class, since the
+    /// outbox was created.
+    pub evicted: std::collections::BTreeMap<String, u64>,
 }
 
 pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status> {
@@ -52,6 +57,8 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         last_acked_seq: None,
         next_seq: 1,
         corrupt_outbox_moved_to: None,
+        outbox_bytes: 0,
+        evicted: Default::default(),
     };
     if !config.data_dir.join(outbox::FILE_NAME).exists() {
         return Ok(status);
@@ -59,6 +66,12 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     let outbox = Outbox::open_read_only(&config.data_dir).await?;
     let stats = outbox.stats().await?;
     status.queue_depth = stats.depth;
+    status.evicted = outbox
+        .eviction_totals()
+        .await?
+        .into_iter()
+        .map(|(class, n)| (class.to_owned(), n))
+        .collect();
     status.next_seq = stats.next_seq;
     status.oldest_unsent_at = stats.oldest_occurred_at;
     status.oldest_unsent_age_secs = stats
@@ -139,6 +152,20 @@ pub fn render_text(s: &Status) -> String {
             .unwrap_or_else(|| "-".into()),
     );
     line("last error", dash(&s.last_error));
+    let evicted: Vec<String> = s
+        .evicted
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, n)| format!("{n} {c}"))
+        .collect();
+    line(
+        "evicted (outbox full)",
+        if evicted.is_empty() {
+            "none".into()
+        } else {
+            evicted.join(", ")
+        },
+    );
     if let Some(moved) = &s.corrupt_outbox_moved_to {
         line("corrupt outbox moved", moved.clone());
     }

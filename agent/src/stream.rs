@@ -92,6 +92,8 @@ pub async fn run(
                 set_connection(&outbox, "disconnected", Some(&e.to_string())).await;
             }
         }
+        // Whatever was in flight on the dead stream will be resent.
+        outbox.release_claims().await;
         if connected {
             attempt = 0;
         }
@@ -151,6 +153,10 @@ async fn run_once(
     outbox
         .raise_sequence_floor(server_hello.last_committed_seq)
         .await?;
+    // Nothing is in flight on a new stream; tell the collector what was
+    // evicted while we were away.
+    outbox.release_claims().await;
+    outbox.take_eviction_report().await?;
     *connected = true;
     set_connection(outbox, "connected", None).await;
     tracing::info!(device_id = %server_hello.device_id, last_committed_seq = server_hello.last_committed_seq, "connected to collector");
@@ -161,7 +167,7 @@ async fn run_once(
     loop {
         while in_flight.len() < WINDOW {
             let events = outbox
-                .read_after(sent_up_to, settings.delivery.batch_max_events)
+                .read_for_send(sent_up_to, settings.delivery.batch_max_events)
                 .await?;
             let (Some(first), Some(last)) =
                 (events.first().map(|e| e.seq), events.last().map(|e| e.seq))
