@@ -156,6 +156,9 @@ async fn produce(
         if !events.is_empty() {
             outbox.append_all(events).await?;
         }
+        // Evictions while connected (a burst of captures, a slow link) are
+        // reported at the next tick rather than at the next reconnection.
+        outbox.take_eviction_report().await?;
         let heartbeat = v1::Heartbeat {
             uptime_secs: facts::uptime_secs(),
             interval_secs: interval,

@@ -264,9 +264,19 @@ impl Outbox {
         }
     }
 
-    /// Appends one event; returns its sequence number once committed.
-    pub async fn append(&self, occurred_at: Timestamp, body: v1::event::Body) -> Result<u64> {
-        Ok(self.append_all(vec![(occurred_at, body)]).await?[0])
+    /// Appends one event; returns its sequence number once committed, or
+    /// `None` when the outbox was full and the event was dropped (counted
+    /// as an eviction).
+    pub async fn append(
+        &self,
+        occurred_at: Timestamp,
+        body: v1::event::Body,
+    ) -> Result<Option<u64>> {
+        Ok(self
+            .append_all(vec![(occurred_at, body)])
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// Appends events in one transaction, in order, evicting to stay within
@@ -573,33 +583,76 @@ impl Outbox {
         })
     }
 
-    /// Makes the next sequence number greater than `committed`: after a lost
-    /// or replaced outbox, new events must not collide with ones the
-    /// collector already holds (it would ignore them as duplicates).
+    /// Called on every connection with the highest sequence number the
+    /// collector has committed for this device. Makes the next number
+    /// greater than it, and, the first time an outbox meets the collector,
+    /// renumbers its pending events above it too: an outbox that replaced a
+    /// lost or corrupt one restarts at 1, and events numbered below what
+    /// the collector holds would be ignored as duplicates. Renumbering is
+    /// safe then because nothing is sent before this hello. Returns whether
+    /// anything changed.
     pub async fn raise_sequence_floor(&self, committed: u64) -> Result<bool> {
-        let stats = self.stats().await?;
-        if stats.next_seq > committed {
-            return Ok(false);
-        }
+        let _books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'")
-            .bind(committed as i64)
-            .execute(&mut *tx)
+        let verified = state_number(&mut tx, "sequence_verified")
+            .await
+            .map_err(self.db())?
+            == 1;
+        let mut last: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM outbox")
+            .fetch_one(&mut *tx)
             .await
             .map_err(self.db())?;
-        if updated.rows_affected() == 0 {
-            sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)")
-                .bind(committed as i64)
+        let committed = committed as i64;
+        let mut changed = false;
+        if let Some(oldest) = oldest.filter(|o| !verified && *o <= committed) {
+            let offset = committed + 1 - oldest;
+            // Through negatives, so no row collides with another mid-update.
+            sqlx::query("UPDATE outbox SET seq = -seq")
                 .execute(&mut *tx)
                 .await
                 .map_err(self.db())?;
+            sqlx::query("UPDATE outbox SET seq = ? - seq")
+                .bind(offset)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            last += offset;
+            changed = true;
+            tracing::warn!(
+                committed,
+                offset,
+                "outbox is new to the collector: pending events renumbered"
+            );
         }
+        if last < committed {
+            last = committed;
+            changed = true;
+        }
+        if changed {
+            let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ? WHERE name = 'outbox'")
+                .bind(last)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            if updated.rows_affected() == 0 {
+                sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)")
+                    .bind(last)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+            }
+        }
+        set_state_in(&mut tx, "sequence_verified", "1")
+            .await
+            .map_err(self.db())?;
         tx.commit().await.map_err(self.db())?;
-        tracing::warn!(
-            committed,
-            "outbox sequence raised past what the collector already holds"
-        );
-        Ok(true)
+        Ok(changed)
     }
 
     pub async fn set_state(&self, key: &str, value: &str) -> Result<()> {
@@ -763,9 +816,46 @@ mod tests {
         let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
         assert_eq!(
             outbox.append(t, heartbeat(3)).await.unwrap(),
-            3,
+            Some(3),
             "never reused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_outbox_renumbers_pending_events_above_the_collector_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let t = Timestamp::now();
+        // A replacement outbox queued three events before reaching the
+        // collector, which already holds up to 100.
+        assert_eq!(
+            outbox
+                .append_all((1..=3).map(|n| (t, heartbeat(n))).collect())
+                .await
+                .unwrap(),
+            [1, 2, 3]
+        );
+        assert!(outbox.raise_sequence_floor(100).await.unwrap());
+        let seqs: Vec<u64> = outbox
+            .read_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [101, 102, 103]);
+        assert_eq!(outbox.append(t, heartbeat(4)).await.unwrap(), Some(104));
+        // Once verified, pending events are never renumbered again (they may
+        // have been sent).
+        assert!(!outbox.raise_sequence_floor(102).await.unwrap());
+        let seqs: Vec<u64> = outbox
+            .read_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, [101, 102, 103, 104]);
     }
 
     #[tokio::test]
@@ -775,7 +865,7 @@ mod tests {
         assert!(outbox.raise_sequence_floor(41).await.unwrap());
         assert_eq!(
             outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
-            42
+            Some(42)
         );
         assert!(
             !outbox.raise_sequence_floor(10).await.unwrap(),
@@ -783,7 +873,7 @@ mod tests {
         );
         assert_eq!(
             outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
-            43
+            Some(43)
         );
     }
 
@@ -808,7 +898,7 @@ mod tests {
         );
         assert_eq!(
             outbox.append(Timestamp::now(), heartbeat(1)).await.unwrap(),
-            1
+            Some(1)
         );
         assert_eq!(
             outbox.state("corrupt_moved_to").await.unwrap(),
@@ -1034,14 +1124,14 @@ mod tests {
             uptime_secs: 0,
             interval_secs: 60,
         };
-        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        outbox.append_heartbeat(t, hb).await.unwrap();
         let sent = outbox.read_for_send(0, 10).await.unwrap();
-        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        outbox.append_heartbeat(t, hb).await.unwrap();
         let all = outbox.read_after(0, 10).await.unwrap();
         assert_eq!(all.len(), 2, "the in-flight heartbeat stays as sent");
         assert_eq!(all[0], sent[0]);
         // Another heartbeat still merges into the unsent one.
-        outbox.append_heartbeat(t, hb.clone()).await.unwrap();
+        outbox.append_heartbeat(t, hb).await.unwrap();
         assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 2);
         // A heartbeat with another interval is not merged.
         outbox

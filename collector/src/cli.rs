@@ -7,7 +7,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::model::{Connectivity, DeviceRecord, EnrollmentSecretInfo};
+use crate::model::{Connectivity, DeviceRecord, EnrollmentSecretInfo, OutboxHealth};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -84,13 +84,18 @@ pub fn devices_list(devices: &[DeviceRecord], now: Timestamp, format: Format) ->
     }
 }
 
-pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
+pub fn device_show(
+    d: &DeviceRecord,
+    outbox: &OutboxHealth,
+    now: Timestamp,
+    format: Format,
+) -> String {
     match format {
-        Format::Json => pretty(&json!({
-            "schema": "hallmonitor.device.v1",
-            "as_of": now,
-            "device": device_json(d, now),
-        })),
+        Format::Json => {
+            let mut device = serde_json::to_value(device_json(d, now)).expect("device serialises");
+            device["outbox"] = serde_json::to_value(outbox).expect("outbox health serialises");
+            pretty(&json!({ "schema": "hallmonitor.device.v1", "as_of": now, "device": device }))
+        }
         Format::Table => {
             let f = &d.facts;
             let tz = &d.site_timezone;
@@ -115,6 +120,29 @@ pub fn device_show(d: &DeviceRecord, now: Timestamp, format: Format) -> String {
                     n => format!("{n} event(s) not received (evicted on the device or in flight)"),
                 },
             );
+            let evicted: Vec<String> = outbox
+                .evicted
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| format!("{n} {c}"))
+                .collect();
+            line(
+                "evicted on device",
+                if evicted.is_empty() {
+                    "none".into()
+                } else {
+                    evicted.join(", ")
+                },
+            );
+            if outbox.corrupt_replacements > 0 {
+                line(
+                    "outbox replaced",
+                    format!(
+                        "{} time(s): the agent found its outbox corrupt",
+                        outbox.corrupt_replacements
+                    ),
+                );
+            }
             line("os", format!("{} {}", f.os_name, f.os_version));
             line("kernel", f.kernel_version.clone());
             line("architecture", f.architecture.clone());

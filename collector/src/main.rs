@@ -216,7 +216,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     else {
                         bail!("no device with id {id}");
                     };
-                    print!("{}", cli::device_show(&device, now, format));
+                    let outbox = store.outbox_health(&device.id).await?;
+                    print!("{}", cli::device_show(&device, &outbox, now, format));
                 }
             }
         }

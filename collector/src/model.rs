@@ -202,6 +202,22 @@ impl DeviceRecord {
     }
 }
 
+/// What a device's agent reported losing or repairing in its outbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxHealth {
+    /// Events evicted because the outbox was full, per class.
+    pub evicted: std::collections::BTreeMap<String, u64>,
+    /// How many times the agent found its outbox corrupt and replaced it.
+    pub corrupt_replacements: u64,
+    pub last_report_at: Option<Timestamp>,
+}
+
+impl OutboxHealth {
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted.values().sum()
+    }
+}
+
 /// An enrolment secret as listed (the secret itself is never stored).
 #[derive(Clone, Debug, Serialize)]
 pub struct EnrollmentSecretInfo {

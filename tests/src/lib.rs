@@ -342,15 +342,26 @@ pub struct Agent {
     pub root: tempfile::TempDir,
     pub config: PathBuf,
     pub data: PathBuf,
+    /// Extra lines for the `[delivery]` table (batch size, outbox bound…).
+    pub delivery: String,
 }
 
 impl Agent {
     pub fn new(settings: &AgentSettings) -> Agent {
+        Self::with_delivery(settings, "")
+    }
+
+    pub fn with_delivery(settings: &AgentSettings, delivery: &str) -> Agent {
         let root = tempfile::tempdir().expect("temp dir");
         let data = root.path().join("agent-data");
         let config = root.path().join("agent.toml");
         std::fs::create_dir_all(root.path().join("logs")).unwrap();
-        let agent = Agent { root, config, data };
+        let agent = Agent {
+            root,
+            config,
+            data,
+            delivery: delivery.into(),
+        };
         agent.write_config(settings);
         agent
     }
@@ -359,14 +370,15 @@ impl Agent {
         let toml = format!(
             "collector = \"{}\"\nenroll_address = \"{}\"\nca_fingerprint = \"{}\"\nsite = \"{}\"\n\
              enrollment_secret = \"{}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nmachine_id = \"{}\"\n\
-             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n",
+             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n{}\n",
             s.collector,
             s.enroll_address,
             s.ca_fingerprint,
             s.site,
             s.secret,
             self.data.display(),
-            s.machine_id
+            s.machine_id,
+            self.delivery
         );
         std::fs::write(&self.config, toml).expect("writing agent.toml");
     }

@@ -61,8 +61,13 @@ fn enrolled_agent_appears_with_facts_and_survives_a_collector_restart() {
         "the agent to notice the collector is gone and queue events",
         WAIT,
         || {
+            // Offline heartbeats merge into one interval event, so the
+            // queue holds one row that ages across several intervals.
             let s = agent.status();
-            (s["connection"] != "connected" && s["queue_depth"].as_u64()? >= 2).then_some(())
+            (s["connection"] != "connected"
+                && s["queue_depth"].as_u64()? >= 1
+                && s["oldest_unsent_age_secs"].as_i64()? >= 3)
+                .then_some(())
         },
     );
 
@@ -74,7 +79,7 @@ fn enrolled_agent_appears_with_facts_and_survives_a_collector_restart() {
     });
     let after = data.device(&id);
     assert!(
-        after["events_stored"].as_u64().unwrap() >= stored_before + 2,
+        after["events_stored"].as_u64().unwrap() > stored_before,
         "queued events arrived: {after}"
     );
     assert_eq!(after["sequence_gap"], 0, "nothing lost: {after}");

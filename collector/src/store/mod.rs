@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 
 use crate::model::{
-    BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event,
+    BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event, OutboxHealth,
     SecretRejection, Site, SiteId,
 };
 
@@ -118,6 +118,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<BatchOutcome>;
     async fn list_devices(&self, site: Option<SiteId>) -> Result<Vec<DeviceRecord>>;
     async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
+    /// The sum of the outbox reports a device's agent sent.
+    async fn outbox_health(&self, device: &DeviceId) -> Result<OutboxHealth>;
     /// Events of a device in sequence order, as (seq, kind) pairs.
     async fn event_kinds(&self, device: &DeviceId) -> Result<Vec<(u64, String)>>;
 

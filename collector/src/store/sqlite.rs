@@ -17,7 +17,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{AuditEntry, Enrollment, NewSecret, Result, Store, StoreError, StreamDevice};
 use crate::model::{
     BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event, EventBody,
-    SecretRejection, Site, SiteId,
+    OutboxHealth, SecretRejection, Site, SiteId,
 };
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -424,6 +424,41 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn outbox_health(&self, device: &DeviceId) -> Result<OutboxHealth> {
+        let row = sqlx::query(
+            "SELECT coalesce(sum(json_extract(body, '$.evicted_telemetry')), 0) AS telemetry, \
+             coalesce(sum(json_extract(body, '$.evicted_sessions')), 0) AS sessions, \
+             coalesce(sum(json_extract(body, '$.evicted_mfa')), 0) AS mfa, \
+             coalesce(sum(json_extract(body, '$.evicted_captures')), 0) AS captures, \
+             coalesce(sum(json_extract(body, '$.evicted_enforcement')), 0) AS enforcement, \
+             coalesce(sum(json_extract(body, '$.evicted_other')), 0) AS other, \
+             count(nullif(json_extract(body, '$.corrupt_file_moved_to'), '')) AS corrupt, \
+             max(occurred_at) AS last_at \
+             FROM events WHERE device_id = ? AND kind = 'outbox_report'",
+        )
+        .bind(device.as_str())
+        .fetch_one(&self.reader)
+        .await?;
+        let mut health = OutboxHealth {
+            corrupt_replacements: row.try_get::<i64, _>("corrupt")? as u64,
+            last_report_at: optional_instant(row.try_get("last_at")?)?,
+            ..OutboxHealth::default()
+        };
+        for class in [
+            "telemetry",
+            "sessions",
+            "mfa",
+            "captures",
+            "enforcement",
+            "other",
+        ] {
+            health
+                .evicted
+                .insert(class.to_owned(), row.try_get::<i64, _>(class)? as u64);
+        }
+        Ok(health)
     }
 
     async fn event_kinds(&self, device: &DeviceId) -> Result<Vec<(u64, String)>> {
