@@ -160,6 +160,65 @@ pub struct Outbox {
     books: std::sync::Arc<tokio::sync::Mutex<Books>>,
 }
 
+/// An event encoded for the outbox, not yet stored.
+struct NewRow {
+    kind: &'static str,
+    priority: Priority,
+    occurred_at: Timestamp,
+    payload: Vec<u8>,
+    /// Bytes it counts against the bound.
+    size: u64,
+}
+
+impl NewRow {
+    fn new((occurred_at, body): (Timestamp, v1::event::Body)) -> NewRow {
+        let (kind, priority) = classify(&body);
+        let payload = v1::Event {
+            body: Some(body),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let size = payload.len() as u64 + ROW_OVERHEAD;
+        NewRow {
+            kind,
+            priority,
+            occurred_at,
+            payload,
+            size,
+        }
+    }
+}
+
+/// Inserts `rows` with one statement; returns their sequence numbers in
+/// input order.
+async fn insert_rows(
+    connection: &mut sqlx::SqliteConnection,
+    rows: &[NewRow],
+) -> std::result::Result<Vec<u64>, sqlx::Error> {
+    let mut insert: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) ");
+    insert.push_values(rows, |mut row, new| {
+        row.push_bind(uuid::Uuid::now_v7().to_string())
+            .push_bind(new.kind)
+            .push_bind(new.priority as i64)
+            .push_bind(new.occurred_at.as_millisecond())
+            .push_bind(new.payload.as_slice());
+    });
+    insert.push(" RETURNING seq");
+    let mut seqs: Vec<i64> = insert
+        .build_query_scalar()
+        .fetch_all(&mut *connection)
+        .await?;
+    // RETURNING order is unspecified; AUTOINCREMENT numbers rows in
+    // insertion order, so sorted numbers match input order.
+    seqs.sort_unstable();
+    Ok(seqs.into_iter().map(|s| s as u64).collect())
+}
+
+/// Rows per multi-row INSERT (5 parameters each, well under SQLite's
+/// limit of 32,766).
+const INSERT_CHUNK: usize = 1_000;
+
 impl Outbox {
     /// Opens or creates the outbox in `dir`. A corrupt file is moved aside
     /// and replaced; the second value says where it went.
@@ -285,17 +344,39 @@ impl Outbox {
     /// it has none.
     pub async fn append_all(&self, events: Vec<(Timestamp, v1::event::Body)>) -> Result<Vec<u64>> {
         let mut books = self.books.lock().await;
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let mut seqs = Vec::with_capacity(events.len());
-        let mut bytes = books.bytes;
-        for (occurred_at, body) in events {
-            let (kind, priority) = classify(&body);
-            let payload = v1::Event {
-                body: Some(body),
-                ..Default::default()
+        let rows: Vec<NewRow> = events.into_iter().map(NewRow::new).collect();
+        let total: u64 = rows.iter().map(|r| r.size).sum();
+        if books.bytes + total <= self.max_bytes {
+            // The common case: everything fits, so no eviction decisions
+            // and one multi-row INSERT per chunk. One statement is atomic
+            // on its own; several need a transaction.
+            let mut seqs = Vec::with_capacity(rows.len());
+            if rows.len() <= INSERT_CHUNK {
+                let mut connection = self.pool.acquire().await.map_err(self.db())?;
+                seqs = insert_rows(&mut connection, &rows)
+                    .await
+                    .map_err(self.db())?;
+            } else {
+                let mut tx = self.pool.begin().await.map_err(self.db())?;
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    seqs.extend(insert_rows(&mut tx, chunk).await.map_err(self.db())?);
+                }
+                tx.commit().await.map_err(self.db())?;
             }
-            .encode_to_vec();
-            let size = payload.len() as u64 + ROW_OVERHEAD;
+            books.bytes += total;
+            return Ok(seqs);
+        }
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut bytes = books.bytes;
+        for NewRow {
+            kind,
+            priority,
+            occurred_at,
+            payload,
+            size,
+        } in rows
+        {
             if bytes + size > self.max_bytes {
                 // Protected events evict what they can but are kept anyway.
                 let evictable = priority.min(Priority::Capture);

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Runs the Hall Monitor benchmarks on this machine and prints the figures
+# recorded in BENCHMARKS.md:
+#   1. collector ingest: `loadgen` (many enrolled agents over gRPC/mTLS)
+#      against a release collector on SQLite, on loopback;
+#   2. agent outbox append/acknowledge throughput (`outbox bench`);
+#   3. agent RSS idle, and while draining a 100,000-event backlog.
+# Usage: bash benches/run.sh [ingest|outbox|rss]...   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release -q -p hallmonitor-collector -p hallmonitor-agent -p hallmonitor-benches --bins
+bin=$PWD/target/release
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+
+# Initialises and starts a release collector in $work/collector; sets
+# TELEMETRY, ENROLL, SECRET, FINGERPRINT.
+start_collector() {
+    "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
+        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 > "$work/init.txt"
+    SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
+    FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
+    HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
+    pids+=($!)
+    COLLECTOR_PID=$!
+    for _ in $(seq 200); do
+        grep -q listening "$work/serve.out" 2>/dev/null && break
+        sleep 0.05
+    done
+    line=$(grep listening "$work/serve.out")
+    TELEMETRY=localhost:$(sed 's/.*telemetry=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")
+    ENROLL=localhost:$(sed 's/.*enroll=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+bench_ingest() {
+    echo "== collector ingest (SQLite, loopback, loadgen in the same machine)"
+    for run in 50:1000000 500:1000000 200:5000000; do
+        agents=${run%:*} events=${run#*:}
+        rm -rf "$work/collector"
+        start_collector
+        "$bin/loadgen" --enroll "$ENROLL" --telemetry "$TELEMETRY" --ca-fingerprint "$FINGERPRINT" \
+            --secret "$SECRET" --site Bench --agents "$agents" --events-per-agent $((events / agents)) \
+            --batch 500 --window 4
+        echo "collector peak RSS: $(($(hwm_kib "$COLLECTOR_PID") / 1024)) MiB; database $(du -sm "$work/collector" | cut -f1) MiB"
+        kill "$COLLECTOR_PID"
+        wait "$COLLECTOR_PID" || true
+    done
+}
+
+bench_outbox() {
+    echo "== agent outbox"
+    "$bin/outbox" bench --events 100000
+}
+
+bench_rss() {
+    echo "== agent RSS"
+    rm -rf "$work/collector"
+    start_collector
+    cat > "$work/agent.toml" <<EOF
+collector = "$TELEMETRY"
+enroll_address = "$ENROLL"
+ca_fingerprint = "$FINGERPRINT"
+site = "Bench"
+enrollment_secret = "$SECRET"
+data_dir = "$work/agent"
+machine_id = "bench-rss"
+EOF
+    agent=("$bin/hallmonitor-agent" --config "$work/agent.toml")
+    status() { "${agent[@]}" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+    HALLMONITOR_LOG=warn "${agent[@]}" enroll > /dev/null
+
+    # Idle: connected, queue empty, one heartbeat a minute.
+    HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
+    pids+=($!)
+    local pid=$!
+    until [[ $(status connection) == connected && $(status queue_depth) == 0 ]]; do sleep 0.2; done
+    sleep 10
+    echo "agent idle (connected, empty queue): RSS $(($(rss_kib "$pid") / 1024)) MiB"
+    kill "$pid"
+    wait "$pid" || true
+
+    "$bin/outbox" fill --data "$work/agent" --events 100000
+    HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
+    pids+=($!)
+    pid=$!
+    local start peak=0
+    start=$(date +%s.%N)
+    while true; do
+        rss=$(rss_kib "$pid")
+        ((rss > peak)) && peak=$rss
+        (($(status queue_depth) == 0)) && break
+        sleep 0.2
+    done
+    echo "agent draining 100000 events: $(python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')") s, peak RSS sampled $((peak / 1024)) MiB, VmHWM $(($(hwm_kib "$pid") / 1024)) MiB"
+    sleep 10
+    echo "agent idle again 10 s after draining: RSS $(($(rss_kib "$pid") / 1024)) MiB"
+    kill "$pid"
+}
+
+what=("$@")
+((${#what[@]})) || what=(ingest outbox rss)
+for w in "${what[@]}"; do "bench_$w"; done
