@@ -7,6 +7,7 @@ use jiff::tz::TimeZone;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::flags::{FlagRecord, FlagTransition};
 use crate::model::{Connectivity, DeviceRecord, EnrollmentSecretInfo, OutboxHealth};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -214,6 +215,141 @@ pub fn secrets_list(secrets: &[EnrollmentSecretInfo], now: Timestamp, format: Fo
                 ]);
             }
             table(&rows)
+        }
+    }
+}
+
+pub fn compliance(report: &crate::compliance::ComplianceReport, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(report).expect("reports serialise");
+            s.push('\n');
+            s
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "DEVICE".to_string(),
+                "HOSTNAME".into(),
+                "SITE".into(),
+                "STATUS".into(),
+                "USED".into(),
+                "BREACHES".into(),
+                "ENFORCEMENT".into(),
+                "FLAGS".into(),
+            ]];
+            for d in &report.devices {
+                let a = &d.activity;
+                rows.push([
+                    d.device_id.clone(),
+                    or_dash(&d.hostname),
+                    d.site.clone(),
+                    a.status.clone(),
+                    format!(
+                        "{}/{} min in {} d",
+                        a.used_minutes, a.required_minutes, a.window_days
+                    ),
+                    a.breach_local.clone().unwrap_or_else(|| "-".into()),
+                    d.enforcement.clone(),
+                    d.flags
+                        .iter()
+                        .map(|f| format!("#{} {}", f.id, f.state))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]);
+            }
+            let mut out = table(&rows);
+            let counts: Vec<String> = report
+                .status_counts()
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect();
+            out.push_str(&format!(
+                "{} device(s) as of {}: {}. {}\n",
+                report.devices.len(),
+                report.as_of,
+                if counts.is_empty() {
+                    "none".into()
+                } else {
+                    counts.join(", ")
+                },
+                if report.compliant {
+                    "All compliant."
+                } else {
+                    "NOT all compliant."
+                }
+            ));
+            out
+        }
+    }
+}
+
+pub fn flags_list(flags: &[FlagRecord], now: Timestamp, format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.flags.v1", "as_of": now, "flags": flags }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "KIND".into(),
+                "STATE".into(),
+                "SITE".into(),
+                "DEVICE".into(),
+                "HOSTNAME".into(),
+                "OPENED".into(),
+                "SUMMARY".into(),
+            ]];
+            for f in flags {
+                rows.push([
+                    f.id.to_string(),
+                    f.kind.as_str().into(),
+                    f.state.as_str().into(),
+                    f.site.clone(),
+                    f.device_id.to_string(),
+                    or_dash(&f.hostname),
+                    f.opened_at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+                    f.summary.clone(),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
+pub fn flag_show(flag: &FlagRecord, history: &[FlagTransition], format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.flag.v1", "flag": flag, "history": history }))
+        }
+        Format::Table => {
+            let mut out = format!(
+                "flag #{} {} on {} ({}), site {}: {}\n{}\n\n",
+                flag.id,
+                flag.kind.as_str(),
+                flag.device_id,
+                or_dash(&flag.hostname),
+                flag.site,
+                flag.state.as_str(),
+                flag.summary
+            );
+            let mut rows = vec![[
+                "WHEN".to_string(),
+                "WHO".into(),
+                "FROM".into(),
+                "TO".into(),
+                "WHY".into(),
+            ]];
+            for t in history {
+                rows.push([
+                    t.at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    t.actor.clone(),
+                    t.from.map_or("-", |s| s.as_str()).into(),
+                    t.to.as_str().into(),
+                    t.reason.clone(),
+                ]);
+            }
+            out.push_str(&table(&rows));
+            out
         }
     }
 }

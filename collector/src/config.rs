@@ -4,7 +4,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
+
+use crate::rules::activity::{ActivityThresholds, SessionPolicy};
 
 pub const FILE_NAME: &str = "collector.toml";
 pub const EXAMPLE: &str = include_str!("../collector.example.toml");
@@ -18,6 +23,124 @@ pub struct CollectorConfig {
     pub max_message_bytes: usize,
     pub max_batch_events: usize,
     pub shutdown_grace_secs: u64,
+    pub evaluate_every_secs: u64,
+    pub activity: ActivitySettings,
+    pub sites: BTreeMap<String, SiteSettings>,
+}
+
+/// `[activity]`: the device-activity rule's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivitySettings {
+    pub window_days: u32,
+    pub required_minutes: u32,
+    pub warning_days: u32,
+    pub auto_disable: bool,
+    pub min_uid: u32,
+    pub count_remote: bool,
+    pub exclude_accounts: Vec<String>,
+    pub include_accounts: Vec<String>,
+}
+
+impl Default for ActivitySettings {
+    fn default() -> Self {
+        ActivitySettings {
+            window_days: 28,
+            required_minutes: 60,
+            warning_days: 7,
+            auto_disable: false,
+            min_uid: 1000,
+            count_remote: false,
+            exclude_accounts: Vec::new(),
+            include_accounts: Vec::new(),
+        }
+    }
+}
+
+/// `[sites."NAME"]`: overrides for one site.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteSettings {
+    pub activity: ActivityOverrides,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivityOverrides {
+    pub window_days: Option<u32>,
+    pub required_minutes: Option<u32>,
+    pub warning_days: Option<u32>,
+    pub auto_disable: Option<bool>,
+    pub min_uid: Option<u32>,
+    pub count_remote: Option<bool>,
+    pub exclude_accounts: Option<Vec<String>>,
+    pub include_accounts: Option<Vec<String>>,
+}
+
+/// The device-activity rule as it applies to one site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteActivityRule {
+    pub thresholds: ActivityThresholds,
+    pub sessions: SessionPolicy,
+    pub auto_disable: bool,
+}
+
+impl ActivitySettings {
+    fn with(&self, o: &ActivityOverrides) -> ActivitySettings {
+        ActivitySettings {
+            window_days: o.window_days.unwrap_or(self.window_days),
+            required_minutes: o.required_minutes.unwrap_or(self.required_minutes),
+            warning_days: o.warning_days.unwrap_or(self.warning_days),
+            auto_disable: o.auto_disable.unwrap_or(self.auto_disable),
+            min_uid: o.min_uid.unwrap_or(self.min_uid),
+            count_remote: o.count_remote.unwrap_or(self.count_remote),
+            exclude_accounts: o
+                .exclude_accounts
+                .clone()
+                .unwrap_or_else(|| self.exclude_accounts.clone()),
+            include_accounts: o
+                .include_accounts
+                .clone()
+                .unwrap_or_else(|| self.include_accounts.clone()),
+        }
+    }
+
+    /// The rule these settings describe; errors name the key.
+    fn rule(&self, key: &str) -> Result<SiteActivityRule, String> {
+        if self.window_days == 0 || self.required_minutes == 0 {
+            return Err(format!(
+                "{key}: window_days and required_minutes must be at least 1"
+            ));
+        }
+        if self.warning_days >= self.window_days {
+            return Err(format!("{key}: warning_days must be less than window_days"));
+        }
+        if u64::from(self.required_minutes) > u64::from(self.window_days) * 24 * 60 {
+            return Err(format!("{key}: required_minutes is longer than the window"));
+        }
+        let patterns = |list: &[String], name: &str| {
+            list.iter()
+                .map(|p| {
+                    glob::Pattern::new(p).map_err(|e| format!("{key}.{name}: pattern \"{p}\": {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let day = |d: u32| SignedDuration::from_hours(i64::from(d) * 24);
+        Ok(SiteActivityRule {
+            thresholds: ActivityThresholds {
+                window: day(self.window_days),
+                required: SignedDuration::from_mins(i64::from(self.required_minutes)),
+                warning: day(self.warning_days),
+            },
+            sessions: SessionPolicy {
+                min_uid: self.min_uid,
+                count_remote: self.count_remote,
+                exclude_accounts: patterns(&self.exclude_accounts, "exclude_accounts")?,
+                include_accounts: patterns(&self.include_accounts, "include_accounts")?,
+            },
+            auto_disable: self.auto_disable,
+        })
+    }
 }
 
 impl Default for CollectorConfig {
@@ -29,6 +152,9 @@ impl Default for CollectorConfig {
             max_message_bytes: 16 * 1024 * 1024,
             max_batch_events: 5000,
             shutdown_grace_secs: 15,
+            evaluate_every_secs: 60,
+            activity: ActivitySettings::default(),
+            sites: BTreeMap::new(),
         }
     }
 }
@@ -76,7 +202,32 @@ impl CollectorConfig {
         if config.max_message_bytes < 64 * 1024 {
             return Err(invalid("max_message_bytes must be at least 65536"));
         }
+        if config.evaluate_every_secs == 0 {
+            return Err(invalid("evaluate_every_secs must be at least 1"));
+        }
+        config.activity.rule("activity").map_err(|m| invalid(&m))?;
+        for (name, site) in &config.sites {
+            config
+                .activity
+                .with(&site.activity)
+                .rule(&format!("sites.\"{name}\".activity"))
+                .map_err(|m| invalid(&m))?;
+        }
         Ok(config)
+    }
+
+    /// The device-activity rule for a site (its overrides over
+    /// `[activity]`). Validated at load, so it cannot fail here.
+    pub fn activity_rule(&self, site: &str) -> SiteActivityRule {
+        let settings = match self.sites.get(site) {
+            Some(overrides) => self.activity.with(&overrides.activity),
+            None => self.activity.clone(),
+        };
+        settings.rule(site).unwrap_or_else(|_| {
+            ActivitySettings::default()
+                .rule("defaults")
+                .expect("defaults are valid")
+        })
     }
 
     /// The TOML `init` writes: the documented example with the addresses
@@ -132,6 +283,34 @@ mod tests {
                 .to_string();
             assert!(err.starts_with("/data/collector.toml: "), "{name}: {err}");
             assert!(err.contains(want), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn site_overrides_apply_over_the_defaults() {
+        let text = "[activity]\nrequired_minutes = 90\n[sites.\"Cabot\".activity]\nauto_disable = true\nexclude_accounts = [\"svc-*\"]\n";
+        let config = CollectorConfig::parse(text, Path::new("c.toml")).unwrap();
+        let cabot = config.activity_rule("Cabot");
+        assert!(cabot.auto_disable);
+        assert_eq!(cabot.thresholds.required.as_mins(), 90);
+        assert_eq!(cabot.sessions.exclude_accounts.len(), 1);
+        let other = config.activity_rule("Other");
+        assert!(!other.auto_disable);
+        assert_eq!(other.thresholds.required.as_mins(), 90);
+    }
+
+    #[test]
+    fn bad_rule_settings_name_the_key() {
+        let cases = [
+            ("[activity]\nwarning_days = 28\n", "activity: warning_days"),
+            (
+                "[sites.\"Cabot\".activity]\nexclude_accounts = [\"[\"]\n",
+                "sites.\"Cabot\".activity.exclude_accounts",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = CollectorConfig::parse(text, Path::new("c.toml")).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
         }
     }
 

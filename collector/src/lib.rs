@@ -4,12 +4,15 @@
 
 pub mod auth;
 pub mod cli;
+pub mod compliance;
 pub mod config;
 pub mod enroll;
+pub mod flags;
 pub mod ingest;
 pub mod init;
 pub mod model;
 pub mod pki;
+pub mod rules;
 pub mod serve;
 pub mod store;
 

@@ -125,6 +125,13 @@ pub enum EventBody {
         evicted_other: u64,
         corrupt_file_moved_to: String,
     },
+    Session(SessionRecord),
+    Enforcement {
+        command_id: String,
+        command: CommandKind,
+        ok: bool,
+        detail: String,
+    },
     /// A kind this version stores but does not interpret yet (stored as its
     /// own JSON, not through this enum's tagging).
     #[serde(skip)]
@@ -135,6 +142,11 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Whether storing this event can change a rule's verdict.
+    pub fn affects_rules(&self) -> bool {
+        matches!(self, EventBody::Session(_) | EventBody::Enforcement { .. })
+    }
+
     /// The short name stored in the `kind` column.
     pub fn kind(&self) -> &str {
         match self {
@@ -142,6 +154,8 @@ impl EventBody {
             EventBody::HeartbeatInterval { .. } => "heartbeat_interval",
             EventBody::Facts(_) => "facts",
             EventBody::OutboxReport { .. } => "outbox_report",
+            EventBody::Session(_) => "session",
+            EventBody::Enforcement { .. } => "enforcement",
             EventBody::Other { name, .. } => name,
         }
     }
@@ -171,6 +185,9 @@ pub struct DeviceRecord {
     pub events_stored: u64,
     pub facts: DeviceFacts,
     pub facts_updated_at: Timestamp,
+    pub enforcement: Enforcement,
+    /// The last re-enable: a new grace period starts there.
+    pub reenabled_at: Option<Timestamp>,
 }
 
 /// Online means a message arrived within three heartbeat intervals.
@@ -261,6 +278,8 @@ mod tests {
             events_stored: 7,
             facts: DeviceFacts::default(),
             facts_updated_at: Timestamp::from_second(0).unwrap(),
+            enforcement: Enforcement::Enabled,
+            reenabled_at: None,
         }
     }
 
@@ -286,4 +305,123 @@ mod tests {
     fn gap_counts_missing_sequence_numbers() {
         assert_eq!(record(None, 60).sequence_gap(), 3);
     }
+}
+
+/// How someone was logged in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionKind {
+    Graphical,
+    Console,
+    Remote,
+    Other,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Graphical => "graphical",
+            SessionKind::Console => "console",
+            SessionKind::Remote => "remote",
+            SessionKind::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> SessionKind {
+        match text {
+            "graphical" => SessionKind::Graphical,
+            "console" => SessionKind::Console,
+            "remote" => SessionKind::Remote,
+            _ => SessionKind::Other,
+        }
+    }
+}
+
+/// A login session as the agent last reported it (start, update or end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionRecord {
+    /// Stable on the device (the agent includes the boot in it).
+    pub session_id: String,
+    pub account: String,
+    pub uid: u32,
+    pub kind: SessionKind,
+    pub started_at: Timestamp,
+    /// None while the session is open.
+    pub ended_at: Option<Timestamp>,
+    /// Seconds that were not idle, as far as the agent could tell.
+    pub active_secs: u64,
+}
+
+/// Commands the collector sends to an agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Disable,
+    Enable,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Disable => "disable",
+            CommandKind::Enable => "enable",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CommandKind> {
+        match text {
+            "disable" => Some(CommandKind::Disable),
+            "enable" => Some(CommandKind::Enable),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a device is disabled, as far as the collector has asked and the
+/// agent has confirmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    Enabled,
+    /// A disable command is waiting for the agent's confirmation.
+    DisablePending,
+    Disabled,
+    /// An enable command is waiting for the agent's confirmation.
+    EnablePending,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Enabled => "enabled",
+            Enforcement::DisablePending => "disable_pending",
+            Enforcement::Disabled => "disabled",
+            Enforcement::EnablePending => "enable_pending",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Enforcement> {
+        Some(match text {
+            "enabled" => Enforcement::Enabled,
+            "disable_pending" => Enforcement::DisablePending,
+            "disabled" => Enforcement::Disabled,
+            "enable_pending" => Enforcement::EnablePending,
+            _ => return None,
+        })
+    }
+
+    /// Whether the device counts as disabled for the rules.
+    pub fn is_disabled(self) -> bool {
+        matches!(self, Enforcement::DisablePending | Enforcement::Disabled)
+    }
+}
+
+/// A command for an agent, until the agent reports its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CommandRecord {
+    pub id: String,
+    pub device_id: DeviceId,
+    pub kind: CommandKind,
+    pub reason: String,
+    pub issued_at: Timestamp,
 }

@@ -17,7 +17,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::CollectorConfig;
 use crate::enroll::EnrollmentService;
-use crate::ingest::TelemetryService;
+use crate::ingest::{Streams, TelemetryService, device_state, dispatch_commands};
 use crate::pki::{CertificateAuthority, PkiPaths, read};
 use crate::store::Store;
 
@@ -56,9 +56,19 @@ pub async fn serve(
     tracing::info!(%telemetry_addr, %enroll_addr, ca_fingerprint = %ca.fingerprint(), "collector serving");
 
     let store: Arc<dyn Store> = Arc::new(store.clone());
+    let config = Arc::new(config);
+    let streams = Arc::new(Streams::default());
     let streams_stop = CancellationToken::new();
+    let rules = tokio::spawn(rules_loop(
+        store.clone(),
+        config.clone(),
+        streams.clone(),
+        shutdown.clone(),
+    ));
     let telemetry = TelemetryService {
         store: store.clone(),
+        config: config.clone(),
+        streams: streams.clone(),
         heartbeat_interval_secs: config.heartbeat_interval_secs,
         max_batch_events: config.max_batch_events,
         shutdown: streams_stop.clone(),
@@ -107,9 +117,58 @@ pub async fn serve(
             }
         }
     }
+    rules.abort();
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// Re-evaluates every device every `evaluate_every_secs` (time passing
+/// alone changes verdicts) and sends commands decided elsewhere (the CLI,
+/// another collector instance) to agents connected here, once a second.
+async fn rules_loop(
+    store: Arc<dyn Store>,
+    config: Arc<CollectorConfig>,
+    streams: Arc<Streams>,
+    shutdown: CancellationToken,
+) {
+    let every = Duration::from_secs(config.evaluate_every_secs);
+    let mut next_evaluation = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if tokio::time::Instant::now() >= next_evaluation {
+            next_evaluation = tokio::time::Instant::now() + every;
+            let filter = crate::store::DeviceFilter::default();
+            match crate::rules::evaluate::refresh(&*store, &config, &filter, jiff::Timestamp::now())
+                .await
+            {
+                Ok(changes) => {
+                    if !changes.opened.is_empty() || !changes.resolved.is_empty() {
+                        tracing::info!(
+                            opened = changes.opened.len(),
+                            resolved = changes.resolved.len(),
+                            auto_approved = changes.auto_approved.len(),
+                            "device-activity rule evaluated"
+                        );
+                    }
+                    for device in streams.connected() {
+                        if let Ok(Some(state)) = device_state(&*store, &config, &device).await {
+                            streams.send(&device, state).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "evaluating the device-activity rule failed"),
+            }
+        }
+        if let Err(e) = dispatch_commands(&*store, &streams).await {
+            tracing::error!(error = %e, "dispatching commands failed");
+        }
+    }
 }
 
 fn incoming(listener: TcpListener) -> TcpIncoming {

@@ -30,6 +30,10 @@ fn session(n: u64) -> v1::event::Body {
         account: "staff-001".into(),
         uid: 1001,
         kind: 1,
+        started_at: Some(hallmonitor_proto::Timestamp {
+            seconds: 1_790_000_000 + n as i64,
+            nanos: 0,
+        }),
         ..Default::default()
     })
 }

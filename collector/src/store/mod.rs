@@ -9,10 +9,12 @@
 use async_trait::async_trait;
 use jiff::Timestamp;
 
+use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
-    BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event, OutboxHealth,
-    SecretRejection, Site, SiteId,
+    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
+    EnrollmentSecretInfo, Event, OutboxHealth, SecretRejection, SessionRecord, Site, SiteId,
 };
+use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
 
 pub mod sqlite;
 
@@ -71,6 +73,63 @@ pub struct AuditEntry<'a> {
     pub action: &'a str,
     pub target: &'a str,
     pub detail: &'a str,
+}
+
+/// Which devices a query covers.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFilter {
+    pub site: Option<SiteId>,
+    pub device: Option<DeviceId>,
+}
+
+/// Everything the device-activity rule needs about one device.
+#[derive(Clone, Debug)]
+pub struct ActivityInput {
+    pub device: DeviceId,
+    pub site: SiteId,
+    pub site_name: String,
+    pub site_timezone: String,
+    pub hostname: String,
+    pub enrolled_at: Timestamp,
+    pub reenabled_at: Option<Timestamp>,
+    pub last_seen_at: Option<Timestamp>,
+    pub heartbeat_interval_secs: u32,
+    pub enforcement: Enforcement,
+    /// Sessions open at or ending after the `since` asked for.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// A verdict to record, with what the site does about non-compliance.
+#[derive(Clone, Debug)]
+pub struct ActivityVerdict {
+    pub device: DeviceId,
+    pub site: SiteId,
+    pub evaluation: ActivityEvaluation,
+    pub required_minutes: u32,
+    pub auto_disable: bool,
+}
+
+/// The stored verdict of a device.
+#[derive(Clone, Debug)]
+pub struct StoredActivity {
+    pub device: DeviceId,
+    pub status: ActivityStatus,
+    pub used_secs: i64,
+    pub window_start: Timestamp,
+    pub breach_at: Option<Timestamp>,
+    pub grace_until: Option<Timestamp>,
+    pub as_of: Timestamp,
+}
+
+/// What a `record_activity` call changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActivityChanges {
+    /// Flags opened (ids).
+    pub opened: Vec<i64>,
+    /// Open flags closed because the device is compliant again.
+    pub resolved: Vec<i64>,
+    /// Flags approved automatically (site setting).
+    pub auto_approved: Vec<i64>,
 }
 
 #[async_trait]
@@ -133,4 +192,51 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<()>;
     async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()>;
+
+    // device-activity rule
+    /// Devices (by id, after `after`, at most `limit`) with the sessions
+    /// that may reach past `since`.
+    async fn activity_inputs(
+        &self,
+        filter: &DeviceFilter,
+        since: Timestamp,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<ActivityInput>>;
+    /// Stores verdicts; opens one `device_inactive` flag per non-compliant
+    /// device that has none (approving it at once where the site disables
+    /// automatically) and resolves open flags of compliant devices, all in
+    /// one transaction.
+    async fn record_activity(
+        &self,
+        verdicts: &[ActivityVerdict],
+        at: Timestamp,
+    ) -> Result<ActivityChanges>;
+    async fn stored_activity(&self, filter: &DeviceFilter) -> Result<Vec<StoredActivity>>;
+
+    // flags
+    async fn list_flags(
+        &self,
+        filter: &DeviceFilter,
+        state: Option<FlagState>,
+    ) -> Result<Vec<FlagRecord>>;
+    async fn flag(&self, id: i64) -> Result<Option<FlagRecord>>;
+    async fn flag_history(&self, id: i64) -> Result<Vec<FlagTransition>>;
+    /// Applies a transition with its side effects (commands, enforcement
+    /// state, new grace period) and its audit row, in one transaction.
+    async fn transition_flag(
+        &self,
+        id: i64,
+        action: FlagAction,
+        actor: &str,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<Result<FlagRecord, FlagError>>;
+
+    // commands
+    /// Commands of a device the agent has not reported on yet.
+    async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>>;
+    /// Commands never sent to any stream yet, oldest first.
+    async fn unsent_commands(&self) -> Result<Vec<CommandRecord>>;
+    async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()>;
 }

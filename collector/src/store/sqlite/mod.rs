@@ -14,11 +14,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{AuditEntry, Enrollment, NewSecret, Result, Store, StoreError, StreamDevice};
-use crate::model::{
-    BatchOutcome, DeviceFacts, DeviceId, DeviceRecord, EnrollmentSecretInfo, Event, EventBody,
-    OutboxHealth, SecretRejection, Site, SiteId,
+use super::{
+    ActivityChanges, ActivityInput, ActivityVerdict, AuditEntry, DeviceFilter, Enrollment,
+    NewSecret, Result, Store, StoreError, StoredActivity, StreamDevice,
 };
+use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
+use crate::model::{
+    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
+    EnrollmentSecretInfo, Event, EventBody, OutboxHealth, SecretRejection, Site, SiteId,
+};
+
+mod activity;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -114,12 +120,20 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
         events_stored: row.try_get::<i64, _>("events_stored")? as u64,
         facts,
         facts_updated_at: instant(row.try_get("facts_updated_at")?)?,
+        enforcement: enforcement(row)?,
+        reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
     })
 }
 
+fn enforcement(row: &SqliteRow) -> Result<Enforcement> {
+    let text: String = row.try_get("enforcement")?;
+    Enforcement::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown enforcement state '{text}'")))
+}
+
 const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
-     d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at \
-     FROM devices d JOIN sites s ON s.id = d.site_id";
+     d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at, \
+     d.enforcement, d.reenabled_at FROM devices d JOIN sites s ON s.id = d.site_id";
 
 const SECRET_SELECT: &str = "SELECT e.id, s.name AS site, e.hint, e.label, e.created_at, e.expires_at, \
      e.revoked_at, e.uses, e.last_used_at FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id";
@@ -358,6 +372,36 @@ impl Store for SqliteStore {
             stored += insert.build().execute(&mut *tx).await?.rows_affected();
         }
 
+        // Sessions and command results take effect with the batch that
+        // carried them. A duplicate event was applied when first stored.
+        if stored > 0 {
+            for event in events {
+                match &event.body {
+                    EventBody::Session(session) => {
+                        activity::upsert_session(&mut tx, device, session, received_at).await?
+                    }
+                    EventBody::Enforcement {
+                        command_id,
+                        command,
+                        ok,
+                        detail,
+                    } => {
+                        activity::apply_enforcement_result(
+                            &mut tx,
+                            device,
+                            command_id,
+                            *command,
+                            *ok,
+                            detail,
+                            received_at,
+                        )
+                        .await?
+                    }
+                    _ => {}
+                }
+            }
+        }
+
         // The newest facts win, even when older facts arrive later.
         let newest_facts = events
             .iter()
@@ -510,5 +554,72 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn activity_inputs(
+        &self,
+        filter: &DeviceFilter,
+        since: Timestamp,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<ActivityInput>> {
+        activity::activity_inputs(self, filter, since, after, limit).await
+    }
+
+    async fn record_activity(
+        &self,
+        verdicts: &[ActivityVerdict],
+        at: Timestamp,
+    ) -> Result<ActivityChanges> {
+        activity::record_activity(self, verdicts, at).await
+    }
+
+    async fn stored_activity(&self, filter: &DeviceFilter) -> Result<Vec<StoredActivity>> {
+        activity::stored_activity(self, filter).await
+    }
+
+    async fn list_flags(
+        &self,
+        filter: &DeviceFilter,
+        state: Option<FlagState>,
+    ) -> Result<Vec<FlagRecord>> {
+        activity::list_flags(self, filter, state).await
+    }
+
+    async fn flag(&self, id: i64) -> Result<Option<FlagRecord>> {
+        let mut connection = self.reader.acquire().await?;
+        activity::flag(&mut connection, id).await
+    }
+
+    async fn flag_history(&self, id: i64) -> Result<Vec<FlagTransition>> {
+        activity::flag_history(self, id).await
+    }
+
+    async fn transition_flag(
+        &self,
+        id: i64,
+        action: FlagAction,
+        actor: &str,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<Result<FlagRecord, FlagError>> {
+        let mut tx = self.writer.begin().await?;
+        let outcome = activity::transition_in(&mut tx, id, action, actor, reason, at).await?;
+        if outcome.is_ok() {
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
+        activity::commands(self, Some(device), false).await
+    }
+
+    async fn unsent_commands(&self) -> Result<Vec<CommandRecord>> {
+        activity::commands(self, None, true).await
+    }
+
+    async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()> {
+        activity::mark_command_sent(self, id, at).await
     }
 }

@@ -1,0 +1,138 @@
+//! Evaluating stored devices: reads each device's sessions and state from
+//! the store, applies the site's rule at `as_of`, and (for `refresh`)
+//! records the verdicts, which opens, approves or resolves flags.
+//!
+//! `serve` calls `refresh` for one device when its sessions or command
+//! results arrive, and for every device on a timer (time passing alone
+//! moves devices from compliant to at risk to non-compliant), so readers
+//! (`compliance check`, the console) find current verdicts without a full
+//! recompute.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::config::{CollectorConfig, SiteActivityRule};
+use crate::rules::activity::{self, ActivityEvaluation, DeviceActivityContext, Interval};
+use crate::store::{ActivityChanges, ActivityInput, ActivityVerdict, DeviceFilter, Result, Store};
+
+/// Devices evaluated per store round trip.
+const PAGE: usize = 1_000;
+
+/// One device's verdict with what produced it.
+#[derive(Clone, Debug)]
+pub struct DeviceVerdict {
+    pub input: ActivityInput,
+    pub rule: SiteActivityRule,
+    pub evaluation: ActivityEvaluation,
+}
+
+/// The rule for one device from its stored input.
+pub fn evaluate_input(
+    input: &ActivityInput,
+    rule: &SiteActivityRule,
+    as_of: Timestamp,
+) -> ActivityEvaluation {
+    let heartbeat = SignedDuration::from_secs(i64::from(input.heartbeat_interval_secs.max(1)));
+    let intervals: Vec<Interval> = input
+        .sessions
+        .iter()
+        .filter_map(|s| s.interval(&rule.sessions, as_of, input.last_seen_at, heartbeat))
+        .collect();
+    let context = DeviceActivityContext {
+        evaluation_start: input
+            .reenabled_at
+            .map_or(input.enrolled_at, |r| r.max(input.enrolled_at)),
+        disabled: input.enforcement.is_disabled(),
+    };
+    activity::evaluate(context, &intervals, as_of, &rule.thresholds)
+}
+
+/// One page of verdicts: devices after `after`, at most `PAGE`.
+async fn evaluate_page(
+    store: &dyn Store,
+    config: &CollectorConfig,
+    filter: &DeviceFilter,
+    as_of: Timestamp,
+    after: Option<&crate::model::DeviceId>,
+) -> Result<Vec<DeviceVerdict>> {
+    let since = as_of - longest_window(config);
+    let page = store.activity_inputs(filter, since, after, PAGE).await?;
+    Ok(page
+        .into_iter()
+        .map(|input| {
+            let rule = config.activity_rule(&input.site_name);
+            let evaluation = evaluate_input(&input, &rule, as_of);
+            DeviceVerdict {
+                input,
+                rule,
+                evaluation,
+            }
+        })
+        .collect())
+}
+
+/// Evaluates and returns every selected device's verdict (for checks at
+/// any `as_of`).
+pub async fn evaluate(
+    store: &dyn Store,
+    config: &CollectorConfig,
+    filter: &DeviceFilter,
+    as_of: Timestamp,
+) -> Result<Vec<DeviceVerdict>> {
+    let mut all: Vec<DeviceVerdict> = Vec::new();
+    loop {
+        let after = all.last().map(|v| v.input.device.clone());
+        let page = evaluate_page(store, config, filter, as_of, after.as_ref()).await?;
+        let full = page.len() == PAGE;
+        all.extend(page);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+/// Evaluates the selected devices at `as_of` and records the verdicts
+/// (opening, approving or resolving flags), a page at a time.
+pub async fn refresh(
+    store: &dyn Store,
+    config: &CollectorConfig,
+    filter: &DeviceFilter,
+    as_of: Timestamp,
+) -> Result<ActivityChanges> {
+    let mut changes = ActivityChanges::default();
+    let mut after = None;
+    loop {
+        let page = evaluate_page(store, config, filter, as_of, after.as_ref()).await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|v| v.input.device.clone());
+        let verdicts: Vec<ActivityVerdict> = page
+            .iter()
+            .map(|v| ActivityVerdict {
+                device: v.input.device.clone(),
+                site: v.input.site,
+                evaluation: v.evaluation,
+                required_minutes: v.rule.thresholds.required.as_mins() as u32,
+                auto_disable: v.rule.auto_disable,
+            })
+            .collect();
+        if !verdicts.is_empty() {
+            let page_changes = store.record_activity(&verdicts, as_of).await?;
+            changes.opened.extend(page_changes.opened);
+            changes.resolved.extend(page_changes.resolved);
+            changes.auto_approved.extend(page_changes.auto_approved);
+        }
+        if !full {
+            return Ok(changes);
+        }
+    }
+}
+
+fn longest_window(config: &CollectorConfig) -> SignedDuration {
+    let days = config
+        .sites
+        .values()
+        .filter_map(|s| s.activity.window_days)
+        .chain([config.activity.window_days])
+        .max()
+        .unwrap_or(28);
+    SignedDuration::from_hours(i64::from(days) * 24)
+}

@@ -1,0 +1,6 @@
+//! The schools' rules, as pure functions of stored facts and an `as_of`
+//! instant (`activity`), and the glue that evaluates them for stored
+//! devices and records the verdicts (`evaluate`).
+
+pub mod activity;
+pub mod evaluate;

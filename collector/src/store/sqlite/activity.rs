@@ -1,0 +1,543 @@
+//! SQLite: sessions, activity verdicts, flags and commands.
+
+use jiff::Timestamp;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{SqliteStore, enforcement, instant, millis, optional_instant};
+use crate::flags::{
+    FlagAction, FlagError, FlagKind, FlagRecord, FlagState, FlagTransition, next_state,
+};
+use crate::model::{
+    CommandKind, CommandRecord, DeviceId, Enforcement, SessionKind, SessionRecord, SiteId,
+};
+use crate::rules::activity::ActivityStatus;
+use crate::store::{
+    ActivityChanges, ActivityInput, ActivityVerdict, DeviceFilter, Result, StoreError,
+    StoredActivity,
+};
+
+/// Applies a session event: the first report creates the row, later ones
+/// (updates, the end) fill in what they know. Called inside `record_batch`.
+pub(super) async fn upsert_session(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    session: &SessionRecord,
+    at: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (device_id, session_id, account, uid, kind, started_at, ended_at, active_secs, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (device_id, session_id) DO UPDATE SET \
+           ended_at = coalesce(excluded.ended_at, sessions.ended_at), \
+           active_secs = max(sessions.active_secs, excluded.active_secs), \
+           started_at = min(sessions.started_at, excluded.started_at), \
+           updated_at = excluded.updated_at",
+    )
+    .bind(device.as_str())
+    .bind(&session.session_id)
+    .bind(&session.account)
+    .bind(i64::from(session.uid))
+    .bind(session.kind.as_str())
+    .bind(millis(session.started_at))
+    .bind(session.ended_at.map(millis))
+    .bind(session.active_secs as i64)
+    .bind(millis(at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies an agent's report on a command: completes the command, moves
+/// the device's enforcement state, and confirms the flag that asked for a
+/// disable. Called inside `record_batch`.
+pub(super) async fn apply_enforcement_result(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    command_id: &str,
+    kind: CommandKind,
+    ok: bool,
+    detail: &str,
+    at: Timestamp,
+) -> Result<()> {
+    let command = sqlx::query(
+        "UPDATE commands SET completed_at = ?, ok = ?, detail = ? \
+         WHERE id = ? AND device_id = ? AND completed_at IS NULL RETURNING flag_id",
+    )
+    .bind(millis(at))
+    .bind(ok)
+    .bind(detail)
+    .bind(command_id)
+    .bind(device.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    // A result for a superseded or unknown command changes nothing else.
+    let Some(command) = command else {
+        return Ok(());
+    };
+    if !ok {
+        tracing::warn!(device_id = %device, command_id, kind = kind.as_str(), detail, "agent could not apply command");
+        return Ok(());
+    }
+    let (from, to) = match kind {
+        CommandKind::Disable => (Enforcement::DisablePending, Enforcement::Disabled),
+        CommandKind::Enable => (Enforcement::EnablePending, Enforcement::Enabled),
+    };
+    sqlx::query("UPDATE devices SET enforcement = ? WHERE id = ? AND enforcement = ?")
+        .bind(to.as_str())
+        .bind(device.as_str())
+        .bind(from.as_str())
+        .execute(&mut *tx)
+        .await?;
+    let flag_id: Option<i64> = command.try_get("flag_id")?;
+    if let (CommandKind::Disable, Some(flag_id)) = (kind, flag_id) {
+        let actor = format!("agent:{device}");
+        let reason = if detail.is_empty() {
+            "disable applied"
+        } else {
+            detail
+        };
+        // Err only when the flag moved on meanwhile (re-enabled, dismissed).
+        let _ = transition_in(tx, flag_id, FlagAction::ConfirmDisabled, &actor, reason, at).await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn activity_inputs(
+    store: &SqliteStore,
+    filter: &DeviceFilter,
+    since: Timestamp,
+    after: Option<&DeviceId>,
+    limit: usize,
+) -> Result<Vec<ActivityInput>> {
+    let devices = sqlx::query(
+        "SELECT d.id, d.site_id, s.name AS site_name, s.timezone, d.hostname, d.enrolled_at, d.reenabled_at, d.last_seen_at, \
+         d.heartbeat_interval_secs, d.enforcement FROM devices d JOIN sites s ON s.id = d.site_id \
+         WHERE (?1 IS NULL OR d.site_id = ?1) AND (?2 IS NULL OR d.id = ?2) AND (?3 IS NULL OR d.id > ?3) \
+         ORDER BY d.id LIMIT ?4",
+    )
+    .bind(filter.site.map(|s| s.0))
+    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(after.map(|d| d.as_str().to_owned()))
+    .bind(limit as i64)
+    .fetch_all(&store.reader)
+    .await?;
+    let (Some(first), Some(last)) = (devices.first(), devices.last()) else {
+        return Ok(Vec::new());
+    };
+    let first: String = first.try_get("id")?;
+    let last: String = last.try_get("id")?;
+    // One range query for the page's sessions, grouped below.
+    let sessions = sqlx::query(
+        "SELECT device_id, session_id, account, uid, kind, started_at, ended_at, active_secs FROM sessions \
+         WHERE device_id BETWEEN ? AND ? AND coalesce(ended_at, 9223372036854775807) > ? \
+         ORDER BY device_id",
+    )
+    .bind(&first)
+    .bind(&last)
+    .bind(millis(since))
+    .fetch_all(&store.reader)
+    .await?;
+    let mut sessions = sessions.iter().peekable();
+    let mut inputs = Vec::with_capacity(devices.len());
+    for row in &devices {
+        let id: String = row.try_get("id")?;
+        let mut own = Vec::new();
+        while let Some(session) = sessions.peek() {
+            let device: String = session.try_get("device_id")?;
+            match device.cmp(&id) {
+                std::cmp::Ordering::Less => {
+                    sessions.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    own.push(session_from_row(session)?);
+                    sessions.next();
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        inputs.push(ActivityInput {
+            device: DeviceId::from_string(id),
+            site: SiteId(row.try_get("site_id")?),
+            site_name: row.try_get("site_name")?,
+            site_timezone: row.try_get("timezone")?,
+            hostname: row.try_get("hostname")?,
+            enrolled_at: instant(row.try_get("enrolled_at")?)?,
+            reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
+            last_seen_at: optional_instant(row.try_get("last_seen_at")?)?,
+            heartbeat_interval_secs: row.try_get::<i64, _>("heartbeat_interval_secs")? as u32,
+            enforcement: enforcement(row)?,
+            sessions: own,
+        });
+    }
+    Ok(inputs)
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        session_id: row.try_get("session_id")?,
+        account: row.try_get("account")?,
+        uid: row.try_get::<i64, _>("uid")? as u32,
+        kind: SessionKind::parse(row.try_get("kind")?),
+        started_at: instant(row.try_get("started_at")?)?,
+        ended_at: optional_instant(row.try_get("ended_at")?)?,
+        active_secs: row.try_get::<i64, _>("active_secs")? as u64,
+    })
+}
+
+pub(super) async fn record_activity(
+    store: &SqliteStore,
+    verdicts: &[ActivityVerdict],
+    at: Timestamp,
+) -> Result<ActivityChanges> {
+    let mut changes = ActivityChanges::default();
+    let mut tx = store.writer.begin().await?;
+    for verdict in verdicts {
+        let e = &verdict.evaluation;
+        sqlx::query(
+            "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, \
+             used_secs = excluded.used_secs, window_start = excluded.window_start, breach_at = excluded.breach_at, \
+             grace_until = excluded.grace_until, as_of = excluded.as_of",
+        )
+        .bind(verdict.device.as_str())
+        .bind(e.status.as_str())
+        .bind(e.used.as_secs())
+        .bind(millis(e.window_start))
+        .bind(e.breach_at.map(millis))
+        .bind(e.grace_until.map(millis))
+        .bind(millis(e.as_of))
+        .execute(&mut *tx)
+        .await?;
+        let active: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'device_inactive' AND account = '' \
+             AND state IN ('open', 'disable_approved', 'disabled')",
+        )
+        .bind(verdict.device.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        match (e.status, active) {
+            (ActivityStatus::NonCompliant, None) => {
+                let summary = format!(
+                    "logged in for {} min in the {} days to {}; {} min required",
+                    e.used.as_mins(),
+                    (e.as_of.duration_since(e.window_start).as_hours() / 24),
+                    e.as_of,
+                    verdict.required_minutes
+                );
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
+                     VALUES (?, ?, 'device_inactive', '', 'open', ?, ?, ?) RETURNING id",
+                )
+                .bind(verdict.site.0)
+                .bind(verdict.device.as_str())
+                .bind(millis(at))
+                .bind(millis(at))
+                .bind(&summary)
+                .fetch_one(&mut *tx)
+                .await?;
+                audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary).await?;
+                tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
+                changes.opened.push(id);
+                if verdict.auto_disable {
+                    transition_in(
+                        &mut tx,
+                        id,
+                        FlagAction::Approve,
+                        "rules",
+                        "the site disables inactive devices automatically",
+                        at,
+                    )
+                    .await?
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    changes.auto_approved.push(id);
+                }
+            }
+            (
+                ActivityStatus::Compliant | ActivityStatus::AtRisk | ActivityStatus::Grace,
+                Some((id, state)),
+            ) if state == "open" => {
+                transition_in(
+                    &mut tx,
+                    id,
+                    FlagAction::Resolve,
+                    "rules",
+                    &format!("compliant again: {} min in the window", e.used.as_mins()),
+                    at,
+                )
+                .await?
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                changes.resolved.push(id);
+            }
+            _ => {}
+        }
+    }
+    tx.commit().await?;
+    Ok(changes)
+}
+
+pub(super) async fn stored_activity(
+    store: &SqliteStore,
+    filter: &DeviceFilter,
+) -> Result<Vec<StoredActivity>> {
+    let rows = sqlx::query(
+        "SELECT a.* FROM device_activity a JOIN devices d ON d.id = a.device_id \
+         WHERE (?1 IS NULL OR d.site_id = ?1) AND (?2 IS NULL OR d.id = ?2) ORDER BY a.device_id",
+    )
+    .bind(filter.site.map(|s| s.0))
+    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+    .fetch_all(&store.reader)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(StoredActivity {
+                device: DeviceId::from_string(row.try_get::<String, _>("device_id")?),
+                status: ActivityStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("activity status '{status}'")))?,
+                used_secs: row.try_get("used_secs")?,
+                window_start: instant(row.try_get("window_start")?)?,
+                breach_at: optional_instant(row.try_get("breach_at")?)?,
+                grace_until: optional_instant(row.try_get("grace_until")?)?,
+                as_of: instant(row.try_get("as_of")?)?,
+            })
+        })
+        .collect()
+}
+
+const FLAG_SELECT: &str = "SELECT f.id, f.site_id, s.name AS site, f.device_id, d.hostname, f.kind, f.account, \
+     f.state, f.opened_at, f.updated_at, f.summary FROM flags f JOIN sites s ON s.id = f.site_id \
+     JOIN devices d ON d.id = f.device_id";
+
+fn flag_from_row(row: &SqliteRow) -> Result<FlagRecord> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    Ok(FlagRecord {
+        id: row.try_get("id")?,
+        site_id: SiteId(row.try_get("site_id")?),
+        site: row.try_get("site")?,
+        device_id: DeviceId::from_string(row.try_get::<String, _>("device_id")?),
+        hostname: row.try_get("hostname")?,
+        kind: FlagKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("flag kind '{kind}'")))?,
+        account: row.try_get("account")?,
+        state: FlagState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("flag state '{state}'")))?,
+        opened_at: instant(row.try_get("opened_at")?)?,
+        updated_at: instant(row.try_get("updated_at")?)?,
+        summary: row.try_get("summary")?,
+    })
+}
+
+pub(super) async fn list_flags(
+    store: &SqliteStore,
+    filter: &DeviceFilter,
+    state: Option<FlagState>,
+) -> Result<Vec<FlagRecord>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{FLAG_SELECT} WHERE (?1 IS NULL OR f.site_id = ?1) AND (?2 IS NULL OR f.device_id = ?2) \
+         AND (?3 IS NULL OR f.state = ?3) ORDER BY f.id"
+    )))
+    .bind(filter.site.map(|s| s.0))
+    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(state.map(FlagState::as_str))
+    .fetch_all(&store.reader)
+    .await?;
+    rows.iter().map(flag_from_row).collect()
+}
+
+pub(super) async fn flag(executor: &mut SqliteConnection, id: i64) -> Result<Option<FlagRecord>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{FLAG_SELECT} WHERE f.id = ?")))
+        .bind(id)
+        .fetch_optional(&mut *executor)
+        .await?;
+    row.as_ref().map(flag_from_row).transpose()
+}
+
+pub(super) async fn flag_history(store: &SqliteStore, id: i64) -> Result<Vec<FlagTransition>> {
+    let rows = sqlx::query(
+        "SELECT at, actor, from_state, to_state, reason FROM flag_transitions WHERE flag_id = ? ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&store.reader)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let from: Option<String> = row.try_get("from_state")?;
+            let to: String = row.try_get("to_state")?;
+            Ok(FlagTransition {
+                at: instant(row.try_get("at")?)?,
+                actor: row.try_get("actor")?,
+                from: from.as_deref().and_then(FlagState::parse),
+                to: FlagState::parse(&to)
+                    .ok_or_else(|| StoreError::Corrupt(format!("flag state '{to}'")))?,
+                reason: row.try_get("reason")?,
+            })
+        })
+        .collect()
+}
+
+async fn audit_transition(
+    tx: &mut SqliteConnection,
+    flag_id: i64,
+    at: Timestamp,
+    actor: &str,
+    from: Option<FlagState>,
+    to: FlagState,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO flag_transitions (flag_id, at, actor, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(flag_id)
+    .bind(millis(at))
+    .bind(actor)
+    .bind(from.map(FlagState::as_str))
+    .bind(to.as_str())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A transition with its side effects, inside the caller's transaction.
+pub(super) async fn transition_in(
+    tx: &mut SqliteConnection,
+    id: i64,
+    action: FlagAction,
+    actor: &str,
+    reason: &str,
+    at: Timestamp,
+) -> Result<Result<FlagRecord, FlagError>> {
+    let Some(flag) = flag(tx, id).await? else {
+        return Ok(Err(FlagError::NotFound(id)));
+    };
+    let next = match next_state(id, flag.kind, flag.state, action) {
+        Ok(next) => next,
+        Err(e) => return Ok(Err(e)),
+    };
+    sqlx::query("UPDATE flags SET state = ?, updated_at = ? WHERE id = ?")
+        .bind(next.as_str())
+        .bind(millis(at))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit_transition(tx, id, at, actor, Some(flag.state), next, reason).await?;
+    let device = &flag.device_id;
+    match (flag.kind, next) {
+        (FlagKind::DeviceInactive, FlagState::DisableApproved) => {
+            issue_command(tx, device, CommandKind::Disable, reason, Some(id), at).await?;
+            set_enforcement(tx, device, Enforcement::DisablePending).await?;
+        }
+        (FlagKind::DeviceInactive, FlagState::Reenabled | FlagState::Dismissed)
+            if flag.state != FlagState::Open =>
+        {
+            // Whatever the agent did or was about to do, undo it, and start
+            // a new grace period.
+            issue_command(tx, device, CommandKind::Enable, reason, Some(id), at).await?;
+            set_enforcement(tx, device, Enforcement::EnablePending).await?;
+            sqlx::query("UPDATE devices SET reenabled_at = ? WHERE id = ?")
+                .bind(millis(at))
+                .bind(device.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        _ => {}
+    }
+    tracing::info!(flag_id = id, device_id = %device, from = flag.state.as_str(), to = next.as_str(), actor, "flag transition");
+    Ok(flag_in(tx, id).await)
+}
+
+async fn flag_in(tx: &mut SqliteConnection, id: i64) -> Result<FlagRecord, FlagError> {
+    match flag(tx, id).await {
+        Ok(Some(flag)) => Ok(flag),
+        _ => Err(FlagError::NotFound(id)),
+    }
+}
+
+async fn set_enforcement(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    state: Enforcement,
+) -> Result<()> {
+    sqlx::query("UPDATE devices SET enforcement = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Queues a command, superseding the device's earlier unfinished ones (the
+/// newest decision wins).
+async fn issue_command(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    kind: CommandKind,
+    reason: &str,
+    flag_id: Option<i64>,
+    at: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE commands SET completed_at = ?, ok = 0, detail = 'superseded' \
+         WHERE device_id = ? AND completed_at IS NULL",
+    )
+    .bind(millis(at))
+    .bind(device.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO commands (id, device_id, kind, reason, flag_id, issued_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(format!("cmd-{}", uuid::Uuid::now_v7()))
+    .bind(device.as_str())
+    .bind(kind.as_str())
+    .bind(reason)
+    .bind(flag_id)
+    .bind(millis(at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn command_from_row(row: &SqliteRow) -> Result<CommandRecord> {
+    let kind: String = row.try_get("kind")?;
+    Ok(CommandRecord {
+        id: row.try_get("id")?,
+        device_id: DeviceId::from_string(row.try_get::<String, _>("device_id")?),
+        kind: CommandKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("command kind '{kind}'")))?,
+        reason: row.try_get("reason")?,
+        issued_at: instant(row.try_get("issued_at")?)?,
+    })
+}
+
+pub(super) async fn commands(
+    store: &SqliteStore,
+    device: Option<&DeviceId>,
+    unsent_only: bool,
+) -> Result<Vec<CommandRecord>> {
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT id, device_id, kind, reason, issued_at FROM commands WHERE completed_at IS NULL",
+    );
+    if let Some(device) = device {
+        query
+            .push(" AND device_id = ")
+            .push_bind(device.as_str().to_owned());
+    }
+    if unsent_only {
+        query.push(" AND sent_at IS NULL");
+    }
+    query.push(" ORDER BY issued_at, id");
+    let rows = query.build().fetch_all(&store.reader).await?;
+    rows.iter().map(command_from_row).collect()
+}
+
+pub(super) async fn mark_command_sent(store: &SqliteStore, id: &str, at: Timestamp) -> Result<()> {
+    sqlx::query("UPDATE commands SET sent_at = coalesce(sent_at, ?) WHERE id = ?")
+        .bind(millis(at))
+        .bind(id)
+        .execute(&store.writer)
+        .await?;
+    Ok(())
+}
