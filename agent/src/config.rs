@@ -25,6 +25,85 @@ pub struct AgentConfig {
     pub facts_interval_secs: u32,
     pub machine_id: String,
     pub delivery: Delivery,
+    pub enforcement: EnforcementConfig,
+    pub sessions: SessionsConfig,
+}
+
+/// `[enforcement]`: how disable and enable commands are carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforcementConfig {
+    pub action: EnforcementAction,
+    /// Accounts never locked out (technicians' break-glass accounts).
+    pub admin_accounts: Vec<String>,
+    /// For `action = "command"`: program and arguments run to disable and
+    /// to enable the device.
+    pub disable_command: Vec<String>,
+    pub enable_command: Vec<String>,
+    /// For `action = "builtin"`: program and arguments run with a session
+    /// id appended, for each session of a non-administrator account.
+    pub lock_session_command: Vec<String>,
+    /// File that marks the device disabled for the login hook
+    /// (`hallmonitor-agent login-allowed`); empty means DATA_DIR/disabled.
+    pub disabled_marker: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementAction {
+    Builtin,
+    Command,
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        EnforcementConfig {
+            action: EnforcementAction::Builtin,
+            admin_accounts: vec!["root".into()],
+            disable_command: Vec::new(),
+            enable_command: Vec::new(),
+            lock_session_command: vec!["loginctl".into(), "lock-session".into()],
+            disabled_marker: String::new(),
+        }
+    }
+}
+
+impl EnforcementConfig {
+    pub fn marker_path(&self, data_dir: &Path) -> PathBuf {
+        if self.disabled_marker.is_empty() {
+            data_dir.join("disabled")
+        } else {
+            PathBuf::from(&self.disabled_marker)
+        }
+    }
+}
+
+/// `[sessions]`: where login sessions are read from.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub source: SessionSourceKind,
+    pub utmp_path: PathBuf,
+    pub poll_secs: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionSourceKind {
+    /// systemd-logind when it is running, otherwise utmp.
+    Auto,
+    Logind,
+    Utmp,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            source: SessionSourceKind::Auto,
+            utmp_path: PathBuf::from("/run/utmp"),
+            poll_secs: 10,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -51,6 +130,8 @@ impl Default for AgentConfig {
             facts_interval_secs: 300,
             machine_id: String::new(),
             delivery: Delivery::default(),
+            enforcement: EnforcementConfig::default(),
+            sessions: SessionsConfig::default(),
         }
     }
 }
@@ -174,6 +255,17 @@ impl AgentConfig {
             return Err(invalid(
                 "delivery.outbox_max_bytes must be at least 65536".into(),
             ));
+        }
+        if self.enforcement.action == EnforcementAction::Command
+            && (self.enforcement.disable_command.is_empty()
+                || self.enforcement.enable_command.is_empty())
+        {
+            return Err(invalid(
+                "enforcement: action = \"command\" needs disable_command and enable_command".into(),
+            ));
+        }
+        if self.sessions.poll_secs == 0 {
+            return Err(invalid("sessions.poll_secs must be at least 1".into()));
         }
         if self.delivery.batch_max_events == 0 {
             return Err(invalid(

@@ -16,6 +16,7 @@ use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts::{self, FactSources};
 use crate::outbox::Outbox;
+use crate::sessions;
 use crate::stream::{self, StreamSettings};
 
 pub fn fact_sources(config: &AgentConfig) -> FactSources {
@@ -60,10 +61,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         wake.clone(),
         shutdown.clone(),
     ));
+    let (commands, command_queue) = tokio::sync::mpsc::channel(16);
+    let enforcer = tokio::spawn(enforce_commands(
+        config.clone(),
+        outbox.clone(),
+        command_queue,
+        wake.clone(),
+    ));
+    let sessions = tokio::spawn(track_sessions(
+        config.clone(),
+        outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let settings = StreamSettings {
         collector: config.collector.clone(),
         delivery: config.delivery.clone(),
         heartbeat_interval_secs: config.heartbeat_interval_secs,
+        commands,
     };
     let streamer = tokio::spawn(stream::run(
         identity,
@@ -73,7 +88,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
     ));
 
-    let (produced, streamed) = tokio::join!(producer, streamer);
+    let (produced, streamed, tracked) = tokio::join!(producer, streamer, sessions);
+    // The stream held the only command sender: the enforcer finishes what
+    // it was given and stops.
+    enforcer.await.context("enforcer task")??;
+    tracked.context("session task")??;
     outbox.set_state("daemon_pid", "").await.ok();
     outbox.close().await;
     produced.context("producer task")??;
@@ -168,5 +187,78 @@ async fn produce(
             .set_state("daemon_alive_at", &now.to_string())
             .await?;
         wake.notify_one();
+    }
+}
+
+/// Applies commands from the collector one at a time, in order.
+async fn enforce_commands(
+    config: AgentConfig,
+    outbox: Outbox,
+    mut queue: tokio::sync::mpsc::Receiver<v1::Command>,
+    wake: Arc<Notify>,
+) -> anyhow::Result<()> {
+    while let Some(command) = queue.recv().await {
+        if crate::enforce::apply(&config, &outbox, command)
+            .await?
+            .is_some()
+        {
+            wake.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// Polls the session source and queues start and end events. The ledger
+/// of open sessions is kept in the outbox state so a restart neither
+/// repeats a start nor loses an end.
+async fn track_sessions(
+    config: AgentConfig,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let source: Arc<dyn sessions::SessionSource> = Arc::from(sessions::source(&config.sessions));
+    tracing::info!(source = source.name(), "tracking login sessions");
+    let mut ledger: sessions::Ledger = match outbox.state("sessions_ledger").await? {
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "session ledger unreadable; starting afresh");
+            sessions::Ledger::new()
+        }),
+        None => sessions::Ledger::new(),
+    };
+    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let reader = source.clone();
+        let live = match tokio::task::spawn_blocking(move || reader.sessions()).await? {
+            Ok(live) => {
+                warned = false;
+                live
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot read login sessions; will retry");
+                    warned = true;
+                }
+                continue;
+            }
+        };
+        let now = Timestamp::now();
+        let events = sessions::track(&mut ledger, live, now);
+        let ledger_json = serde_json::to_string(&ledger)?;
+        if !events.is_empty() {
+            let bodies = events
+                .into_iter()
+                .map(|e| (now, v1::event::Body::Session(e)))
+                .collect();
+            outbox.append_all(bodies).await?;
+            wake.notify_one();
+        }
+        outbox.set_state("sessions_ledger", &ledger_json).await?;
     }
 }

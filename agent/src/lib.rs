@@ -6,11 +6,14 @@
 //! captures later) append to the durable `outbox`; `stream` drains it to the
 //! collector over mutual TLS and deletes what the collector acknowledged.
 
+pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod enforce;
 pub mod enroll;
 pub mod facts;
 pub mod outbox;
+pub mod sessions;
 pub mod status;
 pub mod stream;
 pub mod tls;

@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use hallmonitor_agent::config::{self, AgentConfig};
 use hallmonitor_agent::enroll::{self, Identity};
-use hallmonitor_agent::{daemon, status};
+use hallmonitor_agent::{check, daemon, enforce, status};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// Compliance of this device as the collector last evaluated it (same
+    /// JSON schema as `hallmonitor-collector compliance check`). Exit 0
+    /// when compliant, 1 when not, 2 when unknown or on error.
+    Check {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Login hook for PAM (pam_exec): exit 0 when the account may log in,
+    /// 1 when the device is disabled and the account is not an
+    /// administrator.
+    LoginAllowed {
+        /// The account (default: PAM_USER, as pam_exec sets it).
+        #[arg(long, env = "PAM_USER")]
+        user: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +87,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -80,7 +95,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::LoginAllowed { user } = &cli.command {
+        return Ok(login_allowed(cli.config.as_deref(), user));
+    }
     let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Enroll { force } => {
@@ -112,8 +130,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
             }
         }
+        Command::Check { format } => {
+            let report = check::read(&config).await?;
+            match format {
+                OutputFormat::Text => print!("{}", check::render_text(&report)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.json)?),
+            }
+            return Ok(ExitCode::from(report.exit_code));
+        }
+        Command::LoginAllowed { .. } => unreachable!("handled before loading the configuration"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The PAM hook fails open: a broken configuration must not lock a school
+/// out of its laptops; the daemon reports the broken configuration.
+fn login_allowed(config_path: Option<&std::path::Path>, user: &str) -> ExitCode {
+    let config = match AgentConfig::load(config_path, &config::process_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("hallmonitor: configuration unreadable, allowing login: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    if enforce::login_allowed(&config, user) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("This device has been disabled by the school. Please contact the IT team.");
+        ExitCode::from(1)
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

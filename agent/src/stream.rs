@@ -48,6 +48,8 @@ pub struct StreamSettings {
     pub collector: String,
     pub delivery: Delivery,
     pub heartbeat_interval_secs: u32,
+    /// Where commands from the collector go (the enforcer task).
+    pub commands: mpsc::Sender<v1::Command>,
 }
 
 enum Ended {
@@ -193,7 +195,7 @@ async fn run_once(
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             message = inbound.message() => {
                 let Some(message) = message? else { return Ok(Ended::ClosedByCollector) };
-                handle(message, outbox, &mut in_flight).await?;
+                handle(message, outbox, &settings.commands, &mut in_flight).await?;
             }
             _ = wake.notified(), if in_flight.len() < WINDOW => {
                 // Let a burst of appends gather into one batch.
@@ -206,6 +208,7 @@ async fn run_once(
 async fn handle(
     message: v1::CollectorMessage,
     outbox: &Outbox,
+    commands: &mpsc::Sender<v1::Command>,
     in_flight: &mut VecDeque<(u64, u64, u64)>,
 ) -> Result<(), StreamError> {
     use v1::collector_message::Body;
@@ -240,16 +243,27 @@ async fn handle(
             }
         }
         Some(Body::Hello(_)) => return Err(StreamError::Protocol("second hello".into())),
-        // Policy, commands and device state are carried by later features;
-        // this version has nothing to apply.
         Some(Body::Policy(p)) => tracing::info!(
             version = p.version,
             "policy update received; this agent version does not apply policies yet"
         ),
         Some(Body::Command(c)) => {
-            tracing::warn!(command_id = %c.command_id, kind = c.kind, "command received; this agent version cannot carry it out")
+            tracing::info!(command_id = %c.command_id, kind = c.kind, "command received");
+            if commands.send(c).await.is_err() {
+                return Err(StreamError::Protocol("the enforcer has stopped".into()));
+            }
         }
-        Some(Body::State(_)) | None => {}
+        // What the collector concluded about this device: kept for
+        // `hallmonitor-agent check`.
+        Some(Body::State(state)) => {
+            outbox
+                .set_states(&[
+                    ("compliance_json", &state.compliance_json),
+                    ("compliance_received_at", &Timestamp::now().to_string()),
+                ])
+                .await?;
+        }
+        None => {}
     }
     Ok(())
 }

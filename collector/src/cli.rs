@@ -30,6 +30,8 @@ struct DeviceJson<'a> {
     sequence_gap: u64,
     facts_updated_at: Timestamp,
     facts: &'a crate::model::DeviceFacts,
+    enforcement: crate::model::Enforcement,
+    reenabled_at: Option<Timestamp>,
 }
 
 fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
@@ -46,6 +48,8 @@ fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
         sequence_gap: d.sequence_gap(),
         facts_updated_at: d.facts_updated_at,
         facts: &d.facts,
+        enforcement: d.enforcement,
+        reenabled_at: d.reenabled_at,
     }
 }
 
@@ -108,6 +112,10 @@ pub fn device_show(
             line("status", status_word(d.connectivity(now)).into());
             line("last seen", local(d.last_seen_at, tz));
             line("enrolled", local(Some(d.enrolled_at), tz));
+            line("enforcement", d.enforcement.as_str().into());
+            if d.reenabled_at.is_some() {
+                line("re-enabled", local(d.reenabled_at, tz));
+            }
             line(
                 "heartbeat interval",
                 format!("{} s", d.heartbeat_interval_secs),

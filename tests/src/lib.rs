@@ -264,6 +264,34 @@ impl CollectorData {
         }
     }
 
+    /// Replaces a top-level `key = value` line of collector.toml.
+    pub fn set_config(&self, key: &str, value: &str) {
+        let path = self.data.join("collector.toml");
+        let text = std::fs::read_to_string(&path).expect("collector.toml");
+        let mut found = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.starts_with(&format!("{key} =")) {
+                    found = true;
+                    format!("{key} = {value}")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        assert!(found, "collector.toml has no top-level {key}");
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// Appends TOML (tables) to collector.toml.
+    pub fn append_config(&self, toml: &str) {
+        let path = self.data.join("collector.toml");
+        let mut text = std::fs::read_to_string(&path).expect("collector.toml");
+        text.push_str(toml);
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Runs a collector CLI command against this data directory.
     pub fn cli(&self, args: &[&str]) -> Output {
         run(collector_cmd(&self.data, args))
@@ -344,6 +372,8 @@ pub struct Agent {
     pub data: PathBuf,
     /// Extra lines for the `[delivery]` table (batch size, outbox bound…).
     pub delivery: String,
+    /// Further tables appended to the config (`[enforcement]`, `[sessions]`).
+    pub extra: String,
 }
 
 impl Agent {
@@ -352,6 +382,10 @@ impl Agent {
     }
 
     pub fn with_delivery(settings: &AgentSettings, delivery: &str) -> Agent {
+        Self::with_config(settings, delivery, "")
+    }
+
+    pub fn with_config(settings: &AgentSettings, delivery: &str, extra: &str) -> Agent {
         let root = tempfile::tempdir().expect("temp dir");
         let data = root.path().join("agent-data");
         let config = root.path().join("agent.toml");
@@ -361,6 +395,7 @@ impl Agent {
             config,
             data,
             delivery: delivery.into(),
+            extra: extra.into(),
         };
         agent.write_config(settings);
         agent
@@ -370,7 +405,7 @@ impl Agent {
         let toml = format!(
             "collector = \"{}\"\nenroll_address = \"{}\"\nca_fingerprint = \"{}\"\nsite = \"{}\"\n\
              enrollment_secret = \"{}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nmachine_id = \"{}\"\n\
-             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n{}\n",
+             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n{}\n{}\n",
             s.collector,
             s.enroll_address,
             s.ca_fingerprint,
@@ -378,7 +413,8 @@ impl Agent {
             s.secret,
             self.data.display(),
             s.machine_id,
-            self.delivery
+            self.delivery,
+            self.extra
         );
         std::fs::write(&self.config, toml).expect("writing agent.toml");
     }

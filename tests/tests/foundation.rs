@@ -529,12 +529,18 @@ fn open_stream(
         tx.send(message)
             .await
             .map_err(|_| "stream closed".to_string())?;
-        match inbound.message().await {
-            Ok(Some(v1::CollectorMessage {
-                body: Some(v1::collector_message::Body::Ack(_)),
-            })) => Ok(()),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(s) => Err(describe(&s)),
+        loop {
+            match inbound.message().await {
+                Ok(Some(v1::CollectorMessage {
+                    body: Some(v1::collector_message::Body::Ack(_)),
+                })) => return Ok(()),
+                // The collector also sends the device's state on connect.
+                Ok(Some(v1::CollectorMessage {
+                    body: Some(v1::collector_message::Body::State(_)),
+                })) => continue,
+                Ok(other) => return Err(format!("unexpected answer {other:?}")),
+                Err(s) => return Err(describe(&s)),
+            }
         }
     })
 }

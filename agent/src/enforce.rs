@@ -1,0 +1,343 @@
+//! Carrying out the collector's disable and enable commands.
+//!
+//! The disabled state lives in a marker file (`[enforcement]
+//! disabled_marker`), written before anything else happens, so it survives
+//! crashes and reboots; the login hook (`hallmonitor-agent login-allowed`,
+//! called by PAM) refuses every account except `admin_accounts` while it
+//! exists. With the built-in action a disable also locks the open sessions
+//! of other accounts; with `action = "command"` the configured programs do
+//! the work instead. Every command's outcome goes into the outbox as an
+//! enforcement event, once per command id (the collector resends a command
+//! until that event arrives).
+
+use std::path::{Path, PathBuf};
+
+use hallmonitor_proto::v1;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, EnforcementAction, EnforcementConfig};
+use crate::outbox::Outbox;
+use crate::sessions;
+
+/// What the marker file holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    command_id: String,
+    reason: String,
+    disabled_at: Timestamp,
+}
+
+/// Whether the device is disabled (the marker exists).
+pub fn is_disabled(config: &AgentConfig) -> bool {
+    config.enforcement.marker_path(&config.data_dir).exists()
+}
+
+/// The login hook's decision for `account`.
+pub fn login_allowed(config: &AgentConfig, account: &str) -> bool {
+    !is_disabled(config)
+        || config
+            .enforcement
+            .admin_accounts
+            .iter()
+            .any(|a| a == account)
+}
+
+/// Applies a command unless this id was already applied, and queues its
+/// result. Returns the result queued, if any.
+pub async fn apply(
+    config: &AgentConfig,
+    outbox: &Outbox,
+    command: v1::Command,
+) -> anyhow::Result<Option<v1::EnforcementResult>> {
+    let state_key = format!("command.{}", command.command_id);
+    if outbox.state(&state_key).await?.is_some() {
+        tracing::debug!(command_id = %command.command_id, "command already applied");
+        return Ok(None);
+    }
+    let kind = v1::CommandKind::try_from(command.kind).unwrap_or(v1::CommandKind::Unspecified);
+    let (ok, detail) = match kind {
+        v1::CommandKind::Disable => disable(config, &command).await,
+        v1::CommandKind::Enable => enable(config, &command).await,
+        v1::CommandKind::Unspecified => (false, "unknown command kind".to_owned()),
+    };
+    tracing::info!(command_id = %command.command_id, kind = kind.as_str_name(), ok, detail, "command applied");
+    let result = v1::EnforcementResult {
+        command_id: command.command_id.clone(),
+        kind: command.kind,
+        ok,
+        detail,
+    };
+    outbox
+        .append(
+            Timestamp::now(),
+            v1::event::Body::Enforcement(result.clone()),
+        )
+        .await?;
+    outbox
+        .set_state(&state_key, &Timestamp::now().to_string())
+        .await?;
+    outbox
+        .set_state(
+            "enforcement",
+            if is_disabled(config) {
+                "disabled"
+            } else {
+                "enabled"
+            },
+        )
+        .await?;
+    Ok(Some(result))
+}
+
+async fn disable(config: &AgentConfig, command: &v1::Command) -> (bool, String) {
+    let marker = config.enforcement.marker_path(&config.data_dir);
+    let contents = Marker {
+        command_id: command.command_id.clone(),
+        reason: command.reason.clone(),
+        disabled_at: Timestamp::now(),
+    };
+    if let Err(e) = write_marker(&marker, &contents) {
+        return (false, format!("{}: {e}", marker.display()));
+    }
+    match config.enforcement.action {
+        EnforcementAction::Command => {
+            run_hook(
+                &config.enforcement,
+                &config.enforcement.disable_command,
+                command,
+            )
+            .await
+        }
+        EnforcementAction::Builtin => {
+            let locked = lock_sessions(config).await;
+            (
+                true,
+                format!(
+                    "new logins refused except {}; {locked}",
+                    admins(&config.enforcement)
+                ),
+            )
+        }
+    }
+}
+
+async fn enable(config: &AgentConfig, command: &v1::Command) -> (bool, String) {
+    let marker = config.enforcement.marker_path(&config.data_dir);
+    if let Err(e) = std::fs::remove_file(&marker)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return (false, format!("{}: {e}", marker.display()));
+    }
+    match config.enforcement.action {
+        EnforcementAction::Command => {
+            run_hook(
+                &config.enforcement,
+                &config.enforcement.enable_command,
+                command,
+            )
+            .await
+        }
+        EnforcementAction::Builtin => (true, "logins allowed again".into()),
+    }
+}
+
+fn admins(config: &EnforcementConfig) -> String {
+    if config.admin_accounts.is_empty() {
+        "nobody".into()
+    } else {
+        config.admin_accounts.join(", ")
+    }
+}
+
+fn write_marker(path: &Path, marker: &Marker) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, serde_json::to_vec_pretty(marker)?)?;
+    std::fs::rename(&temp, path)
+}
+
+/// Locks every open session of an account that is not an administrator.
+async fn lock_sessions(config: &AgentConfig) -> String {
+    let source = sessions::source(&config.sessions);
+    let sessions = match tokio::task::spawn_blocking(move || source.sessions()).await {
+        Ok(Ok(sessions)) => sessions,
+        Ok(Err(e)) => return format!("open sessions not locked: {e}"),
+        Err(e) => return format!("open sessions not locked: {e}"),
+    };
+    let targets: Vec<_> = sessions
+        .into_iter()
+        .filter(|s| !config.enforcement.admin_accounts.contains(&s.account))
+        .collect();
+    if targets.is_empty() {
+        return "no open sessions to lock".into();
+    }
+    let Some((program, args)) = config.enforcement.lock_session_command.split_first() else {
+        return format!(
+            "{} open session(s) not locked: no lock_session_command",
+            targets.len()
+        );
+    };
+    let mut locked = 0;
+    let mut failed = Vec::new();
+    for session in &targets {
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .arg(&session.platform_id)
+            .status()
+            .await;
+        match status {
+            Ok(s) if s.success() => locked += 1,
+            Ok(s) => failed.push(format!("{} ({s})", session.platform_id)),
+            Err(e) => failed.push(format!("{} ({e})", session.platform_id)),
+        }
+    }
+    if failed.is_empty() {
+        format!("{locked} open session(s) locked")
+    } else {
+        format!(
+            "{locked} open session(s) locked; not locked: {}",
+            failed.join(", ")
+        )
+    }
+}
+
+async fn run_hook(
+    config: &EnforcementConfig,
+    argv: &[String],
+    command: &v1::Command,
+) -> (bool, String) {
+    let Some((program, args)) = argv.split_first() else {
+        return (false, "no command configured".into());
+    };
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .env("HALLMONITOR_COMMAND_ID", &command.command_id)
+        .env("HALLMONITOR_REASON", &command.reason)
+        .env(
+            "HALLMONITOR_ADMIN_ACCOUNTS",
+            config.admin_accounts.join(","),
+        )
+        .output()
+        .await;
+    match output {
+        Ok(out) if out.status.success() => (true, format!("{program} succeeded")),
+        Ok(out) => (
+            false,
+            format!(
+                "{program} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ),
+        Err(e) => (false, format!("{program}: {e}")),
+    }
+}
+
+/// Where the marker is, for status output.
+pub fn marker_path(config: &AgentConfig) -> PathBuf {
+    config.enforcement.marker_path(&config.data_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> AgentConfig {
+        AgentConfig {
+            data_dir: dir.to_path_buf(),
+            enforcement: EnforcementConfig {
+                admin_accounts: vec!["root".into(), "itadmin".into()],
+                lock_session_command: vec!["true".into()],
+                ..EnforcementConfig::default()
+            },
+            sessions: crate::config::SessionsConfig {
+                source: crate::config::SessionSourceKind::Utmp,
+                utmp_path: dir.join("utmp"),
+                poll_secs: 10,
+            },
+            ..AgentConfig::default()
+        }
+    }
+
+    fn command(id: &str, kind: v1::CommandKind) -> v1::Command {
+        v1::Command {
+            command_id: id.into(),
+            kind: kind as i32,
+            reason: "inactive".into(),
+            issued_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn disable_refuses_logins_except_admins_once_per_command_and_enable_undoes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let (outbox, _) = Outbox::open(dir.path(), crate::outbox::DEFAULT_MAX_BYTES)
+            .await
+            .unwrap();
+        let mut utmp = sessions::tests::utmp_record(7, ":0", "pupil1", ":0", 1_790_000_000);
+        utmp.extend(sessions::tests::utmp_record(
+            7,
+            "tty1",
+            "itadmin",
+            "",
+            1_790_000_000,
+        ));
+        std::fs::write(dir.path().join("utmp"), utmp).unwrap();
+
+        assert!(login_allowed(&config, "pupil1"));
+        let result = apply(&config, &outbox, command("c1", v1::CommandKind::Disable))
+            .await
+            .unwrap()
+            .expect("applied");
+        assert!(result.ok, "{}", result.detail);
+        assert!(
+            result.detail.contains("1 open session(s) locked"),
+            "{}",
+            result.detail
+        );
+        assert!(!login_allowed(&config, "pupil1"));
+        assert!(login_allowed(&config, "itadmin"));
+        assert!(login_allowed(&config, "root"));
+        // The collector resends until it hears back: applied once.
+        assert!(
+            apply(&config, &outbox, command("c1", v1::CommandKind::Disable))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(outbox.stats().await.unwrap().depth, 1);
+        let result = apply(&config, &outbox, command("c2", v1::CommandKind::Enable))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(result.ok);
+        assert!(login_allowed(&config, "pupil1"));
+        assert_eq!(
+            outbox.state("enforcement").await.unwrap().as_deref(),
+            Some("enabled")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.enforcement.action = EnforcementAction::Command;
+        config.enforcement.disable_command =
+            vec!["sh".into(), "-c".into(), "echo no MDM >&2; exit 3".into()];
+        config.enforcement.enable_command = vec!["true".into()];
+        let (outbox, _) = Outbox::open(dir.path(), crate::outbox::DEFAULT_MAX_BYTES)
+            .await
+            .unwrap();
+        let result = apply(&config, &outbox, command("c1", v1::CommandKind::Disable))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!result.ok);
+        assert!(result.detail.contains("no MDM"), "{}", result.detail);
+    }
+}
