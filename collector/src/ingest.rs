@@ -125,10 +125,7 @@ pub async fn device_state(
     config: &CollectorConfig,
     device: &DeviceId,
 ) -> crate::store::Result<Option<v1::CollectorMessage>> {
-    let filter = DeviceFilter {
-        site: None,
-        device: Some(device.clone()),
-    };
+    let filter = DeviceFilter::one(device.clone());
     let now = Timestamp::now();
     let report = crate::compliance::check(store, config, &filter, now).await?;
     if report.devices.is_empty() {
@@ -357,10 +354,7 @@ impl StreamSession {
     /// New sessions or command results: re-evaluate this device now (after
     /// the ack, so the agent never waits for it) and tell the agent.
     async fn reevaluate(&self) {
-        let filter = DeviceFilter {
-            site: None,
-            device: Some(self.device.id.clone()),
-        };
+        let filter = DeviceFilter::one(self.device.id.clone());
         let store = &*self.store;
         if let Err(e) =
             crate::rules::evaluate::refresh(store, &self.config, &filter, Timestamp::now()).await

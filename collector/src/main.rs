@@ -448,6 +448,7 @@ async fn filter(
     Ok(DeviceFilter {
         site: resolve_site(store, site).await?.map(|s| s.id),
         device: device.map(DeviceId::from_string),
+        devices: None,
     })
 }
 

@@ -29,8 +29,12 @@ CREATE TABLE device_activity (
     window_start INTEGER NOT NULL,
     breach_at    INTEGER,
     grace_until  INTEGER,
-    as_of        INTEGER NOT NULL
+    as_of        INTEGER NOT NULL,
+    -- The earliest instant at which time passing alone can change the
+    -- verdict; the periodic pass re-evaluates only devices due by then.
+    next_check_at INTEGER NOT NULL
 );
+CREATE INDEX device_activity_due ON device_activity(next_check_at);
 
 -- Flags: at most one active flag per (device, kind, account).
 -- states: open → disable_approved → disabled → reenabled; or dismissed.

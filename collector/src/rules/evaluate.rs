@@ -98,6 +98,7 @@ pub async fn refresh(
     filter: &DeviceFilter,
     as_of: Timestamp,
 ) -> Result<ActivityChanges> {
+    let recheck_open = SignedDuration::from_secs(config.evaluate_every_secs as i64);
     let mut changes = ActivityChanges::default();
     let mut after = None;
     loop {
@@ -110,6 +111,7 @@ pub async fn refresh(
                 device: v.input.device.clone(),
                 site: v.input.site,
                 evaluation: v.evaluation,
+                next_check_at: next_check_at(v, recheck_open),
                 required_minutes: v.rule.thresholds.required.as_mins() as u32,
                 auto_disable: v.rule.auto_disable,
             })
@@ -124,6 +126,67 @@ pub async fn refresh(
             return Ok(changes);
         }
     }
+}
+
+/// Re-evaluates only the devices whose verdict time alone may have
+/// changed by `as_of` (or that have none yet): what the periodic pass runs,
+/// so its cost follows the devices that change, not the fleet.
+pub async fn refresh_due(
+    store: &dyn Store,
+    config: &CollectorConfig,
+    as_of: Timestamp,
+) -> Result<ActivityChanges> {
+    let mut changes = ActivityChanges::default();
+    loop {
+        let due = store.devices_due(as_of, PAGE).await?;
+        let count = due.len();
+        if count == 0 {
+            return Ok(changes);
+        }
+        let filter = DeviceFilter {
+            devices: Some(due),
+            ..DeviceFilter::default()
+        };
+        let page = refresh(store, config, &filter, as_of).await?;
+        changes.opened.extend(page.opened);
+        changes.resolved.extend(page.resolved);
+        changes.auto_approved.extend(page.auto_approved);
+        if count < PAGE {
+            return Ok(changes);
+        }
+    }
+}
+
+/// The earliest instant at which time passing alone can change this
+/// verdict: the end of grace, the start of the at-risk week, the breach.
+/// A device with an open qualifying session is looked at again after
+/// `recheck_open` (its time grows with the agent's heartbeats), and every
+/// device at least daily.
+fn next_check_at(verdict: &DeviceVerdict, recheck_open: SignedDuration) -> Timestamp {
+    use crate::rules::activity::ActivityStatus as S;
+    let e = &verdict.evaluation;
+    let daily = e.as_of + SignedDuration::from_hours(24);
+    let open = verdict
+        .input
+        .sessions
+        .iter()
+        .any(|s| s.ended_at.is_none() && verdict.rule.sessions.qualifies(s));
+    let by_time = match e.status {
+        S::Grace => e.grace_until,
+        S::Compliant => e.breach_at.map(|b| b - verdict.rule.thresholds.warning),
+        S::AtRisk => e.breach_at,
+        S::NonCompliant | S::Disabled => None,
+    };
+    let soonest = match (by_time, open) {
+        (Some(t), true) => t.min(e.as_of + recheck_open),
+        (Some(t), false) => t,
+        (None, true) => e.as_of + recheck_open,
+        (None, false) => daily,
+    };
+    // Never in the past (a breach exactly now is handled by this pass).
+    soonest
+        .min(daily)
+        .max(e.as_of + SignedDuration::from_millis(1))
 }
 
 fn longest_window(config: &CollectorConfig) -> SignedDuration {

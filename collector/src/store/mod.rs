@@ -80,6 +80,17 @@ pub struct AuditEntry<'a> {
 pub struct DeviceFilter {
     pub site: Option<SiteId>,
     pub device: Option<DeviceId>,
+    /// When set, only these devices.
+    pub devices: Option<Vec<DeviceId>>,
+}
+
+impl DeviceFilter {
+    pub fn one(device: DeviceId) -> DeviceFilter {
+        DeviceFilter {
+            device: Some(device),
+            ..DeviceFilter::default()
+        }
+    }
 }
 
 /// Everything the device-activity rule needs about one device.
@@ -105,6 +116,8 @@ pub struct ActivityVerdict {
     pub device: DeviceId,
     pub site: SiteId,
     pub evaluation: ActivityEvaluation,
+    /// When to evaluate again if nothing arrives (see `rules::evaluate`).
+    pub next_check_at: Timestamp,
     pub required_minutes: u32,
     pub auto_disable: bool,
 }
@@ -213,6 +226,9 @@ pub trait Store: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<ActivityChanges>;
     async fn stored_activity(&self, filter: &DeviceFilter) -> Result<Vec<StoredActivity>>;
+    /// Devices whose verdict may have changed by `at` through time passing
+    /// alone, or that have no verdict yet (at most `limit`, by id).
+    async fn devices_due(&self, at: Timestamp, limit: usize) -> Result<Vec<DeviceId>>;
 
     // flags
     async fn list_flags(

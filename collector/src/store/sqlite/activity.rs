@@ -89,6 +89,10 @@ pub(super) async fn apply_enforcement_result(
         .bind(from.as_str())
         .execute(&mut *tx)
         .await?;
+    sqlx::query("UPDATE device_activity SET next_check_at = 0 WHERE device_id = ?")
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
     let flag_id: Option<i64> = command.try_get("flag_id")?;
     if let (CommandKind::Disable, Some(flag_id)) = (kind, flag_id) {
         let actor = format!("agent:{device}");
@@ -110,18 +114,33 @@ pub(super) async fn activity_inputs(
     after: Option<&DeviceId>,
     limit: usize,
 ) -> Result<Vec<ActivityInput>> {
-    let devices = sqlx::query(
-        "SELECT d.id, d.site_id, s.name AS site_name, s.timezone, d.hostname, d.enrolled_at, d.reenabled_at, d.last_seen_at, \
-         d.heartbeat_interval_secs, d.enforcement FROM devices d JOIN sites s ON s.id = d.site_id \
-         WHERE (?1 IS NULL OR d.site_id = ?1) AND (?2 IS NULL OR d.id = ?2) AND (?3 IS NULL OR d.id > ?3) \
-         ORDER BY d.id LIMIT ?4",
-    )
-    .bind(filter.site.map(|s| s.0))
-    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
-    .bind(after.map(|d| d.as_str().to_owned()))
-    .bind(limit as i64)
-    .fetch_all(&store.reader)
-    .await?;
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT d.id, d.site_id, s.name AS site_name, s.timezone, d.hostname, d.enrolled_at, d.reenabled_at, \
+         d.last_seen_at, d.heartbeat_interval_secs, d.enforcement FROM devices d JOIN sites s ON s.id = d.site_id WHERE 1 = 1",
+    );
+    if let Some(site) = filter.site {
+        query.push(" AND d.site_id = ").push_bind(site.0);
+    }
+    if let Some(device) = &filter.device {
+        query
+            .push(" AND d.id = ")
+            .push_bind(device.as_str().to_owned());
+    }
+    if let Some(devices) = &filter.devices {
+        query.push(" AND d.id IN (");
+        let mut list = query.separated(", ");
+        for device in devices {
+            list.push_bind(device.as_str().to_owned());
+        }
+        list.push_unseparated(if devices.is_empty() { "NULL)" } else { ")" });
+    }
+    if let Some(after) = after {
+        query
+            .push(" AND d.id > ")
+            .push_bind(after.as_str().to_owned());
+    }
+    query.push(" ORDER BY d.id LIMIT ").push_bind(limit as i64);
+    let devices = query.build().fetch_all(&store.reader).await?;
     let (Some(first), Some(last)) = (devices.first(), devices.last()) else {
         return Ok(Vec::new());
     };
@@ -195,10 +214,10 @@ pub(super) async fn record_activity(
     for verdict in verdicts {
         let e = &verdict.evaluation;
         sqlx::query(
-            "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, \
+            "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of, next_check_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, \
              used_secs = excluded.used_secs, window_start = excluded.window_start, breach_at = excluded.breach_at, \
-             grace_until = excluded.grace_until, as_of = excluded.as_of",
+             grace_until = excluded.grace_until, as_of = excluded.as_of, next_check_at = excluded.next_check_at",
         )
         .bind(verdict.device.as_str())
         .bind(e.status.as_str())
@@ -207,6 +226,7 @@ pub(super) async fn record_activity(
         .bind(e.breach_at.map(millis))
         .bind(e.grace_until.map(millis))
         .bind(millis(e.as_of))
+        .bind(millis(verdict.next_check_at))
         .execute(&mut *tx)
         .await?;
         let active: Option<(i64, String)> = sqlx::query_as(
@@ -424,6 +444,11 @@ pub(super) async fn transition_in(
         .await?;
     audit_transition(tx, id, at, actor, Some(flag.state), next, reason).await?;
     let device = &flag.device_id;
+    // The device's verdict may change with its enforcement state: due now.
+    sqlx::query("UPDATE device_activity SET next_check_at = 0 WHERE device_id = ?")
+        .bind(device.as_str())
+        .execute(&mut *tx)
+        .await?;
     match (flag.kind, next) {
         (FlagKind::DeviceInactive, FlagState::DisableApproved) => {
             issue_command(tx, device, CommandKind::Disable, reason, Some(id), at).await?;
@@ -540,4 +565,20 @@ pub(super) async fn mark_command_sent(store: &SqliteStore, id: &str, at: Timesta
         .execute(&store.writer)
         .await?;
     Ok(())
+}
+
+pub(super) async fn devices_due(
+    store: &SqliteStore,
+    at: Timestamp,
+    limit: usize,
+) -> Result<Vec<DeviceId>> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT d.id FROM devices d LEFT JOIN device_activity a ON a.device_id = d.id \
+         WHERE a.device_id IS NULL OR a.next_check_at <= ? ORDER BY d.id LIMIT ?",
+    )
+    .bind(millis(at))
+    .bind(limit as i64)
+    .fetch_all(&store.reader)
+    .await?;
+    Ok(ids.into_iter().map(DeviceId::from_string).collect())
 }

@@ -578,6 +578,10 @@ impl Store for SqliteStore {
         activity::stored_activity(self, filter).await
     }
 
+    async fn devices_due(&self, at: Timestamp, limit: usize) -> Result<Vec<DeviceId>> {
+        activity::devices_due(self, at, limit).await
+    }
+
     async fn list_flags(
         &self,
         filter: &DeviceFilter,
