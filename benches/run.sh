@@ -4,8 +4,9 @@
 #   1. collector ingest: `loadgen` (many enrolled agents over gRPC/mTLS)
 #      against a release collector on SQLite, on loopback;
 #   2. agent outbox append/acknowledge throughput (`outbox bench`);
-#   3. agent RSS idle, and while draining a 100,000-event backlog.
-# Usage: bash benches/run.sh [ingest|outbox|rss]...   (default: all)
+#   3. agent RSS idle, and while draining a 100,000-event backlog;
+#   4. the device-activity rule (`rules`).
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,11 @@ bench_outbox() {
     "$bin/outbox" bench --events 100000
 }
 
+bench_rules() {
+    echo "== device-activity rule"
+    "$bin/rules"
+}
+
 bench_rss() {
     echo "== agent RSS"
     rm -rf "$work/collector"
@@ -110,5 +116,5 @@ EOF
 }
 
 what=("$@")
-((${#what[@]})) || what=(ingest outbox rss)
+((${#what[@]})) || what=(ingest outbox rss rules)
 for w in "${what[@]}"; do "bench_$w"; done

@@ -1,0 +1,286 @@
+//! `Telemetry.Stream`: one bidirectional stream per agent over mutual TLS.
+//!
+//! The device is identified by the SHA-256 of the client certificate it
+//! presented (the TLS layer already checked that our CA signed it), never by
+//! anything in the messages. Each batch is committed in one transaction and
+//! only then acknowledged; events the collector already holds (same device
+//! and sequence number) are acknowledged without being stored again.
+//!
+//! On shutdown a stream finishes the batch it is committing, acks it, and
+//! ends, so the agent resends nothing that was committed.
+
+mod downstream;
+mod wire;
+
+use std::sync::Arc;
+
+use hallmonitor_proto::v1;
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use downstream::{Streams, device_state, dispatch_commands};
+pub use wire::{command_from_wire, command_to_wire, event_from_wire, facts_from_wire};
+
+use crate::config::CollectorConfig;
+use crate::model::Event;
+use crate::pki::sha256_hex;
+use crate::store::{DeviceFilter, Store, StreamDevice};
+use downstream::command_message;
+
+pub struct TelemetryService {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<CollectorConfig>,
+    pub streams: Arc<Streams>,
+    pub heartbeat_interval_secs: u32,
+    pub max_batch_events: usize,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) type Outbound = Result<v1::CollectorMessage, Status>;
+
+#[tonic::async_trait]
+impl v1::telemetry_server::Telemetry for TelemetryService {
+    type StreamStream = ReceiverStream<Outbound>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let fingerprint = sha256_hex(leaf.as_ref());
+        let device = self
+            .store
+            .device_by_certificate(&fingerprint)
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| {
+                tracing::warn!(cert_sha256 = %fingerprint, "stream refused: certificate not current");
+                Status::unauthenticated("certificate is not current for any device (re-enrolled or removed)")
+            })?;
+
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(Ok(hello(&device, self.heartbeat_interval_secs)))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        // Whatever is waiting for this device: commands (again, until the
+        // agent reports on them; it ignores ids it has applied) and state.
+        let pending = self
+            .store
+            .pending_commands(&device.id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        for command in &pending {
+            let _ = tx.send(Ok(command_message(command))).await;
+            let _ = self
+                .store
+                .mark_command_sent(&command.id, Timestamp::now())
+                .await;
+        }
+        if let Ok(Some(state)) = device_state(&*self.store, &self.config, &device.id).await {
+            let _ = tx.send(Ok(state)).await;
+        }
+        let token = self.streams.register(&device.id, tx.clone());
+        let session = StreamSession {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            streams: self.streams.clone(),
+            token,
+            device,
+            max_batch_events: self.max_batch_events,
+            tx,
+        };
+        let inbound = request.into_inner();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { session.run(inbound, shutdown).await });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn hello(device: &StreamDevice, heartbeat_interval_secs: u32) -> v1::CollectorMessage {
+    v1::CollectorMessage {
+        body: Some(v1::collector_message::Body::Hello(v1::ServerHello {
+            device_id: device.id.to_string(),
+            last_committed_seq: device.last_seq,
+            heartbeat_interval_secs,
+        })),
+    }
+}
+
+struct StreamSession {
+    store: Arc<dyn Store>,
+    config: Arc<CollectorConfig>,
+    streams: Arc<Streams>,
+    token: u64,
+    device: StreamDevice,
+    max_batch_events: usize,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl StreamSession {
+    async fn run(self, mut inbound: Streaming<v1::AgentMessage>, shutdown: CancellationToken) {
+        let device_id = self.device.id.clone();
+        tracing::info!(device_id = %device_id, "agent connected");
+        // Rules are re-evaluated shortly after sessions arrive, at most
+        // every REEVALUATE_AFTER while a backlog drains.
+        let mut reevaluate_at: Option<tokio::time::Instant> = None;
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until(reevaluate_at), if reevaluate_at.is_some() => {
+                    reevaluate_at = None;
+                    self.reevaluate().await;
+                    continue;
+                }
+                message = inbound.message() => message,
+            };
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::info!(device_id = %device_id, error = %status.message(), "stream ended with error");
+                    let _ = self.tx.send(Err(status)).await;
+                    break;
+                }
+            };
+            // A batch in hand is committed and acked even if shutdown began.
+            match self.handle(message).await {
+                Ok(affects_rules) => {
+                    if affects_rules && reevaluate_at.is_none() {
+                        reevaluate_at = Some(tokio::time::Instant::now() + REEVALUATE_AFTER);
+                    }
+                }
+                Err(status) => {
+                    let _ = self.tx.send(Err(status)).await;
+                    break;
+                }
+            }
+        }
+        if reevaluate_at.is_some() {
+            self.reevaluate().await;
+        }
+        self.streams.unregister(&device_id, self.token);
+        tracing::info!(device_id = %device_id, "agent disconnected");
+    }
+
+    /// Handles one message; true when it stored events that can change a
+    /// rule's verdict.
+    async fn handle(&self, message: v1::AgentMessage) -> Result<bool, Status> {
+        match message.body {
+            Some(v1::agent_message::Body::Hello(hello)) => {
+                self.store
+                    .record_hello(
+                        &self.device.id,
+                        hello.heartbeat_interval_secs,
+                        Timestamp::now(),
+                    )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                Ok(false)
+            }
+            Some(v1::agent_message::Body::Batch(batch)) => self.handle_batch(batch).await,
+            None => Err(Status::invalid_argument("empty agent message")),
+        }
+    }
+
+    async fn handle_batch(&self, batch: v1::EventBatch) -> Result<bool, Status> {
+        if batch.events.len() > self.max_batch_events {
+            return Err(Status::invalid_argument(format!(
+                "batch {} has {} events; the most accepted is {}",
+                batch.batch_id,
+                batch.events.len(),
+                self.max_batch_events
+            )));
+        }
+        if batch.events.is_empty() {
+            return Ok(false);
+        }
+        let received_at = Timestamp::now();
+        let mut rejected = 0u32;
+        let events: Vec<Event> = batch
+            .events
+            .into_iter()
+            .map(|e| {
+                let (event, ok) = event_from_wire(e, received_at);
+                rejected += u32::from(!ok);
+                event
+            })
+            .collect();
+        if let Some(bad) = events
+            .iter()
+            .find(|e| e.seq.0 == 0 || e.seq.0 > i64::MAX as u64)
+        {
+            return Err(Status::invalid_argument(format!(
+                "event {} has sequence number {}; it must be between 1 and 2^63-1",
+                bad.event_id, bad.seq.0
+            )));
+        }
+        let first_seq = events.iter().map(|e| e.seq.0).min().unwrap_or(0);
+        let last_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0);
+        let outcome = self
+            .store
+            .record_batch(&self.device.id, &events, received_at)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tracing::debug!(
+            device_id = %self.device.id, batch_id = batch.batch_id, first_seq, last_seq,
+            stored = outcome.stored, duplicates = outcome.duplicates, "batch committed"
+        );
+        let ack = v1::CollectorMessage {
+            body: Some(v1::collector_message::Body::Ack(v1::Ack {
+                batch_id: batch.batch_id,
+                first_seq,
+                last_seq,
+                stored: outcome.stored,
+                duplicates: outcome.duplicates,
+                rejected,
+            })),
+        };
+        // If the agent is gone the ack is lost; it resends, and the
+        // duplicates are recognised.
+        let _ = self.tx.send(Ok(ack)).await;
+        Ok(outcome.stored > 0 && events.iter().any(|e| e.body.affects_rules()))
+    }
+
+    /// New sessions or command results: re-evaluate this device now (after
+    /// the ack, so the agent never waits for it) and tell the agent.
+    async fn reevaluate(&self) {
+        let filter = DeviceFilter::one(self.device.id.clone());
+        let store = &*self.store;
+        if let Err(e) =
+            crate::rules::evaluate::refresh(store, &self.config, &filter, Timestamp::now()).await
+        {
+            tracing::error!(device_id = %self.device.id, error = %e, "re-evaluating device failed");
+            return;
+        }
+        if let Err(e) = dispatch_commands(store, &self.streams).await {
+            tracing::error!(error = %e, "dispatching commands failed");
+        }
+        if let Ok(Some(state)) = device_state(store, &self.config, &self.device.id).await {
+            let _ = self.tx.send(Ok(state)).await;
+        }
+    }
+}
+
+/// How long after sessions arrive their device is re-evaluated.
+const REEVALUATE_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unavailable(e: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "storage error on telemetry stream");
+    Status::unavailable("collector storage unavailable; retry later")
+}
