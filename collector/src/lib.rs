@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cli;
 pub mod compliance;
 pub mod config;
+pub mod directory;
 pub mod enroll;
 pub mod flags;
 pub mod ingest;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod pki;
 pub mod rules;
 pub mod serve;
+pub mod signins;
 pub mod store;
 
 use std::path::Path;

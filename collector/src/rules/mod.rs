@@ -4,3 +4,4 @@
 
 pub mod activity;
 pub mod evaluate;
+pub mod mfa;

@@ -1,0 +1,321 @@
+//! Identity-provider sign-in log exports, as evidence of completed two-step
+//! sign-ins for the 2FA-freshness rule:
+//!
+//! - `entra-csv`: the Microsoft Entra admin center's sign-in log CSV
+//!   download (columns such as `Date (UTC)`, `Request ID`, `Username`,
+//!   `Status`, `Authentication requirement`, `Device ID`, `Device`);
+//! - `entra-json`: its JSON download, or the Graph `auditLogs/signIns`
+//!   response (`{"value": [...]}`), with `id`, `createdDateTime`,
+//!   `userPrincipalName`, `status.errorCode`, `authenticationRequirement`,
+//!   `authenticationDetails`, `deviceDetail.deviceId/displayName`;
+//! - `google-csv`: a Google Workspace login audit export (`Event Name`,
+//!   `User`, `Date`, `Login Challenge Method`, optionally a device column).
+//!
+//! Every row becomes a [`SignIn`]; whether it counts (successful and
+//! multi-factor) is decided by the caller, which also counts what it skips.
+//! Times carry their own offset (or are UTC where the column says so), so
+//! exports in several time zones compare correctly.
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::directory::{CsvTable, ImportError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "kebab-case")]
+pub enum SigninFormat {
+    EntraCsv,
+    EntraJson,
+    GoogleCsv,
+}
+
+impl SigninFormat {
+    pub fn source(self) -> &'static str {
+        match self {
+            SigninFormat::EntraCsv | SigninFormat::EntraJson => "entra",
+            SigninFormat::GoogleCsv => "google",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignIn {
+    /// The provider's id of the sign-in (or a digest of the row when it has
+    /// none), so importing the same export twice adds nothing.
+    pub external_id: String,
+    pub at: Timestamp,
+    /// User principal name or email, lower-cased.
+    pub account: String,
+    pub succeeded: bool,
+    pub multi_factor: bool,
+    pub method: String,
+    pub device_id: String,
+    pub device_name: String,
+    /// Where in the file it came from, for listing unmapped rows.
+    pub line: u64,
+}
+
+pub fn parse(format: SigninFormat, bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+    match format {
+        SigninFormat::EntraCsv => entra_csv(bytes, file),
+        SigninFormat::EntraJson => entra_json(bytes, file),
+        SigninFormat::GoogleCsv => google_csv(bytes, file),
+    }
+}
+
+/// RFC 3339 with an offset, or a plain date-time taken as UTC (the Entra
+/// column says "(UTC)").
+fn instant(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Some(t);
+    }
+    let text = text.trim_end_matches(" UTC").trim_end_matches(" GMT");
+    let civil: jiff::civil::DateTime = text.replace(' ', "T").parse().ok()?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+fn entra_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+    let table = CsvTable::read(bytes, file)?;
+    let date = table.require(&["Date (UTC)", "Date", "createdDateTime"])?;
+    let id = table.require(&["Request ID", "Id", "Sign-in ID"])?;
+    let user = table.require(&["Username", "User principal name", "userPrincipalName"])?;
+    let status = table.require(&["Status"])?;
+    let requirement =
+        table.require(&["Authentication requirement", "authenticationRequirement"])?;
+    let method = table.column(&[
+        "Multifactor authentication auth method",
+        "Authentication method",
+    ]);
+    let device_id = table.column(&["Device ID", "deviceId"]);
+    let device_name = table.column(&["Device", "Device name", "displayName"]);
+    let mut out = Vec::with_capacity(table.rows.len());
+    for (line, f) in &table.rows {
+        let at = instant(&f[date]).ok_or_else(|| {
+            table.error(*line, date, format!("'{}' is not a date and time", f[date]))
+        })?;
+        if f[id].is_empty() {
+            return Err(table.error(*line, id, "empty sign-in id"));
+        }
+        out.push(SignIn {
+            external_id: f[id].clone(),
+            at,
+            account: f[user].to_lowercase(),
+            succeeded: f[status].eq_ignore_ascii_case("success"),
+            multi_factor: f[requirement].to_lowercase().starts_with("multi"),
+            method: method.map(|c| f[c].clone()).unwrap_or_default(),
+            device_id: device_id.map(|c| f[c].clone()).unwrap_or_default(),
+            device_name: device_name.map(|c| f[c].clone()).unwrap_or_default(),
+            line: *line,
+        });
+    }
+    Ok(out)
+}
+
+fn entra_json(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ImportError {
+        file: file.into(),
+        line: e.line() as u64,
+        column: None,
+        message: format!("not JSON: {e}"),
+    })?;
+    let records = match &value {
+        Value::Array(items) => items,
+        Value::Object(o) => match o.get("value") {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(ImportError {
+                    file: file.into(),
+                    line: 1,
+                    column: None,
+                    message: "expected an array of sign-ins or a Graph response with \"value\""
+                        .into(),
+                });
+            }
+        },
+        _ => {
+            return Err(ImportError {
+                file: file.into(),
+                line: 1,
+                column: None,
+                message: "expected an array of sign-ins".into(),
+            });
+        }
+    };
+    let mut out = Vec::with_capacity(records.len());
+    for (n, r) in records.iter().enumerate() {
+        // JSON has no useful line per record: report the record number.
+        let problem = |field: &str, why: &str| ImportError {
+            file: file.into(),
+            line: 0,
+            column: None,
+            message: format!("record {}: {field}: {why}", n + 1),
+        };
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let at = r["createdDateTime"]
+            .as_str()
+            .and_then(instant)
+            .ok_or_else(|| problem("createdDateTime", "missing or not a date and time"))?;
+        let id = text(&r["id"]);
+        if id.is_empty() {
+            return Err(problem("id", "missing"));
+        }
+        let methods: Vec<String> = r["authenticationDetails"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["succeeded"] == true)
+            .filter_map(|d| d["authenticationMethod"].as_str())
+            .filter(|m| !m.eq_ignore_ascii_case("password"))
+            .map(str::to_owned)
+            .collect();
+        out.push(SignIn {
+            external_id: id,
+            at,
+            account: text(&r["userPrincipalName"]).to_lowercase(),
+            succeeded: r["status"]["errorCode"].as_i64() == Some(0),
+            multi_factor: text(&r["authenticationRequirement"]) == "multiFactorAuthentication",
+            method: methods.join(", "),
+            device_id: text(&r["deviceDetail"]["deviceId"]),
+            device_name: text(&r["deviceDetail"]["displayName"]),
+            line: n as u64 + 1,
+        });
+    }
+    Ok(out)
+}
+
+/// Second-factor challenge methods in Google's login audit.
+const GOOGLE_SECOND_FACTORS: [&str; 7] = [
+    "google authenticator",
+    "backup code",
+    "security key",
+    "google prompt",
+    "text message",
+    "voice",
+    "passkey",
+];
+
+fn google_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+    let table = CsvTable::read(bytes, file)?;
+    let event = table.require(&["Event Name", "Event"])?;
+    let user = table.require(&["User", "Actor", "Email"])?;
+    let date = table.require(&["Date", "Time"])?;
+    let challenge = table.require(&["Login Challenge Method", "Challenge Method"])?;
+    let device_id = table.column(&["Device ID"]);
+    let device_name = table.column(&["Device Name", "Device", "Hostname"]);
+    let mut out = Vec::with_capacity(table.rows.len());
+    for (line, f) in &table.rows {
+        let at = instant(&f[date]).ok_or_else(|| {
+            table.error(*line, date, format!("'{}' is not a date and time", f[date]))
+        })?;
+        let methods = f[challenge].to_lowercase();
+        let second: Vec<&str> = GOOGLE_SECOND_FACTORS
+            .iter()
+            .copied()
+            .filter(|m| methods.contains(m))
+            .collect();
+        let event_name = f[event].to_lowercase();
+        // Google exports carry no sign-in id: the row's content is its id.
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!(
+                "{}|{}|{}|{}",
+                f[user].to_lowercase(),
+                at,
+                event_name,
+                methods
+            )
+            .as_bytes(),
+        );
+        out.push(SignIn {
+            external_id: digest.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            at,
+            account: f[user].to_lowercase(),
+            succeeded: event_name.contains("success") || event_name == "login",
+            multi_factor: !second.is_empty(),
+            method: second.join(", "),
+            device_id: device_id.map(|c| f[c].clone()).unwrap_or_default(),
+            device_name: device_name.map(|c| f[c].clone()).unwrap_or_default(),
+            line: *line,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entra_csv_rows_in_several_zones() {
+        let csv = "Date (UTC),Request ID,User,Username,Status,Authentication requirement,Device ID,Device\n\
+                   2026-11-01T09:15:00Z,r1,Jane Smith,J.Smith@cabot.sch.uk,Success,Multifactor authentication,,LAPTOP-07\n\
+                   2026-11-01 10:15:00,r2,Jane Smith,j.smith@cabot.sch.uk,Failure,Multifactor authentication,,LAPTOP-07\n\
+                   2026-11-01T10:15:00+01:00,r3,Jane Smith,j.smith@cabot.sch.uk,Success,Single-factor authentication,,LAPTOP-07\n";
+        let rows = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv").unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].account, "j.smith@cabot.sch.uk");
+        assert!(rows[0].succeeded && rows[0].multi_factor);
+        assert!(!rows[1].succeeded);
+        assert!(!rows[2].multi_factor);
+        // 10:15+01:00 is the same instant as 09:15Z.
+        assert_eq!(rows[2].at, rows[0].at);
+        assert_eq!(rows[1].at, "2026-11-01T10:15:00Z".parse().unwrap());
+    }
+
+    #[test]
+    fn entra_json_graph_shape() {
+        let json = r#"{"value": [{
+            "id": "66ea54eb-6301-4ee5-be62-ff5a759b0100",
+            "createdDateTime": "2026-11-02T08:00:00Z",
+            "userPrincipalName": "J.Smith@cabot.sch.uk",
+            "status": {"errorCode": 0},
+            "authenticationRequirement": "multiFactorAuthentication",
+            "authenticationDetails": [
+                {"authenticationMethod": "Password", "succeeded": true},
+                {"authenticationMethod": "Mobile app notification", "succeeded": true}
+            ],
+            "deviceDetail": {"deviceId": "", "displayName": "LAPTOP-07"}
+        }]}"#;
+        let rows = parse(SigninFormat::EntraJson, json.as_bytes(), "s.json").unwrap();
+        assert_eq!(rows[0].method, "Mobile app notification");
+        assert!(rows[0].succeeded && rows[0].multi_factor);
+        assert_eq!(rows[0].device_name, "LAPTOP-07");
+    }
+
+    #[test]
+    fn google_login_audit() {
+        let csv = "Event Name,Event Description,User,Date,IP Address,Login Type,Login Challenge Method\n\
+                   Successful login,j.smith logged in,j.smith@cabot.sch.uk,2026-11-03T07:30:00-05:00,10.0.0.1,Google Password,\"Password, Google Authenticator\"\n\
+                   Successful login,j.smith logged in,j.smith@cabot.sch.uk,2026-11-04T07:30:00-05:00,10.0.0.1,Google Password,Password\n";
+        let rows = parse(SigninFormat::GoogleCsv, csv.as_bytes(), "g.csv").unwrap();
+        assert!(rows[0].multi_factor);
+        assert_eq!(rows[0].at, "2026-11-03T12:30:00Z".parse().unwrap());
+        assert!(!rows[1].multi_factor);
+        assert_ne!(rows[0].external_id, rows[1].external_id);
+    }
+
+    #[test]
+    fn bad_rows_are_located() {
+        let csv = "Date (UTC),Request ID,Username,Status,Authentication requirement\n\
+                   yesterday,r1,a@b,Success,Multifactor authentication\n";
+        let err = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(
+            err.to_string()
+                .contains("column 1 (Date (UTC)): 'yesterday'"),
+            "{err}"
+        );
+        let err = parse(SigninFormat::EntraJson, b"[{\"id\": \"x\"}]", "s.json").unwrap_err();
+        assert!(
+            err.to_string().contains("record 1: createdDateTime"),
+            "{err}"
+        );
+    }
+}
