@@ -362,6 +362,87 @@ pub fn flag_show(flag: &FlagRecord, history: &[FlagTransition], format: Format) 
     }
 }
 
+pub fn directory_list(accounts: &[crate::directory::DirectoryAccount], format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.directory.v1", "accounts": accounts }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "USERNAME".to_string(),
+                "ROLE".into(),
+                "EMAIL".into(),
+                "NAME".into(),
+            ]];
+            for a in accounts {
+                rows.push([
+                    a.username.clone(),
+                    a.role.as_str().into(),
+                    or_dash(&a.email),
+                    or_dash(&a.display_name),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
+pub fn signins_report(r: &crate::signins::ImportReport) -> String {
+    let mut out = format!(
+        "{} rows: {} two-step sign-ins matched a device, {} matched none, {} not successful, {} without a second factor; {} new, {} already held.\n",
+        r.rows,
+        r.mapped,
+        r.unmapped.len(),
+        r.not_successful,
+        r.not_multi_factor,
+        r.new,
+        (r.mapped + r.unmapped.len() as u64).saturating_sub(r.new)
+    );
+    if !r.unmapped.is_empty() {
+        out.push_str(
+            "Not matched to a device (stored without one; enrol the device or check its name):\n",
+        );
+        for (line, account, device) in &r.unmapped {
+            out.push_str(&format!("  line {line}: {account} on '{device}'\n"));
+        }
+    }
+    out
+}
+
+pub fn mfa_list(pairs: &[crate::store::StoredPair], now: Timestamp, format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.mfa_pairs.v1", "as_of": now, "pairs": pairs }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "ACCOUNT".to_string(),
+                "DEVICE".into(),
+                "HOSTNAME".into(),
+                "SITE".into(),
+                "STATUS".into(),
+                "LAST 2FA".into(),
+                "EXPIRES".into(),
+            ]];
+            for p in pairs {
+                rows.push([
+                    p.account.clone(),
+                    p.device_id.to_string(),
+                    or_dash(&p.hostname),
+                    p.site.clone(),
+                    p.status.as_str().into(),
+                    p.last_mfa.map_or("never".into(), |t| {
+                        t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+                    }),
+                    p.expires_at
+                        .map_or("-".into(), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string()),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
 fn status_word(c: Connectivity) -> &'static str {
     match c {
         Connectivity::Online => "online",

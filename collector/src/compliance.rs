@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::flags::FlagRecord;
 use crate::model::{DeviceId, Enforcement};
 use crate::rules::activity::ActivityEvaluation;
+use crate::rules::mfa::{MfaStatus, PairVerdict};
 
 pub const SCHEMA: &str = "hallmonitor.compliance.v1";
 
@@ -33,8 +34,20 @@ pub struct DeviceCompliance {
     pub compliant: bool,
     pub enforcement: String,
     pub activity: ActivityReport,
+    /// Two-step sign-in freshness of each staff account using the device.
+    #[serde(default)]
+    pub mfa: Vec<MfaReport>,
     /// Active flags (open, disable approved, disabled).
     pub flags: Vec<FlagSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MfaReport {
+    pub account: String,
+    /// fresh, due_soon or stale; only stale fails the check.
+    pub status: String,
+    pub last_mfa: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -71,6 +84,7 @@ pub struct DeviceFacts<'a> {
     pub required_minutes: i64,
     pub window_days: i64,
     pub flags: Vec<&'a FlagRecord>,
+    pub mfa: &'a [PairVerdict],
 }
 
 pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> DeviceCompliance {
@@ -79,7 +93,8 @@ pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> D
         device_id: facts.device.to_string(),
         hostname: facts.hostname.to_owned(),
         site: facts.site.to_owned(),
-        compliant: evaluation.status.passes(),
+        compliant: evaluation.status.passes()
+            && facts.mfa.iter().all(|p| p.status != MfaStatus::Stale),
         enforcement: facts.enforcement.as_str().to_owned(),
         activity: ActivityReport {
             status: evaluation.status.as_str().to_owned(),
@@ -96,6 +111,16 @@ pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> D
             grace_until: evaluation.grace_until,
             evaluated_at: evaluation.as_of,
         },
+        mfa: facts
+            .mfa
+            .iter()
+            .map(|p| MfaReport {
+                account: p.account.clone(),
+                status: p.status.as_str().to_owned(),
+                last_mfa: p.last_mfa,
+                expires_at: p.expires_at,
+            })
+            .collect(),
         flags: facts
             .flags
             .into_iter()
@@ -165,6 +190,7 @@ pub async fn check(
                     .iter()
                     .filter(|f| f.device_id == v.input.device)
                     .collect(),
+                mfa: &v.mfa,
             };
             device_line(facts, &v.evaluation)
         })

@@ -25,7 +25,47 @@ pub struct CollectorConfig {
     pub shutdown_grace_secs: u64,
     pub evaluate_every_secs: u64,
     pub activity: ActivitySettings,
+    pub mfa: MfaSettings,
     pub sites: BTreeMap<String, SiteSettings>,
+}
+
+/// `[mfa]`: the 2FA-freshness rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaSettings {
+    pub validity_days: u32,
+    pub reminder_days: u32,
+    /// Glob patterns of staff accounts, for accounts not in the site's
+    /// imported directory.
+    pub staff_accounts: Vec<String>,
+}
+
+impl Default for MfaSettings {
+    fn default() -> Self {
+        MfaSettings {
+            validity_days: 45,
+            reminder_days: 7,
+            staff_accounts: Vec::new(),
+        }
+    }
+}
+
+impl MfaSettings {
+    pub fn thresholds(&self) -> crate::rules::mfa::MfaThresholds {
+        let day = |d: u32| SignedDuration::from_hours(i64::from(d) * 24);
+        crate::rules::mfa::MfaThresholds {
+            validity: day(self.validity_days),
+            reminder: day(self.reminder_days),
+        }
+    }
+
+    /// Validated at load, so patterns parse.
+    pub fn staff_patterns(&self) -> Vec<glob::Pattern> {
+        self.staff_accounts
+            .iter()
+            .filter_map(|p| glob::Pattern::new(p).ok())
+            .collect()
+    }
 }
 
 /// `[activity]`: the device-activity rule's settings.
@@ -154,6 +194,7 @@ impl Default for CollectorConfig {
             shutdown_grace_secs: 15,
             evaluate_every_secs: 60,
             activity: ActivitySettings::default(),
+            mfa: MfaSettings::default(),
             sites: BTreeMap::new(),
         }
     }
@@ -206,6 +247,15 @@ impl CollectorConfig {
             return Err(invalid("evaluate_every_secs must be at least 1"));
         }
         config.activity.rule("activity").map_err(|m| invalid(&m))?;
+        if config.mfa.validity_days == 0 || config.mfa.reminder_days >= config.mfa.validity_days {
+            return Err(invalid(
+                "mfa: validity_days must be at least 1 and more than reminder_days",
+            ));
+        }
+        for p in &config.mfa.staff_accounts {
+            glob::Pattern::new(p)
+                .map_err(|e| invalid(&format!("mfa.staff_accounts: pattern \"{p}\": {e}")))?;
+        }
         for (name, site) in &config.sites {
             config
                 .activity

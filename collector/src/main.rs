@@ -11,8 +11,10 @@ use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::flags::{FlagAction, FlagState};
 use hallmonitor_collector::model::DeviceId;
+use hallmonitor_collector::rules::mfa::MfaStatus;
+use hallmonitor_collector::signins::{self, SigninFormat};
 use hallmonitor_collector::store::{AuditEntry, DeviceFilter, NewSecret, Store};
-use hallmonitor_collector::{auth, compliance, init, open_store, serve};
+use hallmonitor_collector::{auth, compliance, directory, init, open_store, serve};
 use jiff::Timestamp;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +90,63 @@ enum Command {
     Flags {
         #[command(subcommand)]
         command: FlagsCommand,
+    },
+    /// A site's directory of accounts: who is staff, who is a pupil.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
+    /// Identity-provider sign-in logs: evidence of two-step sign-ins.
+    Signins {
+        #[command(subcommand)]
+        command: SigninsCommand,
+    },
+    /// Two-step sign-in freshness of each (staff account, device) pair.
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// Replace the site's directory with a CSV export (columns username,
+    /// role, and optionally email and display name). A file with any
+    /// problem is rejected whole, naming its line and column.
+    Import {
+        #[arg(long)]
+        site: String,
+        file: PathBuf,
+    },
+    List {
+        #[arg(long)]
+        site: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum SigninsCommand {
+    /// Import a sign-in log export; importing it again adds nothing.
+    Import {
+        #[arg(long)]
+        site: String,
+        #[arg(long, value_enum)]
+        format: SigninFormat,
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum MfaCommand {
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<MfaStatus>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
 }
 
@@ -385,6 +444,80 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             print!("{}", cli::compliance(&report, format));
             return Ok(ExitCode::from(report.exit_code()));
+        }
+        Command::Directory { command } => {
+            let store = open_store(&data).await?;
+            match command {
+                DirectoryCommand::Import { site, file } => {
+                    let site = require_site(&store, &site).await?;
+                    let bytes = std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let accounts = directory::parse_directory(&bytes, &file.display().to_string())?;
+                    let now = Timestamp::now();
+                    let summary = store.import_directory(site.id, &accounts, now).await?;
+                    store
+                        .append_audit(AuditEntry {
+                            at: now,
+                            actor: &format!("cli:{}", os_user()),
+                            action: "directory_imported",
+                            target: &format!("site {}", site.name),
+                            detail: &format!("{} accounts from {}", accounts.len(), file.display()),
+                        })
+                        .await?;
+                    let staff = accounts
+                        .iter()
+                        .filter(|a| a.role == directory::Role::Staff)
+                        .count();
+                    println!(
+                        "Imported {} accounts ({staff} staff, {} pupils) for {}: {} added, {} updated, {} removed, {} unchanged.",
+                        accounts.len(),
+                        accounts.len() - staff,
+                        site.name,
+                        summary.added,
+                        summary.updated,
+                        summary.removed,
+                        summary.unchanged
+                    );
+                }
+                DirectoryCommand::List { site, format } => {
+                    let site = require_site(&store, &site).await?;
+                    let accounts = store.directory(site.id).await?;
+                    print!("{}", cli::directory_list(&accounts, format));
+                }
+            }
+        }
+        Command::Signins {
+            command: SigninsCommand::Import { site, format, file },
+        } => {
+            let store = open_store(&data).await?;
+            let config = CollectorConfig::load(&data)?;
+            let site = require_site(&store, &site).await?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let rows = signins::parse(format, &bytes, &file.display().to_string())?;
+            let report = signins::import(
+                &store,
+                &config,
+                &site,
+                rows,
+                format.source(),
+                Timestamp::now(),
+            )
+            .await?;
+            print!("{}", cli::signins_report(&report));
+        }
+        Command::Mfa {
+            command:
+                MfaCommand::List {
+                    site,
+                    status,
+                    format,
+                },
+        } => {
+            let store = open_store(&data).await?;
+            let filter = filter(&store, site.as_deref(), None).await?;
+            let pairs = store.mfa_pairs(&filter, status).await?;
+            print!("{}", cli::mfa_list(&pairs, Timestamp::now(), format));
         }
         Command::Flags { command } => {
             let store = open_store(&data).await?;

@@ -126,6 +126,13 @@ pub enum EventBody {
         corrupt_file_moved_to: String,
     },
     Session(SessionRecord),
+    /// A two-step sign-in the agent saw in the device's authentication log.
+    Mfa {
+        account: String,
+        method: String,
+        /// The log file and line that matched.
+        source: String,
+    },
     Enforcement {
         command_id: String,
         command: CommandKind,
@@ -144,7 +151,10 @@ pub enum EventBody {
 impl EventBody {
     /// Whether storing this event can change a rule's verdict.
     pub fn affects_rules(&self) -> bool {
-        matches!(self, EventBody::Session(_) | EventBody::Enforcement { .. })
+        matches!(
+            self,
+            EventBody::Session(_) | EventBody::Mfa { .. } | EventBody::Enforcement { .. }
+        )
     }
 
     /// The short name stored in the `kind` column.
@@ -155,6 +165,7 @@ impl EventBody {
             EventBody::Facts(_) => "facts",
             EventBody::OutboxReport { .. } => "outbox_report",
             EventBody::Session(_) => "session",
+            EventBody::Mfa { .. } => "mfa",
             EventBody::Enforcement { .. } => "enforcement",
             EventBody::Other { name, .. } => name,
         }

@@ -248,6 +248,111 @@ fn google_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
     Ok(out)
 }
 
+/// What an import did, for the person running it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ImportReport {
+    pub rows: u64,
+    pub not_successful: u64,
+    pub not_multi_factor: u64,
+    /// Counted two-step sign-ins that matched a device.
+    pub mapped: u64,
+    /// Two-step sign-ins that matched no device: stored without one and
+    /// listed here (line, account, device as the export names it).
+    pub unmapped: Vec<(u64, String, String)>,
+    /// New evidence stored (the rest was already held).
+    pub new: u64,
+}
+
+/// Imports an export for a site: counts what does not count, maps accounts
+/// through the site directory (email → username) and rows to devices (the
+/// export's device id against the device id, machine id or serial recorded
+/// at enrolment, else its device name against the hostname), stores the
+/// evidence in one transaction and re-evaluates the devices it touched.
+pub async fn import(
+    store: &dyn crate::store::Store,
+    config: &crate::config::CollectorConfig,
+    site: &crate::model::Site,
+    rows: Vec<SignIn>,
+    source: &str,
+    now: Timestamp,
+) -> crate::store::Result<ImportReport> {
+    use crate::model::DeviceId;
+    let directory = store.directory(site.id).await?;
+    let devices = store.list_devices(Some(site.id)).await?;
+    let same = |a: &str, b: &str| !a.is_empty() && a.eq_ignore_ascii_case(b);
+    let short = |h: &str| h.split('.').next().unwrap_or(h).to_owned();
+    let mut report = ImportReport {
+        rows: rows.len() as u64,
+        ..ImportReport::default()
+    };
+    let mut completions = Vec::new();
+    let mut touched: Vec<DeviceId> = Vec::new();
+    for row in rows {
+        if !row.succeeded {
+            report.not_successful += 1;
+            continue;
+        }
+        if !row.multi_factor {
+            report.not_multi_factor += 1;
+            continue;
+        }
+        let account = directory
+            .iter()
+            .find(|a| same(&a.email, &row.account) || same(&a.username, &row.account))
+            .map(|a| a.username.clone())
+            .unwrap_or_else(|| row.account.split('@').next().unwrap_or("").to_owned());
+        let device = devices
+            .iter()
+            .find(|d| {
+                same(&row.device_id, d.id.as_str())
+                    || same(&row.device_id, &d.facts.machine_id)
+                    || same(&row.device_id, &d.facts.serial_number)
+            })
+            .or_else(|| {
+                devices.iter().find(|d| {
+                    same(&row.device_name, &d.hostname)
+                        || same(&short(&row.device_name), &short(&d.hostname))
+                })
+            })
+            .map(|d| d.id.clone());
+        let hint = if row.device_name.is_empty() {
+            row.device_id.clone()
+        } else {
+            row.device_name.clone()
+        };
+        match &device {
+            Some(d) => {
+                report.mapped += 1;
+                if !touched.contains(d) {
+                    touched.push(d.clone());
+                }
+            }
+            None => report
+                .unmapped
+                .push((row.line, row.account.clone(), hint.clone())),
+        }
+        completions.push(crate::store::NewMfaCompletion {
+            site: site.id,
+            device,
+            account,
+            completed_at: row.at,
+            source: source.to_owned(),
+            method: row.method,
+            external_id: row.external_id,
+            device_hint: hint,
+        });
+    }
+    report.new = store.record_mfa_completions(&completions, now).await?;
+    if !touched.is_empty() {
+        let filter = crate::store::DeviceFilter {
+            devices: Some(touched),
+            ..crate::store::DeviceFilter::default()
+        };
+        crate::rules::evaluate::refresh(store, config, &filter, now).await?;
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,15 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                 }
             }
         }
-        Some(Body::Mfa(_)) => pending("mfa"),
+        Some(Body::Mfa(m)) if !m.account.is_empty() => EventBody::Mfa {
+            account: m.account,
+            method: m.method,
+            source: m.source,
+        },
+        Some(Body::Mfa(_)) => {
+            ok = false;
+            unrecognised("mfa", "no account")
+        }
         Some(Body::Capture(_)) => pending("capture"),
         Some(Body::FileAlert(_)) => pending("file_alert"),
         None => {

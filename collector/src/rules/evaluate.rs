@@ -8,11 +8,18 @@
 //! (`compliance check`, the console) find current verdicts without a full
 //! recompute.
 
+use std::collections::{BTreeMap, HashMap};
+
 use jiff::{SignedDuration, Timestamp};
 
 use crate::config::{CollectorConfig, SiteActivityRule};
+use crate::directory::Role;
+use crate::model::{DeviceId, SiteId};
 use crate::rules::activity::{self, ActivityEvaluation, DeviceActivityContext, Interval};
-use crate::store::{ActivityChanges, ActivityInput, ActivityVerdict, DeviceFilter, Result, Store};
+use crate::rules::mfa::{self, PairVerdict};
+use crate::store::{
+    ActivityChanges, ActivityInput, ActivityVerdict, DeviceFilter, MfaVerdict, Result, Store,
+};
 
 /// Devices evaluated per store round trip.
 const PAGE: usize = 1_000;
@@ -23,6 +30,46 @@ pub struct DeviceVerdict {
     pub input: ActivityInput,
     pub rule: SiteActivityRule,
     pub evaluation: ActivityEvaluation,
+    /// The device's (staff account, device) 2FA pairs.
+    pub mfa: Vec<PairVerdict>,
+}
+
+/// Who is staff at each site: the imported directory, then the configured
+/// patterns for accounts not in it.
+struct StaffLookup<'a> {
+    config: &'a CollectorConfig,
+    patterns: Vec<glob::Pattern>,
+    sites: HashMap<SiteId, HashMap<String, Role>>,
+}
+
+impl StaffLookup<'_> {
+    async fn load(&mut self, store: &dyn Store, site: SiteId) -> Result<()> {
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.sites.entry(site) {
+            let accounts = store
+                .directory(site)
+                .await?
+                .into_iter()
+                .flat_map(|a| {
+                    // Sign-ins name accounts by email; sessions by username.
+                    let mut keys = vec![(a.username.clone(), a.role)];
+                    if !a.email.is_empty() {
+                        keys.push((a.email.clone(), a.role));
+                    }
+                    keys
+                })
+                .collect();
+            entry.insert(accounts);
+        }
+        Ok(())
+    }
+
+    fn is_staff(&self, site: SiteId, account: &str) -> bool {
+        let account = account.to_lowercase();
+        match self.sites.get(&site).and_then(|d| d.get(&account)) {
+            Some(role) => *role == Role::Staff,
+            None => self.patterns.iter().any(|p| p.matches(&account)),
+        }
+    }
 }
 
 /// The rule for one device from its stored input.
@@ -52,19 +99,48 @@ async fn evaluate_page(
     config: &CollectorConfig,
     filter: &DeviceFilter,
     as_of: Timestamp,
-    after: Option<&crate::model::DeviceId>,
+    after: Option<&DeviceId>,
 ) -> Result<Vec<DeviceVerdict>> {
     let since = as_of - longest_window(config);
     let page = store.activity_inputs(filter, since, after, PAGE).await?;
+    let ids: Vec<DeviceId> = page.iter().map(|i| i.device.clone()).collect();
+    let mut completions: HashMap<DeviceId, BTreeMap<String, Vec<Timestamp>>> = HashMap::new();
+    for (device, account, at) in store.mfa_completions_for(&ids).await? {
+        completions
+            .entry(device)
+            .or_default()
+            .entry(account)
+            .or_default()
+            .push(at);
+    }
+    let mut staff = StaffLookup {
+        config,
+        patterns: config.mfa.staff_patterns(),
+        sites: HashMap::new(),
+    };
+    for input in &page {
+        staff.load(store, input.site).await?;
+    }
+    let thresholds = staff.config.mfa.thresholds();
+    let none = BTreeMap::new();
     Ok(page
         .into_iter()
         .map(|input| {
             let rule = config.activity_rule(&input.site_name);
             let evaluation = evaluate_input(&input, &rule, as_of);
+            let mfa = mfa::device_pairs(
+                &input.sessions,
+                &rule.sessions,
+                |account| staff.is_staff(input.site, account),
+                completions.get(&input.device).unwrap_or(&none),
+                as_of,
+                &thresholds,
+            );
             DeviceVerdict {
                 input,
                 rule,
                 evaluation,
+                mfa,
             }
         })
         .collect())
@@ -111,7 +187,7 @@ pub async fn refresh(
                 device: v.input.device.clone(),
                 site: v.input.site,
                 evaluation: v.evaluation,
-                next_check_at: next_check_at(v, recheck_open),
+                next_check_at: next_check_at(v, recheck_open, &config.mfa.thresholds()),
                 required_minutes: v.rule.thresholds.required.as_mins() as u32,
                 auto_disable: v.rule.auto_disable,
             })
@@ -121,6 +197,18 @@ pub async fn refresh(
             changes.opened.extend(page_changes.opened);
             changes.resolved.extend(page_changes.resolved);
             changes.auto_approved.extend(page_changes.auto_approved);
+            let mfa: Vec<MfaVerdict> = page
+                .iter()
+                .map(|v| MfaVerdict {
+                    device: v.input.device.clone(),
+                    site: v.input.site,
+                    pairs: v.mfa.clone(),
+                    as_of,
+                })
+                .collect();
+            let mfa_changes = store.record_mfa(&mfa, as_of).await?;
+            changes.opened.extend(mfa_changes.opened);
+            changes.resolved.extend(mfa_changes.resolved);
         }
         if !full {
             return Ok(changes);
@@ -162,7 +250,11 @@ pub async fn refresh_due(
 /// A device with an open qualifying session is looked at again after
 /// `recheck_open` (its time grows with the agent's heartbeats), and every
 /// device at least daily.
-fn next_check_at(verdict: &DeviceVerdict, recheck_open: SignedDuration) -> Timestamp {
+fn next_check_at(
+    verdict: &DeviceVerdict,
+    recheck_open: SignedDuration,
+    mfa_thresholds: &mfa::MfaThresholds,
+) -> Timestamp {
     use crate::rules::activity::ActivityStatus as S;
     let e = &verdict.evaluation;
     let daily = e.as_of + SignedDuration::from_hours(24);
@@ -183,6 +275,12 @@ fn next_check_at(verdict: &DeviceVerdict, recheck_open: SignedDuration) -> Times
         (None, true) => e.as_of + recheck_open,
         (None, false) => daily,
     };
+    let mfa_change = verdict
+        .mfa
+        .iter()
+        .filter_map(|p| mfa::next_change(p, mfa_thresholds))
+        .min();
+    let soonest = mfa_change.map_or(soonest, |m| soonest.min(m));
     // Never in the past (a breach exactly now is handled by this pass).
     soonest
         .min(daily)
@@ -194,7 +292,7 @@ fn longest_window(config: &CollectorConfig) -> SignedDuration {
         .sites
         .values()
         .filter_map(|s| s.activity.window_days)
-        .chain([config.activity.window_days])
+        .chain([config.activity.window_days, config.mfa.validity_days])
         .max()
         .unwrap_or(28);
     SignedDuration::from_hours(i64::from(days) * 24)

@@ -9,12 +9,14 @@
 use async_trait::async_trait;
 use jiff::Timestamp;
 
+use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
     BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
     EnrollmentSecretInfo, Event, OutboxHealth, SecretRejection, SessionRecord, Site, SiteId,
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
+use crate::rules::mfa::{MfaStatus, PairVerdict};
 
 pub mod sqlite;
 
@@ -145,6 +147,52 @@ pub struct ActivityChanges {
     pub auto_approved: Vec<i64>,
 }
 
+/// What a directory import changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryImport {
+    pub added: u64,
+    pub updated: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+}
+
+/// Evidence of a two-step sign-in to store.
+#[derive(Clone, Debug)]
+pub struct NewMfaCompletion {
+    pub site: SiteId,
+    pub device: Option<DeviceId>,
+    pub account: String,
+    pub completed_at: Timestamp,
+    /// agent, entra, google, api
+    pub source: String,
+    pub method: String,
+    pub external_id: String,
+    pub device_hint: String,
+}
+
+/// A device's 2FA pairs to record.
+#[derive(Clone, Debug)]
+pub struct MfaVerdict {
+    pub device: DeviceId,
+    pub site: SiteId,
+    pub pairs: Vec<PairVerdict>,
+    pub as_of: Timestamp,
+}
+
+/// A stored pair, as `mfa list` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoredPair {
+    pub device_id: DeviceId,
+    pub hostname: String,
+    pub site: String,
+    pub account: String,
+    pub status: MfaStatus,
+    pub last_mfa: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+    pub last_session_at: Timestamp,
+    pub as_of: Timestamp,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // sites
@@ -248,6 +296,37 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at: Timestamp,
     ) -> Result<Result<FlagRecord, FlagError>>;
+
+    // 2FA freshness
+    /// Replaces the site's directory with `accounts`, in one transaction.
+    async fn import_directory(
+        &self,
+        site: SiteId,
+        accounts: &[DirectoryAccount],
+        at: Timestamp,
+    ) -> Result<DirectoryImport>;
+    async fn directory(&self, site: SiteId) -> Result<Vec<DirectoryAccount>>;
+    /// Stores completions not held yet (by source and external id), in one
+    /// transaction; returns how many were new.
+    async fn record_mfa_completions(
+        &self,
+        completions: &[NewMfaCompletion],
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// (device, account, completed at) of every completion on these devices.
+    async fn mfa_completions_for(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<(DeviceId, String, Timestamp)>>;
+    /// Stores each device's pairs (replacing its earlier ones); opens one
+    /// `mfa_stale` flag per stale pair, resolves open ones that are no
+    /// longer stale and queues a reminder per due-soon expiry.
+    async fn record_mfa(&self, verdicts: &[MfaVerdict], at: Timestamp) -> Result<ActivityChanges>;
+    async fn mfa_pairs(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<MfaStatus>,
+    ) -> Result<Vec<StoredPair>>;
 
     // commands
     /// Commands of a device the agent has not reported on yet.

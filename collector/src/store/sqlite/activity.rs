@@ -397,7 +397,7 @@ pub(super) async fn flag_history(store: &SqliteStore, id: i64) -> Result<Vec<Fla
         .collect()
 }
 
-async fn audit_transition(
+pub(super) async fn audit_transition(
     tx: &mut SqliteConnection,
     flag_id: i64,
     at: Timestamp,

@@ -15,16 +15,20 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    ActivityChanges, ActivityInput, ActivityVerdict, AuditEntry, DeviceFilter, Enrollment,
-    NewSecret, Result, Store, StoreError, StoredActivity, StreamDevice,
+    ActivityChanges, ActivityInput, ActivityVerdict, AuditEntry, DeviceFilter, DirectoryImport,
+    Enrollment, MfaVerdict, NewMfaCompletion, NewSecret, Result, Store, StoreError, StoredActivity,
+    StoredPair, StreamDevice,
 };
+use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
     BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
     EnrollmentSecretInfo, Event, EventBody, OutboxHealth, SecretRejection, Site, SiteId,
 };
+use crate::rules::mfa::MfaStatus;
 
 mod activity;
+mod mfa;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -380,6 +384,28 @@ impl Store for SqliteStore {
                     EventBody::Session(session) => {
                         activity::upsert_session(&mut tx, device, session, received_at).await?
                     }
+                    EventBody::Mfa {
+                        account,
+                        method,
+                        source,
+                    } => {
+                        let site: i64 =
+                            sqlx::query_scalar("SELECT site_id FROM devices WHERE id = ?")
+                                .bind(device.as_str())
+                                .fetch_one(&mut *tx)
+                                .await?;
+                        let completion = NewMfaCompletion {
+                            site: SiteId(site),
+                            device: Some(device.clone()),
+                            account: account.to_lowercase(),
+                            completed_at: event.occurred_at,
+                            source: "agent".into(),
+                            method: method.clone(),
+                            external_id: format!("{device}:{}", event.seq.0),
+                            device_hint: source.clone(),
+                        };
+                        mfa::record_completions(&mut tx, &[completion], received_at).await?;
+                    }
                     EventBody::Enforcement {
                         command_id,
                         command,
@@ -613,6 +639,49 @@ impl Store for SqliteStore {
             tx.commit().await?;
         }
         Ok(outcome)
+    }
+
+    async fn import_directory(
+        &self,
+        site: SiteId,
+        accounts: &[DirectoryAccount],
+        at: Timestamp,
+    ) -> Result<DirectoryImport> {
+        mfa::import_directory(self, site, accounts, at).await
+    }
+
+    async fn directory(&self, site: SiteId) -> Result<Vec<DirectoryAccount>> {
+        mfa::directory(self, site).await
+    }
+
+    async fn record_mfa_completions(
+        &self,
+        completions: &[NewMfaCompletion],
+        at: Timestamp,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let inserted = mfa::record_completions(&mut tx, completions, at).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn mfa_completions_for(
+        &self,
+        devices: &[DeviceId],
+    ) -> Result<Vec<(DeviceId, String, Timestamp)>> {
+        mfa::completions_for(self, devices).await
+    }
+
+    async fn record_mfa(&self, verdicts: &[MfaVerdict], at: Timestamp) -> Result<ActivityChanges> {
+        mfa::record_mfa(self, verdicts, at).await
+    }
+
+    async fn mfa_pairs(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<MfaStatus>,
+    ) -> Result<Vec<StoredPair>> {
+        mfa::pairs(self, filter, status).await
     }
 
     async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {

@@ -1,0 +1,300 @@
+//! SQLite: the site directory, two-step sign-in evidence, 2FA pairs and
+//! reminders.
+
+use jiff::Timestamp;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::activity::{audit_transition, transition_in};
+use super::{SqliteStore, instant, millis, optional_instant};
+use crate::directory::{DirectoryAccount, Role};
+use crate::flags::{FlagAction, FlagState};
+use crate::model::{DeviceId, SiteId};
+use crate::rules::mfa::MfaStatus;
+use crate::store::{
+    ActivityChanges, DeviceFilter, DirectoryImport, MfaVerdict, NewMfaCompletion, Result,
+    StoreError, StoredPair,
+};
+
+pub(super) async fn import_directory(
+    store: &SqliteStore,
+    site: SiteId,
+    accounts: &[DirectoryAccount],
+    at: Timestamp,
+) -> Result<DirectoryImport> {
+    let mut tx = store.writer.begin().await?;
+    let existing = directory_in(&mut tx, site).await?;
+    let mut summary = DirectoryImport::default();
+    for account in accounts {
+        match existing.iter().find(|e| e.username == account.username) {
+            Some(e) if e == account => summary.unchanged += 1,
+            Some(_) => summary.updated += 1,
+            None => summary.added += 1,
+        }
+    }
+    summary.removed = existing
+        .iter()
+        .filter(|e| !accounts.iter().any(|a| a.username == e.username))
+        .count() as u64;
+    sqlx::query("DELETE FROM directory_accounts WHERE site_id = ?")
+        .bind(site.0)
+        .execute(&mut *tx)
+        .await?;
+    for chunk in accounts.chunks(500) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO directory_accounts (site_id, username, role, email, display_name, imported_at) ",
+        );
+        insert.push_values(chunk, |mut row, a| {
+            row.push_bind(site.0)
+                .push_bind(a.username.clone())
+                .push_bind(a.role.as_str())
+                .push_bind(a.email.clone())
+                .push_bind(a.display_name.clone())
+                .push_bind(millis(at));
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(summary)
+}
+
+async fn directory_in(
+    executor: &mut sqlx::SqliteConnection,
+    site: SiteId,
+) -> Result<Vec<DirectoryAccount>> {
+    let rows = sqlx::query(
+        "SELECT username, role, email, display_name FROM directory_accounts WHERE site_id = ? ORDER BY username",
+    )
+    .bind(site.0)
+    .fetch_all(&mut *executor)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let role: String = r.try_get("role")?;
+            Ok(DirectoryAccount {
+                username: r.try_get("username")?,
+                role: Role::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("directory role '{role}'")))?,
+                email: r.try_get("email")?,
+                display_name: r.try_get("display_name")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn directory(store: &SqliteStore, site: SiteId) -> Result<Vec<DirectoryAccount>> {
+    let mut connection = store.reader.acquire().await?;
+    directory_in(&mut connection, site).await
+}
+
+pub(super) async fn record_completions(
+    executor: &mut sqlx::SqliteConnection,
+    completions: &[NewMfaCompletion],
+    at: Timestamp,
+) -> Result<u64> {
+    let mut inserted = 0;
+    for chunk in completions.chunks(500) {
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO mfa_completions (site_id, device_id, account, completed_at, source, method, external_id, device_hint, recorded_at) ",
+        );
+        insert.push_values(chunk, |mut row, c| {
+            row.push_bind(c.site.0)
+                .push_bind(c.device.as_ref().map(|d| d.as_str().to_owned()))
+                .push_bind(c.account.clone())
+                .push_bind(millis(c.completed_at))
+                .push_bind(c.source.clone())
+                .push_bind(c.method.clone())
+                .push_bind(c.external_id.clone())
+                .push_bind(c.device_hint.clone())
+                .push_bind(millis(at));
+        });
+        insert.push(" ON CONFLICT (source, external_id) DO NOTHING");
+        inserted += insert
+            .build()
+            .execute(&mut *executor)
+            .await?
+            .rows_affected();
+    }
+    Ok(inserted)
+}
+
+pub(super) async fn completions_for(
+    store: &SqliteStore,
+    devices: &[DeviceId],
+) -> Result<Vec<(DeviceId, String, Timestamp)>> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT device_id, account, max(completed_at) AS last FROM mfa_completions WHERE device_id IN (",
+    );
+    let mut list = query.separated(", ");
+    for device in devices {
+        list.push_bind(device.as_str().to_owned());
+    }
+    query.push(") GROUP BY device_id, account");
+    let rows = query.build().fetch_all(&store.reader).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                DeviceId::from_string(r.try_get::<String, _>("device_id")?),
+                r.try_get("account")?,
+                instant(r.try_get("last")?)?,
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn record_mfa(
+    store: &SqliteStore,
+    verdicts: &[MfaVerdict],
+    at: Timestamp,
+) -> Result<ActivityChanges> {
+    let mut changes = ActivityChanges::default();
+    let mut tx = store.writer.begin().await?;
+    for verdict in verdicts {
+        let device = verdict.device.as_str();
+        sqlx::query("DELETE FROM mfa_pairs WHERE device_id = ?")
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        // Open flags of accounts that no longer use the device are closed.
+        let open: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, account FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND state = 'open'",
+        )
+        .bind(device)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, account) in open {
+            if !verdict.pairs.iter().any(|p| p.account == account) {
+                transition_in(
+                    &mut tx,
+                    id,
+                    FlagAction::Resolve,
+                    "rules",
+                    "the account has not used this device within the period",
+                    at,
+                )
+                .await?
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                changes.resolved.push(id);
+            }
+        }
+        for pair in &verdict.pairs {
+            sqlx::query(
+                "INSERT INTO mfa_pairs (device_id, account, site_id, status, last_mfa, expires_at, last_session_at, as_of) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(device)
+            .bind(&pair.account)
+            .bind(verdict.site.0)
+            .bind(pair.status.as_str())
+            .bind(pair.last_mfa.map(millis))
+            .bind(pair.expires_at.map(millis))
+            .bind(millis(pair.last_session_at))
+            .bind(millis(verdict.as_of))
+            .execute(&mut *tx)
+            .await?;
+            let active: Option<(i64, String)> = sqlx::query_as(
+                "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND account = ? \
+                 AND state IN ('open', 'disable_approved', 'disabled')",
+            )
+            .bind(device)
+            .bind(&pair.account)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match (pair.status, active) {
+                (MfaStatus::Stale, None) => {
+                    let summary = match pair.last_mfa {
+                        Some(last) => format!(
+                            "last two-step sign-in on this device {last}, older than allowed"
+                        ),
+                        None => "no two-step sign-in on this device on record".to_owned(),
+                    };
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
+                         VALUES (?, ?, 'mfa_stale', ?, 'open', ?, ?, ?) RETURNING id",
+                    )
+                    .bind(verdict.site.0)
+                    .bind(device)
+                    .bind(&pair.account)
+                    .bind(millis(at))
+                    .bind(millis(at))
+                    .bind(&summary)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary)
+                        .await?;
+                    changes.opened.push(id);
+                }
+                (MfaStatus::Fresh | MfaStatus::DueSoon, Some((id, state))) if state == "open" => {
+                    transition_in(
+                        &mut tx,
+                        id,
+                        FlagAction::Resolve,
+                        "rules",
+                        "two-step sign-in completed",
+                        at,
+                    )
+                    .await?
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    changes.resolved.push(id);
+                }
+                _ => {}
+            }
+            if let (MfaStatus::DueSoon, Some(expires)) = (pair.status, pair.expires_at) {
+                sqlx::query(
+                    "INSERT INTO mfa_reminders (site_id, device_id, account, expires_at, queued_at) \
+                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, account, expires_at) DO NOTHING",
+                )
+                .bind(verdict.site.0)
+                .bind(device)
+                .bind(&pair.account)
+                .bind(millis(expires))
+                .bind(millis(at))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(changes)
+}
+
+pub(super) async fn pairs(
+    store: &SqliteStore,
+    filter: &DeviceFilter,
+    status: Option<MfaStatus>,
+) -> Result<Vec<StoredPair>> {
+    let rows = sqlx::query(
+        "SELECT p.*, d.hostname, s.name AS site FROM mfa_pairs p JOIN devices d ON d.id = p.device_id \
+         JOIN sites s ON s.id = p.site_id \
+         WHERE (?1 IS NULL OR p.site_id = ?1) AND (?2 IS NULL OR p.device_id = ?2) AND (?3 IS NULL OR p.status = ?3) \
+         ORDER BY s.name, p.account, d.hostname",
+    )
+    .bind(filter.site.map(|s| s.0))
+    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(status.map(MfaStatus::as_str))
+    .fetch_all(&store.reader)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            Ok(StoredPair {
+                device_id: DeviceId::from_string(r.try_get::<String, _>("device_id")?),
+                hostname: r.try_get("hostname")?,
+                site: r.try_get("site")?,
+                account: r.try_get("account")?,
+                status: match status.as_str() {
+                    "fresh" => MfaStatus::Fresh,
+                    "due_soon" => MfaStatus::DueSoon,
+                    "stale" => MfaStatus::Stale,
+                    other => return Err(StoreError::Corrupt(format!("2FA status '{other}'"))),
+                },
+                last_mfa: optional_instant(r.try_get("last_mfa")?)?,
+                expires_at: optional_instant(r.try_get("expires_at")?)?,
+                last_session_at: instant(r.try_get("last_session_at")?)?,
+                as_of: instant(r.try_get("as_of")?)?,
+            })
+        })
+        .collect()
+}

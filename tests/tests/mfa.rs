@@ -1,0 +1,240 @@
+//! 2FA-freshness rule end to end: real collector and agents on loopback,
+//! a directory and sign-in logs imported through the CLI, two-step
+//! sign-ins reported by an agent.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::{Agent, CollectorData, Value, text, wait_for};
+use hallmonitor_proto::v1;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    })
+}
+
+fn ago(days: i64) -> jiff::Timestamp {
+    jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days)
+}
+
+fn wire(t: jiff::Timestamp) -> hallmonitor_proto::Timestamp {
+    hallmonitor_proto::Timestamp {
+        seconds: t.as_second(),
+        nanos: 0,
+    }
+}
+
+fn session(id: &str, account: &str, uid: u32, days_ago: i64) -> v1::event::Body {
+    let start = ago(days_ago);
+    v1::event::Body::Session(v1::SessionEvent {
+        phase: v1::session_event::Phase::End as i32,
+        session_id: id.into(),
+        account: account.into(),
+        uid,
+        kind: v1::session_event::Kind::Graphical as i32,
+        started_at: Some(wire(start)),
+        ended_at: Some(wire(start + jiff::SignedDuration::from_hours(2))),
+        active_secs: 7200,
+        ..Default::default()
+    })
+}
+
+fn queue(agent_data: &Path, bodies: Vec<(jiff::Timestamp, v1::event::Body)>) {
+    runtime().block_on(async {
+        std::fs::create_dir_all(agent_data).unwrap();
+        let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append_all(bodies).await.unwrap();
+        outbox.close().await;
+    });
+}
+
+fn pairs(data: &CollectorData) -> Vec<Value> {
+    let output = data.cli(&["mfa", "list", "--format", "json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    json(&output)["pairs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn pair(data: &CollectorData, device: &str, account: &str) -> Option<Value> {
+    pairs(data)
+        .into_iter()
+        .find(|p| p["device_id"] == device && p["account"] == account)
+}
+
+#[test]
+fn a_teacher_on_three_devices_with_two_step_sign_in_on_one() {
+    let data = CollectorData::init("Cabot");
+    data.set_config("evaluate_every_secs", "1");
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+
+    let directory = root.path().join("mis.csv");
+    std::fs::write(
+        &directory,
+        "Username,Role,Email,Display Name\nj.smith,Teacher,J.Smith@cabot.sch.uk,Jane Smith\npupil1,Student,,Pupil One\n",
+    )
+    .unwrap();
+    let imported = data.cli(&[
+        "directory",
+        "import",
+        "--site",
+        "Cabot",
+        directory.to_str().unwrap(),
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(
+        text(&imported.stdout).contains("2 accounts (1 staff, 1 pupils)"),
+        "{}",
+        text(&imported.stdout)
+    );
+
+    // A broken re-import is refused whole, naming line and column, and the
+    // directory stays as it was.
+    let broken = root.path().join("broken.csv");
+    std::fs::write(&broken, "Username,Role\nj.smith,Teacher\nx,caretaker\n").unwrap();
+    let refused = data.cli(&[
+        "directory",
+        "import",
+        "--site",
+        "Cabot",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("line 3, column 2 (Role): 'caretaker'"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let listed = json(&data.cli(&["directory", "list", "--site", "Cabot", "--format", "json"]));
+    assert_eq!(listed["accounts"].as_array().unwrap().len(), 2);
+
+    // Three devices the teacher used in the last 45 days; a pupil and an
+    // account missing from the directory used them too.
+    let agents: Vec<Agent> = (1..=3)
+        .map(|n| Agent::new(&data.agent_settings(&collector, &format!("e2e-mfa-{n}"))))
+        .collect();
+    let ids: Vec<String> = agents.iter().map(Agent::enroll).collect();
+    for (n, agent) in agents.iter().enumerate() {
+        queue(
+            &agent.data,
+            vec![
+                (ago(10), session(&format!("t{n}"), "j.smith", 1001, 10)),
+                (ago(9), session(&format!("p{n}"), "pupil1", 1002, 9)),
+                (ago(8), session(&format!("v{n}"), "visitor", 1003, 8)),
+            ],
+        );
+    }
+    let _daemons: Vec<_> = agents.iter().map(Agent::start).collect();
+    for id in &ids {
+        wait_for("the teacher's pairs to be evaluated", WAIT, || {
+            pair(&data, id, "j.smith")
+        });
+    }
+    assert!(
+        pairs(&data).iter().all(|p| p["account"] == "j.smith"),
+        "pupils and unknown accounts are never checked"
+    );
+    assert!(
+        pairs(&data).iter().all(|p| p["status"] == "stale"),
+        "never completed: stale"
+    );
+
+    // The identity provider's log: a two-step sign-in on the first device
+    // (matched by device id), one on a machine we do not know, a
+    // single-factor and a failed one.
+    let log = root.path().join("signins.csv");
+    std::fs::write(
+        &log,
+        format!(
+            "Date (UTC),Request ID,User,Username,Status,Authentication requirement,Device ID,Device\n\
+             {},r1,Jane Smith,J.Smith@cabot.sch.uk,Success,Multifactor authentication,{},\n\
+             {},r2,Jane Smith,J.Smith@cabot.sch.uk,Success,Multifactor authentication,,HOME-PC\n\
+             {},r3,Jane Smith,J.Smith@cabot.sch.uk,Success,Single-factor authentication,{},\n\
+             {},r4,Jane Smith,J.Smith@cabot.sch.uk,Failure,Multifactor authentication,{},\n",
+            ago(3), ids[0], ago(3), ago(1), ids[1], ago(1), ids[2]
+        ),
+    )
+    .unwrap();
+    let import = |expect_new: &str| {
+        let output = data.cli(&[
+            "signins",
+            "import",
+            "--site",
+            "Cabot",
+            "--format",
+            "entra-csv",
+            log.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let out = text(&output.stdout);
+        assert!(out.contains("4 rows: 1 two-step sign-ins matched a device, 1 matched none, 1 not successful, 1 without a second factor"), "{out}");
+        assert!(
+            out.contains("line 3: j.smith@cabot.sch.uk on 'HOME-PC'"),
+            "{out}"
+        );
+        assert!(out.contains(expect_new), "{out}");
+    };
+    import("2 new, 0 already held");
+    import("0 new, 2 already held");
+
+    let first = pair(&data, &ids[0], "j.smith").unwrap();
+    assert_eq!(first["status"], "fresh");
+    assert_eq!(pair(&data, &ids[1], "j.smith").unwrap()["status"], "stale");
+    let check = data.cli(&[
+        "compliance",
+        "check",
+        "--device",
+        &ids[1],
+        "--format",
+        "json",
+    ]);
+    assert_eq!(check.status.code(), Some(1), "a stale pair fails the check");
+    assert_eq!(json(&check)["devices"][0]["mfa"][0]["status"], "stale");
+    let flags = json(&data.cli(&["flags", "list", "--format", "json"]));
+    let stale_flags: Vec<&Value> = flags["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "mfa_stale" && f["state"] == "open")
+        .collect();
+    assert_eq!(stale_flags.len(), 2, "one per stale pair: {flags}");
+
+    // The third device's agent saw a two-step sign-in in its auth log 40
+    // days ago: due soon, a reminder queued, its flag resolved.
+    queue(
+        &agents[2].data,
+        vec![(
+            ago(40),
+            v1::event::Body::Mfa(v1::MfaCompletion {
+                account: "j.smith".into(),
+                method: "pam_google_authenticator".into(),
+                source: "/var/log/auth.log:12".into(),
+            }),
+        )],
+    );
+    let third = wait_for("the agent's evidence to count", WAIT, || {
+        pair(&data, &ids[2], "j.smith").filter(|p| p["status"] != "stale")
+    });
+    assert_eq!(third["status"], "due_soon");
+    let due = json(&data.cli(&["mfa", "list", "--status", "due_soon", "--format", "json"]));
+    assert_eq!(due["pairs"].as_array().unwrap().len(), 1);
+    let flags = json(&data.cli(&["flags", "list", "--device", &ids[2], "--format", "json"]));
+    assert_eq!(flags["flags"][0]["state"], "dismissed", "{flags}");
+}
