@@ -27,6 +27,64 @@ pub struct AgentConfig {
     pub delivery: Delivery,
     pub enforcement: EnforcementConfig,
     pub sessions: SessionsConfig,
+    pub mfa: MfaConfig,
+}
+
+/// `[mfa]`: where two-step sign-ins on this device are seen.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaConfig {
+    /// Authentication logs followed (missing files are skipped). The PAM
+    /// hook's own log (DATA_DIR/mfa-hook.log) is always followed too.
+    pub auth_logs: Vec<PathBuf>,
+    /// Seconds between checks when file notifications are unavailable.
+    pub poll_secs: u32,
+    pub patterns: Vec<MfaPattern>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaPattern {
+    pub method: String,
+    /// A regular expression with a `user` group (and optionally `method`).
+    pub regex: String,
+}
+
+impl Default for MfaConfig {
+    fn default() -> Self {
+        MfaConfig {
+            auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
+            poll_secs: 5,
+            patterns: crate::authlog::default_patterns()
+                .into_iter()
+                .map(|(method, regex)| MfaPattern { method, regex })
+                .collect(),
+        }
+    }
+}
+
+impl MfaConfig {
+    /// The patterns compiled; errors name the pattern.
+    pub fn compiled(&self) -> Result<Vec<crate::authlog::Pattern>, String> {
+        self.patterns
+            .iter()
+            .enumerate()
+            .map(|(n, p)| {
+                let regex = regex::Regex::new(&p.regex)
+                    .map_err(|e| format!("mfa.patterns[{n}] ({}): {e}", p.method))?;
+                if !regex.capture_names().any(|c| c == Some("user")) {
+                    return Err(format!(
+                        "mfa.patterns[{n}] ({}): the expression needs a (?P<user>...) group",
+                        p.method
+                    ));
+                }
+                Ok(crate::authlog::Pattern {
+                    method: p.method.clone(),
+                    regex,
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[enforcement]`: how disable and enable commands are carried out.
@@ -132,6 +190,7 @@ impl Default for AgentConfig {
             delivery: Delivery::default(),
             enforcement: EnforcementConfig::default(),
             sessions: SessionsConfig::default(),
+            mfa: MfaConfig::default(),
         }
     }
 }
@@ -263,6 +322,10 @@ impl AgentConfig {
             return Err(invalid(
                 "enforcement: action = \"command\" needs disable_command and enable_command".into(),
             ));
+        }
+        self.mfa.compiled().map_err(invalid)?;
+        if self.mfa.poll_secs == 0 {
+            return Err(invalid("mfa.poll_secs must be at least 1".into()));
         }
         if self.sessions.poll_secs == 0 {
             return Err(invalid("sessions.poll_secs must be at least 1".into()));

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::authlog;
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts::{self, FactSources};
@@ -74,6 +75,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         wake.clone(),
         shutdown.clone(),
     ));
+    let auth_logs = tokio::spawn(watch_auth_logs(
+        config.clone(),
+        outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let settings = StreamSettings {
         collector: config.collector.clone(),
         delivery: config.delivery.clone(),
@@ -88,7 +95,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
     ));
 
-    let (produced, streamed, tracked) = tokio::join!(producer, streamer, sessions);
+    let (produced, streamed, tracked, watched) =
+        tokio::join!(producer, streamer, sessions, auth_logs);
+    watched.context("auth log task")??;
     // The stream held the only command sender: the enforcer finishes what
     // it was given and stops.
     enforcer.await.context("enforcer task")??;
@@ -260,5 +269,91 @@ async fn track_sessions(
             wake.notify_one();
         }
         outbox.set_state("sessions_ledger", &ledger_json).await?;
+    }
+}
+
+/// The PAM hook's log: `hallmonitor-agent mfa-hook` appends here.
+pub fn hook_log(config: &AgentConfig) -> std::path::PathBuf {
+    config.data_dir.join("mfa-hook.log")
+}
+
+/// Follows the authentication logs and queues an MFA-completion event per
+/// accepted second factor (see `authlog`).
+async fn watch_auth_logs(
+    config: AgentConfig,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let patterns = Arc::new(config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?);
+    let mut logs = config.mfa.auth_logs.clone();
+    logs.push(hook_log(&config));
+    // Wake on any change in the logs' folders (rotation creates files).
+    let changed = Arc::new(Notify::new());
+    let notifier = changed.clone();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        notifier.notify_one();
+    })
+    .ok();
+    if let Some(watcher) = watcher.as_mut() {
+        let mut folders: Vec<&std::path::Path> = logs.iter().filter_map(|l| l.parent()).collect();
+        folders.dedup();
+        for folder in folders {
+            if let Err(e) = watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
+                tracing::debug!(folder = %folder.display(), error = %e, "not watching; polling only");
+            }
+        }
+    }
+    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = changed.notified() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        for log in &logs {
+            let key = format!("authlog:{}", log.display());
+            let position: Option<authlog::Position> = outbox
+                .state(&key)
+                .await?
+                .and_then(|json| serde_json::from_str(&json).ok());
+            let (path, patterns) = (log.clone(), patterns.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                authlog::read_new(&path, position.as_ref(), &patterns, Timestamp::now())
+            })
+            .await?;
+            let (found, position) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(log = %log.display(), error = %e, "cannot read authentication log");
+                    continue;
+                }
+            };
+            if !found.is_empty() {
+                tracing::info!(log = %log.display(), count = found.len(), "two-step sign-ins seen");
+                let events = found
+                    .into_iter()
+                    .map(|f| {
+                        (
+                            f.at,
+                            v1::event::Body::Mfa(v1::MfaCompletion {
+                                account: f.account,
+                                method: f.method,
+                                source: f.source,
+                            }),
+                        )
+                    })
+                    .collect();
+                outbox.append_all(events).await?;
+                wake.notify_one();
+            }
+            if let Some(position) = position {
+                outbox
+                    .set_state(&key, &serde_json::to_string(&position)?)
+                    .await?;
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hallmonitor_agent::config::{self, AgentConfig};
 use hallmonitor_agent::enroll::{self, Identity};
@@ -47,6 +47,17 @@ enum Command {
     Check {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+    },
+    /// PAM hook placed after a second-factor module that does not log its
+    /// own success (pam_u2f, pam_oath): records that the second factor was
+    /// accepted for the account, for the 2FA-freshness rule.
+    MfaHook {
+        /// The module that accepted the second factor.
+        #[arg(long)]
+        method: String,
+        /// The account (default: PAM_USER, as pam_exec sets it).
+        #[arg(long, env = "PAM_USER")]
+        user: String,
     },
     /// Login hook for PAM (pam_exec): exit 0 when the account may log in,
     /// 1 when the device is disabled and the account is not an
@@ -138,9 +149,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::from(report.exit_code));
         }
+        Command::MfaHook { method, user } => {
+            mfa_hook(&config, &method, &user)?;
+        }
         Command::LoginAllowed { .. } => unreachable!("handled before loading the configuration"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Appends one line the auth-log follower recognises. Never fails the
+/// login: PAM calls this as `optional`.
+fn mfa_hook(config: &AgentConfig, method: &str, user: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && !c.is_control())
+            .collect()
+    };
+    let (method, user) = (clean(method), clean(user));
+    if user.is_empty() || method.is_empty() {
+        bail!("mfa-hook needs a method and an account");
+    }
+    let path = daemon::hook_log(config);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(
+        file,
+        "{} hallmonitor-mfa: {method} accepted for {user}",
+        jiff::Timestamp::now()
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The PAM hook fails open: a broken configuration must not lock a school

@@ -284,14 +284,6 @@ impl CollectorData {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     }
 
-    /// Appends TOML (tables) to collector.toml.
-    pub fn append_config(&self, toml: &str) {
-        let path = self.data.join("collector.toml");
-        let mut text = std::fs::read_to_string(&path).expect("collector.toml");
-        text.push_str(toml);
-        std::fs::write(&path, text).unwrap();
-    }
-
     /// Runs a collector CLI command against this data directory.
     pub fn cli(&self, args: &[&str]) -> Output {
         run(collector_cmd(&self.data, args))

@@ -238,3 +238,93 @@ fn a_teacher_on_three_devices_with_two_step_sign_in_on_one() {
     let flags = json(&data.cli(&["flags", "list", "--device", &ids[2], "--format", "json"]));
     assert_eq!(flags["flags"][0]["state"], "dismissed", "{flags}");
 }
+
+#[test]
+fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
+    let data = CollectorData::init("Cabot");
+    data.set_config("evaluate_every_secs", "1");
+    let config = data.data.join("collector.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    assert!(toml.contains("staff_accounts = []"));
+    std::fs::write(
+        &config,
+        toml.replace("staff_accounts = []", "staff_accounts = [\"*.staff\"]"),
+    )
+    .unwrap();
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let log = root.path().join("auth.log");
+    let accepted = |user: &str| {
+        format!(
+            "Nov 20 08:01:02 lab-07 sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for {user}\n"
+        )
+    };
+    std::fs::write(&log, format!("{}Nov 20 08:01:09 lab-07 sshd(pam_google_authenticator)[12367]: Invalid verification code for b.staff\n", accepted("a.staff"))).unwrap();
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-mfa-log"),
+        "",
+        &format!(
+            "[mfa]\nauth_logs = [\"{}\"]\npoll_secs = 1\n",
+            log.display()
+        ),
+    );
+    let id = agent.enroll();
+    // Three staff accounts (by the site's pattern) used the device.
+    queue(
+        &agent.data,
+        ["a.staff", "b.staff", "c.staff"]
+            .iter()
+            .enumerate()
+            .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
+            .collect(),
+    );
+    let _daemon = agent.start();
+    let status =
+        |account: &str| pair(&data, &id, account).map(|p| p["status"].as_str().unwrap().to_owned());
+    wait_for("a.staff fresh from the auth log", WAIT, || {
+        (status("a.staff")? == "fresh").then_some(())
+    });
+    assert_eq!(
+        status("b.staff").as_deref(),
+        Some("stale"),
+        "an invalid code is not a completion"
+    );
+
+    // logrotate: one more line in the old file, renamed, a new file.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, accepted("b.staff").as_bytes()).unwrap();
+    drop(file);
+    std::fs::rename(&log, root.path().join("auth.log.1")).unwrap();
+    std::fs::write(&log, accepted("c.staff")).unwrap();
+    wait_for("both sides of the rotation to count", WAIT, || {
+        (status("b.staff")? == "fresh" && status("c.staff")? == "fresh").then_some(())
+    });
+
+    // A module that does not log its success goes through the PAM hook.
+    let hook = agent.cli(&["mfa-hook", "--method", "pam_u2f", "--user", "d.staff"]);
+    assert!(hook.status.success(), "{}", text(&hook.stderr));
+    queue(
+        &agent.data,
+        vec![(ago(1), session("s9", "d.staff", 1009, 1))],
+    );
+    wait_for("the hook's completion to count", WAIT, || {
+        (status("d.staff")? == "fresh").then_some(())
+    });
+
+    // Every completion arrived once.
+    let mfa_events = runtime().block_on(async {
+        let store =
+            hallmonitor_collector::store::SqliteStore::open(&data.data.join("collector.db"), false)
+                .await
+                .unwrap();
+        let kinds = hallmonitor_collector::store::Store::event_kinds(
+            &store,
+            &hallmonitor_collector::model::DeviceId::from_string(id.clone()),
+        )
+        .await
+        .unwrap();
+        store.close().await;
+        kinds.into_iter().filter(|(_, k)| k == "mfa").count()
+    });
+    assert_eq!(mfa_events, 4);
+}
