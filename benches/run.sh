@@ -27,7 +27,7 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 # TELEMETRY, ENROLL, SECRET, FINGERPRINT.
 start_collector() {
     "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
-        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 > "$work/init.txt"
+        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$work/init.txt"
     SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
     FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
     HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &

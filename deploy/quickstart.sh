@@ -28,7 +28,7 @@ trap 'exit 130' INT TERM
 if [[ ! -f "$collector_data/collector.toml" ]]; then
     "$bin/hallmonitor-collector" --data "$collector_data" init \
         --site "Demo Primary School" --hostname localhost --hostname 127.0.0.1 \
-        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 > "$demo/init.txt"
+        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$demo/init.txt"
     chmod 600 "$demo/init.txt"
 fi
 secret=$(awk -F': *' '/enrolment secret:/ {print $2}' "$demo/init.txt")

@@ -2,12 +2,12 @@
 # Runs every test of Hall Monitor: unit tests, end-to-end tests that start
 # the real binaries on loopback, and the quickstart in check mode.
 # System packages the tests need are installed here when running as root
-# (none are needed yet beyond the Rust toolchain: SQLite is bundled and the
-# protobuf compiler is pure Rust); otherwise what is missing is named.
+# (SQLite is bundled and the protobuf compiler is pure Rust; curl is the
+# HTTPS client of the API tests); otherwise what is missing is named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_packages=()
+need_packages=(curl)
 missing=()
 for pkg in "${need_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

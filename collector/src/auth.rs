@@ -13,6 +13,11 @@ pub fn generate_enrollment_secret() -> String {
     format!("{SECRET_PREFIX}{}", random_hex(20))
 }
 
+/// A new API token (printed once; stored as its SHA-256).
+pub fn generate_api_token() -> String {
+    format!("hmapi_{}", random_hex(24))
+}
+
 /// What the database keeps of a secret.
 pub fn secret_digest(secret: &str) -> String {
     sha256_hex(secret.trim().as_bytes())

@@ -443,6 +443,42 @@ pub fn mfa_list(pairs: &[crate::store::StoredPair], now: Timestamp, format: Form
     }
 }
 
+pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!({ "schema": "hallmonitor.api_tokens.v1", "tokens": tokens })),
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "SITE".into(),
+                "LABEL".into(),
+                "CREATED".into(),
+                "LAST USED".into(),
+                "STATE".into(),
+            ]];
+            let when = |t: Option<Timestamp>| {
+                t.map_or("never".into(), |t| {
+                    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+                })
+            };
+            for t in tokens {
+                rows.push([
+                    t.id.to_string(),
+                    t.site.clone(),
+                    or_dash(&t.label),
+                    when(Some(t.created_at)),
+                    when(t.last_used_at),
+                    if t.revoked_at.is_some() {
+                        "revoked".into()
+                    } else {
+                        "active".into()
+                    },
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
 fn status_word(c: Connectivity) -> &'static str {
     match c {
         Connectivity::Online => "online",

@@ -19,6 +19,7 @@ pub const EXAMPLE: &str = include_str!("../collector.example.toml");
 pub struct CollectorConfig {
     pub listen: SocketAddr,
     pub enroll_listen: SocketAddr,
+    pub api_listen: SocketAddr,
     pub heartbeat_interval_secs: u32,
     pub max_message_bytes: usize,
     pub max_batch_events: usize,
@@ -188,6 +189,7 @@ impl Default for CollectorConfig {
         CollectorConfig {
             listen: "0.0.0.0:50051".parse().expect("valid literal"),
             enroll_listen: "0.0.0.0:50052".parse().expect("valid literal"),
+            api_listen: "0.0.0.0:8443".parse().expect("valid literal"),
             heartbeat_interval_secs: 60,
             max_message_bytes: 16 * 1024 * 1024,
             max_batch_events: 5000,
@@ -291,6 +293,10 @@ impl CollectorConfig {
             .replace(
                 "enroll_listen = \"0.0.0.0:50052\"",
                 &format!("enroll_listen = \"{}\"", self.enroll_listen),
+            )
+            .replace(
+                "api_listen = \"0.0.0.0:8443\"",
+                &format!("api_listen = \"{}\"", self.api_listen),
             )
     }
 }

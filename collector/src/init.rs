@@ -24,6 +24,7 @@ pub struct InitOptions {
     pub admin_user: String,
     pub listen: Option<SocketAddr>,
     pub enroll_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// What `init` made that the operator must see once.
@@ -107,6 +108,9 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
     let mut config = CollectorConfig::default();
     if let Some(listen) = options.listen {
         config.listen = listen;
+    }
+    if let Some(api_listen) = options.api_listen {
+        config.api_listen = api_listen;
     }
     if let Some(enroll_listen) = options.enroll_listen {
         config.enroll_listen = enroll_listen;

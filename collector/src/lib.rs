@@ -2,6 +2,7 @@
 //! later modules) applies the schools' rules. `main.rs` only parses the
 //! command line; everything it runs lives here so tests and benches reach it.
 
+pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod compliance;

@@ -60,6 +60,9 @@ enum Command {
         /// Enrolment address to write into collector.toml.
         #[arg(long)]
         enroll_listen: Option<SocketAddr>,
+        /// HTTPS API address to write into collector.toml.
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
     },
     /// Serve enrolment and telemetry until SIGTERM or SIGINT.
     Serve {
@@ -69,6 +72,9 @@ enum Command {
         /// Enrolment address (overrides collector.toml).
         #[arg(long)]
         enroll_listen: Option<SocketAddr>,
+        /// HTTPS API address (overrides collector.toml).
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
     },
     /// What the collector knows about devices.
     Devices {
@@ -100,6 +106,11 @@ enum Command {
     Signins {
         #[command(subcommand)]
         command: SigninsCommand,
+    },
+    /// Tokens for the HTTPS JSON API (one site each).
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
     },
     /// Two-step sign-in freshness of each (staff account, device) pair.
     Mfa {
@@ -135,6 +146,28 @@ enum SigninsCommand {
         #[arg(long, value_enum)]
         format: SigninFormat,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Create a token; it is printed once and stored hashed.
+    Create {
+        #[arg(long)]
+        site: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    Revoke {
+        #[arg(long)]
+        site: String,
+        id: i64,
     },
 }
 
@@ -297,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_user,
             listen,
             enroll_listen,
+            api_listen,
         } => {
             let report = init::init(init::InitOptions {
                 data: data.clone(),
@@ -306,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_user,
                 listen,
                 enroll_listen,
+                api_listen,
             })
             .await?;
             println!("Initialised collector in {}", report.data.display());
@@ -325,6 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             listen,
             enroll_listen,
+            api_listen,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -333,6 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serve::ServeOverrides {
                     listen,
                     enroll_listen,
+                    api_listen,
                 },
                 shutdown,
             )
@@ -505,6 +542,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             print!("{}", cli::signins_report(&report));
+        }
+        Command::ApiToken { command } => {
+            let store = open_store(&data).await?;
+            let now = Timestamp::now();
+            match command {
+                ApiTokenCommand::Create { site, label } => {
+                    let site = require_site(&store, &site).await?;
+                    let token = auth::generate_api_token();
+                    let id = store
+                        .create_api_token(site.id, &auth::secret_digest(&token), &label, now)
+                        .await?;
+                    store
+                        .append_audit(AuditEntry {
+                            at: now,
+                            actor: &format!("cli:{}", os_user()),
+                            action: "api_token_created",
+                            target: &format!("api token {id}"),
+                            detail: &format!("site={}", site.name),
+                        })
+                        .await?;
+                    println!("{token}");
+                    eprintln!(
+                        "Created API token {id} for site {}; it is shown only now.",
+                        site.name
+                    );
+                }
+                ApiTokenCommand::List { site, format } => {
+                    let site = resolve_site(&store, site.as_deref()).await?;
+                    let tokens = store.list_api_tokens(site.map(|s| s.id)).await?;
+                    print!("{}", cli::api_tokens(&tokens, format));
+                }
+                ApiTokenCommand::Revoke { site, id } => {
+                    let site = require_site(&store, &site).await?;
+                    if !store.revoke_api_token(site.id, id, now).await? {
+                        bail!("site {} has no active API token with id {id}", site.name);
+                    }
+                    store
+                        .append_audit(AuditEntry {
+                            at: now,
+                            actor: &format!("cli:{}", os_user()),
+                            action: "api_token_revoked",
+                            target: &format!("api token {id}"),
+                            detail: &format!("site={}", site.name),
+                        })
+                        .await?;
+                    println!("Revoked API token {id} of site {}.", site.name);
+                }
+            }
         }
         Command::Mfa {
             command:

@@ -26,6 +26,7 @@ use crate::store::Store;
 pub struct ServeOverrides {
     pub listen: Option<SocketAddr>,
     pub enroll_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
 }
 
 pub async fn serve(
@@ -36,6 +37,7 @@ pub async fn serve(
     let mut config = CollectorConfig::load(data)?;
     config.listen = overrides.listen.unwrap_or(config.listen);
     config.enroll_listen = overrides.enroll_listen.unwrap_or(config.enroll_listen);
+    config.api_listen = overrides.api_listen.unwrap_or(config.api_listen);
 
     let store = crate::open_store(data).await?;
     let paths = PkiPaths::in_data_dir(data);
@@ -48,17 +50,30 @@ pub async fn serve(
     let enroll_listener = TcpListener::bind(config.enroll_listen)
         .await
         .with_context(|| format!("binding the enrolment address {}", config.enroll_listen))?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API address {}", config.api_listen))?;
     let telemetry_addr = telemetry_listener.local_addr()?;
     let enroll_addr = enroll_listener.local_addr()?;
+    let api_addr = api_listener.local_addr()?;
+    let api_tls = crate::api::tls_config(&read(&paths.server_cert)?, &read(&paths.server_key)?)?;
     // Scripts and tests read this line to find the ports (they may ask for
     // port 0).
-    println!("hallmonitor-collector listening telemetry={telemetry_addr} enroll={enroll_addr}");
+    println!(
+        "hallmonitor-collector listening telemetry={telemetry_addr} enroll={enroll_addr} api={api_addr}"
+    );
     tracing::info!(%telemetry_addr, %enroll_addr, ca_fingerprint = %ca.fingerprint(), "collector serving");
 
     let store: Arc<dyn Store> = Arc::new(store.clone());
     let config = Arc::new(config);
     let streams = Arc::new(Streams::default());
     let streams_stop = CancellationToken::new();
+    let api = tokio::spawn(crate::api::serve(
+        api_listener,
+        api_tls,
+        crate::api::router(store.clone(), config.clone()),
+        shutdown.clone(),
+    ));
     let rules = tokio::spawn(rules_loop(
         store.clone(),
         config.clone(),
@@ -118,6 +133,7 @@ pub async fn serve(
         }
     }
     rules.abort();
+    api.abort();
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())

@@ -194,6 +194,8 @@ impl CollectorData {
                 "127.0.0.1:0",
                 "--enroll-listen",
                 "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
             ],
         ));
         let stdout = text(&output.stdout);
@@ -260,6 +262,7 @@ impl CollectorData {
         RunningCollector {
             telemetry: addr("telemetry="),
             enroll: addr("enroll="),
+            api: addr("api="),
             process,
         }
     }
@@ -338,6 +341,8 @@ pub fn collector_cmd(data: &Path, args: &[&str]) -> Command {
 pub struct RunningCollector {
     pub telemetry: SocketAddr,
     pub enroll: SocketAddr,
+    /// The HTTPS JSON API.
+    pub api: SocketAddr,
     pub process: Process,
 }
 

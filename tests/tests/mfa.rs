@@ -328,3 +328,129 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
     });
     assert_eq!(mfa_events, 4);
 }
+
+/// POSTs JSON to the collector's API with curl, trusting only its CA.
+fn post(data: &CollectorData, api: std::net::SocketAddr, token: &str, body: &str) -> (u16, Value) {
+    let output = std::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "20",
+            "--write-out",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(data.data.join("pki/ca.crt"))
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["--data-binary", body])
+        .arg(format!(
+            "https://localhost:{}/api/v1/mfa-completions",
+            api.port()
+        ))
+        .output()
+        .expect("curl runs");
+    let out = text(&output.stdout);
+    let (json_part, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+    assert!(output.status.success(), "curl: {}", text(&output.stderr));
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(json_part).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn identity_providers_post_completions_with_a_site_token() {
+    let data = CollectorData::init("Cabot");
+    data.set_config("evaluate_every_secs", "1");
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let directory = root.path().join("mis.csv");
+    std::fs::write(
+        &directory,
+        "username,role,email\nj.smith,staff,j.smith@cabot.sch.uk\n",
+    )
+    .unwrap();
+    assert!(
+        data.cli(&[
+            "directory",
+            "import",
+            "--site",
+            "Cabot",
+            directory.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-mfa-api"));
+    let id = agent.enroll();
+    queue(
+        &agent.data,
+        vec![(ago(2), session("s1", "j.smith", 1001, 2))],
+    );
+    let _daemon = agent.start();
+    wait_for("the pair to be evaluated", WAIT, || {
+        pair(&data, &id, "j.smith")
+    });
+
+    let created = data.cli(&[
+        "api-token",
+        "create",
+        "--site",
+        "Cabot",
+        "--label",
+        "Okta bridge",
+    ]);
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let token = text(&created.stdout).trim().to_owned();
+
+    let body = format!(
+        r#"{{"completions": [{{"id": "okta-1", "account": "J.Smith@cabot.sch.uk", "completed_at": "{}", "method": "okta_verify", "device_id": "{id}"}}]}}"#,
+        ago(1)
+            .to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(-5)))
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+    );
+    assert_eq!(post(&data, collector.api, "not-a-token", &body).0, 401);
+    let (code, bad) = post(
+        &data,
+        collector.api,
+        &token,
+        r#"{"completions": [{"account": "x", "completed_at": "yesterday"}]}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("completions[0].completed_at"),
+        "{bad}"
+    );
+    assert_eq!(
+        pair(&data, &id, "j.smith").unwrap()["status"],
+        "stale",
+        "a refused request stores nothing"
+    );
+
+    let (code, answer) = post(&data, collector.api, &token, &body);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["new"], 1);
+    assert_eq!(answer["mapped"], 1);
+    assert_eq!(pair(&data, &id, "j.smith").unwrap()["status"], "fresh");
+    let (_, again) = post(&data, collector.api, &token, &body);
+    assert_eq!(again["new"], 0, "the same id twice is stored once");
+
+    let list = json(&data.cli(&["api-token", "list", "--format", "json"]));
+    let token_id = list["tokens"][0]["id"].to_string();
+    assert!(list["tokens"][0]["last_used_at"].is_string());
+    assert!(
+        data.cli(&["api-token", "revoke", "--site", "Cabot", &token_id])
+            .status
+            .success()
+    );
+    assert_eq!(post(&data, collector.api, &token, &body).0, 401, "revoked");
+}

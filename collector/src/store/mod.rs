@@ -193,6 +193,19 @@ pub struct StoredPair {
     pub as_of: Timestamp,
 }
 
+/// An API token as `api-token list` shows it (never the token itself).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ApiTokenInfo {
+    pub id: i64,
+    pub site: String,
+    #[serde(skip)]
+    pub site_id: SiteId,
+    pub label: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // sites
@@ -327,6 +340,24 @@ pub trait Store: Send + Sync + 'static {
         filter: &DeviceFilter,
         status: Option<MfaStatus>,
     ) -> Result<Vec<StoredPair>>;
+
+    // API tokens
+    async fn create_api_token(
+        &self,
+        site: SiteId,
+        token_sha256: &str,
+        label: &str,
+        at: Timestamp,
+    ) -> Result<i64>;
+    async fn list_api_tokens(&self, site: Option<SiteId>) -> Result<Vec<ApiTokenInfo>>;
+    /// False when no such unrevoked token exists.
+    async fn revoke_api_token(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool>;
+    /// The unrevoked token with this SHA-256, marking it used.
+    async fn use_api_token(
+        &self,
+        token_sha256: &str,
+        at: Timestamp,
+    ) -> Result<Option<ApiTokenInfo>>;
 
     // commands
     /// Commands of a device the agent has not reported on yet.

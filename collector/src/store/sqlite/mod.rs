@@ -684,6 +684,32 @@ impl Store for SqliteStore {
         mfa::pairs(self, filter, status).await
     }
 
+    async fn create_api_token(
+        &self,
+        site: SiteId,
+        token_sha256: &str,
+        label: &str,
+        at: Timestamp,
+    ) -> Result<i64> {
+        mfa::create_api_token(self, site, token_sha256, label, at).await
+    }
+
+    async fn list_api_tokens(&self, site: Option<SiteId>) -> Result<Vec<super::ApiTokenInfo>> {
+        mfa::list_api_tokens(self, site).await
+    }
+
+    async fn revoke_api_token(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool> {
+        mfa::revoke_api_token(self, site, id, at).await
+    }
+
+    async fn use_api_token(
+        &self,
+        token_sha256: &str,
+        at: Timestamp,
+    ) -> Result<Option<super::ApiTokenInfo>> {
+        mfa::use_api_token(self, token_sha256, at).await
+    }
+
     async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
         activity::commands(self, Some(device), false).await
     }
