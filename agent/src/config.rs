@@ -40,6 +40,9 @@ pub struct MfaConfig {
     /// Seconds between checks when file notifications are unavailable.
     pub poll_secs: u32,
     pub patterns: Vec<MfaPattern>,
+    /// Run when a staff account whose two-step sign-in on this device is
+    /// stale logs in; `{account}` and `{uid}` are replaced.
+    pub notify_command: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -59,6 +62,21 @@ impl Default for MfaConfig {
                 .into_iter()
                 .map(|(method, regex)| MfaPattern { method, regex })
                 .collect(),
+            notify_command: [
+                "runuser",
+                "-u",
+                "{account}",
+                "--",
+                "env",
+                "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus",
+                "notify-send",
+                "--app-name=Hall Monitor",
+                "--urgency=critical",
+                "Two-step sign-in needed",
+                "School policy: staff complete two-step sign-in on every device every 45 days. Please sign in to your school account with your second factor on this device.",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

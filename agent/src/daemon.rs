@@ -260,6 +260,14 @@ async fn track_sessions(
         let now = Timestamp::now();
         let events = sessions::track(&mut ledger, live, now);
         let ledger_json = serde_json::to_string(&ledger)?;
+        for started in events
+            .iter()
+            .filter(|e| e.phase == v1::session_event::Phase::Start as i32)
+        {
+            if let Some(tracked) = ledger.get(&started.session_id) {
+                stale_mfa_login(&config, &outbox, &tracked.session).await;
+            }
+        }
         if !events.is_empty() {
             let bodies = events
                 .into_iter()
@@ -354,6 +362,55 @@ async fn watch_auth_logs(
                     .set_state(&key, &serde_json::to_string(&position)?)
                     .await?;
             }
+        }
+    }
+}
+
+/// A staff account whose two-step sign-in on this device is stale (as the
+/// collector last said) has logged in: tell them, and lock the session if
+/// the site asks for it.
+async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &sessions::LiveSession) {
+    let Ok(Some(state)) = outbox.state("compliance_json").await else {
+        return;
+    };
+    let Ok(report) = serde_json::from_str::<serde_json::Value>(&state) else {
+        return;
+    };
+    let stale = report["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["mfa"].as_array().into_iter().flatten())
+        .any(|p| p["account"] == session.account.to_lowercase().as_str() && p["status"] == "stale");
+    if !stale {
+        return;
+    }
+    tracing::info!(uid = session.uid, session = %session.platform_id, "staff login with stale two-step sign-in");
+    let fill = |arg: &String| {
+        arg.replace("{account}", &session.account)
+            .replace("{uid}", &session.uid.to_string())
+    };
+    if let Some((program, args)) = config.mfa.notify_command.split_first() {
+        let status = tokio::process::Command::new(fill(program))
+            .args(args.iter().map(fill))
+            .status()
+            .await;
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!(?status, "could not show the two-step sign-in notice");
+        }
+    }
+    let lock = outbox.state("lock_stale_mfa_sessions").await.ok().flatten();
+    if lock.as_deref() == Some("true")
+        && !config.enforcement.admin_accounts.contains(&session.account)
+        && let Some((program, args)) = config.enforcement.lock_session_command.split_first()
+    {
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .arg(&session.platform_id)
+            .status()
+            .await;
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!(?status, "could not lock the session");
         }
     }
 }

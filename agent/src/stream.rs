@@ -260,6 +260,14 @@ async fn handle(
                 .set_states(&[
                     ("compliance_json", &state.compliance_json),
                     ("compliance_received_at", &Timestamp::now().to_string()),
+                    (
+                        "lock_stale_mfa_sessions",
+                        if state.lock_stale_mfa_sessions {
+                            "true"
+                        } else {
+                            "false"
+                        },
+                    ),
                 ])
                 .await?;
         }

@@ -39,6 +39,9 @@ pub struct MfaSettings {
     /// Glob patterns of staff accounts, for accounts not in the site's
     /// imported directory.
     pub staff_accounts: Vec<String>,
+    /// Agents lock the session of a staff account whose two-step sign-in
+    /// on the device is stale (they always tell the user).
+    pub lock_stale_sessions: bool,
 }
 
 impl Default for MfaSettings {
@@ -47,6 +50,7 @@ impl Default for MfaSettings {
             validity_days: 45,
             reminder_days: 7,
             staff_accounts: Vec::new(),
+            lock_stale_sessions: false,
         }
     }
 }
@@ -103,6 +107,14 @@ impl Default for ActivitySettings {
 #[serde(deny_unknown_fields, default)]
 pub struct SiteSettings {
     pub activity: ActivityOverrides,
+    pub mfa: MfaOverrides,
+}
+
+/// `[sites."NAME".mfa]`: what a site may set differently.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MfaOverrides {
+    pub lock_stale_sessions: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +292,14 @@ impl CollectorConfig {
                 .rule("defaults")
                 .expect("defaults are valid")
         })
+    }
+
+    /// Whether agents of this site lock sessions with stale 2FA.
+    pub fn lock_stale_sessions(&self, site: &str) -> bool {
+        self.sites
+            .get(site)
+            .and_then(|s| s.mfa.lock_stale_sessions)
+            .unwrap_or(self.mfa.lock_stale_sessions)
     }
 
     /// The TOML `init` writes: the documented example with the addresses

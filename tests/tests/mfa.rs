@@ -454,3 +454,84 @@ fn identity_providers_post_completions_with_a_site_token() {
     );
     assert_eq!(post(&data, collector.api, &token, &body).0, 401, "revoked");
 }
+
+fn utmp_record(line: &str, user: &str, host: &str, seconds: i64) -> Vec<u8> {
+    let mut r = vec![0u8; 384];
+    r[0..2].copy_from_slice(&7i16.to_ne_bytes());
+    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
+    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
+    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
+    r[340..344].copy_from_slice(&(seconds as i32).to_ne_bytes());
+    r
+}
+
+#[test]
+fn a_staff_login_with_stale_two_step_sign_in_is_told_and_locked_where_the_site_says() {
+    let data = CollectorData::init("Cabot");
+    data.set_config("evaluate_every_secs", "1");
+    let config = data.data.join("collector.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[sites.\"Cabot\".mfa]\nlock_stale_sessions = true\n");
+    std::fs::write(&config, toml).unwrap();
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let directory = root.path().join("mis.csv");
+    std::fs::write(&directory, "username,role\nj.smith,staff\npupil1,pupil\n").unwrap();
+    assert!(
+        data.cli(&[
+            "directory",
+            "import",
+            "--site",
+            "Cabot",
+            directory.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+
+    let (utmp, notified, locked) = (
+        root.path().join("utmp"),
+        root.path().join("notified"),
+        root.path().join("locked"),
+    );
+    let extra = format!(
+        "[sessions]\nsource = \"utmp\"\nutmp_path = \"{}\"\npoll_secs = 1\n\
+         [enforcement]\nlock_session_command = [\"sh\", \"-c\", \"echo \\\"$1\\\" >> {}\", \"lock\"]\n\
+         [mfa]\nauth_logs = []\nnotify_command = [\"sh\", \"-c\", \"echo \\\"$1\\\" >> {}\", \"notify\", \"{{account}}\"]\n",
+        utmp.display(),
+        locked.display(),
+        notified.display()
+    );
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-mfa-login"),
+        "",
+        &extra,
+    );
+    let id = agent.enroll();
+    queue(
+        &agent.data,
+        vec![(ago(3), session("old", "j.smith", 1001, 3))],
+    );
+    let _daemon = agent.start();
+    wait_for("the agent to know the pair is stale", WAIT, || {
+        let output = agent.cli(&["check", "--format", "json"]);
+        let report = serde_json::from_slice::<Value>(&output.stdout).ok()?;
+        (report["devices"][0]["mfa"][0]["status"] == "stale").then_some(())
+    });
+    assert_eq!(pair(&data, &id, "j.smith").unwrap()["status"], "stale");
+
+    // The teacher and a pupil log in.
+    let now = jiff::Timestamp::now().as_second();
+    let mut records = utmp_record(":0", "j.smith", ":0", now);
+    records.extend(utmp_record("tty2", "pupil1", "", now));
+    std::fs::write(&utmp, records).unwrap();
+    wait_for(
+        "the teacher to be told and the session locked",
+        WAIT,
+        || {
+            let told = std::fs::read_to_string(&notified).ok()?;
+            let locks = std::fs::read_to_string(&locked).ok()?;
+            (told.trim() == "j.smith" && locks.trim() == ":0").then_some(())
+        },
+    );
+}

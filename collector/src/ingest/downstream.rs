@@ -101,11 +101,13 @@ pub async fn device_state(
     if report.devices.is_empty() {
         return Ok(None);
     }
+    let lock = config.lock_stale_sessions(&report.devices[0].site);
     let json = serde_json::to_string(&report).expect("reports serialise");
     Ok(Some(v1::CollectorMessage {
         body: Some(v1::collector_message::Body::State(v1::DeviceState {
             as_of: Some(wire_timestamp(now)),
             compliance_json: json,
+            lock_stale_mfa_sessions: lock,
         })),
     }))
 }
