@@ -3,11 +3,13 @@
 # the real binaries on loopback, and the quickstart in check mode.
 # System packages the tests need are installed here when running as root
 # (SQLite is bundled and the protobuf compiler is pure Rust; curl is the
-# HTTPS client of the API tests); otherwise what is missing is named.
+# HTTPS client of the API tests; Debian's python3-aiosmtpd is the real SMTP
+# server the notification tests send to); otherwise what is missing is
+# named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_packages=(curl)
+need_packages=(curl python3-aiosmtpd)
 missing=()
 for pkg in "${need_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

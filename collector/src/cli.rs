@@ -479,6 +479,70 @@ pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> Stri
     }
 }
 
+pub fn recipients(list: &[crate::store::Recipient], format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.recipients.v1", "recipients": list }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "ROLE".into(),
+                "CHANNEL".into(),
+                "ADDRESS".into(),
+                "FORMAT".into(),
+            ]];
+            for r in list {
+                rows.push([
+                    r.id.to_string(),
+                    r.role.clone(),
+                    r.channel.clone(),
+                    r.address.clone(),
+                    if r.channel == "webhook" {
+                        r.webhook_format.clone()
+                    } else {
+                        "-".into()
+                    },
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
+pub fn notifications(list: &[crate::store::Notification], format: Format) -> String {
+    match format {
+        Format::Json => {
+            pretty(&json!({ "schema": "hallmonitor.notifications.v1", "notifications": list }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "STATUS".into(),
+                "CHANNEL".into(),
+                "TO".into(),
+                "TIMING".into(),
+                "ATTEMPTS".into(),
+                "SUBJECT".into(),
+                "LAST ERROR".into(),
+            ]];
+            for n in list {
+                rows.push([
+                    n.id.to_string(),
+                    n.status.clone(),
+                    n.channel.clone(),
+                    n.address.clone(),
+                    n.timing.clone(),
+                    n.attempts.to_string(),
+                    n.subject.clone(),
+                    n.last_error.clone(),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
 fn status_word(c: Connectivity) -> &'static str {
     match c {
         Connectivity::Online => "online",

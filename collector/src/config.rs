@@ -27,8 +27,98 @@ pub struct CollectorConfig {
     pub evaluate_every_secs: u64,
     pub activity: ActivitySettings,
     pub mfa: MfaSettings,
+    pub notifications: NotificationSettings,
     pub sites: BTreeMap<String, SiteSettings>,
 }
+
+/// `[notifications]`: who is told what, when and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationSettings {
+    /// Base address of the console, for links in messages ("" for none).
+    pub console_url: String,
+    /// Local time (site zone) of the daily digest, HH:MM.
+    pub digest_time: String,
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: u32,
+    pub retry_initial_secs: u64,
+    pub retry_max_secs: u64,
+    pub smtp: SmtpSettings,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSettings {
+    /// Empty: no email is sent (messages wait).
+    pub host: String,
+    pub port: u16,
+    /// starttls, tls (implicit, e.g. port 465) or none (loopback relays only).
+    pub security: String,
+    pub username: String,
+    /// File holding the password (kept out of this file).
+    pub password_file: String,
+    pub from: String,
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        SmtpSettings {
+            host: String::new(),
+            port: 587,
+            security: "starttls".into(),
+            username: String::new(),
+            password_file: String::new(),
+            from: "Hall Monitor <hallmonitor@localhost>".into(),
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Which event kinds go to which roles, at once or in the daily digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub kind: String,
+    pub roles: Vec<String>,
+    pub timing: String,
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        let route = |kind: &str, roles: &[&str], timing: &str| Route {
+            kind: kind.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            timing: timing.into(),
+        };
+        NotificationSettings {
+            console_url: String::new(),
+            digest_time: "07:30".into(),
+            max_attempts: 8,
+            retry_initial_secs: 30,
+            retry_max_secs: 3600,
+            smtp: SmtpSettings::default(),
+            routes: vec![
+                route("capture_severe", &["head_teacher", "dsl"], "immediate"),
+                route("device_inactive", &["technician"], "immediate"),
+                route("device_inactive", &["head_teacher"], "digest"),
+                route("mfa_stale", &["technician"], "immediate"),
+                route("mfa_stale", &["head_teacher"], "digest"),
+                route("mfa_due_soon", &["staff_member"], "immediate"),
+            ],
+        }
+    }
+}
+
+/// Roles a recipient can have; `staff_member` means the account concerned.
+pub const ROLES: [&str; 5] = [
+    "head_teacher",
+    "dsl",
+    "online_safety_lead",
+    "technician",
+    "staff_member",
+];
 
 /// `[mfa]`: the 2FA-freshness rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +299,7 @@ impl Default for CollectorConfig {
             evaluate_every_secs: 60,
             activity: ActivitySettings::default(),
             mfa: MfaSettings::default(),
+            notifications: NotificationSettings::default(),
             sites: BTreeMap::new(),
         }
     }
@@ -265,6 +356,33 @@ impl CollectorConfig {
             return Err(invalid(
                 "mfa: validity_days must be at least 1 and more than reminder_days",
             ));
+        }
+        let n = &config.notifications;
+        if jiff::civil::Time::strptime("%H:%M", &n.digest_time).is_err() {
+            return Err(invalid(
+                "notifications.digest_time: expected HH:MM, e.g. \"07:30\"",
+            ));
+        }
+        if n.max_attempts == 0 {
+            return Err(invalid("notifications.max_attempts must be at least 1"));
+        }
+        if !["starttls", "tls", "none"].contains(&n.smtp.security.as_str()) {
+            return Err(invalid(
+                "notifications.smtp.security: expected starttls, tls or none",
+            ));
+        }
+        for (i, route) in n.routes.iter().enumerate() {
+            if !["immediate", "digest"].contains(&route.timing.as_str()) {
+                return Err(invalid(&format!(
+                    "notifications.routes[{i}].timing: expected immediate or digest"
+                )));
+            }
+            if let Some(role) = route.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
+                return Err(invalid(&format!(
+                    "notifications.routes[{i}].roles: unknown role '{role}' (one of {})",
+                    ROLES.join(", ")
+                )));
+            }
         }
         for p in &config.mfa.staff_accounts {
             glob::Pattern::new(p)

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod ingest;
 pub mod init;
 pub mod model;
+pub mod notify;
 pub mod pki;
 pub mod rules;
 pub mod serve;

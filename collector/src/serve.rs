@@ -68,6 +68,13 @@ pub async fn serve(
     let config = Arc::new(config);
     let streams = Arc::new(Streams::default());
     let streams_stop = CancellationToken::new();
+    let sender = Arc::new(crate::notify::Sender::new(&config.notifications)?);
+    let notifier = tokio::spawn(crate::notify::run(
+        store.clone(),
+        config.clone(),
+        sender,
+        shutdown.clone(),
+    ));
     let api = tokio::spawn(crate::api::serve(
         api_listener,
         api_tls,
@@ -134,6 +141,7 @@ pub async fn serve(
     }
     rules.abort();
     api.abort();
+    notifier.abort();
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())

@@ -206,6 +206,77 @@ pub struct ApiTokenInfo {
     pub last_used_at: Option<Timestamp>,
 }
 
+/// A person or system told about a site's flags and incidents.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Recipient {
+    pub id: i64,
+    #[serde(skip)]
+    pub site: SiteId,
+    pub role: String,
+    /// email or webhook
+    pub channel: String,
+    pub address: String,
+    pub webhook_format: String,
+    #[serde(skip)]
+    pub webhook_secret: String,
+}
+
+/// Something that happened which may need telling.
+#[derive(Clone, Debug)]
+pub struct NotificationEvent {
+    pub id: i64,
+    pub site: SiteId,
+    pub kind: String,
+    pub flag_id: Option<i64>,
+    pub device: Option<DeviceId>,
+    pub account: String,
+    pub severity: i64,
+    pub summary: String,
+    pub at: Timestamp,
+}
+
+/// A message to queue.
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub site: SiteId,
+    pub channel: String,
+    pub address: String,
+    pub webhook_format: String,
+    pub webhook_secret: String,
+    /// immediate or digest
+    pub timing: String,
+    pub subject: String,
+    pub body: String,
+    /// JSON for webhooks.
+    pub payload: String,
+}
+
+/// A queued message.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Notification {
+    pub id: i64,
+    #[serde(skip)]
+    pub site: SiteId,
+    pub channel: String,
+    pub address: String,
+    #[serde(skip)]
+    pub webhook_format: String,
+    #[serde(skip)]
+    pub webhook_secret: String,
+    pub timing: String,
+    pub subject: String,
+    #[serde(skip)]
+    pub body: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Timestamp,
+    pub last_error: String,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // sites
@@ -358,6 +429,52 @@ pub trait Store: Send + Sync + 'static {
         token_sha256: &str,
         at: Timestamp,
     ) -> Result<Option<ApiTokenInfo>>;
+
+    // notifications
+    async fn add_recipient(&self, recipient: &Recipient, at: Timestamp) -> Result<i64>;
+    async fn recipients(&self, site: Option<SiteId>) -> Result<Vec<Recipient>>;
+    async fn remove_recipient(&self, site: SiteId, id: i64) -> Result<bool>;
+    /// Events not yet turned into messages, oldest first.
+    async fn new_notification_events(&self, limit: usize) -> Result<Vec<NotificationEvent>>;
+    /// Queues an event's messages and marks it expanded, in one transaction
+    /// (a message already queued for the same address is not queued again).
+    async fn queue_notifications(
+        &self,
+        event: Option<i64>,
+        messages: &[NewNotification],
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// Claims due immediate messages for `owner` until `lease_until`; a
+    /// message leased by another live owner is skipped.
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Notification>>;
+    async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()>;
+    /// Records a failed attempt: retried at `retry_at`, or dead when None.
+    async fn notification_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<()>;
+    /// Pending digest messages of a site.
+    async fn pending_digest(&self, site: SiteId) -> Result<Vec<Notification>>;
+    /// Queues one digest message per address from `members` and marks them
+    /// digested, in one transaction; records the site's digest date.
+    async fn queue_digest(
+        &self,
+        site: SiteId,
+        digests: &[(NewNotification, Vec<i64>)],
+        local_date: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>>;
+    async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>>;
+    async fn sites(&self) -> Result<Vec<Site>>;
 
     // commands
     /// Commands of a device the agent has not reported on yet.

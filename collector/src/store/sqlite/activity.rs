@@ -257,6 +257,17 @@ pub(super) async fn record_activity(
                 .fetch_one(&mut *tx)
                 .await?;
                 audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary).await?;
+                notification_event(
+                    &mut tx,
+                    verdict.site,
+                    "device_inactive",
+                    Some(id),
+                    Some(&verdict.device),
+                    "",
+                    &summary,
+                    at,
+                )
+                .await?;
                 tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
                 changes.opened.push(id);
                 if verdict.auto_disable {
@@ -581,4 +592,32 @@ pub(super) async fn devices_due(
     .fetch_all(&store.reader)
     .await?;
     Ok(ids.into_iter().map(DeviceId::from_string).collect())
+}
+
+/// Records something the notifier may need to tell, in the caller's
+/// transaction (so a flag and its notification commit together).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn notification_event(
+    tx: &mut SqliteConnection,
+    site: SiteId,
+    kind: &str,
+    flag_id: Option<i64>,
+    device: Option<&DeviceId>,
+    account: &str,
+    summary: &str,
+    at: Timestamp,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO notification_events (site_id, kind, flag_id, device_id, account, summary, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(site.0)
+    .bind(kind)
+    .bind(flag_id)
+    .bind(device.map(|d| d.as_str().to_owned()))
+    .bind(account)
+    .bind(summary)
+    .bind(millis(at))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

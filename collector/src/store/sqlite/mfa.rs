@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::activity::{audit_transition, transition_in};
+use super::activity::{audit_transition, notification_event, transition_in};
 use super::{SqliteStore, instant, millis, optional_instant};
 use crate::directory::{DirectoryAccount, Role};
 use crate::flags::{FlagAction, FlagState};
@@ -224,6 +224,17 @@ pub(super) async fn record_mfa(
                     .await?;
                     audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary)
                         .await?;
+                    notification_event(
+                        &mut tx,
+                        verdict.site,
+                        "mfa_stale",
+                        Some(id),
+                        Some(&verdict.device),
+                        &pair.account,
+                        &summary,
+                        at,
+                    )
+                    .await?;
                     changes.opened.push(id);
                 }
                 (MfaStatus::Fresh | MfaStatus::DueSoon, Some((id, state))) if state == "open" => {
@@ -242,7 +253,7 @@ pub(super) async fn record_mfa(
                 _ => {}
             }
             if let (MfaStatus::DueSoon, Some(expires)) = (pair.status, pair.expires_at) {
-                sqlx::query(
+                let queued = sqlx::query(
                     "INSERT INTO mfa_reminders (site_id, device_id, account, expires_at, queued_at) \
                      VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, account, expires_at) DO NOTHING",
                 )
@@ -253,6 +264,19 @@ pub(super) async fn record_mfa(
                 .bind(millis(at))
                 .execute(&mut *tx)
                 .await?;
+                if queued.rows_affected() == 1 {
+                    notification_event(
+                        &mut tx,
+                        verdict.site,
+                        "mfa_due_soon",
+                        None,
+                        Some(&verdict.device),
+                        &pair.account,
+                        &format!("two-step sign-in on this device expires {expires}"),
+                        at,
+                    )
+                    .await?;
+                }
             }
         }
     }

@@ -29,6 +29,7 @@ use crate::rules::mfa::MfaStatus;
 
 mod activity;
 mod mfa;
+mod notify;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -708,6 +709,80 @@ impl Store for SqliteStore {
         at: Timestamp,
     ) -> Result<Option<super::ApiTokenInfo>> {
         mfa::use_api_token(self, token_sha256, at).await
+    }
+
+    async fn add_recipient(&self, recipient: &super::Recipient, at: Timestamp) -> Result<i64> {
+        notify::add_recipient(self, recipient, at).await
+    }
+
+    async fn recipients(&self, site: Option<SiteId>) -> Result<Vec<super::Recipient>> {
+        notify::recipients(self, site).await
+    }
+
+    async fn remove_recipient(&self, site: SiteId, id: i64) -> Result<bool> {
+        notify::remove_recipient(self, site, id).await
+    }
+
+    async fn new_notification_events(&self, limit: usize) -> Result<Vec<super::NotificationEvent>> {
+        notify::new_events(self, limit).await
+    }
+
+    async fn queue_notifications(
+        &self,
+        event: Option<i64>,
+        messages: &[super::NewNotification],
+        at: Timestamp,
+    ) -> Result<u64> {
+        notify::queue(self, event, messages, at).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<super::Notification>> {
+        notify::claim(self, owner, now, lease_until, limit).await
+    }
+
+    async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()> {
+        notify::sent(self, id, at).await
+    }
+
+    async fn notification_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<()> {
+        notify::failed(self, id, error, retry_at).await
+    }
+
+    async fn pending_digest(&self, site: SiteId) -> Result<Vec<super::Notification>> {
+        notify::pending_digest(self, site).await
+    }
+
+    async fn queue_digest(
+        &self,
+        site: SiteId,
+        digests: &[(super::NewNotification, Vec<i64>)],
+        local_date: &str,
+        at: Timestamp,
+    ) -> Result<()> {
+        notify::queue_digest(self, site, digests, local_date, at).await
+    }
+
+    async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>> {
+        notify::digest_last_date(self, site).await
+    }
+
+    async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<super::Notification>> {
+        notify::list(self, status).await
+    }
+
+    async fn sites(&self) -> Result<Vec<Site>> {
+        notify::sites(self).await
     }
 
     async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {

@@ -1,0 +1,383 @@
+//! Notifications end to end: a real SMTP server (Debian's aiosmtpd) and a
+//! webhook receiver on loopback, the collector's worker sending to them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::{Agent, CollectorData, Process, Value, text, wait_for};
+use hallmonitor_proto::v1;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// aiosmtpd writing every message it accepts into a Maildir.
+struct Smtp {
+    process: Process,
+    maildir: PathBuf,
+}
+
+fn start_smtp(port: u16, maildir: &Path, logs: &Path) -> Smtp {
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut command = std::process::Command::new(python);
+    command
+        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+        .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        .arg(maildir);
+    let mut process = Process::spawn("smtp", command, logs);
+    wait_for("the SMTP server to listen", WAIT, || {
+        if let Some(code) = process.has_exited() {
+            panic!(
+                "aiosmtpd exited with {code} (is python3-aiosmtpd installed?): {}",
+                process.stderr_text()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    Smtp {
+        process,
+        maildir: maildir.to_path_buf(),
+    }
+}
+
+impl Smtp {
+    /// (To, Subject, body) of every message received.
+    fn messages(&self) -> Vec<(String, String, String)> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, String, String)> = entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map(|raw| {
+                let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned()
+                };
+                (
+                    header("To"),
+                    header("Subject"),
+                    body.replace("=\n", "").replace("=3D", "="),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn to(&self, address: &str) -> Vec<(String, String)> {
+        self.messages()
+            .into_iter()
+            .filter(|(to, _, _)| to.contains(address))
+            .map(|(_, subject, body)| (subject, body))
+            .collect()
+    }
+}
+
+/// A webhook receiver that checks each request's HMAC signature.
+struct Receiver {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<(bool, Value)>>>,
+}
+
+fn start_receiver(secret: &'static str) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                headers.push(line.trim().to_owned());
+            }
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find_map(|h| {
+                        let (k, v) = h.split_once(": ")?;
+                        k.eq_ignore_ascii_case(name).then(|| v.to_owned())
+                    })
+                    .unwrap_or_default()
+            };
+            let length: usize = header("content-length").parse().unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+            let expected: String = ring::hmac::sign(&key, &body)
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let valid = header("x-hallmonitor-signature") == format!("sha256={expected}");
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            sink.lock().unwrap().push((valid, json));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    Receiver { addr, received }
+}
+
+fn json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    })
+}
+
+fn edit_config(data: &CollectorData, edits: &[(&str, String)]) {
+    let path = data.data.join("collector.toml");
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    for (old, new) in edits {
+        assert!(toml.contains(old), "collector.toml has no '{old}'");
+        toml = toml.replacen(old, new, 1);
+    }
+    std::fs::write(&path, toml).unwrap();
+}
+
+fn enrolled_days_ago(data: &CollectorData, device: &str, days: i64) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(data.data.join("collector.db"))
+                .busy_timeout(Duration::from_secs(10));
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+            sqlx::query("UPDATE devices SET enrolled_at = ? WHERE id = ?")
+                .bind(at.as_millisecond())
+                .bind(device)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+}
+
+/// An enrolled device used for five minutes by a pupil, enrolled long ago:
+/// the rules flag it inactive.
+fn inactive_device(
+    data: &CollectorData,
+    collector: &hallmonitor_e2e::RunningCollector,
+    name: &str,
+) -> (Agent, String) {
+    let agent = Agent::new(&data.agent_settings(collector, name));
+    let id = agent.enroll();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (outbox, _) = Outbox::open(&agent.data, DEFAULT_MAX_BYTES).await.unwrap();
+            let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+            let wire = |t: jiff::Timestamp| hallmonitor_proto::Timestamp {
+                seconds: t.as_second(),
+                nanos: 0,
+            };
+            outbox
+                .append(
+                    start,
+                    v1::event::Body::Session(v1::SessionEvent {
+                        phase: v1::session_event::Phase::End as i32,
+                        session_id: "s1".into(),
+                        account: "pupil.surname1".into(),
+                        uid: 1001,
+                        kind: v1::session_event::Kind::Graphical as i32,
+                        started_at: Some(wire(start)),
+                        ended_at: Some(wire(start + jiff::SignedDuration::from_mins(5))),
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .unwrap();
+            outbox.close().await;
+        });
+    enrolled_days_ago(data, &id, 60);
+    (agent, id)
+}
+
+#[test]
+fn flags_reach_the_right_people_once_by_email_webhook_and_digest() {
+    let data = CollectorData::init("Cabot");
+    let root = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    edit_config(
+        &data,
+        &[
+            ("evaluate_every_secs = 60", "evaluate_every_secs = 1".into()),
+            (
+                "console_url = \"\"",
+                "console_url = \"https://hm.cabot.example\"".into(),
+            ),
+            ("host = \"\"", "host = \"127.0.0.1\"".into()),
+            ("port = 587", format!("port = {smtp_port}")),
+            ("security = \"starttls\"", "security = \"none\"".into()),
+            ("max_attempts = 8", "max_attempts = 3".into()),
+            ("retry_initial_secs = 30", "retry_initial_secs = 1".into()),
+            ("retry_max_secs = 3600", "retry_max_secs = 2".into()),
+        ],
+    );
+    let maildir = root.path().join("maildir");
+    let mut smtp = start_smtp(smtp_port, &maildir, &data.logs());
+    let collector = data.start();
+
+    let hook = start_receiver("s3cret-hmac-key");
+    let secret = root.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret-hmac-key\n").unwrap();
+    let add = |args: &[&str]| {
+        let output = data.cli(&[&["recipients", "add", "--site", "Cabot"], args].concat());
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    };
+    add(&["--role", "technician", "--email", "it@cabot.sch.uk"]);
+    add(&["--role", "head_teacher", "--email", "head@cabot.sch.uk"]);
+    let url = format!("http://127.0.0.1:{}/hook", hook.addr.port());
+    add(&[
+        "--role",
+        "dsl",
+        "--webhook",
+        &url,
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    add(&[
+        "--role",
+        "online_safety_lead",
+        "--webhook",
+        &format!("http://127.0.0.1:{}/gone", free_port()),
+    ]);
+
+    // A test message to the DSL's webhook, signed.
+    let test = data.cli(&["notify", "test", "--site", "Cabot", "--to", "dsl"]);
+    assert_eq!(
+        test.status.code(),
+        Some(0),
+        "{}{}",
+        text(&test.stdout),
+        text(&test.stderr)
+    );
+    let received = hook.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].0, "HMAC signature verifies");
+    assert_eq!(received[0].1["kind"], "test");
+
+    // An inactive device: the technician is told at once; no pupil name.
+    let (agent1, id1) = inactive_device(&data, &collector, "e2e-notify-1");
+    let _daemon1 = agent1.start();
+    let mails = wait_for("the technician's email", WAIT, || {
+        let mails = smtp.to("it@cabot.sch.uk");
+        (!mails.is_empty()).then_some(mails)
+    });
+    let (subject, body) = &mails[0];
+    assert!(
+        subject.contains("Cabot") && subject.contains("inactive"),
+        "{subject}"
+    );
+    assert!(body.contains(&id1), "{body}");
+    assert!(body.contains("https://hm.cabot.example/flags/"), "{body}");
+    assert!(
+        !body.contains("pupil.surname1") && !subject.contains("pupil"),
+        "no pupil names: {body}"
+    );
+    assert!(
+        smtp.to("head@cabot.sch.uk").is_empty(),
+        "the head teacher gets the digest, not an email per flag"
+    );
+
+    // SMTP down: the next flag's email waits and is retried, then
+    // delivered once when the server is back.
+    smtp.process.kill();
+    let (agent2, id2) = inactive_device(&data, &collector, "e2e-notify-2");
+    let _daemon2 = agent2.start();
+    wait_for("a failed attempt to be recorded", WAIT, || {
+        let pending = json(&data.cli(&[
+            "notifications",
+            "list",
+            "--status",
+            "pending",
+            "--format",
+            "json",
+        ]));
+        pending["notifications"]
+            .as_array()?
+            .iter()
+            .any(|n| {
+                n["address"] == "it@cabot.sch.uk"
+                    && n["attempts"].as_i64().unwrap_or(0) >= 1
+                    && n["last_error"] != ""
+            })
+            .then_some(())
+    });
+    smtp = start_smtp(smtp_port, &maildir, &data.logs());
+    wait_for("the waiting email to arrive", WAIT, || {
+        (smtp.to("it@cabot.sch.uk").len() == 2).then_some(())
+    });
+    let tech = smtp.to("it@cabot.sch.uk");
+    assert!(tech.iter().any(|(_, b)| b.contains(&id2)));
+
+    // The digest: one message to the head teacher, each flag once.
+    let digest = data.cli(&["notifications", "digest", "--site", "Cabot"]);
+    assert!(digest.status.success(), "{}", text(&digest.stderr));
+    let head = wait_for("the head teacher's digest", WAIT, || {
+        let mails = smtp.to("head@cabot.sch.uk");
+        (!mails.is_empty()).then_some(mails)
+    });
+    assert_eq!(head.len(), 1);
+    let (subject, body) = &head[0];
+    assert!(subject.contains("daily digest, 2 item(s)"), "{subject}");
+    assert_eq!(body.matches(&id1).count(), 1, "{body}");
+    assert_eq!(body.matches(&id2).count(), 1, "{body}");
+
+    // A webhook that never answers ends as a dead letter, visibly.
+    let test = data.cli(&[
+        "notify",
+        "test",
+        "--site",
+        "Cabot",
+        "--to",
+        "online_safety_lead",
+    ]);
+    assert_eq!(test.status.code(), Some(1));
+    wait_for("the dead letter", WAIT, || {
+        let dead = json(&data.cli(&[
+            "notifications",
+            "list",
+            "--status",
+            "dead",
+            "--format",
+            "json",
+        ]));
+        (dead["notifications"].as_array()?.len() == 1).then_some(())
+    });
+    // Nothing was sent twice.
+    assert_eq!(smtp.to("it@cabot.sch.uk").len(), 2);
+    assert_eq!(smtp.to("head@cabot.sch.uk").len(), 1);
+}
