@@ -73,6 +73,7 @@ pub async fn serve(
         store.clone(),
         config.clone(),
         sender,
+        streams.notifier.clone(),
         shutdown.clone(),
     ));
     let api = tokio::spawn(crate::api::serve(
@@ -172,6 +173,9 @@ async fn rules_loop(
                 .await
             {
                 Ok(changes) => {
+                    if !changes.opened.is_empty() {
+                        streams.notifier.notify_one();
+                    }
                     if !changes.opened.is_empty() || !changes.resolved.is_empty() {
                         tracing::info!(
                             opened = changes.opened.len(),

@@ -381,3 +381,75 @@ fn flags_reach_the_right_people_once_by_email_webhook_and_digest() {
     assert_eq!(smtp.to("it@cabot.sch.uk").len(), 2);
     assert_eq!(smtp.to("head@cabot.sch.uk").len(), 1);
 }
+
+#[test]
+fn two_collector_instances_on_one_database_send_each_message_once() {
+    let data = CollectorData::init("Cabot");
+    let root = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    edit_config(
+        &data,
+        &[
+            ("evaluate_every_secs = 60", "evaluate_every_secs = 1".into()),
+            ("host = \"\"", "host = \"127.0.0.1\"".into()),
+            ("port = 587", format!("port = {smtp_port}")),
+            ("security = \"starttls\"", "security = \"none\"".into()),
+        ],
+    );
+    let smtp = start_smtp(smtp_port, &root.path().join("maildir"), &data.logs());
+    let first = data.start();
+    let second = data.start();
+    let added = data.cli(&[
+        "recipients",
+        "add",
+        "--site",
+        "Cabot",
+        "--role",
+        "technician",
+        "--email",
+        "it@cabot.sch.uk",
+    ]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+
+    // Six inactive devices, half streaming to each instance; both
+    // instances evaluate and both run a notifier.
+    let mut daemons = Vec::new();
+    let mut agents = Vec::new();
+    for n in 0..6 {
+        let collector = if n % 2 == 0 { &first } else { &second };
+        let (agent, _) = inactive_device(&data, collector, &format!("e2e-notify-ha-{n}"));
+        daemons.push(agent.start());
+        agents.push(agent);
+    }
+    wait_for("six messages sent", WAIT, || {
+        let sent = json(&data.cli(&[
+            "notifications",
+            "list",
+            "--status",
+            "sent",
+            "--format",
+            "json",
+        ]));
+        (sent["notifications"].as_array()?.len() == 6).then_some(())
+    });
+    let sent = json(&data.cli(&["notifications", "list", "--format", "json"]));
+    assert!(
+        sent["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["attempts"] == 1),
+        "{sent}"
+    );
+    assert_eq!(
+        smtp.to("it@cabot.sch.uk").len(),
+        6,
+        "each flag's email exactly once"
+    );
+    let flags = json(&data.cli(&["flags", "list", "--format", "json"]));
+    assert_eq!(
+        flags["flags"].as_array().unwrap().len(),
+        6,
+        "one flag per device"
+    );
+}

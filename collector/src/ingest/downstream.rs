@@ -16,6 +16,9 @@ use crate::store::{DeviceFilter, Store};
 /// reach them at once.
 #[derive(Default)]
 pub struct Streams {
+    /// Wakes the notifier when this instance opened flags, so messages go
+    /// out at once rather than at its next poll.
+    pub notifier: std::sync::Arc<tokio::sync::Notify>,
     next: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<std::collections::HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)>>,
 }

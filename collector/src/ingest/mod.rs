@@ -255,11 +255,14 @@ impl StreamSession {
     async fn reevaluate(&self) {
         let filter = DeviceFilter::one(self.device.id.clone());
         let store = &*self.store;
-        if let Err(e) =
-            crate::rules::evaluate::refresh(store, &self.config, &filter, Timestamp::now()).await
+        match crate::rules::evaluate::refresh(store, &self.config, &filter, Timestamp::now()).await
         {
-            tracing::error!(device_id = %self.device.id, error = %e, "re-evaluating device failed");
-            return;
+            Ok(changes) if !changes.opened.is_empty() => self.streams.notifier.notify_one(),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(device_id = %self.device.id, error = %e, "re-evaluating device failed");
+                return;
+            }
         }
         if let Err(e) = dispatch_commands(store, &self.streams).await {
             tracing::error!(error = %e, "dispatching commands failed");

@@ -59,6 +59,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     config: Arc<CollectorConfig>,
     sender: Arc<Sender>,
+    wake: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let owner = format!("collector-{}", uuid::Uuid::now_v7());
@@ -67,6 +68,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = wake.notified() => {}
             _ = shutdown.cancelled() => return,
         }
         let now = Timestamp::now();

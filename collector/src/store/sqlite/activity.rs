@@ -210,7 +210,7 @@ pub(super) async fn record_activity(
     at: Timestamp,
 ) -> Result<ActivityChanges> {
     let mut changes = ActivityChanges::default();
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
     for verdict in verdicts {
         let e = &verdict.evaluation;
         sqlx::query(
@@ -245,17 +245,19 @@ pub(super) async fn record_activity(
                     e.as_of,
                     verdict.required_minutes
                 );
-                let id: i64 = sqlx::query_scalar(
+                let id: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
-                     VALUES (?, ?, 'device_inactive', '', 'open', ?, ?, ?) RETURNING id",
+                     VALUES (?, ?, 'device_inactive', '', 'open', ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
                 )
                 .bind(verdict.site.0)
                 .bind(verdict.device.as_str())
                 .bind(millis(at))
                 .bind(millis(at))
                 .bind(&summary)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                // Another collector instance opened it meanwhile.
+                let Some(id) = id else { continue };
                 audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary).await?;
                 notification_event(
                     &mut tx,

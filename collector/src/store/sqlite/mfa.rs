@@ -21,7 +21,7 @@ pub(super) async fn import_directory(
     accounts: &[DirectoryAccount],
     at: Timestamp,
 ) -> Result<DirectoryImport> {
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
     let existing = directory_in(&mut tx, site).await?;
     let mut summary = DirectoryImport::default();
     for account in accounts {
@@ -150,7 +150,7 @@ pub(super) async fn record_mfa(
     at: Timestamp,
 ) -> Result<ActivityChanges> {
     let mut changes = ActivityChanges::default();
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
     for verdict in verdicts {
         let device = verdict.device.as_str();
         sqlx::query("DELETE FROM mfa_pairs WHERE device_id = ?")
@@ -210,9 +210,9 @@ pub(super) async fn record_mfa(
                         ),
                         None => "no two-step sign-in on this device on record".to_owned(),
                     };
-                    let id: i64 = sqlx::query_scalar(
+                    let id: Option<i64> = sqlx::query_scalar(
                         "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
-                         VALUES (?, ?, 'mfa_stale', ?, 'open', ?, ?, ?) RETURNING id",
+                         VALUES (?, ?, 'mfa_stale', ?, 'open', ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
                     )
                     .bind(verdict.site.0)
                     .bind(device)
@@ -220,8 +220,10 @@ pub(super) async fn record_mfa(
                     .bind(millis(at))
                     .bind(millis(at))
                     .bind(&summary)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    // Another collector instance opened it meanwhile.
+                    let Some(id) = id else { continue };
                     audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary)
                         .await?;
                     notification_event(

@@ -233,7 +233,7 @@ impl Store for SqliteStore {
         secret_sha256: &str,
         at: Timestamp,
     ) -> Result<Result<Site, SecretRejection>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT e.id AS secret_id, e.expires_at, e.revoked_at, s.id, s.name, s.timezone \
              FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id WHERE e.secret_sha256 = ?",
@@ -275,7 +275,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_enrollment(&self, e: Enrollment) -> Result<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let existed: Option<i64> = sqlx::query_scalar("SELECT 1 FROM devices WHERE id = ?")
             .bind(e.device_id.as_str())
             .fetch_optional(&mut *tx)
@@ -357,7 +357,7 @@ impl Store for SqliteStore {
         events: &[Event],
         received_at: Timestamp,
     ) -> Result<BatchOutcome> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let received = millis(received_at);
         let mut stored: u64 = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
@@ -634,7 +634,7 @@ impl Store for SqliteStore {
         reason: &str,
         at: Timestamp,
     ) -> Result<Result<FlagRecord, FlagError>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let outcome = activity::transition_in(&mut tx, id, action, actor, reason, at).await?;
         if outcome.is_ok() {
             tx.commit().await?;
@@ -660,7 +660,7 @@ impl Store for SqliteStore {
         completions: &[NewMfaCompletion],
         at: Timestamp,
     ) -> Result<u64> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let inserted = mfa::record_completions(&mut tx, completions, at).await?;
         tx.commit().await?;
         Ok(inserted)

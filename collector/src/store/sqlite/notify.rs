@@ -131,7 +131,7 @@ pub(super) async fn queue(
     messages: &[NewNotification],
     at: Timestamp,
 ) -> Result<u64> {
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
     let ids = insert_messages(&mut tx, event, messages, at).await?;
     if let Some(event) = event {
         sqlx::query("UPDATE notification_events SET expanded_at = ? WHERE id = ?")
@@ -242,7 +242,7 @@ pub(super) async fn queue_digest(
     local_date: &str,
     at: Timestamp,
 ) -> Result<()> {
-    let mut tx = store.writer.begin().await?;
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
     for (message, members) in digests {
         let ids = insert_messages(&mut tx, None, std::slice::from_ref(message), at).await?;
         let Some(digest) = ids.first() else { continue };
