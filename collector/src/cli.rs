@@ -543,6 +543,86 @@ pub fn notifications(list: &[crate::store::Notification], format: Format) -> Str
     }
 }
 
+pub fn incidents_list(list: &[crate::incidents::IncidentRecord], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!({ "schema": "hallmonitor.incidents.v1", "incidents": list })),
+        Format::Table => {
+            let mut rows = vec![[
+                "ID".to_string(),
+                "SEVERITY".into(),
+                "CATEGORY".into(),
+                "STATUS".into(),
+                "SITE".into(),
+                "DEVICE".into(),
+                "CAPTURES".into(),
+                "LAST".into(),
+            ]];
+            for i in list {
+                rows.push([
+                    i.id.to_string(),
+                    i.severity.to_string(),
+                    i.category.clone(),
+                    i.status.clone(),
+                    i.site.clone(),
+                    or_dash(&i.hostname),
+                    i.capture_count.to_string(),
+                    i.last_at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
+pub fn incident_show(
+    incident: &crate::incidents::IncidentRecord,
+    captures: &[crate::incidents::CaptureRow],
+    format: Format,
+) -> String {
+    match format {
+        Format::Json => pretty(
+            &json!({ "schema": "hallmonitor.incident.v1", "incident": incident, "captures": captures }),
+        ),
+        Format::Table => {
+            let mut out = format!(
+                "incident #{} {} severity {} ({}) on {} ({}), site {}, account {}\n\n",
+                incident.id,
+                incident.category,
+                incident.severity,
+                incident.status,
+                incident.device_id,
+                or_dash(&incident.hostname),
+                incident.site,
+                incident.account
+            );
+            let mut rows = vec![[
+                "WHEN".to_string(),
+                "SEV".into(),
+                "RULE".into(),
+                "MATCHED".into(),
+                "WINDOW".into(),
+                "IMAGE".into(),
+            ]];
+            for c in captures {
+                rows.push([
+                    c.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                    c.severity.to_string(),
+                    c.rule_id.clone(),
+                    c.matched_text.clone(),
+                    c.window_title.clone(),
+                    if c.image_status == "verified" {
+                        c.image_sha256[..12].to_string()
+                    } else {
+                        c.image_status.clone()
+                    },
+                ]);
+            }
+            out.push_str(&table(&rows));
+            out
+        }
+    }
+}
+
 fn status_word(c: Connectivity) -> &'static str {
     match c {
         Connectivity::Online => "online",

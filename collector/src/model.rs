@@ -126,6 +126,9 @@ pub enum EventBody {
         corrupt_file_moved_to: String,
     },
     Session(SessionRecord),
+    /// A suspicious-activity snapshot (the image itself is kept apart, in
+    /// the evidence store).
+    Capture(CaptureRecord),
     /// A two-step sign-in the agent saw in the device's authentication log.
     Mfa {
         account: String,
@@ -157,6 +160,11 @@ impl EventBody {
         )
     }
 
+    /// Whether storing this event can open or raise an incident.
+    pub fn is_capture(&self) -> bool {
+        matches!(self, EventBody::Capture(_))
+    }
+
     /// The short name stored in the `kind` column.
     pub fn kind(&self) -> &str {
         match self {
@@ -165,6 +173,7 @@ impl EventBody {
             EventBody::Facts(_) => "facts",
             EventBody::OutboxReport { .. } => "outbox_report",
             EventBody::Session(_) => "session",
+            EventBody::Capture(_) => "capture",
             EventBody::Mfa { .. } => "mfa",
             EventBody::Enforcement { .. } => "enforcement",
             EventBody::Other { name, .. } => name,
@@ -435,4 +444,25 @@ pub struct CommandRecord {
     pub kind: CommandKind,
     pub reason: String,
     pub issued_at: Timestamp,
+}
+
+/// What a capture says, and what became of its image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CaptureRecord {
+    pub rule_id: String,
+    pub category: String,
+    pub severity: u8,
+    pub matched_text: String,
+    pub window_title: String,
+    pub process_name: String,
+    pub account: String,
+    pub image_sha256: String,
+    /// verified, no_image or hash_mismatch
+    pub image_status: String,
+    pub no_image_reason: String,
+    pub repeat_count: u32,
+    /// The image bytes, on their way to the evidence store; never stored
+    /// with the event.
+    #[serde(skip)]
+    pub image: Vec<u8>,
 }

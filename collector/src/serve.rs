@@ -88,10 +88,12 @@ pub async fn serve(
         streams.clone(),
         shutdown.clone(),
     ));
+    let evidence = Arc::new(crate::evidence::EvidenceStore::open(data)?);
     let telemetry = TelemetryService {
         store: store.clone(),
         config: config.clone(),
         streams: streams.clone(),
+        evidence,
         heartbeat_interval_secs: config.heartbeat_interval_secs,
         max_batch_events: config.max_batch_events,
         shutdown: streams_stop.clone(),

@@ -25,7 +25,7 @@ pub use downstream::{Streams, device_state, dispatch_commands};
 pub use wire::{command_from_wire, command_to_wire, event_from_wire, facts_from_wire};
 
 use crate::config::CollectorConfig;
-use crate::model::Event;
+use crate::model::{Event, EventBody};
 use crate::pki::sha256_hex;
 use crate::store::{DeviceFilter, Store, StreamDevice};
 use downstream::command_message;
@@ -34,6 +34,7 @@ pub struct TelemetryService {
     pub store: Arc<dyn Store>,
     pub config: Arc<CollectorConfig>,
     pub streams: Arc<Streams>,
+    pub evidence: Arc<crate::evidence::EvidenceStore>,
     pub heartbeat_interval_secs: u32,
     pub max_batch_events: usize,
     pub shutdown: CancellationToken,
@@ -92,6 +93,7 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
             store: self.store.clone(),
             config: self.config.clone(),
             streams: self.streams.clone(),
+            evidence: self.evidence.clone(),
             token,
             device,
             max_batch_events: self.max_batch_events,
@@ -118,6 +120,7 @@ struct StreamSession {
     store: Arc<dyn Store>,
     config: Arc<CollectorConfig>,
     streams: Arc<Streams>,
+    evidence: Arc<crate::evidence::EvidenceStore>,
     token: u64,
     device: StreamDevice,
     max_batch_events: usize,
@@ -225,6 +228,23 @@ impl StreamSession {
         }
         let first_seq = events.iter().map(|e| e.seq.0).min().unwrap_or(0);
         let last_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0);
+        // Images first: an event is acked only when its evidence is on disk.
+        for event in &events {
+            if let EventBody::Capture(capture) = &event.body
+                && capture.image_status == "verified"
+            {
+                let evidence = self.evidence.clone();
+                let (image, sha) = (capture.image.clone(), capture.image_sha256.clone());
+                tokio::task::spawn_blocking(move || evidence.put(&image, &sha))
+                    .await
+                    .map_err(|e| unavailable(&e))?
+                    .map_err(|e| unavailable(&e))?;
+            } else if let EventBody::Capture(capture) = &event.body
+                && capture.image_status == "hash_mismatch"
+            {
+                tracing::warn!(device_id = %self.device.id, seq = event.seq.0, "capture image does not match its SHA-256; kept without the image");
+            }
+        }
         let outcome = self
             .store
             .record_batch(&self.device.id, &events, received_at)
@@ -247,6 +267,9 @@ impl StreamSession {
         // If the agent is gone the ack is lost; it resends, and the
         // duplicates are recognised.
         let _ = self.tx.send(Ok(ack)).await;
+        if outcome.stored > 0 && events.iter().any(|e| e.body.is_capture()) {
+            self.streams.notifier.notify_one();
+        }
         Ok(outcome.stored > 0 && events.iter().any(|e| e.body.affects_rules()))
     }
 

@@ -5,7 +5,8 @@ use hallmonitor_proto::v1;
 use jiff::Timestamp;
 
 use crate::model::{
-    CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, Seq, SessionKind, SessionRecord,
+    CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, Seq, SessionKind,
+    SessionRecord,
 };
 
 pub(super) fn timestamp(t: Option<&hallmonitor_proto::Timestamp>) -> Option<Timestamp> {
@@ -83,7 +84,7 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             ok = false;
             unrecognised("mfa", "no account")
         }
-        Some(Body::Capture(_)) => pending("capture"),
+        Some(Body::Capture(c)) => EventBody::Capture(capture_from_wire(c)),
         Some(Body::FileAlert(_)) => pending("file_alert"),
         None => {
             ok = false;
@@ -190,6 +191,33 @@ pub(super) fn wire_timestamp(t: Timestamp) -> hallmonitor_proto::Timestamp {
     hallmonitor_proto::Timestamp {
         seconds: t.as_second(),
         nanos: t.subsec_nanosecond(),
+    }
+}
+
+/// A capture with its image checked against the hash the agent declared.
+fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
+    let declared = c.image_sha256.to_ascii_lowercase();
+    let (status, image) = if c.image_png.is_empty() {
+        ("no_image", Vec::new())
+    } else if crate::evidence::sha256_hex(&c.image_png) == declared {
+        ("verified", c.image_png)
+    } else {
+        // Kept as a capture (nothing is lost), without the image.
+        ("hash_mismatch", Vec::new())
+    };
+    CaptureRecord {
+        rule_id: c.rule_id,
+        category: c.category,
+        severity: c.severity.clamp(1, 5) as u8,
+        matched_text: c.matched_text,
+        window_title: c.window_title,
+        process_name: c.process_name,
+        account: c.account,
+        image_sha256: declared,
+        image_status: status.into(),
+        no_image_reason: c.no_image_reason,
+        repeat_count: c.repeat_count,
+        image,
     }
 }
 

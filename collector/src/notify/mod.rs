@@ -46,6 +46,7 @@ impl Sender {
         match message.channel.as_str() {
             "email" => match &self.mailer {
                 Some(mailer) => mailer.send(message).await,
+                // Not claimed without a mailer; kept for safety.
                 None => Err("no SMTP server configured ([notifications.smtp] host)".into()),
             },
             "webhook" => webhook::post(message).await,
@@ -198,6 +199,12 @@ impl Content {
                 format!("your two-step sign-in on {hostname} is due"),
                 format!("School policy: complete two-step sign-in on every device you use. Yours on {hostname} expires soon; please sign in with your second factor on it."),
             ),
+            "capture_severe" => (
+                // The summary is ours ("incident #N: category"): never the
+                // matched text, never a name.
+                format!("severity {} capture on {hostname}, {}", event.severity, event.summary),
+                "A suspicious-activity capture of high severity was taken on this device. Review the incident and its evidence in the console.".to_owned(),
+            ),
             "test" => (
                 "test message".to_owned(),
                 "A test of this recipient's notifications, sent by a technician.".to_owned(),
@@ -283,7 +290,15 @@ pub async fn deliver(
 ) -> Result<(u64, u64)> {
     let lease = now + SignedDuration::from_secs(120);
     let (mut sent, mut failed) = (0, 0);
-    for message in store.claim_notifications(owner, now, lease, 50).await? {
+    let channels: &[&str] = if sender.mailer.is_some() {
+        &["email", "webhook"]
+    } else {
+        &["webhook"]
+    };
+    for message in store
+        .claim_notifications(owner, now, lease, 50, channels)
+        .await?
+    {
         match sender.send(&message).await {
             Ok(()) => {
                 store

@@ -446,12 +446,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<u64>;
     /// Claims due immediate messages for `owner` until `lease_until`; a
     /// message leased by another live owner is skipped.
+    /// Only messages on `channels` are claimed (email waits while no SMTP
+    /// server is configured).
     async fn claim_notifications(
         &self,
         owner: &str,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
+        channels: &[&str],
     ) -> Result<Vec<Notification>>;
     async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()>;
     /// Records a failed attempt: retried at `retry_at`, or dead when None.
@@ -475,6 +478,25 @@ pub trait Store: Send + Sync + 'static {
     async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>>;
     async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>>;
     async fn sites(&self) -> Result<Vec<Site>>;
+
+    // incidents
+    async fn list_incidents(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<&str>,
+    ) -> Result<Vec<crate::incidents::IncidentRecord>>;
+    /// An incident with its captures (and its site, for access checks).
+    async fn incident(
+        &self,
+        id: i64,
+    ) -> Result<
+        Option<(
+            crate::incidents::IncidentRecord,
+            Vec<crate::incidents::CaptureRow>,
+            SiteId,
+        )>,
+    >;
+    async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool>;
 
     // commands
     /// Commands of a device the agent has not reported on yet.

@@ -28,6 +28,7 @@ use crate::model::{
 use crate::rules::mfa::MfaStatus;
 
 mod activity;
+mod incidents;
 mod mfa;
 mod notify;
 
@@ -384,6 +385,17 @@ impl Store for SqliteStore {
                 match &event.body {
                     EventBody::Session(session) => {
                         activity::upsert_session(&mut tx, device, session, received_at).await?
+                    }
+                    EventBody::Capture(capture) => {
+                        incidents::record_capture(
+                            &mut tx,
+                            device,
+                            event.seq.0,
+                            event.occurred_at,
+                            capture,
+                            received_at,
+                        )
+                        .await?
                     }
                     EventBody::Mfa {
                         account,
@@ -742,8 +754,9 @@ impl Store for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
+        channels: &[&str],
     ) -> Result<Vec<super::Notification>> {
-        notify::claim(self, owner, now, lease_until, limit).await
+        notify::claim(self, owner, now, lease_until, limit, channels).await
     }
 
     async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()> {
@@ -783,6 +796,31 @@ impl Store for SqliteStore {
 
     async fn sites(&self) -> Result<Vec<Site>> {
         notify::sites(self).await
+    }
+
+    async fn list_incidents(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<&str>,
+    ) -> Result<Vec<crate::incidents::IncidentRecord>> {
+        incidents::list(self, filter, status).await
+    }
+
+    async fn incident(
+        &self,
+        id: i64,
+    ) -> Result<
+        Option<(
+            crate::incidents::IncidentRecord,
+            Vec<crate::incidents::CaptureRow>,
+            SiteId,
+        )>,
+    > {
+        incidents::show(self, id).await
+    }
+
+    async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool> {
+        incidents::close(self, id, reason, at).await
     }
 
     async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {

@@ -171,19 +171,22 @@ pub(super) async fn claim(
     now: Timestamp,
     lease_until: Timestamp,
     limit: usize,
+    channels: &[&str],
 ) -> Result<Vec<Notification>> {
     // One statement: SQLite's single writer makes the claim atomic (on
     // PostgreSQL this is SELECT … FOR UPDATE SKIP LOCKED).
     let rows = sqlx::query(
         "UPDATE notifications SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
            SELECT id FROM notifications WHERE status = 'pending' AND timing = 'immediate' \
-           AND next_attempt_at <= ?3 AND (lease_until IS NULL OR lease_until < ?3) ORDER BY id LIMIT ?4) \
+           AND next_attempt_at <= ?3 AND (lease_until IS NULL OR lease_until < ?3) \
+           AND instr(?5, ',' || channel || ',') > 0 ORDER BY id LIMIT ?4) \
          RETURNING *",
     )
     .bind(owner)
     .bind(millis(lease_until))
     .bind(millis(now))
     .bind(limit as i64)
+    .bind(format!(",{},", channels.join(",")))
     .fetch_all(&store.writer)
     .await?;
     let mut claimed: Vec<Notification> = rows

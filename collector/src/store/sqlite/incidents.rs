@@ -1,0 +1,209 @@
+//! SQLite: captures and incidents.
+
+use jiff::Timestamp;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{SqliteStore, instant, millis};
+use crate::incidents::{CaptureRow, INCIDENT_WINDOW, IncidentRecord};
+use crate::model::{CaptureRecord, DeviceId, SiteId};
+use crate::store::{DeviceFilter, Result};
+
+/// Records a capture event (inside `record_batch`): the capture row, its
+/// incident (joined or opened), and a notification event when the incident
+/// becomes severe.
+pub(super) async fn record_capture(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    seq: u64,
+    occurred_at: Timestamp,
+    capture: &CaptureRecord,
+    at: Timestamp,
+) -> Result<()> {
+    // A resent capture (in a batch that also held new events) was applied
+    // when first stored.
+    let held: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM captures WHERE device_id = ? AND seq = ?")
+            .bind(device.as_str())
+            .bind(seq as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if held.is_some() {
+        return Ok(());
+    }
+    let site: i64 = sqlx::query_scalar("SELECT site_id FROM devices WHERE id = ?")
+        .bind(device.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    let open: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT id, severity FROM incidents WHERE device_id = ? AND account = ? AND category = ? \
+         AND status = 'open' AND last_at >= ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(device.as_str())
+    .bind(&capture.account)
+    .bind(&capture.category)
+    .bind(millis(occurred_at - INCIDENT_WINDOW))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let severity = i64::from(capture.severity);
+    let (incident, became_severe) = match open {
+        Some((id, before)) => {
+            sqlx::query(
+                "UPDATE incidents SET severity = max(severity, ?), last_at = max(last_at, ?), \
+                 capture_count = capture_count + 1 WHERE id = ?",
+            )
+            .bind(severity)
+            .bind(millis(occurred_at))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            (id, before < 4 && severity >= 4)
+        }
+        None => {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO incidents (site_id, device_id, account, category, severity, opened_at, last_at, capture_count) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 1) RETURNING id",
+            )
+            .bind(site)
+            .bind(device.as_str())
+            .bind(&capture.account)
+            .bind(&capture.category)
+            .bind(severity)
+            .bind(millis(occurred_at))
+            .bind(millis(occurred_at))
+            .fetch_one(&mut *tx)
+            .await?;
+            (id, severity >= 4)
+        }
+    };
+    sqlx::query(
+        "INSERT INTO captures (incident_id, device_id, seq, occurred_at, rule_id, category, severity, matched_text, \
+         window_title, process_name, account, image_sha256, image_status, no_image_reason, repeat_count) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(incident)
+    .bind(device.as_str())
+    .bind(seq as i64)
+    .bind(millis(occurred_at))
+    .bind(&capture.rule_id)
+    .bind(&capture.category)
+    .bind(severity)
+    .bind(&capture.matched_text)
+    .bind(&capture.window_title)
+    .bind(&capture.process_name)
+    .bind(&capture.account)
+    .bind(&capture.image_sha256)
+    .bind(&capture.image_status)
+    .bind(&capture.no_image_reason)
+    .bind(i64::from(capture.repeat_count))
+    .execute(&mut *tx)
+    .await?;
+    if became_severe {
+        // Category and severity only: no matched text, no account.
+        sqlx::query(
+            "INSERT INTO notification_events (site_id, kind, device_id, severity, summary, at) VALUES (?, 'capture_severe', ?, ?, ?, ?)",
+        )
+        .bind(site)
+        .bind(device.as_str())
+        .bind(severity)
+        .bind(format!("incident #{incident}: {}", capture.category))
+        .bind(millis(at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+const INCIDENT_SELECT: &str = "SELECT i.*, s.name AS site, d.hostname FROM incidents i \
+     JOIN sites s ON s.id = i.site_id JOIN devices d ON d.id = i.device_id";
+
+fn incident_from_row(r: &SqliteRow) -> Result<IncidentRecord> {
+    Ok(IncidentRecord {
+        id: r.try_get("id")?,
+        site: r.try_get("site")?,
+        device_id: DeviceId::from_string(r.try_get::<String, _>("device_id")?),
+        hostname: r.try_get("hostname")?,
+        account: r.try_get("account")?,
+        category: r.try_get("category")?,
+        severity: r.try_get("severity")?,
+        status: r.try_get("status")?,
+        opened_at: instant(r.try_get("opened_at")?)?,
+        last_at: instant(r.try_get("last_at")?)?,
+        capture_count: r.try_get("capture_count")?,
+    })
+}
+
+pub(super) async fn list(
+    store: &SqliteStore,
+    filter: &DeviceFilter,
+    status: Option<&str>,
+) -> Result<Vec<IncidentRecord>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.site_id = ?1) AND (?2 IS NULL OR i.device_id = ?2) \
+         AND (?3 IS NULL OR i.status = ?3) ORDER BY i.severity DESC, i.last_at DESC"
+    )))
+    .bind(filter.site.map(|s| s.0))
+    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(status)
+    .fetch_all(&store.reader)
+    .await?;
+    rows.iter().map(incident_from_row).collect()
+}
+
+pub(super) async fn show(
+    store: &SqliteStore,
+    id: i64,
+) -> Result<Option<(IncidentRecord, Vec<CaptureRow>, SiteId)>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{INCIDENT_SELECT} WHERE i.id = ?"
+    )))
+    .bind(id)
+    .fetch_optional(&store.reader)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let incident = incident_from_row(&row)?;
+    let site = SiteId(row.try_get("site_id")?);
+    let rows = sqlx::query("SELECT * FROM captures WHERE incident_id = ? ORDER BY occurred_at, id")
+        .bind(id)
+        .fetch_all(&store.reader)
+        .await?;
+    let captures = rows
+        .iter()
+        .map(|r| {
+            Ok(CaptureRow {
+                id: r.try_get("id")?,
+                seq: r.try_get("seq")?,
+                occurred_at: instant(r.try_get("occurred_at")?)?,
+                rule_id: r.try_get("rule_id")?,
+                category: r.try_get("category")?,
+                severity: r.try_get("severity")?,
+                matched_text: r.try_get("matched_text")?,
+                window_title: r.try_get("window_title")?,
+                process_name: r.try_get("process_name")?,
+                account: r.try_get("account")?,
+                image_sha256: r.try_get("image_sha256")?,
+                image_status: r.try_get("image_status")?,
+                no_image_reason: r.try_get("no_image_reason")?,
+                repeat_count: r.try_get("repeat_count")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((incident, captures, site)))
+}
+
+pub(super) async fn close(
+    store: &SqliteStore,
+    id: i64,
+    reason: &str,
+    at: Timestamp,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE incidents SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
+    )
+    .bind(millis(at))
+    .bind(reason)
+    .bind(id)
+    .execute(&store.writer)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

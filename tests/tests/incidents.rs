@@ -1,0 +1,275 @@
+//! Captures arriving at the collector: image hashes verified, evidence
+//! encrypted at rest, incidents per (device, account, category), severe
+//! ones told to the head teacher and DSL without details, evidence export.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::{Agent, CollectorData, Process, Value, text, wait_for};
+use hallmonitor_proto::v1;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    })
+}
+
+fn capture(
+    category: &str,
+    severity: u32,
+    matched: &str,
+    image: &[u8],
+    declared: Option<String>,
+) -> v1::event::Body {
+    v1::event::Body::Capture(v1::Capture {
+        rule_id: format!("{category}-1"),
+        category: category.into(),
+        severity,
+        matched_text: matched.into(),
+        window_title: format!("{matched} - Chromium"),
+        process_name: "chromium".into(),
+        pid: 4242,
+        account: "pupil.surname7".into(),
+        image_sha256: declared.unwrap_or_else(|| sha256_hex(image)),
+        image_png: image.to_vec(),
+        ..Default::default()
+    })
+}
+
+fn queue(agent_data: &Path, bodies: Vec<v1::event::Body>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            std::fs::create_dir_all(agent_data).unwrap();
+            let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES).await.unwrap();
+            let now = jiff::Timestamp::now();
+            outbox
+                .append_all(bodies.into_iter().map(|b| (now, b)).collect())
+                .await
+                .unwrap();
+            outbox.close().await;
+        });
+}
+
+#[test]
+fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
+    let data = CollectorData::init("Cabot");
+    let root = tempfile::tempdir().unwrap();
+    let smtp_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = data.data.join("collector.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen("host = \"\"", "host = \"127.0.0.1\"", 1)
+        .replacen("port = 587", &format!("port = {smtp_port}"), 1)
+        .replacen("security = \"starttls\"", "security = \"none\"", 1);
+    std::fs::write(&path, toml).unwrap();
+    let maildir = root.path().join("maildir");
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut command = std::process::Command::new(python);
+    command
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{smtp_port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(&maildir);
+    let mut smtp = Process::spawn("smtp", command, &data.logs());
+    wait_for("the SMTP server", WAIT, || {
+        assert!(
+            smtp.has_exited().is_none(),
+            "aiosmtpd: {}",
+            smtp.stderr_text()
+        );
+        std::net::TcpStream::connect(("127.0.0.1", smtp_port)).ok()
+    });
+    let collector = data.start();
+    for (role, email) in [
+        ("head_teacher", "head@cabot.sch.uk"),
+        ("dsl", "dsl@cabot.sch.uk"),
+    ] {
+        let added = data.cli(&[
+            "recipients",
+            "add",
+            "--site",
+            "Cabot",
+            "--role",
+            role,
+            "--email",
+            email,
+        ]);
+        assert!(added.status.success(), "{}", text(&added.stderr));
+    }
+
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-incident-1"));
+    let id = agent.enroll();
+    let image = b"\x89PNG\r\n\x1a\n pretend screen pixels ".repeat(400);
+    let second = b"\x89PNG\r\n\x1a\n another screen ".repeat(300);
+    queue(
+        &agent.data,
+        vec![
+            capture("self-harm", 5, "kill myself", &image, None),
+            capture("self-harm", 4, "self harm", &second, None),
+            capture("self-harm", 5, "kill myself", &image, Some("0".repeat(64))),
+            capture("drugs", 2, "buy weed", b"", None),
+        ],
+    );
+    let _daemon = agent.start();
+    let incidents = wait_for("two incidents", WAIT, || {
+        let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+        let incidents = list["incidents"].as_array()?.clone();
+        (incidents.len() == 2 && incidents[0]["capture_count"] == 3).then_some(incidents)
+    });
+    let severe = &incidents[0];
+    assert_eq!(severe["category"], "self-harm");
+    assert_eq!(severe["severity"], 5);
+    assert_eq!(incidents[1]["category"], "drugs");
+    let incident_id = severe["id"].to_string();
+
+    // The head teacher and the DSL are told once each, without details.
+    let mails = wait_for("the two alerts", WAIT, || {
+        let entries: Vec<String> = std::fs::read_dir(maildir.join("new"))
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        (entries.len() == 2).then_some(entries)
+    });
+    for mail in &mails {
+        assert!(mail.contains("severity 5 capture"), "{mail}");
+        assert!(mail.contains(&id), "{mail}");
+        for secret in ["kill myself", "pupil.surname7", "Chromium"] {
+            assert!(
+                !mail.contains(secret),
+                "'{secret}' must not be in an alert: {mail}"
+            );
+        }
+    }
+    assert!(mails.iter().any(|m| m.contains("To: head@cabot.sch.uk")));
+    assert!(mails.iter().any(|m| m.contains("To: dsl@cabot.sch.uk")));
+
+    // Evidence is encrypted at rest; the mismatched image was not kept.
+    let hash = sha256_hex(&image);
+    let stored = std::fs::read(data.data.join("evidence").join(&hash[..2]).join(&hash)).unwrap();
+    assert!(
+        !stored.windows(20).any(|w| w == &image[..20]),
+        "encrypted at rest"
+    );
+    let show = json(&data.cli(&[
+        "incidents",
+        "show",
+        &incident_id,
+        "--format",
+        "json",
+        "--by",
+        "dsl.jones",
+    ]));
+    let statuses: Vec<&str> = show["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image_status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["verified", "verified", "hash_mismatch"]);
+
+    // Export for CEOP: images identical to what the device captured, sums
+    // that verify, metadata with the evidence.
+    let out = root.path().join("export");
+    let export = data.cli(&[
+        "incidents",
+        "export",
+        &incident_id,
+        "--out",
+        out.to_str().unwrap(),
+        "--by",
+        "dsl.jones",
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let folder = out.join(format!("incident-{incident_id}"));
+    assert_eq!(
+        std::fs::read(folder.join(format!("images/{hash}.png"))).unwrap(),
+        image
+    );
+    let sums = std::fs::read_to_string(folder.join("SHA256SUMS")).unwrap();
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").unwrap();
+        assert_eq!(
+            sha256_hex(&std::fs::read(folder.join(name)).unwrap()),
+            sum,
+            "{name}"
+        );
+    }
+    let metadata: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(metadata["captures"][0]["matched_text"], "kill myself");
+    assert_eq!(metadata["exported_by"], "cli:dsl.jones");
+    let again = data.cli(&[
+        "incidents",
+        "export",
+        &incident_id,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an export is never overwritten"
+    );
+
+    // Every look was audited.
+    let audited = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(data.data.join("collector.db")),
+            )
+            .await
+            .unwrap();
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT actor, action FROM audit_log WHERE target = ? ORDER BY id")
+                    .bind(format!("incident {incident_id}"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            pool.close().await;
+            rows
+        });
+    assert_eq!(
+        audited,
+        [
+            ("cli:dsl.jones".to_string(), "incident_viewed".to_string()),
+            ("cli:dsl.jones".into(), "incident_exported".into()),
+        ]
+    );
+    smtp.stop();
+}
