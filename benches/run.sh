@@ -5,8 +5,10 @@
 #      against a release collector on SQLite, on loopback;
 #   2. agent outbox append/acknowledge throughput (`outbox bench`);
 #   3. agent RSS idle, and while draining a 100,000-event backlog;
-#   4. the device-activity rule (`rules`).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules]...   (default: all)
+#   4. the device-activity rule (`rules`);
+#   5. alert latency: a severity-5 capture to the SMTP server (`alerts`;
+#      needs Debian's python3-aiosmtpd).
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +67,35 @@ bench_outbox() {
     "$bin/outbox" bench --events 100000
 }
 
+bench_alerts() {
+    echo "== alert latency (capture → SMTP, aiosmtpd on loopback)"
+    rm -rf "$work/collector" "$work/maildir"
+    local smtp_port
+    smtp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$smtp_port" -c aiosmtpd.handlers.Mailbox "$work/maildir" &
+    pids+=($!)
+    local smtp_pid=$!
+    for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$smtp_port") 2>/dev/null && break; sleep 0.05; done
+    "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
+        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$work/init.txt"
+    sed -i -e 's/^host = ""/host = "127.0.0.1"/' -e "s/^port = 587/port = $smtp_port/" \
+        -e 's/^security = "starttls"/security = "none"/' "$work/collector/collector.toml"
+    "$bin/hallmonitor-collector" --data "$work/collector" recipients add --site Bench \
+        --role head_teacher --email head@bench.example > /dev/null
+    SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
+    FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
+    HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
+    pids+=($!)
+    local collector_pid=$!
+    for _ in $(seq 200); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+    line=$(grep listening "$work/serve.out")
+    "$bin/alert_latency" --enroll "localhost:$(sed 's/.*enroll=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")" \
+        --telemetry "localhost:$(sed 's/.*telemetry=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")" \
+        --ca-fingerprint "$FINGERPRINT" --secret "$SECRET" --site Bench --maildir "$work/maildir" --captures 100
+    kill "$collector_pid" "$smtp_pid"
+    wait "$collector_pid" "$smtp_pid" 2>/dev/null || true
+}
+
 bench_rules() {
     echo "== device-activity rule"
     "$bin/rules"
@@ -116,5 +147,5 @@ EOF
 }
 
 what=("$@")
-((${#what[@]})) || what=(ingest outbox rss rules)
+((${#what[@]})) || what=(ingest outbox rss rules alerts)
 for w in "${what[@]}"; do "bench_$w"; done

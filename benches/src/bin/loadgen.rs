@@ -26,12 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hallmonitor_agent::config::AgentConfig;
-use hallmonitor_agent::enroll::{self, Identity};
-use hallmonitor_agent::tls;
+use hallmonitor_benches::{OpenStream, Target, connect, enroll_agents};
 use hallmonitor_proto::v1;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Simulated agents streaming to a collector over gRPC/mTLS")]
@@ -91,7 +87,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let identities = enroll_all(&args, &work).await?;
+    let target = Target {
+        enroll: args.enroll.clone(),
+        telemetry: args.telemetry.clone(),
+        ca_fingerprint: args.ca_fingerprint.clone(),
+        secret: args.secret.clone(),
+        site: args.site.clone(),
+    };
+    let identities = enroll_agents(
+        &target,
+        &args.machine_prefix,
+        args.agents,
+        args.enroll_concurrency,
+        &work,
+    )
+    .await?;
     let enrol_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "loadgen: enrolled {} agents in {enrol_secs:.1} s",
@@ -102,7 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // handshakes.
     let mut streams = Vec::with_capacity(identities.len());
     for identity in identities {
-        streams.push(connect(&args, identity).await?);
+        streams.push(connect(&args.telemetry, identity, args.window).await?);
     }
     eprintln!("loadgen: {} streams open; sending", streams.len());
 
@@ -155,81 +165,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         duplicates.load(Ordering::Relaxed)
     );
     Ok(())
-}
-
-async fn enroll_all(args: &Args, work: &std::path::Path) -> anyhow::Result<Vec<Identity>> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(args.enroll_concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for n in 0..args.agents {
-        let machine_id = format!("{}-{n:06}", args.machine_prefix);
-        let config = AgentConfig {
-            collector: args.telemetry.clone(),
-            enroll_address: args.enroll.clone(),
-            ca_fingerprint: args.ca_fingerprint.clone(),
-            site: args.site.clone(),
-            enrollment_secret: args.secret.clone(),
-            data_dir: work.join(&machine_id),
-            machine_id: machine_id.clone(),
-            ..AgentConfig::default()
-        };
-        let permits = permits.clone();
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            if let Some(identity) = Identity::load(&config.data_dir)? {
-                return Ok(identity);
-            }
-            let facts = v1::DeviceFacts {
-                hostname: machine_id.clone(),
-                machine_id: machine_id.clone(),
-                os_name: "Loadgen".into(),
-                agent_version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            };
-            enroll::enroll(&config, facts)
-                .await
-                .with_context(|| format!("enrolling {machine_id}"))
-        });
-    }
-    let mut identities = Vec::with_capacity(args.agents);
-    while let Some(result) = tasks.join_next().await {
-        identities.push(result.context("enrol task")??);
-    }
-    Ok(identities)
-}
-
-struct OpenStream {
-    tx: mpsc::Sender<v1::AgentMessage>,
-    inbound: tonic::Streaming<v1::CollectorMessage>,
-    next_seq: u64,
-}
-
-async fn connect(args: &Args, identity: Identity) -> anyhow::Result<OpenStream> {
-    let config = tls::mutual_tls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
-    let channel = tls::connect(&args.telemetry, config, Duration::from_secs(10)).await?;
-    let mut client = v1::telemetry_client::TelemetryClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
-    let (tx, rx) = mpsc::channel(args.window + 2);
-    tx.send(v1::AgentMessage {
-        body: Some(v1::agent_message::Body::Hello(v1::AgentHello {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            heartbeat_interval_secs: 60,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    let Some(v1::CollectorMessage {
-        body: Some(v1::collector_message::Body::Hello(hello)),
-    }) = inbound.message().await?
-    else {
-        bail!("{}: no hello from the collector", identity.device_id);
-    };
-    Ok(OpenStream {
-        tx,
-        inbound,
-        next_seq: hello.last_committed_seq + 1,
-    })
 }
 
 async fn send_all(
