@@ -8,7 +8,8 @@
 #   4. the device-activity rule (`rules`);
 #   5. alert latency: a severity-5 capture to the SMTP server (`alerts`;
 #      needs Debian's python3-aiosmtpd).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts]...   (default: all)
+#   6. matching titles against a 10,000-phrase policy (`policy`).
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,6 +97,12 @@ bench_alerts() {
     wait "$collector_pid" "$smtp_pid" 2>/dev/null || true
 }
 
+bench_policy() {
+    echo "== suspicious-activity policy matching"
+    "$bin/policy"
+    "$bin/policy" --overlap 100 | tail -1
+}
+
 bench_rules() {
     echo "== device-activity rule"
     "$bin/rules"
@@ -147,5 +154,5 @@ EOF
 }
 
 what=("$@")
-((${#what[@]})) || what=(ingest outbox rss rules alerts)
+((${#what[@]})) || what=(ingest outbox rss rules alerts policy)
 for w in "${what[@]}"; do "bench_$w"; done

@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod enroll;
 pub mod facts;
 pub mod outbox;
+pub mod policy;
 pub mod sessions;
 pub mod status;
 pub mod stream;
