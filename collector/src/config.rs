@@ -28,7 +28,29 @@ pub struct CollectorConfig {
     pub activity: ActivitySettings,
     pub mfa: MfaSettings,
     pub notifications: NotificationSettings,
+    pub captures: CaptureSettings,
     pub sites: BTreeMap<String, SiteSettings>,
+}
+
+/// `[captures]`: incidents and evidence retention.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSettings {
+    /// Captures of one category on one device by one account within this
+    /// many hours of the last one join the same incident.
+    pub incident_window_hours: u32,
+    /// Images and capture events older than this are purged unless their
+    /// incident is still open.
+    pub retention_days: u32,
+}
+
+impl Default for CaptureSettings {
+    fn default() -> Self {
+        CaptureSettings {
+            incident_window_hours: 24,
+            retention_days: 90,
+        }
+    }
 }
 
 /// `[notifications]`: who is told what, when and how.
@@ -300,6 +322,7 @@ impl Default for CollectorConfig {
             activity: ActivitySettings::default(),
             mfa: MfaSettings::default(),
             notifications: NotificationSettings::default(),
+            captures: CaptureSettings::default(),
             sites: BTreeMap::new(),
         }
     }
@@ -355,6 +378,11 @@ impl CollectorConfig {
         if config.mfa.validity_days == 0 || config.mfa.reminder_days >= config.mfa.validity_days {
             return Err(invalid(
                 "mfa: validity_days must be at least 1 and more than reminder_days",
+            ));
+        }
+        if config.captures.incident_window_hours == 0 || config.captures.retention_days == 0 {
+            return Err(invalid(
+                "captures: incident_window_hours and retention_days must be at least 1",
             ));
         }
         let n = &config.notifications;

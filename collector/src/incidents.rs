@@ -3,7 +3,8 @@
 //! "Record details in incident log … Secure and keep all evidence."
 //!
 //! A capture joins the open incident for (device, account, category) when
-//! that incident's last capture is within `INCIDENT_WINDOW`; otherwise it
+//! that incident's last capture is within the incident window
+//! (`[captures] incident_window_hours`, default 24); otherwise it
 //! opens a new one. Opening an incident of severity 4–5, or raising one to
 //! 4–5, queues a `capture_severe` notification (which carries no matched
 //! text and no names).
@@ -13,8 +14,35 @@ use serde::Serialize;
 
 use crate::model::DeviceId;
 
-/// How close together captures must be to share an incident.
-pub const INCIDENT_WINDOW: SignedDuration = SignedDuration::from_hours(24);
+/// How close together captures must be to share an incident, unless
+/// configured.
+pub const DEFAULT_INCIDENT_WINDOW: SignedDuration = SignedDuration::from_hours(24);
+
+/// Purges captures older than the retention period whose incident is
+/// closed: their rows, the content of their capture events and (when no
+/// other capture uses them) their images. Returns how many captures went.
+pub async fn purge_expired(
+    store: &dyn crate::store::Store,
+    evidence: &crate::evidence::EvidenceStore,
+    retention: SignedDuration,
+    now: Timestamp,
+) -> anyhow::Result<u64> {
+    let before = now - retention;
+    let expired = store.expired_captures(before).await?;
+    if expired.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
+    let purged = store.purge_captures(&ids, before).await?;
+    // Images after the rows, so a crash leaves at worst an unreferenced
+    // encrypted file, never a capture without its image.
+    for (_, sha) in expired.iter().filter(|(_, sha)| !sha.is_empty()) {
+        if !store.image_in_use(sha).await? {
+            evidence.remove(sha)?;
+        }
+    }
+    Ok(purged)
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct IncidentRecord {

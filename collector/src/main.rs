@@ -226,6 +226,13 @@ enum IncidentsCommand {
         #[arg(long, env = "HALLMONITOR_ACTOR")]
         by: Option<String>,
     },
+    /// Purge evidence past `[captures] retention_days` now (the collector
+    /// also does it daily): captures of closed incidents, their images and
+    /// the content of their events.
+    Purge {
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -730,6 +737,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                     println!("Closed incident {id}.");
+                }
+                IncidentsCommand::Purge { by } => {
+                    let config = CollectorConfig::load(&data)?;
+                    let evidence = hallmonitor_collector::evidence::EvidenceStore::open(&data)?;
+                    let retention = jiff::SignedDuration::from_hours(
+                        24 * i64::from(config.captures.retention_days),
+                    );
+                    let purged = hallmonitor_collector::incidents::purge_expired(
+                        &store, &evidence, retention, now,
+                    )
+                    .await?;
+                    audit(
+                        format!("cli:{}", by.unwrap_or_else(os_user)),
+                        "evidence_purged",
+                        0,
+                        format!("{purged} captures"),
+                    )
+                    .await?;
+                    println!(
+                        "Purged {purged} capture(s) older than {} days from closed incidents.",
+                        config.captures.retention_days
+                    );
                 }
             }
         }

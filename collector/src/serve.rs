@@ -39,7 +39,12 @@ pub async fn serve(
     config.enroll_listen = overrides.enroll_listen.unwrap_or(config.enroll_listen);
     config.api_listen = overrides.api_listen.unwrap_or(config.api_listen);
 
-    let store = crate::open_store(data).await?;
+    let store =
+        crate::open_store(data)
+            .await?
+            .with_incident_window(jiff::SignedDuration::from_hours(i64::from(
+                config.captures.incident_window_hours,
+            )));
     let paths = PkiPaths::in_data_dir(data);
     let ca = Arc::new(CertificateAuthority::load(&paths)?);
     let identity = Identity::from_pem(read(&paths.server_cert)?, read(&paths.server_key)?);
@@ -89,6 +94,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let evidence = Arc::new(crate::evidence::EvidenceStore::open(data)?);
+    let retention = tokio::spawn(retention_loop(
+        store.clone(),
+        evidence.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     let telemetry = TelemetryService {
         store: store.clone(),
         config: config.clone(),
@@ -145,6 +156,7 @@ pub async fn serve(
     rules.abort();
     api.abort();
     notifier.abort();
+    retention.abort();
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())
@@ -197,6 +209,31 @@ async fn rules_loop(
         }
         if let Err(e) = dispatch_commands(&*store, &streams).await {
             tracing::error!(error = %e, "dispatching commands failed");
+        }
+    }
+}
+
+/// Purges expired evidence at start and then daily.
+async fn retention_loop(
+    store: Arc<dyn Store>,
+    evidence: Arc<crate::evidence::EvidenceStore>,
+    config: Arc<CollectorConfig>,
+    shutdown: CancellationToken,
+) {
+    let retention =
+        jiff::SignedDuration::from_hours(24 * i64::from(config.captures.retention_days));
+    let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        tokio::select! {
+            _ = daily.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match crate::incidents::purge_expired(&*store, &evidence, retention, jiff::Timestamp::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(captures = n, "expired evidence purged"),
+            Err(e) => tracing::error!(error = %e, "purging expired evidence failed"),
         }
     }
 }

@@ -271,5 +271,84 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
             ("cli:dsl.jones".into(), "incident_exported".into()),
         ]
     );
+
+    // Retention: once the incident is closed and its captures are older
+    // than 90 days, they, their images and their events' content go; an
+    // open incident's captures stay however old.
+    let closed = data.cli(&[
+        "incidents",
+        "close",
+        &incident_id,
+        "--reason",
+        "referred to CEOP",
+        "--by",
+        "dsl.jones",
+    ]);
+    assert!(closed.status.success(), "{}", text(&closed.stderr));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = |sql: &'static str| {
+        runtime.block_on(async {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(data.data.join("collector.db")),
+            )
+            .await
+            .unwrap();
+            let old = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 100))
+                .as_millisecond();
+            let n = sqlx::query(sql)
+                .bind(old)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected();
+            pool.close().await;
+            n
+        })
+    };
+    assert_eq!(
+        db("UPDATE captures SET occurred_at = ?"),
+        4,
+        "every capture made old"
+    );
+    let purge = data.cli(&["incidents", "purge"]);
+    assert!(purge.status.success(), "{}", text(&purge.stderr));
+    assert!(
+        text(&purge.stdout).contains("Purged 3 capture(s)"),
+        "{}",
+        text(&purge.stdout)
+    );
+    assert!(
+        !data
+            .data
+            .join("evidence")
+            .join(&hash[..2])
+            .join(&hash)
+            .exists(),
+        "image removed"
+    );
+    let show = json(&data.cli(&["incidents", "show", &incident_id, "--format", "json"]));
+    assert_eq!(show["captures"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        show["incident"]["status"], "closed",
+        "the incident log stays"
+    );
+    assert_eq!(
+        db(
+            "UPDATE events SET seq = seq WHERE kind = 'capture' AND body LIKE '%kill myself%' AND received_at > ?"
+        ),
+        0,
+        "event content purged"
+    );
+    let open = json(&data.cli(&["incidents", "list", "--status", "open", "--format", "json"]));
+    let open_id = open["incidents"][0]["id"].to_string();
+    let kept = json(&data.cli(&["incidents", "show", &open_id, "--format", "json"]));
+    assert_eq!(
+        kept["captures"].as_array().unwrap().len(),
+        1,
+        "the open incident keeps its capture"
+    );
     smtp.stop();
 }

@@ -497,6 +497,13 @@ pub trait Store: Send + Sync + 'static {
         )>,
     >;
     async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool>;
+    /// (capture id, image hash) of captures older than `before` whose
+    /// incident is closed.
+    async fn expired_captures(&self, before: Timestamp) -> Result<Vec<(i64, String)>>;
+    /// Deletes those captures and empties their capture events, in one
+    /// transaction.
+    async fn purge_captures(&self, ids: &[i64], before: Timestamp) -> Result<u64>;
+    async fn image_in_use(&self, sha256: &str) -> Result<bool>;
 
     // commands
     /// Commands of a device the agent has not reported on yet.

@@ -5,7 +5,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, instant, millis};
-use crate::incidents::{CaptureRow, INCIDENT_WINDOW, IncidentRecord};
+use crate::incidents::{CaptureRow, IncidentRecord};
 use crate::model::{CaptureRecord, DeviceId, SiteId};
 use crate::store::{DeviceFilter, Result};
 
@@ -14,6 +14,7 @@ use crate::store::{DeviceFilter, Result};
 /// becomes severe.
 pub(super) async fn record_capture(
     tx: &mut SqliteConnection,
+    window: jiff::SignedDuration,
     device: &DeviceId,
     seq: u64,
     occurred_at: Timestamp,
@@ -42,7 +43,7 @@ pub(super) async fn record_capture(
     .bind(device.as_str())
     .bind(&capture.account)
     .bind(&capture.category)
-    .bind(millis(occurred_at - INCIDENT_WINDOW))
+    .bind(millis(occurred_at - window))
     .fetch_optional(&mut *tx)
     .await?;
     let severity = i64::from(capture.severity);
@@ -206,4 +207,52 @@ pub(super) async fn close(
     .execute(&store.writer)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+pub(super) async fn expired(store: &SqliteStore, before: Timestamp) -> Result<Vec<(i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT c.id, c.image_sha256 FROM captures c JOIN incidents i ON i.id = c.incident_id \
+         WHERE c.occurred_at < ? AND i.status = 'closed' ORDER BY c.id",
+    )
+    .bind(millis(before))
+    .fetch_all(&store.reader)
+    .await?)
+}
+
+pub(super) async fn purge(store: &SqliteStore, ids: &[i64], before: Timestamp) -> Result<u64> {
+    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut purged = 0;
+    for id in ids {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "DELETE FROM captures WHERE id = ? AND occurred_at < ? RETURNING device_id, seq",
+        )
+        .bind(id)
+        .bind(millis(before))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((device, seq)) = row {
+            // The event row stays (it is the record that this sequence
+            // number arrived); what it said goes.
+            sqlx::query(
+                "UPDATE events SET body = '{\"kind\":\"capture\",\"purged\":true}' \
+                 WHERE device_id = ? AND seq = ? AND kind = 'capture'",
+            )
+            .bind(device)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+            purged += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(purged)
+}
+
+pub(super) async fn image_in_use(store: &SqliteStore, sha256: &str) -> Result<bool> {
+    let used: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM captures WHERE image_sha256 = ? LIMIT 1")
+            .bind(sha256)
+            .fetch_optional(&store.writer)
+            .await?;
+    Ok(used.is_some())
 }

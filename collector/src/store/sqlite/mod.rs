@@ -42,6 +42,8 @@ const INSERT_CHUNK: usize = 500;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// How close captures must be to join an incident.
+    incident_window: jiff::SignedDuration,
 }
 
 impl SqliteStore {
@@ -66,7 +68,16 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            incident_window: crate::incidents::DEFAULT_INCIDENT_WINDOW,
+        })
+    }
+
+    pub fn with_incident_window(mut self, window: jiff::SignedDuration) -> Self {
+        self.incident_window = window;
+        self
     }
 
     pub async fn close(&self) {
@@ -389,6 +400,7 @@ impl Store for SqliteStore {
                     EventBody::Capture(capture) => {
                         incidents::record_capture(
                             &mut tx,
+                            self.incident_window,
                             device,
                             event.seq.0,
                             event.occurred_at,
@@ -821,6 +833,18 @@ impl Store for SqliteStore {
 
     async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool> {
         incidents::close(self, id, reason, at).await
+    }
+
+    async fn expired_captures(&self, before: Timestamp) -> Result<Vec<(i64, String)>> {
+        incidents::expired(self, before).await
+    }
+
+    async fn purge_captures(&self, ids: &[i64], before: Timestamp) -> Result<u64> {
+        incidents::purge(self, ids, before).await
+    }
+
+    async fn image_in_use(&self, sha256: &str) -> Result<bool> {
+        incidents::image_in_use(self, sha256).await
     }
 
     async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
