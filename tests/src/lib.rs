@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod fixtures;
+
 /// Directory holding the built binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

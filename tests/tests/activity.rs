@@ -2,61 +2,13 @@
 //! loopback, sessions read by the agent from a utmp file, flags driven
 //! through the CLI, the disable command carried out by the agent.
 
-use std::path::Path;
 use std::time::Duration;
 
-use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::fixtures::*;
 use hallmonitor_e2e::{Agent, CollectorData, Value, text, wait_for};
 use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Moves a device's enrolment into the past, as if it had been enrolled
-/// `days` ago (the fixture for "a device enrolled long ago").
-fn enrolled_days_ago(data: &CollectorData, device: &str, days: i64) {
-    runtime().block_on(async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(data.data.join("collector.db"))
-            .busy_timeout(Duration::from_secs(10));
-        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
-        sqlx::query("UPDATE devices SET enrolled_at = ? WHERE id = ?")
-            .bind(at.as_millisecond())
-            .bind(device)
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-    });
-}
-
-/// A utmp record as glibc writes it (see agent/src/sessions.rs).
-fn utmp_record(line: &str, user: &str, host: &str, seconds: i64) -> Vec<u8> {
-    let mut r = vec![0u8; 384];
-    r[0..2].copy_from_slice(&7i16.to_ne_bytes());
-    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
-    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
-    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
-    r[340..344].copy_from_slice(&(seconds as i32).to_ne_bytes());
-    r
-}
-
-fn json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            text(&output.stdout),
-            text(&output.stderr)
-        )
-    })
-}
 
 fn flags_of(data: &CollectorData, device: &str) -> Vec<Value> {
     let output = data.cli(&["flags", "list", "--device", device, "--format", "json"]);
@@ -265,19 +217,6 @@ fn session(id: &str, account: &str, uid: u32, start: (i64, i64), minutes: i64) -
     })
 }
 
-fn queue(agent_data: &Path, bodies: Vec<v1::event::Body>) {
-    runtime().block_on(async {
-        std::fs::create_dir_all(agent_data).unwrap();
-        let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES).await.unwrap();
-        let now = jiff::Timestamp::now();
-        outbox
-            .append_all(bodies.into_iter().map(|b| (now, b)).collect())
-            .await
-            .unwrap();
-        outbox.close().await;
-    });
-}
-
 #[test]
 fn sessions_queued_offline_for_weeks_count_on_the_days_they_happened() {
     let data = collector_for_rules();
@@ -297,7 +236,7 @@ fn sessions_queued_offline_for_weeks_count_on_the_days_they_happened() {
 
     // Three weeks away: sessions made then reach the collector only now.
     // Two accounts overlap (counted once); a system account does not count.
-    queue(
+    queue_now(
         &agent.data,
         vec![
             session("s1", "pupil1", 1001, (20, 9), 40),

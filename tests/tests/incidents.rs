@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::fixtures::*;
 use hallmonitor_e2e::{Agent, CollectorData, Process, Value, text, wait_for};
 use hallmonitor_proto::v1;
 
@@ -18,16 +18,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            text(&output.stdout),
-            text(&output.stderr)
-        )
-    })
 }
 
 fn capture(
@@ -50,23 +40,6 @@ fn capture(
         image_png: image.to_vec(),
         ..Default::default()
     })
-}
-
-fn queue(agent_data: &Path, bodies: Vec<v1::event::Body>) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            std::fs::create_dir_all(agent_data).unwrap();
-            let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES).await.unwrap();
-            let now = jiff::Timestamp::now();
-            outbox
-                .append_all(bodies.into_iter().map(|b| (now, b)).collect())
-                .await
-                .unwrap();
-            outbox.close().await;
-        });
 }
 
 #[test]
@@ -134,7 +107,7 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
     let id = agent.enroll();
     let image = b"\x89PNG\r\n\x1a\n pretend screen pixels ".repeat(400);
     let second = b"\x89PNG\r\n\x1a\n another screen ".repeat(300);
-    queue(
+    queue_now(
         &agent.data,
         vec![
             capture("self-harm", 5, "kill myself", &image, None),

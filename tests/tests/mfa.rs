@@ -2,31 +2,13 @@
 //! a directory and sign-in logs imported through the CLI, two-step
 //! sign-ins reported by an agent.
 
-use std::path::Path;
 use std::time::Duration;
 
-use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::fixtures::*;
 use hallmonitor_e2e::{Agent, CollectorData, Value, text, wait_for};
 use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            text(&output.stdout),
-            text(&output.stderr)
-        )
-    })
-}
 
 fn ago(days: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days)
@@ -52,15 +34,6 @@ fn session(id: &str, account: &str, uid: u32, days_ago: i64) -> v1::event::Body 
         active_secs: 7200,
         ..Default::default()
     })
-}
-
-fn queue(agent_data: &Path, bodies: Vec<(jiff::Timestamp, v1::event::Body)>) {
-    runtime().block_on(async {
-        std::fs::create_dir_all(agent_data).unwrap();
-        let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES).await.unwrap();
-        outbox.append_all(bodies).await.unwrap();
-        outbox.close().await;
-    });
 }
 
 fn pairs(data: &CollectorData) -> Vec<Value> {
@@ -453,16 +426,6 @@ fn identity_providers_post_completions_with_a_site_token() {
             .success()
     );
     assert_eq!(post(&data, collector.api, &token, &body).0, 401, "revoked");
-}
-
-fn utmp_record(line: &str, user: &str, host: &str, seconds: i64) -> Vec<u8> {
-    let mut r = vec![0u8; 384];
-    r[0..2].copy_from_slice(&7i16.to_ne_bytes());
-    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
-    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
-    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
-    r[340..344].copy_from_slice(&(seconds as i32).to_ne_bytes());
-    r
 }
 
 #[test]

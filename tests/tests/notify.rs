@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_e2e::fixtures::*;
 use hallmonitor_e2e::{Agent, CollectorData, Process, Value, text, wait_for};
 use hallmonitor_proto::v1;
 
@@ -142,16 +142,6 @@ fn start_receiver(secret: &'static str) -> Receiver {
     Receiver { addr, received }
 }
 
-fn json(output: &std::process::Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            text(&output.stdout),
-            text(&output.stderr)
-        )
-    })
-}
-
 fn edit_config(data: &CollectorData, edits: &[(&str, String)]) {
     let path = data.data.join("collector.toml");
     let mut toml = std::fs::read_to_string(&path).unwrap();
@@ -160,27 +150,6 @@ fn edit_config(data: &CollectorData, edits: &[(&str, String)]) {
         toml = toml.replacen(old, new, 1);
     }
     std::fs::write(&path, toml).unwrap();
-}
-
-fn enrolled_days_ago(data: &CollectorData, device: &str, days: i64) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(data.data.join("collector.db"))
-                .busy_timeout(Duration::from_secs(10));
-            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-            let at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
-            sqlx::query("UPDATE devices SET enrolled_at = ? WHERE id = ?")
-                .bind(at.as_millisecond())
-                .bind(device)
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        });
 }
 
 /// An enrolled device used for five minutes by a pupil, enrolled long ago:
@@ -192,35 +161,27 @@ fn inactive_device(
 ) -> (Agent, String) {
     let agent = Agent::new(&data.agent_settings(collector, name));
     let id = agent.enroll();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let (outbox, _) = Outbox::open(&agent.data, DEFAULT_MAX_BYTES).await.unwrap();
-            let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
-            let wire = |t: jiff::Timestamp| hallmonitor_proto::Timestamp {
-                seconds: t.as_second(),
-                nanos: 0,
-            };
-            outbox
-                .append(
-                    start,
-                    v1::event::Body::Session(v1::SessionEvent {
-                        phase: v1::session_event::Phase::End as i32,
-                        session_id: "s1".into(),
-                        account: "pupil.surname1".into(),
-                        uid: 1001,
-                        kind: v1::session_event::Kind::Graphical as i32,
-                        started_at: Some(wire(start)),
-                        ended_at: Some(wire(start + jiff::SignedDuration::from_mins(5))),
-                        ..Default::default()
-                    }),
-                )
-                .await
-                .unwrap();
-            outbox.close().await;
-        });
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    let wire = |t: jiff::Timestamp| hallmonitor_proto::Timestamp {
+        seconds: t.as_second(),
+        nanos: 0,
+    };
+    queue(
+        &agent.data,
+        vec![(
+            start,
+            v1::event::Body::Session(v1::SessionEvent {
+                phase: v1::session_event::Phase::End as i32,
+                session_id: "s1".into(),
+                account: "pupil.surname1".into(),
+                uid: 1001,
+                kind: v1::session_event::Kind::Graphical as i32,
+                started_at: Some(wire(start)),
+                ended_at: Some(wire(start + jiff::SignedDuration::from_mins(5))),
+                ..Default::default()
+            }),
+        )],
+    );
     enrolled_days_ago(data, &id, 60);
     (agent, id)
 }

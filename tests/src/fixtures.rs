@@ -1,0 +1,82 @@
+//! Fixtures shared by the end-to-end tests: setting up the past (a device
+//! enrolled long ago, events queued while offline), utmp records, JSON
+//! output.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
+use hallmonitor_proto::v1;
+use jiff::Timestamp;
+
+use crate::{CollectorData, Value, text};
+
+/// A single-threaded runtime for the async libraries the tests call.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A command's stdout as JSON, or a panic showing what it printed.
+pub fn json(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        )
+    })
+}
+
+/// Moves a device's enrolment into the past, as if it had been enrolled
+/// `days` ago (the fixture for "a device enrolled long ago").
+pub fn enrolled_days_ago(data: &CollectorData, device: &str, days: i64) {
+    runtime().block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(data.data.join("collector.db"))
+            .busy_timeout(Duration::from_secs(10));
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("collector database");
+        let at = Timestamp::now() - jiff::SignedDuration::from_hours(24 * days);
+        sqlx::query("UPDATE devices SET enrolled_at = ? WHERE id = ?")
+            .bind(at.as_millisecond())
+            .bind(device)
+            .execute(&pool)
+            .await
+            .expect("backdating the enrolment");
+        pool.close().await;
+    });
+}
+
+/// A utmp USER_PROCESS record as glibc writes it (see agent/src/sessions.rs).
+pub fn utmp_record(line: &str, user: &str, host: &str, seconds: i64) -> Vec<u8> {
+    let mut r = vec![0u8; 384];
+    r[0..2].copy_from_slice(&7i16.to_ne_bytes());
+    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
+    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
+    r[76..76 + host.len()].copy_from_slice(host.as_bytes());
+    r[340..344].copy_from_slice(&(seconds as i32).to_ne_bytes());
+    r
+}
+
+/// Appends events to an agent's outbox (as if it had produced them while
+/// offline), each with its own time.
+pub fn queue(agent_data: &Path, events: Vec<(Timestamp, v1::event::Body)>) {
+    runtime().block_on(async {
+        std::fs::create_dir_all(agent_data).expect("agent data directory");
+        let (outbox, _) = Outbox::open(agent_data, DEFAULT_MAX_BYTES)
+            .await
+            .expect("agent outbox");
+        outbox.append_all(events).await.expect("queueing events");
+        outbox.close().await;
+    });
+}
+
+/// `queue`, every event made now.
+pub fn queue_now(agent_data: &Path, bodies: Vec<v1::event::Body>) {
+    let now = Timestamp::now();
+    queue(agent_data, bodies.into_iter().map(|b| (now, b)).collect());
+}
