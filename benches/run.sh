@@ -120,6 +120,8 @@ site = "Bench"
 enrollment_secret = "$SECRET"
 data_dir = "$work/agent"
 machine_id = "bench-rss"
+[capture]
+socket = "$work/agent.sock"
 EOF
     agent=("$bin/hallmonitor-agent" --config "$work/agent.toml")
     status() { "${agent[@]}" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }

@@ -52,6 +52,9 @@ site = "Demo Primary School"
 enrollment_secret = "$secret"
 data_dir = "$demo/agent"
 heartbeat_interval_secs = 5
+
+[capture]
+socket = "$demo/agent.sock"
 TOML
 chmod 600 "$demo/agent.toml"
 "$bin/hallmonitor-agent" --config "$demo/agent.toml" run 2> "$demo/agent.log" &

@@ -4,12 +4,12 @@
 # System packages the tests need are installed here when running as root
 # (SQLite is bundled and the protobuf compiler is pure Rust; curl is the
 # HTTPS client of the API tests; Debian's python3-aiosmtpd is the real SMTP
-# server the notification tests send to); otherwise what is missing is
-# named.
+# server the notification tests send to; Xvfb is the X server the session
+# helper's tests open windows on); otherwise what is missing is named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_packages=(curl python3-aiosmtpd)
+need_packages=(curl python3-aiosmtpd xvfb)
 missing=()
 for pkg in "${need_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

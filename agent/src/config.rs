@@ -28,7 +28,26 @@ pub struct AgentConfig {
     pub enforcement: EnforcementConfig,
     pub sessions: SessionsConfig,
     pub mfa: MfaConfig,
+    pub capture: CaptureConfig,
 }
+
+/// `[capture]`: the local socket session helpers send captures to.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub socket: PathBuf,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// Where the daemon listens for session helpers.
+pub const DEFAULT_SOCKET: &str = "/run/hallmonitor/agent.sock";
 
 /// `[mfa]`: where two-step sign-ins on this device are seen.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -209,6 +228,7 @@ impl Default for AgentConfig {
             enforcement: EnforcementConfig::default(),
             sessions: SessionsConfig::default(),
             mfa: MfaConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }

@@ -75,6 +75,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         wake.clone(),
         shutdown.clone(),
     ));
+    let helpers = tokio::spawn(crate::capture::serve_helpers(
+        config.capture.socket.clone(),
+        outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let auth_logs = tokio::spawn(watch_auth_logs(
         config.clone(),
         outbox.clone(),
@@ -95,8 +101,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
     ));
 
-    let (produced, streamed, tracked, watched) =
-        tokio::join!(producer, streamer, sessions, auth_logs);
+    let (produced, streamed, tracked, watched, helped) =
+        tokio::join!(producer, streamer, sessions, auth_logs, helpers);
+    if let Err(e) = helped.context("session helper task")? {
+        // Captures are one feature among several: keep the rest running
+        // records clear, but say why helpers cannot connect.
+        tracing::error!(error = %e, "session helper socket failed");
+    }
     watched.context("auth log task")??;
     // The stream held the only command sender: the enforcer finishes what
     // it was given and stops.

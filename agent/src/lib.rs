@@ -7,6 +7,7 @@
 //! collector over mutual TLS and deletes what the collector acknowledged.
 
 pub mod authlog;
+pub mod capture;
 pub mod check;
 pub mod config;
 pub mod daemon;
@@ -19,3 +20,4 @@ pub mod sessions;
 pub mod status;
 pub mod stream;
 pub mod tls;
+pub mod window;

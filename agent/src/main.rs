@@ -48,6 +48,17 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// The session helper: run inside a graphical session (XDG autostart),
+    /// watches the active window and sends suspicious-activity captures to
+    /// the daemon. Needs no configuration file.
+    Session {
+        /// The daemon's socket.
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// A policy file instead of the built-in default policy.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
     /// PAM hook placed after a second-factor module that does not log its
     /// own success (pam_u2f, pam_oath): records that the second factor was
     /// accepted for the account, for the 2FA-freshness rule.
@@ -110,6 +121,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::LoginAllowed { user } = &cli.command {
         return Ok(login_allowed(cli.config.as_deref(), user));
     }
+    if let Command::Session { socket, policy } = &cli.command {
+        let policy = match policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                hallmonitor_agent::policy::Policy::parse(&text, path)?
+            }
+            None => hallmonitor_agent::policy::Policy::parse(
+                hallmonitor_agent::policy::DEFAULT_POLICY,
+                std::path::Path::new("policy.default.toml"),
+            )?,
+        };
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut windows = hallmonitor_agent::window::X11Windows::connect()?;
+            hallmonitor_agent::capture::run_helper(&mut windows, &policy, &socket)
+        })
+        .await??;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Enroll { force } => {
@@ -152,7 +183,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MfaHook { method, user } => {
             mfa_hook(&config, &method, &user)?;
         }
-        Command::LoginAllowed { .. } => unreachable!("handled before loading the configuration"),
+        Command::LoginAllowed { .. } | Command::Session { .. } => {
+            unreachable!("handled before loading the configuration")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

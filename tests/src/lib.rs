@@ -404,7 +404,7 @@ impl Agent {
         let toml = format!(
             "collector = \"{}\"\nenroll_address = \"{}\"\nca_fingerprint = \"{}\"\nsite = \"{}\"\n\
              enrollment_secret = \"{}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nmachine_id = \"{}\"\n\
-             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n{}\n{}\n",
+             [delivery]\nbatch_linger_ms = 20\nreconnect_initial_ms = 100\nreconnect_max_secs = 1\n{}\n{}\n{}",
             s.collector,
             s.enroll_address,
             s.ca_fingerprint,
@@ -413,7 +413,13 @@ impl Agent {
             self.data.display(),
             s.machine_id,
             self.delivery,
-            self.extra
+            self.extra,
+            // Each agent its own helper socket (the default is one per machine).
+            if self.extra.contains("[capture]") {
+                String::new()
+            } else {
+                format!("[capture]\nsocket = \"{}\"\n", self.socket().display())
+            }
         );
         std::fs::write(&self.config, toml).expect("writing agent.toml");
     }
@@ -458,6 +464,11 @@ impl Agent {
         let output = self.cli(&["status", "--format", "json"]);
         assert!(output.status.success(), "status: {}", text(&output.stderr));
         serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
+    /// The daemon's socket for session helpers.
+    pub fn socket(&self) -> PathBuf {
+        self.root.path().join("agent.sock")
     }
 
     pub fn identity_dir(&self) -> PathBuf {

@@ -1,0 +1,262 @@
+//! The session helper under a real X server (Xvfb): window titles matched
+//! against the default policy reach the collector as captures, tagged with
+//! the account the kernel says the helper runs as.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hallmonitor_e2e::fixtures::*;
+use hallmonitor_e2e::{Agent, CollectorData, Process, Value, agent_bin, text, wait_for};
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::{
+    AtomEnum, ConnectionExt, CreateWindowAux, PropMode, Window, WindowClass,
+};
+use x11rb::wrapper::ConnectionExt as _;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn start_xvfb(logs: &Path) -> (Process, String) {
+    let number = (60..200)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
+        .expect("a free X display number");
+    let display = format!(":{number}");
+    let mut command = Command::new("Xvfb");
+    command.args([&display, "-nolisten", "tcp", "-screen", "0", "1280x800x24"]);
+    let mut xvfb = Process::spawn("xvfb", command, logs);
+    wait_for("Xvfb to accept connections", WAIT, || {
+        assert!(
+            xvfb.has_exited().is_none(),
+            "Xvfb exited (is the xvfb package installed?): {}",
+            xvfb.stderr_text()
+        );
+        Path::new(&format!("/tmp/.X11-unix/X{number}"))
+            .exists()
+            .then_some(())
+    });
+    (xvfb, display)
+}
+
+/// Plays the window manager's part: makes windows and says which is active.
+struct Desktop {
+    conn: x11rb::rust_connection::RustConnection,
+    root: Window,
+    net_active_window: u32,
+    net_wm_name: u32,
+    utf8_string: u32,
+}
+
+impl Desktop {
+    fn connect(display: &str) -> Desktop {
+        let (conn, screen) = x11rb::connect(Some(display)).expect("X connection");
+        let root = conn.setup().roots[screen].root;
+        let atom = |name: &[u8]| conn.intern_atom(false, name).unwrap().reply().unwrap().atom;
+        Desktop {
+            net_active_window: atom(b"_NET_ACTIVE_WINDOW"),
+            net_wm_name: atom(b"_NET_WM_NAME"),
+            utf8_string: atom(b"UTF8_STRING"),
+            root,
+            conn,
+        }
+    }
+
+    fn window(&self) -> Window {
+        let id = self.conn.generate_id().unwrap();
+        self.conn
+            .create_window(
+                0,
+                id,
+                self.root,
+                0,
+                0,
+                200,
+                100,
+                0,
+                WindowClass::INPUT_OUTPUT,
+                0,
+                &CreateWindowAux::new(),
+            )
+            .unwrap();
+        self.conn.map_window(id).unwrap();
+        id
+    }
+
+    /// `_NET_WM_NAME`, as modern programs set it.
+    fn title(&self, window: Window, title: &str) {
+        self.conn
+            .change_property8(
+                PropMode::REPLACE,
+                window,
+                self.net_wm_name,
+                self.utf8_string,
+                title.as_bytes(),
+            )
+            .unwrap();
+        self.conn.flush().unwrap();
+    }
+
+    /// Only `WM_NAME`, as some older programs do.
+    fn legacy_title(&self, window: Window, title: &str) {
+        self.conn
+            .change_property8(
+                PropMode::REPLACE,
+                window,
+                AtomEnum::WM_NAME,
+                AtomEnum::STRING,
+                title.as_bytes(),
+            )
+            .unwrap();
+        self.conn.flush().unwrap();
+    }
+
+    fn activate(&self, window: Window) {
+        self.conn
+            .change_property32(
+                PropMode::REPLACE,
+                self.root,
+                self.net_active_window,
+                AtomEnum::WINDOW,
+                &[window],
+            )
+            .unwrap();
+        self.conn.flush().unwrap();
+    }
+}
+
+fn captures(data: &CollectorData) -> Vec<Value> {
+    let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+    let mut all = Vec::new();
+    for incident in list["incidents"].as_array().cloned().unwrap_or_default() {
+        let shown = json(&data.cli(&[
+            "incidents",
+            "show",
+            &incident["id"].to_string(),
+            "--format",
+            "json",
+        ]));
+        all.extend(shown["captures"].as_array().cloned().unwrap_or_default());
+    }
+    all.sort_by_key(|c| c["seq"].as_i64());
+    all
+}
+
+#[test]
+fn window_titles_matching_the_policy_become_captures_at_the_collector() {
+    let data = CollectorData::init("Cabot");
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-capture-1"));
+    agent.enroll();
+    let _daemon = agent.start();
+    wait_for("the daemon's helper socket", WAIT, || {
+        agent.socket().exists().then_some(())
+    });
+    let mut helper = Command::new(agent_bin());
+    helper
+        .args(["session", "--socket"])
+        .arg(agent.socket())
+        .env("DISPLAY", &display)
+        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
+    let mut helper = Process::spawn("helper", helper, &data.logs());
+    let desktop = Desktop::connect(&display);
+
+    let a = desktop.window();
+    desktop.title(a, "how to kill myself - Chromium");
+    desktop.activate(a);
+    let first = wait_for("the first capture", WAIT, || {
+        assert!(
+            helper.has_exited().is_none(),
+            "helper exited: {}",
+            helper.stderr_text()
+        );
+        captures(&data).into_iter().next()
+    });
+    assert_eq!(first["category"], "self-harm");
+    assert_eq!(first["matched_text"], "kill myself");
+    assert_eq!(first["window_title"], "how to kill myself - Chromium");
+    assert_eq!(first["image_status"], "no_image");
+    let whoami = text(&Command::new("id").arg("-un").output().unwrap().stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(
+        first["account"],
+        whoami.as_str(),
+        "the account comes from the socket's credentials"
+    );
+
+    // A program that sets only WM_NAME, with letter substitutions.
+    let b = desktop.window();
+    desktop.legacy_title(b, "k1ll mys3lf");
+    desktop.activate(b);
+    wait_for("the WM_NAME capture", WAIT, || {
+        (captures(&data).len() == 2).then_some(())
+    });
+
+    // Harmless and excluded titles make nothing; a drugs title after them
+    // is the marker that they were seen and passed over.
+    let c = desktop.window();
+    desktop.activate(c);
+    for title in [
+        "Year 8 maths homework",
+        "Anti-Bullying Week: nobody likes you? posters",
+    ] {
+        desktop.title(c, title);
+    }
+    desktop.title(c, "buy weed near me");
+    wait_for("the marker capture", WAIT, || {
+        captures(&data)
+            .iter()
+            .any(|c| c["category"] == "drugs")
+            .then_some(())
+    });
+    // Read again: everything before the marker is committed by now.
+    let all = captures(&data);
+    assert_eq!(
+        all.len(),
+        3,
+        "nothing for the harmless or excluded titles: {all:?}"
+    );
+
+    // A thousand rapid title changes matching one rule in one window: one
+    // capture, the rest counted.
+    let d = desktop.window();
+    desktop.activate(d);
+    desktop.title(d, "kill myself (0)");
+    wait_for("the burst's first capture", WAIT, || {
+        captures(&data)
+            .iter()
+            .any(|c| c["window_title"] == "kill myself (0)")
+            .then_some(())
+    });
+    for n in 1..1_000 {
+        desktop.title(d, &format!("kill myself ({n})"));
+    }
+    desktop.title(d, "buy cocaine");
+    wait_for("the second marker", WAIT, || {
+        (captures(&data)
+            .iter()
+            .filter(|c| c["category"] == "drugs")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let all = captures(&data);
+    let burst = all
+        .iter()
+        .filter(|c| {
+            c["window_title"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("kill myself (")
+        })
+        .count();
+    assert_eq!(
+        burst,
+        1,
+        "rate-limited: {all:?}\n{}",
+        text(&data.cli(&["incidents", "list"]).stdout)
+    );
+}
