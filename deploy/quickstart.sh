@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 check=0
 [[ "${1:-}" == "--check" ]] && check=1
 
+bash deploy/system-deps.sh build
 cargo build --workspace --bins --quiet
 bin="$PWD/target/debug"
 demo="$PWD/demo-data"

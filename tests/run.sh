@@ -1,27 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of Hall Monitor: unit tests, end-to-end tests that start
 # the real binaries on loopback, and the quickstart in check mode.
-# System packages the tests need are installed here when running as root
-# (SQLite is bundled and the protobuf compiler is pure Rust; curl is the
-# HTTPS client of the API tests; Debian's python3-aiosmtpd is the real SMTP
-# server the notification tests send to; Xvfb is the X server the session
-# helper's tests open windows on); otherwise what is missing is named.
+# System packages the build and the tests need (the C libraries xcap
+# links; curl, aiosmtpd and Xvfb as real servers) are installed by
+# deploy/system-deps.sh when running as root; otherwise it names what is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-need_packages=(curl python3-aiosmtpd xvfb)
-missing=()
-for pkg in "${need_packages[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-    else
-        echo "tests/run.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
-        exit 1
-    fi
-fi
+bash deploy/system-deps.sh test
 
 # End-to-end tests start the binaries from target/debug: build them first.
 cargo build --workspace --bins

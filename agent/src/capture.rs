@@ -11,9 +11,9 @@
 //!
 //! The daemon (`serve_helpers`) accepts on the socket, takes the account
 //! from the peer's credentials (never from the message), and queues the
-//! capture in the outbox. Screen snapshots are not taken yet (the xcap
-//! integration is missing): captures go out marked "no image" with that
-//! reason, as the protocol foresees for sessions that cannot be captured.
+//! capture in the outbox, hashing the image itself. When no snapshot can be
+//! taken (no display, a compositor refusing) the capture still goes out,
+//! marked "no image" with the reason.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,9 +31,6 @@ use crate::outbox::Outbox;
 use crate::policy::{Policy, UserKind};
 use crate::window::ActiveWindowSource;
 
-/// Why a capture carries no image in this version.
-pub const NO_IMAGE_YET: &str = "screen capture is not built into this agent version yet";
-
 /// Repeats of one rule in one window within this are counted, not captured.
 const REPEAT_WINDOW: Duration = Duration::from_secs(60);
 
@@ -49,6 +46,9 @@ pub struct HelperCapture {
     pub pid: u32,
     pub repeat_count: u32,
     pub no_image_reason: String,
+    /// The PNG snapshot, base64 (empty when there is none).
+    #[serde(default)]
+    pub image_png_base64: String,
 }
 
 /// The helper's rate limit: (rule, window) → when last captured and how
@@ -100,9 +100,22 @@ pub fn run_helper(
             let key = (window.id, window.title.clone());
             if last.as_ref() != Some(&key) {
                 last = Some(key);
+                // One snapshot for however many rules this title fires.
+                let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
                 for hit in policy.matches(&window.title, UserKind::Pupil, &mut buffer) {
                     let Some(repeats) = limit.admit(&hit.rule.id, window.id, Instant::now()) else {
                         continue;
+                    };
+                    let shot = snapshot.get_or_insert_with(|| crate::snapshot::take(window.centre));
+                    let (image_png_base64, no_image_reason) = match shot {
+                        Ok(s) => (
+                            base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                &s.png,
+                            ),
+                            String::new(),
+                        ),
+                        Err(reason) => (String::new(), reason.clone()),
                     };
                     pending.push(HelperCapture {
                         rule_id: hit.rule.id.clone(),
@@ -113,7 +126,8 @@ pub fn run_helper(
                         process_name: window.process_name.clone(),
                         pid: window.pid,
                         repeat_count: repeats,
-                        no_image_reason: NO_IMAGE_YET.into(),
+                        no_image_reason,
+                        image_png_base64,
                     });
                 }
             }
@@ -203,7 +217,7 @@ pub async fn serve_helpers(
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.len() > 64 * 1024 {
+                if line.len() > 32 * 1024 * 1024 {
                     tracing::warn!(
                         uid = credentials.uid(),
                         "session helper sent an oversized line; dropped"
@@ -217,6 +231,21 @@ pub async fn serve_helpers(
                         continue;
                     }
                 };
+                let image = match base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &capture.image_png_base64,
+                ) {
+                    Ok(image) => image,
+                    Err(e) => {
+                        tracing::warn!(uid = credentials.uid(), error = %e, "unreadable snapshot from a session helper");
+                        Vec::new()
+                    }
+                };
+                let no_image_reason = if image.is_empty() && capture.no_image_reason.is_empty() {
+                    "the session helper sent no image".to_owned()
+                } else {
+                    capture.no_image_reason
+                };
                 let body = v1::event::Body::Capture(v1::Capture {
                     rule_id: capture.rule_id,
                     category: capture.category,
@@ -227,7 +256,13 @@ pub async fn serve_helpers(
                     pid: capture.pid,
                     account: account.clone(),
                     repeat_count: capture.repeat_count,
-                    no_image_reason: capture.no_image_reason,
+                    no_image_reason,
+                    image_sha256: if image.is_empty() {
+                        String::new()
+                    } else {
+                        crate::snapshot::sha256_hex(&image)
+                    },
+                    image_png: image,
                     ..Default::default()
                 });
                 match outbox.append(Timestamp::now(), body).await {

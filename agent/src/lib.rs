@@ -17,6 +17,7 @@ pub mod facts;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;
+pub mod snapshot;
 pub mod status;
 pub mod stream;
 pub mod tls;

@@ -28,6 +28,8 @@ pub struct ActiveWindow {
     pub title: String,
     pub process_name: String,
     pub pid: u32,
+    /// The window's centre on the screen, to find its monitor.
+    pub centre: Option<(i32, i32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +139,22 @@ impl X11Windows {
             .unwrap_or(0)
     }
 
+    fn centre(&self, window: Window) -> Option<(i32, i32)> {
+        let geometry = self.conn.get_geometry(window).ok()?.reply().ok()?;
+        let at = self
+            .conn
+            .translate_coordinates(
+                window,
+                self.root,
+                (geometry.width / 2) as i16,
+                (geometry.height / 2) as i16,
+            )
+            .ok()?
+            .reply()
+            .ok()?;
+        Some((i32::from(at.dst_x), i32::from(at.dst_y)))
+    }
+
     /// Waits for X events (or the timeout), draining what arrived.
     fn wait(&self, timeout: Duration) -> Result<(), WindowError> {
         if self.conn.poll_for_event().map_err(x11)?.is_some() {
@@ -183,6 +201,7 @@ impl ActiveWindowSource for X11Windows {
                 process_name
             },
             pid,
+            centre: self.centre(window),
         }))
     }
 }

@@ -64,23 +64,29 @@ impl Desktop {
     }
 
     fn window(&self) -> Window {
+        self.window_at(0, 0, 0x000000)
+    }
+
+    /// A window painted in one colour (0xRRGGBB) at (x, y), 200×100.
+    fn window_at(&self, x: i16, y: i16, colour: u32) -> Window {
         let id = self.conn.generate_id().unwrap();
         self.conn
             .create_window(
                 0,
                 id,
                 self.root,
-                0,
-                0,
+                x,
+                y,
                 200,
                 100,
                 0,
                 WindowClass::INPUT_OUTPUT,
                 0,
-                &CreateWindowAux::new(),
+                &CreateWindowAux::new().background_pixel(colour),
             )
             .unwrap();
         self.conn.map_window(id).unwrap();
+        self.conn.flush().unwrap();
         id
     }
 
@@ -163,7 +169,8 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     let mut helper = Process::spawn("helper", helper, &data.logs());
     let desktop = Desktop::connect(&display);
 
-    let a = desktop.window();
+    // A red window at (300, 200) on a 1280×800 screen.
+    let a = desktop.window_at(300, 200, 0xff0000);
     desktop.title(a, "how to kill myself - Chromium");
     desktop.activate(a);
     let first = wait_for("the first capture", WAIT, || {
@@ -177,7 +184,33 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     assert_eq!(first["category"], "self-harm");
     assert_eq!(first["matched_text"], "kill myself");
     assert_eq!(first["window_title"], "how to kill myself - Chromium");
-    assert_eq!(first["image_status"], "no_image");
+    assert_eq!(first["image_status"], "verified", "{first}");
+    // The snapshot shows the screen: the red window where it is.
+    let out = tempfile::tempdir().unwrap();
+    let incident =
+        json(&data.cli(&["incidents", "list", "--format", "json"]))["incidents"][0]["id"]
+            .to_string();
+    let export = data.cli(&[
+        "incidents",
+        "export",
+        &incident,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let png = std::fs::read(out.path().join(format!(
+        "incident-{incident}/images/{}.png",
+        first["image_sha256"].as_str().unwrap()
+    )))
+    .unwrap();
+    let screen = image::load_from_memory(&png).unwrap().to_rgba8();
+    assert_eq!((screen.width(), screen.height()), (1280, 800));
+    assert_eq!(
+        screen.get_pixel(400, 250).0[..3],
+        [255, 0, 0],
+        "inside the window"
+    );
+    assert_ne!(screen.get_pixel(50, 50).0[..3], [255, 0, 0], "outside it");
     let whoami = text(&Command::new("id").arg("-un").output().unwrap().stdout)
         .trim()
         .to_owned();

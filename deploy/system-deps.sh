@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Hall Monitor needs when they are missing
+# (as root; otherwise names what is missing and fails).
+#   bash deploy/system-deps.sh build   # to build: the C libraries xcap links
+#   bash deploy/system-deps.sh test    # to build and run every test
+set -euo pipefail
+
+# xcap (screen snapshots) links these on Linux; pkg-config and libclang
+# find and bind them at build time.
+build=(pkg-config libclang-dev libxcb1-dev libxcb-randr0-dev libxcb-render0-dev
+       libxcb-shm0-dev libegl-dev libwayland-dev libgbm-dev libpipewire-0.3-dev
+       libspa-0.2-dev)
+# The real servers the end-to-end tests use: curl (the API's HTTPS client),
+# aiosmtpd (SMTP), Xvfb (an X server for the session helper).
+test=(curl python3-aiosmtpd xvfb)
+
+wanted=("${build[@]}")
+[[ "${1:-build}" == "test" ]] && wanted+=("${test[@]}")
+missing=()
+for pkg in "${wanted[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+((${#missing[@]})) || exit 0
+if [[ $(id -u) -eq 0 ]]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+    echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+fi
