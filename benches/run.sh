@@ -8,8 +8,9 @@
 #   4. the device-activity rule (`rules`);
 #   5. alert latency: a severity-5 capture to the SMTP server (`alerts`;
 #      needs Debian's python3-aiosmtpd).
-#   6. matching titles against a 10,000-phrase policy (`policy`).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy]...   (default: all)
+#   6. matching titles against a 10,000-phrase policy (`policy`);
+#   7. screen snapshot time and session helper memory (`snapshot`, Xvfb).
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,6 +104,23 @@ bench_policy() {
     "$bin/policy" --overlap 100 | tail -1
 }
 
+bench_snapshot() {
+    echo "== screen snapshot and session helper memory (Xvfb 1920x1080)"
+    local display=":$((RANDOM % 100 + 300))"
+    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
+    pids+=($!)
+    local xvfb_pid=$!
+    for _ in $(seq 100); do [[ -e "/tmp/.X11-unix/X${display#:}" ]] && break; sleep 0.05; done
+    DISPLAY=$display "$bin/snapshot" --rounds 20
+    DISPLAY=$display HALLMONITOR_LOG=warn "$bin/hallmonitor-agent" session --socket "$work/none.sock" &
+    pids+=($!)
+    local helper_pid=$!
+    sleep 10
+    echo "session helper idle: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
+    kill "$helper_pid" "$xvfb_pid"
+    wait "$helper_pid" "$xvfb_pid" 2>/dev/null || true
+}
+
 bench_rules() {
     echo "== device-activity rule"
     "$bin/rules"
@@ -156,5 +174,5 @@ EOF
 }
 
 what=("$@")
-((${#what[@]})) || what=(ingest outbox rss rules alerts policy)
+((${#what[@]})) || what=(ingest outbox rss rules alerts policy snapshot)
 for w in "${what[@]}"; do "bench_$w"; done
