@@ -245,31 +245,18 @@ pub(super) async fn record_activity(
                     e.as_of,
                     verdict.required_minutes
                 );
-                let id: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
-                     VALUES (?, ?, 'device_inactive', '', 'open', ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                )
-                .bind(verdict.site.0)
-                .bind(verdict.device.as_str())
-                .bind(millis(at))
-                .bind(millis(at))
-                .bind(&summary)
-                .fetch_optional(&mut *tx)
-                .await?;
-                // Another collector instance opened it meanwhile.
-                let Some(id) = id else { continue };
-                audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary).await?;
-                notification_event(
+                let opened = open_flag(
                     &mut tx,
                     verdict.site,
-                    "device_inactive",
-                    Some(id),
-                    Some(&verdict.device),
+                    &verdict.device,
+                    FlagKind::DeviceInactive,
                     "",
                     &summary,
                     at,
                 )
                 .await?;
+                // Another collector instance opened it meanwhile.
+                let Some(id) = opened else { continue };
                 tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
                 changes.opened.push(id);
                 if verdict.auto_disable {
@@ -622,4 +609,44 @@ pub(super) async fn notification_event(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Opens a flag (the rules' doing) with its audit row and its notification
+/// event. None when another collector instance opened it first.
+pub(super) async fn open_flag(
+    tx: &mut SqliteConnection,
+    site: SiteId,
+    device: &DeviceId,
+    kind: FlagKind,
+    account: &str,
+    summary: &str,
+    at: Timestamp,
+) -> Result<Option<i64>> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
+         VALUES (?, ?, ?, ?, 'open', ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(site.0)
+    .bind(device.as_str())
+    .bind(kind.as_str())
+    .bind(account)
+    .bind(millis(at))
+    .bind(millis(at))
+    .bind(summary)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(id) = id else { return Ok(None) };
+    audit_transition(tx, id, at, "rules", None, FlagState::Open, summary).await?;
+    notification_event(
+        tx,
+        site,
+        kind.as_str(),
+        Some(id),
+        Some(device),
+        account,
+        summary,
+        at,
+    )
+    .await?;
+    Ok(Some(id))
 }

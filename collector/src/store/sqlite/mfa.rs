@@ -4,10 +4,10 @@
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::activity::{audit_transition, notification_event, transition_in};
+use super::activity::{notification_event, open_flag, transition_in};
 use super::{SqliteStore, instant, millis, optional_instant};
 use crate::directory::{DirectoryAccount, Role};
-use crate::flags::{FlagAction, FlagState};
+use crate::flags::{FlagAction, FlagKind};
 use crate::model::{DeviceId, SiteId};
 use crate::rules::mfa::MfaStatus;
 use crate::store::{
@@ -210,33 +210,18 @@ pub(super) async fn record_mfa(
                         ),
                         None => "no two-step sign-in on this device on record".to_owned(),
                     };
-                    let id: Option<i64> = sqlx::query_scalar(
-                        "INSERT INTO flags (site_id, device_id, kind, account, state, opened_at, updated_at, summary) \
-                         VALUES (?, ?, 'mfa_stale', ?, 'open', ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
-                    )
-                    .bind(verdict.site.0)
-                    .bind(device)
-                    .bind(&pair.account)
-                    .bind(millis(at))
-                    .bind(millis(at))
-                    .bind(&summary)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    // Another collector instance opened it meanwhile.
-                    let Some(id) = id else { continue };
-                    audit_transition(&mut tx, id, at, "rules", None, FlagState::Open, &summary)
-                        .await?;
-                    notification_event(
+                    let opened = open_flag(
                         &mut tx,
                         verdict.site,
-                        "mfa_stale",
-                        Some(id),
-                        Some(&verdict.device),
+                        &verdict.device,
+                        FlagKind::MfaStale,
                         &pair.account,
                         &summary,
                         at,
                     )
                     .await?;
+                    // Another collector instance opened it meanwhile.
+                    let Some(id) = opened else { continue };
                     changes.opened.push(id);
                 }
                 (MfaStatus::Fresh | MfaStatus::DueSoon, Some((id, state))) if state == "open" => {
