@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
-use crate::policy::{Policy, UserKind};
+use crate::policy::{PolicySource, UserKind};
 use crate::window::ActiveWindowSource;
 
 /// Repeats of one rule in one window within this are counted, not captured.
@@ -86,7 +86,7 @@ impl RateLimit {
 /// display goes away. Buffers captures briefly while the daemon is down.
 pub fn run_helper(
     source: &mut dyn ActiveWindowSource,
-    policy: &Policy,
+    policies: &mut PolicySource,
     socket: &Path,
 ) -> anyhow::Result<()> {
     let mut limit = RateLimit::default();
@@ -96,6 +96,8 @@ pub fn run_helper(
     let mut stream: Option<std::os::unix::net::UnixStream> = None;
     loop {
         let window = source.next(Duration::from_secs(1))?;
+        // Picks up an edited policy file within a second.
+        let policy = policies.current();
         if let Some(window) = window {
             let key = (window.id, window.title.clone());
             if last.as_ref() != Some(&key) {

@@ -55,7 +55,8 @@ enum Command {
         /// The daemon's socket.
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// A policy file instead of the built-in default policy.
+        /// A policy file instead of the built-in default policy; it is
+        /// reloaded when it changes (a broken edit keeps the last good one).
         #[arg(long)]
         policy: Option<PathBuf>,
     },
@@ -122,21 +123,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(login_allowed(cli.config.as_deref(), user));
     }
     if let Command::Session { socket, policy } = &cli.command {
-        let policy = match policy {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                hallmonitor_agent::policy::Policy::parse(&text, path)?
-            }
-            None => hallmonitor_agent::policy::Policy::parse(
-                hallmonitor_agent::policy::DEFAULT_POLICY,
-                std::path::Path::new("policy.default.toml"),
-            )?,
+        let mut policies = match policy {
+            Some(path) => hallmonitor_agent::policy::PolicySource::file(path)?,
+            None => hallmonitor_agent::policy::PolicySource::default_policy(),
         };
         let socket = socket.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let mut windows = hallmonitor_agent::window::X11Windows::connect()?;
-            hallmonitor_agent::capture::run_helper(&mut windows, &policy, &socket)
+            hallmonitor_agent::capture::run_helper(&mut windows, &mut policies, &socket)
         })
         .await??;
         return Ok(ExitCode::SUCCESS);

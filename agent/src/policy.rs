@@ -325,6 +325,86 @@ impl Policy {
     }
 }
 
+/// A policy file followed for changes: a file that fails to parse is
+/// reported with its line and the last good policy stays in force.
+pub struct PolicySource {
+    path: Option<std::path::PathBuf>,
+    policy: Policy,
+    changed: Option<std::sync::mpsc::Receiver<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl PolicySource {
+    /// The built-in default policy, never reloaded.
+    pub fn default_policy() -> PolicySource {
+        PolicySource {
+            path: None,
+            policy: Policy::parse(DEFAULT_POLICY, Path::new("policy.default.toml"))
+                .expect("the default policy is valid (tested)"),
+            changed: None,
+            _watcher: None,
+        }
+    }
+
+    /// `path`, watched; an unreadable or invalid file at start is an error.
+    pub fn file(path: &Path) -> Result<PolicySource, PolicyError> {
+        use notify::Watcher;
+        let policy = load(path)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watched = path.to_path_buf();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| e.paths.iter().any(|p| p.file_name() == watched.file_name())) {
+                let _ = tx.send(());
+            }
+        })
+        .ok()
+        .and_then(|mut w| {
+            // The folder, so editors that replace the file are seen too.
+            w.watch(path.parent()?, notify::RecursiveMode::NonRecursive)
+                .ok()?;
+            Some(w)
+        });
+        Ok(PolicySource {
+            path: Some(path.to_path_buf()),
+            policy,
+            changed: Some(rx),
+            _watcher: watcher,
+        })
+    }
+
+    /// The policy in force, reloaded first if the file changed.
+    pub fn current(&mut self) -> &Policy {
+        let changed = self
+            .changed
+            .as_ref()
+            .is_some_and(|rx| rx.try_iter().count() > 0);
+        if changed && let Err(e) = self.reload() {
+            tracing::error!(error = %e, "policy not reloaded; the last good one stays in force");
+        }
+        &self.policy
+    }
+
+    /// Reads the file again; on error the policy in force is unchanged.
+    pub fn reload(&mut self) -> Result<(), PolicyError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let policy = load(path)?;
+        tracing::info!(file = %path.display(), rules = policy.rules().len(), "policy reloaded");
+        self.policy = policy;
+        Ok(())
+    }
+}
+
+fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+        file: path.display().to_string(),
+        line: None,
+        message: e.to_string(),
+    })?;
+    Policy::parse(&text, path)
+}
+
 /// The project's default policy (documented in the file itself).
 pub const DEFAULT_POLICY: &str = include_str!("../policy.default.toml");
 
@@ -472,6 +552,39 @@ mod tests {
             assert!(err.starts_with("/etc/hallmonitor/policy.toml: "), "{err}");
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        let rule = |phrase: &str| {
+            format!(
+                "[[rules]]\nid = \"r\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"{phrase}\"]\n"
+            )
+        };
+        std::fs::write(&path, rule("alpha bravo")).unwrap();
+        let mut source = PolicySource::file(&path).unwrap();
+        let mut buffer = String::new();
+        let hits = |source: &mut PolicySource, title: &str, buffer: &mut String| {
+            source
+                .current()
+                .matches(title, UserKind::Pupil, buffer)
+                .len()
+        };
+        assert_eq!(hits(&mut source, "alpha bravo", &mut buffer), 1);
+        std::fs::write(&path, rule("charlie delta")).unwrap();
+        source.reload().unwrap();
+        assert_eq!(hits(&mut source, "charlie delta", &mut buffer), 1);
+        std::fs::write(&path, "[[rules]]\nid = \"r\"\nseverity = \"high\"\n").unwrap();
+        let err = source.reload().unwrap_err().to_string();
+        assert!(err.contains("policy.toml: line 3"), "{err}");
+        assert_eq!(
+            hits(&mut source, "charlie delta", &mut buffer),
+            1,
+            "last good kept"
+        );
+        assert!(PolicySource::file(&dir.path().join("missing.toml")).is_err());
     }
 
     #[test]

@@ -17,27 +17,28 @@ use x11rb::wrapper::ConnectionExt as _;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn start_xvfb(logs: &Path) -> (Process, String) {
-    let number = (60..200)
-        .find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })
-        .expect("a free X display number");
-    let display = format!(":{number}");
+    // Xvfb picks a free display itself and writes its number to stdout.
     let mut command = Command::new("Xvfb");
-    command.args([&display, "-nolisten", "tcp", "-screen", "0", "1280x800x24"]);
+    command.args([
+        "-displayfd",
+        "1",
+        "-nolisten",
+        "tcp",
+        "-screen",
+        "0",
+        "1280x800x24",
+    ]);
     let mut xvfb = Process::spawn("xvfb", command, logs);
-    wait_for("Xvfb to accept connections", WAIT, || {
+    let number = wait_for("Xvfb to choose a display", WAIT, || {
         assert!(
             xvfb.has_exited().is_none(),
             "Xvfb exited (is the xvfb package installed?): {}",
             xvfb.stderr_text()
         );
-        Path::new(&format!("/tmp/.X11-unix/X{number}"))
-            .exists()
-            .then_some(())
+        let out = xvfb.stdout_text();
+        out.ends_with('\n').then(|| out.trim().to_owned())
     });
-    (xvfb, display)
+    (xvfb, format!(":{number}"))
 }
 
 /// Plays the window manager's part: makes windows and says which is active.
@@ -292,4 +293,75 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
         "rate-limited: {all:?}\n{}",
         text(&data.cli(&["incidents", "list"]).stdout)
     );
+}
+
+#[test]
+fn a_local_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
+    let data = CollectorData::init("Cabot");
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-capture-2"));
+    agent.enroll();
+    let _daemon = agent.start();
+    wait_for("the daemon's helper socket", WAIT, || {
+        agent.socket().exists().then_some(())
+    });
+    let folder = tempfile::tempdir().unwrap();
+    let policy = folder.path().join("policy.toml");
+    let rule = |phrase: &str| {
+        format!(
+            "[[rules]]\nid = \"local\"\ncategory = \"violence\"\nseverity = 3\nphrases = [\"{phrase}\"]\n"
+        )
+    };
+    std::fs::write(&policy, rule("zebra crossing alarm")).unwrap();
+    let mut helper = Command::new(agent_bin());
+    helper
+        .args(["session", "--socket"])
+        .arg(agent.socket())
+        .arg("--policy")
+        .arg(&policy)
+        .env("DISPLAY", &display)
+        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
+    let mut helper = Process::spawn("helper", helper, &data.logs());
+    let desktop = Desktop::connect(&display);
+    let titled = |title: &str| {
+        let w = desktop.window();
+        desktop.title(w, title);
+        desktop.activate(w);
+    };
+    let captured = |title: &str| captures(&data).iter().any(|c| c["window_title"] == title);
+
+    titled("zebra crossing alarm");
+    wait_for("a capture by the local rule", WAIT, || {
+        assert!(
+            helper.has_exited().is_none(),
+            "helper exited: {}",
+            helper.stderr_text()
+        );
+        captured("zebra crossing alarm").then_some(())
+    });
+
+    // Edited: the new phrase counts once the helper has reloaded.
+    std::fs::write(&policy, rule("yellow submarine")).unwrap();
+    let mut n = 0;
+    wait_for("the edited policy in force", WAIT, || {
+        n += 1;
+        let title = format!("yellow submarine {n}");
+        titled(&title);
+        std::thread::sleep(Duration::from_millis(200));
+        captured(&title).then_some(())
+    });
+
+    // A broken edit is refused (logged) and the last good policy stays.
+    std::fs::write(&policy, "[[rules]]\nid = \"local\"\nseverity = \"high\"\n").unwrap();
+    wait_for("the broken edit to be noticed", WAIT, || {
+        helper
+            .stderr_text()
+            .contains("policy not reloaded")
+            .then_some(())
+    });
+    titled("yellow submarine again");
+    wait_for("the last good policy still matching", WAIT, || {
+        captured("yellow submarine again").then_some(())
+    });
 }
