@@ -543,15 +543,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             at: now,
                         })
                         .await?;
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: "cli",
-                            action: "enrollment_secret_created",
-                            target: &format!("secret {}", info.id),
-                            detail: &format!("site={}", site.name),
-                        })
-                        .await?;
+                    audit_cli(
+                        &store,
+                        now,
+                        &format!("cli:{}", os_user()),
+                        "enrollment_secret_created",
+                        &format!("secret {}", info.id),
+                        &format!("site={}", site.name),
+                    )
+                    .await?;
                     println!("{secret}");
                     eprintln!(
                         "Created enrolment secret {} for site {}; it is shown only now.",
@@ -571,15 +571,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             site.name
                         );
                     }
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: "cli",
-                            action: "enrollment_secret_revoked",
-                            target: &format!("secret {id}"),
-                            detail: &format!("site={}", site.name),
-                        })
-                        .await?;
+                    audit_cli(
+                        &store,
+                        now,
+                        &format!("cli:{}", os_user()),
+                        "enrollment_secret_revoked",
+                        &format!("secret {id}"),
+                        &format!("site={}", site.name),
+                    )
+                    .await?;
                     println!("Revoked enrolment secret {id} of site {}.", site.name);
                 }
             }
@@ -614,15 +614,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let accounts = directory::parse_directory(&bytes, &file.display().to_string())?;
                     let now = Timestamp::now();
                     let summary = store.import_directory(site.id, &accounts, now).await?;
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: &format!("cli:{}", os_user()),
-                            action: "directory_imported",
-                            target: &format!("site {}", site.name),
-                            detail: &format!("{} accounts from {}", accounts.len(), file.display()),
-                        })
-                        .await?;
+                    audit_cli(
+                        &store,
+                        now,
+                        &format!("cli:{}", os_user()),
+                        "directory_imported",
+                        &format!("site {}", site.name),
+                        &format!("{} accounts from {}", accounts.len(), file.display()),
+                    )
+                    .await?;
                     let staff = accounts
                         .iter()
                         .filter(|a| a.role == directory::Role::Staff)
@@ -671,15 +671,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let audit = |actor: String, action: &'static str, id: i64, detail: String| {
                 let store = &store;
                 async move {
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: &actor,
-                            action,
-                            target: &format!("incident {id}"),
-                            detail: &detail,
-                        })
-                        .await
+                    audit_cli(
+                        store,
+                        now,
+                        &actor,
+                        action,
+                        &format!("incident {id}"),
+                        &detail,
+                    )
+                    .await
                 }
             };
             match command {
@@ -903,15 +903,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let id = store
                         .create_api_token(site.id, &auth::secret_digest(&token), &label, now)
                         .await?;
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: &format!("cli:{}", os_user()),
-                            action: "api_token_created",
-                            target: &format!("api token {id}"),
-                            detail: &format!("site={}", site.name),
-                        })
-                        .await?;
+                    audit_cli(
+                        &store,
+                        now,
+                        &format!("cli:{}", os_user()),
+                        "api_token_created",
+                        &format!("api token {id}"),
+                        &format!("site={}", site.name),
+                    )
+                    .await?;
                     println!("{token}");
                     eprintln!(
                         "Created API token {id} for site {}; it is shown only now.",
@@ -928,15 +928,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if !store.revoke_api_token(site.id, id, now).await? {
                         bail!("site {} has no active API token with id {id}", site.name);
                     }
-                    store
-                        .append_audit(AuditEntry {
-                            at: now,
-                            actor: &format!("cli:{}", os_user()),
-                            action: "api_token_revoked",
-                            target: &format!("api token {id}"),
-                            detail: &format!("site={}", site.name),
-                        })
-                        .await?;
+                    audit_cli(
+                        &store,
+                        now,
+                        &format!("cli:{}", os_user()),
+                        "api_token_revoked",
+                        &format!("api token {id}"),
+                        &format!("site={}", site.name),
+                    )
+                    .await?;
                     println!("Revoked API token {id} of site {}.", site.name);
                 }
             }
@@ -1046,6 +1046,27 @@ fn incidents_export(
     std::fs::rename(&staging, &folder)
         .with_context(|| format!("renaming into {}", folder.display()))?;
     Ok(folder)
+}
+
+/// One row in the audit log for a command run from the command line.
+async fn audit_cli(
+    store: &impl Store,
+    at: Timestamp,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
+    store
+        .append_audit(AuditEntry {
+            at,
+            actor,
+            action,
+            target,
+            detail,
+        })
+        .await?;
+    Ok(())
 }
 
 /// Who is running the command, for the audit log.
