@@ -29,6 +29,40 @@ pub struct AgentConfig {
     pub sessions: SessionsConfig,
     pub mfa: MfaConfig,
     pub capture: CaptureConfig,
+    pub files: FilesConfig,
+}
+
+/// `[files]`: the unapproved-software watcher.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Folders watched (globs, expanded every minute).
+    pub watch: Vec<String>,
+    /// File name endings that count as software (besides the execute bit).
+    pub extensions: Vec<String>,
+    pub severity: u32,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            watch: [
+                "/home/*/Downloads",
+                "/media/*/*",
+                "/run/media/*/*",
+                "/mnt/*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            extensions: [
+                "sh", "bash", "py", "pl", "exe", "msi", "bat", "cmd", "ps1", "vbs", "jar", "deb",
+                "rpm", "appimage", "run", "bin", "apk", "dmg", "pkg",
+            ]
+            .map(String::from)
+            .to_vec(),
+            severity: 2,
+        }
+    }
 }
 
 /// `[capture]`: the local socket session helpers send captures to.
@@ -229,6 +263,7 @@ impl Default for AgentConfig {
             sessions: SessionsConfig::default(),
             mfa: MfaConfig::default(),
             capture: CaptureConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -364,6 +399,9 @@ impl AgentConfig {
         self.mfa.compiled().map_err(invalid)?;
         if self.mfa.poll_secs == 0 {
             return Err(invalid("mfa.poll_secs must be at least 1".into()));
+        }
+        if !(1..=5).contains(&self.files.severity) {
+            return Err(invalid("files.severity must be 1 to 5".into()));
         }
         if self.sessions.poll_secs == 0 {
             return Err(invalid("sessions.poll_secs must be at least 1".into()));

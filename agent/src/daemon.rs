@@ -81,6 +81,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         wake.clone(),
         shutdown.clone(),
     ));
+    let files = tokio::spawn(watch_files(
+        config.clone(),
+        outbox.clone(),
+        wake.clone(),
+        shutdown.clone(),
+    ));
     let auth_logs = tokio::spawn(watch_auth_logs(
         config.clone(),
         outbox.clone(),
@@ -101,8 +107,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         shutdown.clone(),
     ));
 
-    let (produced, streamed, tracked, watched, helped) =
-        tokio::join!(producer, streamer, sessions, auth_logs, helpers);
+    let (produced, streamed, tracked, watched, helped, filed) =
+        tokio::join!(producer, streamer, sessions, auth_logs, helpers, files);
+    filed.context("file watcher task")??;
     if let Err(e) = helped.context("session helper task")? {
         // Captures are one feature among several: keep the rest running
         // records clear, but say why helpers cannot connect.
@@ -422,6 +429,73 @@ async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &sessio
             .await;
         if !matches!(status, Ok(s) if s.success()) {
             tracing::warn!(?status, "could not lock the session");
+        }
+    }
+}
+
+/// Watches the configured folders for new software (see `files`).
+async fn watch_files(
+    config: AgentConfig,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::path::PathBuf>();
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    | notify::EventKind::Access(notify::event::AccessKind::Close(
+                        notify::event::AccessMode::Write
+                    ))
+            ) {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
+            }
+        }) {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch folders for unapproved software");
+                shutdown.cancelled().await;
+                return Ok(());
+            }
+        };
+    let mut watched: Vec<std::path::PathBuf> = Vec::new();
+    let mut reported: std::collections::HashSet<(std::path::PathBuf, String)> = Default::default();
+    let mut rescan = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = rescan.tick() => {
+                for folder in crate::files::expand(&config.files.watch) {
+                    if !watched.contains(&folder)
+                        && watcher.watch(&folder, notify::RecursiveMode::Recursive).is_ok()
+                    {
+                        tracing::info!(folder = %folder.display(), "watching for unapproved software");
+                        watched.push(folder);
+                    }
+                }
+            }
+            path = rx.recv() => {
+                let Some(path) = path else { return Ok(()) };
+                if !crate::files::is_software(&path, &config.files.extensions) {
+                    continue;
+                }
+                let Some(alert) = crate::files::alert(&path, config.files.severity) else { continue };
+                // One alert per file content per path.
+                if !reported.insert((path.clone(), alert.sha256.clone())) {
+                    continue;
+                }
+                outbox
+                    .append(Timestamp::now(), v1::event::Body::FileAlert(alert))
+                    .await?;
+                wake.notify_one();
+            }
+            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod enroll;
 pub mod facts;
+pub mod files;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;

@@ -353,7 +353,18 @@ impl PolicySource {
         let (tx, rx) = std::sync::mpsc::channel();
         let watched = path.to_path_buf();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| e.paths.iter().any(|p| p.file_name() == watched.file_name())) {
+            // Writes (including the close after writing), creations,
+            // renames and removals; never reads (the reload reads the file).
+            use notify::event::{AccessKind, AccessMode};
+            let relevant = event.is_ok_and(|e| {
+                let write = match e.kind {
+                    notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                    notify::EventKind::Access(_) => false,
+                    _ => true,
+                };
+                write && e.paths.iter().any(|p| p.file_name() == watched.file_name())
+            });
+            if relevant {
                 let _ = tx.send(());
             }
         })

@@ -129,6 +129,15 @@ pub enum EventBody {
     /// A suspicious-activity snapshot (the image itself is kept apart, in
     /// the evidence store).
     Capture(CaptureRecord),
+    /// New software appeared on the device (Downloads, removable media).
+    FileAlert {
+        path: String,
+        rule_id: String,
+        category: String,
+        severity: u32,
+        account: String,
+        sha256: String,
+    },
     /// A two-step sign-in the agent saw in the device's authentication log.
     Mfa {
         account: String,
@@ -174,6 +183,7 @@ impl EventBody {
             EventBody::OutboxReport { .. } => "outbox_report",
             EventBody::Session(_) => "session",
             EventBody::Capture(_) => "capture",
+            EventBody::FileAlert { .. } => "file_alert",
             EventBody::Mfa { .. } => "mfa",
             EventBody::Enforcement { .. } => "enforcement",
             EventBody::Other { name, .. } => name,

@@ -401,6 +401,18 @@ impl Agent {
     }
 
     pub fn write_config(&self, s: &AgentSettings) {
+        // Each agent its own helper socket (the default is one per
+        // machine), and no watching of this machine's real folders.
+        let mut local = String::new();
+        if !self.extra.contains("[capture]") {
+            local.push_str(&format!(
+                "[capture]\nsocket = \"{}\"\n",
+                self.socket().display()
+            ));
+        }
+        if !self.extra.contains("[files]") {
+            local.push_str("[files]\nwatch = []\n");
+        }
         let toml = format!(
             "collector = \"{}\"\nenroll_address = \"{}\"\nca_fingerprint = \"{}\"\nsite = \"{}\"\n\
              enrollment_secret = \"{}\"\ndata_dir = \"{}\"\nheartbeat_interval_secs = 1\nmachine_id = \"{}\"\n\
@@ -414,12 +426,7 @@ impl Agent {
             s.machine_id,
             self.delivery,
             self.extra,
-            // Each agent its own helper socket (the default is one per machine).
-            if self.extra.contains("[capture]") {
-                String::new()
-            } else {
-                format!("[capture]\nsocket = \"{}\"\n", self.socket().display())
-            }
+            local
         );
         std::fs::write(&self.config, toml).expect("writing agent.toml");
     }

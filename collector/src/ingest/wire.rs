@@ -85,7 +85,14 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             unrecognised("mfa", "no account")
         }
         Some(Body::Capture(c)) => EventBody::Capture(capture_from_wire(c)),
-        Some(Body::FileAlert(_)) => pending("file_alert"),
+        Some(Body::FileAlert(f)) => EventBody::FileAlert {
+            path: f.path,
+            rule_id: f.rule_id,
+            category: f.category,
+            severity: f.severity.clamp(1, 5),
+            account: f.account,
+            sha256: f.sha256,
+        },
         None => {
             ok = false;
             unrecognised("unknown", "no body this collector version understands")
@@ -98,13 +105,6 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
         body,
     };
     (event, ok)
-}
-
-fn pending(kind: &str) -> EventBody {
-    EventBody::Other {
-        name: kind.into(),
-        json: serde_json::json!({ "kind": kind, "note": "not interpreted by this collector version" }),
-    }
 }
 
 fn unrecognised(kind: &str, why: &str) -> EventBody {
