@@ -161,30 +161,6 @@ pub fn run_helper(
     }
 }
 
-/// The account name of a uid, or the uid itself.
-fn account_of(uid: u32) -> String {
-    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes only into `passwd` and `buffer`, whose
-    // sizes we pass, and sets `result` to &passwd or null.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut passwd,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc == 0 && !result.is_null() && !passwd.pw_name.is_null() {
-        // SAFETY: pw_name points into `buffer`, NUL-terminated.
-        let name = unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) };
-        return name.to_string_lossy().into_owned();
-    }
-    uid.to_string()
-}
-
 /// The daemon's side: accepts helpers on `socket` and queues what they
 /// send, tagged with the connecting user's account.
 pub async fn serve_helpers(
@@ -214,7 +190,7 @@ pub async fn serve_helpers(
         let Ok(credentials) = stream.peer_cred() else {
             continue;
         };
-        let account = account_of(credentials.uid());
+        let account = crate::accounts::account_of(credentials.uid());
         let (outbox, wake) = (outbox.clone(), wake.clone());
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(stream).lines();

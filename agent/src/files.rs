@@ -50,33 +50,9 @@ pub fn alert(path: &Path, severity: u32) -> Option<v1::FileAlert> {
         rule_id: "unapproved-software".into(),
         category: "unapproved-software".into(),
         severity,
-        account: account_of(meta.uid()),
+        account: crate::accounts::account_of(meta.uid()),
         sha256,
     })
-}
-
-fn account_of(uid: u32) -> String {
-    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes only into `passwd` and `buffer`, whose
-    // sizes we pass, and sets `result` to &passwd or null.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut passwd,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc == 0 && !result.is_null() && !passwd.pw_name.is_null() {
-        // SAFETY: pw_name points into `buffer`, NUL-terminated.
-        return unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-    }
-    uid.to_string()
 }
 
 /// The folders the globs name now.

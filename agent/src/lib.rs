@@ -6,6 +6,7 @@
 //! captures later) append to the durable `outbox`; `stream` drains it to the
 //! collector over mutual TLS and deletes what the collector acknowledged.
 
+pub mod accounts;
 pub mod authlog;
 pub mod capture;
 pub mod check;

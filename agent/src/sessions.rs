@@ -156,33 +156,13 @@ fn parse_utmp_record(r: &[u8]) -> Option<LiveSession> {
     Some(LiveSession {
         id: format!("utmp:{line}:{seconds}"),
         platform_id: line.clone(),
-        uid: uid_of(&user).unwrap_or(u32::MAX),
+        uid: crate::accounts::uid_of(&user).unwrap_or(u32::MAX),
         account: user,
         kind,
         seat: String::new(),
         started_at,
         idle: false,
     })
-}
-
-/// The uid of an account, from the system's user database.
-fn uid_of(account: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(account).ok()?;
-    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r writes only into `passwd` and `buffer`, whose
-    // sizes we pass, and sets `result` to &passwd or null.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut passwd,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some(passwd.pw_uid)
 }
 
 // ---------------------------------------------------------------- logind

@@ -13,13 +13,23 @@ use hallmonitor_proto::v1;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A collector to enrol with and stream to.
-#[derive(Clone, Debug)]
+/// A collector to enrol with and stream to (command-line arguments of
+/// every bench that talks to one).
+#[derive(Clone, Debug, clap::Args)]
 pub struct Target {
+    /// Collector enrolment address (host:port; the host must be in the
+    /// server certificate, e.g. localhost or 127.0.0.1).
+    #[arg(long)]
     pub enroll: String,
+    /// Collector telemetry address (host:port).
+    #[arg(long)]
     pub telemetry: String,
+    #[arg(long)]
     pub ca_fingerprint: String,
+    /// A site enrolment secret.
+    #[arg(long)]
     pub secret: String,
+    #[arg(long)]
     pub site: String,
 }
 

@@ -21,16 +21,8 @@ use hallmonitor_proto::v1;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    enroll: String,
-    #[arg(long)]
-    telemetry: String,
-    #[arg(long)]
-    ca_fingerprint: String,
-    #[arg(long)]
-    secret: String,
-    #[arg(long)]
-    site: String,
+    #[command(flatten)]
+    target: Target,
     /// The SMTP server's Maildir (its `new/` folder is watched).
     #[arg(long)]
     maildir: PathBuf,
@@ -53,17 +45,11 @@ fn mails(maildir: &std::path::Path) -> usize {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
-    let target = Target {
-        enroll: args.enroll.clone(),
-        telemetry: args.telemetry.clone(),
-        ca_fingerprint: args.ca_fingerprint.clone(),
-        secret: args.secret.clone(),
-        site: args.site.clone(),
-    };
+    let target = args.target.clone();
     let identity = enroll_agents(&target, "alert-latency", 1, 1, work.path())
         .await?
         .remove(0);
-    let mut stream = connect(&args.telemetry, identity, 4).await?;
+    let mut stream = connect(&args.target.telemetry, identity, 4).await?;
     let image = b"\x89PNG\r\n\x1a\n bench screen ".repeat(2_000);
     let sha: String = ring::digest::digest(&ring::digest::SHA256, &image)
         .as_ref()

@@ -32,19 +32,8 @@ use hallmonitor_proto::v1;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Simulated agents streaming to a collector over gRPC/mTLS")]
 struct Args {
-    /// Collector enrolment address (host:port; the host must be in the
-    /// server certificate, e.g. localhost or 127.0.0.1).
-    #[arg(long)]
-    enroll: String,
-    /// Collector telemetry address (host:port).
-    #[arg(long)]
-    telemetry: String,
-    #[arg(long)]
-    ca_fingerprint: String,
-    #[arg(long)]
-    secret: String,
-    #[arg(long)]
-    site: String,
+    #[command(flatten)]
+    target: Target,
     /// Number of simulated agents (one connection each).
     #[arg(long, default_value_t = 100)]
     agents: usize,
@@ -87,13 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let target = Target {
-        enroll: args.enroll.clone(),
-        telemetry: args.telemetry.clone(),
-        ca_fingerprint: args.ca_fingerprint.clone(),
-        secret: args.secret.clone(),
-        site: args.site.clone(),
-    };
+    let target = args.target.clone();
     let identities = enroll_agents(
         &target,
         &args.machine_prefix,
@@ -112,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // handshakes.
     let mut streams = Vec::with_capacity(identities.len());
     for identity in identities {
-        streams.push(connect(&args.telemetry, identity, args.window).await?);
+        streams.push(connect(&args.target.telemetry, identity, args.window).await?);
     }
     eprintln!("loadgen: {} streams open; sending", streams.len());
 
