@@ -11,7 +11,10 @@
 //!
 //! The daemon (`serve_helpers`) accepts on the socket, takes the account
 //! from the peer's credentials (never from the message), and queues the
-//! capture in the outbox, hashing the image itself. When no snapshot can be
+//! capture in the outbox, hashing the image itself. The other way, it sends
+//! each helper the policy in force and whether its user counts as staff,
+//! again whenever either changes (`policy::PolicyHub`); a helper that has
+//! not heard from the daemon uses the project's default policy. When no snapshot can be
 //! taken (no display, a compositor refusing) the capture still goes out,
 //! marked "no image" with the reason.
 
@@ -28,7 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
-use crate::policy::{PolicySource, UserKind};
+use crate::policy::{Origin, Policy, PolicyHub, PolicyText, UserKind};
 use crate::window::ActiveWindowSource;
 
 /// Repeats of one rule in one window within this are counted, not captured.
@@ -49,6 +52,20 @@ pub struct HelperCapture {
     /// The PNG snapshot, base64 (empty when there is none).
     #[serde(default)]
     pub image_png_base64: String,
+    /// The version of the policy that matched.
+    #[serde(default)]
+    pub policy_version: u64,
+}
+
+/// What the daemon tells a helper: the policy to match with and whether
+/// the helper's user counts as staff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperPolicy {
+    pub version: u64,
+    pub origin: Origin,
+    /// Empty: the project's default.
+    pub toml: String,
+    pub staff: bool,
 }
 
 /// The helper's rate limit: (rule, window) → when last captured and how
@@ -82,90 +99,215 @@ impl RateLimit {
     }
 }
 
-/// The session helper's loop: until the socket is gone for good or the
-/// display goes away. Buffers captures briefly while the daemon is down.
-pub fn run_helper(
-    source: &mut dyn ActiveWindowSource,
-    policies: &mut PolicySource,
-    socket: &Path,
-) -> anyhow::Result<()> {
-    let mut limit = RateLimit::default();
-    let mut last: Option<(u64, String)> = None;
-    let mut pending: Vec<HelperCapture> = Vec::new();
-    let mut buffer = String::new();
-    let mut stream: Option<std::os::unix::net::UnixStream> = None;
-    loop {
-        let window = source.next(Duration::from_secs(1))?;
-        // Picks up an edited policy file within a second.
-        let policy = policies.current();
-        if let Some(window) = window {
-            let key = (window.id, window.title.clone());
-            if last.as_ref() != Some(&key) {
-                last = Some(key);
-                // One snapshot for however many rules this title fires.
-                let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
-                for hit in policy.matches(&window.title, UserKind::Pupil, &mut buffer) {
-                    let Some(repeats) = limit.admit(&hit.rule.id, window.id, Instant::now()) else {
-                        continue;
-                    };
-                    let shot = snapshot.get_or_insert_with(|| crate::snapshot::take(window.centre));
-                    let (image_png_base64, no_image_reason) = match shot {
-                        Ok(s) => (
-                            base64::Engine::encode(
-                                &base64::engine::general_purpose::STANDARD,
-                                &s.png,
-                            ),
-                            String::new(),
-                        ),
-                        Err(reason) => (String::new(), reason.clone()),
-                    };
-                    pending.push(HelperCapture {
-                        rule_id: hit.rule.id.clone(),
-                        category: hit.rule.category.clone(),
-                        severity: u32::from(hit.rule.severity),
-                        matched_text: hit.phrase.to_owned(),
-                        window_title: window.title.clone(),
-                        process_name: window.process_name.clone(),
-                        pid: window.pid,
-                        repeat_count: repeats,
-                        no_image_reason,
-                        image_png_base64,
-                    });
-                }
-            }
+/// A policy the daemon sent, parsed.
+struct Received {
+    policy: Policy,
+    /// The site's version number (the file's own for a local override).
+    version: u64,
+    user: UserKind,
+}
+
+/// The helper's link to the daemon: captures go out on it, policies come
+/// back (read by a thread, handed over through a channel).
+struct Link {
+    socket: std::path::PathBuf,
+    stream: Option<std::os::unix::net::UnixStream>,
+    tried_at: Option<Instant>,
+    incoming: std::sync::mpsc::Receiver<Option<Received>>,
+    sender: std::sync::mpsc::Sender<Option<Received>>,
+}
+
+impl Link {
+    fn new(socket: &Path) -> Link {
+        let (sender, incoming) = std::sync::mpsc::channel();
+        Link {
+            socket: socket.to_path_buf(),
+            stream: None,
+            tried_at: None,
+            incoming,
+            sender,
         }
-        if pending.is_empty() {
-            continue;
+    }
+
+    /// Connects if not connected (at most once a second).
+    fn connect(&mut self) {
+        if self.stream.is_some()
+            || self
+                .tried_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
         }
-        if stream.is_none() {
-            stream = std::os::unix::net::UnixStream::connect(socket).ok();
-        }
-        let Some(connection) = stream.as_mut() else {
-            // The daemon is down: keep a bounded buffer and retry.
-            if pending.len() > 1_000 {
-                pending.drain(..pending.len() - 1_000);
-            }
-            continue;
+        self.tried_at = Some(Instant::now());
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(&self.socket) else {
+            return;
+        };
+        let Ok(reader) = stream.try_clone() else {
+            return;
+        };
+        let sender = self.sender.clone();
+        std::thread::spawn(move || read_policies(reader, sender));
+        tracing::info!(socket = %self.socket.display(), "connected to the agent daemon");
+        self.stream = Some(stream);
+    }
+
+    /// Sends what it can; what it cannot stays in `pending`.
+    fn send(&mut self, pending: &mut Vec<HelperCapture>) -> anyhow::Result<()> {
+        let Some(connection) = self.stream.as_mut() else {
+            return Ok(());
         };
         let mut sent = 0;
-        for capture in &pending {
+        for capture in pending.iter() {
             let mut line = serde_json::to_vec(capture)?;
             line.push(b'\n');
             if connection.write_all(&line).is_err() {
-                stream = None;
+                self.stream = None;
                 break;
             }
             sent += 1;
         }
         pending.drain(..sent);
+        Ok(())
     }
 }
 
-/// The daemon's side: accepts helpers on `socket` and queues what they
-/// send, tagged with the connecting user's account.
+/// The reader thread: one policy per line until the daemon goes away
+/// (then `None`).
+fn read_policies(
+    stream: std::os::unix::net::UnixStream,
+    sender: std::sync::mpsc::Sender<Option<Received>>,
+) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        let message: HelperPolicy = match serde_json::from_str(&line) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable policy message from the daemon");
+                continue;
+            }
+        };
+        let text = PolicyText {
+            version: message.version,
+            origin: message.origin,
+            toml: message.toml.into(),
+        };
+        match crate::policy::parse_text(&text) {
+            Ok(policy) => {
+                tracing::info!(version = message.version, origin = ?text.origin, rules = policy.rules().len(), staff = message.staff, "policy received");
+                let user = if message.staff {
+                    UserKind::Staff
+                } else {
+                    UserKind::Pupil
+                };
+                let received = Received {
+                    policy,
+                    version: message.version,
+                    user,
+                };
+                if sender.send(Some(received)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "policy not applied; the last good one stays in force")
+            }
+        }
+    }
+    let _ = sender.send(None);
+}
+
+/// The session helper's loop: until the display goes away. Matches with
+/// the default policy until the daemon sends one; buffers captures (at
+/// most 1,000) while the daemon is down and reconnects.
+pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow::Result<()> {
+    // Until the daemon says otherwise: the default, and the stricter
+    // pupil scope.
+    let mut current = Received {
+        policy: Policy::default_policy(),
+        version: 0,
+        user: UserKind::Pupil,
+    };
+    let mut limit = RateLimit::default();
+    let mut last: Option<(u64, String)> = None;
+    let mut pending: Vec<HelperCapture> = Vec::new();
+    let mut buffer = String::new();
+    let mut link = Link::new(socket);
+    loop {
+        link.connect();
+        let window = source.next(Duration::from_secs(1))?;
+        while let Ok(message) = link.incoming.try_recv() {
+            match message {
+                Some(received) => {
+                    current = received;
+                    // The window in front is checked again under the new policy.
+                    last = None;
+                }
+                None => link.stream = None,
+            }
+        }
+        if let Some(window) = window {
+            let key = (window.id, window.title.clone());
+            if last.as_ref() != Some(&key) {
+                last = Some(key);
+                check_window(&window, &current, &mut limit, &mut buffer, &mut pending);
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        link.send(&mut pending)?;
+        if pending.len() > 1_000 {
+            pending.drain(..pending.len() - 1_000);
+        }
+    }
+}
+
+/// Matches one window's title; a capture (with one snapshot however many
+/// rules fired) for each rule the rate limit admits.
+fn check_window(
+    window: &crate::window::ActiveWindow,
+    current: &Received,
+    limit: &mut RateLimit,
+    buffer: &mut String,
+    pending: &mut Vec<HelperCapture>,
+) {
+    let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
+    for hit in current.policy.matches(&window.title, current.user, buffer) {
+        let Some(repeats) = limit.admit(&hit.rule.id, window.id, Instant::now()) else {
+            continue;
+        };
+        let shot = snapshot.get_or_insert_with(|| crate::snapshot::take(window.centre));
+        let (image_png_base64, no_image_reason) = match shot {
+            Ok(s) => (
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &s.png),
+                String::new(),
+            ),
+            Err(reason) => (String::new(), reason.clone()),
+        };
+        pending.push(HelperCapture {
+            rule_id: hit.rule.id.clone(),
+            category: hit.rule.category.clone(),
+            severity: u32::from(hit.rule.severity),
+            matched_text: hit.phrase.to_owned(),
+            window_title: window.title.clone(),
+            process_name: window.process_name.clone(),
+            pid: window.pid,
+            repeat_count: repeats,
+            no_image_reason,
+            image_png_base64,
+            policy_version: current.version,
+        });
+    }
+}
+
+/// The daemon's side: accepts helpers on `socket`, queues what they send,
+/// tagged with the connecting user's account, and keeps each helper's
+/// policy current.
 pub async fn serve_helpers(
     socket: std::path::PathBuf,
     outbox: Outbox,
+    hub: std::sync::Arc<PolicyHub>,
     wake: std::sync::Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -191,64 +333,116 @@ pub async fn serve_helpers(
             continue;
         };
         let account = crate::accounts::account_of(credentials.uid());
+        let (reader, writer) = stream.into_split();
+        let policies = hub.subscribe();
+        let writing = tokio::spawn(send_policies(
+            writer,
+            policies,
+            account.clone(),
+            shutdown.clone(),
+        ));
         let (outbox, wake) = (outbox.clone(), wake.clone());
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.len() > 32 * 1024 * 1024 {
-                    tracing::warn!(
-                        uid = credentials.uid(),
-                        "session helper sent an oversized line; dropped"
-                    );
-                    continue;
-                }
-                let capture: HelperCapture = match serde_json::from_str(&line) {
-                    Ok(capture) => capture,
-                    Err(e) => {
-                        tracing::warn!(uid = credentials.uid(), error = %e, "unreadable line from a session helper");
-                        continue;
-                    }
-                };
-                let image = match base64::Engine::decode(
-                    &base64::engine::general_purpose::STANDARD,
-                    &capture.image_png_base64,
-                ) {
-                    Ok(image) => image,
-                    Err(e) => {
-                        tracing::warn!(uid = credentials.uid(), error = %e, "unreadable snapshot from a session helper");
-                        Vec::new()
-                    }
-                };
-                let no_image_reason = if image.is_empty() && capture.no_image_reason.is_empty() {
-                    "the session helper sent no image".to_owned()
-                } else {
-                    capture.no_image_reason
-                };
-                let body = v1::event::Body::Capture(v1::Capture {
-                    rule_id: capture.rule_id,
-                    category: capture.category,
-                    severity: capture.severity.clamp(1, 5),
-                    matched_text: capture.matched_text,
-                    window_title: capture.window_title,
-                    process_name: capture.process_name,
-                    pid: capture.pid,
-                    account: account.clone(),
-                    repeat_count: capture.repeat_count,
-                    no_image_reason,
-                    image_sha256: if image.is_empty() {
-                        String::new()
-                    } else {
-                        crate::snapshot::sha256_hex(&image)
-                    },
-                    image_png: image,
-                    ..Default::default()
-                });
-                match outbox.append(Timestamp::now(), body).await {
-                    Ok(_) => wake.notify_one(),
-                    Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
-                }
-            }
+            receive_captures(reader, credentials.uid(), account, outbox, wake).await;
+            writing.abort();
         });
+    }
+}
+
+/// Sends the helper the policy in force now and after every change that
+/// concerns it.
+async fn send_policies(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut policies: tokio::sync::watch::Receiver<crate::policy::InForce>,
+    account: String,
+    shutdown: CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut sent: Option<HelperPolicy> = None;
+    loop {
+        let message = {
+            let in_force = policies.borrow_and_update();
+            HelperPolicy {
+                version: in_force.policy.version,
+                origin: in_force.policy.origin,
+                toml: in_force.policy.toml.to_string(),
+                staff: in_force.user_kind(&account) == UserKind::Staff,
+            }
+        };
+        if sent.as_ref() != Some(&message) {
+            let mut line = serde_json::to_vec(&message).expect("plain data serialises");
+            line.push(b'\n');
+            if writer.write_all(&line).await.is_err() {
+                return;
+            }
+            sent = Some(message);
+        }
+        tokio::select! {
+            changed = policies.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Queues each capture a helper sends until it disconnects.
+async fn receive_captures(
+    reader: tokio::net::unix::OwnedReadHalf,
+    uid: u32,
+    account: String,
+    outbox: Outbox,
+    wake: std::sync::Arc<Notify>,
+) {
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.len() > 32 * 1024 * 1024 {
+            tracing::warn!(uid, "session helper sent an oversized line; dropped");
+            continue;
+        }
+        let capture: HelperCapture = match serde_json::from_str(&line) {
+            Ok(capture) => capture,
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "unreadable line from a session helper");
+                continue;
+            }
+        };
+        let image = match base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            &capture.image_png_base64,
+        ) {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "unreadable snapshot from a session helper");
+                Vec::new()
+            }
+        };
+        let no_image_reason = if image.is_empty() && capture.no_image_reason.is_empty() {
+            "the session helper sent no image".to_owned()
+        } else {
+            capture.no_image_reason
+        };
+        let body = v1::event::Body::Capture(v1::Capture {
+            rule_id: capture.rule_id,
+            category: capture.category,
+            severity: capture.severity.clamp(1, 5),
+            matched_text: capture.matched_text,
+            window_title: capture.window_title,
+            process_name: capture.process_name,
+            pid: capture.pid,
+            account: account.clone(),
+            repeat_count: capture.repeat_count,
+            no_image_reason,
+            image_sha256: if image.is_empty() {
+                String::new()
+            } else {
+                crate::snapshot::sha256_hex(&image)
+            },
+            image_png: image,
+            policy_version: capture.policy_version,
+        });
+        match outbox.append(Timestamp::now(), body).await {
+            Ok(_) => wake.notify_one(),
+            Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
+        }
     }
 }
 

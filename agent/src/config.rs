@@ -65,17 +65,26 @@ impl Default for FilesConfig {
     }
 }
 
-/// `[capture]`: the local socket session helpers send captures to.
+/// `[capture]`: the local socket session helpers send captures to, and
+/// the policy they match with.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     pub socket: PathBuf,
+    /// A policy file that, while it exists and parses, replaces the site's
+    /// policy on this device; followed for changes.
+    pub policy_override: PathBuf,
+    /// Accounts (glob patterns) whose activity counts as staff for rule
+    /// scope, besides the staff accounts the collector names.
+    pub staff_accounts: Vec<String>,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
+            policy_override: PathBuf::from("/etc/hallmonitor/policy.local.toml"),
+            staff_accounts: Vec::new(),
         }
     }
 }

@@ -55,6 +55,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await?;
     }
 
+    let hub =
+        Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture.staff_accounts).await?);
+    let override_watch = tokio::spawn(crate::policy::watch_override(
+        hub.clone(),
+        config.capture.policy_override.clone(),
+        shutdown.clone(),
+    ));
     let wake = Arc::new(Notify::new());
     let producer = tokio::spawn(produce(
         config.clone(),
@@ -78,6 +85,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let helpers = tokio::spawn(crate::capture::serve_helpers(
         config.capture.socket.clone(),
         outbox.clone(),
+        hub.clone(),
         wake.clone(),
         shutdown.clone(),
     ));
@@ -98,6 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         delivery: config.delivery.clone(),
         heartbeat_interval_secs: config.heartbeat_interval_secs,
         commands,
+        policies: hub,
     };
     let streamer = tokio::spawn(stream::run(
         identity,
@@ -110,6 +119,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (produced, streamed, tracked, watched, helped, filed) =
         tokio::join!(producer, streamer, sessions, auth_logs, helpers, files);
     filed.context("file watcher task")??;
+    override_watch.await.context("policy override task")?;
     if let Err(e) = helped.context("session helper task")? {
         // Captures are one feature among several: keep the rest running
         // records clear, but say why helpers cannot connect.

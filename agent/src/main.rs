@@ -55,10 +55,6 @@ enum Command {
         /// The daemon's socket.
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// A policy file instead of the built-in default policy; it is
-        /// reloaded when it changes (a broken edit keeps the last good one).
-        #[arg(long)]
-        policy: Option<PathBuf>,
     },
     /// PAM hook placed after a second-factor module that does not log its
     /// own success (pam_u2f, pam_oath): records that the second factor was
@@ -122,15 +118,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::LoginAllowed { user } = &cli.command {
         return Ok(login_allowed(cli.config.as_deref(), user));
     }
-    if let Command::Session { socket, policy } = &cli.command {
-        let mut policies = match policy {
-            Some(path) => hallmonitor_agent::policy::PolicySource::file(path)?,
-            None => hallmonitor_agent::policy::PolicySource::default_policy(),
-        };
+    if let Command::Session { socket } = &cli.command {
         let socket = socket.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let mut windows = hallmonitor_agent::window::X11Windows::connect()?;
-            hallmonitor_agent::capture::run_helper(&mut windows, &mut policies, &socket)
+            hallmonitor_agent::capture::run_helper(&mut windows, &socket)
         })
         .await??;
         return Ok(ExitCode::SUCCESS);

@@ -1,627 +1,443 @@
-//! The suspicious-activity policy and matching what the user is looking at
-//! (window and tab titles) against it.
+//! Which suspicious-activity policy is in force on this device, and getting
+//! it to the session helpers. Parsing and matching live in the shared
+//! `hallmonitor-policy` crate; this module owns where a policy comes from.
 //!
-//! A policy is TOML: rules with an id, a category, a severity 1–5, phrases,
-//! exclusions (so "Anti-Bullying Week" does not trigger bullying) and a
-//! scope (pupils, staff or all), plus exclusions for every rule. The
-//! project's documented default is `agent/policy.default.toml`.
+//! Precedence: the local override file (`[capture] policy_override`, for a
+//! technician testing a change on one device) when it exists and parses;
+//! otherwise the site's policy as the collector last sent it (versioned,
+//! kept in the outbox's state table so it survives restarts); otherwise the
+//! project's default. A policy that fails to parse — a broken edit of the
+//! override, a corrupt update — is logged with file, line and reason and
+//! the last good one stays in force.
 //!
-//! Matching is on normalised text: case folded, accents removed (NFKD),
-//! common letter substitutions undone (`k1ll` → `kill`, `@` → `a`), and
-//! everything that is not a letter or digit turned into one space, so
-//! spacing and punctuation do not matter. Phrases are normalised the same
-//! way and matched on word boundaries, all at once with one Aho-Corasick
-//! automaton, never by a loop over rules.
+//! Helpers learn the policy and whether their user counts as staff (rule
+//! scope) through `PolicyHub::subscribe`; staff are the accounts matching
+//! `[capture] staff_accounts` and the staff accounts the collector's last
+//! device state named.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
-use serde::Deserialize;
+pub use hallmonitor_policy::{DEFAULT_POLICY, Policy, PolicyError, UserKind};
+use hallmonitor_proto::v1;
+use tokio::sync::watch;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyFile {
-    #[serde(default = "one")]
-    version: u64,
-    /// Exclusions that silence every rule.
-    #[serde(default)]
-    exclusions: Vec<String>,
-    #[serde(default)]
-    rules: Vec<RuleSpec>,
-}
+use crate::outbox::Outbox;
 
-fn one() -> u64 {
-    1
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleSpec {
-    id: String,
-    category: String,
-    severity: u8,
-    phrases: Vec<String>,
-    #[serde(default)]
-    exclusions: Vec<String>,
-    #[serde(default)]
-    scope: Scope,
-}
-
-/// Whose activity a rule applies to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+/// Where the policy in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Scope {
-    #[default]
-    All,
-    Pupils,
-    Staff,
+pub enum Origin {
+    BuiltIn,
+    Site,
+    LocalOverride,
 }
 
-/// Who is at the keyboard, as far as the agent knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UserKind {
-    Pupil,
-    Staff,
-}
-
+/// A policy document and its version, as helpers receive it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub id: String,
-    pub category: String,
-    pub severity: u8,
-    pub scope: Scope,
-}
-
-/// A rule that fired on a title.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Match<'a> {
-    pub rule: &'a Rule,
-    /// The phrase as the policy writes it.
-    pub phrase: &'a str,
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
-pub struct PolicyError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-pub struct Policy {
+pub struct PolicyText {
     pub version: u64,
-    rules: Vec<Rule>,
-    phrases: AhoCorasick,
-    /// For each phrase pattern: (rule index, phrase as written).
-    phrase_rule: Vec<(usize, String)>,
-    exclusions: AhoCorasick,
-    /// For each exclusion pattern: the rule it silences (None: all).
-    exclusion_rule: Vec<Option<usize>>,
+    pub origin: Origin,
+    /// The TOML; empty for the built-in default.
+    pub toml: Arc<str>,
 }
 
-/// Letter substitutions undone before matching. Symbols count as letters
-/// only inside a word (`@ss`, `k!ll`), never at its end (`hello!`).
-fn unleet(c: char, next_is_word: bool) -> char {
-    match c {
-        '0' => 'o',
-        '1' => 'i',
-        '3' => 'e',
-        '4' => 'a',
-        '5' => 's',
-        '7' => 't',
-        '8' => 'b',
-        '@' if next_is_word => 'a',
-        '$' if next_is_word => 's',
-        '!' | '|' if next_is_word => 'i',
-        other => other,
+/// What helpers follow: the policy in force and who counts as staff.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InForce {
+    pub policy: PolicyText,
+    staff: Arc<BTreeSet<String>>,
+    staff_patterns: Arc<Vec<glob::Pattern>>,
+}
+
+impl InForce {
+    pub fn user_kind(&self, account: &str) -> UserKind {
+        if self.staff.contains(account) || self.staff_patterns.iter().any(|p| p.matches(account)) {
+            UserKind::Staff
+        } else {
+            UserKind::Pupil
+        }
     }
 }
 
-/// Normalises `text` into `out` as " word word " (leading and trailing
-/// space, single spaces), lower case, without accents or substitutions.
-pub fn normalise(text: &str, out: &mut String) {
-    out.clear();
-    out.push(' ');
-    if text.is_ascii() {
-        // Most titles: bytes, no allocation.
-        let bytes = text.as_bytes();
-        for (i, b) in bytes.iter().enumerate() {
-            let next_is_word = bytes.get(i + 1).is_some_and(|n| n.is_ascii_alphanumeric());
-            let c = unleet(*b as char, next_is_word);
-            if c.is_ascii_alphanumeric() {
-                out.push(c.to_ascii_lowercase());
-            } else if !out.ends_with(' ') {
-                out.push(' ');
-            }
-        }
-    } else {
-        use unicode_normalization::char::{decompose_compatible, is_combining_mark};
-        let mut chars = text.chars().peekable();
-        while let Some(c) = chars.next() {
-            let next_is_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
-            let mut push = |c: char| {
-                let c = unleet(c, next_is_word);
-                if c.is_ascii_alphanumeric() {
-                    out.push(c.to_ascii_lowercase());
-                } else if !c.is_ascii() && c.is_alphanumeric() {
-                    out.extend(c.to_lowercase());
-                } else if !out.ends_with(' ') {
-                    out.push(' ');
-                }
-            };
-            if c.is_ascii() {
-                push(c);
-            } else {
-                // Compatibility decomposition without the accents.
-                decompose_compatible(c, |d| {
-                    if !is_combining_mark(d) {
-                        push(d);
-                    }
-                });
-            }
-        }
-    }
-    if !out.ends_with(' ') {
-        out.push(' ');
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("policy version {version}: SHA-256 does not match its text")]
+    Hash { version: u64 },
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
-impl Policy {
-    pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
-        let file_name = file.display().to_string();
-        let spec: PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
-            file: file_name.clone(),
-            line: e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
-            message: e.message().to_owned(),
-        })?;
-        let invalid = |message: String| PolicyError {
-            file: file_name.clone(),
-            line: None,
-            message,
-        };
-        let mut rules = Vec::new();
-        let mut phrase_patterns = Vec::new();
-        let mut phrase_rule = Vec::new();
-        let mut exclusion_patterns = Vec::new();
-        let mut exclusion_rule = Vec::new();
-        let mut buffer = String::new();
-        for exclusion in &spec.exclusions {
-            normalise(exclusion, &mut buffer);
-            if buffer.trim().is_empty() {
-                return Err(invalid(format!(
-                    "exclusion '{exclusion}' has no letters or digits"
-                )));
-            }
-            exclusion_patterns.push(buffer.trim().to_owned());
-            exclusion_rule.push(None);
-        }
-        for (n, rule) in spec.rules.iter().enumerate() {
-            let name = format!("rules[{n}] ({})", rule.id);
-            if rule.id.trim().is_empty() {
-                return Err(invalid(format!("rules[{n}]: id is empty")));
-            }
-            if rules.iter().any(|r: &Rule| r.id == rule.id) {
-                return Err(invalid(format!("{name}: id is used twice")));
-            }
-            if !(1..=5).contains(&rule.severity) {
-                return Err(invalid(format!("{name}: severity must be 1 to 5")));
-            }
-            if rule.phrases.is_empty() {
-                return Err(invalid(format!("{name}: no phrases")));
-            }
-            for phrase in &rule.phrases {
-                normalise(phrase, &mut buffer);
-                if buffer.trim().is_empty() {
-                    return Err(invalid(format!(
-                        "{name}: phrase '{phrase}' has no letters or digits"
-                    )));
+#[derive(Default)]
+struct Sources {
+    site: Option<PolicyText>,
+    local: Option<PolicyText>,
+    staff: BTreeSet<String>,
+}
+
+/// The daemon's policy state, shared by the stream (site updates, staff
+/// from device state), the override watcher and the helper connections.
+pub struct PolicyHub {
+    sources: Mutex<Sources>,
+    staff_patterns: Arc<Vec<glob::Pattern>>,
+    tx: watch::Sender<InForce>,
+}
+
+const SITE_VERSION: &str = "site_policy_version";
+const SITE_TOML: &str = "site_policy_toml";
+
+impl PolicyHub {
+    /// The hub with the site policy kept from an earlier run, if any.
+    pub async fn load(outbox: &Outbox, staff_patterns: &[String]) -> anyhow::Result<PolicyHub> {
+        let patterns = staff_patterns
+            .iter()
+            .map(|p| {
+                glob::Pattern::new(p)
+                    .map_err(|e| anyhow::anyhow!("[capture] staff_accounts: '{p}': {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut sources = Sources::default();
+        let version = outbox.state(SITE_VERSION).await?;
+        let text = outbox.state(SITE_TOML).await?;
+        if let (Some(version), Some(text)) = (version, text) {
+            let version = version.parse().unwrap_or(0);
+            // Checked when it arrived; checked again in case the state
+            // table was edited by hand.
+            match parse_site(version, &text) {
+                Ok(()) => {
+                    sources.site = Some(PolicyText {
+                        version,
+                        origin: Origin::Site,
+                        toml: text.into(),
+                    })
                 }
-                phrase_patterns.push(buffer.trim().to_owned());
-                phrase_rule.push((n, phrase.clone()));
-            }
-            for exclusion in &rule.exclusions {
-                normalise(exclusion, &mut buffer);
-                if buffer.trim().is_empty() {
-                    return Err(invalid(format!(
-                        "{name}: exclusion '{exclusion}' has no letters or digits"
-                    )));
+                Err(e) => {
+                    tracing::error!(error = %e, "stored site policy unusable; using the default")
                 }
-                exclusion_patterns.push(buffer.trim().to_owned());
-                exclusion_rule.push(Some(n));
             }
-            rules.push(Rule {
-                id: rule.id.clone(),
-                category: rule.category.clone(),
-                severity: rule.severity,
-                scope: rule.scope,
-            });
         }
-        let build = |patterns: &[String]| {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
-                .build(patterns)
-                .map_err(|e| invalid(format!("building the matcher: {e}")))
-        };
-        Ok(Policy {
-            version: spec.version,
-            rules,
-            phrases: build(&phrase_patterns)?,
-            phrase_rule,
-            exclusions: build(&exclusion_patterns)?,
-            exclusion_rule,
+        let staff_patterns = Arc::new(patterns);
+        let first = in_force(&sources, &staff_patterns);
+        Ok(PolicyHub {
+            sources: Mutex::new(sources),
+            staff_patterns,
+            tx: watch::Sender::new(first),
         })
     }
 
-    /// Bytes the matcher's automata use.
-    pub fn memory_usage(&self) -> usize {
-        self.phrases.memory_usage() + self.exclusions.memory_usage()
+    pub fn subscribe(&self) -> watch::Receiver<InForce> {
+        self.tx.subscribe()
     }
 
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
+    pub fn current(&self) -> InForce {
+        self.tx.borrow().clone()
     }
 
-    /// The rules `title` triggers for this user, each once (first phrase
-    /// found), in policy order. `buffer` is reused between calls.
-    pub fn matches<'a>(
-        &'a self,
-        title: &str,
-        user: UserKind,
-        buffer: &mut String,
-    ) -> Vec<Match<'a>> {
-        normalise(title, buffer);
-        let mut fired: Vec<(usize, &'a str)> = Vec::new();
-        let bytes = buffer.as_bytes();
-        // Patterns are unpadded (so the automaton's prefilter can skip
-        // ahead); a hit counts only on word boundaries. The buffer starts
-        // and ends with a space, so the neighbours exist.
-        let whole_words = |start: usize, end: usize| bytes[start - 1] == b' ' && bytes[end] == b' ';
-        for hit in self.phrases.find_overlapping_iter(buffer.as_str()) {
-            if !whole_words(hit.start(), hit.end()) {
-                continue;
-            }
-            let (rule, phrase) = &self.phrase_rule[hit.pattern().as_usize()];
-            if !fired.iter().any(|(r, _)| r == rule) {
-                fired.push((*rule, phrase));
-            }
-        }
-        if fired.is_empty() {
-            return Vec::new();
-        }
-        let mut silenced_all = false;
-        let mut silenced: Vec<usize> = Vec::new();
-        for hit in self.exclusions.find_overlapping_iter(buffer.as_str()) {
-            if !whole_words(hit.start(), hit.end()) {
-                continue;
-            }
-            match self.exclusion_rule[hit.pattern().as_usize()] {
-                None => silenced_all = true,
-                Some(rule) => silenced.push(rule),
-            }
-        }
-        if silenced_all {
-            return Vec::new();
-        }
-        fired.sort_by_key(|(rule, _)| *rule);
-        fired
-            .into_iter()
-            .filter(|(rule, _)| !silenced.contains(rule))
-            .map(|(rule, phrase)| Match {
-                rule: &self.rules[rule],
-                phrase,
-            })
-            .filter(|m| {
-                matches!(
-                    (m.rule.scope, user),
-                    (Scope::All, _)
-                        | (Scope::Pupils, UserKind::Pupil)
-                        | (Scope::Staff, UserKind::Staff)
-                )
-            })
-            .collect()
-    }
-}
-
-/// A policy file followed for changes: a file that fails to parse is
-/// reported with its line and the last good policy stays in force.
-pub struct PolicySource {
-    path: Option<std::path::PathBuf>,
-    policy: Policy,
-    changed: Option<std::sync::mpsc::Receiver<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl PolicySource {
-    /// The built-in default policy, never reloaded.
-    pub fn default_policy() -> PolicySource {
-        PolicySource {
-            path: None,
-            policy: Policy::parse(DEFAULT_POLICY, Path::new("policy.default.toml"))
-                .expect("the default policy is valid (tested)"),
-            changed: None,
-            _watcher: None,
-        }
+    /// The site policy version this agent holds (0 = none), for the hello.
+    pub fn site_version(&self) -> u64 {
+        self.lock().site.as_ref().map_or(0, |p| p.version)
     }
 
-    /// `path`, watched; an unreadable or invalid file at start is an error.
-    pub fn file(path: &Path) -> Result<PolicySource, PolicyError> {
-        use notify::Watcher;
-        let policy = load(path)?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let watched = path.to_path_buf();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // Writes (including the close after writing), creations,
-            // renames and removals; never reads (the reload reads the file).
-            use notify::event::{AccessKind, AccessMode};
-            let relevant = event.is_ok_and(|e| {
-                let write = match e.kind {
-                    notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                    notify::EventKind::Access(_) => false,
-                    _ => true,
-                };
-                write && e.paths.iter().any(|p| p.file_name() == watched.file_name())
+    /// Applies a policy the collector sent: checked, kept, then in force
+    /// (unless a local override is). On error nothing changes.
+    pub async fn apply_site(
+        &self,
+        update: &v1::PolicyUpdate,
+        outbox: &Outbox,
+    ) -> Result<(), UpdateError> {
+        if crate::snapshot::sha256_hex(update.policy_toml.as_bytes()) != update.sha256 {
+            return Err(UpdateError::Hash {
+                version: update.version,
             });
-            if relevant {
-                let _ = tx.send(());
-            }
-        })
-        .ok()
-        .and_then(|mut w| {
-            // The folder, so editors that replace the file are seen too.
-            w.watch(path.parent()?, notify::RecursiveMode::NonRecursive)
-                .ok()?;
-            Some(w)
+        }
+        parse_site(update.version, &update.policy_toml)?;
+        outbox
+            .set_states(&[
+                (SITE_VERSION, &update.version.to_string()),
+                (SITE_TOML, &update.policy_toml),
+            ])
+            .await?;
+        self.change(|s| {
+            s.site = Some(PolicyText {
+                version: update.version,
+                origin: Origin::Site,
+                toml: update.policy_toml.as_str().into(),
+            })
         });
-        Ok(PolicySource {
-            path: Some(path.to_path_buf()),
-            policy,
-            changed: Some(rx),
-            _watcher: watcher,
-        })
-    }
-
-    /// The policy in force, reloaded first if the file changed.
-    pub fn current(&mut self) -> &Policy {
-        let changed = self
-            .changed
-            .as_ref()
-            .is_some_and(|rx| rx.try_iter().count() > 0);
-        if changed && let Err(e) = self.reload() {
-            tracing::error!(error = %e, "policy not reloaded; the last good one stays in force");
-        }
-        &self.policy
-    }
-
-    /// Reads the file again; on error the policy in force is unchanged.
-    pub fn reload(&mut self) -> Result<(), PolicyError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let policy = load(path)?;
-        tracing::info!(file = %path.display(), rules = policy.rules().len(), "policy reloaded");
-        self.policy = policy;
+        tracing::info!(version = update.version, "site policy applied");
         Ok(())
     }
+
+    /// Staff accounts from the collector's device state (its 2FA pairs are
+    /// exactly the staff accounts using this device).
+    pub fn set_staff_from_compliance(&self, compliance_json: &str) {
+        let Ok(report) = serde_json::from_str::<serde_json::Value>(compliance_json) else {
+            return;
+        };
+        let staff: BTreeSet<String> = report["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|d| d["mfa"].as_array().cloned().unwrap_or_default())
+            .filter_map(|pair| pair["account"].as_str().map(str::to_owned))
+            .collect();
+        if self.lock().staff != staff {
+            self.change(|s| s.staff = staff);
+        }
+    }
+
+    /// Reads the override file again: present and valid → in force;
+    /// missing → the site's policy; invalid → logged, nothing changes.
+    pub fn reload_override(&self, path: &Path) -> Result<(), PolicyError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.lock().local.is_some() {
+                    tracing::info!(file = %path.display(), "local policy override removed");
+                    self.change(|s| s.local = None);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(PolicyError {
+                    file: path.display().to_string(),
+                    line: None,
+                    message: e.to_string(),
+                });
+            }
+        };
+        if text.trim().is_empty() {
+            // Most likely caught between an editor's truncate and write.
+            return Err(PolicyError {
+                file: path.display().to_string(),
+                line: None,
+                message: "the file is empty (delete it to use the site's policy)".into(),
+            });
+        }
+        let policy = Policy::parse(&text, path)?;
+        tracing::info!(file = %path.display(), version = policy.version, rules = policy.rules().len(), "local policy override in force");
+        self.change(|s| {
+            s.local = Some(PolicyText {
+                version: policy.version,
+                origin: Origin::LocalOverride,
+                toml: text.into(),
+            })
+        });
+        Ok(())
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Sources)) {
+        let mut sources = self.lock();
+        f(&mut sources);
+        let next = in_force(&sources, &self.staff_patterns);
+        self.tx.send_if_modified(|current| {
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sources> {
+        // Plain data: a panic elsewhere cannot leave it half-changed.
+        self.sources.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-        file: path.display().to_string(),
-        line: None,
-        message: e.to_string(),
-    })?;
-    Policy::parse(&text, path)
+fn parse_site(version: u64, text: &str) -> Result<(), PolicyError> {
+    if text.is_empty() {
+        // The site chose the project's default.
+        return Ok(());
+    }
+    Policy::parse(text, Path::new(&format!("site policy version {version}"))).map(|_| ())
 }
 
-/// The project's default policy (documented in the file itself).
-pub const DEFAULT_POLICY: &str = include_str!("../policy.default.toml");
+fn in_force(sources: &Sources, staff_patterns: &Arc<Vec<glob::Pattern>>) -> InForce {
+    let policy = sources
+        .local
+        .clone()
+        .or_else(|| sources.site.clone())
+        .unwrap_or(PolicyText {
+            version: 0,
+            origin: Origin::BuiltIn,
+            toml: "".into(),
+        });
+    InForce {
+        policy,
+        staff: Arc::new(sources.staff.clone()),
+        staff_patterns: staff_patterns.clone(),
+    }
+}
+
+/// Parses what a helper received; empty text is the project's default.
+pub fn parse_text(text: &PolicyText) -> Result<Policy, PolicyError> {
+    if text.toml.is_empty() {
+        return Ok(Policy::default_policy());
+    }
+    let name = match text.origin {
+        Origin::LocalOverride => "local policy override".to_owned(),
+        _ => format!("site policy version {}", text.version),
+    };
+    Policy::parse(&text.toml, Path::new(&name))
+}
+
+/// How long the override file must be left alone before it is read.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Follows the override file until `shutdown`: every change is reloaded
+/// (editors that replace the file are seen: the folder is watched).
+pub async fn watch_override(
+    hub: Arc<PolicyHub>,
+    path: PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use notify::Watcher;
+    let report = |result: Result<(), PolicyError>| {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "policy not reloaded; the last good one stays in force");
+        }
+    };
+    report(hub.reload_override(&path));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = path.file_name().map(|n| n.to_owned());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        use notify::event::{AccessKind, AccessMode};
+        let relevant = event.is_ok_and(|e| {
+            // Writes, creations, renames and removals; never reads.
+            let write = match e.kind {
+                notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                notify::EventKind::Access(_) => false,
+                _ => true,
+            };
+            write && e.paths.iter().any(|p| p.file_name() == name.as_deref())
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .ok()
+    .and_then(|mut w| {
+        w.watch(path.parent()?, notify::RecursiveMode::NonRecursive)
+            .ok()?;
+        Some(w)
+    });
+    // Without a watch (the folder does not exist yet), look once a minute.
+    let mut fallback = tokio::time::interval(std::time::Duration::from_secs(60));
+    fallback.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    fallback.tick().await;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv(), if watcher.is_some() => {
+                // An edit is often several writes: read once they settle.
+                loop {
+                    tokio::select! {
+                        more = rx.recv() => if more.is_none() { break },
+                        _ = tokio::time::sleep(SETTLE) => break,
+                    }
+                }
+            }
+            _ = fallback.tick(), if watcher.is_none() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        report(hub.reload_override(&path));
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn policy(text: &str) -> Policy {
-        Policy::parse(text, Path::new("policy.toml")).unwrap()
+    async fn hub(dir: &Path) -> (PolicyHub, Outbox) {
+        let (outbox, _) = Outbox::open(dir, 1 << 20).await.unwrap();
+        let hub = PolicyHub::load(&outbox, &["t.*".to_owned()]).await.unwrap();
+        (hub, outbox)
     }
 
-    const SAMPLE: &str = r#"
-        exclusions = ["Safer Internet Day"]
-        [[rules]]
-        id = "bullying-1"
-        category = "bullying"
-        severity = 3
-        phrases = ["kill yourself", "nobody likes you"]
-        exclusions = ["anti-bullying week"]
-        [[rules]]
-        id = "self-harm-1"
-        category = "self-harm"
-        severity = 5
-        phrases = ["kill myself", "self harm"]
-        [[rules]]
-        id = "staff-only"
-        category = "adult"
-        severity = 2
-        phrases = ["casino"]
-        scope = "staff"
-    "#;
-
-    #[test]
-    fn table() {
-        let p = policy(SAMPLE);
-        let mut buffer = String::new();
-        let cases: &[(&str, &str, UserKind, &[&str])] = &[
-            (
-                "plain phrase",
-                "how to KILL MYSELF - Google Search",
-                UserKind::Pupil,
-                &["self-harm-1"],
-            ),
-            (
-                "leetspeak",
-                "k1ll mys3lf",
-                UserKind::Pupil,
-                &["self-harm-1"],
-            ),
-            (
-                "accents and spacing",
-                "sélf   HARM?! tips",
-                UserKind::Pupil,
-                &["self-harm-1"],
-            ),
-            (
-                "punctuation between words",
-                "self-harm",
-                UserKind::Pupil,
-                &["self-harm-1"],
-            ),
-            ("word boundary", "selfharmony music", UserKind::Pupil, &[]),
-            (
-                "inside another word",
-                "skill myselfish",
-                UserKind::Pupil,
-                &[],
-            ),
-            ("harmless", "Year 8 maths homework", UserKind::Pupil, &[]),
-            (
-                "rule exclusion",
-                "Anti-Bullying Week: nobody likes you? posters",
-                UserKind::Pupil,
-                &[],
-            ),
-            (
-                "exclusion of one rule only",
-                "Anti-Bullying Week and self harm",
-                UserKind::Pupil,
-                &["self-harm-1"],
-            ),
-            (
-                "global exclusion",
-                "Safer Internet Day: kill myself myths",
-                UserKind::Pupil,
-                &[],
-            ),
-            (
-                "two rules",
-                "nobody likes you, I want to kill myself",
-                UserKind::Pupil,
-                &["bullying-1", "self-harm-1"],
-            ),
-            ("scope staff, pupil", "online casino", UserKind::Pupil, &[]),
-            (
-                "scope staff, staff",
-                "online casino",
-                UserKind::Staff,
-                &["staff-only"],
-            ),
-        ];
-        for (name, title, user, want) in cases {
-            let got: Vec<&str> = p
-                .matches(title, *user, &mut buffer)
-                .iter()
-                .map(|m| m.rule.id.as_str())
-                .collect();
-            assert_eq!(&got, want, "{name}: '{title}'");
+    fn update(version: u64, text: &str) -> v1::PolicyUpdate {
+        v1::PolicyUpdate {
+            version,
+            policy_toml: text.to_owned(),
+            sha256: crate::snapshot::sha256_hex(text.as_bytes()),
         }
     }
 
-    #[test]
-    fn normalised_forms() {
-        let mut out = String::new();
-        normalise("  Héllo,   W0rld!! ", &mut out);
-        assert_eq!(out, " hello world ");
-        normalise("k!ll @ss $ex", &mut out);
-        assert_eq!(out, " kill ass sex ");
-        normalise("", &mut out);
-        assert_eq!(out, " ");
-    }
+    const SITE: &str =
+        "[[rules]]\nid = \"r\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"alpha bravo\"]\n";
 
-    #[test]
-    fn bad_policies_are_refused_with_file_and_line() {
-        let cases = [
-            (
-                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 9\nphrases = [\"y\"]\n",
-                "severity must be 1 to 5",
-            ),
-            (
-                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 2\nphrases = []\n",
-                "no phrases",
-            ),
-            (
-                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 2\nphrases = [\"?!\"]\n",
-                "has no letters",
-            ),
-            ("\n\n[[rules]]\nid = \"a\"\nbogus = 1\n", "line 5"),
-        ];
-        for (text, want) in cases {
-            let err = Policy::parse(text, Path::new("/etc/hallmonitor/policy.toml"))
-                .err()
-                .expect(want)
-                .to_string();
-            assert!(err.starts_with("/etc/hallmonitor/policy.toml: "), "{err}");
-            assert!(err.contains(want), "{want}: {err}");
-        }
-    }
-
-    #[test]
-    fn a_broken_edit_keeps_the_last_good_policy() {
+    #[tokio::test]
+    async fn site_policy_is_checked_kept_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("policy.toml");
-        let rule = |phrase: &str| {
-            format!(
-                "[[rules]]\nid = \"r\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"{phrase}\"]\n"
-            )
-        };
-        std::fs::write(&path, rule("alpha bravo")).unwrap();
-        let mut source = PolicySource::file(&path).unwrap();
-        let mut buffer = String::new();
-        let hits = |source: &mut PolicySource, title: &str, buffer: &mut String| {
-            source
-                .current()
-                .matches(title, UserKind::Pupil, buffer)
-                .len()
-        };
-        assert_eq!(hits(&mut source, "alpha bravo", &mut buffer), 1);
-        std::fs::write(&path, rule("charlie delta")).unwrap();
-        source.reload().unwrap();
-        assert_eq!(hits(&mut source, "charlie delta", &mut buffer), 1);
-        std::fs::write(&path, "[[rules]]\nid = \"r\"\nseverity = \"high\"\n").unwrap();
-        let err = source.reload().unwrap_err().to_string();
-        assert!(err.contains("policy.toml: line 3"), "{err}");
-        assert_eq!(
-            hits(&mut source, "charlie delta", &mut buffer),
-            1,
-            "last good kept"
-        );
-        assert!(PolicySource::file(&dir.path().join("missing.toml")).is_err());
+        let (hub, outbox) = hub(dir.path()).await;
+        assert_eq!(hub.current().policy.origin, Origin::BuiltIn);
+        let mut bad_hash = update(3, SITE);
+        bad_hash.sha256 = "00".into();
+        assert!(matches!(
+            hub.apply_site(&bad_hash, &outbox).await,
+            Err(UpdateError::Hash { .. })
+        ));
+        let err = hub
+            .apply_site(&update(3, "[[rules]]\nid = 1\n"), &outbox)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("site policy version 3: line 2"), "{err}");
+        assert_eq!(hub.site_version(), 0, "nothing changed");
+        hub.apply_site(&update(3, SITE), &outbox).await.unwrap();
+        assert_eq!(hub.site_version(), 3);
+        assert_eq!(hub.current().policy.origin, Origin::Site);
+        outbox.close().await;
+        drop(outbox);
+
+        let (again, _outbox) = self::hub(dir.path()).await;
+        assert_eq!(again.site_version(), 3, "kept across restarts");
+        assert_eq!(&*again.current().policy.toml, SITE);
     }
 
-    #[test]
-    fn the_default_policy_loads_and_covers_the_categories() {
-        let p = Policy::parse(DEFAULT_POLICY, Path::new("policy.default.toml")).unwrap();
-        for category in [
-            "self-harm",
-            "bullying",
-            "radicalisation",
-            "adult",
-            "violence",
-            "drugs",
-        ] {
-            assert!(
-                p.rules().iter().any(|r| r.category == category),
-                "{category}"
-            );
-        }
+    #[tokio::test]
+    async fn a_local_override_wins_and_a_broken_edit_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, outbox) = hub(dir.path()).await;
+        hub.apply_site(&update(3, SITE), &outbox).await.unwrap();
+        let path = dir.path().join("policy.toml");
+        hub.reload_override(&path).unwrap();
+        assert_eq!(hub.current().policy.origin, Origin::Site, "no file yet");
+        std::fs::write(&path, SITE.replace("alpha bravo", "charlie")).unwrap();
+        hub.reload_override(&path).unwrap();
+        assert_eq!(hub.current().policy.origin, Origin::LocalOverride);
+        std::fs::write(&path, "[[rules]]\nid = \"r\"\nseverity = \"high\"\n").unwrap();
+        let err = hub.reload_override(&path).unwrap_err().to_string();
+        assert!(err.contains("policy.toml: line 3"), "{err}");
+        let kept = parse_text(&hub.current().policy).unwrap();
         let mut buffer = String::new();
-        assert!(
-            p.matches("Anti-Bullying Week assembly", UserKind::Pupil, &mut buffer)
-                .is_empty()
+        assert_eq!(
+            kept.matches("charlie", UserKind::Pupil, &mut buffer).len(),
+            1
         );
-        assert!(
-            !p.matches("how to kill myself", UserKind::Pupil, &mut buffer)
-                .is_empty()
+        std::fs::remove_file(&path).unwrap();
+        hub.reload_override(&path).unwrap();
+        assert_eq!(hub.current().policy.origin, Origin::Site, "removed");
+    }
+
+    #[tokio::test]
+    async fn staff_come_from_patterns_and_the_collectors_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, _outbox) = hub(dir.path()).await;
+        let mut changes = hub.subscribe();
+        assert_eq!(hub.current().user_kind("t.smith"), UserKind::Staff);
+        assert_eq!(hub.current().user_kind("pupil7"), UserKind::Pupil);
+        hub.set_staff_from_compliance(
+            r#"{"devices": [{"mfa": [{"account": "head", "status": "fresh"}]}]}"#,
         );
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(
+            changes.borrow_and_update().user_kind("head"),
+            UserKind::Staff
+        );
+        hub.set_staff_from_compliance(
+            r#"{"devices": [{"mfa": [{"account": "head", "status": "stale"}]}]}"#,
+        );
+        assert!(!changes.has_changed().unwrap(), "same staff: no change");
     }
 }

@@ -50,6 +50,8 @@ pub struct StreamSettings {
     pub heartbeat_interval_secs: u32,
     /// Where commands from the collector go (the enforcer task).
     pub commands: mpsc::Sender<v1::Command>,
+    /// The suspicious-activity policy: updates from the collector go there.
+    pub policies: Arc<crate::policy::PolicyHub>,
 }
 
 enum Ended {
@@ -127,17 +129,7 @@ async fn run_once(
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(WINDOW + 2);
-    let stats = outbox.stats().await?;
-    let hello = v1::AgentMessage {
-        body: Some(v1::agent_message::Body::Hello(v1::AgentHello {
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            oldest_unacked_seq: stats.oldest_seq.unwrap_or(0),
-            next_seq: stats.next_seq,
-            policy_version: 0,
-            heartbeat_interval_secs: settings.heartbeat_interval_secs,
-        })),
-    };
-    tx.send(hello)
+    tx.send(agent_hello(settings, outbox).await?)
         .await
         .map_err(|_| StreamError::Protocol("stream closed".into()))?;
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
@@ -195,7 +187,12 @@ async fn run_once(
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
             message = inbound.message() => {
                 let Some(message) = message? else { return Ok(Ended::ClosedByCollector) };
-                handle(message, outbox, &settings.commands, &mut in_flight).await?;
+                if handle(message, outbox, settings, &mut in_flight).await? {
+                    // The site policy changed: say which version is held now.
+                    tx.send(agent_hello(settings, outbox).await?)
+                        .await
+                        .map_err(|_| StreamError::Protocol("stream closed while sending".into()))?;
+                }
             }
             _ = wake.notified(), if in_flight.len() < WINDOW => {
                 // Let a burst of appends gather into one batch.
@@ -205,13 +202,32 @@ async fn run_once(
     }
 }
 
+async fn agent_hello(
+    settings: &StreamSettings,
+    outbox: &Outbox,
+) -> Result<v1::AgentMessage, StreamError> {
+    let stats = outbox.stats().await?;
+    Ok(v1::AgentMessage {
+        body: Some(v1::agent_message::Body::Hello(v1::AgentHello {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            oldest_unacked_seq: stats.oldest_seq.unwrap_or(0),
+            next_seq: stats.next_seq,
+            policy_version: settings.policies.site_version(),
+            heartbeat_interval_secs: settings.heartbeat_interval_secs,
+        })),
+    })
+}
+
+/// Handles one message from the collector; true when the site policy
+/// changed (the collector is told with a new hello).
 async fn handle(
     message: v1::CollectorMessage,
     outbox: &Outbox,
-    commands: &mpsc::Sender<v1::Command>,
+    settings: &StreamSettings,
     in_flight: &mut VecDeque<(u64, u64, u64)>,
-) -> Result<(), StreamError> {
+) -> Result<bool, StreamError> {
     use v1::collector_message::Body;
+    let commands = &settings.commands;
     match message.body {
         Some(Body::Ack(ack)) => {
             let Some(position) = in_flight.iter().position(|(id, _, _)| *id == ack.batch_id) else {
@@ -243,10 +259,17 @@ async fn handle(
             }
         }
         Some(Body::Hello(_)) => return Err(StreamError::Protocol("second hello".into())),
-        Some(Body::Policy(p)) => tracing::info!(
-            version = p.version,
-            "policy update received; this agent version does not apply policies yet"
-        ),
+        Some(Body::Policy(update)) => {
+            match settings.policies.apply_site(&update, outbox).await {
+                Ok(()) => return Ok(true),
+                Err(crate::policy::UpdateError::Outbox(e)) => return Err(e.into()),
+                // The collector checks policies before sending them; one
+                // that still fails here is refused and the last good kept.
+                Err(e) => {
+                    tracing::error!(error = %e, "site policy refused; the last good one stays in force")
+                }
+            }
+        }
         Some(Body::Command(c)) => {
             tracing::info!(command_id = %c.command_id, kind = c.kind, "command received");
             if commands.send(c).await.is_err() {
@@ -256,6 +279,9 @@ async fn handle(
         // What the collector concluded about this device: kept for
         // `hallmonitor-agent check`.
         Some(Body::State(state)) => {
+            settings
+                .policies
+                .set_staff_from_compliance(&state.compliance_json);
             outbox
                 .set_states(&[
                     ("compliance_json", &state.compliance_json),
@@ -273,7 +299,7 @@ async fn handle(
         }
         None => {}
     }
-    Ok(())
+    Ok(false)
 }
 
 async fn set_connection(outbox: &Outbox, state: &str, error: Option<&str>) {

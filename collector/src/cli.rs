@@ -32,6 +32,7 @@ struct DeviceJson<'a> {
     facts: &'a crate::model::DeviceFacts,
     enforcement: crate::model::Enforcement,
     reenabled_at: Option<Timestamp>,
+    policy_version: u64,
 }
 
 fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
@@ -50,6 +51,7 @@ fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
         facts: &d.facts,
         enforcement: d.enforcement,
         reenabled_at: d.reenabled_at,
+        policy_version: d.policy_version,
     }
 }
 
@@ -113,6 +115,13 @@ pub fn device_show(
             line("last seen", local(d.last_seen_at, tz));
             line("enrolled", local(Some(d.enrolled_at), tz));
             line("enforcement", d.enforcement.as_str().into());
+            line(
+                "policy version",
+                match d.policy_version {
+                    0 => "project default (no site policy received)".into(),
+                    v => v.to_string(),
+                },
+            );
             if d.reenabled_at.is_some() {
                 line("re-enabled", local(d.reenabled_at, tz));
             }
@@ -600,27 +609,41 @@ pub fn incident_show(
                 "SEV".into(),
                 "RULE".into(),
                 "MATCHED".into(),
-                "WINDOW".into(),
-                "IMAGE".into(),
+                "WINDOW OR FILE".into(),
+                "EVIDENCE".into(),
             ]];
             for c in captures {
+                let (place, evidence) = if c.kind == "file" {
+                    (
+                        c.file_path.clone(),
+                        format!("file {}", short(&c.file_sha256)),
+                    )
+                } else if c.image_status == "verified" {
+                    (
+                        c.window_title.clone(),
+                        format!("image {}", short(&c.image_sha256)),
+                    )
+                } else {
+                    (c.window_title.clone(), c.image_status.clone())
+                };
                 rows.push([
                     c.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
                     c.severity.to_string(),
                     c.rule_id.clone(),
                     c.matched_text.clone(),
-                    c.window_title.clone(),
-                    if c.image_status == "verified" {
-                        c.image_sha256[..12].to_string()
-                    } else {
-                        c.image_status.clone()
-                    },
+                    place,
+                    evidence,
                 ]);
             }
             out.push_str(&table(&rows));
             out
         }
     }
+}
+
+/// The first 12 characters of a hash, enough to tell evidence apart.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 fn status_word(c: Connectivity) -> &'static str {

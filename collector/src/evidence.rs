@@ -2,12 +2,20 @@
 //! the image and encrypted with AES-256-GCM (ring).
 //!
 //! Files live in `DATA/evidence/ab/abcdef…` (the image's hash); each holds
-//! a 12-byte random nonce followed by the ciphertext and tag, authenticated
-//! with the hash as associated data, so a file swapped for another's fails
-//! to open. The key is `DATA/pki/evidence.key` (32 random bytes, mode 0600),
-//! created on first use; back it up with the database. Key rotation is not
-//! built yet (it would re-encrypt every file under a new key while the
-//! collector is stopped).
+//! `HME2`, the 8-byte id of the key that sealed it, a 12-byte random nonce,
+//! then the ciphertext and tag, authenticated with the hash as associated
+//! data, so a file swapped for another's fails to open. (Files written
+//! before key ids existed hold only nonce and ciphertext; every key is
+//! tried on them.)
+//!
+//! The key is `DATA/pki/evidence.key` (32 random bytes, mode 0600), created
+//! on first use; back it up with the database. `rotate_key` makes a new
+//! one, keeps the old one in `DATA/pki/evidence-keys/ID.key` while any file
+//! needs it, re-encrypts every file under the new key and then deletes the
+//! old keys no file uses. A running collector notices the new key before
+//! its next write (it checks whether the key file was replaced), and an
+//! old key is only deleted once no file needs it, so rotating while the
+//! collector runs loses nothing.
 //!
 //! Writes go to a temporary file renamed into place, so a crash never
 //! leaves a half-written image under its final name.
@@ -15,6 +23,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -33,13 +42,55 @@ pub enum EvidenceError {
     Tampered(String),
     #[error("not a SHA-256 in hex: '{0}'")]
     BadHash(String),
+    #[error("no random numbers from the operating system")]
+    Random,
 }
 
 type Result<T> = std::result::Result<T, EvidenceError>;
 
+const MAGIC: &[u8; 4] = b"HME2";
+type KeyId = [u8; 8];
+
+struct Key {
+    id: KeyId,
+    key: LessSafeKey,
+}
+
+struct KeyRing {
+    current: Key,
+    /// Older keys some files may still need.
+    retired: Vec<Key>,
+    /// The current key file's identity (inode, change time), to notice a
+    /// rotation: the new key is a new file renamed into place.
+    current_changed: Option<(u64, i64, i64)>,
+}
+
+impl KeyRing {
+    fn find(&self, id: &KeyId) -> Option<&Key> {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find(|k| &k.id == id)
+    }
+}
+
 pub struct EvidenceStore {
     dir: PathBuf,
-    key: LessSafeKey,
+    pki: PathBuf,
+    keys: RwLock<KeyRing>,
+}
+
+/// What a key rotation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The new key's id, hex.
+    pub key_id: String,
+    pub reencrypted: u64,
+    /// Old keys deleted because no file needs them any more.
+    pub old_keys_removed: u64,
+    /// Old keys kept because some file still needs them (unreadable files
+    /// are reported by `failed`).
+    pub old_keys_kept: u64,
+    pub failed: Vec<String>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -57,35 +108,96 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
     }
 }
 
+fn key_from_bytes(bytes: &[u8], path: &Path) -> Result<Key> {
+    let unbound =
+        UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| EvidenceError::BadKey(path.into()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    Ok(Key {
+        id,
+        key: LessSafeKey::new(unbound),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| EvidenceError::Random)?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file (mode 0600, synced),
+/// so `path` is either the old or the new content, never half of one.
+fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io(&temp))?;
+    for part in parts {
+        file.write_all(part).map_err(io(&temp))?;
+    }
+    file.sync_all().map_err(io(&temp))?;
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+fn modified(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+#[cfg(test)]
+impl Rotation {
+    fn key_id_bytes(&self) -> Vec<u8> {
+        (0..self.key_id.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&self.key_id[i..i + 2], 16).unwrap_or(0))
+            .collect()
+    }
+}
+
 impl EvidenceStore {
     /// Opens the store of a data directory, creating the key if missing.
     pub fn open(data: &Path) -> Result<EvidenceStore> {
-        let key_path = data.join("pki").join("evidence.key");
-        let key = match std::fs::read(&key_path) {
-            Ok(key) => key,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = vec![0u8; 32];
-                SystemRandom::new()
-                    .fill(&mut key)
-                    .map_err(|_| EvidenceError::BadKey(key_path.clone()))?;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&key_path)
-                    .map_err(io(&key_path))?;
-                file.write_all(&key).map_err(io(&key_path))?;
-                file.sync_all().map_err(io(&key_path))?;
-                key
-            }
-            Err(e) => return Err(io(&key_path)(e)),
-        };
-        let key = UnboundKey::new(&AES_256_GCM, &key)
-            .map_err(|_| EvidenceError::BadKey(key_path.clone()))?;
+        let pki = data.join("pki");
+        let keys = load_keys(&pki)?;
         Ok(EvidenceStore {
             dir: data.join("evidence"),
-            key: LessSafeKey::new(key),
+            pki,
+            keys: RwLock::new(keys),
         })
+    }
+
+    fn current_key_path(&self) -> PathBuf {
+        self.pki.join("evidence.key")
+    }
+
+    fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, KeyRing> {
+        // Keys are replaced whole; a panic elsewhere cannot leave half a ring.
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the keys again when the key file changed (a rotation by
+    /// another process).
+    fn refresh(&self) -> Result<()> {
+        let changed = modified(&self.current_key_path());
+        if changed == self.read_keys().current_changed {
+            return Ok(());
+        }
+        let ring = load_keys(&self.pki)?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = ring;
+        Ok(())
     }
 
     fn path(&self, sha256: &str) -> Result<PathBuf> {
@@ -105,51 +217,67 @@ impl EvidenceStore {
         }
         let dir = path.parent().expect("evidence paths have a folder");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut nonce = [0u8; 12];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
+        self.refresh()?;
+        self.write_sealed(&path, image, sha256)
+    }
+
+    fn write_sealed(&self, path: &Path, image: &[u8], sha256: &str) -> Result<()> {
+        let nonce = random::<12>()?;
         let mut sealed = image.to_vec();
-        self.key
+        let keys = self.read_keys();
+        keys.current
+            .key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(sha256.as_bytes()),
+                Aad::from(sha256.to_ascii_lowercase().as_bytes()),
                 &mut sealed,
             )
             .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
-        let temp = path.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io(&temp))?;
-        file.write_all(&nonce).map_err(io(&temp))?;
-        file.write_all(&sealed).map_err(io(&temp))?;
-        file.sync_all().map_err(io(&temp))?;
-        std::fs::rename(&temp, &path).map_err(io(&path))
+        write_atomically(path, &[MAGIC, &keys.current.id, &nonce, &sealed])
     }
 
     /// The image, decrypted and checked against its hash.
     pub fn get(&self, sha256: &str) -> Result<Vec<u8>> {
         let path = self.path(sha256)?;
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        if bytes.len() < 12 + 16 {
-            return Err(EvidenceError::Tampered(sha256.into()));
+        self.refresh()?;
+        let (plain, _) = self.open_sealed(&bytes, sha256)?;
+        Ok(plain)
+    }
+
+    /// Decrypts a file's bytes: the image and the id of the key that
+    /// opened it.
+    fn open_sealed(&self, bytes: &[u8], sha256: &str) -> Result<(Vec<u8>, KeyId)> {
+        let sha = sha256.to_ascii_lowercase();
+        let keys = self.read_keys();
+        let open = |key: &Key, nonce: &[u8], sealed: &[u8]| -> Option<Vec<u8>> {
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let mut sealed = sealed.to_vec();
+            let plain = key
+                .key
+                .open_in_place(nonce, Aad::from(sha.as_bytes()), &mut sealed)
+                .ok()?;
+            (sha256_hex(plain) == sha).then(|| plain.to_vec())
+        };
+        if bytes.len() >= 4 + 8 + 12 + 16 && bytes.starts_with(MAGIC) {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&bytes[4..12]);
+            if let Some(key) = keys.find(&id)
+                && let Some(plain) = open(key, &bytes[12..24], &bytes[24..])
+            {
+                return Ok((plain, id));
+            }
         }
-        let (nonce, sealed) = bytes.split_at(12);
-        let mut sealed = sealed.to_vec();
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(sha256.as_bytes()), &mut sealed)
-            .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
-        if sha256_hex(plain) != sha256.to_ascii_lowercase() {
-            return Err(EvidenceError::Tampered(sha256.into()));
+        // Written before key ids (or a nonce that happens to start with
+        // the marker): nonce and ciphertext, under any key.
+        if bytes.len() >= 12 + 16 {
+            for key in std::iter::once(&keys.current).chain(&keys.retired) {
+                if let Some(plain) = open(key, &bytes[..12], &bytes[12..]) {
+                    return Ok((plain, [0; 8]));
+                }
+            }
         }
-        Ok(plain.to_vec())
+        Err(EvidenceError::Tampered(sha256.into()))
     }
 
     pub fn remove(&self, sha256: &str) -> Result<()> {
@@ -160,6 +288,126 @@ impl EvidenceStore {
             Err(e) => Err(io(&path)(e)),
         }
     }
+
+    /// Every stored image: (hash, path).
+    fn files(&self) -> Result<Vec<(String, PathBuf)>> {
+        let mut files = Vec::new();
+        let Ok(folders) = std::fs::read_dir(&self.dir) else {
+            return Ok(files);
+        };
+        for folder in folders.flatten() {
+            let Ok(entries) = std::fs::read_dir(folder.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    files.push((name, entry.path()));
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// Makes a new key, re-encrypts every image under it, and deletes the
+    /// old keys once no file needs them. Safe to run while the collector
+    /// runs, and to run again after an interruption.
+    pub fn rotate_key(&self) -> Result<Rotation> {
+        let retired_dir = self.pki.join("evidence-keys");
+        std::fs::create_dir_all(&retired_dir).map_err(io(&retired_dir))?;
+        // The old key is kept before the new one replaces it, so no file
+        // is ever without its key.
+        let current_path = self.current_key_path();
+        let old = std::fs::read(&current_path).map_err(io(&current_path))?;
+        let old_id = key_from_bytes(&old, &current_path)?.id;
+        write_atomically(&retired_dir.join(format!("{}.key", hex(&old_id))), &[&old])?;
+        let new = random::<32>()?;
+        write_atomically(&current_path, &[&new])?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = load_keys(&self.pki)?;
+        let current = self.read_keys().current.id;
+
+        let mut rotation = Rotation {
+            key_id: hex(&current),
+            reencrypted: 0,
+            old_keys_removed: 0,
+            old_keys_kept: 0,
+            failed: Vec::new(),
+        };
+        let mut still_needed: Vec<KeyId> = Vec::new();
+        for (sha, path) in self.files()? {
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            if bytes.starts_with(MAGIC) && bytes.get(4..12) == Some(&current[..]) {
+                continue;
+            }
+            match self.open_sealed(&bytes, &sha) {
+                Ok((plain, _)) => {
+                    self.write_sealed(&path, &plain, &sha)?;
+                    rotation.reencrypted += 1;
+                }
+                Err(e) => {
+                    tracing::error!(sha256 = %sha, error = %e, "evidence file not re-encrypted");
+                    rotation.failed.push(sha);
+                    if bytes.starts_with(MAGIC) {
+                        still_needed.push(bytes[4..12].try_into().expect("8 bytes"));
+                    }
+                }
+            }
+        }
+        // A file an unreadable one might need keeps every old key.
+        let keep_all = !rotation.failed.is_empty() && still_needed.is_empty();
+        for key in &self.read_keys().retired {
+            let path = retired_dir.join(format!("{}.key", hex(&key.id)));
+            if keep_all || still_needed.contains(&key.id) {
+                rotation.old_keys_kept += 1;
+                continue;
+            }
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            rotation.old_keys_removed += 1;
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = load_keys(&self.pki)?;
+        Ok(rotation)
+    }
+}
+
+/// The current key (created if missing) and the retired ones.
+fn load_keys(pki: &Path) -> Result<KeyRing> {
+    let key_path = pki.join("evidence.key");
+    let bytes = match std::fs::read(&key_path) {
+        Ok(key) => key,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random::<32>()?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_path)
+                .map_err(io(&key_path))?;
+            file.write_all(&key).map_err(io(&key_path))?;
+            file.sync_all().map_err(io(&key_path))?;
+            key.to_vec()
+        }
+        Err(e) => return Err(io(&key_path)(e)),
+    };
+    let current = key_from_bytes(&bytes, &key_path)?;
+    let mut retired = Vec::new();
+    let retired_dir = pki.join("evidence-keys");
+    if let Ok(entries) = std::fs::read_dir(&retired_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "key") {
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                let key = key_from_bytes(&bytes, &path)?;
+                if key.id != current.id {
+                    retired.push(key);
+                }
+            }
+        }
+    }
+    Ok(KeyRing {
+        current,
+        retired,
+        current_changed: modified(&key_path),
+    })
 }
 
 #[cfg(test)]
@@ -202,5 +450,67 @@ mod tests {
             store.put(&image, "../../etc/passwd"),
             Err(EvidenceError::BadHash(_))
         ));
+    }
+
+    #[test]
+    fn rotating_the_key_reencrypts_everything_and_drops_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let store = EvidenceStore::open(dir.path()).unwrap();
+        // Another handle, like a running collector's.
+        let running = EvidenceStore::open(dir.path()).unwrap();
+        let images: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 1000]).collect();
+        for image in &images {
+            store.put(image, &sha256_hex(image)).unwrap();
+        }
+        // A file in the format from before key ids.
+        let legacy = b"legacy image".to_vec();
+        let legacy_sha = sha256_hex(&legacy);
+        let nonce = [7u8; 12];
+        let mut sealed = legacy.clone();
+        store
+            .read_keys()
+            .current
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(legacy_sha.as_bytes()),
+                &mut sealed,
+            )
+            .unwrap();
+        let legacy_path = store.path(&legacy_sha).unwrap();
+        std::fs::create_dir_all(legacy_path.parent().unwrap()).unwrap();
+        std::fs::write(&legacy_path, [&nonce[..], &sealed].concat()).unwrap();
+        let old_key = std::fs::read(dir.path().join("pki/evidence.key")).unwrap();
+
+        let rotation = store.rotate_key().unwrap();
+        assert_eq!(rotation.reencrypted, 6);
+        assert_eq!((rotation.old_keys_removed, rotation.old_keys_kept), (1, 0));
+        assert!(rotation.failed.is_empty());
+        let new_key = std::fs::read(dir.path().join("pki/evidence.key")).unwrap();
+        assert_ne!(new_key, old_key);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("pki/evidence-keys"))
+                .unwrap()
+                .count(),
+            0,
+            "the old key is gone"
+        );
+        for image in images.iter().chain([&legacy]) {
+            let sha = sha256_hex(image);
+            let on_disk = std::fs::read(store.path(&sha).unwrap()).unwrap();
+            assert_eq!(&on_disk[4..12], rotation.key_id_bytes().as_slice());
+            assert_eq!(&store.get(&sha).unwrap(), image);
+            assert_eq!(
+                &running.get(&sha).unwrap(),
+                image,
+                "the other handle follows"
+            );
+        }
+        // The other handle writes under the new key from now on.
+        let later = b"after the rotation".to_vec();
+        running.put(&later, &sha256_hex(&later)).unwrap();
+        let on_disk = std::fs::read(store.path(&sha256_hex(&later)).unwrap()).unwrap();
+        assert_eq!(&on_disk[4..12], rotation.key_id_bytes().as_slice());
     }
 }

@@ -75,4 +75,43 @@ pub struct CaptureRow {
     pub image_status: String,
     pub no_image_reason: String,
     pub repeat_count: i64,
+    /// snapshot or file
+    pub kind: String,
+    pub file_path: String,
+    pub file_sha256: String,
+    pub policy_version: i64,
+}
+
+/// A file alert as incident evidence: no screen snapshot, the file's path
+/// and SHA-256 instead; its name stands as the matched text.
+pub fn file_alert_evidence(
+    path: &str,
+    rule_id: &str,
+    category: &str,
+    severity: u32,
+    account: &str,
+    sha256: &str,
+) -> crate::model::CaptureRecord {
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_owned());
+    crate::model::CaptureRecord {
+        rule_id: rule_id.to_owned(),
+        category: category.to_owned(),
+        severity: severity.clamp(1, 5) as u8,
+        matched_text: name,
+        window_title: String::new(),
+        process_name: String::new(),
+        account: account.to_owned(),
+        image_sha256: String::new(),
+        image_status: "no_image".into(),
+        no_image_reason: "file alert: the evidence is the file's path and SHA-256".into(),
+        repeat_count: 0,
+        kind: "file".into(),
+        file_path: path.to_owned(),
+        file_sha256: sha256.to_owned(),
+        policy_version: 0,
+        image: Vec::new(),
+    }
 }

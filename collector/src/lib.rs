@@ -17,6 +17,7 @@ pub mod init;
 pub mod model;
 pub mod notify;
 pub mod pki;
+pub mod policies;
 pub mod rules;
 pub mod serve;
 pub mod signins;

@@ -218,6 +218,8 @@ pub struct DeviceRecord {
     pub enforcement: Enforcement,
     /// The last re-enable: a new grace period starts there.
     pub reenabled_at: Option<Timestamp>,
+    /// The site policy version the agent last said it holds (0 = none).
+    pub policy_version: u64,
 }
 
 /// Online means a message arrived within three heartbeat intervals.
@@ -310,6 +312,7 @@ mod tests {
             facts_updated_at: Timestamp::from_second(0).unwrap(),
             enforcement: Enforcement::Enabled,
             reenabled_at: None,
+            policy_version: 0,
         }
     }
 
@@ -471,6 +474,13 @@ pub struct CaptureRecord {
     pub image_status: String,
     pub no_image_reason: String,
     pub repeat_count: u32,
+    /// "snapshot" (a window title matched the policy) or "file" (new
+    /// software appeared: `file_path`, `file_sha256`).
+    pub kind: String,
+    pub file_path: String,
+    pub file_sha256: String,
+    /// The site policy version that matched (0: the project's default).
+    pub policy_version: u64,
     /// The image bytes, on their way to the evidence store; never stored
     /// with the event.
     #[serde(skip)]

@@ -17,7 +17,9 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::CollectorConfig;
 use crate::enroll::EnrollmentService;
-use crate::ingest::{Streams, TelemetryService, device_state, dispatch_commands};
+use crate::ingest::{
+    Streams, TelemetryService, device_state, dispatch_commands, dispatch_policies,
+};
 use crate::pki::{CertificateAuthority, PkiPaths, read};
 use crate::store::Store;
 
@@ -163,8 +165,9 @@ pub async fn serve(
 }
 
 /// Re-evaluates every device every `evaluate_every_secs` (time passing
-/// alone changes verdicts) and sends commands decided elsewhere (the CLI,
-/// another collector instance) to agents connected here, once a second.
+/// alone changes verdicts) and sends commands and policies decided
+/// elsewhere (the CLI, another collector instance) to agents connected
+/// here, once a second.
 async fn rules_loop(
     store: Arc<dyn Store>,
     config: Arc<CollectorConfig>,
@@ -209,6 +212,11 @@ async fn rules_loop(
         }
         if let Err(e) = dispatch_commands(&*store, &streams).await {
             tracing::error!(error = %e, "dispatching commands failed");
+        }
+        // A policy saved by the CLI (or another instance) reaches the
+        // agents connected here within a second.
+        if let Err(e) = dispatch_policies(&*store, &streams, None).await {
+            tracing::error!(error = %e, "dispatching policies failed");
         }
     }
 }

@@ -373,6 +373,8 @@ pub struct Agent {
     pub delivery: String,
     /// Further tables appended to the config (`[enforcement]`, `[sessions]`).
     pub extra: String,
+    /// Further keys of the `[capture]` table.
+    pub capture: String,
 }
 
 impl Agent {
@@ -395,19 +397,31 @@ impl Agent {
             data,
             delivery: delivery.into(),
             extra: extra.into(),
+            capture: String::new(),
         };
         agent.write_config(settings);
         agent
     }
 
+    /// An agent with further `[capture]` keys (`staff_accounts = …`).
+    pub fn with_capture(settings: &AgentSettings, capture: &str) -> Agent {
+        let mut agent = Self::new(settings);
+        agent.capture = capture.into();
+        agent.write_config(settings);
+        agent
+    }
+
     pub fn write_config(&self, s: &AgentSettings) {
-        // Each agent its own helper socket (the default is one per
-        // machine), and no watching of this machine's real folders.
+        // Each agent its own helper socket and policy override file (the
+        // defaults are one per machine), and no watching of this machine's
+        // real folders.
         let mut local = String::new();
         if !self.extra.contains("[capture]") {
             local.push_str(&format!(
-                "[capture]\nsocket = \"{}\"\n",
-                self.socket().display()
+                "[capture]\nsocket = \"{}\"\npolicy_override = \"{}\"\n{}\n",
+                self.socket().display(),
+                self.policy_override().display(),
+                self.capture
             ));
         }
         if !self.extra.contains("[files]") {
@@ -476,6 +490,12 @@ impl Agent {
     /// The daemon's socket for session helpers.
     pub fn socket(&self) -> PathBuf {
         self.root.path().join("agent.sock")
+    }
+
+    /// The daemon's local policy override file (absent unless a test
+    /// writes it).
+    pub fn policy_override(&self) -> PathBuf {
+        self.root.path().join("policy.local.toml")
     }
 
     pub fn identity_dir(&self) -> PathBuf {

@@ -295,34 +295,192 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     );
 }
 
+/// A helper started against `agent`'s daemon on `display`.
+fn start_helper(agent: &Agent, display: &str, logs: &Path) -> Process {
+    wait_for("the daemon's helper socket", WAIT, || {
+        agent.socket().exists().then_some(())
+    });
+    let mut helper = Command::new(agent_bin());
+    helper
+        .args(["session", "--socket"])
+        .arg(agent.socket())
+        .env("DISPLAY", display)
+        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
+    Process::spawn("helper", helper, logs)
+}
+
+fn whoami() -> String {
+    text(&Command::new("id").arg("-un").output().unwrap().stdout)
+        .trim()
+        .to_owned()
+}
+
 #[test]
-fn a_local_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
+fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
+    let data = CollectorData::init("Cabot");
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let collector = data.start();
+    // This test's user counts as staff on the device.
+    let agent = Agent::with_capture(
+        &data.agent_settings(&collector, "e2e-capture-3"),
+        &format!("staff_accounts = [\"{}\"]", whoami()),
+    );
+    let id = agent.enroll();
+    let mut daemon = agent.start();
+    let mut helper = start_helper(&agent, &display, &data.logs());
+    let desktop = Desktop::connect(&display);
+    let titled = |title: &str| {
+        let w = desktop.window();
+        desktop.title(w, title);
+        desktop.activate(w);
+    };
+    let captured = |title: &str| -> Option<Value> {
+        captures(&data)
+            .into_iter()
+            .find(|c| c["window_title"] == title)
+    };
+    let policy_version = || data.device(&id)["policy_version"].as_u64();
+    wait_for("the agent to connect", WAIT, || {
+        (data.device(&id)["status"] == "online").then_some(())
+    });
+    assert_eq!(policy_version(), Some(0), "no site policy yet");
+
+    let folder = tempfile::tempdir().unwrap();
+    let file = folder.path().join("cabot.toml");
+    let site_policy = |phrase: &str| {
+        format!(
+            "extends = \"default\"\nversion = 3\n\
+             [[rules]]\nid = \"cabot-local\"\ncategory = \"violence\"\nseverity = 3\nphrases = [\"{phrase}\"]\n\
+             [[rules]]\nid = \"cabot-staff\"\ncategory = \"adult\"\nseverity = 2\nscope = \"staff\"\nphrases = [\"staffroom leak\"]\n\
+             [[rules]]\nid = \"cabot-pupils\"\ncategory = \"adult\"\nseverity = 2\nscope = \"pupils\"\nphrases = [\"pupil only phrase\"]\n"
+        )
+    };
+    // A broken file is refused, naming the line; nothing is saved.
+    std::fs::write(&file, "[[rules]]\nid = \"x\"\nseverity = \"high\"\n").unwrap();
+    let refused = data.cli(&["policy", "set", "--site", "Cabot", file.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("cabot.toml: line 3"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    std::fs::write(&file, site_policy("zebra protocol")).unwrap();
+    let saved = data.cli(&[
+        "policy",
+        "set",
+        "--site",
+        "Cabot",
+        "--comment",
+        "local phrases",
+        "--by",
+        "it.tech",
+        file.to_str().unwrap(),
+    ]);
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
+    wait_for("the agent to hold version 1", WAIT, || {
+        (policy_version() == Some(1)).then_some(())
+    });
+    titled("zebra protocol briefing");
+    let local = wait_for("a capture by the site's own rule", WAIT, || {
+        assert!(
+            helper.has_exited().is_none(),
+            "helper exited: {}",
+            helper.stderr_text()
+        );
+        captured("zebra protocol briefing")
+    });
+    assert_eq!(local["rule_id"], "cabot-local");
+    assert_eq!(local["policy_version"], 1, "the site's version number");
+    // The default's rules still apply (extends); scope follows the
+    // account: one title, three rules, the pupils' one skipped for staff.
+    let mixed = "staffroom leak: pupil only phrase, how to kill myself";
+    titled(mixed);
+    let rules_for = |title: &str| -> Vec<String> {
+        let mut rules: Vec<String> = captures(&data)
+            .iter()
+            .filter(|c| c["window_title"] == title)
+            .map(|c| c["rule_id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        rules.sort();
+        rules
+    };
+    wait_for("the mixed title's captures", WAIT, || {
+        (rules_for(mixed).len() >= 2).then_some(())
+    });
+    assert_eq!(
+        rules_for(mixed),
+        ["cabot-staff", "self-harm-suicide"],
+        "the staff rule fires for a staff account, the pupils' rule does not"
+    );
+
+    // A new version reaches the running agent, and survives its restart.
+    std::fs::write(&file, site_policy("yellow submarine")).unwrap();
+    assert!(
+        data.cli(&["policy", "set", "--site", "Cabot", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    wait_for("the agent to hold version 2", WAIT, || {
+        (policy_version() == Some(2)).then_some(())
+    });
+    titled("yellow submarine");
+    wait_for("a capture under version 2", WAIT, || {
+        captured("yellow submarine").map(|_| ())
+    });
+    daemon.stop();
+    helper.kill();
+    collector_policy_history(&data, 2);
+    let _daemon = agent.start();
+    let _helper = start_helper(&agent, &display, &data.logs());
+    wait_for("the restarted agent to report version 2", WAIT, || {
+        (data.device(&id)["status"] == "online" && policy_version() == Some(2)).then_some(())
+    });
+    // Version 2 in force: of the two phrases only its own matches.
+    titled("zebra protocol or yellow submarine");
+    let after = wait_for("the kept policy matching", WAIT, || {
+        captured("zebra protocol or yellow submarine")
+    });
+    assert_eq!(after["matched_text"], "yellow submarine", "{after}");
+    assert_eq!(after["policy_version"], 2);
+}
+
+/// `policy history` lists the versions and who saved them.
+fn collector_policy_history(data: &CollectorData, versions: usize) {
+    let history = json(&data.cli(&["policy", "history", "--site", "Cabot", "--format", "json"]));
+    assert_eq!(history["schema"], "hallmonitor.policies.v1");
+    assert_eq!(
+        history["versions"].as_array().unwrap().len(),
+        versions,
+        "{history}"
+    );
+    assert_eq!(
+        history["versions"][versions - 1]["created_by"],
+        "cli:it.tech"
+    );
+    assert_eq!(
+        history["versions"][versions - 1]["comment"],
+        "local phrases"
+    );
+    let shown = data.cli(&["policy", "show", "--site", "Cabot", "--version", "1"]);
+    assert!(text(&shown.stdout).contains("zebra protocol"));
+}
+
+#[test]
+fn a_local_override_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
     let data = CollectorData::init("Cabot");
     let (_xvfb, display) = start_xvfb(&data.logs());
     let collector = data.start();
     let agent = Agent::new(&data.agent_settings(&collector, "e2e-capture-2"));
     agent.enroll();
-    let _daemon = agent.start();
-    wait_for("the daemon's helper socket", WAIT, || {
-        agent.socket().exists().then_some(())
-    });
-    let folder = tempfile::tempdir().unwrap();
-    let policy = folder.path().join("policy.toml");
+    let mut daemon = agent.start();
+    let policy = agent.policy_override();
     let rule = |phrase: &str| {
         format!(
             "[[rules]]\nid = \"local\"\ncategory = \"violence\"\nseverity = 3\nphrases = [\"{phrase}\"]\n"
         )
     };
-    std::fs::write(&policy, rule("zebra crossing alarm")).unwrap();
-    let mut helper = Command::new(agent_bin());
-    helper
-        .args(["session", "--socket"])
-        .arg(agent.socket())
-        .arg("--policy")
-        .arg(&policy)
-        .env("DISPLAY", &display)
-        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
-    let mut helper = Process::spawn("helper", helper, &data.logs());
+    let mut helper = start_helper(&agent, &display, &data.logs());
     let desktop = Desktop::connect(&display);
     let titled = |title: &str| {
         let w = desktop.window();
@@ -330,46 +488,50 @@ fn a_local_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one() {
         desktop.activate(w);
     };
     let captured = |title: &str| captures(&data).iter().any(|c| c["window_title"] == title);
+    let captured_starting = |prefix: &str| {
+        captures(&data).iter().any(|c| {
+            c["window_title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(prefix))
+        })
+    };
 
-    titled("zebra crossing alarm");
-    wait_for("a capture by the local rule", WAIT, || {
+    // Written while the daemon runs: it takes over from the default.
+    std::fs::write(&policy, rule("zebra crossing alarm")).unwrap();
+    let mut n = 0;
+    wait_for("a capture by the override's rule", WAIT, || {
         assert!(
             helper.has_exited().is_none(),
             "helper exited: {}",
             helper.stderr_text()
         );
-        captured("zebra crossing alarm").then_some(())
+        // New windows until the override is in force; any of them counts.
+        n += 1;
+        titled(&format!("zebra crossing alarm {n}"));
+        captured_starting("zebra crossing alarm ").then_some(())
     });
 
-    // Edited: the new phrase counts once the helper has reloaded.
+    // Edited: the new phrase counts once the daemon has reloaded.
     std::fs::write(&policy, rule("yellow submarine")).unwrap();
-    let mut n = 0;
-    wait_for("the edited policy in force", WAIT, || {
-        // New windows until the helper has reloaded; any of them counts.
+    wait_for("the edited override in force", WAIT, || {
         n += 1;
         titled(&format!("yellow submarine {n}"));
-        captures(&data)
-            .iter()
-            .any(|c| {
-                c["window_title"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with("yellow submarine "))
-            })
-            .then_some(())
+        captured_starting("yellow submarine ").then_some(())
     });
 
-    // A broken edit is refused (logged) and the last good policy stays.
+    // A broken edit is refused (logged with its line) and the last good
+    // policy stays.
     std::fs::write(&policy, "[[rules]]\nid = \"local\"\nseverity = \"high\"\n").unwrap();
     wait_for("the broken edit to be noticed", WAIT, || {
-        helper
-            .stderr_text()
-            .contains("policy not reloaded")
+        let log = daemon.stderr_text();
+        (log.contains("policy not reloaded") && log.contains("policy.local.toml: line 3"))
             .then_some(())
     });
     titled("yellow submarine again");
     wait_for("the last good policy still matching", WAIT, || {
         captured("yellow submarine again").then_some(())
     });
+    assert!(daemon.has_exited().is_none(), "the daemon keeps running");
 }
 
 #[test]
@@ -427,4 +589,21 @@ fn new_software_in_a_watched_folder_is_reported_once() {
     assert_eq!(alert["category"], "unapproved-software");
     assert_eq!(alert["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(found.len(), 1, "the same file once: {found:?}");
+
+    // The alert is evidence in an incident for the DSL.
+    let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+    let incident = &list["incidents"][0];
+    assert_eq!(incident["category"], "unapproved-software", "{list}");
+    let shown = json(&data.cli(&[
+        "incidents",
+        "show",
+        &incident["id"].to_string(),
+        "--format",
+        "json",
+    ]));
+    let evidence = &shown["captures"][0];
+    assert_eq!(evidence["kind"], "file");
+    assert_eq!(evidence["file_path"], script.display().to_string());
+    assert_eq!(evidence["file_sha256"], alert["sha256"]);
+    assert_eq!(evidence["matched_text"], "free-robux.sh");
 }

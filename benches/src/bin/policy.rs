@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use clap::Parser;
-use hallmonitor_agent::policy::{Policy, UserKind};
+use hallmonitor_policy::{Policy, UserKind};
 
 #[derive(Parser)]
 struct Args {

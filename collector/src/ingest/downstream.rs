@@ -1,6 +1,6 @@
 //! What the collector sends down agents' streams besides acks: commands
-//! (disable, enable) and the device's compliance state, to agents connected
-//! to this instance.
+//! (disable, enable), the device's compliance state and the site's
+//! suspicious-activity policy, to agents connected to this instance.
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use super::Outbound;
 use super::wire::{command_to_wire, wire_timestamp};
 use crate::config::CollectorConfig;
-use crate::model::{CommandRecord, DeviceId};
-use crate::store::{DeviceFilter, Store};
+use crate::model::{CommandRecord, DeviceId, SiteId};
+use crate::store::{DeviceFilter, SitePolicy, Store};
 
 /// The agents connected to this collector instance, so commands and state
 /// reach them at once.
@@ -20,36 +20,68 @@ pub struct Streams {
     /// out at once rather than at its next poll.
     pub notifier: std::sync::Arc<tokio::sync::Notify>,
     next: std::sync::atomic::AtomicU64,
-    open: std::sync::Mutex<std::collections::HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)>>,
+    open: std::sync::Mutex<std::collections::HashMap<DeviceId, Connected>>,
+}
+
+/// One agent connected to this instance.
+struct Connected {
+    token: u64,
+    tx: mpsc::Sender<Outbound>,
+    site: SiteId,
+    /// The site policy version the agent holds, or was last sent.
+    policy_version: u64,
 }
 
 impl Streams {
-    pub(super) fn register(&self, device: &DeviceId, tx: mpsc::Sender<Outbound>) -> u64 {
+    pub(super) fn register(
+        &self,
+        device: &DeviceId,
+        site: SiteId,
+        tx: mpsc::Sender<Outbound>,
+    ) -> u64 {
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().insert(device.clone(), (token, tx));
+        let connected = Connected {
+            token,
+            tx,
+            site,
+            policy_version: 0,
+        };
+        self.lock().insert(device.clone(), connected);
         token
+    }
+
+    /// Records the policy version an agent holds (its hello) or was sent.
+    pub(super) fn set_policy_version(&self, device: &DeviceId, version: u64) {
+        if let Some(connected) = self.lock().get_mut(device) {
+            connected.policy_version = version;
+        }
+    }
+
+    /// (device, site, policy version held) of every agent connected here.
+    fn policy_holders(&self) -> Vec<(DeviceId, SiteId, u64)> {
+        self.lock()
+            .iter()
+            .map(|(id, c)| (id.clone(), c.site, c.policy_version))
+            .collect()
     }
 
     pub(super) fn unregister(&self, device: &DeviceId, token: u64) {
         let mut open = self.lock();
         // A newer stream of the same device may have replaced this one.
-        if open.get(device).is_some_and(|(t, _)| *t == token) {
+        if open.get(device).is_some_and(|c| c.token == token) {
             open.remove(device);
         }
     }
 
     fn sender(&self, device: &DeviceId) -> Option<mpsc::Sender<Outbound>> {
-        self.lock().get(device).map(|(_, tx)| tx.clone())
+        self.lock().get(device).map(|c| c.tx.clone())
     }
 
     pub fn connected(&self) -> Vec<DeviceId> {
         self.lock().keys().cloned().collect()
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<DeviceId, (u64, mpsc::Sender<Outbound>)>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<DeviceId, Connected>> {
         // A panic while holding this lock leaves a plain map behind.
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -78,6 +110,53 @@ pub async fn dispatch_commands(store: &dyn Store, streams: &Streams) -> crate::s
         }
     }
     Ok(())
+}
+
+/// Sends each connected agent (or just `only`) its site's newest policy
+/// when it holds another version. An agent confirms with a new hello.
+pub async fn dispatch_policies(
+    store: &dyn Store,
+    streams: &Streams,
+    only: Option<&DeviceId>,
+) -> crate::store::Result<()> {
+    let current: std::collections::HashMap<SiteId, u64> =
+        store.current_policy_versions().await?.into_iter().collect();
+    let mut policies: std::collections::HashMap<SiteId, SitePolicy> = Default::default();
+    for (device, site, held) in streams.policy_holders() {
+        if only.is_some_and(|d| *d != device) {
+            continue;
+        }
+        let Some(&version) = current.get(&site) else {
+            continue;
+        };
+        if held == version {
+            continue;
+        }
+        let policy = match policies.entry(site) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let Some(policy) = store.site_policy(site, Some(version)).await? else {
+                    continue;
+                };
+                slot.insert(policy)
+            }
+        };
+        if streams.send(&device, policy_message(policy)).await {
+            streams.set_policy_version(&device, version);
+            tracing::info!(device_id = %device, version, "policy sent");
+        }
+    }
+    Ok(())
+}
+
+fn policy_message(policy: &SitePolicy) -> v1::CollectorMessage {
+    v1::CollectorMessage {
+        body: Some(v1::collector_message::Body::Policy(v1::PolicyUpdate {
+            version: policy.version,
+            policy_toml: policy.toml.clone(),
+            sha256: policy.sha256.clone(),
+        })),
+    }
 }
 
 pub(super) fn command_message(command: &CommandRecord) -> v1::CollectorMessage {

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use downstream::{Streams, device_state, dispatch_commands};
+pub use downstream::{Streams, device_state, dispatch_commands, dispatch_policies};
 pub use wire::{command_from_wire, command_to_wire, event_from_wire, facts_from_wire};
 
 use crate::config::CollectorConfig;
@@ -88,7 +88,7 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
         if let Ok(Some(state)) = device_state(&*self.store, &self.config, &device.id).await {
             let _ = tx.send(Ok(state)).await;
         }
-        let token = self.streams.register(&device.id, tx.clone());
+        let token = self.streams.register(&device.id, device.site, tx.clone());
         let session = StreamSession {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -183,8 +183,14 @@ impl StreamSession {
                     .record_hello(
                         &self.device.id,
                         hello.heartbeat_interval_secs,
+                        hello.policy_version,
                         Timestamp::now(),
                     )
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                self.streams
+                    .set_policy_version(&self.device.id, hello.policy_version);
+                dispatch_policies(&*self.store, &self.streams, Some(&self.device.id))
                     .await
                     .map_err(|e| unavailable(&e))?;
                 Ok(false)

@@ -217,6 +217,10 @@ fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
         image_status: status.into(),
         no_image_reason: c.no_image_reason,
         repeat_count: c.repeat_count,
+        kind: "snapshot".into(),
+        file_path: String::new(),
+        file_sha256: String::new(),
+        policy_version: c.policy_version,
         image,
     }
 }

@@ -50,6 +50,19 @@ pub struct Enrollment {
     pub at: Timestamp,
 }
 
+/// One version of a site's suspicious-activity policy.
+#[derive(Clone, Debug)]
+pub struct SitePolicy {
+    pub site: SiteId,
+    pub version: u64,
+    /// Empty: the project's default policy.
+    pub toml: String,
+    pub sha256: String,
+    pub comment: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
 /// A device as the telemetry stream needs it.
 #[derive(Clone, Debug)]
 pub struct StreamDevice {
@@ -311,6 +324,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         device: &DeviceId,
         heartbeat_interval_secs: u32,
+        policy_version: u64,
         at: Timestamp,
     ) -> Result<()>;
     /// Stores the events the collector does not hold yet, in one transaction.
@@ -511,4 +525,23 @@ pub trait Store: Send + Sync + 'static {
     /// Commands never sent to any stream yet, oldest first.
     async fn unsent_commands(&self) -> Result<Vec<CommandRecord>>;
     async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()>;
+
+    // Suspicious-activity policies.
+    /// Stores the site's next policy version (with its audit row).
+    async fn save_site_policy(
+        &self,
+        site: SiteId,
+        text: &str,
+        sha256: &str,
+        comment: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// One version, or the newest when `version` is None.
+    async fn site_policy(&self, site: SiteId, version: Option<u64>) -> Result<Option<SitePolicy>>;
+    async fn site_policy_history(&self, site: SiteId) -> Result<Vec<SitePolicy>>;
+    /// The newest version of every site that has a policy.
+    async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>>;
+    /// (version, devices holding it) for the site's devices.
+    async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>>;
 }

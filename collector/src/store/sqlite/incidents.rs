@@ -79,8 +79,9 @@ pub(super) async fn record_capture(
     };
     sqlx::query(
         "INSERT INTO captures (incident_id, device_id, seq, occurred_at, rule_id, category, severity, matched_text, \
-         window_title, process_name, account, image_sha256, image_status, no_image_reason, repeat_count) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         window_title, process_name, account, image_sha256, image_status, no_image_reason, repeat_count, \
+         kind, file_path, file_sha256, policy_version) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(incident)
     .bind(device.as_str())
@@ -97,6 +98,10 @@ pub(super) async fn record_capture(
     .bind(&capture.image_status)
     .bind(&capture.no_image_reason)
     .bind(i64::from(capture.repeat_count))
+    .bind(&capture.kind)
+    .bind(&capture.file_path)
+    .bind(&capture.file_sha256)
+    .bind(capture.policy_version as i64)
     .execute(&mut *tx)
     .await?;
     if became_severe {
@@ -186,6 +191,10 @@ pub(super) async fn show(
                 image_status: r.try_get("image_status")?,
                 no_image_reason: r.try_get("no_image_reason")?,
                 repeat_count: r.try_get("repeat_count")?,
+                kind: r.try_get("kind")?,
+                file_path: r.try_get("file_path")?,
+                file_sha256: r.try_get("file_sha256")?,
+                policy_version: r.try_get("policy_version")?,
             })
         })
         .collect::<Result<Vec<_>>>()?;

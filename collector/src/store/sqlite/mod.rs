@@ -16,8 +16,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     ActivityChanges, ActivityInput, ActivityVerdict, AuditEntry, DeviceFilter, DirectoryImport,
-    Enrollment, MfaVerdict, NewMfaCompletion, NewSecret, Result, Store, StoreError, StoredActivity,
-    StoredPair, StreamDevice,
+    Enrollment, MfaVerdict, NewMfaCompletion, NewSecret, Result, SitePolicy, Store, StoreError,
+    StoredActivity, StoredPair, StreamDevice,
 };
 use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
@@ -31,6 +31,7 @@ mod activity;
 mod incidents;
 mod mfa;
 mod notify;
+mod policies;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -139,6 +140,7 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
         facts_updated_at: instant(row.try_get("facts_updated_at")?)?,
         enforcement: enforcement(row)?,
         reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
+        policy_version: row.try_get::<i64, _>("policy_version")? as u64,
     })
 }
 
@@ -150,7 +152,7 @@ fn enforcement(row: &SqliteRow) -> Result<Enforcement> {
 
 const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
      d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at, \
-     d.enforcement, d.reenabled_at FROM devices d JOIN sites s ON s.id = d.site_id";
+     d.enforcement, d.reenabled_at, d.policy_version FROM devices d JOIN sites s ON s.id = d.site_id";
 
 const SECRET_SELECT: &str = "SELECT e.id, s.name AS site, e.hint, e.label, e.created_at, e.expires_at, \
      e.revoked_at, e.uses, e.last_used_at FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id";
@@ -349,14 +351,16 @@ impl Store for SqliteStore {
         &self,
         device: &DeviceId,
         heartbeat_interval_secs: u32,
+        policy_version: u64,
         at: Timestamp,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE devices SET last_seen_at = max(coalesce(last_seen_at, 0), ?), \
-             heartbeat_interval_secs = ? WHERE id = ?",
+             heartbeat_interval_secs = ?, policy_version = ? WHERE id = ?",
         )
         .bind(millis(at))
         .bind(i64::from(heartbeat_interval_secs.max(1)))
+        .bind(policy_version as i64)
         .bind(device.as_str())
         .execute(&self.writer)
         .await?;
@@ -405,6 +409,28 @@ impl Store for SqliteStore {
                             event.seq.0,
                             event.occurred_at,
                             capture,
+                            received_at,
+                        )
+                        .await?
+                    }
+                    EventBody::FileAlert {
+                        path,
+                        rule_id,
+                        category,
+                        severity,
+                        account,
+                        sha256,
+                    } => {
+                        let alert = crate::incidents::file_alert_evidence(
+                            path, rule_id, category, *severity, account, sha256,
+                        );
+                        incidents::record_capture(
+                            &mut tx,
+                            self.incident_window,
+                            device,
+                            event.seq.0,
+                            event.occurred_at,
+                            &alert,
                             received_at,
                         )
                         .await?
@@ -857,5 +883,33 @@ impl Store for SqliteStore {
 
     async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()> {
         activity::mark_command_sent(self, id, at).await
+    }
+
+    async fn save_site_policy(
+        &self,
+        site: SiteId,
+        text: &str,
+        sha256: &str,
+        comment: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<u64> {
+        policies::save(self, site, text, sha256, comment, actor, at).await
+    }
+
+    async fn site_policy(&self, site: SiteId, version: Option<u64>) -> Result<Option<SitePolicy>> {
+        policies::get(self, site, version).await
+    }
+
+    async fn site_policy_history(&self, site: SiteId) -> Result<Vec<SitePolicy>> {
+        policies::history(self, site).await
+    }
+
+    async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>> {
+        policies::current_versions(self).await
+    }
+
+    async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>> {
+        policies::device_versions(self, site).await
     }
 }

@@ -1,0 +1,217 @@
+//! Sites' suspicious-activity policies: checked with the same parser the
+//! agents use before anything is stored, kept as numbered versions, and
+//! sent to agents over their streams (`ingest::dispatch_policies`).
+//!
+//! Saving a text identical to the newest version changes nothing; saving
+//! the empty text (`reset`) returns the site to the project's default.
+//! Every save is audited with who did it.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::cli::Format;
+use crate::model::Site;
+use crate::store::{SitePolicy, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicySaveError {
+    /// The text does not parse: file, line and reason.
+    #[error(transparent)]
+    Invalid(#[from] hallmonitor_policy::PolicyError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What saving did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    New(u64),
+    /// The newest version already has this text.
+    Unchanged(u64),
+}
+
+/// Checks `text` (read from `file`, named in errors) and stores it as the
+/// site's next version. Empty text means the project's default.
+pub async fn save(
+    store: &dyn Store,
+    site: &Site,
+    text: &str,
+    file: &Path,
+    comment: &str,
+    actor: &str,
+    at: Timestamp,
+) -> Result<Saved, PolicySaveError> {
+    if !text.is_empty() {
+        hallmonitor_policy::Policy::parse(text, file)?;
+    }
+    let sha256 = crate::evidence::sha256_hex(text.as_bytes());
+    if let Some(current) = store.site_policy(site.id, None).await?
+        && current.sha256 == sha256
+    {
+        return Ok(Saved::Unchanged(current.version));
+    }
+    let version = store
+        .save_site_policy(site.id, text, &sha256, comment, actor, at)
+        .await?;
+    tracing::info!(site = %site.name, version, "site policy saved");
+    Ok(Saved::New(version))
+}
+
+/// The text agents of the site match with: the newest version, or the
+/// project's default.
+pub fn effective_text(policy: Option<&SitePolicy>) -> &str {
+    match policy {
+        Some(p) if !p.toml.is_empty() => &p.toml,
+        _ => hallmonitor_policy::DEFAULT_POLICY,
+    }
+}
+
+/// `policy history`: every version, newest first, and how many of the
+/// site's devices hold each.
+pub fn history_report(
+    site: &Site,
+    history: &[SitePolicy],
+    devices: &[(u64, u64)],
+    format: Format,
+) -> String {
+    let held = |version: u64| {
+        devices
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map_or(0, |(_, n)| *n)
+    };
+    match format {
+        Format::Json => {
+            let versions: Vec<_> = history
+                .iter()
+                .map(|p| {
+                    json!({
+                        "version": p.version,
+                        "sha256": p.sha256,
+                        "default": p.toml.is_empty(),
+                        "comment": p.comment,
+                        "created_at": p.created_at,
+                        "created_by": p.created_by,
+                        "devices": held(p.version),
+                    })
+                })
+                .collect();
+            let report = json!({
+                "schema": "hallmonitor.policies.v1",
+                "site": site.name,
+                "current_version": history.first().map_or(0, |p| p.version),
+                "versions": versions,
+                "devices_by_version": devices.iter().map(|(v, n)| json!({"version": v, "devices": n})).collect::<Vec<_>>(),
+            });
+            let mut text = serde_json::to_string_pretty(&report).expect("plain data serialises");
+            text.push('\n');
+            text
+        }
+        Format::Table => {
+            let mut out = String::new();
+            if history.is_empty() {
+                out.push_str(&format!(
+                    "{}: no policy saved; agents use the project's default.\n",
+                    site.name
+                ));
+            }
+            for p in history {
+                out.push_str(&format!(
+                    "v{:<4} {}  {:<20} {:>5} device(s)  {}{}\n",
+                    p.version,
+                    p.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                    p.created_by,
+                    held(p.version),
+                    if p.toml.is_empty() {
+                        "(project default) "
+                    } else {
+                        ""
+                    },
+                    p.comment
+                ));
+            }
+            let elsewhere: u64 = devices
+                .iter()
+                .filter(|(v, _)| !history.iter().any(|p| p.version == *v))
+                .map(|(_, n)| n)
+                .sum();
+            if elsewhere > 0 {
+                out.push_str(&format!(
+                    "{elsewhere} device(s) have not received any of these yet.\n"
+                ));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SiteId;
+    use crate::store::SqliteStore;
+
+    const RULE: &str = "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"zebra\"]\n";
+
+    #[tokio::test]
+    async fn saves_are_checked_versioned_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", Timestamp::now())
+            .await
+            .unwrap();
+        let now = Timestamp::now();
+        let file = Path::new("cabot.toml");
+        let err = save(
+            &store,
+            &site,
+            "[[rules]]\nid = \"x\"\nsevrity = 2\n",
+            file,
+            "",
+            "t",
+            now,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("cabot.toml: line 3: "), "{err}");
+        assert!(
+            store.site_policy(site.id, None).await.unwrap().is_none(),
+            "nothing stored"
+        );
+        assert_eq!(
+            save(&store, &site, RULE, file, "first", "t", now)
+                .await
+                .unwrap(),
+            Saved::New(1)
+        );
+        assert_eq!(
+            save(&store, &site, RULE, file, "again", "t", now)
+                .await
+                .unwrap(),
+            Saved::Unchanged(1)
+        );
+        assert_eq!(
+            save(&store, &site, "", file, "reset", "t", now)
+                .await
+                .unwrap(),
+            Saved::New(2)
+        );
+        let newest = store.site_policy(site.id, None).await.unwrap().unwrap();
+        assert_eq!(
+            effective_text(Some(&newest)),
+            hallmonitor_policy::DEFAULT_POLICY
+        );
+        let first = store.site_policy(site.id, Some(1)).await.unwrap().unwrap();
+        assert_eq!(effective_text(Some(&first)), RULE);
+        assert_eq!(
+            store.current_policy_versions().await.unwrap(),
+            vec![(SiteId(site.id.0), 2)]
+        );
+    }
+}

@@ -1,0 +1,667 @@
+//! The suspicious-activity policy and matching what the user is looking at
+//! (window and tab titles) against it.
+//!
+//! A policy is TOML: rules with an id, a category, a severity 1–5, phrases,
+//! exclusions (so "Anti-Bullying Week" does not trigger bullying) and a
+//! scope (pupils, staff or all), plus exclusions for every rule. The
+//! project's documented default is `policy/default.toml`; a site's policy
+//! either replaces it or, with `extends = "default"`, adds to it (a rule
+//! with a default rule's id replaces that rule; `disable` drops default
+//! rules by id).
+//!
+//! This crate is shared: the collector validates a site's policy with it
+//! before storing and sending it; the agent matches titles with it.
+//!
+//! Matching is on normalised text: case folded, accents removed (NFKD),
+//! common letter substitutions undone (`k1ll` → `kill`, `@` → `a`), and
+//! everything that is not a letter or digit turned into one space, so
+//! spacing and punctuation do not matter. Phrases are normalised the same
+//! way and matched on word boundaries, all at once with one Aho-Corasick
+//! automaton, never by a loop over rules.
+
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default = "one")]
+    version: u64,
+    /// Exclusions that silence every rule.
+    #[serde(default)]
+    exclusions: Vec<String>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+    /// "default": start from the project's default policy.
+    #[serde(default)]
+    extends: Option<toml::Spanned<String>>,
+    /// Rule ids of the extended policy to leave out.
+    #[serde(default)]
+    disable: Vec<toml::Spanned<String>>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: String,
+    category: String,
+    severity: u8,
+    phrases: Vec<String>,
+    #[serde(default)]
+    exclusions: Vec<String>,
+    #[serde(default)]
+    scope: Scope,
+}
+
+/// Whose activity a rule applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    All,
+    Pupils,
+    Staff,
+}
+
+/// Who is at the keyboard, as far as the agent knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserKind {
+    Pupil,
+    Staff,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub category: String,
+    pub severity: u8,
+    pub scope: Scope,
+}
+
+/// A rule that fired on a title.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match<'a> {
+    pub rule: &'a Rule,
+    /// The phrase as the policy writes it.
+    pub phrase: &'a str,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct PolicyError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+pub struct Policy {
+    pub version: u64,
+    rules: Vec<Rule>,
+    phrases: AhoCorasick,
+    /// For each phrase pattern: (rule index, phrase as written).
+    phrase_rule: Vec<(usize, String)>,
+    exclusions: AhoCorasick,
+    /// For each exclusion pattern: the rule it silences (None: all).
+    exclusion_rule: Vec<Option<usize>>,
+}
+
+/// Letter substitutions undone before matching. Symbols count as letters
+/// only inside a word (`@ss`, `k!ll`), never at its end (`hello!`).
+fn unleet(c: char, next_is_word: bool) -> char {
+    match c {
+        '0' => 'o',
+        '1' => 'i',
+        '3' => 'e',
+        '4' => 'a',
+        '5' => 's',
+        '7' => 't',
+        '8' => 'b',
+        '@' if next_is_word => 'a',
+        '$' if next_is_word => 's',
+        '!' | '|' if next_is_word => 'i',
+        other => other,
+    }
+}
+
+/// Normalises `text` into `out` as " word word " (leading and trailing
+/// space, single spaces), lower case, without accents or substitutions.
+pub fn normalise(text: &str, out: &mut String) {
+    out.clear();
+    out.push(' ');
+    if text.is_ascii() {
+        // Most titles: bytes, no allocation.
+        let bytes = text.as_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            let next_is_word = bytes.get(i + 1).is_some_and(|n| n.is_ascii_alphanumeric());
+            let c = unleet(*b as char, next_is_word);
+            if c.is_ascii_alphanumeric() {
+                out.push(c.to_ascii_lowercase());
+            } else if !out.ends_with(' ') {
+                out.push(' ');
+            }
+        }
+    } else {
+        use unicode_normalization::char::{decompose_compatible, is_combining_mark};
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            let next_is_word = chars.peek().is_some_and(|n| n.is_alphanumeric());
+            let mut push = |c: char| {
+                let c = unleet(c, next_is_word);
+                if c.is_ascii_alphanumeric() {
+                    out.push(c.to_ascii_lowercase());
+                } else if !c.is_ascii() && c.is_alphanumeric() {
+                    out.extend(c.to_lowercase());
+                } else if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            };
+            if c.is_ascii() {
+                push(c);
+            } else {
+                // Compatibility decomposition without the accents.
+                decompose_compatible(c, |d| {
+                    if !is_combining_mark(d) {
+                        push(d);
+                    }
+                });
+            }
+        }
+    }
+    if !out.ends_with(' ') {
+        out.push(' ');
+    }
+}
+
+/// `site` on top of `base`: base rules first (replaced in place by a site
+/// rule with the same id, dropped when disabled), then the site's new
+/// rules; exclusions of both.
+fn extend(
+    base: PolicyFile,
+    mut site: PolicyFile,
+) -> Result<PolicyFile, (std::ops::Range<usize>, String)> {
+    for disabled in &site.disable {
+        if !base.rules.iter().any(|r| &r.id == disabled.get_ref()) {
+            return Err((
+                disabled.span(),
+                format!(
+                    "disable: the default policy has no rule '{}'",
+                    disabled.get_ref()
+                ),
+            ));
+        }
+    }
+    let mut rules = Vec::new();
+    for rule in base.rules {
+        if site.disable.iter().any(|d| d.get_ref() == &rule.id) {
+            continue;
+        }
+        match site.rules.iter().position(|r| r.id == rule.id) {
+            Some(at) => rules.push(site.rules.remove(at)),
+            None => rules.push(rule),
+        }
+    }
+    rules.append(&mut site.rules);
+    let mut exclusions = base.exclusions;
+    exclusions.append(&mut site.exclusions);
+    Ok(PolicyFile {
+        version: site.version,
+        exclusions,
+        rules,
+        extends: None,
+        disable: Vec::new(),
+    })
+}
+
+impl Policy {
+    /// The project's default policy.
+    pub fn default_policy() -> Policy {
+        Policy::parse(DEFAULT_POLICY, Path::new("policy/default.toml"))
+            .expect("the default policy is valid (tested)")
+    }
+
+    pub fn parse(text: &str, file: &Path) -> Result<Policy, PolicyError> {
+        let file_name = file.display().to_string();
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let mut spec: PolicyFile = toml::from_str(text).map_err(|e| PolicyError {
+            file: file_name.clone(),
+            line: e.span().map(|s| line_of(s.start)),
+            message: e.message().to_owned(),
+        })?;
+        let invalid = |message: String| PolicyError {
+            file: file_name.clone(),
+            line: None,
+            message,
+        };
+        if let Some(base) = spec.extends.take() {
+            if base.get_ref() != "default" {
+                return Err(PolicyError {
+                    file: file_name.clone(),
+                    line: Some(line_of(base.span().start)),
+                    message: format!(
+                        "extends = \"{}\": the only policy to extend is \"default\"",
+                        base.get_ref()
+                    ),
+                });
+            }
+            let default: PolicyFile =
+                toml::from_str(DEFAULT_POLICY).expect("the default policy is valid (tested)");
+            spec = extend(default, spec).map_err(|(span, message)| PolicyError {
+                file: file_name.clone(),
+                line: Some(line_of(span.start)),
+                message,
+            })?;
+        } else if let Some(first) = spec.disable.first() {
+            return Err(PolicyError {
+                file: file_name.clone(),
+                line: Some(line_of(first.span().start)),
+                message: "disable needs extends = \"default\"".into(),
+            });
+        }
+        let mut rules = Vec::new();
+        let mut phrase_patterns = Vec::new();
+        let mut phrase_rule = Vec::new();
+        let mut exclusion_patterns = Vec::new();
+        let mut exclusion_rule = Vec::new();
+        let mut buffer = String::new();
+        for exclusion in &spec.exclusions {
+            normalise(exclusion, &mut buffer);
+            if buffer.trim().is_empty() {
+                return Err(invalid(format!(
+                    "exclusion '{exclusion}' has no letters or digits"
+                )));
+            }
+            exclusion_patterns.push(buffer.trim().to_owned());
+            exclusion_rule.push(None);
+        }
+        for (n, rule) in spec.rules.iter().enumerate() {
+            let name = format!("rules[{n}] ({})", rule.id);
+            if rule.id.trim().is_empty() {
+                return Err(invalid(format!("rules[{n}]: id is empty")));
+            }
+            if rules.iter().any(|r: &Rule| r.id == rule.id) {
+                return Err(invalid(format!("{name}: id is used twice")));
+            }
+            if !(1..=5).contains(&rule.severity) {
+                return Err(invalid(format!("{name}: severity must be 1 to 5")));
+            }
+            if rule.phrases.is_empty() {
+                return Err(invalid(format!("{name}: no phrases")));
+            }
+            for phrase in &rule.phrases {
+                normalise(phrase, &mut buffer);
+                if buffer.trim().is_empty() {
+                    return Err(invalid(format!(
+                        "{name}: phrase '{phrase}' has no letters or digits"
+                    )));
+                }
+                phrase_patterns.push(buffer.trim().to_owned());
+                phrase_rule.push((n, phrase.clone()));
+            }
+            for exclusion in &rule.exclusions {
+                normalise(exclusion, &mut buffer);
+                if buffer.trim().is_empty() {
+                    return Err(invalid(format!(
+                        "{name}: exclusion '{exclusion}' has no letters or digits"
+                    )));
+                }
+                exclusion_patterns.push(buffer.trim().to_owned());
+                exclusion_rule.push(Some(n));
+            }
+            rules.push(Rule {
+                id: rule.id.clone(),
+                category: rule.category.clone(),
+                severity: rule.severity,
+                scope: rule.scope,
+            });
+        }
+        let build = |patterns: &[String]| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(patterns)
+                .map_err(|e| invalid(format!("building the matcher: {e}")))
+        };
+        Ok(Policy {
+            version: spec.version,
+            rules,
+            phrases: build(&phrase_patterns)?,
+            phrase_rule,
+            exclusions: build(&exclusion_patterns)?,
+            exclusion_rule,
+        })
+    }
+
+    /// Bytes the matcher's automata use.
+    pub fn memory_usage(&self) -> usize {
+        self.phrases.memory_usage() + self.exclusions.memory_usage()
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules `title` triggers for this user, each once (first phrase
+    /// found), in policy order. `buffer` is reused between calls.
+    pub fn matches<'a>(
+        &'a self,
+        title: &str,
+        user: UserKind,
+        buffer: &mut String,
+    ) -> Vec<Match<'a>> {
+        normalise(title, buffer);
+        let mut fired: Vec<(usize, &'a str)> = Vec::new();
+        let bytes = buffer.as_bytes();
+        // Patterns are unpadded (so the automaton's prefilter can skip
+        // ahead); a hit counts only on word boundaries. The buffer starts
+        // and ends with a space, so the neighbours exist.
+        let whole_words = |start: usize, end: usize| bytes[start - 1] == b' ' && bytes[end] == b' ';
+        for hit in self.phrases.find_overlapping_iter(buffer.as_str()) {
+            if !whole_words(hit.start(), hit.end()) {
+                continue;
+            }
+            let (rule, phrase) = &self.phrase_rule[hit.pattern().as_usize()];
+            if !fired.iter().any(|(r, _)| r == rule) {
+                fired.push((*rule, phrase));
+            }
+        }
+        if fired.is_empty() {
+            return Vec::new();
+        }
+        let mut silenced_all = false;
+        let mut silenced: Vec<usize> = Vec::new();
+        for hit in self.exclusions.find_overlapping_iter(buffer.as_str()) {
+            if !whole_words(hit.start(), hit.end()) {
+                continue;
+            }
+            match self.exclusion_rule[hit.pattern().as_usize()] {
+                None => silenced_all = true,
+                Some(rule) => silenced.push(rule),
+            }
+        }
+        if silenced_all {
+            return Vec::new();
+        }
+        fired.sort_by_key(|(rule, _)| *rule);
+        fired
+            .into_iter()
+            .filter(|(rule, _)| !silenced.contains(rule))
+            .map(|(rule, phrase)| Match {
+                rule: &self.rules[rule],
+                phrase,
+            })
+            .filter(|m| {
+                matches!(
+                    (m.rule.scope, user),
+                    (Scope::All, _)
+                        | (Scope::Pupils, UserKind::Pupil)
+                        | (Scope::Staff, UserKind::Staff)
+                )
+            })
+            .collect()
+    }
+}
+
+/// The project's default policy (documented in the file itself).
+pub const DEFAULT_POLICY: &str = include_str!("../default.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse(text, Path::new("policy.toml")).unwrap()
+    }
+
+    const SAMPLE: &str = r#"
+        exclusions = ["Safer Internet Day"]
+        [[rules]]
+        id = "bullying-1"
+        category = "bullying"
+        severity = 3
+        phrases = ["kill yourself", "nobody likes you"]
+        exclusions = ["anti-bullying week"]
+        [[rules]]
+        id = "self-harm-1"
+        category = "self-harm"
+        severity = 5
+        phrases = ["kill myself", "self harm"]
+        [[rules]]
+        id = "staff-only"
+        category = "adult"
+        severity = 2
+        phrases = ["casino"]
+        scope = "staff"
+    "#;
+
+    #[test]
+    fn table() {
+        let p = policy(SAMPLE);
+        let mut buffer = String::new();
+        let cases: &[(&str, &str, UserKind, &[&str])] = &[
+            (
+                "plain phrase",
+                "how to KILL MYSELF - Google Search",
+                UserKind::Pupil,
+                &["self-harm-1"],
+            ),
+            (
+                "leetspeak",
+                "k1ll mys3lf",
+                UserKind::Pupil,
+                &["self-harm-1"],
+            ),
+            (
+                "accents and spacing",
+                "sélf   HARM?! tips",
+                UserKind::Pupil,
+                &["self-harm-1"],
+            ),
+            (
+                "punctuation between words",
+                "self-harm",
+                UserKind::Pupil,
+                &["self-harm-1"],
+            ),
+            ("word boundary", "selfharmony music", UserKind::Pupil, &[]),
+            (
+                "inside another word",
+                "skill myselfish",
+                UserKind::Pupil,
+                &[],
+            ),
+            ("harmless", "Year 8 maths homework", UserKind::Pupil, &[]),
+            (
+                "rule exclusion",
+                "Anti-Bullying Week: nobody likes you? posters",
+                UserKind::Pupil,
+                &[],
+            ),
+            (
+                "exclusion of one rule only",
+                "Anti-Bullying Week and self harm",
+                UserKind::Pupil,
+                &["self-harm-1"],
+            ),
+            (
+                "global exclusion",
+                "Safer Internet Day: kill myself myths",
+                UserKind::Pupil,
+                &[],
+            ),
+            (
+                "two rules",
+                "nobody likes you, I want to kill myself",
+                UserKind::Pupil,
+                &["bullying-1", "self-harm-1"],
+            ),
+            ("scope staff, pupil", "online casino", UserKind::Pupil, &[]),
+            (
+                "scope staff, staff",
+                "online casino",
+                UserKind::Staff,
+                &["staff-only"],
+            ),
+        ];
+        for (name, title, user, want) in cases {
+            let got: Vec<&str> = p
+                .matches(title, *user, &mut buffer)
+                .iter()
+                .map(|m| m.rule.id.as_str())
+                .collect();
+            assert_eq!(&got, want, "{name}: '{title}'");
+        }
+    }
+
+    #[test]
+    fn normalised_forms() {
+        let mut out = String::new();
+        normalise("  Héllo,   W0rld!! ", &mut out);
+        assert_eq!(out, " hello world ");
+        normalise("k!ll @ss $ex", &mut out);
+        assert_eq!(out, " kill ass sex ");
+        normalise("", &mut out);
+        assert_eq!(out, " ");
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_file_and_line() {
+        let cases = [
+            (
+                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 9\nphrases = [\"y\"]\n",
+                "severity must be 1 to 5",
+            ),
+            (
+                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 2\nphrases = []\n",
+                "no phrases",
+            ),
+            (
+                "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 2\nphrases = [\"?!\"]\n",
+                "has no letters",
+            ),
+            ("\n\n[[rules]]\nid = \"a\"\nbogus = 1\n", "line 5"),
+        ];
+        for (text, want) in cases {
+            let err = Policy::parse(text, Path::new("/etc/hallmonitor/policy.toml"))
+                .err()
+                .expect(want)
+                .to_string();
+            assert!(err.starts_with("/etc/hallmonitor/policy.toml: "), "{err}");
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_site_policy_extends_the_default() {
+        let site = r#"
+            extends = "default"
+            version = 7
+            disable = ["drugs"]
+            exclusions = ["cabot drama club"]
+            [[rules]]
+            id = "self-harm-suicide"
+            category = "self-harm"
+            severity = 5
+            phrases = ["zebra protocol"]
+            [[rules]]
+            id = "gambling"
+            category = "gambling"
+            severity = 2
+            phrases = ["online casino"]
+        "#;
+        let p = policy(site);
+        let default = Policy::default_policy();
+        assert_eq!(p.version, 7);
+        assert_eq!(
+            p.rules().len(),
+            default.rules().len() - 1 + 1,
+            "one dropped, one added"
+        );
+        let mut buffer = String::new();
+        let ids = |title: &str, buffer: &mut String| -> Vec<String> {
+            p.matches(title, UserKind::Pupil, buffer)
+                .iter()
+                .map(|m| m.rule.id.clone())
+                .collect()
+        };
+        assert_eq!(
+            ids("zebra protocol", &mut buffer),
+            ["self-harm-suicide"],
+            "replaced rule"
+        );
+        assert!(
+            ids("how to kill myself", &mut buffer).is_empty(),
+            "its old phrases went with it"
+        );
+        assert_eq!(ids("online casino", &mut buffer), ["gambling"], "new rule");
+        assert!(ids("buy cocaine", &mut buffer).is_empty(), "disabled");
+        assert_eq!(
+            ids("where to buy a zombie knife", &mut buffer),
+            ["violence-weapons"],
+            "untouched rule"
+        );
+        assert!(
+            ids("Anti-Bullying Week nobody likes you", &mut buffer).is_empty(),
+            "default exclusions kept"
+        );
+        assert!(
+            ids("cabot drama club: online casino night", &mut buffer).is_empty(),
+            "site exclusions added"
+        );
+    }
+
+    #[test]
+    fn extension_mistakes_name_the_line() {
+        let cases = [
+            ("extends = \"strict\"\n", "line 1", "only policy to extend"),
+            (
+                "\nextends = \"default\"\ndisable = [\"no-such-rule\"]\n",
+                "line 3",
+                "no rule 'no-such-rule'",
+            ),
+            ("disable = [\"drugs\"]\n", "line 1", "needs extends"),
+        ];
+        for (text, line, message) in cases {
+            let err = Policy::parse(text, Path::new("site.toml"))
+                .err()
+                .expect(message)
+                .to_string();
+            assert!(
+                err.contains(line) && err.contains(message),
+                "{message}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_policy_loads_and_covers_the_categories() {
+        let p = Policy::parse(DEFAULT_POLICY, Path::new("policy.default.toml")).unwrap();
+        for category in [
+            "self-harm",
+            "bullying",
+            "radicalisation",
+            "adult",
+            "violence",
+            "drugs",
+        ] {
+            assert!(
+                p.rules().iter().any(|r| r.category == category),
+                "{category}"
+            );
+        }
+        let mut buffer = String::new();
+        assert!(
+            p.matches("Anti-Bullying Week assembly", UserKind::Pupil, &mut buffer)
+                .is_empty()
+        );
+        assert!(
+            !p.matches("how to kill myself", UserKind::Pupil, &mut buffer)
+                .is_empty()
+        );
+    }
+}
