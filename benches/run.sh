@@ -117,6 +117,8 @@ bench_snapshot() {
     local helper_pid=$!
     sleep 10
     echo "session helper idle: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
+    DISPLAY=$display "$bin/title_burst" --pid "$helper_pid" --changes 1000
+    echo "session helper after the burst: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
     kill "$helper_pid" "$xvfb_pid"
     wait "$helper_pid" "$xvfb_pid" 2>/dev/null || true
 }

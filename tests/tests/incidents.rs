@@ -217,6 +217,40 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
         "an export is never overwritten"
     );
 
+    // The evidence key is rotated while the collector runs: the old key
+    // is gone, the images open with the new one.
+    let key = data.data.join("pki/evidence.key");
+    let old_key = std::fs::read(&key).unwrap();
+    let rotated = data.cli(&["evidence", "rotate-key", "--by", "it.tech"]);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    assert!(
+        text(&rotated.stdout).contains("2 image(s) re-encrypted; 1 old key(s) deleted"),
+        "{}",
+        text(&rotated.stdout)
+    );
+    assert_ne!(std::fs::read(&key).unwrap(), old_key);
+    assert_eq!(
+        std::fs::read_dir(data.data.join("pki/evidence-keys"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let after = root.path().join("export-after-rotation");
+    let export = data.cli(&[
+        "incidents",
+        "export",
+        &incident_id,
+        "--out",
+        after.to_str().unwrap(),
+        "--by",
+        "dsl.jones",
+    ]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    assert_eq!(
+        std::fs::read(after.join(format!("incident-{incident_id}/images/{hash}.png"))).unwrap(),
+        image
+    );
+
     // Every look was audited.
     let audited = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -241,6 +275,7 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
         audited,
         [
             ("cli:dsl.jones".to_string(), "incident_viewed".to_string()),
+            ("cli:dsl.jones".into(), "incident_exported".into()),
             ("cli:dsl.jones".into(), "incident_exported".into()),
         ]
     );
