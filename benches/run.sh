@@ -47,6 +47,8 @@ start_collector() {
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# "anonymous A MiB, file-backed F MiB": heap and stacks against mapped code.
+rss_split() { awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "anonymous %.1f MiB, file-backed %.1f MiB", a / 1024, f / 1024}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 bench_ingest() {
@@ -116,7 +118,7 @@ bench_snapshot() {
     pids+=($!)
     local helper_pid=$!
     sleep 10
-    echo "session helper idle: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
+    echo "session helper idle: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB ($(rss_split "$helper_pid"))"
     DISPLAY=$display "$bin/title_burst" --pid "$helper_pid" --changes 1000
     echo "session helper after the burst: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
     kill "$helper_pid" "$xvfb_pid"
@@ -146,6 +148,7 @@ EOF
     agent=("$bin/hallmonitor-agent" --config "$work/agent.toml")
     status() { "${agent[@]}" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
     HALLMONITOR_LOG=warn "${agent[@]}" enroll > /dev/null
+    "${agent[@]}" status > /dev/null 2>&1 || true
 
     # Idle: connected, queue empty, one heartbeat a minute.
     HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
@@ -153,7 +156,7 @@ EOF
     local pid=$!
     until [[ $(status connection) == connected && $(status queue_depth) == 0 ]]; do sleep 0.2; done
     sleep 10
-    echo "agent idle (connected, empty queue): RSS $(($(rss_kib "$pid") / 1024)) MiB"
+    echo "agent idle (connected, empty queue): RSS $(($(rss_kib "$pid") / 1024)) MiB ($(rss_split "$pid"))"
     kill "$pid"
     wait "$pid" || true
 

@@ -11,8 +11,9 @@ build=(pkg-config libclang-dev libxcb1-dev libxcb-randr0-dev libxcb-render0-dev
        libxcb-shm0-dev libegl-dev libwayland-dev libgbm-dev libpipewire-0.3-dev
        libspa-0.2-dev)
 # The real servers the end-to-end tests use: curl (the API's HTTPS client),
-# aiosmtpd (SMTP), Xvfb (an X server for the session helper).
-test=(curl python3-aiosmtpd xvfb)
+# aiosmtpd (SMTP), Xvfb and openbox (an X server and a window manager for
+# the session helper).
+test=(curl python3-aiosmtpd xvfb openbox)
 
 wanted=("${build[@]}")
 [[ "${1:-build}" == "test" ]] && wanted+=("${test[@]}")
