@@ -82,36 +82,48 @@ pub struct CaptureRow {
     pub policy_version: i64,
 }
 
-/// A file alert as incident evidence: no screen snapshot, the file's path
-/// and SHA-256 instead; its name stands as the matched text.
-pub fn file_alert_evidence(
-    path: &str,
-    rule_id: &str,
-    category: &str,
-    severity: u32,
-    account: &str,
-    sha256: &str,
-) -> crate::model::CaptureRecord {
+/// What an event adds to an incident: a capture as it is, a file alert as
+/// evidence without a snapshot (the file's path and SHA-256; its name
+/// stands as the matched text). None for other events.
+pub fn evidence_of(
+    body: &crate::model::EventBody,
+) -> Option<std::borrow::Cow<'_, crate::model::CaptureRecord>> {
+    use crate::model::{CaptureRecord, EventBody};
+    use std::borrow::Cow;
+    let EventBody::FileAlert {
+        path,
+        rule_id,
+        category,
+        severity,
+        account,
+        sha256,
+    } = body
+    else {
+        return match body {
+            EventBody::Capture(capture) => Some(Cow::Borrowed(capture)),
+            _ => None,
+        };
+    };
     let name = std::path::Path::new(path)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.to_owned());
-    crate::model::CaptureRecord {
-        rule_id: rule_id.to_owned(),
-        category: category.to_owned(),
-        severity: severity.clamp(1, 5) as u8,
+        .unwrap_or_else(|| path.clone());
+    Some(Cow::Owned(CaptureRecord {
+        rule_id: rule_id.clone(),
+        category: category.clone(),
+        severity: (*severity).clamp(1, 5) as u8,
         matched_text: name,
         window_title: String::new(),
         process_name: String::new(),
-        account: account.to_owned(),
+        account: account.clone(),
         image_sha256: String::new(),
         image_status: "no_image".into(),
         no_image_reason: "file alert: the evidence is the file's path and SHA-256".into(),
         repeat_count: 0,
         kind: "file".into(),
-        file_path: path.to_owned(),
-        file_sha256: sha256.to_owned(),
+        file_path: path.clone(),
+        file_sha256: sha256.clone(),
         policy_version: 0,
         image: Vec::new(),
-    }
+    }))
 }

@@ -159,16 +159,7 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     let agent = Agent::new(&data.agent_settings(&collector, "e2e-capture-1"));
     agent.enroll();
     let daemon = agent.start();
-    wait_for("the daemon's helper socket", WAIT, || {
-        agent.socket().exists().then_some(())
-    });
-    let mut helper = Command::new(agent_bin());
-    helper
-        .args(["session", "--socket"])
-        .arg(agent.socket())
-        .env("DISPLAY", &display)
-        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
-    let mut helper = Process::spawn("helper", helper, &data.logs());
+    let mut helper = start_helper(&agent, &display, &data.logs());
     let desktop = Desktop::connect(&display);
 
     // A red window at (300, 200) on a 1280×800 screen.

@@ -401,36 +401,17 @@ impl Store for SqliteStore {
                     EventBody::Session(session) => {
                         activity::upsert_session(&mut tx, device, session, received_at).await?
                     }
-                    EventBody::Capture(capture) => {
+                    EventBody::Capture(_) | EventBody::FileAlert { .. } => {
+                        let Some(evidence) = crate::incidents::evidence_of(&event.body) else {
+                            continue;
+                        };
                         incidents::record_capture(
                             &mut tx,
                             self.incident_window,
                             device,
                             event.seq.0,
                             event.occurred_at,
-                            capture,
-                            received_at,
-                        )
-                        .await?
-                    }
-                    EventBody::FileAlert {
-                        path,
-                        rule_id,
-                        category,
-                        severity,
-                        account,
-                        sha256,
-                    } => {
-                        let alert = crate::incidents::file_alert_evidence(
-                            path, rule_id, category, *severity, account, sha256,
-                        );
-                        incidents::record_capture(
-                            &mut tx,
-                            self.incident_window,
-                            device,
-                            event.seq.0,
-                            event.occurred_at,
-                            &alert,
+                            &evidence,
                             received_at,
                         )
                         .await?
