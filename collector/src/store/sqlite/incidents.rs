@@ -243,8 +243,8 @@ pub(super) async fn purge(store: &SqliteStore, ids: &[i64], before: Timestamp) -
             // The event row stays (it is the record that this sequence
             // number arrived); what it said goes.
             sqlx::query(
-                "UPDATE events SET body = '{\"kind\":\"capture\",\"purged\":true}' \
-                 WHERE device_id = ? AND seq = ? AND kind = 'capture'",
+                "UPDATE events SET body = json_object('kind', kind, 'purged', json('true')) \
+                 WHERE device_id = ? AND seq = ? AND kind IN ('capture', 'file_alert')",
             )
             .bind(device)
             .bind(seq)
