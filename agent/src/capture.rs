@@ -151,6 +151,12 @@ impl Link {
         self.stream = Some(stream);
     }
 
+    fn lost(&mut self) {
+        if self.stream.take().is_some() {
+            tracing::warn!(socket = %self.socket.display(), "the agent daemon is unreachable; captures are held until it is back");
+        }
+    }
+
     /// Sends what it can; what it cannot stays in `pending`.
     fn send(&mut self, pending: &mut Vec<HelperCapture>) -> anyhow::Result<()> {
         let Some(connection) = self.stream.as_mut() else {
@@ -161,7 +167,7 @@ impl Link {
             let mut line = serde_json::to_vec(capture)?;
             line.push(b'\n');
             if connection.write_all(&line).is_err() {
-                self.stream = None;
+                self.lost();
                 break;
             }
             sent += 1;
@@ -243,7 +249,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
                     // The window in front is checked again under the new policy.
                     last = None;
                 }
-                None => link.stream = None,
+                None => link.lost(),
             }
         }
         if let Some(window) = window {

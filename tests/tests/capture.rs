@@ -445,21 +445,40 @@ fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
     wait_for("a capture under version 2", WAIT, || {
         captured("yellow submarine").map(|_| ())
     });
+    // The daemon restarts; the helper keeps running, holds what it
+    // captures meanwhile, and reconnects.
     daemon.stop();
-    helper.kill();
+    titled("zebra protocol or yellow submarine");
+    wait_for("the helper to notice the daemon has gone", WAIT, || {
+        helper
+            .stderr_text()
+            .contains("the agent daemon is unreachable")
+            .then_some(())
+    });
     collector_policy_history(&data, 2);
     let _daemon = agent.start();
-    let _helper = start_helper(&agent, &display, &data.logs());
     wait_for("the restarted agent to report version 2", WAIT, || {
         (data.device(&id)["status"] == "online" && policy_version() == Some(2)).then_some(())
     });
-    // Version 2 in force: of the two phrases only its own matches.
-    titled("zebra protocol or yellow submarine");
-    let after = wait_for("the kept policy matching", WAIT, || {
+    // Version 2 in force: of the two phrases only its own matched.
+    let after = wait_for("the capture held while the daemon was down", WAIT, || {
+        assert!(
+            helper.has_exited().is_none(),
+            "helper exited: {}",
+            helper.stderr_text()
+        );
         captured("zebra protocol or yellow submarine")
     });
     assert_eq!(after["matched_text"], "yellow submarine", "{after}");
     assert_eq!(after["policy_version"], 2);
+    let held = captures(&data)
+        .iter()
+        .filter(|c| c["window_title"] == "zebra protocol or yellow submarine")
+        .count();
+    assert_eq!(
+        held, 1,
+        "sent once, though the restarted daemon resent the policy"
+    );
 }
 
 /// `policy history` lists the versions and who saved them.
