@@ -16,13 +16,8 @@ pub struct Snapshot {
     pub height: u32,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// The image's SHA-256 in hex (the same function the TLS pinning uses).
+pub use crate::tls::sha256_hex;
 
 /// Snapshot of the monitor containing `point` (the active window's
 /// centre), or the first monitor. The error says why there is no image

@@ -93,13 +93,9 @@ pub struct Rotation {
     pub failed: Vec<String>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// SHA-256 in hex, as images are named (the same function as certificate
+/// fingerprints).
+pub use crate::pki::sha256_hex;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
     move |source| EvidenceError::Io {
