@@ -1,0 +1,245 @@
+//! `incidents` and `evidence`: safeguarding evidence; every look is audited.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use hallmonitor_collector::cli::{self, Format};
+use hallmonitor_collector::config::CollectorConfig;
+use hallmonitor_collector::open_store;
+use hallmonitor_collector::store::Store;
+use jiff::Timestamp;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::*;
+
+#[derive(Subcommand)]
+pub(crate) enum IncidentsCommand {
+    List {
+        #[arg(long)]
+        site: Option<String>,
+        /// open or closed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+    /// Write the evidence (images, metadata, SHA-256 sums) to OUT/incident-ID
+    /// for a report to CEOP or the police.
+    Export {
+        id: i64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+    Close {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+    /// Purge evidence past `[captures] retention_days` now (the collector
+    /// also does it daily): captures of closed incidents, their images and
+    /// the content of their events.
+    Purge {
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EvidenceCommand {
+    /// Make a new evidence key, re-encrypt every image under it and delete
+    /// the old key once no image needs it. Safe while the collector runs.
+    RotateKey {
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+}
+
+pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(data).await?;
+    let now = Timestamp::now();
+    let audit = |actor: String, action: &'static str, id: i64, detail: String| {
+        let store = &store;
+        async move {
+            audit_cli(
+                store,
+                now,
+                &actor,
+                action,
+                &format!("incident {id}"),
+                &detail,
+            )
+            .await
+        }
+    };
+    match command {
+        IncidentsCommand::List {
+            site,
+            status,
+            format,
+        } => {
+            let filter = filter(&store, site.as_deref(), None).await?;
+            let list = store.list_incidents(&filter, status.as_deref()).await?;
+            print!("{}", cli::incidents_list(&list, format));
+        }
+        IncidentsCommand::Show { id, format, by } => {
+            let (incident, captures, _) = store
+                .incident(id)
+                .await?
+                .with_context(|| format!("no incident with id {id}"))?;
+            audit(
+                format!("cli:{}", by.unwrap_or_else(os_user)),
+                "incident_viewed",
+                id,
+                String::new(),
+            )
+            .await?;
+            print!("{}", cli::incident_show(&incident, &captures, format));
+        }
+        IncidentsCommand::Export { id, out, by } => {
+            let (incident, captures, _) = store
+                .incident(id)
+                .await?
+                .with_context(|| format!("no incident with id {id}"))?;
+            let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
+            let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+            let folder = incidents_export(&evidence, &incident, &captures, &out, &actor, now)?;
+            audit(actor, "incident_exported", id, folder.display().to_string()).await?;
+            println!(
+                "Exported incident {id} ({} capture(s)) to {}.",
+                captures.len(),
+                folder.display()
+            );
+        }
+        IncidentsCommand::Close { id, reason, by } => {
+            if reason.trim().is_empty() {
+                bail!("--reason must say why");
+            }
+            if !store.close_incident(id, &reason, now).await? {
+                bail!("no open incident with id {id}");
+            }
+            audit(
+                format!("cli:{}", by.unwrap_or_else(os_user)),
+                "incident_closed",
+                id,
+                reason,
+            )
+            .await?;
+            println!("Closed incident {id}.");
+        }
+        IncidentsCommand::Purge { by } => {
+            let config = CollectorConfig::load(data)?;
+            let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
+            let retention =
+                jiff::SignedDuration::from_hours(24 * i64::from(config.captures.retention_days));
+            let purged =
+                hallmonitor_collector::incidents::purge_expired(&store, &evidence, retention, now)
+                    .await?;
+            audit(
+                format!("cli:{}", by.unwrap_or_else(os_user)),
+                "evidence_purged",
+                0,
+                format!("{purged} captures"),
+            )
+            .await?;
+            println!(
+                "Purged {purged} capture(s) older than {} days from closed incidents.",
+                config.captures.retention_days
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn evidence(data: &Path, command: EvidenceCommand) -> anyhow::Result<ExitCode> {
+    let EvidenceCommand::RotateKey { by } = command;
+    let store = open_store(data).await?;
+    let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
+    let rotation = tokio::task::spawn_blocking(move || evidence.rotate_key()).await??;
+    let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+    let detail = format!(
+        "new key {}; {} image(s) re-encrypted; {} old key(s) deleted, {} kept; {} unreadable",
+        rotation.key_id,
+        rotation.reencrypted,
+        rotation.old_keys_removed,
+        rotation.old_keys_kept,
+        rotation.failed.len()
+    );
+    audit_cli(
+        &store,
+        Timestamp::now(),
+        &actor,
+        "evidence_key_rotated",
+        "evidence",
+        &detail,
+    )
+    .await?;
+    println!("Evidence key rotated: {detail}.");
+    if !rotation.failed.is_empty() {
+        bail!(
+            "{} image(s) could not be decrypted and keep the old key: {}",
+            rotation.failed.len(),
+            rotation.failed.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes an incident's evidence to OUT/incident-ID: the images
+/// (decrypted, checked against their hashes), metadata.json and
+/// SHA256SUMS. Built in a temporary folder and renamed into place, so a
+/// failure leaves nothing half-written; an existing export is never
+/// overwritten.
+fn incidents_export(
+    evidence: &hallmonitor_collector::evidence::EvidenceStore,
+    incident: &hallmonitor_collector::incidents::IncidentRecord,
+    captures: &[hallmonitor_collector::incidents::CaptureRow],
+    out: &std::path::Path,
+    actor: &str,
+    now: Timestamp,
+) -> anyhow::Result<PathBuf> {
+    use hallmonitor_collector::evidence::sha256_hex;
+    let folder = out.join(format!("incident-{}", incident.id));
+    if folder.exists() {
+        bail!("{} exists already; choose another --out", folder.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let staging = out.join(format!(".incident-{}.partial", incident.id));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(staging.join("images"))
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let mut sums = String::new();
+    for capture in captures.iter().filter(|c| c.image_status == "verified") {
+        let image = evidence
+            .get(&capture.image_sha256)
+            .with_context(|| format!("evidence image of capture {}", capture.id))?;
+        let name = format!("images/{}.png", capture.image_sha256);
+        std::fs::write(staging.join(&name), &image).with_context(|| format!("writing {name}"))?;
+        sums.push_str(&format!("{}  {name}\n", sha256_hex(&image)));
+    }
+    let metadata = serde_json::json!({
+        "schema": "hallmonitor.incident_export.v1",
+        "exported_at": now,
+        "exported_by": actor,
+        "incident": incident,
+        "captures": captures,
+    });
+    let metadata = serde_json::to_vec_pretty(&metadata)?;
+    std::fs::write(staging.join("metadata.json"), &metadata).context("writing metadata.json")?;
+    sums.push_str(&format!("{}  metadata.json\n", sha256_hex(&metadata)));
+    std::fs::write(staging.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
+    std::fs::rename(&staging, &folder)
+        .with_context(|| format!("renaming into {}", folder.display()))?;
+    Ok(folder)
+}
