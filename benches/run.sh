@@ -120,7 +120,7 @@ bench_snapshot() {
     sleep 10
     echo "session helper idle: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB ($(rss_split "$helper_pid"))"
     DISPLAY=$display "$bin/title_burst" --pid "$helper_pid" --changes 1000
-    echo "session helper after the burst: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB"
+    echo "session helper after the burst: RSS $(($(rss_kib "$helper_pid") / 1024)) MiB ($(rss_split "$helper_pid"))"
     kill "$helper_pid" "$xvfb_pid"
     wait "$helper_pid" "$xvfb_pid" 2>/dev/null || true
 }
