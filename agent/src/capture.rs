@@ -6,8 +6,9 @@
 //! autostart entry in deploy/). It watches the active window (`window`),
 //! matches titles against the policy (`policy`), and sends a capture for
 //! each match to the daemon over a Unix socket, one JSON line each. The
-//! same rule in the same window within 60 s adds to a counter carried by
-//! the next capture instead of making another.
+//! same rule in the same window within 60 s adds to a counter instead of
+//! making another; the count goes out as a repeat summary (no snapshot)
+//! once the minute is over.
 //!
 //! The daemon (`serve_helpers`) accepts on the socket, takes the account
 //! from the peer's credentials (never from the message), and queues the
@@ -68,34 +69,87 @@ pub struct HelperPolicy {
     pub staff: bool,
 }
 
-/// The helper's rate limit: (rule, window) → when last captured and how
-/// many matches were merged since.
+/// The helper's rate limit per (rule, window): the first match takes a
+/// snapshot; further matches within `REPEAT_WINDOW` of it are counted, and
+/// when that minute is over the count goes out as a repeat summary (no new
+/// snapshot), so the DSL sees how long and how often it was on screen.
 #[derive(Default)]
 pub struct RateLimit {
-    last: HashMap<(String, u64), (Instant, u32)>,
+    counting: HashMap<(String, u64), Counting>,
+}
+
+struct Counting {
+    since: Instant,
+    merged: u32,
+    latest_title: String,
+    /// The capture that opened the minute, without its image.
+    first: Option<HelperCapture>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Take a snapshot and send a capture.
+    Capture,
+    /// Counted towards the current minute's summary.
+    Counted,
 }
 
 impl RateLimit {
-    /// Some(repeats merged since the last capture) when a capture should be
-    /// taken now; None when this match only adds to the counter.
-    pub fn admit(&mut self, rule: &str, window: u64, now: Instant) -> Option<u32> {
+    pub fn admit(&mut self, rule: &str, window: u64, title: &str, now: Instant) -> Admission {
         let key = (rule.to_owned(), window);
-        match self.last.get_mut(&key) {
-            Some((at, merged)) if now.duration_since(*at) < REPEAT_WINDOW => {
-                *merged += 1;
-                None
-            }
-            Some((at, merged)) => {
-                let repeats = *merged;
-                *at = now;
-                *merged = 0;
-                Some(repeats)
-            }
-            None => {
-                self.last.insert(key, (now, 0));
-                Some(0)
-            }
+        if let Some(counting) = self.counting.get_mut(&key)
+            && now.duration_since(counting.since) < REPEAT_WINDOW
+        {
+            counting.merged += 1;
+            title.clone_into(&mut counting.latest_title);
+            return Admission::Counted;
         }
+        self.counting.insert(
+            key,
+            Counting {
+                since: now,
+                merged: 0,
+                latest_title: title.to_owned(),
+                first: None,
+            },
+        );
+        Admission::Capture
+    }
+
+    /// Keeps (without its image) the capture just admitted, for the summary.
+    pub fn remember(&mut self, window: u64, capture: &HelperCapture) {
+        if let Some(counting) = self.counting.get_mut(&(capture.rule_id.clone(), window)) {
+            counting.first = Some(HelperCapture {
+                image_png_base64: String::new(),
+                ..capture.clone()
+            });
+        }
+    }
+
+    /// Ends every minute that is over: a summary for each that counted
+    /// repeats.
+    pub fn due_summaries(&mut self, now: Instant) -> Vec<HelperCapture> {
+        let mut due = Vec::new();
+        self.counting.retain(|_, counting| {
+            if now.duration_since(counting.since) < REPEAT_WINDOW {
+                return true;
+            }
+            if counting.merged > 0
+                && let Some(first) = counting.first.take()
+            {
+                due.push(HelperCapture {
+                    window_title: std::mem::take(&mut counting.latest_title),
+                    repeat_count: counting.merged,
+                    no_image_reason: format!(
+                        "repeat summary: {} more match(es) of this rule in this window within a minute of the capture before; no new snapshot",
+                        counting.merged
+                    ),
+                    ..first
+                });
+            }
+            false
+        });
+        due
     }
 }
 
@@ -259,6 +313,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
                 check_window(&window, &current, &mut limit, &mut buffer, &mut pending);
             }
         }
+        pending.extend(limit.due_summaries(Instant::now()));
         if pending.is_empty() {
             continue;
         }
@@ -280,9 +335,10 @@ fn check_window(
 ) {
     let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
     for hit in current.policy.matches(&window.title, current.user, buffer) {
-        let Some(repeats) = limit.admit(&hit.rule.id, window.id, Instant::now()) else {
+        if limit.admit(&hit.rule.id, window.id, &window.title, Instant::now()) == Admission::Counted
+        {
             continue;
-        };
+        }
         let shot = snapshot.get_or_insert_with(|| crate::snapshot::take(window.centre));
         let (image_png_base64, no_image_reason) = match shot {
             Ok(s) => (
@@ -291,7 +347,7 @@ fn check_window(
             ),
             Err(reason) => (String::new(), reason.clone()),
         };
-        pending.push(HelperCapture {
+        let capture = HelperCapture {
             rule_id: hit.rule.id.clone(),
             category: hit.rule.category.clone(),
             severity: u32::from(hit.rule.severity),
@@ -299,11 +355,13 @@ fn check_window(
             window_title: window.title.clone(),
             process_name: window.process_name.clone(),
             pid: window.pid,
-            repeat_count: repeats,
+            repeat_count: 0,
             no_image_reason,
             image_png_base64,
             policy_version: current.version,
-        });
+        };
+        limit.remember(window.id, &capture);
+        pending.push(capture);
     }
 }
 
@@ -456,20 +514,70 @@ async fn receive_captures(
 mod tests {
     use super::*;
 
+    fn capture(rule: &str, title: &str) -> HelperCapture {
+        HelperCapture {
+            rule_id: rule.into(),
+            category: "self-harm".into(),
+            severity: 5,
+            matched_text: "kill myself".into(),
+            window_title: title.into(),
+            process_name: "chromium".into(),
+            pid: 7,
+            repeat_count: 0,
+            no_image_reason: String::new(),
+            image_png_base64: "aW1hZ2U=".into(),
+            policy_version: 3,
+        }
+    }
+
     #[test]
-    fn one_capture_per_rule_and_window_per_minute_with_a_counter() {
+    fn one_capture_per_rule_and_window_per_minute_then_a_summary_of_the_repeats() {
+        use Admission::{Capture, Counted};
         let mut limit = RateLimit::default();
         let start = Instant::now();
-        assert_eq!(limit.admit("r", 1, start), Some(0));
-        for n in 1..=999 {
-            assert_eq!(limit.admit("r", 1, start + Duration::from_millis(n)), None);
+        assert_eq!(limit.admit("r", 1, "kill myself (0)", start), Capture);
+        limit.remember(1, &capture("r", "kill myself (0)"));
+        for n in 1..=999u64 {
+            let title = format!("kill myself ({n})");
+            assert_eq!(
+                limit.admit("r", 1, &title, start + Duration::from_millis(n)),
+                Counted
+            );
         }
-        assert_eq!(limit.admit("r", 2, start), Some(0), "another window");
-        assert_eq!(limit.admit("s", 1, start), Some(0), "another rule");
+        assert_eq!(limit.admit("r", 2, "x", start), Capture, "another window");
+        assert_eq!(limit.admit("s", 1, "x", start), Capture, "another rule");
+        assert!(
+            limit
+                .due_summaries(start + Duration::from_secs(59))
+                .is_empty(),
+            "the minute is not over"
+        );
+        let due = limit.due_summaries(start + Duration::from_secs(60));
+        assert_eq!(due.len(), 1, "only the minute with repeats: {due:?}");
+        let summary = &due[0];
+        assert_eq!(summary.repeat_count, 999);
         assert_eq!(
-            limit.admit("r", 1, start + Duration::from_secs(61)),
-            Some(999),
-            "the next capture carries the merged repeats"
+            summary.window_title, "kill myself (999)",
+            "the latest title"
+        );
+        assert_eq!(summary.rule_id, "r");
+        assert_eq!(summary.policy_version, 3);
+        assert!(summary.image_png_base64.is_empty(), "no new snapshot");
+        assert!(
+            summary
+                .no_image_reason
+                .starts_with("repeat summary: 999 more")
+        );
+        assert!(
+            limit
+                .due_summaries(start + Duration::from_secs(120))
+                .is_empty(),
+            "once"
+        );
+        assert_eq!(
+            limit.admit("r", 1, "kill myself again", start + Duration::from_secs(61)),
+            Capture,
+            "a new minute, a new snapshot"
         );
     }
 }
