@@ -86,7 +86,8 @@ pub struct PolicyHub {
     tx: watch::Sender<InForce>,
 }
 
-const SITE_VERSION: &str = "site_policy_version";
+/// Outbox state keys of the site policy the agent holds.
+pub(crate) const SITE_VERSION: &str = "site_policy_version";
 const SITE_TOML: &str = "site_policy_toml";
 
 impl PolicyHub {

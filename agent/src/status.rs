@@ -34,6 +34,12 @@ pub struct Status {
     /// Events evicted because the outbox was full, per class, since the
     /// outbox was created.
     pub evicted: std::collections::BTreeMap<String, u64>,
+    /// The site policy version the agent holds (0: none received, the
+    /// project's default is in force).
+    pub policy_site_version: u64,
+    /// The local override file, when it exists (it then replaces the
+    /// site's policy if it parses; the daemon's log says if not).
+    pub policy_override: Option<String>,
 }
 
 pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status> {
@@ -59,6 +65,12 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         corrupt_outbox_moved_to: None,
         outbox_bytes: 0,
         evicted: Default::default(),
+        policy_site_version: 0,
+        policy_override: config
+            .capture
+            .policy_override
+            .exists()
+            .then(|| config.capture.policy_override.display().to_string()),
     };
     if !config.data_dir.join(outbox::FILE_NAME).exists() {
         return Ok(status);
@@ -96,6 +108,11 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         status.connection_since = outbox.state("connection_since").await?;
     }
     status.last_error = outbox.state("last_error").await?;
+    status.policy_site_version = outbox
+        .state(crate::policy::SITE_VERSION)
+        .await?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     outbox.close().await;
     Ok(status)
 }
@@ -169,5 +186,13 @@ pub fn render_text(s: &Status) -> String {
     if let Some(moved) = &s.corrupt_outbox_moved_to {
         line("corrupt outbox moved", moved.clone());
     }
+    line(
+        "policy",
+        match (&s.policy_override, s.policy_site_version) {
+            (Some(path), _) => format!("local override {path}"),
+            (None, 0) => "project default (no site policy received)".into(),
+            (None, v) => format!("site policy version {v}"),
+        },
+    );
     out
 }

@@ -398,6 +398,7 @@ fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
     wait_for("the agent to hold version 1", WAIT, || {
         (policy_version() == Some(1)).then_some(())
     });
+    assert_eq!(agent.status()["policy_site_version"], 1, "shown by status");
     titled("zebra protocol briefing");
     let local = wait_for("a capture by the site's own rule", WAIT, || {
         assert!(
@@ -533,7 +534,12 @@ fn a_local_override_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one()
     };
 
     // Written while the daemon runs: it takes over from the default.
+    assert_eq!(agent.status()["policy_override"], Value::Null);
     std::fs::write(&policy, rule("zebra crossing alarm")).unwrap();
+    assert_eq!(
+        agent.status()["policy_override"],
+        policy.display().to_string().as_str()
+    );
     let mut n = 0;
     wait_for("a capture by the override's rule", WAIT, || {
         assert!(
