@@ -20,9 +20,18 @@ pub enum PolicySaveError {
     /// The text does not parse: file, line and reason.
     #[error(transparent)]
     Invalid(#[from] hallmonitor_policy::PolicyError),
+    #[error(
+        "{file}: {size} bytes; a policy may be at most {MAX_POLICY_BYTES} bytes (agents receive it in one message)"
+    )]
+    TooLarge { file: String, size: usize },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
+
+/// The largest policy text accepted: it travels to agents in one stream
+/// message (the agent accepts up to 16 MiB), and a 10,000-phrase policy is
+/// about 300 KB.
+pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 
 /// What saving did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +52,12 @@ pub async fn save(
     actor: &str,
     at: Timestamp,
 ) -> Result<Saved, PolicySaveError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicySaveError::TooLarge {
+            file: file.display().to_string(),
+            size: text.len(),
+        });
+    }
     if !text.is_empty() {
         hallmonitor_policy::Policy::parse(text, file)?;
     }
@@ -184,6 +199,11 @@ mod tests {
             store.site_policy(site.id, None).await.unwrap().is_none(),
             "nothing stored"
         );
+        let huge = format!("{RULE}# {}\n", "x".repeat(MAX_POLICY_BYTES));
+        let err = save(&store, &site, &huge, file, "", "t", now)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PolicySaveError::TooLarge { .. }), "{err}");
         assert_eq!(
             save(&store, &site, RULE, file, "first", "t", now)
                 .await
