@@ -623,6 +623,12 @@ pub fn incident_show(
                         c.window_title.clone(),
                         format!("image {}", short(&c.image_sha256)),
                     )
+                } else if c.repeat_count > 0 {
+                    // A repeat summary: the minute after a capture.
+                    (
+                        c.window_title.clone(),
+                        format!("{} more in a minute", c.repeat_count),
+                    )
                 } else {
                     (c.window_title.clone(), c.image_status.clone())
                 };
