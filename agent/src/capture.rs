@@ -35,7 +35,9 @@ use crate::outbox::Outbox;
 use crate::policy::{Origin, Policy, PolicyHub, PolicyText, UserKind};
 use crate::window::ActiveWindowSource;
 
-/// Repeats of one rule in one window within this are counted, not captured.
+/// Repeats of one rule in one window within this are counted, not
+/// captured, unless the daemon says otherwise (`[capture]
+/// repeat_window_secs`).
 const REPEAT_WINDOW: Duration = Duration::from_secs(60);
 
 /// A capture on its way from the helper to the daemon.
@@ -67,15 +69,30 @@ pub struct HelperPolicy {
     /// Empty: the project's default.
     pub toml: String,
     pub staff: bool,
+    #[serde(default = "default_repeat_window_secs")]
+    pub repeat_window_secs: u64,
+}
+
+fn default_repeat_window_secs() -> u64 {
+    REPEAT_WINDOW.as_secs()
 }
 
 /// The helper's rate limit per (rule, window): the first match takes a
 /// snapshot; further matches within `REPEAT_WINDOW` of it are counted, and
 /// when that minute is over the count goes out as a repeat summary (no new
 /// snapshot), so the DSL sees how long and how often it was on screen.
-#[derive(Default)]
 pub struct RateLimit {
+    window: Duration,
     counting: HashMap<(String, u64), Counting>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            window: REPEAT_WINDOW,
+            counting: HashMap::new(),
+        }
+    }
 }
 
 struct Counting {
@@ -95,10 +112,15 @@ pub enum Admission {
 }
 
 impl RateLimit {
+    /// A new length for minutes started from now on.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window.max(Duration::from_secs(1));
+    }
+
     pub fn admit(&mut self, rule: &str, window: u64, title: &str, now: Instant) -> Admission {
         let key = (rule.to_owned(), window);
         if let Some(counting) = self.counting.get_mut(&key)
-            && now.duration_since(counting.since) < REPEAT_WINDOW
+            && now.duration_since(counting.since) < self.window
         {
             counting.merged += 1;
             title.clone_into(&mut counting.latest_title);
@@ -130,8 +152,9 @@ impl RateLimit {
     /// repeats.
     pub fn due_summaries(&mut self, now: Instant) -> Vec<HelperCapture> {
         let mut due = Vec::new();
+        let window = self.window;
         self.counting.retain(|_, counting| {
-            if now.duration_since(counting.since) < REPEAT_WINDOW {
+            if now.duration_since(counting.since) < window {
                 return true;
             }
             if counting.merged > 0
@@ -141,8 +164,9 @@ impl RateLimit {
                     window_title: std::mem::take(&mut counting.latest_title),
                     repeat_count: counting.merged,
                     no_image_reason: format!(
-                        "repeat summary: {} more match(es) of this rule in this window within a minute of the capture before; no new snapshot",
-                        counting.merged
+                        "repeat summary: {} more match(es) of this rule in this window within {} s of the capture before; no new snapshot",
+                        counting.merged,
+                        window.as_secs()
                     ),
                     ..first
                 });
@@ -159,6 +183,7 @@ struct Received {
     /// The site's version number (the file's own for a local override).
     version: u64,
     user: UserKind,
+    repeat_window: Duration,
 }
 
 /// The helper's link to the daemon: captures go out on it, policies come
@@ -264,6 +289,7 @@ fn read_policies(
                     policy,
                     version: message.version,
                     user,
+                    repeat_window: Duration::from_secs(message.repeat_window_secs),
                 };
                 if sender.send(Some(received)).is_err() {
                     return;
@@ -287,6 +313,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
         policy: Policy::default_policy(),
         version: 0,
         user: UserKind::Pupil,
+        repeat_window: REPEAT_WINDOW,
     };
     let mut limit = RateLimit::default();
     let mut last: Option<(u64, String)> = None;
@@ -299,6 +326,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
         while let Ok(message) = link.incoming.try_recv() {
             match message {
                 Some(received) => {
+                    limit.set_window(received.repeat_window);
                     current = received;
                     // The window in front is checked again under the new policy.
                     last = None;
@@ -431,6 +459,7 @@ async fn send_policies(
                 origin: in_force.policy.origin,
                 toml: in_force.policy.toml.to_string(),
                 staff: in_force.user_kind(&account) == UserKind::Staff,
+                repeat_window_secs: u64::from(in_force.repeat_window_secs),
             }
         };
         if sent.as_ref() != Some(&message) {

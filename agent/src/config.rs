@@ -77,6 +77,9 @@ pub struct CaptureConfig {
     /// Accounts (glob patterns) whose activity counts as staff for rule
     /// scope, besides the staff accounts the collector names.
     pub staff_accounts: Vec<String>,
+    /// Repeats of one rule in one window within this many seconds of a
+    /// capture are counted, not captured again.
+    pub repeat_window_secs: u32,
 }
 
 impl Default for CaptureConfig {
@@ -84,6 +87,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             policy_override: PathBuf::from("/etc/hallmonitor/policy.local.toml"),
+            repeat_window_secs: 60,
             staff_accounts: Vec::new(),
         }
     }
@@ -388,6 +392,11 @@ impl AgentConfig {
         }
         if self.heartbeat_interval_secs == 0 {
             return Err(invalid("heartbeat_interval_secs must be at least 1".into()));
+        }
+        if self.capture.repeat_window_secs == 0 {
+            return Err(invalid(
+                "capture.repeat_window_secs must be at least 1".into(),
+            ));
         }
         if self.facts_interval_secs == 0 {
             return Err(invalid("facts_interval_secs must be at least 1".into()));

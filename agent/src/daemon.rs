@@ -55,8 +55,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             .await?;
     }
 
-    let hub =
-        Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture.staff_accounts).await?);
+    let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);
     let override_watch = tokio::spawn(crate::policy::watch_override(
         hub.clone(),
         config.capture.policy_override.clone(),

@@ -43,12 +43,14 @@ pub struct PolicyText {
     pub toml: Arc<str>,
 }
 
-/// What helpers follow: the policy in force and who counts as staff.
+/// What helpers follow: the policy in force, who counts as staff, and how
+/// long repeats are counted rather than captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InForce {
     pub policy: PolicyText,
     staff: Arc<BTreeSet<String>>,
     staff_patterns: Arc<Vec<glob::Pattern>>,
+    pub repeat_window_secs: u32,
 }
 
 impl InForce {
@@ -83,6 +85,7 @@ struct Sources {
 pub struct PolicyHub {
     sources: Mutex<Sources>,
     staff_patterns: Arc<Vec<glob::Pattern>>,
+    repeat_window_secs: u32,
     tx: watch::Sender<InForce>,
 }
 
@@ -92,8 +95,12 @@ const SITE_TOML: &str = "site_policy_toml";
 
 impl PolicyHub {
     /// The hub with the site policy kept from an earlier run, if any.
-    pub async fn load(outbox: &Outbox, staff_patterns: &[String]) -> anyhow::Result<PolicyHub> {
-        let patterns = staff_patterns
+    pub async fn load(
+        outbox: &Outbox,
+        capture: &crate::config::CaptureConfig,
+    ) -> anyhow::Result<PolicyHub> {
+        let patterns = capture
+            .staff_accounts
             .iter()
             .map(|p| {
                 glob::Pattern::new(p)
@@ -121,10 +128,12 @@ impl PolicyHub {
             }
         }
         let staff_patterns = Arc::new(patterns);
-        let first = in_force(&sources, &staff_patterns);
+        let repeat_window_secs = capture.repeat_window_secs;
+        let first = in_force(&sources, &staff_patterns, repeat_window_secs);
         Ok(PolicyHub {
             sources: Mutex::new(sources),
             staff_patterns,
+            repeat_window_secs,
             tx: watch::Sender::new(first),
         })
     }
@@ -233,7 +242,7 @@ impl PolicyHub {
     fn change(&self, f: impl FnOnce(&mut Sources)) {
         let mut sources = self.lock();
         f(&mut sources);
-        let next = in_force(&sources, &self.staff_patterns);
+        let next = in_force(&sources, &self.staff_patterns, self.repeat_window_secs);
         self.tx.send_if_modified(|current| {
             let changed = *current != next;
             *current = next;
@@ -255,7 +264,11 @@ fn parse_site(version: u64, text: &str) -> Result<(), PolicyError> {
     Policy::parse(text, Path::new(&format!("site policy version {version}"))).map(|_| ())
 }
 
-fn in_force(sources: &Sources, staff_patterns: &Arc<Vec<glob::Pattern>>) -> InForce {
+fn in_force(
+    sources: &Sources,
+    staff_patterns: &Arc<Vec<glob::Pattern>>,
+    repeat_window_secs: u32,
+) -> InForce {
     let policy = sources
         .local
         .clone()
@@ -269,6 +282,7 @@ fn in_force(sources: &Sources, staff_patterns: &Arc<Vec<glob::Pattern>>) -> InFo
         policy,
         staff: Arc::new(sources.staff.clone()),
         staff_patterns: staff_patterns.clone(),
+        repeat_window_secs,
     }
 }
 
@@ -352,7 +366,11 @@ mod tests {
 
     async fn hub(dir: &Path) -> (PolicyHub, Outbox) {
         let (outbox, _) = Outbox::open(dir, 1 << 20).await.unwrap();
-        let hub = PolicyHub::load(&outbox, &["t.*".to_owned()]).await.unwrap();
+        let capture = crate::config::CaptureConfig {
+            staff_accounts: vec!["t.*".to_owned()],
+            ..Default::default()
+        };
+        let hub = PolicyHub::load(&outbox, &capture).await.unwrap();
         (hub, outbox)
     }
 

@@ -156,7 +156,12 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     let data = CollectorData::init("Cabot");
     let (_xvfb, display) = start_xvfb(&data.logs());
     let collector = data.start();
-    let agent = Agent::new(&data.agent_settings(&collector, "e2e-capture-1"));
+    // Repeats counted for 20 s (60 by default), so the summary that ends
+    // the count arrives within the test.
+    let agent = Agent::with_capture(
+        &data.agent_settings(&collector, "e2e-capture-1"),
+        "repeat_window_secs = 20",
+    );
     agent.enroll();
     let daemon = agent.start();
     let mut helper = start_helper(&agent, &display, &data.logs());
@@ -280,20 +285,42 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
         "helper and daemon used {used:.2} s of CPU for 1,000 title changes"
     );
     let all = captures(&data);
-    let burst = all
+    let in_burst = |c: &Value| {
+        c["window_title"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("kill myself (")
+    };
+    let snapshots = all
         .iter()
-        .filter(|c| {
-            c["window_title"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("kill myself (")
-        })
+        .filter(|c| in_burst(c) && c["repeat_count"] == 0)
         .count();
     assert_eq!(
-        burst,
+        snapshots,
         1,
         "rate-limited: {all:?}\n{}",
         text(&data.cli(&["incidents", "list"]).stdout)
+    );
+    // When the window is over, the repeats arrive as one summary.
+    let summary = wait_for("the repeat summary", WAIT, || {
+        captures(&data)
+            .into_iter()
+            .find(|c| in_burst(c) && c["repeat_count"].as_u64() > Some(0))
+    });
+    assert_eq!(summary["image_status"], "no_image", "{summary}");
+    assert!(summary["repeat_count"].as_u64() < Some(1_000), "{summary}");
+    assert!(
+        summary["no_image_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("repeat summary"),
+        "{summary}"
+    );
+    let all = captures(&data);
+    assert_eq!(
+        all.iter().filter(|c| in_burst(c)).count(),
+        2,
+        "one snapshot, one summary: {all:?}"
     );
 }
 
