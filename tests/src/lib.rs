@@ -143,6 +143,13 @@ impl Process {
             .flatten()
             .map(|s| s.code().unwrap_or(-1))
     }
+
+    /// Fails the test, with the process's stderr, if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(code) = self.has_exited() {
+            panic!("{} exited with {code}: {}", self.name, self.stderr_text());
+        }
+    }
 }
 
 impl Drop for Process {

@@ -31,11 +31,7 @@ fn start_xvfb(logs: &Path) -> (Process, String) {
     ]);
     let mut xvfb = Process::spawn("xvfb", command, logs);
     let number = wait_for("Xvfb to choose a display", WAIT, || {
-        assert!(
-            xvfb.has_exited().is_none(),
-            "Xvfb exited (is the xvfb package installed?): {}",
-            xvfb.stderr_text()
-        );
+        xvfb.assert_running();
         let out = xvfb.stdout_text();
         out.ends_with('\n').then(|| out.trim().to_owned())
     });
@@ -120,6 +116,14 @@ impl Desktop {
         self.conn.flush().unwrap();
     }
 
+    /// A new window with `title`, made active.
+    fn show(&self, title: &str) -> Window {
+        let w = self.window();
+        self.title(w, title);
+        self.activate(w);
+        w
+    }
+
     fn activate(&self, window: Window) {
         self.conn
             .change_property32(
@@ -172,11 +176,7 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     desktop.title(a, "how to kill myself - Chromium");
     desktop.activate(a);
     let first = wait_for("the first capture", WAIT, || {
-        assert!(
-            helper.has_exited().is_none(),
-            "helper exited: {}",
-            helper.stderr_text()
-        );
+        helper.assert_running();
         captures(&data).into_iter().next()
     });
     assert_eq!(first["category"], "self-harm");
@@ -373,11 +373,7 @@ fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
     let mut daemon = agent.start();
     let mut helper = start_helper(&agent, &display, &data.logs());
     let desktop = Desktop::connect(&display);
-    let titled = |title: &str| {
-        let w = desktop.window();
-        desktop.title(w, title);
-        desktop.activate(w);
-    };
+    let titled = |title: &str| desktop.show(title);
     let captured = |title: &str| -> Option<Value> {
         captures(&data)
             .into_iter()
@@ -428,11 +424,7 @@ fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
     assert_eq!(agent.status()["policy_site_version"], 1, "shown by status");
     titled("zebra protocol briefing");
     let local = wait_for("a capture by the site's own rule", WAIT, || {
-        assert!(
-            helper.has_exited().is_none(),
-            "helper exited: {}",
-            helper.stderr_text()
-        );
+        helper.assert_running();
         captured("zebra protocol briefing")
     });
     assert_eq!(local["rule_id"], "cabot-local");
@@ -490,11 +482,7 @@ fn a_site_policy_set_at_the_collector_reaches_the_agent_and_its_helper() {
     });
     // Version 2 in force: of the two phrases only its own matched.
     let after = wait_for("the capture held while the daemon was down", WAIT, || {
-        assert!(
-            helper.has_exited().is_none(),
-            "helper exited: {}",
-            helper.stderr_text()
-        );
+        helper.assert_running();
         captured("zebra protocol or yellow submarine")
     });
     assert_eq!(after["matched_text"], "yellow submarine", "{after}");
@@ -546,11 +534,7 @@ fn a_local_override_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one()
     };
     let mut helper = start_helper(&agent, &display, &data.logs());
     let desktop = Desktop::connect(&display);
-    let titled = |title: &str| {
-        let w = desktop.window();
-        desktop.title(w, title);
-        desktop.activate(w);
-    };
+    let titled = |title: &str| desktop.show(title);
     let captured = |title: &str| captures(&data).iter().any(|c| c["window_title"] == title);
     let captured_starting = |prefix: &str| {
         captures(&data).iter().any(|c| {
@@ -569,11 +553,7 @@ fn a_local_override_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one()
     );
     let mut n = 0;
     wait_for("a capture by the override's rule", WAIT, || {
-        assert!(
-            helper.has_exited().is_none(),
-            "helper exited: {}",
-            helper.stderr_text()
-        );
+        helper.assert_running();
         // New windows until the override is in force; any of them counts.
         n += 1;
         titled(&format!("zebra crossing alarm {n}"));
@@ -692,11 +672,7 @@ fn start_openbox(display: &str, logs: &Path) -> Process {
         .unwrap()
         .atom;
     wait_for("openbox to manage the screen", WAIT, || {
-        assert!(
-            openbox.has_exited().is_none(),
-            "openbox exited (is the openbox package installed?): {}",
-            openbox.stderr_text()
-        );
+        openbox.assert_running();
         let reply = conn
             .get_property(false, root, check, AtomEnum::WINDOW, 0, 1)
             .unwrap()
@@ -752,11 +728,7 @@ fn under_a_real_window_manager_the_window_it_activates_is_watched() {
     // A new window gets the focus from openbox.
     let first = opened("how to kill myself - Chromium");
     wait_for("the capture of the window openbox focused", WAIT, || {
-        assert!(
-            helper.has_exited().is_none(),
-            "helper exited: {}",
-            helper.stderr_text()
-        );
+        helper.assert_running();
         (categories() == ["self-harm"]).then_some(())
     });
     // Another takes the focus; the first, now in the background, changes
