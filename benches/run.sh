@@ -16,6 +16,10 @@ cd "$(dirname "$0")/.."
 
 cargo build --release -q -p hallmonitor-collector -p hallmonitor-agent -p hallmonitor-benches --bins
 bin=$PWD/target/release
+# The agent as shipped: the size-optimised profile (Cargo.toml), whose
+# matcher and snapshot code keep full speed.
+cargo build --profile release-agent -q -p hallmonitor-agent --bins
+agent_bin=${AGENT_BIN:-$PWD/target/release-agent/hallmonitor-agent}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -114,7 +118,7 @@ bench_snapshot() {
     local xvfb_pid=$!
     for _ in $(seq 100); do [[ -e "/tmp/.X11-unix/X${display#:}" ]] && break; sleep 0.05; done
     DISPLAY=$display "$bin/snapshot" --rounds 20
-    DISPLAY=$display HALLMONITOR_LOG=warn "$bin/hallmonitor-agent" session --socket "$work/none.sock" &
+    DISPLAY=$display HALLMONITOR_LOG=warn "$agent_bin" session --socket "$work/none.sock" &
     pids+=($!)
     local helper_pid=$!
     sleep 10
@@ -145,7 +149,7 @@ machine_id = "bench-rss"
 [capture]
 socket = "$work/agent.sock"
 EOF
-    agent=("$bin/hallmonitor-agent" --config "$work/agent.toml")
+    agent=("$agent_bin" --config "$work/agent.toml")
     status() { "${agent[@]}" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
     HALLMONITOR_LOG=warn "${agent[@]}" enroll > /dev/null
     "${agent[@]}" status > /dev/null 2>&1 || true
