@@ -643,14 +643,8 @@ fn new_software_in_a_watched_folder_is_reported_once() {
     let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
     let incident = &list["incidents"][0];
     assert_eq!(incident["category"], "unapproved-software", "{list}");
-    let shown = json(&data.cli(&[
-        "incidents",
-        "show",
-        &incident["id"].to_string(),
-        "--format",
-        "json",
-    ]));
-    let evidence = &shown["captures"][0];
+    let all = captures(&data);
+    let evidence = &all[0];
     assert_eq!(evidence["kind"], "file");
     assert_eq!(evidence["file_path"], script.display().to_string());
     assert_eq!(evidence["file_sha256"], alert["sha256"]);
