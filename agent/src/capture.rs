@@ -78,12 +78,20 @@ fn default_repeat_window_secs() -> u64 {
 }
 
 /// The helper's rate limit per (rule, window): the first match takes a
-/// snapshot; further matches within `REPEAT_WINDOW` of it are counted, and
-/// when that minute is over the count goes out as a repeat summary (no new
-/// snapshot), so the DSL sees how long and how often it was on screen.
+/// snapshot; further matches within the repeat window of it are counted,
+/// and when that window is over the count goes out as a repeat summary
+/// (no new snapshot), so the DSL sees how long and how often it was on
+/// screen.
+///
+/// A count is never dropped: a minute that ends because the same rule
+/// fires again (before `due_summaries` ran) leaves its summary in `ready`,
+/// a new repeat window applies only to minutes started after it, and
+/// `finish_all` hands over every count when the helper stops.
 pub struct RateLimit {
     window: Duration,
     counting: HashMap<(String, u64), Counting>,
+    /// Summaries of minutes already over, not yet handed out.
+    ready: Vec<HelperCapture>,
 }
 
 impl Default for RateLimit {
@@ -91,16 +99,40 @@ impl Default for RateLimit {
         RateLimit {
             window: REPEAT_WINDOW,
             counting: HashMap::new(),
+            ready: Vec::new(),
         }
     }
 }
 
 struct Counting {
     since: Instant,
+    /// The repeat window in force when this minute started.
+    window: Duration,
     merged: u32,
     latest_title: String,
     /// The capture that opened the minute, without its image.
     first: Option<HelperCapture>,
+}
+
+impl Counting {
+    fn is_over(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= self.window
+    }
+
+    /// The repeat summary of this minute, if it counted any repeats.
+    fn into_summary(self) -> Option<HelperCapture> {
+        let first = self.first?;
+        (self.merged > 0).then(|| HelperCapture {
+            window_title: self.latest_title,
+            repeat_count: self.merged,
+            no_image_reason: format!(
+                "repeat summary: {} more match(es) of this rule in this window within {} s of the capture before; no new snapshot",
+                self.merged,
+                self.window.as_secs()
+            ),
+            ..first
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,21 +152,32 @@ impl RateLimit {
     pub fn admit(&mut self, rule: &str, window: u64, title: &str, now: Instant) -> Admission {
         let key = (rule.to_owned(), window);
         if let Some(counting) = self.counting.get_mut(&key)
-            && now.duration_since(counting.since) < self.window
+            && !counting.is_over(now)
         {
             counting.merged += 1;
+            if counting.merged == 1 {
+                tracing::debug!(
+                    rule,
+                    window,
+                    "the rule matched again in the same window; counting repeats"
+                );
+            }
             title.clone_into(&mut counting.latest_title);
             return Admission::Counted;
         }
-        self.counting.insert(
-            key,
-            Counting {
-                since: now,
-                merged: 0,
-                latest_title: title.to_owned(),
-                first: None,
-            },
-        );
+        let started = Counting {
+            since: now,
+            window: self.window,
+            merged: 0,
+            latest_title: title.to_owned(),
+            first: None,
+        };
+        // The minute this one replaces is over: its count goes out too.
+        if let Some(over) = self.counting.insert(key, started)
+            && let Some(summary) = over.into_summary()
+        {
+            self.ready.push(summary);
+        }
         Admission::Capture
     }
 
@@ -151,28 +194,30 @@ impl RateLimit {
     /// Ends every minute that is over: a summary for each that counted
     /// repeats.
     pub fn due_summaries(&mut self, now: Instant) -> Vec<HelperCapture> {
-        let mut due = Vec::new();
-        let window = self.window;
-        self.counting.retain(|_, counting| {
-            if now.duration_since(counting.since) < window {
-                return true;
+        let mut due = std::mem::take(&mut self.ready);
+        let over: Vec<_> = self
+            .counting
+            .iter()
+            .filter(|(_, counting)| counting.is_over(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in over {
+            if let Some(summary) = self.counting.remove(&key).and_then(Counting::into_summary) {
+                due.push(summary);
             }
-            if counting.merged > 0
-                && let Some(first) = counting.first.take()
-            {
-                due.push(HelperCapture {
-                    window_title: std::mem::take(&mut counting.latest_title),
-                    repeat_count: counting.merged,
-                    no_image_reason: format!(
-                        "repeat summary: {} more match(es) of this rule in this window within {} s of the capture before; no new snapshot",
-                        counting.merged,
-                        window.as_secs()
-                    ),
-                    ..first
-                });
-            }
-            false
-        });
+        }
+        due
+    }
+
+    /// Ends every minute now (the helper is stopping): the summaries of
+    /// all counted repeats, however short their minute was.
+    pub fn finish_all(&mut self) -> Vec<HelperCapture> {
+        let mut due = std::mem::take(&mut self.ready);
+        due.extend(
+            self.counting
+                .drain()
+                .filter_map(|(_, counting)| counting.into_summary()),
+        );
         due
     }
 }
@@ -279,7 +324,7 @@ fn read_policies(
         };
         match crate::policy::parse_text(&text) {
             Ok(policy) => {
-                tracing::info!(version = message.version, origin = ?text.origin, rules = policy.rules().len(), staff = message.staff, "policy received");
+                tracing::info!(version = message.version, origin = ?text.origin, rules = policy.rules().len(), staff = message.staff, repeat_window_secs = message.repeat_window_secs, "policy received");
                 let user = if message.staff {
                     UserKind::Staff
                 } else {
@@ -322,7 +367,16 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
     let mut link = Link::new(socket);
     loop {
         link.connect();
-        let window = source.next(Duration::from_secs(1))?;
+        let window = match source.next(Duration::from_secs(1)) {
+            Ok(window) => window,
+            Err(e) => {
+                // The display is gone: the counts of unfinished minutes
+                // still go out, in one last try.
+                pending.extend(limit.finish_all());
+                link.send(&mut pending)?;
+                return Err(e.into());
+            }
+        };
         while let Ok(message) = link.incoming.try_recv() {
             match message {
                 Some(received) => {
@@ -607,6 +661,92 @@ mod tests {
             limit.admit("r", 1, "kill myself again", start + Duration::from_secs(61)),
             Capture,
             "a new minute, a new snapshot"
+        );
+    }
+
+    /// Admits one match at `at` seconds after `start`, remembering it when
+    /// it opens a minute (as `check_window` does).
+    fn admit_at(limit: &mut RateLimit, start: Instant, at: u64, title: &str) -> Admission {
+        let admission = limit.admit("r", 1, title, start + Duration::from_secs(at));
+        if admission == Admission::Capture {
+            limit.remember(1, &capture("r", title));
+        }
+        admission
+    }
+
+    #[test]
+    fn a_minute_ended_by_the_same_rule_firing_again_keeps_its_count() {
+        use Admission::{Capture, Counted};
+        let mut limit = RateLimit::default();
+        let start = Instant::now();
+        assert_eq!(admit_at(&mut limit, start, 0, "kill myself (0)"), Capture);
+        assert_eq!(admit_at(&mut limit, start, 10, "kill myself (1)"), Counted);
+        assert_eq!(admit_at(&mut limit, start, 20, "kill myself (2)"), Counted);
+        // The minute is over, but the helper matched again before it asked
+        // for due summaries: a new snapshot, and the old count survives.
+        assert_eq!(admit_at(&mut limit, start, 61, "kill myself (3)"), Capture);
+        let due = limit.due_summaries(start + Duration::from_secs(61));
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].repeat_count, 2);
+        assert_eq!(due[0].window_title, "kill myself (2)");
+        assert!(
+            limit
+                .due_summaries(start + Duration::from_secs(62))
+                .is_empty(),
+            "handed out once"
+        );
+    }
+
+    #[test]
+    fn a_new_repeat_window_applies_to_minutes_started_after_it() {
+        use Admission::{Capture, Counted};
+        let mut limit = RateLimit::default();
+        let start = Instant::now();
+        assert_eq!(admit_at(&mut limit, start, 0, "a"), Capture);
+        assert_eq!(admit_at(&mut limit, start, 5, "b"), Counted);
+        limit.set_window(Duration::from_secs(20));
+        // The running minute keeps its 60 s: still counting at 30 s.
+        assert_eq!(admit_at(&mut limit, start, 30, "c"), Counted);
+        assert!(
+            limit
+                .due_summaries(start + Duration::from_secs(30))
+                .is_empty()
+        );
+        let due = limit.due_summaries(start + Duration::from_secs(60));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].repeat_count, 2);
+        assert!(due[0].no_image_reason.contains("within 60 s"), "{due:?}");
+        // The next minute is 20 s long.
+        assert_eq!(admit_at(&mut limit, start, 70, "d"), Capture);
+        assert_eq!(admit_at(&mut limit, start, 71, "e"), Counted);
+        assert_eq!(
+            limit.due_summaries(start + Duration::from_secs(90)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_stopping_helper_hands_over_every_count() {
+        use Admission::{Capture, Counted};
+        let mut limit = RateLimit::default();
+        let start = Instant::now();
+        assert_eq!(admit_at(&mut limit, start, 0, "a"), Capture);
+        assert_eq!(admit_at(&mut limit, start, 1, "b"), Counted);
+        assert_eq!(
+            limit.admit("s", 2, "x", start + Duration::from_secs(1)),
+            Capture,
+            "a minute without repeats makes no summary"
+        );
+        let due = limit.finish_all();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(
+            (due[0].repeat_count, due[0].window_title.as_str()),
+            (1, "b")
+        );
+        assert!(
+            limit
+                .due_summaries(start + Duration::from_secs(120))
+                .is_empty()
         );
     }
 }

@@ -169,6 +169,15 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     agent.enroll();
     let daemon = agent.start();
     let mut helper = start_helper(&agent, &display, &data.logs());
+    // Minutes started before the helper hears of the 20 s window last 60 s.
+    wait_for("the helper to receive the 20 s repeat window", WAIT, || {
+        helper.assert_running();
+        helper
+            .stderr_text()
+            .lines()
+            .any(|l| l.contains("policy received") && l.contains("repeat_window_secs=20"))
+            .then_some(())
+    });
     let desktop = Desktop::connect(&display);
 
     // A red window at (300, 200) on a 1280×800 screen.
@@ -262,11 +271,22 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
             .any(|c| c["window_title"] == "kill myself (0)")
             .then_some(())
     });
-    let cpu = || cpu_seconds(helper.pid()) + cpu_seconds(daemon.pid());
+    let (helper_pid, daemon_pid) = (helper.pid(), daemon.pid());
+    let cpu = || cpu_seconds(helper_pid) + cpu_seconds(daemon_pid);
     let cpu_before = cpu();
     for n in 1..1_000 {
         desktop.title(d, &format!("kill myself ({n})"));
     }
+    // The helper reads the title in force when it looks, so a busy helper
+    // may see few of the changes: the burst's last title stays until it
+    // has counted at least one repeat.
+    wait_for("the helper to count a repeat", WAIT, || {
+        helper.assert_running();
+        helper
+            .stderr_text()
+            .contains("counting repeats")
+            .then_some(())
+    });
     desktop.title(d, "buy cocaine");
     wait_for("the second marker", WAIT, || {
         (captures(&data)
