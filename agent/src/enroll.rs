@@ -127,6 +127,17 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
         .distinguished_name
         .push(DnType::CommonName, facts.hostname.as_str());
     let csr = params.serialize_request(&key)?;
+    // A device that still holds its identity proves it, so it stays the
+    // same device; without the proof a known machine enrols as a new
+    // device pending a technician's approval.
+    let (previous_certificate_der, previous_key_signature) =
+        match Identity::load(&config.data_dir).ok().flatten() {
+            Some(current) => reenrollment_proof(&current, csr.der()).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot prove the current identity; enrolling without proof (a technician must approve the device)");
+                (Vec::new(), Vec::new())
+            }),
+            None => (Vec::new(), Vec::new()),
+        };
 
     let address = config.enroll_address();
     let channel = tls::connect(
@@ -142,6 +153,8 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
             site: config.site.clone(),
             csr_der: csr.der().to_vec(),
             facts: Some(facts),
+            previous_certificate_der,
+            previous_key_signature,
         })
         .await
         .map_err(|status| {
@@ -167,6 +180,10 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
     if answer.device_id.is_empty() || answer.certificate_pem.is_empty() {
         return Err(EnrollError::BadAnswer("no device id or certificate".into()));
     }
+    if answer.pending_approval {
+        tracing::warn!(device_id = %answer.device_id, reason = %answer.status_reason,
+            "enrolled, pending a technician's approval (devices approve / devices link on the collector); events are queued until then");
+    }
     let identity = Identity {
         device_id: answer.device_id,
         site: answer.site,
@@ -182,6 +199,25 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
 }
 
 use rustls::pki_types::pem::PemObject;
+
+/// The current certificate (DER) and a signature with the current key over
+/// the new CSR (see `EnrollRequest.previous_key_signature`).
+fn reenrollment_proof(
+    current: &Identity,
+    csr_der: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), EnrollError> {
+    use rcgen::SigningKey;
+    let certificate =
+        rustls::pki_types::CertificateDer::pem_slice_iter(current.cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                EnrollError::BadAnswer("the stored device certificate is unreadable".into())
+            })?;
+    let key = KeyPair::from_pem(&current.key_pem)?;
+    let signature = key.sign(&hallmonitor_proto::reenrollment_proof_message(csr_der))?;
+    Ok((certificate.to_vec(), signature))
+}
 
 fn code_words(code: tonic::Code) -> &'static str {
     match code {

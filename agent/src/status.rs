@@ -76,7 +76,15 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         return Ok(status);
     }
     let outbox = Outbox::open_read_only(&config.data_dir).await?;
-    let stats = outbox.stats().await?;
+    let stats = match outbox.stats().await {
+        Ok(stats) => stats,
+        // The daemon created the file and has not made its tables yet.
+        Err(e) if e.to_string().contains("no such table") => {
+            status.connection = "starting".into();
+            return Ok(status);
+        }
+        Err(e) => return Err(e.into()),
+    };
     status.queue_depth = stats.depth;
     status.evicted = outbox
         .eviction_totals()

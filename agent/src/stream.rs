@@ -32,6 +32,10 @@ pub enum StreamError {
     Tls(#[from] TlsError),
     #[error("collector: {0}")]
     Status(String),
+    /// The collector refuses this device until a technician acts (revoked,
+    /// or pending approval): retried only at the longest backoff.
+    #[error("collector: {0}")]
+    Refused(String),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("protocol: {0}")]
@@ -40,7 +44,13 @@ pub enum StreamError {
 
 impl From<tonic::Status> for StreamError {
     fn from(s: tonic::Status) -> Self {
-        StreamError::Status(format!("{:?}: {}", s.code(), s.message()))
+        let text = format!("{:?}: {}", s.code(), s.message());
+        match s.code() {
+            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition => {
+                StreamError::Refused(text)
+            }
+            _ => StreamError::Status(text),
+        }
     }
 }
 
@@ -72,6 +82,7 @@ pub async fn run(
     loop {
         set_connection(&outbox, "connecting", None).await;
         let mut connected = false;
+        let mut refused = false;
         let outcome = run_once(
             &settings,
             tls.clone(),
@@ -91,6 +102,12 @@ pub async fn run(
                 set_connection(&outbox, "disconnected", Some("closed by the collector")).await;
             }
             Err(StreamError::Outbox(e)) => return Err(StreamError::Outbox(e)),
+            Err(StreamError::Refused(why)) => {
+                // Nothing changes until a technician acts: no tight loop.
+                tracing::error!(reason = %why, "the collector refuses this device; events stay queued");
+                set_connection(&outbox, "refused", Some(&why)).await;
+                refused = true;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "telemetry stream failed");
                 set_connection(&outbox, "disconnected", Some(&e.to_string())).await;
@@ -100,6 +117,9 @@ pub async fn run(
         outbox.release_claims().await;
         if connected {
             attempt = 0;
+        }
+        if refused {
+            attempt = u32::MAX;
         }
         let delay = backoff(&settings.delivery, attempt, random_unit());
         attempt = attempt.saturating_add(1);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::flags::{FlagRecord, FlagTransition};
-use crate::model::{Connectivity, DeviceRecord, EnrollmentSecretInfo, OutboxHealth};
+use crate::model::{Connectivity, DeviceId, DeviceRecord, EnrollmentSecretInfo, OutboxHealth};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -33,6 +33,11 @@ struct DeviceJson<'a> {
     enforcement: crate::model::Enforcement,
     reenabled_at: Option<Timestamp>,
     policy_version: u64,
+    /// active, pending (a technician's approval) or revoked.
+    standing: crate::model::DeviceStatus,
+    standing_reason: &'a str,
+    /// The enrolled device whose machine id or serial this one shares.
+    duplicate_of: Option<&'a str>,
 }
 
 fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
@@ -52,6 +57,17 @@ fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
         enforcement: d.enforcement,
         reenabled_at: d.reenabled_at,
         policy_version: d.policy_version,
+        standing: d.status,
+        standing_reason: &d.status_reason,
+        duplicate_of: d.duplicate_of.as_ref().map(DeviceId::as_str),
+    }
+}
+
+/// Online or offline for an active device, else its standing.
+fn device_status_word(d: &DeviceRecord, now: Timestamp) -> String {
+    match d.status {
+        crate::model::DeviceStatus::Active => status_word(d.connectivity(now)).into(),
+        other => other.as_str().into(),
     }
 }
 
@@ -80,7 +96,7 @@ pub fn devices_list(devices: &[DeviceRecord], now: Timestamp, format: Format) ->
                         .trim()
                         .to_string(),
                     d.facts.agent_version.clone(),
-                    status_word(d.connectivity(now)).into(),
+                    device_status_word(d, now),
                     local(d.last_seen_at, &d.site_timezone),
                 ]);
             }
@@ -111,7 +127,13 @@ pub fn device_show(
             line("device", d.id.to_string());
             line("site", d.site.clone());
             line("hostname", d.hostname.clone());
-            line("status", status_word(d.connectivity(now)).into());
+            line("status", device_status_word(d, now));
+            if !d.status_reason.is_empty() {
+                line("status reason", d.status_reason.clone());
+            }
+            if let Some(of) = &d.duplicate_of {
+                line("duplicate of", of.to_string());
+            }
             line("last seen", local(d.last_seen_at, tz));
             line("enrolled", local(Some(d.enrolled_at), tz));
             line("enforcement", d.enforcement.as_str().into());

@@ -220,6 +220,11 @@ pub struct DeviceRecord {
     pub reenabled_at: Option<Timestamp>,
     /// The site policy version the agent last said it holds (0 = none).
     pub policy_version: u64,
+    pub status: DeviceStatus,
+    /// Why it is pending or revoked (empty when active).
+    pub status_reason: String,
+    /// The known device whose machine id or serial number it shares.
+    pub duplicate_of: Option<DeviceId>,
 }
 
 /// Online means a message arrived within three heartbeat intervals.
@@ -313,6 +318,9 @@ mod tests {
             enforcement: Enforcement::Enabled,
             reenabled_at: None,
             policy_version: 0,
+            status: DeviceStatus::Active,
+            status_reason: String::new(),
+            duplicate_of: None,
         }
     }
 
@@ -407,6 +415,39 @@ impl CommandKind {
             "enable" => Some(CommandKind::Enable),
             _ => None,
         }
+    }
+}
+
+/// A device's standing: whether its certificate is accepted and it counts
+/// for the rules (see migrations/sqlite/0009_device_status.sql).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    Active,
+    /// Enrolled with a known machine's id or serial but without proof of
+    /// that device's key: waits for `devices approve` or `devices link`.
+    Pending,
+    /// Its certificate is refused (`devices revoke`, or replaced by a
+    /// linked device).
+    Revoked,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Active => "active",
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeviceStatus> {
+        Some(match text {
+            "active" => DeviceStatus::Active,
+            "pending" => DeviceStatus::Pending,
+            "revoked" => DeviceStatus::Revoked,
+            _ => return None,
+        })
     }
 }
 

@@ -188,6 +188,26 @@ pub fn create(paths: &PkiPaths, organisation: &str, hostnames: &[String]) -> Res
     Ok(())
 }
 
+/// Checks an agent's proof that it holds the key of `certificate_der` (see
+/// `EnrollRequest.previous_key_signature`): an ECDSA P-256 signature over
+/// the re-enrolment context and the new CSR. Whether that certificate is
+/// the device's current one is the caller's check (by its SHA-256).
+pub fn verify_reenrollment_proof(
+    certificate_der: &[u8],
+    signature: &[u8],
+    csr_der: &[u8],
+) -> Result<(), String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(certificate_der)
+        .map_err(|e| format!("previous_certificate_der: {e}"))?;
+    let public_key = &certificate.public_key().subject_public_key.data;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, public_key)
+        .verify(
+            &hallmonitor_proto::reenrollment_proof_message(csr_der),
+            signature,
+        )
+        .map_err(|_| "previous_key_signature does not verify with the certificate's key".to_owned())
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()

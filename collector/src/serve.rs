@@ -18,7 +18,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::config::CollectorConfig;
 use crate::enroll::EnrollmentService;
 use crate::ingest::{
-    Streams, TelemetryService, device_state, dispatch_commands, dispatch_policies,
+    Streams, TelemetryService, close_superseded_streams, device_state, dispatch_commands,
+    dispatch_policies,
 };
 use crate::pki::{CertificateAuthority, PkiPaths, read};
 use crate::store::Store;
@@ -115,6 +116,7 @@ pub async fn serve(
         store: store.clone(),
         ca: ca.clone(),
         heartbeat_interval_secs: config.heartbeat_interval_secs,
+        refusals: crate::enroll::RefusalLimit::default(),
     };
 
     let telemetry_server = Server::builder()
@@ -178,10 +180,17 @@ async fn rules_loop(
     let mut next_evaluation = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Streams opened from now on were checked when they opened.
+    let mut identity_watermark = jiff::Timestamp::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+        }
+        // A re-enrolment or `devices revoke` (here, the CLI or another
+        // instance) ends the device's open stream within a second.
+        if let Err(e) = close_superseded_streams(&*store, &streams, &mut identity_watermark).await {
+            tracing::error!(error = %e, "checking device identities failed");
         }
         if tokio::time::Instant::now() >= next_evaluation {
             next_evaluation = tokio::time::Instant::now() + every;

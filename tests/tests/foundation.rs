@@ -163,6 +163,145 @@ fn reenrolling_keeps_the_device_id_and_retires_the_old_certificate() {
 }
 
 #[test]
+fn a_secret_and_a_copied_machine_id_enrol_a_pending_device_not_the_enrolled_one() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let victim = Agent::new(&data.agent_settings(&collector, "e2e-victim"));
+    let victim_id = victim.enroll();
+    let _daemon = victim.start();
+    wait_for("the victim online", WAIT, || {
+        (data.device(&victim_id)["status"] == "online").then_some(())
+    });
+
+    // Someone with the site's secret and a copy of /etc/machine-id.
+    let intruder = Agent::new(&data.agent_settings(&collector, "e2e-victim"));
+    let intruder_id = intruder.enroll();
+    assert_ne!(intruder_id, victim_id, "never the enrolled device's id");
+    let pending = data.device(&intruder_id);
+    assert_eq!(pending["standing"], "pending", "{pending}");
+    assert_eq!(pending["duplicate_of"], victim_id.as_str(), "{pending}");
+    let victim_now = data.device(&victim_id);
+    assert_eq!(victim_now["standing"], "active", "{victim_now}");
+    assert_eq!(victim_now["site"], "Cabot");
+
+    // The pending device cannot stream; the victim's agent is undisturbed.
+    let address = format!("localhost:{}", collector.telemetry.port());
+    let read = |agent: &Agent, name: &str| {
+        std::fs::read_to_string(agent.identity_dir().join(name)).unwrap()
+    };
+    let refused = stream_hello(
+        &address,
+        &read(&intruder, "ca.crt"),
+        &read(&intruder, "device.crt"),
+        &read(&intruder, "device.key"),
+    )
+    .expect_err("a pending device's stream is refused");
+    assert!(
+        refused.contains("FailedPrecondition") && refused.contains("pending"),
+        "{refused}"
+    );
+    stream_hello(
+        &address,
+        &read(&victim, "ca.crt"),
+        &read(&victim, "device.crt"),
+        &read(&victim, "device.key"),
+    )
+    .expect("the victim's certificate still works");
+    let list = text(&data.cli(&["devices", "list"]).stdout);
+    assert!(list.contains("pending"), "{list}");
+
+    // A technician who knows it is a second machine (a cloned image)
+    // approves it; a pending device cannot be approved twice.
+    let approve = data.cli(&["devices", "approve", &intruder_id]);
+    assert!(approve.status.success(), "{}", text(&approve.stderr));
+    assert_eq!(data.device(&intruder_id)["standing"], "active");
+    stream_hello(
+        &address,
+        &read(&intruder, "ca.crt"),
+        &read(&intruder, "device.crt"),
+        &read(&intruder, "device.key"),
+    )
+    .expect("approved");
+    assert!(
+        !data
+            .cli(&["devices", "approve", &intruder_id])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn a_revoked_device_is_closed_at_once_and_told_why_and_a_link_replaces_a_device() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-revoked"));
+    let id = agent.enroll();
+    let _daemon = agent.start();
+    wait_for("the agent connected", WAIT, || {
+        (agent.status()["connection"] == "connected").then_some(())
+    });
+    let revoke = data.cli(&["devices", "revoke", &id, "--reason", "reported stolen"]);
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+    // The open stream is closed and the agent says why, without a tight
+    // retry loop (it waits the longest backoff).
+    let status = wait_for("the agent to be refused", WAIT, || {
+        let status = agent.status();
+        (status["connection"] == "refused").then_some(status)
+    });
+    let why = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("revoked") && why.contains("reported stolen"),
+        "{status}"
+    );
+    let shown = data.device(&id);
+    assert_eq!(shown["standing"], "revoked", "{shown}");
+    assert_eq!(shown["standing_reason"], "reported stolen");
+
+    // The laptop comes back re-imaged: its agent has lost its key, so it
+    // enrols as a pending device, and the technician links it.
+    let reimaged = Agent::new(&data.agent_settings(&collector, "e2e-revoked"));
+    let new_id = reimaged.enroll();
+    assert_eq!(data.device(&new_id)["standing"], "pending");
+    let wrong = data.cli(&["devices", "link", &id, "--replaces", &new_id]);
+    assert!(
+        !wrong.status.success(),
+        "only a pending device can be linked"
+    );
+    let link = data.cli(&["devices", "link", &new_id, "--replaces", &id]);
+    assert!(link.status.success(), "{}", text(&link.stderr));
+    assert_eq!(data.device(&new_id)["standing"], "active");
+    assert_eq!(data.device(&id)["standing"], "revoked");
+}
+
+#[test]
+fn reenrolling_closes_the_stream_of_the_replaced_certificate() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-replaced"));
+    let id = agent.enroll();
+    // The daemon keeps the old certificate in memory.
+    let _daemon = agent.start();
+    wait_for("the agent connected", WAIT, || {
+        (agent.status()["connection"] == "connected").then_some(())
+    });
+    let forced = agent.cli(&["enroll", "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_eq!(
+        data.device(&id)["standing"],
+        "active",
+        "proven: same device"
+    );
+    let status = wait_for("the old stream closed", WAIT, || {
+        let status = agent.status();
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replaced"))
+            .then_some(status)
+    });
+    assert_ne!(status["connection"], "connected", "{status}");
+}
+
+#[test]
 fn wrong_revoked_or_missing_secrets_are_refused_and_change_nothing() {
     let data = CollectorData::init("Cabot");
     let collector = data.start();

@@ -160,6 +160,9 @@ fn store_round_trip(args: &Args, as_of: Timestamp) -> anyhow::Result<()> {
                     facts: Default::default(),
                     cert_sha256: format!("{d:064}"),
                     at: as_of - SignedDuration::from_hours(24 * 365),
+                    status: hallmonitor_collector::model::DeviceStatus::Active,
+                    status_reason: String::new(),
+                    duplicate_of: None,
                 })
                 .await?;
             let events: Vec<Event> = sessions(&mut rng, as_of, args.sessions_per_day)

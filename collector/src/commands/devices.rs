@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::cli::{self, Format};
-use hallmonitor_collector::model::DeviceId;
+use hallmonitor_collector::model::{DeviceId, DeviceRecord, DeviceStatus};
 use hallmonitor_collector::store::{NewSecret, Store};
 use hallmonitor_collector::{auth, open_store};
 use jiff::Timestamp;
@@ -26,6 +26,28 @@ pub(crate) enum DevicesCommand {
         id: String,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Stop accepting a device's certificate: its open stream closes within
+    /// a second and its agent is told why on every connect. It stays
+    /// listed, with its history.
+    Revoke {
+        id: String,
+        /// Why (shown to technicians and in the agent's status).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Accept a pending device as a machine of its own (e.g. from a cloned
+    /// image that shares a machine id): it streams and counts from now on.
+    Approve { id: String },
+    /// Accept a pending device as the same machine as an enrolled one
+    /// (re-imaged, its key lost): the pending device becomes active and
+    /// the old one is revoked, pointing at it.
+    Link {
+        /// The pending device.
+        id: String,
+        /// The device it replaces.
+        #[arg(long)]
+        replaces: String,
     },
 }
 
@@ -73,8 +95,104 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
             let outbox = store.outbox_health(&device.id).await?;
             print!("{}", cli::device_show(&device, &outbox, now, format));
         }
+        DevicesCommand::Revoke { id, reason } => {
+            let device = existing_device(&store, &id).await?;
+            if device.status == DeviceStatus::Revoked {
+                bail!("device {id} is already revoked ({})", device.status_reason);
+            }
+            let reason = reason.trim();
+            if reason.is_empty() {
+                bail!("--reason must say why the device is revoked");
+            }
+            store
+                .set_device_status(&device.id, DeviceStatus::Revoked, reason, now)
+                .await?;
+            audit_device(&store, now, "device_revoked", &device.id, reason).await?;
+            println!("Revoked device {id}; its certificate is no longer accepted.");
+        }
+        DevicesCommand::Approve { id } => {
+            let device = pending_device(&store, &id).await?;
+            store
+                .set_device_status(&device.id, DeviceStatus::Active, "", now)
+                .await?;
+            let detail = match &device.duplicate_of {
+                Some(of) => format!("a machine of its own beside {of}"),
+                None => "a machine of its own".to_owned(),
+            };
+            audit_device(&store, now, "device_approved", &device.id, &detail).await?;
+            println!("Approved device {id}.");
+        }
+        DevicesCommand::Link { id, replaces } => {
+            let device = pending_device(&store, &id).await?;
+            let old = existing_device(&store, &replaces).await?;
+            if old.id == device.id {
+                bail!("a device cannot replace itself");
+            }
+            if old.site != device.site {
+                bail!(
+                    "device {replaces} belongs to site {}, device {id} to site {}: devices never move between sites",
+                    old.site,
+                    device.site
+                );
+            }
+            // The old certificate goes first: never two active identities
+            // for one machine.
+            store
+                .set_device_status(
+                    &old.id,
+                    DeviceStatus::Revoked,
+                    &format!("replaced by device {id}"),
+                    now,
+                )
+                .await?;
+            store
+                .set_device_status(&device.id, DeviceStatus::Active, "", now)
+                .await?;
+            audit_device(
+                &store,
+                now,
+                "device_linked",
+                &device.id,
+                &format!("replaces {replaces}"),
+            )
+            .await?;
+            println!("Device {id} replaces device {replaces}, which is revoked.");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn existing_device(store: &impl Store, id: &str) -> anyhow::Result<DeviceRecord> {
+    match store.device(&DeviceId::from_string(id.to_owned())).await? {
+        Some(device) => Ok(device),
+        None => bail!("no device with id {id}"),
+    }
+}
+
+async fn pending_device(store: &impl Store, id: &str) -> anyhow::Result<DeviceRecord> {
+    let device = existing_device(store, id).await?;
+    if device.status != DeviceStatus::Pending {
+        bail!("device {id} is {}, not pending", device.status.as_str());
+    }
+    Ok(device)
+}
+
+async fn audit_device(
+    store: &impl Store,
+    now: Timestamp,
+    action: &str,
+    device: &DeviceId,
+    detail: &str,
+) -> anyhow::Result<()> {
+    audit_cli(
+        store,
+        now,
+        &format!("cli:{}", os_user()),
+        action,
+        device.as_str(),
+        detail,
+    )
+    .await
 }
 
 pub(crate) async fn enroll_secret(data: &Path, command: SecretCommand) -> anyhow::Result<ExitCode> {

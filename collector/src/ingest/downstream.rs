@@ -28,26 +28,88 @@ struct Connected {
     token: u64,
     tx: mpsc::Sender<Outbound>,
     site: SiteId,
+    /// The SHA-256 of the certificate the stream was opened with.
+    cert_sha256: String,
+    /// Ends the stream with this status (taken once).
+    close: Option<tokio::sync::oneshot::Sender<tonic::Status>>,
     /// The site policy version the agent holds, or was last sent.
     policy_version: u64,
 }
 
+impl Connected {
+    fn close(&mut self, status: tonic::Status) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(status);
+        }
+    }
+}
+
+/// What a stream session gets back from `Streams::register`.
+pub(super) struct Registration {
+    pub token: u64,
+    /// Resolves when the stream must end (certificate replaced, device
+    /// revoked, or a newer stream of the same device).
+    pub closed: tokio::sync::oneshot::Receiver<tonic::Status>,
+}
+
 impl Streams {
+    /// Registers a device's stream; an older stream of the same device is
+    /// closed (one stream per device).
     pub(super) fn register(
         &self,
         device: &DeviceId,
         site: SiteId,
+        cert_sha256: &str,
         tx: mpsc::Sender<Outbound>,
-    ) -> u64 {
+    ) -> Registration {
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (close, closed) = tokio::sync::oneshot::channel();
         let connected = Connected {
             token,
             tx,
             site,
+            cert_sha256: cert_sha256.to_owned(),
+            close: Some(close),
             policy_version: 0,
         };
-        self.lock().insert(device.clone(), connected);
-        token
+        if let Some(mut older) = self.lock().insert(device.clone(), connected) {
+            tracing::info!(device_id = %device, "a newer stream of this device replaces the open one");
+            older.close(tonic::Status::aborted(
+                "a newer stream of this device replaced this one",
+            ));
+        }
+        Registration { token, closed }
+    }
+
+    /// Closes the stream of each changed device whose certificate is no
+    /// longer current or which is no longer active.
+    fn close_invalid(&self, changes: &[crate::store::IdentityChange]) -> usize {
+        let mut open = self.lock();
+        let mut closed = 0;
+        for change in changes {
+            let Some(connected) = open.get_mut(&change.device) else {
+                continue;
+            };
+            let status = if change.status != crate::model::DeviceStatus::Active {
+                tonic::Status::permission_denied(format!(
+                    "device {} is {}: {}",
+                    change.device,
+                    change.status.as_str(),
+                    change.status_reason
+                ))
+            } else if connected.cert_sha256 != change.cert_sha256 {
+                tonic::Status::unauthenticated(
+                    "this certificate was replaced by a re-enrolment; it is no longer accepted",
+                )
+            } else {
+                continue;
+            };
+            tracing::warn!(device_id = %change.device, reason = %status.message(), "closing the device's open stream");
+            connected.close(status);
+            open.remove(&change.device);
+            closed += 1;
+        }
+        closed
     }
 
     /// Records the policy version an agent holds (its hello) or was sent.
@@ -94,6 +156,24 @@ impl Streams {
             None => false,
         }
     }
+}
+
+/// Closes the streams of devices whose certificate was replaced or which
+/// were revoked since `watermark` (by this instance, the CLI or another
+/// instance), and moves the watermark on. Changes are read again for a
+/// little while, so one committed in the same millisecond as the last
+/// read is not missed (closing is idempotent).
+pub async fn close_superseded_streams(
+    store: &dyn Store,
+    streams: &Streams,
+    watermark: &mut Timestamp,
+) -> crate::store::Result<usize> {
+    let since = *watermark - jiff::SignedDuration::from_secs(2);
+    let changes = store.identity_changes_since(since).await?;
+    if let Some(last) = changes.last() {
+        *watermark = (*watermark).max(last.at);
+    }
+    Ok(streams.close_invalid(&changes))
 }
 
 /// Sends every command not sent yet to its agent, if connected here.

@@ -21,11 +21,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use downstream::{Streams, device_state, dispatch_commands, dispatch_policies};
+pub use downstream::{
+    Streams, close_superseded_streams, device_state, dispatch_commands, dispatch_policies,
+};
 pub use wire::{command_from_wire, command_to_wire, event_from_wire, facts_from_wire};
 
 use crate::config::CollectorConfig;
-use crate::model::{Event, EventBody};
+use crate::model::{DeviceStatus, Event, EventBody};
 use crate::pki::sha256_hex;
 use crate::store::{DeviceFilter, Store, StreamDevice};
 use downstream::command_message;
@@ -66,6 +68,22 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
                 tracing::warn!(cert_sha256 = %fingerprint, "stream refused: certificate not current");
                 Status::unauthenticated("certificate is not current for any device (re-enrolled or removed)")
             })?;
+        match device.status {
+            DeviceStatus::Active => {}
+            DeviceStatus::Pending => {
+                return Err(Status::failed_precondition(format!(
+                    "device {} is pending a technician's approval (devices approve / devices link): {}",
+                    device.id, device.status_reason
+                )));
+            }
+            DeviceStatus::Revoked => {
+                tracing::warn!(device_id = %device.id, "stream refused: device revoked");
+                return Err(Status::permission_denied(format!(
+                    "device {} is revoked: {}",
+                    device.id, device.status_reason
+                )));
+            }
+        }
 
         let (tx, rx) = mpsc::channel(64);
         tx.send(Ok(hello(&device, self.heartbeat_interval_secs)))
@@ -88,7 +106,10 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
         if let Ok(Some(state)) = device_state(&*self.store, &self.config, &device.id).await {
             let _ = tx.send(Ok(state)).await;
         }
-        let token = self.streams.register(&device.id, device.site, tx.clone());
+        let registration = self
+            .streams
+            .register(&device.id, device.site, &fingerprint, tx.clone());
+        let token = registration.token;
         let session = StreamSession {
             store: self.store.clone(),
             config: self.config.clone(),
@@ -101,7 +122,7 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
         };
         let inbound = request.into_inner();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move { session.run(inbound, shutdown).await });
+        tokio::spawn(async move { session.run(inbound, registration.closed, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -128,7 +149,12 @@ struct StreamSession {
 }
 
 impl StreamSession {
-    async fn run(self, mut inbound: Streaming<v1::AgentMessage>, shutdown: CancellationToken) {
+    async fn run(
+        self,
+        mut inbound: Streaming<v1::AgentMessage>,
+        mut closed: tokio::sync::oneshot::Receiver<Status>,
+        shutdown: CancellationToken,
+    ) {
         let device_id = self.device.id.clone();
         tracing::info!(device_id = %device_id, "agent connected");
         // Rules are re-evaluated shortly after sessions arrive, at most
@@ -138,6 +164,14 @@ impl StreamSession {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                status = &mut closed => {
+                    // Replaced, revoked or superseded: nothing more from
+                    // this certificate is stored.
+                    if let Ok(status) = status {
+                        let _ = self.tx.send(Err(status)).await;
+                    }
+                    break;
+                }
                 _ = sleep_until(reevaluate_at), if reevaluate_at.is_some() => {
                     reevaluate_at = None;
                     self.reevaluate().await;

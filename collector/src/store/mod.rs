@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
-    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
+    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus, Enforcement,
     EnrollmentSecretInfo, Event, OutboxHealth, SecretRejection, SessionRecord, Site, SiteId,
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
@@ -48,6 +48,10 @@ pub struct Enrollment {
     pub facts: DeviceFacts,
     pub cert_sha256: String,
     pub at: Timestamp,
+    /// For a new device: active, or pending a technician's decision.
+    pub status: DeviceStatus,
+    pub status_reason: String,
+    pub duplicate_of: Option<DeviceId>,
 }
 
 /// One version of a site's suspicious-activity policy.
@@ -69,6 +73,18 @@ pub struct StreamDevice {
     pub id: DeviceId,
     pub site: SiteId,
     pub last_seq: u64,
+    pub status: DeviceStatus,
+    pub status_reason: String,
+}
+
+/// A device whose certificate or status changed.
+#[derive(Clone, Debug)]
+pub struct IdentityChange {
+    pub device: DeviceId,
+    pub cert_sha256: String,
+    pub status: DeviceStatus,
+    pub status_reason: String,
+    pub at: Timestamp,
 }
 
 #[derive(Clone, Debug)]
@@ -312,14 +328,28 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Result<Site, SecretRejection>>;
 
     // devices
-    /// The device already enrolled for this machine id (or, failing that,
-    /// serial number), so re-enrolment keeps its id.
+    /// A device already enrolled with this machine id (or, failing that,
+    /// serial number), active ones first: a second enrolment of the same
+    /// machine without proof of its key becomes a pending duplicate of it.
     async fn device_for_machine(&self, machine_id: &str, serial: &str) -> Result<Option<DeviceId>>;
-    /// Creates the device or, if it exists, replaces its certificate, site
-    /// and facts. Returns true when it was a re-enrolment.
+    /// Creates the device or, if it exists, replaces its certificate and
+    /// facts (never its site or status). Returns true when it was a
+    /// re-enrolment.
     async fn save_enrollment(&self, enrollment: Enrollment) -> Result<bool>;
     /// The device whose current client certificate has this SHA-256.
     async fn device_by_certificate(&self, cert_sha256: &str) -> Result<Option<StreamDevice>>;
+    /// Sets a device's status (with the reason shown to technicians and to
+    /// its agent); false when there is no such device.
+    async fn set_device_status(
+        &self,
+        device: &DeviceId,
+        status: DeviceStatus,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<bool>;
+    /// Devices whose certificate or status changed after `after` (for
+    /// closing streams that are no longer valid), oldest change first.
+    async fn identity_changes_since(&self, after: Timestamp) -> Result<Vec<IdentityChange>>;
     async fn record_hello(
         &self,
         device: &DeviceId,

@@ -574,7 +574,8 @@ pub(super) async fn devices_due(
 ) -> Result<Vec<DeviceId>> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT d.id FROM devices d LEFT JOIN device_activity a ON a.device_id = d.id \
-         WHERE a.device_id IS NULL OR a.next_check_at <= ? ORDER BY d.id LIMIT ?",
+         WHERE d.status = 'active' AND (a.device_id IS NULL OR a.next_check_at <= ?) \
+         ORDER BY d.id LIMIT ?",
     )
     .bind(millis(at))
     .bind(limit as i64)

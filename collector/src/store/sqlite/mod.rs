@@ -16,13 +16,13 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
     ActivityChanges, ActivityInput, ActivityVerdict, AuditEntry, DeviceFilter, DirectoryImport,
-    Enrollment, MfaVerdict, NewMfaCompletion, NewSecret, Result, SitePolicy, Store, StoreError,
-    StoredActivity, StoredPair, StreamDevice,
+    Enrollment, IdentityChange, MfaVerdict, NewMfaCompletion, NewSecret, Result, SitePolicy, Store,
+    StoreError, StoredActivity, StoredPair, StreamDevice,
 };
 use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
-    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, Enforcement,
+    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus, Enforcement,
     EnrollmentSecretInfo, Event, EventBody, OutboxHealth, SecretRejection, Site, SiteId,
 };
 use crate::rules::mfa::MfaStatus;
@@ -141,7 +141,18 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
         enforcement: enforcement(row)?,
         reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
         policy_version: row.try_get::<i64, _>("policy_version")? as u64,
+        status: device_status(row)?,
+        status_reason: row.try_get("status_reason")?,
+        duplicate_of: row
+            .try_get::<Option<String>, _>("duplicate_of")?
+            .map(DeviceId::from_string),
     })
+}
+
+fn device_status(row: &SqliteRow) -> Result<DeviceStatus> {
+    let text: String = row.try_get("status")?;
+    DeviceStatus::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown device status '{text}'")))
 }
 
 fn enforcement(row: &SqliteRow) -> Result<Enforcement> {
@@ -152,7 +163,8 @@ fn enforcement(row: &SqliteRow) -> Result<Enforcement> {
 
 const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
      d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at, \
-     d.enforcement, d.reenabled_at, d.policy_version FROM devices d JOIN sites s ON s.id = d.site_id";
+     d.enforcement, d.reenabled_at, d.policy_version, d.status, d.status_reason, d.duplicate_of \
+     FROM devices d JOIN sites s ON s.id = d.site_id";
 
 const SECRET_SELECT: &str = "SELECT e.id, s.name AS site, e.hint, e.label, e.created_at, e.expires_at, \
      e.revoked_at, e.uses, e.last_used_at FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id";
@@ -278,8 +290,11 @@ impl Store for SqliteStore {
 
     async fn device_for_machine(&self, machine_id: &str, serial: &str) -> Result<Option<DeviceId>> {
         let id: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM devices WHERE (?1 <> '' AND machine_id = ?1) \
-             UNION ALL SELECT id FROM devices WHERE (?2 <> '' AND serial_number = ?2) LIMIT 1",
+            "SELECT id FROM (\
+               SELECT id, status, enrolled_at, 0 AS by FROM devices WHERE ?1 <> '' AND machine_id = ?1 \
+               UNION ALL \
+               SELECT id, status, enrolled_at, 1 AS by FROM devices WHERE ?2 <> '' AND serial_number = ?2) \
+             ORDER BY by, status <> 'active', enrolled_at LIMIT 1",
         )
         .bind(machine_id)
         .bind(serial)
@@ -297,16 +312,17 @@ impl Store for SqliteStore {
         let at = millis(e.at);
         if existed.is_some() {
             sqlx::query(
-                "UPDATE devices SET site_id = ?, machine_id = ?, serial_number = ?, hostname = ?, \
-                 reenrolled_at = ?, cert_sha256 = ?, facts_json = ?, facts_updated_at = ? WHERE id = ?",
+                "UPDATE devices SET machine_id = ?, serial_number = ?, hostname = ?, \
+                 reenrolled_at = ?, cert_sha256 = ?, facts_json = ?, facts_updated_at = ?, \
+                 identity_changed_at = ? WHERE id = ?",
             )
-            .bind(e.site.0)
             .bind(&e.facts.machine_id)
             .bind(&e.facts.serial_number)
             .bind(&e.facts.hostname)
             .bind(at)
             .bind(&e.cert_sha256)
             .bind(facts_json(&e.facts))
+            .bind(at)
             .bind(at)
             .bind(e.device_id.as_str())
             .execute(&mut *tx)
@@ -314,7 +330,8 @@ impl Store for SqliteStore {
         } else {
             sqlx::query(
                 "INSERT INTO devices (id, site_id, machine_id, serial_number, hostname, enrolled_at, \
-                 cert_sha256, facts_json, facts_updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 cert_sha256, facts_json, facts_updated_at, status, status_reason, status_changed_at, \
+                 duplicate_of, identity_changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(e.device_id.as_str())
             .bind(e.site.0)
@@ -324,6 +341,11 @@ impl Store for SqliteStore {
             .bind(at)
             .bind(&e.cert_sha256)
             .bind(facts_json(&e.facts))
+            .bind(at)
+            .bind(e.status.as_str())
+            .bind(&e.status_reason)
+            .bind(at)
+            .bind(e.duplicate_of.as_ref().map(DeviceId::as_str))
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -333,18 +355,64 @@ impl Store for SqliteStore {
     }
 
     async fn device_by_certificate(&self, cert_sha256: &str) -> Result<Option<StreamDevice>> {
-        let row = sqlx::query("SELECT id, site_id, last_seq FROM devices WHERE cert_sha256 = ?")
-            .bind(cert_sha256)
-            .fetch_optional(&self.writer)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, site_id, last_seq, status, status_reason FROM devices WHERE cert_sha256 = ?",
+        )
+        .bind(cert_sha256)
+        .fetch_optional(&self.writer)
+        .await?;
         row.map(|row| {
             Ok(StreamDevice {
                 id: DeviceId::from_string(row.try_get::<String, _>("id")?),
                 site: SiteId(row.try_get("site_id")?),
                 last_seq: row.try_get::<i64, _>("last_seq")? as u64,
+                status: device_status(&row)?,
+                status_reason: row.try_get("status_reason")?,
             })
         })
         .transpose()
+    }
+
+    async fn set_device_status(
+        &self,
+        device: &DeviceId,
+        status: DeviceStatus,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET status = ?, status_reason = ?, status_changed_at = ?, \
+             identity_changed_at = ? WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(millis(at))
+        .bind(millis(at))
+        .bind(device.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn identity_changes_since(&self, after: Timestamp) -> Result<Vec<IdentityChange>> {
+        let rows = sqlx::query(
+            "SELECT id, cert_sha256, status, status_reason, identity_changed_at FROM devices \
+             WHERE identity_changed_at > ? ORDER BY identity_changed_at",
+        )
+        .bind(millis(after))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(IdentityChange {
+                    device: DeviceId::from_string(row.try_get::<String, _>("id")?),
+                    cert_sha256: row.try_get("cert_sha256")?,
+                    status: device_status(row)?,
+                    status_reason: row.try_get("status_reason")?,
+                    at: instant(row.try_get("identity_changed_at")?)?,
+                })
+            })
+            .collect()
     }
 
     async fn record_hello(
