@@ -18,7 +18,9 @@ pub struct Status {
     pub collector: String,
     pub daemon_running: bool,
     pub daemon_pid: Option<u32>,
-    /// connecting, connected, disconnected or stopped.
+    /// starting, connecting, connected, disconnected, refused (revoked or
+    /// pending a technician's approval: `last_error` says which) or
+    /// stopped.
     pub connection: String,
     pub connection_since: Option<String>,
     pub last_error: Option<String>,
@@ -40,6 +42,10 @@ pub struct Status {
     /// The local override file, when it exists (it then replaces the
     /// site's policy if it parses; the daemon's log says if not).
     pub policy_override: Option<String>,
+    /// Captures from session helpers the daemon refused (a title matching
+    /// no rule in force, or over an account's rate limit): forgeries, or a
+    /// helper with an outdated policy.
+    pub helper_captures_refused: u64,
 }
 
 pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status> {
@@ -71,6 +77,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
             .policy_override
             .exists()
             .then(|| config.capture.policy_override.display().to_string()),
+        helper_captures_refused: 0,
     };
     if !config.data_dir.join(outbox::FILE_NAME).exists() {
         return Ok(status);
@@ -116,6 +123,11 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         status.connection_since = outbox.state("connection_since").await?;
     }
     status.last_error = outbox.state("last_error").await?;
+    status.helper_captures_refused = outbox
+        .state(crate::capture::REFUSED_STATE)
+        .await?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     status.policy_site_version = outbox
         .state(crate::policy::SITE_VERSION)
         .await?
@@ -193,6 +205,12 @@ pub fn render_text(s: &Status) -> String {
     );
     if let Some(moved) = &s.corrupt_outbox_moved_to {
         line("corrupt outbox moved", moved.clone());
+    }
+    if s.helper_captures_refused > 0 {
+        line(
+            "helper captures refused",
+            s.helper_captures_refused.to_string(),
+        );
     }
     line(
         "policy",

@@ -344,6 +344,106 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
     );
 }
 
+/// A local user who writes to the helper socket directly (no helper, no
+/// X server) cannot choose what the collector believes.
+#[test]
+fn the_daemon_checks_what_a_local_user_sends_on_the_helper_socket() {
+    use std::io::{BufRead, Write};
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::with_capture(&data.agent_settings(&collector, "e2e-forger"), "");
+    agent.enroll();
+    let _daemon = agent.start();
+    wait_for("the daemon's helper socket", WAIT, || {
+        agent.socket().exists().then_some(())
+    });
+    let mut socket = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+    // The daemon speaks first (the policy), so it has accepted us.
+    let mut first = String::new();
+    std::io::BufReader::new(socket.try_clone().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("repeat_window_secs"), "{first}");
+    let forged = |title: &str, image: &str| {
+        serde_json::json!({
+            "rule_id": "self-harm", "category": "self-harm", "severity": 5,
+            "matched_text": "kill myself", "window_title": title,
+            "process_name": "chromium", "pid": 1, "repeat_count": 0,
+            "no_image_reason": "", "image_png_base64": image, "policy_version": 999,
+        })
+        .to_string()
+            + "\n"
+    };
+    // A PNG header claiming 5000 pixels wide.
+    let mut wide = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    wide.extend(5000u32.to_be_bytes());
+    wide.extend(800u32.to_be_bytes());
+    let wide = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, wide);
+    for line in [
+        forged("Year 8 maths homework", ""),
+        forged("buy weed near me", ""),
+        forged("how to kill myself", &wide),
+    ] {
+        socket.write_all(line.as_bytes()).unwrap();
+    }
+    let all = wait_for("the two checked captures", WAIT, || {
+        let all = captures(&data);
+        (all.len() == 2).then_some(all)
+    });
+    let policy = hallmonitor_agent::policy::Policy::default_policy();
+    let severity_of = |category: &str| {
+        policy
+            .rules()
+            .iter()
+            .find(|r| r.category == category)
+            .map(|r| i64::from(r.severity))
+            .unwrap()
+    };
+    let drugs = all
+        .iter()
+        .find(|c| c["window_title"] == "buy weed near me")
+        .unwrap();
+    assert_eq!(
+        drugs["category"], "drugs",
+        "the daemon's own match: {drugs}"
+    );
+    assert_eq!(
+        drugs["severity"].as_i64(),
+        Some(severity_of("drugs")),
+        "{drugs}"
+    );
+    let harm = all
+        .iter()
+        .find(|c| c["window_title"] == "how to kill myself")
+        .unwrap();
+    assert_eq!(harm["image_status"], "no_image", "{harm}");
+    assert!(
+        harm["no_image_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("snapshot refused"),
+        "{harm}"
+    );
+    assert!(
+        all.iter()
+            .all(|c| c["window_title"] != "Year 8 maths homework"),
+        "{all:?}"
+    );
+    assert_eq!(agent.status()["helper_captures_refused"], 1);
+
+    // A line longer than the limit is refused before it is buffered: the
+    // daemon closes the connection and goes on serving.
+    let huge = vec![b'x'; 8 << 20];
+    let _ = socket.write_all(&huge);
+    let mut rest = String::new();
+    let closed = std::io::BufReader::new(socket.try_clone().unwrap()).read_line(&mut rest);
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "connection closed: {closed:?}"
+    );
+    std::os::unix::net::UnixStream::connect(agent.socket()).expect("still listening");
+}
+
 /// User plus system CPU time a process has used, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

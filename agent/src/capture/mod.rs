@@ -24,16 +24,13 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hallmonitor_proto::v1;
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::outbox::Outbox;
-use crate::policy::{Origin, Policy, PolicyHub, PolicyText, UserKind};
+use crate::policy::{Origin, Policy, PolicyText, UserKind};
 use crate::window::ActiveWindowSource;
+
+mod intake;
+pub use intake::{REFUSED_STATE, serve_helpers};
 
 /// Repeats of one rule in one window within this are counted, not
 /// captured, unless the daemon says otherwise (`[capture]
@@ -444,152 +441,6 @@ fn check_window(
         };
         limit.remember(window.id, &capture);
         pending.push(capture);
-    }
-}
-
-/// The daemon's side: accepts helpers on `socket`, queues what they send,
-/// tagged with the connecting user's account, and keeps each helper's
-/// policy current.
-pub async fn serve_helpers(
-    socket: std::path::PathBuf,
-    outbox: Outbox,
-    hub: std::sync::Arc<PolicyHub>,
-    wake: std::sync::Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
-    // Every local user's helper may connect; who they are comes from the
-    // kernel, not from what they say.
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = shutdown.cancelled() => {
-                let _ = std::fs::remove_file(&socket);
-                return Ok(());
-            }
-        };
-        let Ok(credentials) = stream.peer_cred() else {
-            continue;
-        };
-        let account = crate::accounts::account_of(credentials.uid());
-        let (reader, writer) = stream.into_split();
-        let policies = hub.subscribe();
-        let writing = tokio::spawn(send_policies(
-            writer,
-            policies,
-            account.clone(),
-            shutdown.clone(),
-        ));
-        let (outbox, wake) = (outbox.clone(), wake.clone());
-        tokio::spawn(async move {
-            receive_captures(reader, credentials.uid(), account, outbox, wake).await;
-            writing.abort();
-        });
-    }
-}
-
-/// Sends the helper the policy in force now and after every change that
-/// concerns it.
-async fn send_policies(
-    mut writer: tokio::net::unix::OwnedWriteHalf,
-    mut policies: tokio::sync::watch::Receiver<crate::policy::InForce>,
-    account: String,
-    shutdown: CancellationToken,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut sent: Option<HelperPolicy> = None;
-    loop {
-        let message = {
-            let in_force = policies.borrow_and_update();
-            HelperPolicy {
-                version: in_force.policy.version,
-                origin: in_force.policy.origin,
-                toml: in_force.policy.toml.to_string(),
-                staff: in_force.user_kind(&account) == UserKind::Staff,
-                repeat_window_secs: u64::from(in_force.repeat_window_secs),
-            }
-        };
-        if sent.as_ref() != Some(&message) {
-            let mut line = serde_json::to_vec(&message).expect("plain data serialises");
-            line.push(b'\n');
-            if writer.write_all(&line).await.is_err() {
-                return;
-            }
-            sent = Some(message);
-        }
-        tokio::select! {
-            changed = policies.changed() => if changed.is_err() { return },
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Queues each capture a helper sends until it disconnects.
-async fn receive_captures(
-    reader: tokio::net::unix::OwnedReadHalf,
-    uid: u32,
-    account: String,
-    outbox: Outbox,
-    wake: std::sync::Arc<Notify>,
-) {
-    let mut lines = tokio::io::BufReader::new(reader).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.len() > 32 * 1024 * 1024 {
-            tracing::warn!(uid, "session helper sent an oversized line; dropped");
-            continue;
-        }
-        let capture: HelperCapture = match serde_json::from_str(&line) {
-            Ok(capture) => capture,
-            Err(e) => {
-                tracing::warn!(uid, error = %e, "unreadable line from a session helper");
-                continue;
-            }
-        };
-        let image = match base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            &capture.image_png_base64,
-        ) {
-            Ok(image) => image,
-            Err(e) => {
-                tracing::warn!(uid, error = %e, "unreadable snapshot from a session helper");
-                Vec::new()
-            }
-        };
-        let no_image_reason = if image.is_empty() && capture.no_image_reason.is_empty() {
-            "the session helper sent no image".to_owned()
-        } else {
-            capture.no_image_reason
-        };
-        let body = v1::event::Body::Capture(v1::Capture {
-            rule_id: capture.rule_id,
-            category: capture.category,
-            severity: capture.severity.clamp(1, 5),
-            matched_text: capture.matched_text,
-            window_title: capture.window_title,
-            process_name: capture.process_name,
-            pid: capture.pid,
-            account: account.clone(),
-            repeat_count: capture.repeat_count,
-            no_image_reason,
-            image_sha256: if image.is_empty() {
-                String::new()
-            } else {
-                crate::snapshot::sha256_hex(&image)
-            },
-            image_png: image,
-            policy_version: capture.policy_version,
-        });
-        match outbox.append(Timestamp::now(), body).await {
-            Ok(_) => wake.notify_one(),
-            Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
-        }
     }
 }
 

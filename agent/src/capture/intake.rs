@@ -1,0 +1,600 @@
+//! The daemon's side of the helper socket: who may connect, what a helper
+//! may send, and what the daemon believes of it.
+//!
+//! A helper runs as the logged-in user, so anything on the socket may come
+//! from a pupil with a shell. The daemon therefore trusts only what it can
+//! check: the account comes from the kernel (peer credentials); the rule,
+//! category, severity and matched phrase come from the daemon's own match
+//! of the title against the policy in force (a title that matches nothing
+//! is dropped and counted); captures per account are rate-limited; a line
+//! longer than `MAX_LINE` is refused before it is buffered (the connection
+//! is closed); a snapshot must be a PNG no wider than the helper makes them
+//! and at most `MAX_IMAGE_BYTES`, or the capture goes out without it.
+//! Connections per uid are capped, and an accept error (descriptors
+//! exhausted) is logged at once and retried with back-off, never ending the
+//! listener.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hallmonitor_proto::v1;
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
+
+use super::{HelperCapture, HelperPolicy};
+use crate::outbox::Outbox;
+use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
+
+/// The longest line a helper may send: a `MAX_IMAGE_BYTES` image in base64
+/// and the text around it.
+const MAX_LINE: usize = MAX_IMAGE_BYTES / 3 * 4 + 64 * 1024;
+/// The largest snapshot accepted (the helper's are far smaller).
+const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Snapshots are scaled to this width by the helper.
+const MAX_IMAGE_WIDTH: u32 = 1280;
+const MAX_IMAGE_HEIGHT: u32 = 8 * 1280;
+/// Characters kept of a window title, and of a process name or reason.
+const MAX_TITLE: usize = 2048;
+const MAX_SHORT_TEXT: usize = 256;
+/// Captures (and repeat summaries) one account may queue per minute. The
+/// helper sends at most one per rule and window per repeat window, so only
+/// a forger reaches this.
+const CAPTURES_PER_MINUTE: u32 = 60;
+/// Helper connections one uid may hold open.
+const MAX_CONNECTIONS_PER_UID: usize = 8;
+/// Outbox state key: captures refused since the outbox was made.
+pub const REFUSED_STATE: &str = "helper_captures_refused";
+
+/// Why a helper's capture was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The title matches no rule of the policy in force for this user.
+    NoMatch,
+    /// The account queued `CAPTURES_PER_MINUTE` already this minute.
+    RateLimited,
+}
+
+/// Accepts helpers on `socket`, queues what they send, tagged with the
+/// connecting user's account, and keeps each helper's policy current.
+pub async fn serve_helpers(
+    socket: std::path::PathBuf,
+    outbox: Outbox,
+    hub: Arc<PolicyHub>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
+    // Every local user's helper may connect; who they are comes from the
+    // kernel, not from what they say.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+    let shared = Arc::new(Shared::load(&outbox).await);
+    let connections = Arc::new(Mutex::new(HashMap::<u32, usize>::new()));
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => {
+                let _ = std::fs::remove_file(&socket);
+                return Ok(());
+            }
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                pause = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // E.g. EMFILE: keep listening, at most one line per pause.
+                tracing::error!(error = %e, retry_in_ms = pause.as_millis() as u64, "accepting a session helper failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => continue,
+                }
+                pause = (pause * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(credentials) = stream.peer_cred() else {
+            continue;
+        };
+        let uid = credentials.uid();
+        let Some(slot) = ConnectionSlot::take(&connections, uid) else {
+            tracing::warn!(
+                uid,
+                limit = MAX_CONNECTIONS_PER_UID,
+                "too many helper connections from this user; refused"
+            );
+            continue;
+        };
+        let account = crate::accounts::account_of(uid);
+        let (reader, writer) = stream.into_split();
+        let writing = tokio::spawn(send_policies(
+            writer,
+            hub.subscribe(),
+            account.clone(),
+            shutdown.clone(),
+        ));
+        let connection = Connection {
+            uid,
+            account,
+            outbox: outbox.clone(),
+            wake: wake.clone(),
+            policies: hub.subscribe(),
+            shared: shared.clone(),
+        };
+        tokio::spawn(async move {
+            connection.receive(reader).await;
+            writing.abort();
+            drop(slot);
+        });
+    }
+}
+
+/// One open connection of a uid, released on drop.
+struct ConnectionSlot {
+    connections: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl ConnectionSlot {
+    fn take(connections: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32) -> Option<ConnectionSlot> {
+        let mut open = connections.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(uid).or_insert(0);
+        if *count >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            connections: connections.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// What all connections share: the per-account rate limit and the count
+/// of refused captures.
+struct Shared {
+    minutes: Mutex<HashMap<String, (Instant, u32)>>,
+    refused: AtomicU64,
+}
+
+impl Shared {
+    async fn load(outbox: &Outbox) -> Shared {
+        let refused = outbox
+            .state(REFUSED_STATE)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Shared {
+            minutes: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(refused),
+        }
+    }
+
+    /// Counts one capture of `account`; false when over its minute's limit.
+    fn admit(&self, account: &str, now: Instant) -> bool {
+        let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the accounts that log in, but forget old minutes.
+        if minutes.len() > 1_000 {
+            minutes.retain(|_, (since, _)| {
+                now.saturating_duration_since(*since) < Duration::from_secs(60)
+            });
+        }
+        let (since, count) = minutes.entry(account.to_owned()).or_insert((now, 0));
+        if now.saturating_duration_since(*since) >= Duration::from_secs(60) {
+            (*since, *count) = (now, 0);
+        }
+        *count += 1;
+        *count <= CAPTURES_PER_MINUTE
+    }
+}
+
+struct Connection {
+    uid: u32,
+    account: String,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    policies: tokio::sync::watch::Receiver<InForce>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    /// Queues each acceptable capture the helper sends until it
+    /// disconnects or sends a line over `MAX_LINE`.
+    async fn receive(mut self, reader: tokio::net::unix::OwnedReadHalf) {
+        let uid = self.uid;
+        let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE));
+        let mut parsed: Option<(PolicyText, Arc<Policy>)> = None;
+        let mut buffer = String::new();
+        while let Some(line) = lines.next().await {
+            let line = match line {
+                Ok(line) => line,
+                Err(LinesCodecError::MaxLineLengthExceeded) => {
+                    tracing::warn!(
+                        uid,
+                        limit = MAX_LINE,
+                        "session helper sent an oversized line; connection closed"
+                    );
+                    return;
+                }
+                Err(LinesCodecError::Io(e)) => {
+                    tracing::debug!(uid, error = %e, "session helper connection failed");
+                    return;
+                }
+            };
+            let capture: HelperCapture = match serde_json::from_str(&line) {
+                Ok(capture) => capture,
+                Err(e) => {
+                    tracing::warn!(uid, error = %e, "unreadable line from a session helper");
+                    continue;
+                }
+            };
+            let in_force = self.policies.borrow_and_update().clone();
+            let policy = policy_for(&mut parsed, &in_force.policy);
+            let user = in_force.user_kind(&self.account);
+            let checked = check(
+                &capture,
+                &policy,
+                in_force.policy.version,
+                user,
+                &mut buffer,
+            )
+            .and_then(|checked| {
+                if self.shared.admit(&self.account, Instant::now()) {
+                    Ok(checked)
+                } else {
+                    Err(Refusal::RateLimited)
+                }
+            });
+            match checked {
+                Ok(checked) => self.queue(capture, checked).await,
+                Err(refusal) => self.refused(refusal).await,
+            }
+        }
+    }
+
+    async fn queue(&self, capture: HelperCapture, checked: Checked) {
+        let (image, no_image_reason) = image_of(&capture);
+        let body = v1::event::Body::Capture(v1::Capture {
+            rule_id: checked.rule_id,
+            category: checked.category,
+            severity: checked.severity,
+            matched_text: checked.matched_text,
+            window_title: checked.window_title,
+            process_name: bounded(&capture.process_name, MAX_SHORT_TEXT),
+            pid: capture.pid,
+            account: self.account.clone(),
+            repeat_count: capture.repeat_count,
+            no_image_reason,
+            image_sha256: if image.is_empty() {
+                String::new()
+            } else {
+                crate::snapshot::sha256_hex(&image)
+            },
+            image_png: image,
+            policy_version: checked.policy_version,
+        });
+        match self.outbox.append(Timestamp::now(), body).await {
+            Ok(_) => self.wake.notify_one(),
+            Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
+        }
+    }
+
+    async fn refused(&self, refusal: Refusal) {
+        let total = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // No title in the log: it may name a pupil's search.
+        tracing::warn!(uid = self.uid, reason = ?refusal, total, "capture from a session helper refused");
+        if let Err(e) = self
+            .outbox
+            .set_state(REFUSED_STATE, &total.to_string())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record a refused capture");
+        }
+    }
+}
+
+/// The policy in force, parsed once per version.
+fn policy_for(parsed: &mut Option<(PolicyText, Arc<Policy>)>, text: &PolicyText) -> Arc<Policy> {
+    if let Some((held, policy)) = parsed
+        && held == text
+    {
+        return policy.clone();
+    }
+    let policy = Arc::new(crate::policy::parse_text(text).unwrap_or_else(|e| {
+        // The hub only publishes policies that parsed; keep matching.
+        tracing::error!(error = %e, "policy in force does not parse; matching with the default");
+        Policy::default_policy()
+    }));
+    *parsed = Some((text.clone(), policy.clone()));
+    policy
+}
+
+/// What the daemon itself vouches for in a capture.
+#[derive(Debug, PartialEq, Eq)]
+struct Checked {
+    rule_id: String,
+    category: String,
+    severity: u32,
+    matched_text: String,
+    window_title: String,
+    policy_version: u64,
+}
+
+/// Matches the helper's title against the policy in force: the helper's
+/// rule when it fired, else the first rule that did (the helper may hold
+/// an older version); nothing fired, nothing queued.
+fn check(
+    capture: &HelperCapture,
+    policy: &Policy,
+    policy_version: u64,
+    user: UserKind,
+    buffer: &mut String,
+) -> Result<Checked, Refusal> {
+    let title = bounded(&capture.window_title, MAX_TITLE);
+    let hits = policy.matches(&title, user, buffer);
+    let hit = hits
+        .iter()
+        .find(|hit| hit.rule.id == capture.rule_id)
+        .or(hits.first())
+        .ok_or(Refusal::NoMatch)?;
+    Ok(Checked {
+        rule_id: hit.rule.id.clone(),
+        category: hit.rule.category.clone(),
+        severity: u32::from(hit.rule.severity),
+        matched_text: hit.phrase.to_owned(),
+        window_title: title,
+        policy_version,
+    })
+}
+
+/// The snapshot, when it is a PNG of the size helpers make; otherwise
+/// none, with the reason.
+fn image_of(capture: &HelperCapture) -> (Vec<u8>, String) {
+    let reason = bounded(&capture.no_image_reason, MAX_SHORT_TEXT);
+    if capture.image_png_base64.is_empty() {
+        let reason = if reason.is_empty() {
+            "the session helper sent no image".to_owned()
+        } else {
+            reason
+        };
+        return (Vec::new(), reason);
+    }
+    let refused = |why: &str| (Vec::new(), format!("snapshot refused by the agent: {why}"));
+    let Ok(image) = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        &capture.image_png_base64,
+    ) else {
+        return refused("not base64");
+    };
+    if image.len() > MAX_IMAGE_BYTES {
+        return refused("larger than 4 MiB");
+    }
+    match png_dimensions(&image) {
+        None => refused("not a PNG"),
+        Some((width, height))
+            if width == 0
+                || height == 0
+                || width > MAX_IMAGE_WIDTH
+                || height > MAX_IMAGE_HEIGHT =>
+        {
+            refused(&format!("{width}×{height} pixels"))
+        }
+        Some(_) => (image, reason),
+    }
+}
+
+/// Width and height from a PNG's header (signature, then the IHDR chunk).
+fn png_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if bytes.get(..8)? != SIGNATURE || bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    Some((word(16)?, word(20)?))
+}
+
+/// At most `max` characters, control characters replaced.
+fn bounded(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Sends the helper the policy in force now and after every change that
+/// concerns it.
+async fn send_policies(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut policies: tokio::sync::watch::Receiver<InForce>,
+    account: String,
+    shutdown: CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut sent: Option<HelperPolicy> = None;
+    loop {
+        let message = {
+            let in_force = policies.borrow_and_update();
+            HelperPolicy {
+                version: in_force.policy.version,
+                origin: in_force.policy.origin,
+                toml: in_force.policy.toml.to_string(),
+                staff: in_force.user_kind(&account) == UserKind::Staff,
+                repeat_window_secs: u64::from(in_force.repeat_window_secs),
+            }
+        };
+        if sent.as_ref() != Some(&message) {
+            let mut line = serde_json::to_vec(&message).expect("plain data serialises");
+            line.push(b'\n');
+            if writer.write_all(&line).await.is_err() {
+                return;
+            }
+            sent = Some(message);
+        }
+        tokio::select! {
+            changed = policies.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(rule: &str, title: &str) -> HelperCapture {
+        HelperCapture {
+            rule_id: rule.into(),
+            category: "self-harm".into(),
+            severity: 5,
+            matched_text: "kill myself".into(),
+            window_title: title.into(),
+            process_name: "chromium".into(),
+            pid: 7,
+            repeat_count: 0,
+            no_image_reason: String::new(),
+            image_png_base64: String::new(),
+            policy_version: 99,
+        }
+    }
+
+    fn png(width: u32, height: u32) -> String {
+        let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        bytes.extend(width.to_be_bytes());
+        bytes.extend(height.to_be_bytes());
+        bytes.extend([8, 6, 0, 0, 0]);
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    }
+
+    #[test]
+    fn the_daemon_takes_rule_category_and_severity_from_its_own_match() {
+        let policy = Policy::default_policy();
+        let mut buffer = String::new();
+        let cases: [(&str, HelperCapture, Result<&str, Refusal>); 3] = [
+            (
+                "a harmless title claiming severity 5 is refused",
+                capture("self-harm", "Year 8 maths homework"),
+                Err(Refusal::NoMatch),
+            ),
+            (
+                "a drugs title claiming self-harm is queued as drugs",
+                capture("self-harm", "buy weed near me"),
+                Ok("drugs"),
+            ),
+            (
+                "a true claim stands",
+                capture("self-harm", "how to kill myself"),
+                Ok("self-harm"),
+            ),
+        ];
+        for (name, claim, expected) in cases {
+            let checked = check(&claim, &policy, 3, UserKind::Pupil, &mut buffer);
+            match (checked, expected) {
+                (Ok(checked), Ok(category)) => {
+                    assert_eq!(checked.category, category, "{name}");
+                    assert_eq!(checked.policy_version, 3, "{name}: the daemon's version");
+                    let rule = policy
+                        .rules()
+                        .iter()
+                        .find(|r| r.id == checked.rule_id)
+                        .unwrap();
+                    assert_eq!(checked.severity, u32::from(rule.severity), "{name}");
+                }
+                (Err(refusal), Err(expected)) => assert_eq!(refusal, expected, "{name}"),
+                (got, _) => panic!("{name}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn snapshots_must_be_pngs_of_the_size_helpers_make() {
+        let with = |image: String| HelperCapture {
+            image_png_base64: image,
+            ..capture("r", "t")
+        };
+        let (image, reason) = image_of(&with(png(1280, 800)));
+        assert!(!image.is_empty() && reason.is_empty(), "{reason}");
+        for (name, bad) in [
+            ("too wide", png(1281, 800)),
+            ("too tall", png(1280, MAX_IMAGE_HEIGHT + 1)),
+            ("empty", png(0, 0)),
+            ("not a PNG", "aGVsbG8=".to_owned()),
+            ("not base64", "***".to_owned()),
+        ] {
+            let (image, reason) = image_of(&with(bad));
+            assert!(image.is_empty(), "{name}");
+            assert!(reason.starts_with("snapshot refused"), "{name}: {reason}");
+        }
+    }
+
+    #[test]
+    fn captures_per_account_are_limited_per_minute() {
+        let shared = Shared {
+            minutes: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+        };
+        let start = Instant::now();
+        for n in 0..CAPTURES_PER_MINUTE {
+            assert!(shared.admit("pupil", start), "capture {n}");
+        }
+        assert!(!shared.admit("pupil", start), "over the limit");
+        assert!(shared.admit("other", start), "another account");
+        assert!(
+            shared.admit("pupil", start + Duration::from_secs(60)),
+            "a new minute"
+        );
+    }
+
+    #[test]
+    fn titles_are_bounded_and_lose_control_characters() {
+        let long = format!("\u{1b}[31m{}", "x".repeat(10_000));
+        let bounded = bounded(&long, MAX_TITLE);
+        assert_eq!(bounded.chars().count(), MAX_TITLE);
+        assert!(!bounded.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn connections_per_uid_are_capped_and_released() {
+        let connections = Arc::new(Mutex::new(HashMap::new()));
+        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
+            .map(|_| ConnectionSlot::take(&connections, 1000).expect("under the cap"))
+            .collect();
+        assert!(ConnectionSlot::take(&connections, 1000).is_none());
+        assert!(
+            ConnectionSlot::take(&connections, 1001).is_some(),
+            "another uid"
+        );
+        drop(slots);
+        assert!(
+            ConnectionSlot::take(&connections, 1000).is_some(),
+            "released"
+        );
+    }
+}
