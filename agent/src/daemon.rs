@@ -1,7 +1,10 @@
 //! `run`: the agent daemon. Enrols first if it has no identity (zero-touch:
 //! MDM drops the config, the service starts, the device appears), then runs
-//! two tasks until shutdown: the producer (heartbeats, facts on start and on
-//! change) appending to the outbox, and the stream draining it.
+//! its tasks until shutdown: the producer (heartbeats, facts on start and on
+//! change), sessions, auth logs, the file watcher and the helper socket
+//! appending to the outbox, the stream draining it, and the enforcer
+//! applying commands. A `Supervisor` holds them: the first task to fail
+//! stops the rest and the daemon exits non-zero, so systemd restarts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,50 +59,69 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);
-    let override_watch = tokio::spawn(crate::policy::watch_override(
+    let wake = Arc::new(Notify::new());
+    let mut tasks = Supervisor::default();
+    let (hub_for_override, override_path, token) = (
         hub.clone(),
         config.capture.policy_override.clone(),
         shutdown.clone(),
-    ));
-    let wake = Arc::new(Notify::new());
-    let producer = tokio::spawn(produce(
-        config.clone(),
-        outbox.clone(),
-        wake.clone(),
-        shutdown.clone(),
-    ));
+    );
+    tasks.spawn("policy override", async move {
+        crate::policy::watch_override(hub_for_override, override_path, token).await;
+        Ok(())
+    });
+    tasks.spawn(
+        "producer",
+        produce(
+            config.clone(),
+            outbox.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ),
+    );
     let (commands, command_queue) = tokio::sync::mpsc::channel(16);
-    let enforcer = tokio::spawn(enforce_commands(
-        config.clone(),
-        outbox.clone(),
-        command_queue,
-        wake.clone(),
-    ));
-    let sessions = tokio::spawn(track_sessions(
-        config.clone(),
-        outbox.clone(),
-        wake.clone(),
-        shutdown.clone(),
-    ));
-    let helpers = tokio::spawn(crate::capture::serve_helpers(
-        config.capture.socket.clone(),
-        outbox.clone(),
-        hub.clone(),
-        wake.clone(),
-        shutdown.clone(),
-    ));
-    let files = tokio::spawn(watch_files(
-        config.clone(),
-        outbox.clone(),
-        wake.clone(),
-        shutdown.clone(),
-    ));
-    let auth_logs = tokio::spawn(watch_auth_logs(
-        config.clone(),
-        outbox.clone(),
-        wake.clone(),
-        shutdown.clone(),
-    ));
+    // Ends when the stream drops the only command sender.
+    tasks.spawn(
+        "enforcer",
+        enforce_commands(config.clone(), outbox.clone(), command_queue, wake.clone()),
+    );
+    tasks.spawn(
+        "sessions",
+        track_sessions(
+            config.clone(),
+            outbox.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "session helper socket",
+        crate::capture::serve_helpers(
+            config.capture.socket.clone(),
+            outbox.clone(),
+            hub.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "file watcher",
+        watch_files(
+            config.clone(),
+            outbox.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "auth logs",
+        watch_auth_logs(
+            config.clone(),
+            outbox.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ),
+    );
     let settings = StreamSettings {
         collector: config.collector.clone(),
         delivery: config.delivery.clone(),
@@ -107,34 +129,71 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         commands,
         policies: hub,
     };
-    let streamer = tokio::spawn(stream::run(
-        identity,
-        settings,
-        outbox.clone(),
-        wake,
-        shutdown.clone(),
-    ));
+    let (stream_outbox, token) = (outbox.clone(), shutdown.clone());
+    tasks.spawn("stream", async move {
+        stream::run(identity, settings, stream_outbox, wake, token)
+            .await
+            .map_err(anyhow::Error::from)
+    });
 
-    let (produced, streamed, tracked, watched, helped, filed) =
-        tokio::join!(producer, streamer, sessions, auth_logs, helpers, files);
-    filed.context("file watcher task")??;
-    override_watch.await.context("policy override task")?;
-    if let Err(e) = helped.context("session helper task")? {
-        // Captures are one feature among several: keep the rest running
-        // records clear, but say why helpers cannot connect.
-        tracing::error!(error = %e, "session helper socket failed");
-    }
-    watched.context("auth log task")??;
-    // The stream held the only command sender: the enforcer finishes what
-    // it was given and stops.
-    enforcer.await.context("enforcer task")??;
-    tracked.context("session task")??;
+    let failure = tasks.wait(&shutdown).await;
     outbox.set_state("daemon_pid", "").await.ok();
     outbox.close().await;
-    produced.context("producer task")??;
-    streamed.context("stream task")??;
-    tracing::info!("agent stopped");
-    Ok(())
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("agent stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The daemon's tasks, supervised: the first one that fails (or panics)
+/// is logged with its name and stops the others through the shutdown
+/// token, and the daemon exits non-zero so the service manager restarts
+/// it. A monitoring agent with a dead task must never look healthy.
+#[derive(Default)]
+struct Supervisor {
+    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task; the first failure, if any.
+    async fn wait(mut self, shutdown: &CancellationToken) -> Option<anyhow::Error> {
+        let mut failure = None;
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            let (id, result) = match joined {
+                Ok((id, result)) => (id, result),
+                Err(e) => (
+                    e.id(),
+                    Err(anyhow::anyhow!("task panicked or was cancelled: {e}")),
+                ),
+            };
+            let name = self.names.get(&id).copied().unwrap_or("task");
+            let Err(e) = result else {
+                tracing::debug!(task = name, "task finished");
+                continue;
+            };
+            if failure.is_some() {
+                tracing::warn!(task = name, error = %format!("{e:#}"), "task failed while stopping");
+                continue;
+            }
+            tracing::error!(task = name, error = %format!("{e:#}"), "task failed; stopping the agent so its service manager restarts it");
+            shutdown.cancel();
+            failure = Some(e.context(format!("{name} task failed")));
+        }
+        failure
+    }
 }
 
 /// The stored identity, or a new one from enrolment, retrying while the

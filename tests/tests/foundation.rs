@@ -302,6 +302,27 @@ fn reenrolling_closes_the_stream_of_the_replaced_certificate() {
 }
 
 #[test]
+fn a_task_that_fails_stops_the_daemon_with_a_non_zero_exit_naming_it() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    // The helper socket cannot be made under a regular file.
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-task-fails"),
+        "",
+        "[capture]\nsocket = \"/dev/null/agent.sock\"\n",
+    );
+    agent.enroll();
+    let mut daemon = agent.start();
+    let code = wait_for("the daemon to exit", WAIT, || daemon.has_exited());
+    assert_ne!(code, 0, "a failed task is a failed daemon");
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("session helper socket") && log.contains("task failed"),
+        "{log}"
+    );
+}
+
+#[test]
 fn wrong_revoked_or_missing_secrets_are_refused_and_change_nothing() {
     let data = CollectorData::init("Cabot");
     let collector = data.start();
