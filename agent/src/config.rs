@@ -115,7 +115,11 @@ pub struct MfaConfig {
 #[serde(deny_unknown_fields)]
 pub struct MfaPattern {
     pub method: String,
-    /// A regular expression with a `user` group (and optionally `method`).
+    /// Syslog program names (the tag before `[pid]:`, e.g.
+    /// `sshd(pam_google_authenticator)`) whose lines the pattern reads.
+    pub programs: Vec<String>,
+    /// A regular expression with a `user` group (and optionally `method`),
+    /// matched against the whole message after `PROGRAM[PID]: `.
     pub regex: String,
 }
 
@@ -126,7 +130,11 @@ impl Default for MfaConfig {
             poll_secs: 5,
             patterns: crate::authlog::default_patterns()
                 .into_iter()
-                .map(|(method, regex)| MfaPattern { method, regex })
+                .map(|p| MfaPattern {
+                    method: p.method.into(),
+                    programs: p.programs,
+                    regex: p.regex.into(),
+                })
                 .collect(),
             notify_command: [
                 "runuser",
@@ -154,20 +162,39 @@ impl MfaConfig {
             .iter()
             .enumerate()
             .map(|(n, p)| {
-                let regex = regex::Regex::new(&p.regex)
+                let pattern = crate::authlog::Pattern::new(&p.method, &p.programs, &p.regex)
                     .map_err(|e| format!("mfa.patterns[{n}] ({}): {e}", p.method))?;
-                if !regex.capture_names().any(|c| c == Some("user")) {
+                if !pattern.regex.capture_names().any(|c| c == Some("user")) {
                     return Err(format!(
                         "mfa.patterns[{n}] ({}): the expression needs a (?P<user>...) group",
                         p.method
                     ));
                 }
-                Ok(crate::authlog::Pattern {
-                    method: p.method.clone(),
-                    regex,
-                })
+                if p.programs.is_empty() {
+                    return Err(format!(
+                        "mfa.patterns[{n}] ({}): programs is empty (name the programs whose lines count)",
+                        p.method
+                    ));
+                }
+                Ok(pattern)
             })
             .collect()
+    }
+
+    /// The hook's log is found by its name: a system log of that name
+    /// would be read as if the hook had written it.
+    fn check_auth_logs(&self) -> Result<(), String> {
+        match self.auth_logs.iter().find(|l| {
+            l.file_name()
+                .is_some_and(|n| n == crate::authlog::HOOK_LOG_NAME)
+        }) {
+            Some(log) => Err(format!(
+                "mfa.auth_logs: {} has the PAM hook's log name ({}), which is always followed from the data directory",
+                log.display(),
+                crate::authlog::HOOK_LOG_NAME
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -415,6 +442,7 @@ impl AgentConfig {
             ));
         }
         self.mfa.compiled().map_err(invalid)?;
+        self.mfa.check_auth_logs().map_err(invalid)?;
         if self.mfa.poll_secs == 0 {
             return Err(invalid("mfa.poll_secs must be at least 1".into()));
         }
@@ -561,6 +589,16 @@ mod tests {
                 "unknown key",
                 "collector = \"h:1\"\ncolector = 2",
                 "unknown field",
+            ),
+            (
+                "a pattern for any program",
+                "collector = \"h:1\"\n[[mfa.patterns]]\nmethod = \"x\"\nregex = '(?P<user>\\S+)'",
+                "missing field `programs`",
+            ),
+            (
+                "a system log named like the hook's",
+                "collector = \"h:1\"\n[mfa]\nauth_logs = [\"/var/log/mfa-hook.log\"]",
+                "mfa.auth_logs",
             ),
         ];
         for (name, text, want) in cases {

@@ -190,7 +190,7 @@ fn mfa_hook(config: &AgentConfig, method: &str, user: &str) -> anyhow::Result<()
     if user.is_empty() || method.is_empty() {
         bail!("mfa-hook needs a method and an account");
     }
-    let path = daemon::hook_log(config);
+    let path = hallmonitor_agent::authlog::hook_log(&config.data_dir);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
