@@ -363,6 +363,24 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The file alone, for the login hook: parsed, but neither overlaid by
+    /// the environment (PAM hooks run in an environment other accounts may
+    /// set) nor checked for what only the daemon needs, so the data
+    /// directory, marker and administrators are known even when, say, the
+    /// collector is not set. The default path may be absent (defaults).
+    pub fn load_for_login(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(AgentConfig::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
     /// Parses TOML; errors name the file, line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
