@@ -41,6 +41,8 @@ pub struct FilesConfig {
     /// File name endings that count as software (besides the execute bit).
     pub extensions: Vec<String>,
     pub severity: u32,
+    /// Files larger than this are alerted without a hash (not read).
+    pub max_hash_bytes: u64,
 }
 
 impl Default for FilesConfig {
@@ -61,6 +63,7 @@ impl Default for FilesConfig {
             .map(String::from)
             .to_vec(),
             severity: 2,
+            max_hash_bytes: 512 * 1024 * 1024,
         }
     }
 }
