@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod policy;
 pub mod sessions;
 pub mod snapshot;
+pub mod socket_dir;
 pub mod status;
 pub mod stream;
 pub mod tls;
