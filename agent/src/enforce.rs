@@ -242,13 +242,16 @@ fn admins(config: &EnforcementConfig) -> String {
     }
 }
 
+/// Writes the marker as a private file (0600; a folder made for it 0700),
+/// whatever the umask. An existing folder (the data directory, or one the
+/// configuration names) is left as it is.
 fn write_marker(path: &Path, marker: &Marker) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        crate::data_dir::prepare(dir)?;
     }
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, serde_json::to_vec_pretty(marker)?)?;
-    std::fs::rename(&temp, path)
+    crate::data_dir::write_private(path, &serde_json::to_vec_pretty(marker)?)
 }
 
 /// Locks every open session of an account that is not an administrator.
@@ -474,6 +477,25 @@ mod tests {
             login_unconfigured("pupil1", "broken"),
             Login::Undetermined(why) if why.contains("broken")
         ));
+    }
+
+    #[tokio::test]
+    async fn the_marker_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        if !crate::socket_dir::tests::in_child_with_umask(
+            "enforce::tests::the_marker_is_private_whatever_the_umask",
+            0,
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.enforcement.disabled_marker = dir.path().join("new/disabled").display().to_string();
+        let (ok, detail) = disable(&config, &command("c1", v1::CommandKind::Disable)).await;
+        assert!(ok, "{detail}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("new/disabled")), 0o600);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod data_dir;
 pub mod enforce;
 pub mod enroll;
 pub mod facts;

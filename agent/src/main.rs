@@ -205,8 +205,12 @@ fn mfa_hook(config: &AgentConfig, method: &str, user: &str) -> anyhow::Result<()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // Private whatever the umask (and if an older version made it looser).
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     writeln!(
         file,
         "{} hallmonitor-mfa: {method} accepted for {user}",

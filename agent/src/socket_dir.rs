@@ -70,7 +70,7 @@ fn check_existing(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn mode(path: &Path) -> u32 {
@@ -78,12 +78,19 @@ mod tests {
     }
 
     /// Runs `test` (a test of this module) alone in a child process whose
-    /// umask is 0077, as under the shipped unit: the umask is per process,
-    /// and changing it here would change the files of tests running beside.
+    /// umask is 0077, as under the shipped unit.
     fn in_child_with_strict_umask(test: &str) -> bool {
+        in_child_with_umask(test, 0o077)
+    }
+
+    /// Whether this is the child process running `test` (full test name)
+    /// alone under umask `mask`: the parent starts it, waits for it and
+    /// checks it passed. The umask is per process, and changing it in the
+    /// test process would change the files of tests running beside.
+    pub(crate) fn in_child_with_umask(test: &str, mask: libc::mode_t) -> bool {
         if std::env::var_os("HALLMONITOR_TEST_UMASK_CHILD").is_some() {
             // SAFETY: umask only sets the process's file mode mask.
-            unsafe { libc::umask(0o077) };
+            unsafe { libc::umask(mask) };
             return true;
         }
         let output = std::process::Command::new(std::env::current_exe().unwrap())
