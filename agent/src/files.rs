@@ -195,7 +195,9 @@ pub fn examine(
     reported: &Mutex<Reported>,
 ) -> Option<v1::FileAlert> {
     let (file, meta) = open_regular(path).ok()?;
-    if !name_counts(path, &config.extensions, meta.mode() & 0o111 != 0) {
+    // An empty file is one just created and about to be written: its
+    // close (or rename into place) brings it back.
+    if meta.size() == 0 || !name_counts(path, &config.extensions, meta.mode() & 0o111 != 0) {
         return None;
     }
     let key = FileKey::of(&meta);
@@ -223,10 +225,13 @@ pub fn examine(
     })
 }
 
-/// The alert for a file (None when it cannot be read, e.g. gone again, or
-/// is not a regular file), hashed up to the default size limit.
+/// The alert for a file (None when it cannot be read, e.g. gone again, is
+/// not a regular file, or is empty), hashed up to the default size limit.
 pub fn alert(path: &Path, severity: u32) -> Option<v1::FileAlert> {
     let (file, meta) = open_regular(path).ok()?;
+    if meta.size() == 0 {
+        return None; // being written
+    }
     let max = FilesConfig::default().max_hash_bytes;
     let sha256 = sha256(file, meta.size(), max).ok()?;
     Some(v1::FileAlert {
@@ -488,6 +493,12 @@ mod tests {
             examine(&dir.path().join("essay.docx"), &config, &reported),
             None
         );
+        std::fs::write(dir.path().join("empty.sh"), b"").unwrap();
+        assert_eq!(
+            examine(&dir.path().join("empty.sh"), &config, &reported),
+            None,
+            "still being written"
+        );
     }
 
     #[test]
@@ -506,5 +517,65 @@ mod tests {
         let found = files_under(&[dir.path().to_path_buf()], 0, 4, 100);
         assert_eq!(found, [dir.path().join("a/b/run.sh")], "files, not links");
         assert!(files_under(&[dir.path().to_path_buf()], i64::MAX, 4, 100).is_empty());
+    }
+
+    /// The loop as the daemon runs it: one alert per file version, links
+    /// not followed, a FIFO not waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watcher_reports_each_new_program_once() {
+        let root = tempfile::tempdir().unwrap();
+        let watched = root.path().join("Downloads");
+        std::fs::create_dir(&watched).unwrap();
+        let (outbox, _) = Outbox::open(root.path(), crate::outbox::DEFAULT_MAX_BYTES)
+            .await
+            .unwrap();
+        let config = FilesConfig {
+            watch: vec![watched.display().to_string()],
+            ..FilesConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(watch(
+            config,
+            outbox.clone(),
+            Arc::new(Notify::new()),
+            shutdown.clone(),
+        ));
+        let depth = || async { outbox.stats().await.unwrap().depth };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Until the folder is watched, renaming the same file back and
+        // forth changes nothing the alert is keyed on, so it is reported
+        // once however many renames are seen.
+        let (part, program) = (watched.join("game.sh.part"), watched.join("game.sh"));
+        std::fs::write(&part, b"#!/bin/sh\necho hi\n").unwrap();
+        while depth().await == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no alert");
+            std::fs::rename(&part, &program).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::rename(&program, &part).unwrap();
+        }
+        std::fs::rename(&part, &program).unwrap();
+        // Neither of these is a program file to read; neither may stall
+        // the loop.
+        let name = std::ffi::CString::new(
+            watched
+                .join("pipe.sh")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o755) }, 0);
+        std::os::unix::fs::symlink("/etc/shadow", watched.join("link.sh")).unwrap();
+        // A last new program: the queue is in order, so once its alert is
+        // in, everything before it was looked at.
+        std::fs::write(watched.join("last.sh"), b"echo last\n").unwrap();
+        while depth().await < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the loop stalled");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(depth().await, 2, "game.sh once, last.sh once, nothing else");
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        outbox.close().await;
     }
 }
