@@ -13,8 +13,9 @@
 //! lists, and the pattern matches the whole message after that header. The
 //! hook's line format is read only from the hook's own log, never from a
 //! system log. A followed log must be owned by root (or by `syslog`, the
-//! account rsyslog writes as on Ubuntu) and not writable by group or others;
-//! otherwise it is refused with an error naming it.
+//! account rsyslog writes as on Ubuntu, or by the account the agent runs
+//! as) and not writable by group or others; otherwise it is refused with an
+//! error naming it.
 //!
 //! Known limit: the program name in a text log is what the sender said
 //! (`logger -t sshd`), so an account that imitates a listed program exactly
@@ -155,7 +156,8 @@ fn head_digest(file: &File, len: u64) -> std::io::Result<String> {
 }
 
 /// Opens a log only if no ordinary account can have written it: a regular
-/// file owned by root (or `syslog`), not writable by group or others.
+/// file owned by root, `syslog` or the agent's own account, not writable by
+/// group or others.
 fn open_trusted(path: &Path) -> std::io::Result<File> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -173,7 +175,9 @@ fn open_trusted(path: &Path) -> std::io::Result<File> {
         return refuse("not a regular file".into());
     }
     let owner = meta.uid();
-    if owner != 0 && Some(owner) != crate::accounts::uid_of("syslog") {
+    // SAFETY: geteuid has no preconditions.
+    let agent = unsafe { libc::geteuid() };
+    if owner != 0 && owner != agent && Some(owner) != crate::accounts::uid_of("syslog") {
         return refuse(format!("owned by uid {owner}, not root"));
     }
     if meta.mode() & 0o022 != 0 {
