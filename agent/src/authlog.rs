@@ -19,8 +19,9 @@
 //!
 //! Known limit: the program name in a text log is what the sender said
 //! (`logger -t sshd`), so an account that imitates a listed program exactly
-//! still gets through; the journal's trusted `_UID`/`_EXE` fields would close
-//! that, and are not read yet.
+//! still gets through. `journal` reads the systemd journal instead, keeping
+//! only entries journald attributes to root (`_UID=0`); the daemon does not
+//! use it yet.
 //!
 //! Following survives what log files go through: the position (file
 //! identity, offset, line) is kept in the outbox state, so a restart reads
@@ -38,6 +39,8 @@ use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+pub mod journal;
 
 /// A configured pattern, compiled.
 #[derive(Clone, Debug)]
@@ -112,7 +115,12 @@ fn accepted(kind: LogKind, line: &str, patterns: &[Pattern]) -> Option<(String, 
         return Some((captures["user"].to_owned(), captures["method"].to_owned()));
     }
     let header = SYSLOG_LINE.captures(line)?;
-    let (program, message) = (&header["program"], &header["message"]);
+    accepted_from(&header["program"], &header["message"], patterns)
+}
+
+/// The account and method when `program` is one a pattern lists and the
+/// pattern matches the whole `message`.
+fn accepted_from(program: &str, message: &str, patterns: &[Pattern]) -> Option<(String, String)> {
     patterns
         .iter()
         .filter(|p| p.programs.iter().any(|listed| listed == program))
