@@ -1,10 +1,27 @@
 //! Two-step sign-ins seen on this device, for the 2FA-freshness rule.
 //!
 //! The agent follows the configured authentication logs (`[mfa]
-//! auth_logs`) and matches each new line against the configured patterns
-//! (`[[mfa.patterns]]`: a method name and a regular expression with a
-//! `user` group). Each match becomes an MFA-completion event for that
-//! account on this device, with the file and line as evidence.
+//! auth_logs`) and the PAM hook's own log (`DATA_DIR/mfa-hook.log`, written
+//! by `hallmonitor-agent mfa-hook`), and turns each accepted second factor
+//! into an MFA-completion event for that account on this device, with the
+//! file and line as evidence.
+//!
+//! Any account can write to the system log (`logger`, or text that sshd
+//! copies from a client, such as an invalid user name), so a line of an
+//! authentication log counts only when its syslog header (time, host,
+//! `program[pid]:`) names one of the programs its pattern (`[[mfa.patterns]]`)
+//! lists, and the pattern matches the whole message after that header. The
+//! hook's line format is read only from the hook's own log, never from a
+//! system log. A followed log must be owned by root (or by `syslog`, the
+//! account rsyslog writes as on Ubuntu, or by the account the agent runs
+//! as) and not writable by group or others; otherwise it is refused with an
+//! error naming it.
+//!
+//! Known limit: the program name in a text log is what the sender said
+//! (`logger -t sshd`), so an account that imitates a listed program exactly
+//! still gets through. `journal` reads the systemd journal instead, keeping
+//! only entries journald attributes to root (`_UID=0`); the daemon does not
+//! use it yet.
 //!
 //! Following survives what log files go through: the position (file
 //! identity, offset, line) is kept in the outbox state, so a restart reads
@@ -14,18 +31,107 @@
 //! `notify` wakes the reader when the files change; a slow poll covers file
 //! systems where it cannot.
 
-use std::io::{BufRead, Read, Seek};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::BufRead;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+
+pub mod journal;
 
 /// A configured pattern, compiled.
 #[derive(Clone, Debug)]
 pub struct Pattern {
     pub method: String,
+    /// Syslog program names (the tag before `[pid]:`) whose lines it reads.
+    pub programs: Vec<String>,
+    /// Matched against the whole message after the syslog header.
     pub regex: regex::Regex,
+}
+
+impl Pattern {
+    /// Compiles `regex` anchored at both ends of the message.
+    pub fn new(method: &str, programs: &[String], regex: &str) -> Result<Pattern, regex::Error> {
+        Ok(Pattern {
+            method: method.to_owned(),
+            programs: programs.to_vec(),
+            regex: regex::Regex::new(&format!("^(?:{regex})$"))?,
+        })
+    }
+}
+
+/// The name of the PAM hook's log in the data directory.
+pub const HOOK_LOG_NAME: &str = "mfa-hook.log";
+
+/// The PAM hook's log: `hallmonitor-agent mfa-hook` appends here.
+pub fn hook_log(data_dir: &Path) -> PathBuf {
+    data_dir.join(HOOK_LOG_NAME)
+}
+
+/// Which line format a followed file holds. The hook's log is recognised
+/// by its name, which `[mfa] auth_logs` may not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogKind {
+    /// rsyslog or syslog-ng output: configured patterns, by program.
+    System,
+    /// `TIME hallmonitor-mfa: METHOD accepted for USER`, from the hook.
+    Hook,
+}
+
+impl LogKind {
+    fn of(path: &Path) -> LogKind {
+        if path.file_name().is_some_and(|n| n == HOOK_LOG_NAME) {
+            LogKind::Hook
+        } else {
+            LogKind::System
+        }
+    }
+}
+
+/// `TIME HOST PROGRAM[PID]: MESSAGE`, TIME as RFC 3339 (rsyslog's
+/// high-precision format) or classic `Nov  3 08:01:02`.
+static SYSLOG_LINE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(
+        r"^(?:\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)|[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ (?P<program>[^\s\[\]:]+)(?:\[\d+\])?: (?P<message>.*)$",
+    )
+    .expect("a valid expression")
+});
+
+/// What `hallmonitor-agent mfa-hook` writes (its method and account have
+/// no white space or control characters).
+static HOOK_LINE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^\S+ hallmonitor-mfa: (?P<method>\S+) accepted for (?P<user>\S+)$")
+        .expect("a valid expression")
+});
+
+/// The account and method of an accepted second factor on `line` (without
+/// its newline), if it is one.
+fn accepted(kind: LogKind, line: &str, patterns: &[Pattern]) -> Option<(String, String)> {
+    if kind == LogKind::Hook {
+        let captures = HOOK_LINE.captures(line)?;
+        return Some((captures["user"].to_owned(), captures["method"].to_owned()));
+    }
+    let header = SYSLOG_LINE.captures(line)?;
+    accepted_from(&header["program"], &header["message"], patterns)
+}
+
+/// The account and method when `program` is one a pattern lists and the
+/// pattern matches the whole `message`.
+fn accepted_from(program: &str, message: &str, patterns: &[Pattern]) -> Option<(String, String)> {
+    patterns
+        .iter()
+        .filter(|p| p.programs.iter().any(|listed| listed == program))
+        .find_map(|pattern| {
+            let captures = pattern.regex.captures(message)?;
+            let user = captures.name("user")?.as_str().to_owned();
+            let method = captures
+                .name("method")
+                .map_or(pattern.method.clone(), |m| m.as_str().to_owned());
+            Some((user, method))
+        })
 }
 
 /// Where reading of one log stopped.
@@ -44,13 +150,51 @@ pub struct Position {
 /// Bytes of a file's start compared to recognise it.
 const HEAD: u64 = 256;
 
-fn head_digest(path: &Path, len: u64) -> std::io::Result<String> {
-    let mut bytes = Vec::with_capacity(len as usize);
-    std::fs::File::open(path)?
-        .take(len)
-        .read_to_end(&mut bytes)?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+fn head_digest(file: &File, len: u64) -> std::io::Result<String> {
+    let mut bytes = vec![0; len as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match file.read_at(&mut bytes[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes[..filled]);
     Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens a log only if no ordinary account can have written it: a regular
+/// file owned by root, `syslog` or the agent's own account, not writable by
+/// group or others.
+fn open_trusted(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // A FIFO put in a log's place must not block the reader.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: {why}: not followed", path.display()),
+        ))
+    };
+    if !meta.is_file() {
+        return refuse("not a regular file".into());
+    }
+    let owner = meta.uid();
+    // SAFETY: geteuid has no preconditions.
+    let agent = unsafe { libc::geteuid() };
+    if owner != 0 && owner != agent && Some(owner) != crate::accounts::uid_of("syslog") {
+        return refuse(format!("owned by uid {owner}, not root"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(file)
 }
 
 /// A second factor accepted for `account`.
@@ -65,24 +209,27 @@ pub struct Found {
 
 /// Reads what was appended to `path` since `position`, following rotation
 /// and truncation; returns the matches and the new position. A missing
-/// file is not an error (not every system has every log).
+/// file is not an error (not every system has every log); a file others
+/// could have written is (see the module docs).
 pub fn read_new(
     path: &Path,
     position: Option<&Position>,
     patterns: &[Pattern],
     now: Timestamp,
 ) -> std::io::Result<(Vec<Found>, Option<Position>)> {
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
+    let file = match open_trusted(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok((Vec::new(), position.cloned()));
         }
         Err(e) => return Err(e),
     };
+    let meta = file.metadata()?;
     let id = (meta.dev(), meta.ino());
+    let kind = LogKind::of(path);
     let mut found = Vec::new();
     let same_start = |p: &Position| {
-        meta.len() >= p.offset && head_digest(path, p.head_len).is_ok_and(|h| h == p.head)
+        meta.len() >= p.offset && head_digest(&file, p.head_len).is_ok_and(|h| h == p.head)
     };
     let start = match position {
         Some(p) if p.file_id == id && same_start(p) => p.clone(),
@@ -99,7 +246,8 @@ pub fn read_new(
             if let Ok(old) = std::fs::metadata(&rotated)
                 && (old.dev(), old.ino()) == p.file_id
             {
-                let (mut tail, _) = scan(&rotated, p, patterns, now)?;
+                let old = open_trusted(&rotated)?;
+                let (mut tail, _) = scan(old, &rotated, kind, p, patterns, now)?;
                 found.append(&mut tail);
             }
             Position {
@@ -112,7 +260,7 @@ pub fn read_new(
             ..Position::default()
         },
     };
-    let (mut new, end) = scan(path, &start, patterns, now)?;
+    let (mut new, end) = scan(file, path, kind, &start, patterns, now)?;
     found.append(&mut new);
     Ok((found, Some(end)))
 }
@@ -123,17 +271,21 @@ fn rotated_name(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Reads complete lines of `path` from `from`; a last line without its
-/// newline is left for the next read (it is still being written).
+/// Reads complete lines of `file` (named `path`) from `from`; a last line
+/// without its newline is left for the next read (it is still being
+/// written).
 fn scan(
+    file: File,
     path: &Path,
+    kind: LogKind,
     from: &Position,
     patterns: &[Pattern],
     now: Timestamp,
 ) -> std::io::Result<(Vec<Found>, Position)> {
-    let mut file = std::fs::File::open(path)?;
+    use std::io::Seek;
+    let mut file = file;
     file.seek(std::io::SeekFrom::Start(from.offset))?;
-    let mut reader = std::io::BufReader::new(file.take(u64::MAX));
+    let mut reader = std::io::BufReader::new(file);
     let mut position = from.clone();
     let mut found = Vec::new();
     let mut buffer = Vec::new();
@@ -147,25 +299,17 @@ fn scan(
         position.line += 1;
         if position.head_len < HEAD.min(position.offset) {
             position.head_len = HEAD.min(position.offset);
-            position.head = head_digest(path, position.head_len)?;
+            position.head = head_digest(reader.get_ref(), position.head_len)?;
         }
         let line = String::from_utf8_lossy(&buffer);
-        for pattern in patterns {
-            let Some(captures) = pattern.regex.captures(&line) else {
-                continue;
-            };
-            let Some(user) = captures.name("user") else {
-                continue;
-            };
+        let line = line.trim_end_matches(['\n', '\r']);
+        if let Some((account, method)) = accepted(kind, line, patterns) {
             found.push(Found {
-                account: user.as_str().to_owned(),
-                method: captures
-                    .name("method")
-                    .map_or(pattern.method.clone(), |m| m.as_str().to_owned()),
+                account,
+                method,
                 source: format!("{}:{}", path.display(), position.line),
-                at: line_time(&line, now),
+                at: line_time(line, now),
             });
-            break;
         }
     }
     Ok((found, position))
@@ -207,20 +351,40 @@ fn line_time(line: &str, now: Timestamp) -> Timestamp {
     now
 }
 
-/// The default patterns: modules that log accepted second factors, and
-/// the agent's own PAM hook (`hallmonitor-agent mfa-hook`) for modules
-/// that do not (pam_u2f, pam_oath; see deploy/pam).
-pub fn default_patterns() -> Vec<(String, String)> {
-    vec![
-        (
-            "pam_google_authenticator".into(),
-            r"\(pam_google_authenticator\)(?:\[\d+\])?: Accepted google_authenticator for (?P<user>\S+)".into(),
-        ),
-        (
-            "hallmonitor_hook".into(),
-            r"hallmonitor-mfa: (?P<method>\S+) accepted for (?P<user>\S+)".into(),
-        ),
-    ]
+/// PAM services staff sign in through, as they name themselves in the
+/// log tag of a module (`sshd(pam_google_authenticator)[123]:`).
+const SERVICES: [&str; 8] = [
+    "sshd",
+    "login",
+    "sudo",
+    "su",
+    "gdm-password",
+    "lightdm",
+    "sddm",
+    "polkit-1",
+];
+
+/// A default pattern: method, programs whose lines it reads, expression
+/// for the whole message.
+pub struct DefaultPattern {
+    pub method: &'static str,
+    pub programs: Vec<String>,
+    pub regex: &'static str,
+}
+
+/// The default patterns: modules that log accepted second factors. Modules
+/// that do not (pam_u2f, pam_oath) go through the agent's PAM hook
+/// (`hallmonitor-agent mfa-hook`, see deploy/pam), whose own log needs no
+/// pattern.
+pub fn default_patterns() -> Vec<DefaultPattern> {
+    vec![DefaultPattern {
+        method: "pam_google_authenticator",
+        programs: SERVICES
+            .iter()
+            .map(|s| format!("{s}(pam_google_authenticator)"))
+            .collect(),
+        regex: r"Accepted google_authenticator for (?P<user>\S+)",
+    }]
 }
 
 #[cfg(test)]
@@ -228,13 +392,7 @@ mod tests {
     use super::*;
 
     fn patterns() -> Vec<Pattern> {
-        default_patterns()
-            .into_iter()
-            .map(|(method, regex)| Pattern {
-                method,
-                regex: regex::Regex::new(&regex).unwrap(),
-            })
-            .collect()
+        crate::config::MfaConfig::default().compiled().unwrap()
     }
 
     const ACCEPTED: &str = "Nov 20 08:01:02 lab-07 sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for j.smith\n";
@@ -286,8 +444,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         // One more line, then logrotate renames the file and a new one
         // starts, before the agent reads again.
-        let hook =
-            "2026-11-21T09:00:00+00:00 lab-07 hallmonitor-mfa: pam_u2f accepted for k.jones\n";
+        let hook = "2026-11-21T09:00:00+00:00 lab-07 sshd(pam_google_authenticator)[12370]: Accepted google_authenticator for k.jones\n";
         let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(&mut file, hook.as_bytes()).unwrap();
         std::fs::rename(&log, dir.path().join("auth.log.1")).unwrap();
@@ -295,7 +452,6 @@ mod tests {
         let (found, position) = read_new(&log, position.as_ref(), &patterns(), now()).unwrap();
         let accounts: Vec<&str> = found.iter().map(|f| f.account.as_str()).collect();
         assert_eq!(accounts, ["k.jones", "a.brown"]);
-        assert_eq!(found[0].method, "pam_u2f");
         assert_eq!(found[0].at, "2026-11-21T09:00:00Z".parse().unwrap());
         // copytruncate: same file, emptied, then written again.
         std::fs::OpenOptions::new()
@@ -309,6 +465,81 @@ mod tests {
         let (found, _) = read_new(&log, position.as_ref(), &patterns(), now()).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].account, "j.smith");
+    }
+
+    /// What any account can put in the system log: `logger` (default tag:
+    /// the account name, or any `-t`), and text sshd copies from a client
+    /// (an invalid user name).
+    const FORGED: [&str; 8] = [
+        "Nov 30 10:00:00 lab-07 pupil: hallmonitor-mfa: pam_u2f accepted for j.smith\n",
+        "Nov 30 10:00:00 lab-07 pupil[4242]: hallmonitor-mfa: pam_u2f accepted for j.smith\n",
+        "2026-11-30T10:00:00.000000+00:00 lab-07 hallmonitor-mfa: pam_u2f accepted for j.smith\n",
+        "Nov 30 10:00:00 lab-07 sshd[123]: Invalid user hallmonitor-mfa: pam_u2f accepted for j.smith from 10.0.2.2 port 4 ssh2\n",
+        "Nov 30 10:00:00 lab-07 sshd[123]: Invalid user x sshd(pam_google_authenticator)[1]: Accepted google_authenticator for j.smith from 10.0.2.2 port 4 ssh2\n",
+        "Nov 30 10:00:00 lab-07 pupil: sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for j.smith\n",
+        "Nov 30 10:00:00 lab-07 pupil(pam_google_authenticator)[4242]: Accepted google_authenticator for j.smith\n",
+        "Nov 30 10:00:00 lab-07 sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for j.smith from 10.0.2.2\n",
+    ];
+
+    #[test]
+    fn lines_forged_by_other_programs_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        for line in FORGED {
+            std::fs::write(&log, line).unwrap();
+            let (found, _) = read_new(&log, None, &patterns(), now()).unwrap();
+            assert!(found.is_empty(), "forged line counted: {line}");
+        }
+        // The real module's line, among the forgeries, still counts.
+        std::fs::write(&log, format!("{}{ACCEPTED}", FORGED.concat())).unwrap();
+        let (found, _) = read_new(&log, None, &patterns(), now()).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].account, "j.smith");
+        assert!(
+            found[0].source.ends_with("auth.log:9"),
+            "{}",
+            found[0].source
+        );
+    }
+
+    #[test]
+    fn the_hook_line_counts_only_in_the_hooks_own_log() {
+        let dir = tempfile::tempdir().unwrap();
+        // As `hallmonitor-agent mfa-hook` writes it.
+        let line = "2026-11-30T10:00:00Z hallmonitor-mfa: pam_u2f accepted for j.smith\n";
+        let hook = dir.path().join("mfa-hook.log");
+        std::fs::write(&hook, line).unwrap();
+        let (found, _) = read_new(&hook, None, &patterns(), now()).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].method, "pam_u2f");
+        assert_eq!(found[0].at, "2026-11-30T10:00:00Z".parse().unwrap());
+        let log = dir.path().join("auth.log");
+        std::fs::write(&log, line).unwrap();
+        let (found, _) = read_new(&log, None, &patterns(), now()).unwrap();
+        assert!(found.is_empty(), "hook text in a system log: {found:?}");
+    }
+
+    #[test]
+    fn a_log_others_can_write_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("auth.log");
+        std::fs::write(&log, ACCEPTED).unwrap();
+        for mode in [0o666, 0o620, 0o602] {
+            std::fs::set_permissions(&log, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_new(&log, None, &patterns(), now()).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{mode:o}");
+            assert!(err.to_string().contains("writable by"), "{err}");
+        }
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(read_new(&log, None, &patterns(), now()).unwrap().0.len(), 1);
+        // Owned by an ordinary account (only root can give a file away).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&log, Some(65534), None).unwrap();
+            let err = read_new(&log, None, &patterns(), now()).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct FilesConfig {
     /// File name endings that count as software (besides the execute bit).
     pub extensions: Vec<String>,
     pub severity: u32,
+    /// Files larger than this are alerted without a hash (not read).
+    pub max_hash_bytes: u64,
 }
 
 impl Default for FilesConfig {
@@ -61,6 +63,7 @@ impl Default for FilesConfig {
             .map(String::from)
             .to_vec(),
             severity: 2,
+            max_hash_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -115,7 +118,11 @@ pub struct MfaConfig {
 #[serde(deny_unknown_fields)]
 pub struct MfaPattern {
     pub method: String,
-    /// A regular expression with a `user` group (and optionally `method`).
+    /// Syslog program names (the tag before `[pid]:`, e.g.
+    /// `sshd(pam_google_authenticator)`) whose lines the pattern reads.
+    pub programs: Vec<String>,
+    /// A regular expression with a `user` group (and optionally `method`),
+    /// matched against the whole message after `PROGRAM[PID]: `.
     pub regex: String,
 }
 
@@ -126,7 +133,11 @@ impl Default for MfaConfig {
             poll_secs: 5,
             patterns: crate::authlog::default_patterns()
                 .into_iter()
-                .map(|(method, regex)| MfaPattern { method, regex })
+                .map(|p| MfaPattern {
+                    method: p.method.into(),
+                    programs: p.programs,
+                    regex: p.regex.into(),
+                })
                 .collect(),
             notify_command: [
                 "runuser",
@@ -154,20 +165,39 @@ impl MfaConfig {
             .iter()
             .enumerate()
             .map(|(n, p)| {
-                let regex = regex::Regex::new(&p.regex)
+                let pattern = crate::authlog::Pattern::new(&p.method, &p.programs, &p.regex)
                     .map_err(|e| format!("mfa.patterns[{n}] ({}): {e}", p.method))?;
-                if !regex.capture_names().any(|c| c == Some("user")) {
+                if !pattern.regex.capture_names().any(|c| c == Some("user")) {
                     return Err(format!(
                         "mfa.patterns[{n}] ({}): the expression needs a (?P<user>...) group",
                         p.method
                     ));
                 }
-                Ok(crate::authlog::Pattern {
-                    method: p.method.clone(),
-                    regex,
-                })
+                if p.programs.is_empty() {
+                    return Err(format!(
+                        "mfa.patterns[{n}] ({}): programs is empty (name the programs whose lines count)",
+                        p.method
+                    ));
+                }
+                Ok(pattern)
             })
             .collect()
+    }
+
+    /// The hook's log is found by its name: a system log of that name
+    /// would be read as if the hook had written it.
+    fn check_auth_logs(&self) -> Result<(), String> {
+        match self.auth_logs.iter().find(|l| {
+            l.file_name()
+                .is_some_and(|n| n == crate::authlog::HOOK_LOG_NAME)
+        }) {
+            Some(log) => Err(format!(
+                "mfa.auth_logs: {} has the PAM hook's log name ({}), which is always followed from the data directory",
+                log.display(),
+                crate::authlog::HOOK_LOG_NAME
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -336,6 +366,24 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The file alone, for the login hook: parsed, but neither overlaid by
+    /// the environment (PAM hooks run in an environment other accounts may
+    /// set) nor checked for what only the daemon needs, so the data
+    /// directory, marker and administrators are known even when, say, the
+    /// collector is not set. The default path may be absent (defaults).
+    pub fn load_for_login(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| DEFAULT_PATH.into());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(AgentConfig::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
     /// Parses TOML; errors name the file, line and column.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -415,6 +463,7 @@ impl AgentConfig {
             ));
         }
         self.mfa.compiled().map_err(invalid)?;
+        self.mfa.check_auth_logs().map_err(invalid)?;
         if self.mfa.poll_secs == 0 {
             return Err(invalid("mfa.poll_secs must be at least 1".into()));
         }
@@ -561,6 +610,16 @@ mod tests {
                 "unknown key",
                 "collector = \"h:1\"\ncolector = 2",
                 "unknown field",
+            ),
+            (
+                "a pattern for any program",
+                "collector = \"h:1\"\n[[mfa.patterns]]\nmethod = \"x\"\nregex = '(?P<user>\\S+)'",
+                "missing field `programs`",
+            ),
+            (
+                "a system log named like the hook's",
+                "collector = \"h:1\"\n[mfa]\nauth_logs = [\"/var/log/mfa-hook.log\"]",
+                "mfa.auth_logs",
             ),
         ];
         for (name, text, want) in cases {

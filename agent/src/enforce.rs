@@ -4,7 +4,17 @@
 //! disabled_marker`), written before anything else happens, so it survives
 //! crashes and reboots; the login hook (`hallmonitor-agent login-allowed`,
 //! called by PAM) refuses every account except `admin_accounts` while it
-//! exists. With the built-in action a disable also locks the open sessions
+//! exists.
+//!
+//! The login hook fails closed for everyone but administrators: it lets an
+//! ordinary account in only when it knows the marker is absent (looking it
+//! up says "no such file" and its folder can be read). When it cannot tell
+//! (permission denied, an I/O error, a configuration it cannot read) only
+//! administrators get in: `admin_accounts`, or root alone when the
+//! configuration is unreadable. A broken configuration therefore locks out
+//! everyone but root until it is fixed; a pupil who can make the hook blind
+//! (an unreadable folder, a hook run without privileges) cannot make it
+//! say yes. With the built-in action a disable also locks the open sessions
 //! of other accounts; with `action = "command"` the configured programs do
 //! the work instead. Every command's outcome goes into the outbox as an
 //! enforcement event, once per command id (the collector resends a command
@@ -30,17 +40,99 @@ struct Marker {
 
 /// Whether the device is disabled (the marker exists).
 pub fn is_disabled(config: &AgentConfig) -> bool {
-    config.enforcement.marker_path(&config.data_dir).exists()
+    marker_state(&config.enforcement.marker_path(&config.data_dir)) == MarkerState::Present
+}
+
+/// What looking for the marker file tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkerState {
+    /// The device is disabled.
+    Present,
+    /// Known absent: not found, in a folder that could be read.
+    Absent,
+    /// Could not tell (permission denied, an I/O error…).
+    Unknown(std::io::ErrorKind),
+}
+
+/// Looks for the marker (not following a symbolic link: whatever is
+/// there counts as present).
+pub fn marker_state(marker: &Path) -> MarkerState {
+    let lookup = std::fs::symlink_metadata(marker).map(drop);
+    let folder = match marker.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => std::fs::read_dir(folder).map(drop),
+        _ => std::fs::read_dir(".").map(drop),
+    };
+    classify_marker(lookup, folder)
+}
+
+/// The state from looking up the marker and reading its folder.
+fn classify_marker(lookup: std::io::Result<()>, folder: std::io::Result<()>) -> MarkerState {
+    match (lookup, folder) {
+        (Ok(()), _) => MarkerState::Present,
+        (Err(e), Ok(())) if e.kind() == std::io::ErrorKind::NotFound => MarkerState::Absent,
+        (Err(e), Ok(())) => MarkerState::Unknown(e.kind()),
+        (Err(_), Err(e)) => MarkerState::Unknown(e.kind()),
+    }
+}
+
+/// The login hook's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Login {
+    Allowed,
+    /// The device is disabled and the account is not an administrator.
+    Disabled,
+    /// Whether the device is disabled is not known, and the account is not
+    /// an administrator.
+    Undetermined(String),
+}
+
+/// The decision: administrators always; anyone else only when the marker
+/// is known absent.
+pub fn decide(administrator: bool, marker: MarkerState) -> Login {
+    match (administrator, marker) {
+        (true, _) | (false, MarkerState::Absent) => Login::Allowed,
+        (false, MarkerState::Present) => Login::Disabled,
+        (false, MarkerState::Unknown(kind)) => {
+            Login::Undetermined(format!("the disable marker cannot be read ({kind})"))
+        }
+    }
 }
 
 /// The login hook's decision for `account`.
+pub fn login(config: &AgentConfig, account: &str) -> Login {
+    let administrator = config
+        .enforcement
+        .admin_accounts
+        .iter()
+        .any(|a| a == account);
+    decide(
+        administrator,
+        marker_state(&config.enforcement.marker_path(&config.data_dir)),
+    )
+}
+
+/// The decision when the configuration cannot be read: who the
+/// administrators are and where the marker is are unknown, so only root
+/// (the default administrator) gets in.
+pub fn login_unconfigured(account: &str, why: &str) -> Login {
+    let administrator = EnforcementConfig::default()
+        .admin_accounts
+        .iter()
+        .any(|a| a == account);
+    match decide(
+        administrator,
+        MarkerState::Unknown(std::io::ErrorKind::Other),
+    ) {
+        Login::Undetermined(_) => {
+            Login::Undetermined(format!("the agent configuration cannot be read ({why})"))
+        }
+        other => other,
+    }
+}
+
+/// Whether the login hook lets `account` in.
 pub fn login_allowed(config: &AgentConfig, account: &str) -> bool {
-    !is_disabled(config)
-        || config
-            .enforcement
-            .admin_accounts
-            .iter()
-            .any(|a| a == account)
+    login(config, account) == Login::Allowed
 }
 
 /// Applies a command unless this id was already applied, and queues its
@@ -150,13 +242,16 @@ fn admins(config: &EnforcementConfig) -> String {
     }
 }
 
+/// Writes the marker as a private file (0600; a folder made for it 0700),
+/// whatever the umask. An existing folder (the data directory, or one the
+/// configuration names) is left as it is.
 fn write_marker(path: &Path, marker: &Marker) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        crate::data_dir::prepare(dir)?;
     }
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, serde_json::to_vec_pretty(marker)?)?;
-    std::fs::rename(&temp, path)
+    crate::data_dir::write_private(path, &serde_json::to_vec_pretty(marker)?)
 }
 
 /// Locks every open session of an account that is not an administrator.
@@ -319,6 +414,100 @@ mod tests {
         assert_eq!(
             outbox.state("enforcement").await.unwrap().as_deref(),
             Some("enabled")
+        );
+    }
+
+    #[test]
+    fn the_login_hook_lets_pupils_in_only_when_the_marker_is_known_absent() {
+        use std::io::{Error, ErrorKind};
+        let found = || Ok(());
+        let missing = || Err(Error::from(ErrorKind::NotFound));
+        let denied = || Err(Error::from(ErrorKind::PermissionDenied));
+        let broken = || Err(Error::other("I/O error"));
+        let cases: [(&str, std::io::Result<()>, std::io::Result<()>, MarkerState); 7] = [
+            ("present", found(), found(), MarkerState::Present),
+            (
+                "present, folder unlistable",
+                found(),
+                denied(),
+                MarkerState::Present,
+            ),
+            ("absent", missing(), found(), MarkerState::Absent),
+            (
+                "not found, folder unreadable",
+                missing(),
+                denied(),
+                MarkerState::Unknown(ErrorKind::PermissionDenied),
+            ),
+            (
+                "not found, folder missing",
+                missing(),
+                missing(),
+                MarkerState::Unknown(ErrorKind::NotFound),
+            ),
+            (
+                "permission denied",
+                denied(),
+                denied(),
+                MarkerState::Unknown(ErrorKind::PermissionDenied),
+            ),
+            (
+                "I/O error",
+                broken(),
+                found(),
+                MarkerState::Unknown(ErrorKind::Other),
+            ),
+        ];
+        for (name, lookup, folder, state) in cases {
+            let classified = classify_marker(lookup, folder);
+            assert_eq!(classified, state, "{name}");
+            assert_eq!(
+                decide(false, classified) == Login::Allowed,
+                state == MarkerState::Absent,
+                "{name}: a pupil is let in only when the marker is known absent"
+            );
+            assert_eq!(decide(true, classified), Login::Allowed, "{name}: admin");
+        }
+        assert_eq!(
+            login_unconfigured("root", "broken"),
+            Login::Allowed,
+            "root repairs a device with a broken configuration"
+        );
+        assert!(matches!(
+            login_unconfigured("pupil1", "broken"),
+            Login::Undetermined(why) if why.contains("broken")
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_marker_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        if !crate::socket_dir::tests::in_child_with_umask(
+            "enforce::tests::the_marker_is_private_whatever_the_umask",
+            0,
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.enforcement.disabled_marker = dir.path().join("new/disabled").display().to_string();
+        let (ok, detail) = disable(&config, &command("c1", v1::CommandKind::Disable)).await;
+        assert!(ok, "{detail}");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("new/disabled")), 0o600);
+        assert_eq!(mode(&dir.path().join("new")), 0o700);
+    }
+
+    #[test]
+    fn the_marker_is_looked_up_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("disabled");
+        assert_eq!(marker_state(&marker), MarkerState::Absent);
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &marker).unwrap();
+        assert_eq!(marker_state(&marker), MarkerState::Present);
+        assert_eq!(
+            marker_state(&dir.path().join("gone/disabled")),
+            MarkerState::Unknown(std::io::ErrorKind::NotFound)
         );
     }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use hallmonitor_agent::config::{self, AgentConfig};
 use hallmonitor_agent::enroll::{self, Identity};
 use hallmonitor_agent::{check, daemon, enforce, status};
@@ -84,7 +84,16 @@ enum OutputFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The login hook takes its configuration from its command line only,
+    // not from HALLMONITOR_CONFIG: PAM hooks run in an environment other
+    // accounts may set (pam_env user files, sshd AcceptEnv).
+    let config_on_command_line =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -94,6 +103,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Command::LoginAllowed { user } = &cli.command {
+        let config = cli.config.as_deref().filter(|_| config_on_command_line);
+        return login_allowed(config, user);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,9 +128,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::LoginAllowed { user } = &cli.command {
-        return Ok(login_allowed(cli.config.as_deref(), user));
-    }
     if let Command::Session { socket } = &cli.command {
         let socket = socket.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -190,13 +200,17 @@ fn mfa_hook(config: &AgentConfig, method: &str, user: &str) -> anyhow::Result<()
     if user.is_empty() || method.is_empty() {
         bail!("mfa-hook needs a method and an account");
     }
-    let path = daemon::hook_log(config);
+    let path = hallmonitor_agent::authlog::hook_log(&config.data_dir);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    // Private whatever the umask (and if an older version made it looser).
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     writeln!(
         file,
         "{} hallmonitor-mfa: {method} accepted for {user}",
@@ -206,21 +220,25 @@ fn mfa_hook(config: &AgentConfig, method: &str, user: &str) -> anyhow::Result<()
     Ok(())
 }
 
-/// The PAM hook fails open: a broken configuration must not lock a school
-/// out of its laptops; the daemon reports the broken configuration.
+/// The PAM hook fails closed for everyone but administrators (see
+/// `enforce`): exit 0 lets the account in, 1 refuses it.
 fn login_allowed(config_path: Option<&std::path::Path>, user: &str) -> ExitCode {
-    let config = match AgentConfig::load(config_path, &config::process_env()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("hallmonitor: configuration unreadable, allowing login: {e}");
-            return ExitCode::SUCCESS;
-        }
+    let decision = match AgentConfig::load_for_login(config_path) {
+        Ok(config) => enforce::login(&config, user),
+        Err(e) => enforce::login_unconfigured(user, &e.to_string()),
     };
-    if enforce::login_allowed(&config, user) {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("This device has been disabled by the school. Please contact the IT team.");
-        ExitCode::from(1)
+    match decision {
+        enforce::Login::Allowed => ExitCode::SUCCESS,
+        enforce::Login::Disabled => {
+            eprintln!("This device has been disabled by the school. Please contact the IT team.");
+            ExitCode::from(1)
+        }
+        enforce::Login::Undetermined(why) => {
+            eprintln!(
+                "hallmonitor: {why}; only administrators may log in. Please contact the IT team."
+            );
+            ExitCode::from(1)
+        }
     }
 }
 

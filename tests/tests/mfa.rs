@@ -232,7 +232,17 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
             "Nov 20 08:01:02 lab-07 sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for {user}\n"
         )
     };
-    std::fs::write(&log, format!("{}Nov 20 08:01:09 lab-07 sshd(pam_google_authenticator)[12367]: Invalid verification code for b.staff\n", accepted("a.staff"))).unwrap();
+    // What any account can write to the system log: `logger` with its
+    // default tag (the account's name), the hook's text under any tag, and
+    // text sshd copies from a client (an invalid user name).
+    let forged = [
+        "Nov 20 08:00:00 lab-07 pupil1: hallmonitor-mfa: pam_u2f accepted for e.staff\n",
+        "Nov 20 08:00:01 lab-07 hallmonitor-mfa: pam_u2f accepted for e.staff\n",
+        "Nov 20 08:00:02 lab-07 sshd[12300]: Invalid user hallmonitor-mfa: pam_u2f accepted for e.staff from 10.0.2.2 port 4 ssh2\n",
+        "Nov 20 08:00:03 lab-07 pupil1: sshd(pam_google_authenticator)[12366]: Accepted google_authenticator for e.staff\n",
+    ]
+    .concat();
+    std::fs::write(&log, format!("{forged}{}Nov 20 08:01:09 lab-07 sshd(pam_google_authenticator)[12367]: Invalid verification code for b.staff\n", accepted("a.staff"))).unwrap();
     let agent = Agent::with_config(
         &data.agent_settings(&collector, "e2e-mfa-log"),
         "",
@@ -242,10 +252,10 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
         ),
     );
     let id = agent.enroll();
-    // Three staff accounts (by the site's pattern) used the device.
+    // Four staff accounts (by the site's pattern) used the device.
     queue(
         &agent.data,
-        ["a.staff", "b.staff", "c.staff"]
+        ["a.staff", "b.staff", "c.staff", "e.staff"]
             .iter()
             .enumerate()
             .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
@@ -261,6 +271,11 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
         status("b.staff").as_deref(),
         Some("stale"),
         "an invalid code is not a completion"
+    );
+    assert_eq!(
+        status("e.staff").as_deref(),
+        Some("stale"),
+        "lines other programs wrote are not completions"
     );
 
     // logrotate: one more line in the old file, renamed, a new file.
