@@ -31,8 +31,8 @@ pub fn fact_sources(config: &AgentConfig) -> FactSources {
 }
 
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    crate::data_dir::prepare(&config.data_dir)
+        .with_context(|| format!("preparing {}", config.data_dir.display()))?;
     let Some(identity) = identity_or_enroll(&config, &shutdown).await? else {
         return Ok(());
     };
@@ -106,8 +106,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     tasks.spawn(
         "file watcher",
-        watch_files(
-            config.clone(),
+        crate::files::watch(
+            config.files.clone(),
             outbox.clone(),
             wake.clone(),
             shutdown.clone(),
@@ -366,11 +366,6 @@ async fn track_sessions(
     }
 }
 
-/// The PAM hook's log: `hallmonitor-agent mfa-hook` appends here.
-pub fn hook_log(config: &AgentConfig) -> std::path::PathBuf {
-    config.data_dir.join("mfa-hook.log")
-}
-
 /// Follows the authentication logs and queues an MFA-completion event per
 /// accepted second factor (see `authlog`).
 async fn watch_auth_logs(
@@ -382,7 +377,7 @@ async fn watch_auth_logs(
     use notify::Watcher;
     let patterns = Arc::new(config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?);
     let mut logs = config.mfa.auth_logs.clone();
-    logs.push(hook_log(&config));
+    logs.push(authlog::hook_log(&config.data_dir));
     // Wake on any change in the logs' folders (rotation creates files).
     let changed = Arc::new(Notify::new());
     let notifier = changed.clone();
@@ -401,6 +396,8 @@ async fn watch_auth_logs(
     }
     let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last error said of each log, so a refused log is named once.
+    let mut said: std::collections::HashMap<std::path::PathBuf, String> = Default::default();
     loop {
         tokio::select! {
             _ = poll.tick() => {}
@@ -421,10 +418,15 @@ async fn watch_auth_logs(
             let (found, position) = match read {
                 Ok(read) => read,
                 Err(e) => {
-                    tracing::warn!(log = %log.display(), error = %e, "cannot read authentication log");
+                    let error = e.to_string();
+                    if said.get(log) != Some(&error) {
+                        tracing::warn!(log = %log.display(), error = %error, "cannot read authentication log");
+                        said.insert(log.clone(), error);
+                    }
                     continue;
                 }
             };
+            said.remove(log);
             if !found.is_empty() {
                 tracing::info!(log = %log.display(), count = found.len(), "two-step sign-ins seen");
                 let events = found
@@ -497,73 +499,6 @@ async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &sessio
             .await;
         if !matches!(status, Ok(s) if s.success()) {
             tracing::warn!(?status, "could not lock the session");
-        }
-    }
-}
-
-/// Watches the configured folders for new software (see `files`).
-async fn watch_files(
-    config: AgentConfig,
-    outbox: Outbox,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use notify::Watcher;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::path::PathBuf>();
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(
-                event.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-                    | notify::EventKind::Access(notify::event::AccessKind::Close(
-                        notify::event::AccessMode::Write
-                    ))
-            ) {
-                for path in event.paths {
-                    let _ = tx.send(path);
-                }
-            }
-        }) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch folders for unapproved software");
-                shutdown.cancelled().await;
-                return Ok(());
-            }
-        };
-    let mut watched: Vec<std::path::PathBuf> = Vec::new();
-    let mut reported: std::collections::HashSet<(std::path::PathBuf, String)> = Default::default();
-    let mut rescan = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = rescan.tick() => {
-                for folder in crate::files::expand(&config.files.watch) {
-                    if !watched.contains(&folder)
-                        && watcher.watch(&folder, notify::RecursiveMode::Recursive).is_ok()
-                    {
-                        tracing::info!(folder = %folder.display(), "watching for unapproved software");
-                        watched.push(folder);
-                    }
-                }
-            }
-            path = rx.recv() => {
-                let Some(path) = path else { return Ok(()) };
-                if !crate::files::is_software(&path, &config.files.extensions) {
-                    continue;
-                }
-                let Some(alert) = crate::files::alert(&path, config.files.severity) else { continue };
-                // One alert per file content per path.
-                if !reported.insert((path.clone(), alert.sha256.clone())) {
-                    continue;
-                }
-                outbox
-                    .append(Timestamp::now(), v1::event::Body::FileAlert(alert))
-                    .await?;
-                wake.notify_one();
-            }
-            _ = shutdown.cancelled() => return Ok(()),
         }
     }
 }

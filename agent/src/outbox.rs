@@ -47,6 +47,12 @@ pub const FILE_NAME: &str = "outbox.db";
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("outbox {path}: {source}")]
     Database {
         path: PathBuf,
         #[source]
@@ -224,6 +230,12 @@ impl Outbox {
     /// and replaced; the second value says where it went.
     pub async fn open(dir: &Path, max_bytes: u64) -> Result<(Outbox, Option<PathBuf>)> {
         let path = dir.join(FILE_NAME);
+        // Private whatever the umask (SQLite gives its -wal and -shm files
+        // the main file's mode). A failure here is not corruption.
+        private_file(&path).map_err(|source| OutboxError::Io {
+            path: path.clone(),
+            source,
+        })?;
         match Self::open_checked(&path, max_bytes).await {
             Ok(outbox) => Ok((outbox, None)),
             Err(e) if path.exists() => {
@@ -861,6 +873,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_outbox_file_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A file left readable (an older version, a copy) is tightened.
+        std::fs::write(dir.path().join(FILE_NAME), b"").unwrap();
+        std::fs::set_permissions(
+            dir.path().join(FILE_NAME),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.close().await;
+        let mode = std::fs::metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
     async fn append_read_acknowledge() {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
@@ -1241,4 +1273,17 @@ mod tests {
         assert_eq!(classify(&capture(3)).1, Priority::Capture);
         assert!(classify(&heartbeat(1)).1 < classify(&capture(1)).1);
     }
+}
+
+/// Creates `path` if missing, mode 0600 outright, without following a link.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }

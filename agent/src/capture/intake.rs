@@ -69,9 +69,8 @@ pub async fn serve_helpers(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    crate::socket_dir::prepare_socket_dir(&socket)
+        .map_err(|e| anyhow::anyhow!("preparing the folder of {}: {e}", socket.display()))?;
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
