@@ -861,6 +861,19 @@ fn move_aside(path: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Creates `path` if missing, mode 0600 outright, without following a link.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1273,17 +1286,4 @@ mod tests {
         assert_eq!(classify(&capture(3)).1, Priority::Capture);
         assert!(classify(&heartbeat(1)).1 < classify(&capture(1)).1);
     }
-}
-
-/// Creates `path` if missing, mode 0600 outright, without following a link.
-fn private_file(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
