@@ -19,8 +19,6 @@ use axum::routing::post;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::CollectorConfig;
 use crate::signins::SignIn;
@@ -38,42 +36,28 @@ pub fn router(store: Arc<dyn Store>, config: Arc<CollectorConfig>) -> Router {
         .with_state(Api { store, config })
 }
 
-/// Serves the API over TLS until `shutdown`.
+/// Serves the API on the connections `incoming` yields (already through
+/// TLS, see `listener`) until it ends. A client has `HEADER_TIMEOUT` to
+/// send a request's headers.
 pub async fn serve(
-    listener: TcpListener,
-    tls: rustls::ServerConfig,
+    mut incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<crate::listener::Limited>>,
     router: Router,
-    shutdown: CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "API: accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+    use tokio_stream::StreamExt;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    while let Some(connection) = incoming.next().await {
+        let Ok(tls) = connection else { continue };
+        let peer = tls.peer_addr();
+        let router = router.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "API: TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
             let service = hyper_util::service::TowerToHyperService::new(router);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await
             {
-                tracing::debug!(%peer, error = %e, "API: connection ended with an error");
+                tracing::debug!(?peer, error = %e, "API: connection ended with an error");
             }
         });
     }

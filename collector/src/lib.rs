@@ -14,6 +14,7 @@ pub mod flags;
 pub mod incidents;
 pub mod ingest;
 pub mod init;
+pub mod listener;
 pub mod model;
 pub mod notify;
 pub mod pki;

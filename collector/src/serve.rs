@@ -12,8 +12,7 @@ use hallmonitor_proto::v1::enrollment_server::EnrollmentServer;
 use hallmonitor_proto::v1::telemetry_server::TelemetryServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::config::CollectorConfig;
 use crate::enroll::EnrollmentService;
@@ -21,6 +20,7 @@ use crate::ingest::{
     Streams, TelemetryService, close_superseded_streams, device_state, dispatch_commands,
     dispatch_policies,
 };
+use crate::listener::{Limits, grpc_tls_config, tls_incoming};
 use crate::pki::{CertificateAuthority, PkiPaths, read};
 use crate::store::Store;
 
@@ -50,7 +50,14 @@ pub async fn serve(
             )));
     let paths = PkiPaths::in_data_dir(data);
     let ca = Arc::new(CertificateAuthority::load(&paths)?);
-    let identity = Identity::from_pem(read(&paths.server_cert)?, read(&paths.server_key)?);
+    let (server_cert, server_key) = (read(&paths.server_cert)?, read(&paths.server_key)?);
+    let agents_tls = Arc::new(grpc_tls_config(
+        &server_cert,
+        &server_key,
+        Some(&ca.cert_pem),
+    )?);
+    let enroll_tls = Arc::new(grpc_tls_config(&server_cert, &server_key, None)?);
+    let (telemetry_limits, enroll_limits, api_limits) = Limits::for_this_process();
 
     let telemetry_listener = TcpListener::bind(config.listen)
         .await
@@ -64,7 +71,7 @@ pub async fn serve(
     let telemetry_addr = telemetry_listener.local_addr()?;
     let enroll_addr = enroll_listener.local_addr()?;
     let api_addr = api_listener.local_addr()?;
-    let api_tls = crate::api::tls_config(&read(&paths.server_cert)?, &read(&paths.server_key)?)?;
+    let api_tls = Arc::new(crate::api::tls_config(&server_cert, &server_key)?);
     // Scripts and tests read this line to find the ports (they may ask for
     // port 0).
     println!(
@@ -85,10 +92,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let api = tokio::spawn(crate::api::serve(
-        api_listener,
-        api_tls,
+        tls_incoming(api_listener, api_tls, api_limits, "api", shutdown.clone()),
         crate::api::router(store.clone(), config.clone()),
-        shutdown.clone(),
     ));
     let rules = tokio::spawn(rules_loop(
         store.clone(),
@@ -120,26 +125,32 @@ pub async fn serve(
     };
 
     let telemetry_server = Server::builder()
-        .tls_config(
-            ServerTlsConfig::new()
-                .identity(identity.clone())
-                .client_ca_root(Certificate::from_pem(&ca.cert_pem)),
-        )?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
             TelemetryServer::new(telemetry).max_decoding_message_size(config.max_message_bytes),
         )
         .serve_with_incoming_shutdown(
-            incoming(telemetry_listener),
+            tls_incoming(
+                telemetry_listener,
+                agents_tls,
+                telemetry_limits,
+                "telemetry",
+                shutdown.clone(),
+            ),
             shutdown.clone().cancelled_owned(),
         );
     let enroll_server = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))?
         .timeout(Duration::from_secs(30))
         .add_service(EnrollmentServer::new(enrollment).max_decoding_message_size(256 * 1024))
         .serve_with_incoming_shutdown(
-            incoming(enroll_listener),
+            tls_incoming(
+                enroll_listener,
+                enroll_tls,
+                enroll_limits,
+                "enroll",
+                shutdown.clone(),
+            ),
             shutdown.clone().cancelled_owned(),
         );
 
@@ -253,10 +264,6 @@ async fn retention_loop(
             Err(e) => tracing::error!(error = %e, "purging expired evidence failed"),
         }
     }
-}
-
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn store_close(_store: &Arc<dyn Store>) {

@@ -323,6 +323,37 @@ fn a_task_that_fails_stops_the_daemon_with_a_non_zero_exit_naming_it() {
 }
 
 #[test]
+fn connections_that_never_start_tls_are_closed_after_the_handshake_deadline() {
+    use std::io::Read;
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let ports = [collector.telemetry, collector.enroll, collector.api];
+    let mut idle: Vec<std::net::TcpStream> = ports
+        .iter()
+        .map(|address| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    for (socket, address) in idle.iter_mut().zip(ports) {
+        // Well past the 10 s deadline: a read that ends (0 bytes or reset)
+        // is the collector closing it; a timeout means it never did.
+        socket
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let read = socket.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{address}: an idle connection stays open: {read:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(40));
+    // The collector still serves.
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-after-idle"));
+    agent.enroll();
+}
+
+#[test]
 fn wrong_revoked_or_missing_secrets_are_refused_and_change_nothing() {
     let data = CollectorData::init("Cabot");
     let collector = data.start();

@@ -148,12 +148,29 @@ impl Streams {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends a message to a connected agent; false when it is not
-    /// connected here (or its stream is full and closing).
+    /// Sends a message to a connected agent without waiting; false when it
+    /// is not connected here. An agent that has not read the last 64
+    /// messages is too slow to keep: its stream is closed (it reconnects
+    /// and gets what is pending then), so one stuck device never holds up
+    /// the rules loop.
     pub async fn send(&self, device: &DeviceId, message: v1::CollectorMessage) -> bool {
-        match self.sender(device) {
-            Some(tx) => tx.send(Ok(message)).await.is_ok(),
-            None => false,
+        let Some(tx) = self.sender(device) else {
+            return false;
+        };
+        match tx.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let mut open = self.lock();
+                if let Some(connected) = open.get_mut(device) {
+                    tracing::warn!(device_id = %device, "agent not reading its stream; closing it");
+                    connected.close(tonic::Status::resource_exhausted(
+                        "the agent did not read the collector's messages; reconnect",
+                    ));
+                    open.remove(device);
+                }
+                false
+            }
         }
     }
 }
