@@ -520,13 +520,75 @@ impl Outbox {
 
     /// Like `read_after`, and claims what it returns so it is never
     /// rewritten while it may be in flight.
+    /// A batch holds at most `limit` events and `BATCH_BYTES` of payload
+    /// (at least one event), so it always fits the stream's message limit;
+    /// an event larger than `MAX_EVENT_BYTES` alone is moved to the
+    /// quarantine table (counted in the state, never retried for ever).
     pub async fn read_for_send(&self, after: u64, limit: usize) -> Result<Vec<v1::Event>> {
         let mut books = self.books.lock().await;
-        let events = self.read_after(after, limit).await?;
+        let count = loop {
+            let sizes: Vec<(i64, i64)> = sqlx::query_as(
+                "SELECT seq, length(payload) FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            )
+            .bind(after as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+            let Some(&(first_seq, first_size)) = sizes.first() else {
+                return Ok(Vec::new());
+            };
+            if first_size as u64 > MAX_EVENT_BYTES {
+                self.quarantine(&mut books, first_seq).await?;
+                continue;
+            }
+            break batch_len(sizes.iter().map(|&(_, size)| size as u64));
+        };
+        let events = self.read_after(after, count).await?;
         if let Some(last) = events.last() {
             books.claimed_up_to = books.claimed_up_to.max(last.seq);
         }
         Ok(events)
+    }
+
+    /// Moves an event too large to ever send out of the outbox, keeping it
+    /// for a technician (`quarantine` table) and counting it.
+    async fn quarantine(&self, books: &mut Books, seq: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(self.db())?;
+        let moved: Option<(String, i64)> = sqlx::query_as(
+            "INSERT INTO quarantine (seq, event_id, kind, occurred_at, payload, quarantined_at) \
+             SELECT seq, event_id, kind, occurred_at, payload, ? FROM outbox WHERE seq = ? \
+             RETURNING kind, length(payload)",
+        )
+        .bind(Timestamp::now().as_millisecond())
+        .bind(seq)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        sqlx::query("DELETE FROM outbox WHERE seq = ?")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        let total = state_number(&mut tx, QUARANTINED)
+            .await
+            .map_err(self.db())?
+            + 1;
+        set_state_in(&mut tx, QUARANTINED, &total.to_string())
+            .await
+            .map_err(self.db())?;
+        tx.commit().await.map_err(self.db())?;
+        if let Some((kind, size)) = moved {
+            books.bytes = books.bytes.saturating_sub(size as u64 + ROW_OVERHEAD);
+            tracing::error!(
+                seq,
+                kind,
+                size,
+                limit = MAX_EVENT_BYTES,
+                "an event too large to send was moved to the outbox's quarantine"
+            );
+        }
+        Ok(())
     }
 
     /// The stream lost its connection: nothing is in flight any more.
@@ -861,6 +923,29 @@ fn move_aside(path: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
+/// Payload bytes one batch carries at most: half the 16 MiB message limit
+/// of both ends, leaving room for framing.
+pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// An event larger than this is never sent (it could not fit a message).
+pub const MAX_EVENT_BYTES: u64 = 12 * 1024 * 1024;
+/// State key: events moved to the quarantine table.
+pub const QUARANTINED: &str = "quarantined";
+
+/// How many of the events with these payload sizes make one batch: as
+/// many as fit `BATCH_BYTES`, and always the first.
+fn batch_len(sizes: impl Iterator<Item = u64>) -> usize {
+    let mut total = 0u64;
+    let mut count = 0;
+    for size in sizes {
+        if count > 0 && total + size > BATCH_BYTES {
+            break;
+        }
+        total += size;
+        count += 1;
+    }
+    count
+}
+
 /// Creates `path` if missing, mode 0600 outright, without following a link.
 fn private_file(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -883,6 +968,59 @@ mod tests {
             uptime_secs: n,
             interval_secs: 60,
         })
+    }
+
+    #[test]
+    fn batches_fit_the_byte_budget_and_always_take_the_first_event() {
+        const MIB: u64 = 1024 * 1024;
+        let cases: [(&str, &[u64], usize); 5] = [
+            ("empty", &[], 0),
+            ("small events all fit", &[100, 200, 300], 3),
+            ("stops before the budget", &[3 * MIB, 3 * MIB, 3 * MIB], 2),
+            ("exactly the budget", &[4 * MIB, 4 * MIB, 1], 2),
+            ("a large first event goes alone", &[9 * MIB, 1], 1),
+        ];
+        for (name, sizes, expected) in cases {
+            assert_eq!(batch_len(sizes.iter().copied()), expected, "{name}");
+        }
+    }
+
+    fn capture_of(bytes: usize) -> v1::event::Body {
+        v1::event::Body::Capture(v1::Capture {
+            rule_id: "r".into(),
+            severity: 5,
+            image_png: vec![7; bytes],
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn large_events_are_batched_by_bytes_and_one_too_large_is_quarantined() {
+        const MIB: usize = 1024 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let now = Timestamp::now();
+        outbox.append(now, capture_of(13 * MIB)).await.unwrap();
+        for _ in 0..5 {
+            outbox.append(now, capture_of(3 * MIB)).await.unwrap();
+        }
+        let batch = outbox.read_for_send(0, 500).await.unwrap();
+        assert_eq!(batch.len(), 2, "two 3 MiB captures fit 8 MiB");
+        assert_eq!(
+            batch[0].seq, 2,
+            "the 13 MiB event no longer blocks the rest"
+        );
+        assert_eq!(
+            outbox.state(QUARANTINED).await.unwrap().as_deref(),
+            Some("1")
+        );
+        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine")
+            .fetch_one(&outbox.pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, 1, "kept for a technician");
+        let rest = outbox.read_for_send(3, 500).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
     }
 
     #[tokio::test]

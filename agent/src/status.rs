@@ -46,6 +46,9 @@ pub struct Status {
     /// no rule in force, or over an account's rate limit): forgeries, or a
     /// helper with an outdated policy.
     pub helper_captures_refused: u64,
+    /// Events too large to ever send, moved to the outbox's quarantine
+    /// table (kept for a technician; the log names kind and size).
+    pub quarantined: u64,
 }
 
 pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status> {
@@ -78,6 +81,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
             .exists()
             .then(|| config.capture.policy_override.display().to_string()),
         helper_captures_refused: 0,
+        quarantined: 0,
     };
     if !config.data_dir.join(outbox::FILE_NAME).exists() {
         return Ok(status);
@@ -123,6 +127,11 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         status.connection_since = outbox.state("connection_since").await?;
     }
     status.last_error = outbox.state("last_error").await?;
+    status.quarantined = outbox
+        .state(crate::outbox::QUARANTINED)
+        .await?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     status.helper_captures_refused = outbox
         .state(crate::capture::REFUSED_STATE)
         .await?
@@ -205,6 +214,9 @@ pub fn render_text(s: &Status) -> String {
     );
     if let Some(moved) = &s.corrupt_outbox_moved_to {
         line("corrupt outbox moved", moved.clone());
+    }
+    if s.quarantined > 0 {
+        line("quarantined (too large)", s.quarantined.to_string());
     }
     if s.helper_captures_refused > 0 {
         line(
