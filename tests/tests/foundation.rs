@@ -556,6 +556,26 @@ fn malformed_and_oversized_messages_are_refused_and_store_nothing() {
         let err = send_one(&address, &ca, &cert, &key, message).expect_err(name);
         assert!(err.contains(want), "{name}: {err}");
     }
+    // The protocol's order: a hello first, sequence numbers ascending.
+    let tls = hallmonitor_agent::tls::mutual_tls_config(&ca, &cert, &key).unwrap();
+    let err = open_stream_with(&address, tls, Some(batch(vec![heartbeat(1)])), false)
+        .expect_err("a batch before the hello");
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("AgentHello"),
+        "{err}"
+    );
+    let err = send_one(
+        &address,
+        &ca,
+        &cert,
+        &key,
+        batch(vec![heartbeat(2), heartbeat(1)]),
+    )
+    .expect_err("sequence numbers going back");
+    assert!(
+        err.contains("InvalidArgument") && err.contains("ascend"),
+        "{err}"
+    );
     let device = data.device(&id);
     assert_eq!(device["events_stored"], 0, "nothing stored: {device}");
 
@@ -685,13 +705,24 @@ fn send_one(
 ) -> Result<(), String> {
     let tls =
         hallmonitor_agent::tls::mutual_tls_config(ca, cert, key).map_err(|e| e.to_string())?;
-    open_stream(address, tls, Some(message))
+    open_stream_with(address, tls, Some(message), true)
 }
 
 fn open_stream(
     address: &str,
     tls: rustls::ClientConfig,
     message: Option<v1::AgentMessage>,
+) -> Result<(), String> {
+    open_stream_with(address, tls, message, false)
+}
+
+/// Opens a stream, waits for the collector's hello, then sends our hello
+/// (when `hello`) and `message`.
+fn open_stream_with(
+    address: &str,
+    tls: rustls::ClientConfig,
+    message: Option<v1::AgentMessage>,
+    hello: bool,
 ) -> Result<(), String> {
     runtime().block_on(async {
         let channel = hallmonitor_agent::tls::connect(address, tls, Duration::from_secs(5))
@@ -717,6 +748,14 @@ fn open_stream(
         let Some(message) = message else {
             return Ok(());
         };
+        if hello {
+            let hello = v1::AgentMessage {
+                body: Some(v1::agent_message::Body::Hello(v1::AgentHello::default())),
+            };
+            tx.send(hello)
+                .await
+                .map_err(|_| "stream closed".to_string())?;
+        }
         tx.send(message)
             .await
             .map_err(|_| "stream closed".to_string())?;

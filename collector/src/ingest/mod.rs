@@ -10,9 +10,11 @@
 //! ends, so the agent resends nothing that was committed.
 
 mod downstream;
+mod validate;
 mod wire;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
@@ -119,11 +121,43 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
             device,
             max_batch_events: self.max_batch_events,
             tx,
+            hello_seen: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
         };
         let inbound = request.into_inner();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move { session.run(inbound, registration.closed, shutdown).await });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// An event that broke the protocol's rules, kept verbatim (its kind and
+/// the reason) so nothing a device sent is lost, and used by no rule.
+fn refused_event(e: v1::Event, why: &str, received_at: Timestamp) -> Event {
+    let kind = e.body.as_ref().map_or("unknown", body_kind);
+    Event {
+        seq: crate::model::Seq(e.seq),
+        event_id: e.event_id,
+        occurred_at: received_at,
+        body: EventBody::Other {
+            name: "unrecognised".into(),
+            json: serde_json::json!({ "kind": kind, "error": why }),
+        },
+    }
+}
+
+fn body_kind(body: &v1::event::Body) -> &'static str {
+    use v1::event::Body;
+    match body {
+        Body::Heartbeat(_) => "heartbeat",
+        Body::HeartbeatInterval(_) => "heartbeat_interval",
+        Body::Facts(_) => "facts",
+        Body::Session(_) => "session",
+        Body::Mfa(_) => "mfa",
+        Body::Capture(_) => "capture",
+        Body::FileAlert(_) => "file_alert",
+        Body::Enforcement(_) => "enforcement",
+        Body::OutboxReport(_) => "outbox_report",
     }
 }
 
@@ -146,6 +180,10 @@ struct StreamSession {
     device: StreamDevice,
     max_batch_events: usize,
     tx: mpsc::Sender<Outbound>,
+    /// The protocol: a hello first, then sequence numbers ascending within
+    /// the stream.
+    hello_seen: AtomicBool,
+    last_seq: AtomicU64,
 }
 
 impl StreamSession {
@@ -213,6 +251,7 @@ impl StreamSession {
     async fn handle(&self, message: v1::AgentMessage) -> Result<bool, Status> {
         match message.body {
             Some(v1::agent_message::Body::Hello(hello)) => {
+                self.hello_seen.store(true, Ordering::Relaxed);
                 self.store
                     .record_hello(
                         &self.device.id,
@@ -228,6 +267,11 @@ impl StreamSession {
                     .await
                     .map_err(|e| unavailable(&e))?;
                 Ok(false)
+            }
+            Some(v1::agent_message::Body::Batch(_)) if !self.hello_seen.load(Ordering::Relaxed) => {
+                Err(Status::failed_precondition(
+                    "the first message of a stream must be an AgentHello",
+                ))
             }
             Some(v1::agent_message::Body::Batch(batch)) => self.handle_batch(batch).await,
             None => Err(Status::invalid_argument("empty agent message")),
@@ -247,25 +291,44 @@ impl StreamSession {
             return Ok(false);
         }
         let received_at = Timestamp::now();
+        if let Some(bad) = batch
+            .events
+            .iter()
+            .find(|e| e.seq == 0 || e.seq > i64::MAX as u64)
+        {
+            return Err(Status::invalid_argument(format!(
+                "event {} has sequence number {}; it must be between 1 and 2^63-1",
+                bad.event_id, bad.seq
+            )));
+        }
+        let mut previous = self.last_seq.load(Ordering::Relaxed);
+        for event in &batch.events {
+            if event.seq <= previous {
+                return Err(Status::invalid_argument(format!(
+                    "event {} has sequence number {} after {previous}: sequence numbers ascend within a stream",
+                    event.event_id, event.seq
+                )));
+            }
+            previous = event.seq;
+        }
+        self.last_seq.store(previous, Ordering::Relaxed);
         let mut rejected = 0u32;
         let events: Vec<Event> = batch
             .events
             .into_iter()
-            .map(|e| {
-                let (event, ok) = event_from_wire(e, received_at);
-                rejected += u32::from(!ok);
-                event
+            .map(|e| match validate::check(&e, received_at) {
+                Ok(()) => {
+                    let (event, ok) = event_from_wire(e, received_at);
+                    rejected += u32::from(!ok);
+                    event
+                }
+                Err(why) => {
+                    rejected += 1;
+                    tracing::warn!(device_id = %self.device.id, seq = e.seq, error = %why, "event refused; kept as unrecognised");
+                    refused_event(e, &why, received_at)
+                }
             })
             .collect();
-        if let Some(bad) = events
-            .iter()
-            .find(|e| e.seq.0 == 0 || e.seq.0 > i64::MAX as u64)
-        {
-            return Err(Status::invalid_argument(format!(
-                "event {} has sequence number {}; it must be between 1 and 2^63-1",
-                bad.event_id, bad.seq.0
-            )));
-        }
         let first_seq = events.iter().map(|e| e.seq.0).min().unwrap_or(0);
         let last_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0);
         // Images first: an event is acked only when its evidence is on disk.

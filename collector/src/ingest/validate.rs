@@ -1,0 +1,184 @@
+//! What the collector requires of an event beyond its shape, checked on the
+//! wire form before conversion (the rules written in the `.proto`):
+//! - `occurred_at` is set and not ahead of the collector's clock by more
+//!   than `MAX_CLOCK_SKEW` (a device a year ahead must not make a 2FA
+//!   completion "fresh" for a year, nor a session count in the future);
+//! - a session event has a known phase; an END carries `ended_at`, which is
+//!   not before `started_at`; neither is ahead of the clock;
+//! - a heartbeat interval's `last` is not before its `first`, nor ahead.
+//!
+//! An event that fails is kept verbatim as `unrecognised` with the reason
+//! (nothing a device sent is lost) and counted in `Ack.rejected`; it never
+//! reaches a rule.
+
+use hallmonitor_proto::v1;
+use jiff::{SignedDuration, Timestamp};
+
+use super::wire::timestamp;
+
+/// How far ahead of the collector's clock a device's time may be.
+pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(5);
+
+/// Why an event is refused, for the `unrecognised` record.
+pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
+    use v1::event::Body;
+    let latest = now + MAX_CLOCK_SKEW;
+    let not_ahead = |field: &str, t: Timestamp| {
+        if t > latest {
+            Err(format!(
+                "{field} {t} is ahead of the collector's clock ({now}) by more than {} minutes",
+                MAX_CLOCK_SKEW.as_mins()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let occurred_at =
+        timestamp(event.occurred_at.as_ref()).ok_or_else(|| "occurred_at: missing".to_owned())?;
+    not_ahead("occurred_at", occurred_at)?;
+    match &event.body {
+        Some(Body::Session(session)) => check_session(session, &not_ahead),
+        Some(Body::HeartbeatInterval(h)) => {
+            if let (Some(first), Some(last)) =
+                (timestamp(h.first.as_ref()), timestamp(h.last.as_ref()))
+            {
+                if last < first {
+                    return Err(format!(
+                        "heartbeat_interval: last {last} is before first {first}"
+                    ));
+                }
+                not_ahead("heartbeat_interval.last", last)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_session(
+    session: &v1::SessionEvent,
+    not_ahead: &dyn Fn(&str, Timestamp) -> Result<(), String>,
+) -> Result<(), String> {
+    use v1::session_event::Phase;
+    let phase = Phase::try_from(session.phase).unwrap_or(Phase::Unspecified);
+    if phase == Phase::Unspecified {
+        return Err(format!(
+            "session.phase: {} is not START, END or UPDATE",
+            session.phase
+        ));
+    }
+    if let Some(started_at) = timestamp(session.started_at.as_ref()) {
+        not_ahead("session.started_at", started_at)?;
+        match timestamp(session.ended_at.as_ref()) {
+            Some(ended_at) if ended_at < started_at => {
+                return Err(format!(
+                    "session.ended_at {ended_at} is before session.started_at {started_at}"
+                ));
+            }
+            Some(ended_at) => not_ahead("session.ended_at", ended_at)?,
+            None if phase == Phase::End => {
+                return Err("session.ended_at: missing on an END event".to_owned());
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v1::session_event::Phase;
+
+    fn at(t: Timestamp) -> Option<hallmonitor_proto::Timestamp> {
+        Some(hallmonitor_proto::Timestamp {
+            seconds: t.as_second(),
+            nanos: t.subsec_nanosecond(),
+        })
+    }
+
+    fn session(phase: Phase, start: Timestamp, end: Option<Timestamp>) -> v1::Event {
+        v1::Event {
+            seq: 1,
+            event_id: "e".into(),
+            occurred_at: at(end.unwrap_or(start)),
+            body: Some(v1::event::Body::Session(v1::SessionEvent {
+                phase: phase as i32,
+                session_id: "s".into(),
+                started_at: at(start),
+                ended_at: end.and_then(at),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn events_are_checked_against_the_protocol_and_the_clock() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let hour = SignedDuration::from_hours(1);
+        let mfa_at = |t: Timestamp| v1::Event {
+            seq: 1,
+            event_id: "e".into(),
+            occurred_at: at(t),
+            body: Some(v1::event::Body::Mfa(v1::MfaCompletion {
+                account: "j.smith".into(),
+                ..Default::default()
+            })),
+        };
+        let cases: [(&str, v1::Event, bool); 10] = [
+            (
+                "a closed session",
+                session(Phase::End, now - hour, Some(now)),
+                true,
+            ),
+            (
+                "an open session",
+                session(Phase::Start, now - hour, None),
+                true,
+            ),
+            (
+                "weeks offline",
+                session(Phase::End, now - hour * 24 * 30, Some(now - hour * 24 * 29)),
+                true,
+            ),
+            (
+                "ends before it starts",
+                session(Phase::End, now, Some(now - hour)),
+                false,
+            ),
+            (
+                "an END without its end",
+                session(Phase::End, now - hour, None),
+                false,
+            ),
+            (
+                "no phase",
+                session(Phase::Unspecified, now - hour, None),
+                false,
+            ),
+            (
+                "a year ahead",
+                session(Phase::Start, now + hour * 24 * 365, None),
+                false,
+            ),
+            (
+                "within the skew",
+                mfa_at(now + SignedDuration::from_mins(4)),
+                true,
+            ),
+            ("a completion a day ahead", mfa_at(now + hour * 24), false),
+            (
+                "no time at all",
+                v1::Event {
+                    occurred_at: None,
+                    ..mfa_at(now)
+                },
+                false,
+            ),
+        ];
+        for (name, event, valid) in cases {
+            let checked = check(&event, now);
+            assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
+        }
+    }
+}
