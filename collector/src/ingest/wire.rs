@@ -3,11 +3,13 @@
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
+use serde_json::json;
 
 use crate::model::{
     CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, Seq, SessionKind,
     SessionRecord,
 };
+use crate::rules::mfa::check_completion_time;
 
 pub(super) fn timestamp(t: Option<&hallmonitor_proto::Timestamp>) -> Option<Timestamp> {
     let t = t?;
@@ -75,14 +77,10 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                 }
             }
         }
-        Some(Body::Mfa(m)) if !m.account.is_empty() => EventBody::Mfa {
-            account: m.account,
-            method: m.method,
-            source: m.source,
-        },
-        Some(Body::Mfa(_)) => {
-            ok = false;
-            unrecognised("mfa", "no account")
+        Some(Body::Mfa(m)) => {
+            let (body, counts) = mfa_from_wire(m, occurred_at, received_at);
+            ok &= counts;
+            body
         }
         Some(Body::Capture(c)) => EventBody::Capture(capture_from_wire(c)),
         Some(Body::FileAlert(f)) => EventBody::FileAlert {
@@ -110,8 +108,50 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
 fn unrecognised(kind: &str, why: &str) -> EventBody {
     EventBody::Other {
         name: "unrecognised".into(),
-        json: serde_json::json!({ "kind": kind, "error": why }),
+        json: json!({ "kind": kind, "error": why }),
     }
+}
+
+/// A two-step sign-in the agent saw (true), or the event kept as
+/// `unrecognised` (false), with what it said so nothing is lost, when it
+/// cannot count: no account, no time, or a time further ahead of the
+/// collector's clock than the rule allows (one such time would decide the
+/// pair for years).
+fn mfa_from_wire(
+    m: v1::MfaCompletion,
+    occurred_at: Option<Timestamp>,
+    received_at: Timestamp,
+) -> (EventBody, bool) {
+    let problem = if m.account.is_empty() {
+        Some("account: empty".to_owned())
+    } else {
+        match occurred_at.map(|at| check_completion_time(at, received_at)) {
+            None => Some("occurred_at: missing".to_owned()),
+            Some(Err(future)) => Some(format!("occurred_at: {future}")),
+            Some(Ok(())) => None,
+        }
+    };
+    let (account, method, source) = (m.account, m.method, m.source);
+    let Some(why) = problem else {
+        let body = EventBody::Mfa {
+            account,
+            method,
+            source,
+        };
+        return (body, true);
+    };
+    let refused = EventBody::Other {
+        name: "unrecognised".into(),
+        json: json!({
+            "kind": "mfa",
+            "error": why,
+            "occurred_at": occurred_at,
+            "account": account,
+            "method": method,
+            "source": source,
+        }),
+    };
+    (refused, false)
 }
 
 pub fn facts_from_wire(f: v1::DeviceFacts) -> DeviceFacts {
@@ -296,6 +336,62 @@ mod tests {
                 Encryption::NotEncrypted,
                 Encryption::Unknown
             ]
+        );
+    }
+
+    fn mfa_at(seconds: Option<i64>) -> v1::Event {
+        v1::Event {
+            seq: 3,
+            event_id: "m".into(),
+            occurred_at: seconds.and_then(ts),
+            body: Some(v1::event::Body::Mfa(v1::MfaCompletion {
+                account: "j.smith".into(),
+                method: "pam_u2f".into(),
+                source: "/var/log/auth.log:12".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn mfa_events_from_the_future_are_refused_naming_the_field_and_kept() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let skew = crate::rules::mfa::MAX_CLOCK_SKEW.as_secs();
+        let cases = [
+            ("an hour ago", Some(-3_600), true),
+            ("now", Some(0), true),
+            ("at the edge of the skew", Some(skew), true),
+            ("a second beyond the skew", Some(skew + 1), false),
+            ("ten years ahead", Some(10 * 365 * 86_400), false),
+            ("no time", None, false),
+        ];
+        for (name, offset, accepted) in cases {
+            let event = mfa_at(offset.map(|o| now.as_second() + o));
+            let (event, ok) = event_from_wire(event, now);
+            assert_eq!(ok, accepted, "{name}");
+            if accepted {
+                assert_eq!(event.body.kind(), "mfa", "{name}");
+                continue;
+            }
+            let EventBody::Other { name: kind, json } = &event.body else {
+                panic!("{name}: {:?}", event.body);
+            };
+            assert_eq!(kind, "unrecognised", "{name}");
+            assert_eq!(json["kind"], "mfa", "{name}");
+            assert!(
+                json["error"].as_str().unwrap().starts_with("occurred_at: "),
+                "{name}: {json}"
+            );
+            // Nothing the agent said is lost.
+            assert_eq!(json["account"], "j.smith", "{name}");
+            assert_eq!(json["source"], "/var/log/auth.log:12", "{name}");
+        }
+        let (event, _) = event_from_wire(mfa_at(Some(now.as_second() + 3_600)), now);
+        let EventBody::Other { json, .. } = event.body else {
+            unreachable!("refused above")
+        };
+        assert!(
+            json["error"].as_str().unwrap().contains("is in the future"),
+            "{json}"
         );
     }
 }

@@ -411,10 +411,12 @@ pub trait Store: Send + Sync + 'static {
         completions: &[NewMfaCompletion],
         at: Timestamp,
     ) -> Result<u64>;
-    /// (device, account, completed at) of every completion on these devices.
+    /// (device, account, newest completion at or before `as_of`) for each
+    /// account with one on these devices.
     async fn mfa_completions_for(
         &self,
         devices: &[DeviceId],
+        as_of: Timestamp,
     ) -> Result<Vec<(DeviceId, String, Timestamp)>>;
     /// Stores each device's pairs (replacing its earlier ones); opens one
     /// `mfa_stale` flag per stale pair, resolves open ones that are no
