@@ -1,5 +1,13 @@
 //! Wire (prost) types to domain types and back: the only place besides
 //! `enroll` where the collector touches generated protobuf structs.
+//!
+//! Everything a device sends is hostile text until it is through here:
+//! every string is bounded ([`MAX_HOSTNAME_CHARS`], [`MAX_TEXT_CHARS`],
+//! [`MAX_PATH_CHARS`]) and its control characters replaced, so what the
+//! store holds is safe to show a person. A cut fact keeps its original
+//! length in `DeviceFacts::truncated`; cut text ends with `…`.
+
+use std::collections::BTreeMap;
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
@@ -10,6 +18,52 @@ use crate::model::{
     SessionRecord,
 };
 use crate::rules::mfa::check_completion_time;
+
+/// The longest hostname kept (DNS names have at most 253 characters).
+pub const MAX_HOSTNAME_CHARS: usize = 255;
+/// The longest free text kept from a device (OS strings, accounts, window
+/// titles, details …).
+pub const MAX_TEXT_CHARS: usize = 1_024;
+/// The longest file path kept (Linux's `PATH_MAX` is 4,096 bytes).
+pub const MAX_PATH_CHARS: usize = 4_096;
+/// The most disks kept from one device's facts.
+pub const MAX_DISKS: usize = 64;
+
+/// `text` made safe to store and show: tabs and line breaks become spaces,
+/// other control characters U+FFFD, and text longer than `max` characters
+/// is cut to `max`, the last being `…`. The original length in characters
+/// comes back when it was cut.
+fn bounded(text: String, max: usize) -> (String, Option<u64>) {
+    // Fast path: short (in bytes, so in characters too) and clean.
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return (text, None);
+    }
+    let total = text.chars().count();
+    let cut = total > max;
+    let keep = if cut { max.saturating_sub(1) } else { total };
+    let mut out: String = text
+        .chars()
+        .take(keep)
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect();
+    if cut {
+        out.push('…');
+    }
+    (out, cut.then_some(total as u64))
+}
+
+/// [`bounded`] free text, its original length dropped.
+fn text(s: String) -> String {
+    bounded(s, MAX_TEXT_CHARS).0
+}
+
+fn path(s: String) -> String {
+    bounded(s, MAX_PATH_CHARS).0
+}
 
 pub(super) fn timestamp(t: Option<&hallmonitor_proto::Timestamp>) -> Option<Timestamp> {
     let t = t?;
@@ -50,7 +104,7 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             evicted_captures: r.evicted_captures,
             evicted_enforcement: r.evicted_enforcement,
             evicted_other: r.evicted_other,
-            corrupt_file_moved_to: r.corrupt_file_moved_to,
+            corrupt_file_moved_to: path(r.corrupt_file_moved_to),
         },
         // Kinds whose rules arrive with later work: kept, typed by name.
         Some(Body::Session(session)) => match session_from_wire(session) {
@@ -66,10 +120,10 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                 .and_then(command_from_wire)
             {
                 Some(command) => EventBody::Enforcement {
-                    command_id: result.command_id,
+                    command_id: text(result.command_id),
                     command,
                     ok: result.ok,
-                    detail: result.detail,
+                    detail: text(result.detail),
                 },
                 None => {
                     ok = false;
@@ -84,12 +138,12 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
         }
         Some(Body::Capture(c)) => EventBody::Capture(capture_from_wire(c)),
         Some(Body::FileAlert(f)) => EventBody::FileAlert {
-            path: f.path,
-            rule_id: f.rule_id,
-            category: f.category,
+            path: path(f.path),
+            rule_id: text(f.rule_id),
+            category: text(f.category),
             severity: f.severity.clamp(1, 5),
-            account: f.account,
-            sha256: f.sha256,
+            account: text(f.account),
+            sha256: text(f.sha256),
         },
         None => {
             ok = false;
@@ -98,7 +152,7 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
     };
     let event = Event {
         seq: Seq(e.seq),
-        event_id: e.event_id,
+        event_id: text(e.event_id),
         occurred_at: occurred_at.unwrap_or(received_at),
         body,
     };
@@ -131,7 +185,7 @@ fn mfa_from_wire(
             Some(Ok(())) => None,
         }
     };
-    let (account, method, source) = (m.account, m.method, m.source);
+    let (account, method, source) = (text(m.account), text(m.method), path(m.source));
     let Some(why) = problem else {
         let body = EventBody::Mfa {
             account,
@@ -154,38 +208,64 @@ fn mfa_from_wire(
     (refused, false)
 }
 
+/// A device's facts, every string bounded (see the module docs); what was
+/// cut is named in `truncated` with its original length.
 pub fn facts_from_wire(f: v1::DeviceFacts) -> DeviceFacts {
+    let mut truncated = BTreeMap::new();
+    let mut keep = |field: &str, value: String, max: usize| {
+        let (value, original) = bounded(value, max);
+        if let Some(original) = original {
+            truncated.insert(field.to_owned(), original);
+        }
+        value
+    };
+    let hostname = keep("hostname", f.hostname, MAX_HOSTNAME_CHARS);
+    let os_name = keep("os_name", f.os_name, MAX_TEXT_CHARS);
+    let os_version = keep("os_version", f.os_version, MAX_TEXT_CHARS);
+    let kernel_version = keep("kernel_version", f.kernel_version, MAX_TEXT_CHARS);
+    let machine_id = keep("machine_id", f.machine_id, MAX_TEXT_CHARS);
+    let serial_number = keep("serial_number", f.serial_number, MAX_TEXT_CHARS);
+    let cpu_model = keep("cpu_model", f.cpu_model, MAX_TEXT_CHARS);
+    let agent_version = keep("agent_version", f.agent_version, MAX_TEXT_CHARS);
+    let architecture = keep("architecture", f.architecture, MAX_TEXT_CHARS);
+    let disk_count = f.disks.len();
+    let disks = f
+        .disks
+        .into_iter()
+        .take(MAX_DISKS)
+        .map(|d| Disk {
+            encryption: match v1::Encryption::try_from(d.encryption) {
+                Ok(v1::Encryption::Encrypted) => Encryption::Encrypted,
+                Ok(v1::Encryption::NotEncrypted) => Encryption::NotEncrypted,
+                _ => Encryption::Unknown,
+            },
+            name: keep("disks.name", d.name, MAX_TEXT_CHARS),
+            mount_point: keep("disks.mount_point", d.mount_point, MAX_PATH_CHARS),
+            file_system: keep("disks.file_system", d.file_system, MAX_TEXT_CHARS),
+            total_bytes: d.total_bytes,
+            available_bytes: d.available_bytes,
+            removable: d.removable,
+        })
+        .collect();
+    if disk_count > MAX_DISKS {
+        truncated.insert("disks".to_owned(), disk_count as u64);
+    }
     DeviceFacts {
-        hostname: f.hostname,
-        os_name: f.os_name,
-        os_version: f.os_version,
-        kernel_version: f.kernel_version,
-        machine_id: f.machine_id,
-        serial_number: f.serial_number,
+        hostname,
+        os_name,
+        os_version,
+        kernel_version,
+        machine_id,
+        serial_number,
         uptime_secs: f.uptime_secs,
-        cpu_model: f.cpu_model,
+        cpu_model,
         cpu_cores: f.cpu_cores,
         memory_total_bytes: f.memory_total_bytes,
         memory_available_bytes: f.memory_available_bytes,
-        disks: f
-            .disks
-            .into_iter()
-            .map(|d| Disk {
-                encryption: match v1::Encryption::try_from(d.encryption) {
-                    Ok(v1::Encryption::Encrypted) => Encryption::Encrypted,
-                    Ok(v1::Encryption::NotEncrypted) => Encryption::NotEncrypted,
-                    _ => Encryption::Unknown,
-                },
-                name: d.name,
-                mount_point: d.mount_point,
-                file_system: d.file_system,
-                total_bytes: d.total_bytes,
-                available_bytes: d.available_bytes,
-                removable: d.removable,
-            })
-            .collect(),
-        agent_version: f.agent_version,
-        architecture: f.architecture,
+        disks,
+        agent_version,
+        architecture,
+        truncated,
     }
 }
 
@@ -202,8 +282,8 @@ fn session_from_wire(s: v1::SessionEvent) -> Option<SessionRecord> {
         Kind::Unspecified => SessionKind::Other,
     };
     Some(SessionRecord {
-        session_id: s.session_id,
-        account: s.account,
+        session_id: text(s.session_id),
+        account: text(s.account),
         uid: s.uid,
         kind,
         started_at,
@@ -246,16 +326,16 @@ fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
         ("hash_mismatch", Vec::new())
     };
     CaptureRecord {
-        rule_id: c.rule_id,
-        category: c.category,
+        rule_id: text(c.rule_id),
+        category: text(c.category),
         severity: c.severity.clamp(1, 5) as u8,
-        matched_text: c.matched_text,
-        window_title: c.window_title,
-        process_name: c.process_name,
-        account: c.account,
-        image_sha256: declared,
+        matched_text: text(c.matched_text),
+        window_title: text(c.window_title),
+        process_name: text(c.process_name),
+        account: text(c.account),
+        image_sha256: text(declared),
         image_status: status.into(),
-        no_image_reason: c.no_image_reason,
+        no_image_reason: text(c.no_image_reason),
         repeat_count: c.repeat_count,
         kind: "snapshot".into(),
         file_path: String::new(),
@@ -393,5 +473,82 @@ mod tests {
             json["error"].as_str().unwrap().contains("is in the future"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn device_text_is_bounded_and_control_characters_replaced() {
+        let cases = [
+            ("short and clean", "LAPTOP-07", 255, "LAPTOP-07", None),
+            ("exactly the bound", "abc", 3, "abc", None),
+            ("one over the bound", "abcd", 3, "ab…", Some(4)),
+            ("escape", "a\u{1b}[31mb", 255, "a\u{fffd}[31mb", None),
+            ("line breaks and tabs", "a\nb\tc\r", 255, "a b c ", None),
+            (
+                "C1 and DEL",
+                "a\u{9b}b\u{7f}",
+                255,
+                "a\u{fffd}b\u{fffd}",
+                None,
+            ),
+            ("multi-byte counted in characters", "ééé", 3, "ééé", None),
+            ("multi-byte cut on a character", "éééé", 3, "éé…", Some(4)),
+        ];
+        for (name, input, max, want, original) in cases {
+            assert_eq!(
+                bounded(input.to_owned(), max),
+                (want.to_owned(), original),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_facts_are_bounded_and_what_was_cut_is_named() {
+        let hostname = format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(100_000));
+        let facts = v1::DeviceFacts {
+            hostname: hostname.clone(),
+            os_name: "Ubuntu\u{1b}[2J".into(),
+            cpu_model: "y".repeat(5_000),
+            disks: vec![v1::Disk::default(); MAX_DISKS + 1],
+            ..Default::default()
+        };
+        let facts = facts_from_wire(facts);
+        assert_eq!(facts.hostname.chars().count(), MAX_HOSTNAME_CHARS);
+        assert!(!facts.hostname.chars().any(char::is_control));
+        assert!(facts.hostname.ends_with('…'));
+        assert_eq!(facts.os_name, "Ubuntu\u{fffd}[2J");
+        assert_eq!(facts.cpu_model.chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(facts.disks.len(), MAX_DISKS);
+        assert_eq!(
+            facts.truncated,
+            BTreeMap::from([
+                ("cpu_model".to_owned(), 5_000),
+                ("disks".to_owned(), MAX_DISKS as u64 + 1),
+                ("hostname".to_owned(), hostname.chars().count() as u64),
+            ])
+        );
+    }
+
+    #[test]
+    fn event_text_from_devices_is_bounded() {
+        let now = Timestamp::from_second(5_000).unwrap();
+        let capture = v1::Event {
+            seq: 4,
+            event_id: "c".into(),
+            occurred_at: ts(1_000),
+            body: Some(v1::event::Body::Capture(v1::Capture {
+                window_title: format!("\u{1b}[2J{}", "t".repeat(50_000)),
+                account: "pupil\u{1b}1".into(),
+                ..Default::default()
+            })),
+        };
+        let (event, ok) = event_from_wire(capture, now);
+        assert!(ok);
+        let EventBody::Capture(c) = event.body else {
+            panic!("{:?}", event.body)
+        };
+        assert_eq!(c.window_title.chars().count(), MAX_TEXT_CHARS);
+        assert!(c.window_title.starts_with("\u{fffd}[2J"));
+        assert_eq!(c.account, "pupil\u{fffd}1");
     }
 }
