@@ -315,15 +315,25 @@ pub(super) fn wire_timestamp(t: Timestamp) -> hallmonitor_proto::Timestamp {
 }
 
 /// A capture with its image checked against the hash the agent declared.
+/// Only a verified hash is stored as the image's: it names an evidence
+/// file, and a declared one that does not (not even hex, perhaps) would
+/// stand where a file name is expected. A mismatch keeps what was declared
+/// in the reason instead.
 fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
     let declared = c.image_sha256.to_ascii_lowercase();
-    let (status, image) = if c.image_png.is_empty() {
-        ("no_image", Vec::new())
+    let mut no_image_reason = text(c.no_image_reason);
+    let (status, image, image_sha256) = if c.image_png.is_empty() {
+        ("no_image", Vec::new(), String::new())
     } else if crate::evidence::sha256_hex(&c.image_png) == declared {
-        ("verified", c.image_png)
+        ("verified", c.image_png, declared)
     } else {
         // Kept as a capture (nothing is lost), without the image.
-        ("hash_mismatch", Vec::new())
+        if no_image_reason.is_empty() {
+            no_image_reason = text(format!(
+                "the image did not match the SHA-256 the agent declared ({declared})"
+            ));
+        }
+        ("hash_mismatch", Vec::new(), String::new())
     };
     CaptureRecord {
         rule_id: text(c.rule_id),
@@ -333,9 +343,9 @@ fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
         window_title: text(c.window_title),
         process_name: text(c.process_name),
         account: text(c.account),
-        image_sha256: text(declared),
+        image_sha256,
         image_status: status.into(),
-        no_image_reason: text(c.no_image_reason),
+        no_image_reason,
         repeat_count: c.repeat_count,
         kind: "snapshot".into(),
         file_path: String::new(),
@@ -550,5 +560,57 @@ mod tests {
         assert_eq!(c.window_title.chars().count(), MAX_TEXT_CHARS);
         assert!(c.window_title.starts_with("\u{fffd}[2J"));
         assert_eq!(c.account, "pupil\u{fffd}1");
+    }
+
+    #[test]
+    fn only_a_verified_image_hash_is_kept() {
+        let now = Timestamp::from_second(5_000).unwrap();
+        let image = b"png bytes".to_vec();
+        let good = crate::evidence::sha256_hex(&image);
+        let cases = [
+            (
+                "verified",
+                image.clone(),
+                good.to_uppercase(),
+                "verified",
+                good.as_str(),
+            ),
+            (
+                "not hex",
+                image.clone(),
+                "../../x\u{1b}".to_owned(),
+                "hash_mismatch",
+                "",
+            ),
+            (
+                "another image's hash",
+                image.clone(),
+                "ab".repeat(32),
+                "hash_mismatch",
+                "",
+            ),
+            ("no image", Vec::new(), good.clone(), "no_image", ""),
+        ];
+        for (name, png, declared, want_status, want_sha) in cases {
+            let event = v1::Event {
+                seq: 5,
+                event_id: "c".into(),
+                occurred_at: ts(1_000),
+                body: Some(v1::event::Body::Capture(v1::Capture {
+                    image_png: png,
+                    image_sha256: declared,
+                    ..Default::default()
+                })),
+            };
+            let EventBody::Capture(c) = event_from_wire(event, now).0.body else {
+                panic!("{name}")
+            };
+            assert_eq!(c.image_status, want_status, "{name}");
+            assert_eq!(c.image_sha256, want_sha, "{name}");
+            if want_status == "hash_mismatch" {
+                assert!(c.no_image_reason.contains("did not match"), "{name}");
+                assert!(!c.no_image_reason.contains('\u{1b}'), "{name}");
+            }
+        }
     }
 }
