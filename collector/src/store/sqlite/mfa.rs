@@ -572,4 +572,94 @@ mod tests {
             );
         }
     }
+
+    /// The symptom end to end through the rule evaluation: a teacher who
+    /// completed two-step sign-in ten days ago, and once more after
+    /// `as_of`, is fresh at `as_of` (it read "never", so stale).
+    #[tokio::test]
+    async fn a_completion_after_as_of_does_not_make_the_pair_stale() {
+        use crate::directory::{DirectoryAccount, Role};
+        use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let enrolled = t("2026-01-01T00:00:00Z");
+        let site = store
+            .create_site("Cabot", "Europe/London", enrolled)
+            .await
+            .unwrap();
+        let device = DeviceId::from_string("dev-1");
+        store
+            .save_enrollment(Enrollment {
+                device_id: device.clone(),
+                site: site.id,
+                facts: DeviceFacts {
+                    machine_id: "m-1".into(),
+                    ..DeviceFacts::default()
+                },
+                cert_sha256: "00".into(),
+                at: enrolled,
+            })
+            .await
+            .unwrap();
+        let teacher = DirectoryAccount {
+            username: "j.smith".into(),
+            role: Role::Staff,
+            email: String::new(),
+            display_name: String::new(),
+        };
+        store
+            .import_directory(site.id, &[teacher], enrolled)
+            .await
+            .unwrap();
+        let as_of = t("2026-11-24T12:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        let session = SessionRecord {
+            session_id: "s1".into(),
+            account: "j.smith".into(),
+            uid: 1001,
+            kind: SessionKind::Graphical,
+            started_at: as_of - day * 5,
+            ended_at: Some(as_of - day * 5 + SignedDuration::from_hours(2)),
+            active_secs: 7200,
+        };
+        let event = Event {
+            seq: Seq(1),
+            event_id: "e1".into(),
+            occurred_at: as_of - day * 5,
+            body: EventBody::Session(session),
+        };
+        store
+            .record_batch(&device, &[event], as_of - day * 5)
+            .await
+            .unwrap();
+        for (n, at) in [as_of - day * 10, as_of + day].into_iter().enumerate() {
+            let completion = NewMfaCompletion {
+                site: site.id,
+                device: Some(device.clone()),
+                account: "j.smith".into(),
+                completed_at: at,
+                source: "test".into(),
+                method: String::new(),
+                external_id: n.to_string(),
+                device_hint: String::new(),
+            };
+            store
+                .record_mfa_completions(&[completion], at)
+                .await
+                .unwrap();
+        }
+
+        let config = crate::config::CollectorConfig::default();
+        let verdicts =
+            crate::rules::evaluate::evaluate(&store, &config, &DeviceFilter::one(device), as_of)
+                .await
+                .unwrap();
+        let pairs = &verdicts[0].mfa;
+        assert_eq!(pairs.len(), 1, "{pairs:?}");
+        assert_eq!(pairs[0].last_mfa, Some(as_of - day * 10));
+        assert_eq!(pairs[0].status, MfaStatus::Fresh);
+    }
 }
