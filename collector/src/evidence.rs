@@ -16,11 +16,14 @@
 //! its next write (it checks whether the key file was replaced); one that
 //! checked just before the replacement can still write under the old key
 //! after the rotation listed the files, so a second pass re-encrypts those
-//! before any old key is deleted, and an old key is only deleted once no
-//! file needs it, so rotating while the collector runs loses nothing.
+//! before any old key is deleted, and a writer that finds the key replaced
+//! once its file is in place seals it again under the new key. An old key
+//! is only deleted once no file needs it, so rotating while the collector
+//! runs loses nothing.
 //!
-//! Writes go to a temporary file renamed into place, so a crash never
-//! leaves a half-written image under its final name.
+//! Writes go to a temporary file of their own renamed into place, so a
+//! crash never leaves a half-written image under its final name, and two
+//! writers of one image (a collector and a rotation) never mix.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -143,7 +146,9 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 /// Writes `bytes` to `path` through a temporary file (mode 0600, synced),
 /// so `path` is either the old or the new content, never half of one.
 fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    let temp = path.with_extension("tmp");
+    // A temporary name of its own: a collector and a rotation can write
+    // the same image at once, and must not interleave in one file.
+    let temp = path.with_extension(format!("tmp-{}", hex(&random::<8>()?)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -197,15 +202,15 @@ impl EvidenceStore {
     }
 
     /// Loads the keys again when the key file changed (a rotation by
-    /// another process).
-    fn refresh(&self) -> Result<()> {
+    /// another process); true when it had.
+    fn refresh(&self) -> Result<bool> {
         let changed = modified(&self.current_key_path());
         if changed == self.read_keys().current_changed {
-            return Ok(());
+            return Ok(false);
         }
         let ring = load_keys(&self.pki)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = ring;
-        Ok(())
+        Ok(true)
     }
 
     fn path(&self, sha256: &str) -> Result<PathBuf> {
@@ -219,6 +224,12 @@ impl EvidenceStore {
     /// Stores an image whose hash the caller verified; storing the same
     /// image again does nothing.
     pub fn put(&self, image: &[u8], sha256: &str) -> Result<()> {
+        self.put_with(image, sha256, &mut || {})
+    }
+
+    /// `put`, calling `before_rename` between sealing the image and
+    /// renaming it into place (tests rotate the key there).
+    fn put_with(&self, image: &[u8], sha256: &str, before_rename: &mut dyn FnMut()) -> Result<()> {
         let path = self.path(sha256)?;
         if path.exists() {
             return Ok(());
@@ -226,10 +237,20 @@ impl EvidenceStore {
         let dir = path.parent().expect("evidence paths have a folder");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         self.refresh()?;
-        self.write_sealed(&path, image, sha256)
+        let sealed = self.seal(image, sha256)?;
+        before_rename();
+        write_atomically(&path, &[&sealed])?;
+        // A rotation that replaced the key meanwhile may have listed the
+        // files before this one was in place, and will delete the key it
+        // is sealed under: seal it again under the new key.
+        while self.refresh()? {
+            self.write_sealed(&path, image, sha256)?;
+        }
+        Ok(())
     }
 
-    fn write_sealed(&self, path: &Path, image: &[u8], sha256: &str) -> Result<()> {
+    /// The file's bytes for an image: marker, key id, nonce, ciphertext.
+    fn seal(&self, image: &[u8], sha256: &str) -> Result<Vec<u8>> {
         let nonce = random::<12>()?;
         let mut sealed = image.to_vec();
         let keys = self.read_keys();
@@ -241,7 +262,11 @@ impl EvidenceStore {
                 &mut sealed,
             )
             .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
-        write_atomically(path, &[MAGIC, &keys.current.id, &nonce, &sealed])
+        Ok([&MAGIC[..], &keys.current.id, &nonce, &sealed].concat())
+    }
+
+    fn write_sealed(&self, path: &Path, image: &[u8], sha256: &str) -> Result<()> {
+        write_atomically(path, &[&self.seal(image, sha256)?])
     }
 
     /// The image, decrypted and checked against its hash.
@@ -647,5 +672,32 @@ mod tests {
             ]
         );
         assert!(store.files().unwrap().is_empty(), "no image left behind");
+    }
+
+    #[test]
+    fn an_image_sealed_while_the_key_is_rotated_is_sealed_again_under_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let rotating = EvidenceStore::open(dir.path()).unwrap();
+        let running = EvidenceStore::open(dir.path()).unwrap();
+        let image = b"sealed as the key changed".to_vec();
+        let sha = sha256_hex(&image);
+        running
+            .put_with(&image, &sha, &mut || {
+                // The whole rotation happens before this image is in
+                // place: neither pass sees it, and the old key goes.
+                let rotation = rotating.rotate_key().unwrap();
+                assert_eq!(rotation.old_keys_removed, 1, "{rotation:?}");
+            })
+            .unwrap();
+        let reopened = EvidenceStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get(&sha).unwrap(), image);
+        let folder = reopened.path(&sha).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(folder.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
