@@ -5,7 +5,9 @@
 //!
 //! - `POST /api/v1/mfa-completions`: two-step sign-ins from identity
 //!   providers or scripts, for the 2FA-freshness rule. A request is
-//!   checked whole before anything is stored; a repeated id adds nothing.
+//!   checked whole before anything is stored (a completion time ahead of
+//!   the collector's clock beyond the rule's skew refuses it); a repeated
+//!   id adds nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::CollectorConfig;
+use crate::rules::mfa::check_completion_time;
 use crate::signins::SignIn;
 use crate::store::{AuditEntry, Store};
 
@@ -135,6 +138,12 @@ async fn mfa_completions(State(api): State<Api>, headers: HeaderMap, body: Bytes
                 ),
             );
         };
+        if let Err(future) = check_completion_time(at, now) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("completions[{n}].completed_at: {future}"),
+            );
+        }
         if c.account.trim().is_empty() {
             return error(
                 StatusCode::BAD_REQUEST,

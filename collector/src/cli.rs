@@ -1,6 +1,11 @@
 //! Output of the collector's read commands (`devices`, `enroll-secret
 //! list`) as a human table or as stable JSON for scripts. The JSON carries a
 //! `schema` name; fields are only ever added under the same name.
+//!
+//! Much of what is shown came from devices, so it is hostile text: every
+//! human rendering goes through [`terminal_text`], which shows control
+//! characters as visible escapes (`\u{1b}`) and bounds the length (a
+//! table column at [`MAX_COLUMN_CHARS`]); the JSON keeps values whole.
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -123,7 +128,9 @@ pub fn device_show(
             let f = &d.facts;
             let tz = &d.site_timezone;
             let mut out = String::new();
-            let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+            let mut line = |k: &str, v: String| {
+                out.push_str(&format!("{k:<22} {}\n", terminal_text(&v, MAX_VALUE_CHARS)))
+            };
             line("device", d.id.to_string());
             line("site", d.site.clone());
             line("hostname", d.hostname.clone());
@@ -200,6 +207,14 @@ pub fn device_show(
             line("uptime", format!("{} s", f.uptime_secs));
             line("agent version", f.agent_version.clone());
             line("facts updated", local(Some(d.facts_updated_at), tz));
+            if !f.truncated.is_empty() {
+                let cut: Vec<String> = f
+                    .truncated
+                    .iter()
+                    .map(|(field, n)| format!("{field} (was {n})"))
+                    .collect();
+                line("cut at ingest", cut.join(", "));
+            }
             for disk in &f.disks {
                 line(
                     "disk",
@@ -366,10 +381,10 @@ pub fn flag_show(flag: &FlagRecord, history: &[FlagTransition], format: Format) 
                 flag.id,
                 flag.kind.as_str(),
                 flag.device_id,
-                or_dash(&flag.hostname),
-                flag.site,
+                terminal_text(&or_dash(&flag.hostname), MAX_COLUMN_CHARS),
+                terminal_text(&flag.site, MAX_COLUMN_CHARS),
                 flag.state.as_str(),
-                flag.summary
+                terminal_text(&flag.summary, MAX_VALUE_CHARS)
             );
             let mut rows = vec![[
                 "WHEN".to_string(),
@@ -434,7 +449,11 @@ pub fn signins_report(r: &crate::signins::ImportReport) -> String {
             "Not matched to a device (stored without one; enrol the device or check its name):\n",
         );
         for (line, account, device) in &r.unmapped {
-            out.push_str(&format!("  line {line}: {account} on '{device}'\n"));
+            out.push_str(&format!(
+                "  line {line}: {} on '{}'\n",
+                terminal_text(account, MAX_COLUMN_CHARS),
+                terminal_text(device, MAX_COLUMN_CHARS)
+            ));
         }
     }
     out
@@ -615,16 +634,17 @@ pub fn incident_show(
             &json!({ "schema": "hallmonitor.incident.v1", "incident": incident, "captures": captures }),
         ),
         Format::Table => {
+            let show = |text: &str| terminal_text(text, MAX_COLUMN_CHARS);
             let mut out = format!(
                 "incident #{} {} severity {} ({}) on {} ({}), site {}, account {}\n\n",
                 incident.id,
-                incident.category,
+                show(&incident.category),
                 incident.severity,
-                incident.status,
+                show(&incident.status),
                 incident.device_id,
-                or_dash(&incident.hostname),
-                incident.site,
-                incident.account
+                show(&or_dash(&incident.hostname)),
+                show(&incident.site),
+                show(&incident.account)
             );
             let mut rows = vec![[
                 "WHEN".to_string(),
@@ -713,21 +733,81 @@ fn pretty(value: &serde_json::Value) -> String {
     s
 }
 
+/// The widest a table column grows; a longer cell is cut, ending in `…`.
+pub const MAX_COLUMN_CHARS: usize = 80;
+/// The longest single value a detail view (`devices show`) prints.
+pub const MAX_VALUE_CHARS: usize = 1_024;
+
+/// Whether a character must not reach a terminal as itself: control
+/// characters (C0 such as ESC, DEL, C1) and the invisible marks that
+/// reorder the text around them.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` safe to print on a terminal, at most `max` characters: each
+/// character that [`needs_escape`] shown as an escape such as `\u{1b}`,
+/// and text that does not fit cut, its last character `…`.
+pub fn terminal_text(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    let mut shown = 0;
+    let mut rest = text.chars();
+    while let Some(c) = rest.next() {
+        let escaped = needs_escape(c).then(|| c.escape_unicode().to_string());
+        // An escape is ASCII: its length in bytes is its width.
+        let width = escaped.as_ref().map_or(1, String::len);
+        // Room for this character, and for the `…` if more follows.
+        let reserve = usize::from(!rest.as_str().is_empty());
+        if shown + width + reserve > max {
+            if shown < max {
+                out.push('…');
+            }
+            return out;
+        }
+        match &escaped {
+            Some(escape) => out.push_str(escape),
+            None => out.push(c),
+        }
+        shown += width;
+    }
+    out
+}
+
+/// Rows as aligned columns, every cell through [`terminal_text`] (so no
+/// column is wider than [`MAX_COLUMN_CHARS`]), padded by hand: a width is
+/// never handed to `format!`, whose limit is 65,535.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[(String, usize); N]> = rows
+        .iter()
+        .map(|row| {
+            row.each_ref().map(|cell| {
+                let shown = terminal_text(cell, MAX_COLUMN_CHARS);
+                let width = shown.chars().count();
+                (shown, width)
+            })
+        })
+        .collect();
     let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+    for row in &rows {
+        for (w, (_, width)) in widths.iter_mut().zip(row) {
+            *w = (*w).max(*width);
         }
     }
     let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for row in &rows {
+        let mut line = String::new();
+        for (i, ((cell, width), w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - width));
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -758,5 +838,81 @@ mod tests {
             "2026-12-01 12:00:00 GMT"
         );
         assert_eq!(local(None, "Europe/London"), "never");
+    }
+
+    #[test]
+    fn terminal_text_escapes_and_bounds() {
+        let cases = [
+            ("plain", "LAPTOP-07", 80, "LAPTOP-07"),
+            ("escape sequence", "a\u{1b}[2Jb", 80, "a\\u{1b}[2Jb"),
+            ("bell and newline", "x\u{7}\n", 80, "x\\u{7}\\u{a}"),
+            ("C1 and DEL", "\u{9b}\u{7f}", 80, "\\u{9b}\\u{7f}"),
+            (
+                "right-to-left override",
+                "abc\u{202e}fdp.exe",
+                80,
+                "abc\\u{202e}fdp.exe",
+            ),
+            ("fits exactly", "abc", 3, "abc"),
+            ("one too many", "abcd", 3, "ab…"),
+            ("an escape that does not fit", "ab\u{1b}", 3, "ab…"),
+            ("counted in characters", "ééé", 3, "ééé"),
+            ("nothing fits", "abc", 0, ""),
+            ("only the mark fits", "abc", 1, "…"),
+        ];
+        for (name, input, max, want) in cases {
+            assert_eq!(terminal_text(input, max), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_huge_hostile_cell_is_cut_and_escaped_not_a_panic() {
+        let hostname = format!("\u{1b}]0;owned\u{7}{}", "x".repeat(100_000));
+        let rows = [
+            ["DEVICE".to_string(), "HOSTNAME".into()],
+            ["d-1".into(), hostname],
+        ];
+        let out = table(&rows);
+        assert!(!out.contains('\u{1b}'), "{out}");
+        assert!(
+            out.lines()
+                .all(|l| l.chars().count() <= 2 * MAX_COLUMN_CHARS + 2),
+            "{out}"
+        );
+        assert!(out.contains("\\u{1b}]0;owned\\u{7}xxx"), "{out}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_cells_render_bounded_and_free_of_control_characters(
+            cells in proptest::collection::vec(proptest::prelude::any::<String>(), 0..12),
+            long in 0usize..70_000,
+        ) {
+            let mut rows: Vec<[String; 3]> = cells
+                .chunks(3)
+                .map(|c| std::array::from_fn(|i| c.get(i).cloned().unwrap_or_default()))
+                .collect();
+            // A cell past format!'s width limit.
+            rows.push(["x".repeat(long), "\u{1b}".repeat(long % 300), String::new()]);
+            let out = table(&rows);
+            proptest::prop_assert_eq!(out.lines().count(), rows.len());
+            for line in out.lines() {
+                proptest::prop_assert!(!line.chars().any(needs_escape), "{:?}", line);
+                proptest::prop_assert!(line.chars().count() <= 3 * MAX_COLUMN_CHARS + 4);
+            }
+        }
+
+        #[test]
+        fn terminal_text_is_bounded_escaped_and_keeps_what_fits(
+            text in proptest::prelude::any::<String>(),
+            max in 0usize..200,
+        ) {
+            let shown = terminal_text(&text, max);
+            proptest::prop_assert!(shown.chars().count() <= max);
+            proptest::prop_assert!(!shown.chars().any(needs_escape));
+            if !text.chars().any(needs_escape) && text.chars().count() <= max {
+                proptest::prop_assert_eq!(shown, text);
+            }
+        }
     }
 }

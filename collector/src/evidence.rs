@@ -13,13 +13,19 @@
 //! one, keeps the old one in `DATA/pki/evidence-keys/ID.key` while any file
 //! needs it, re-encrypts every file under the new key and then deletes the
 //! old keys no file uses. A running collector notices the new key before
-//! its next write (it checks whether the key file was replaced), and an
-//! old key is only deleted once no file needs it, so rotating while the
-//! collector runs loses nothing.
+//! its next write (it checks whether the key file was replaced); one that
+//! checked just before the replacement can still write under the old key
+//! after the rotation listed the files, so a second pass re-encrypts those
+//! before any old key is deleted, and a writer that finds the key replaced
+//! once its file is in place seals it again under the new key. An old key
+//! is only deleted once no file needs it, so rotating while the collector
+//! runs loses nothing.
 //!
-//! Writes go to a temporary file renamed into place, so a crash never
-//! leaves a half-written image under its final name.
+//! Writes go to a temporary file of their own renamed into place, so a
+//! crash never leaves a half-written image under its final name, and two
+//! writers of one image (a collector and a rotation) never mix.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -93,6 +99,15 @@ pub struct Rotation {
     pub failed: Vec<String>,
 }
 
+/// What [`EvidenceStore::remove_images`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// Images deleted (or already absent).
+    pub removed: u64,
+    /// (hash, why) of those left alone.
+    pub skipped: Vec<(String, String)>,
+}
+
 /// SHA-256 in hex, as images are named (the same function as certificate
 /// fingerprints).
 pub use crate::pki::sha256_hex;
@@ -131,7 +146,9 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 /// Writes `bytes` to `path` through a temporary file (mode 0600, synced),
 /// so `path` is either the old or the new content, never half of one.
 fn write_atomically(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    let temp = path.with_extension("tmp");
+    // A temporary name of its own: a collector and a rotation can write
+    // the same image at once, and must not interleave in one file.
+    let temp = path.with_extension(format!("tmp-{}", hex(&random::<8>()?)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -185,15 +202,15 @@ impl EvidenceStore {
     }
 
     /// Loads the keys again when the key file changed (a rotation by
-    /// another process).
-    fn refresh(&self) -> Result<()> {
+    /// another process); true when it had.
+    fn refresh(&self) -> Result<bool> {
         let changed = modified(&self.current_key_path());
         if changed == self.read_keys().current_changed {
-            return Ok(());
+            return Ok(false);
         }
         let ring = load_keys(&self.pki)?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = ring;
-        Ok(())
+        Ok(true)
     }
 
     fn path(&self, sha256: &str) -> Result<PathBuf> {
@@ -207,6 +224,12 @@ impl EvidenceStore {
     /// Stores an image whose hash the caller verified; storing the same
     /// image again does nothing.
     pub fn put(&self, image: &[u8], sha256: &str) -> Result<()> {
+        self.put_with(image, sha256, &mut || {})
+    }
+
+    /// `put`, calling `before_rename` between sealing the image and
+    /// renaming it into place (tests rotate the key there).
+    fn put_with(&self, image: &[u8], sha256: &str, before_rename: &mut dyn FnMut()) -> Result<()> {
         let path = self.path(sha256)?;
         if path.exists() {
             return Ok(());
@@ -214,10 +237,20 @@ impl EvidenceStore {
         let dir = path.parent().expect("evidence paths have a folder");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         self.refresh()?;
-        self.write_sealed(&path, image, sha256)
+        let sealed = self.seal(image, sha256)?;
+        before_rename();
+        write_atomically(&path, &[&sealed])?;
+        // A rotation that replaced the key meanwhile may have listed the
+        // files before this one was in place, and will delete the key it
+        // is sealed under: seal it again under the new key.
+        while self.refresh()? {
+            self.write_sealed(&path, image, sha256)?;
+        }
+        Ok(())
     }
 
-    fn write_sealed(&self, path: &Path, image: &[u8], sha256: &str) -> Result<()> {
+    /// The file's bytes for an image: marker, key id, nonce, ciphertext.
+    fn seal(&self, image: &[u8], sha256: &str) -> Result<Vec<u8>> {
         let nonce = random::<12>()?;
         let mut sealed = image.to_vec();
         let keys = self.read_keys();
@@ -229,7 +262,11 @@ impl EvidenceStore {
                 &mut sealed,
             )
             .map_err(|_| EvidenceError::Tampered(sha256.into()))?;
-        write_atomically(path, &[MAGIC, &keys.current.id, &nonce, &sealed])
+        Ok([&MAGIC[..], &keys.current.id, &nonce, &sealed].concat())
+    }
+
+    fn write_sealed(&self, path: &Path, image: &[u8], sha256: &str) -> Result<()> {
+        write_atomically(path, &[&self.seal(image, sha256)?])
     }
 
     /// The image, decrypted and checked against its hash.
@@ -285,6 +322,21 @@ impl EvidenceStore {
         }
     }
 
+    /// Removes each image, going on past any it cannot remove, so one bad
+    /// hash never leaves the rest behind: a hash that is not SHA-256 hex
+    /// names no evidence file and is skipped, as is a file that cannot be
+    /// deleted; both come back in `skipped` with why.
+    pub fn remove_images<'a>(&self, hashes: impl IntoIterator<Item = &'a str>) -> Removal {
+        let mut removal = Removal::default();
+        for sha in hashes {
+            match self.remove(sha) {
+                Ok(()) => removal.removed += 1,
+                Err(e) => removal.skipped.push((sha.to_owned(), e.to_string())),
+            }
+        }
+        removal
+    }
+
     /// Every stored image: (hash, path).
     fn files(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut files = Vec::new();
@@ -309,6 +361,12 @@ impl EvidenceStore {
     /// old keys once no file needs them. Safe to run while the collector
     /// runs, and to run again after an interruption.
     pub fn rotate_key(&self) -> Result<Rotation> {
+        self.rotate_key_with(&mut || {})
+    }
+
+    /// `rotate_key`, calling `between_passes` after the first pass (tests
+    /// write there as a running collector can).
+    fn rotate_key_with(&self, between_passes: &mut dyn FnMut()) -> Result<Rotation> {
         let retired_dir = self.pki.join("evidence-keys");
         std::fs::create_dir_all(&retired_dir).map_err(io(&retired_dir))?;
         // The old key is kept before the new one replaces it, so no file
@@ -329,28 +387,19 @@ impl EvidenceStore {
             old_keys_kept: 0,
             failed: Vec::new(),
         };
-        let mut still_needed: Vec<KeyId> = Vec::new();
-        for (sha, path) in self.files()? {
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
-            if bytes.starts_with(MAGIC) && bytes.get(4..12) == Some(&current[..]) {
-                continue;
-            }
-            match self.open_sealed(&bytes, &sha) {
-                Ok((plain, _)) => {
-                    self.write_sealed(&path, &plain, &sha)?;
-                    rotation.reencrypted += 1;
-                }
-                Err(e) => {
-                    tracing::error!(sha256 = %sha, error = %e, "evidence file not re-encrypted");
-                    rotation.failed.push(sha);
-                    if bytes.starts_with(MAGIC) {
-                        still_needed.push(bytes[4..12].try_into().expect("8 bytes"));
-                    }
-                }
-            }
-        }
+        // Unreadable files, with the id of the key they name (if any).
+        let mut unreadable: BTreeMap<String, Option<KeyId>> = BTreeMap::new();
+        self.reencrypt_pass(&current, &mut rotation, &mut unreadable)?;
+        between_passes();
+        // A collector that read the key file just before it was replaced
+        // can have written an image under the old key after the first pass
+        // listed the files: the second pass, before any old key goes,
+        // re-encrypts it.
+        self.reencrypt_pass(&current, &mut rotation, &mut unreadable)?;
+        rotation.failed = unreadable.keys().cloned().collect();
+        let still_needed: Vec<KeyId> = unreadable.values().flatten().copied().collect();
         // A file an unreadable one might need keeps every old key.
-        let keep_all = !rotation.failed.is_empty() && still_needed.is_empty();
+        let keep_all = unreadable.values().any(Option::is_none);
         for key in &self.read_keys().retired {
             let path = retired_dir.join(format!("{}.key", hex(&key.id)));
             if keep_all || still_needed.contains(&key.id) {
@@ -362,6 +411,46 @@ impl EvidenceStore {
         }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = load_keys(&self.pki)?;
         Ok(rotation)
+    }
+
+    /// Re-encrypts under `current` every file not already under it;
+    /// files that do not open are noted in `unreadable` (a file that opens
+    /// on a later pass is taken off).
+    fn reencrypt_pass(
+        &self,
+        current: &KeyId,
+        rotation: &mut Rotation,
+        unreadable: &mut BTreeMap<String, Option<KeyId>>,
+    ) -> Result<()> {
+        for (sha, path) in self.files()? {
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                // Purged since the listing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            if bytes.starts_with(MAGIC) && bytes.get(4..12) == Some(&current[..]) {
+                continue;
+            }
+            match self.open_sealed(&bytes, &sha) {
+                Ok((plain, _)) => {
+                    self.write_sealed(&path, &plain, &sha)?;
+                    rotation.reencrypted += 1;
+                    unreadable.remove(&sha);
+                }
+                Err(e) => {
+                    if !unreadable.contains_key(&sha) {
+                        tracing::error!(sha256 = %sha, error = %e, "evidence file not re-encrypted");
+                    }
+                    let named = bytes
+                        .strip_prefix(MAGIC)
+                        .and_then(|rest| rest.get(..8))
+                        .and_then(|id| KeyId::try_from(id).ok());
+                    unreadable.insert(sha, named);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -508,5 +597,107 @@ mod tests {
         running.put(&later, &sha256_hex(&later)).unwrap();
         let on_disk = std::fs::read(store.path(&sha256_hex(&later)).unwrap()).unwrap();
         assert_eq!(&on_disk[4..12], rotation.key_id_bytes().as_slice());
+    }
+
+    #[test]
+    fn an_image_written_under_the_old_key_during_a_rotation_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let store = EvidenceStore::open(dir.path()).unwrap();
+        let first = b"before the rotation".to_vec();
+        store.put(&first, &sha256_hex(&first)).unwrap();
+        // A running collector that read the key file just before it was
+        // replaced: it writes under the old key once the first pass has
+        // listed the files.
+        let running = EvidenceStore::open(dir.path()).unwrap();
+        let late = b"written during the rotation".to_vec();
+        let late_sha = sha256_hex(&late);
+        let rotation = store
+            .rotate_key_with(&mut || {
+                let path = running.path(&late_sha).unwrap();
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                running.write_sealed(&path, &late, &late_sha).unwrap();
+            })
+            .unwrap();
+        assert_eq!(rotation.reencrypted, 2, "{rotation:?}");
+        assert!(rotation.failed.is_empty(), "{rotation:?}");
+        assert_eq!((rotation.old_keys_removed, rotation.old_keys_kept), (1, 0));
+        let reopened = EvidenceStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get(&late_sha).unwrap(), late);
+        assert_eq!(reopened.get(&sha256_hex(&first)).unwrap(), first);
+        let on_disk = std::fs::read(reopened.path(&late_sha).unwrap()).unwrap();
+        assert_eq!(&on_disk[4..12], rotation.key_id_bytes().as_slice());
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_the_old_keys_and_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let store = EvidenceStore::open(dir.path()).unwrap();
+        let image = b"an image".to_vec();
+        let sha = sha256_hex(&image);
+        store.put(&image, &sha).unwrap();
+        let path = store.path(&sha).unwrap();
+        let mut altered = std::fs::read(&path).unwrap();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        std::fs::write(&path, altered).unwrap();
+        let rotation = store.rotate_key().unwrap();
+        assert_eq!(rotation.failed, vec![sha]);
+        assert_eq!((rotation.old_keys_removed, rotation.old_keys_kept), (0, 1));
+    }
+
+    #[test]
+    fn removing_images_goes_on_past_a_bad_hash_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let store = EvidenceStore::open(dir.path()).unwrap();
+        let (a, b) = (b"first".to_vec(), b"second".to_vec());
+        let (sha_a, sha_b) = (sha256_hex(&a), sha256_hex(&b));
+        store.put(&a, &sha_a).unwrap();
+        store.put(&b, &sha_b).unwrap();
+        let removal = store.remove_images([sha_a.as_str(), "zz-not-a-hash", &sha_b, "../../etc"]);
+        assert_eq!(removal.removed, 2);
+        assert_eq!(
+            removal.skipped,
+            vec![
+                (
+                    "zz-not-a-hash".to_owned(),
+                    "not a SHA-256 in hex: 'zz-not-a-hash'".to_owned()
+                ),
+                (
+                    "../../etc".to_owned(),
+                    "not a SHA-256 in hex: '../../etc'".to_owned()
+                ),
+            ]
+        );
+        assert!(store.files().unwrap().is_empty(), "no image left behind");
+    }
+
+    #[test]
+    fn an_image_sealed_while_the_key_is_rotated_is_sealed_again_under_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let rotating = EvidenceStore::open(dir.path()).unwrap();
+        let running = EvidenceStore::open(dir.path()).unwrap();
+        let image = b"sealed as the key changed".to_vec();
+        let sha = sha256_hex(&image);
+        running
+            .put_with(&image, &sha, &mut || {
+                // The whole rotation happens before this image is in
+                // place: neither pass sees it, and the old key goes.
+                let rotation = rotating.rotate_key().unwrap();
+                assert_eq!(rotation.old_keys_removed, 1, "{rotation:?}");
+            })
+            .unwrap();
+        let reopened = EvidenceStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get(&sha).unwrap(), image);
+        let folder = reopened.path(&sha).unwrap();
+        let leftovers: Vec<_> = std::fs::read_dir(folder.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

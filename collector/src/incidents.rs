@@ -18,30 +18,50 @@ use crate::model::DeviceId;
 /// configured.
 pub const DEFAULT_INCIDENT_WINDOW: SignedDuration = SignedDuration::from_hours(24);
 
+/// What a retention purge did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Purge {
+    pub captures: u64,
+    pub images_removed: u64,
+    /// (hash, why) of images not removed: a hash that names no evidence
+    /// file (stored before only verified hashes were), or a file that
+    /// could not be deleted. The rest are removed all the same.
+    pub images_skipped: Vec<(String, String)>,
+}
+
 /// Purges captures older than the retention period whose incident is
 /// closed: their rows, the content of their capture events and (when no
-/// other capture uses them) their images. Returns how many captures went.
+/// other capture uses them) their images.
 pub async fn purge_expired(
     store: &dyn crate::store::Store,
     evidence: &crate::evidence::EvidenceStore,
     retention: SignedDuration,
     now: Timestamp,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Purge> {
     let before = now - retention;
     let expired = store.expired_captures(before).await?;
     if expired.is_empty() {
-        return Ok(0);
+        return Ok(Purge::default());
     }
     let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
-    let purged = store.purge_captures(&ids, before).await?;
+    let captures = store.purge_captures(&ids, before).await?;
     // Images after the rows, so a crash leaves at worst an unreferenced
     // encrypted file, never a capture without its image.
+    let mut unused: Vec<&str> = Vec::new();
     for (_, sha) in expired.iter().filter(|(_, sha)| !sha.is_empty()) {
-        if !store.image_in_use(sha).await? {
-            evidence.remove(sha)?;
+        if !unused.contains(&sha.as_str()) && !store.image_in_use(sha).await? {
+            unused.push(sha);
         }
     }
-    Ok(purged)
+    let removal = evidence.remove_images(unused);
+    for (sha, why) in &removal.skipped {
+        tracing::warn!(sha256 = ?sha, reason = %why, "evidence image not removed");
+    }
+    Ok(Purge {
+        captures,
+        images_removed: removal.removed,
+        images_skipped: removal.skipped,
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,4 +146,107 @@ pub fn evidence_of(
         policy_version: 0,
         image: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{EvidenceStore, sha256_hex};
+    use crate::model::{CaptureRecord, DeviceFacts, Event, EventBody, Seq};
+    use crate::store::{DeviceFilter, Enrollment, SqliteStore, Store};
+
+    fn capture(image_sha256: &str, status: &str) -> CaptureRecord {
+        CaptureRecord {
+            rule_id: "r".into(),
+            category: "bullying".into(),
+            severity: 2,
+            matched_text: String::new(),
+            window_title: String::new(),
+            process_name: String::new(),
+            account: "pupil1".into(),
+            image_sha256: image_sha256.into(),
+            image_status: status.into(),
+            no_image_reason: String::new(),
+            repeat_count: 0,
+            kind: "snapshot".into(),
+            file_path: String::new(),
+            file_sha256: String::new(),
+            policy_version: 0,
+            image: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_hash_that_names_no_file_does_not_stop_the_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let evidence = EvidenceStore::open(dir.path()).unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let long_ago: Timestamp = "2026-01-10T09:00:00Z".parse().unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", long_ago)
+            .await
+            .unwrap();
+        let device = DeviceId::from_string("dev-1");
+        store
+            .save_enrollment(Enrollment::active(
+                device.clone(),
+                site.id,
+                DeviceFacts {
+                    machine_id: "m-1".into(),
+                    ..DeviceFacts::default()
+                },
+                "00".into(),
+                long_ago,
+            ))
+            .await
+            .unwrap();
+        let image = b"a verified image".to_vec();
+        let sha = sha256_hex(&image);
+        evidence.put(&image, &sha).unwrap();
+        // The first capture holds what an agent declared, as rows stored
+        // before only verified hashes were kept can.
+        let events: Vec<Event> = [
+            capture("zz-not-a-hash", "hash_mismatch"),
+            capture(&sha, "verified"),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(n, c)| Event {
+            seq: Seq(n as u64 + 1),
+            event_id: format!("e{n}"),
+            occurred_at: long_ago,
+            body: EventBody::Capture(c),
+        })
+        .collect();
+        store
+            .record_batch(&device, &events, long_ago)
+            .await
+            .unwrap();
+        for incident in store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap()
+        {
+            store
+                .close_incident(incident.id, "dealt with", long_ago)
+                .await
+                .unwrap();
+        }
+
+        let now: Timestamp = "2026-11-30T09:00:00Z".parse().unwrap();
+        let purge = purge_expired(&store, &evidence, SignedDuration::from_hours(24 * 90), now)
+            .await
+            .unwrap();
+        assert_eq!(purge.captures, 2);
+        assert_eq!(purge.images_removed, 1, "{purge:?}");
+        assert_eq!(purge.images_skipped.len(), 1, "{purge:?}");
+        assert_eq!(purge.images_skipped[0].0, "zz-not-a-hash");
+        assert!(
+            evidence.get(&sha).is_err(),
+            "the verified image went with its capture, not orphaned"
+        );
+    }
 }

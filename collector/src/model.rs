@@ -89,6 +89,10 @@ pub struct DeviceFacts {
     pub disks: Vec<Disk>,
     pub agent_version: String,
     pub architecture: String,
+    /// Facts the collector cut at ingest (too long, or too many disks),
+    /// each with its original length in characters (or disks).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub truncated: std::collections::BTreeMap<String, u64>,
 }
 
 /// One event as the collector stores it.

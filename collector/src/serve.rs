@@ -259,8 +259,13 @@ async fn retention_loop(
         match crate::incidents::purge_expired(&*store, &evidence, retention, jiff::Timestamp::now())
             .await
         {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(captures = n, "expired evidence purged"),
+            Ok(purge) if purge.captures == 0 => {}
+            Ok(purge) => tracing::info!(
+                captures = purge.captures,
+                images = purge.images_removed,
+                images_skipped = purge.images_skipped.len(),
+                "expired evidence purged"
+            ),
             Err(e) => tracing::error!(error = %e, "purging expired evidence failed"),
         }
     }

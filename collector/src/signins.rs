@@ -14,12 +14,16 @@
 //! Every row becomes a [`SignIn`]; whether it counts (successful and
 //! multi-factor) is decided by the caller, which also counts what it skips.
 //! Times carry their own offset (or are UTC where the column says so), so
-//! exports in several time zones compare correctly.
+//! exports in several time zones compare correctly. A time further ahead
+//! of the collector's clock than the 2FA rule allows
+//! ([`MAX_CLOCK_SKEW`](crate::rules::mfa::MAX_CLOCK_SKEW)) refuses the file,
+//! naming its line, like any other bad row.
 
 use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::directory::{CsvTable, ImportError};
+use crate::rules::mfa::check_completion_time;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "kebab-case")]
@@ -55,11 +59,18 @@ pub struct SignIn {
     pub line: u64,
 }
 
-pub fn parse(format: SigninFormat, bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+/// Reads an export whole; `now` is the collector's clock, which no sign-in
+/// may be ahead of (beyond the allowed skew).
+pub fn parse(
+    format: SigninFormat,
+    bytes: &[u8],
+    file: &str,
+    now: Timestamp,
+) -> Result<Vec<SignIn>, ImportError> {
     match format {
-        SigninFormat::EntraCsv => entra_csv(bytes, file),
-        SigninFormat::EntraJson => entra_json(bytes, file),
-        SigninFormat::GoogleCsv => google_csv(bytes, file),
+        SigninFormat::EntraCsv => entra_csv(bytes, file, now),
+        SigninFormat::EntraJson => entra_json(bytes, file, now),
+        SigninFormat::GoogleCsv => google_csv(bytes, file, now),
     }
 }
 
@@ -78,7 +89,23 @@ fn instant(text: &str) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
-fn entra_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+/// A CSV cell as the instant of a sign-in, or the error naming its line
+/// and column.
+fn csv_instant(
+    table: &CsvTable,
+    line: u64,
+    column: usize,
+    text: &str,
+    now: Timestamp,
+) -> Result<Timestamp, ImportError> {
+    let at = instant(text)
+        .ok_or_else(|| table.error(line, column, format!("'{text}' is not a date and time")))?;
+    check_completion_time(at, now)
+        .map_err(|e| table.error(line, column, format!("'{text}': {e}")))?;
+    Ok(at)
+}
+
+fn entra_csv(bytes: &[u8], file: &str, now: Timestamp) -> Result<Vec<SignIn>, ImportError> {
     let table = CsvTable::read(bytes, file)?;
     let date = table.require(&["Date (UTC)", "Date", "createdDateTime"])?;
     let id = table.require(&["Request ID", "Id", "Sign-in ID"])?;
@@ -94,9 +121,7 @@ fn entra_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
     let device_name = table.column(&["Device", "Device name", "displayName"]);
     let mut out = Vec::with_capacity(table.rows.len());
     for (line, f) in &table.rows {
-        let at = instant(&f[date]).ok_or_else(|| {
-            table.error(*line, date, format!("'{}' is not a date and time", f[date]))
-        })?;
+        let at = csv_instant(&table, *line, date, &f[date], now)?;
         if f[id].is_empty() {
             return Err(table.error(*line, id, "empty sign-in id"));
         }
@@ -115,7 +140,7 @@ fn entra_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
     Ok(out)
 }
 
-fn entra_json(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+fn entra_json(bytes: &[u8], file: &str, now: Timestamp) -> Result<Vec<SignIn>, ImportError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| ImportError {
         file: file.into(),
         line: e.line() as u64,
@@ -159,6 +184,7 @@ fn entra_json(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
             .as_str()
             .and_then(instant)
             .ok_or_else(|| problem("createdDateTime", "missing or not a date and time"))?;
+        check_completion_time(at, now).map_err(|e| problem("createdDateTime", &e.to_string()))?;
         let id = text(&r["id"]);
         if id.is_empty() {
             return Err(problem("id", "missing"));
@@ -198,7 +224,7 @@ const GOOGLE_SECOND_FACTORS: [&str; 7] = [
     "passkey",
 ];
 
-fn google_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
+fn google_csv(bytes: &[u8], file: &str, now: Timestamp) -> Result<Vec<SignIn>, ImportError> {
     let table = CsvTable::read(bytes, file)?;
     let event = table.require(&["Event Name", "Event"])?;
     let user = table.require(&["User", "Actor", "Email"])?;
@@ -208,9 +234,7 @@ fn google_csv(bytes: &[u8], file: &str) -> Result<Vec<SignIn>, ImportError> {
     let device_name = table.column(&["Device Name", "Device", "Hostname"]);
     let mut out = Vec::with_capacity(table.rows.len());
     for (line, f) in &table.rows {
-        let at = instant(&f[date]).ok_or_else(|| {
-            table.error(*line, date, format!("'{}' is not a date and time", f[date]))
-        })?;
+        let at = csv_instant(&table, *line, date, &f[date], now)?;
         let methods = f[challenge].to_lowercase();
         let second: Vec<&str> = GOOGLE_SECOND_FACTORS
             .iter()
@@ -357,13 +381,16 @@ pub async fn import(
 mod tests {
     use super::*;
 
+    /// The collector's clock in these tests: after every export's rows.
+    const NOW: Timestamp = Timestamp::constant(1_795_003_200, 0); // 2026-11-18T12:00:00Z
+
     #[test]
     fn entra_csv_rows_in_several_zones() {
         let csv = "Date (UTC),Request ID,User,Username,Status,Authentication requirement,Device ID,Device\n\
                    2026-11-01T09:15:00Z,r1,Jane Smith,J.Smith@cabot.sch.uk,Success,Multifactor authentication,,LAPTOP-07\n\
                    2026-11-01 10:15:00,r2,Jane Smith,j.smith@cabot.sch.uk,Failure,Multifactor authentication,,LAPTOP-07\n\
                    2026-11-01T10:15:00+01:00,r3,Jane Smith,j.smith@cabot.sch.uk,Success,Single-factor authentication,,LAPTOP-07\n";
-        let rows = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv").unwrap();
+        let rows = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv", NOW).unwrap();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].account, "j.smith@cabot.sch.uk");
         assert!(rows[0].succeeded && rows[0].multi_factor);
@@ -388,7 +415,7 @@ mod tests {
             ],
             "deviceDetail": {"deviceId": "", "displayName": "LAPTOP-07"}
         }]}"#;
-        let rows = parse(SigninFormat::EntraJson, json.as_bytes(), "s.json").unwrap();
+        let rows = parse(SigninFormat::EntraJson, json.as_bytes(), "s.json", NOW).unwrap();
         assert_eq!(rows[0].method, "Mobile app notification");
         assert!(rows[0].succeeded && rows[0].multi_factor);
         assert_eq!(rows[0].device_name, "LAPTOP-07");
@@ -399,7 +426,7 @@ mod tests {
         let csv = "Event Name,Event Description,User,Date,IP Address,Login Type,Login Challenge Method\n\
                    Successful login,j.smith logged in,j.smith@cabot.sch.uk,2026-11-03T07:30:00-05:00,10.0.0.1,Google Password,\"Password, Google Authenticator\"\n\
                    Successful login,j.smith logged in,j.smith@cabot.sch.uk,2026-11-04T07:30:00-05:00,10.0.0.1,Google Password,Password\n";
-        let rows = parse(SigninFormat::GoogleCsv, csv.as_bytes(), "g.csv").unwrap();
+        let rows = parse(SigninFormat::GoogleCsv, csv.as_bytes(), "g.csv", NOW).unwrap();
         assert!(rows[0].multi_factor);
         assert_eq!(rows[0].at, "2026-11-03T12:30:00Z".parse().unwrap());
         assert!(!rows[1].multi_factor);
@@ -410,17 +437,98 @@ mod tests {
     fn bad_rows_are_located() {
         let csv = "Date (UTC),Request ID,Username,Status,Authentication requirement\n\
                    yesterday,r1,a@b,Success,Multifactor authentication\n";
-        let err = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv").unwrap_err();
+        let err = parse(SigninFormat::EntraCsv, csv.as_bytes(), "s.csv", NOW).unwrap_err();
         assert_eq!(err.line, 2);
         assert!(
             err.to_string()
                 .contains("column 1 (Date (UTC)): 'yesterday'"),
             "{err}"
         );
-        let err = parse(SigninFormat::EntraJson, b"[{\"id\": \"x\"}]", "s.json").unwrap_err();
+        let err = parse(SigninFormat::EntraJson, b"[{\"id\": \"x\"}]", "s.json", NOW).unwrap_err();
         assert!(
             err.to_string().contains("record 1: createdDateTime"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sign_ins_ahead_of_the_clock_are_refused_with_their_line() {
+        // Five minutes ahead of NOW are allowed.
+        let entra = |date: &str| {
+            format!(
+                "Date (UTC),Request ID,Username,Status,Authentication requirement\n\
+                 2026-11-01T09:15:00Z,r1,a@b,Success,Multifactor authentication\n\
+                 {date},r2,a@b,Success,Multifactor authentication\n"
+            )
+        };
+        let google = |date: &str| {
+            format!(
+                "Event Name,User,Date,Login Challenge Method\n\
+                 Successful login,a@b,{date},Google Authenticator\n"
+            )
+        };
+        let json = |date: &str| {
+            format!(
+                r#"[{{"id": "x", "createdDateTime": "{date}", "userPrincipalName": "a@b",
+                   "status": {{"errorCode": 0}}, "authenticationRequirement": "multiFactorAuthentication"}}]"#
+            )
+        };
+        let within = "2026-11-18T12:05:00Z";
+        let beyond = "2026-11-18T12:05:01Z";
+        let years = "2036-01-01T00:00:00Z";
+        let cases = [
+            (
+                "entra csv within the skew",
+                SigninFormat::EntraCsv,
+                entra(within),
+                None,
+            ),
+            (
+                "entra csv a second beyond",
+                SigninFormat::EntraCsv,
+                entra(beyond),
+                Some(
+                    "s: line 3, column 1 (Date (UTC)): '2026-11-18T12:05:01Z': 2026-11-18T12:05:01Z is in the future",
+                ),
+            ),
+            (
+                "entra csv years ahead",
+                SigninFormat::EntraCsv,
+                entra(years),
+                Some("s: line 3, column 1 (Date (UTC)): '2036-01-01T00:00:00Z': "),
+            ),
+            (
+                "google within the skew",
+                SigninFormat::GoogleCsv,
+                google(within),
+                None,
+            ),
+            (
+                "google beyond",
+                SigninFormat::GoogleCsv,
+                google(beyond),
+                Some("s: line 2, column 3 (Date): '2026-11-18T12:05:01Z': "),
+            ),
+            (
+                "entra json within the skew",
+                SigninFormat::EntraJson,
+                json(within),
+                None,
+            ),
+            (
+                "entra json beyond",
+                SigninFormat::EntraJson,
+                json(beyond),
+                Some("s: record 1: createdDateTime: 2026-11-18T12:05:01Z is in the future"),
+            ),
+        ];
+        for (name, format, text, want_error) in cases {
+            let got = parse(format, text.as_bytes(), "s", NOW);
+            match (got, want_error) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.to_string().starts_with(want), "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, wanted error {want:?}"),
+            }
+        }
     }
 }

@@ -418,6 +418,23 @@ fn identity_providers_post_completions_with_a_site_token() {
             .contains("completions[0].completed_at"),
         "{bad}"
     );
+    // A completion a day ahead of the collector's clock would keep the
+    // pair fresh for 45 days from then: refused, naming the field.
+    let tomorrow = ago(-1).strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let (code, future) = post(
+        &data,
+        collector.api,
+        &token,
+        &format!(
+            r#"{{"completions": [{{"account": "j.smith@cabot.sch.uk", "completed_at": "{tomorrow}", "device_id": "{id}"}}]}}"#
+        ),
+    );
+    assert_eq!(code, 400, "{future}");
+    let message = future["error"].as_str().unwrap();
+    assert!(
+        message.starts_with("completions[0].completed_at: ") && message.contains("in the future"),
+        "{future}"
+    );
     assert_eq!(
         pair(&data, &id, "j.smith").unwrap()["status"],
         "stale",

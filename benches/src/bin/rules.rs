@@ -154,16 +154,13 @@ fn store_round_trip(args: &Args, as_of: Timestamp) -> anyhow::Result<()> {
         for d in 0..args.store_devices {
             let id = DeviceId::from_string(format!("dev-{d:06}"));
             store
-                .save_enrollment(hallmonitor_collector::store::Enrollment {
-                    device_id: id.clone(),
-                    site: site.id,
-                    facts: Default::default(),
-                    cert_sha256: format!("{d:064}"),
-                    at: as_of - SignedDuration::from_hours(24 * 365),
-                    status: hallmonitor_collector::model::DeviceStatus::Active,
-                    status_reason: String::new(),
-                    duplicate_of: None,
-                })
+                .save_enrollment(hallmonitor_collector::store::Enrollment::active(
+                    id.clone(),
+                    site.id,
+                    Default::default(),
+                    format!("{d:064}"),
+                    as_of - SignedDuration::from_hours(24 * 365),
+                ))
                 .await?;
             let events: Vec<Event> = sessions(&mut rng, as_of, args.sessions_per_day)
                 .into_iter()

@@ -143,20 +143,32 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
             let retention =
                 jiff::SignedDuration::from_hours(24 * i64::from(config.captures.retention_days));
-            let purged =
+            let purge =
                 hallmonitor_collector::incidents::purge_expired(&store, &evidence, retention, now)
                     .await?;
             audit(
                 format!("cli:{}", by.unwrap_or_else(os_user)),
                 "evidence_purged",
                 0,
-                format!("{purged} captures"),
+                format!(
+                    "{} captures, {} images, {} images skipped",
+                    purge.captures,
+                    purge.images_removed,
+                    purge.images_skipped.len()
+                ),
             )
             .await?;
             println!(
-                "Purged {purged} capture(s) older than {} days from closed incidents.",
-                config.captures.retention_days
+                "Purged {} capture(s) older than {} days from closed incidents ({} image(s) removed).",
+                purge.captures, config.captures.retention_days, purge.images_removed
             );
+            for (sha, why) in &purge.images_skipped {
+                println!(
+                    "  image '{}' not removed: {}",
+                    cli::terminal_text(sha, cli::MAX_COLUMN_CHARS),
+                    cli::terminal_text(why, cli::MAX_VALUE_CHARS)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -128,16 +128,9 @@ pub(crate) async fn signins(data: &Path, command: SigninsCommand) -> anyhow::Res
     let config = CollectorConfig::load(data)?;
     let site = require_site(&store, &site).await?;
     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let rows = signins::parse(format, &bytes, &file.display().to_string())?;
-    let report = signins::import(
-        &store,
-        &config,
-        &site,
-        rows,
-        format.source(),
-        Timestamp::now(),
-    )
-    .await?;
+    let now = Timestamp::now();
+    let rows = signins::parse(format, &bytes, &file.display().to_string(), now)?;
+    let report = signins::import(&store, &config, &site, rows, format.source(), now).await?;
     print!("{}", cli::signins_report(&report));
     Ok(ExitCode::SUCCESS)
 }

@@ -12,12 +12,13 @@
 //! reaches a rule.
 
 use hallmonitor_proto::v1;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
 use super::wire::timestamp;
 
-/// How far ahead of the collector's clock a device's time may be.
-pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(5);
+/// How far ahead of the collector's clock a device's time may be (one
+/// figure for every entry point: stream, imports, API).
+pub use crate::rules::mfa::MAX_CLOCK_SKEW;
 
 /// Why an event is refused, for the `unrecognised` record.
 pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
@@ -88,6 +89,7 @@ fn check_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::SignedDuration;
     use v1::session_event::Phase;
 
     fn at(t: Timestamp) -> Option<hallmonitor_proto::Timestamp> {

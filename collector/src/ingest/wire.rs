@@ -1,13 +1,69 @@
 //! Wire (prost) types to domain types and back: the only place besides
 //! `enroll` where the collector touches generated protobuf structs.
+//!
+//! Everything a device sends is hostile text until it is through here:
+//! every string is bounded ([`MAX_HOSTNAME_CHARS`], [`MAX_TEXT_CHARS`],
+//! [`MAX_PATH_CHARS`]) and its control characters replaced, so what the
+//! store holds is safe to show a person. A cut fact keeps its original
+//! length in `DeviceFacts::truncated`; cut text ends with `…`.
+
+use std::collections::BTreeMap;
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
+use serde_json::json;
 
 use crate::model::{
     CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, Seq, SessionKind,
     SessionRecord,
 };
+use crate::rules::mfa::check_completion_time;
+
+/// The longest hostname kept (DNS names have at most 253 characters).
+pub const MAX_HOSTNAME_CHARS: usize = 255;
+/// The longest free text kept from a device (OS strings, accounts, window
+/// titles, details …).
+pub const MAX_TEXT_CHARS: usize = 1_024;
+/// The longest file path kept (Linux's `PATH_MAX` is 4,096 bytes).
+pub const MAX_PATH_CHARS: usize = 4_096;
+/// The most disks kept from one device's facts.
+pub const MAX_DISKS: usize = 64;
+
+/// `text` made safe to store and show: tabs and line breaks become spaces,
+/// other control characters U+FFFD, and text longer than `max` characters
+/// is cut to `max`, the last being `…`. The original length in characters
+/// comes back when it was cut.
+fn bounded(text: String, max: usize) -> (String, Option<u64>) {
+    // Fast path: short (in bytes, so in characters too) and clean.
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return (text, None);
+    }
+    let total = text.chars().count();
+    let cut = total > max;
+    let keep = if cut { max.saturating_sub(1) } else { total };
+    let mut out: String = text
+        .chars()
+        .take(keep)
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect();
+    if cut {
+        out.push('…');
+    }
+    (out, cut.then_some(total as u64))
+}
+
+/// [`bounded`] free text, its original length dropped.
+fn text(s: String) -> String {
+    bounded(s, MAX_TEXT_CHARS).0
+}
+
+fn path(s: String) -> String {
+    bounded(s, MAX_PATH_CHARS).0
+}
 
 pub(super) fn timestamp(t: Option<&hallmonitor_proto::Timestamp>) -> Option<Timestamp> {
     let t = t?;
@@ -48,7 +104,7 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             evicted_captures: r.evicted_captures,
             evicted_enforcement: r.evicted_enforcement,
             evicted_other: r.evicted_other,
-            corrupt_file_moved_to: r.corrupt_file_moved_to,
+            corrupt_file_moved_to: path(r.corrupt_file_moved_to),
         },
         // Kinds whose rules arrive with later work: kept, typed by name.
         Some(Body::Session(session)) => match session_from_wire(session) {
@@ -64,10 +120,10 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                 .and_then(command_from_wire)
             {
                 Some(command) => EventBody::Enforcement {
-                    command_id: result.command_id,
+                    command_id: text(result.command_id),
                     command,
                     ok: result.ok,
-                    detail: result.detail,
+                    detail: text(result.detail),
                 },
                 None => {
                     ok = false;
@@ -75,23 +131,19 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                 }
             }
         }
-        Some(Body::Mfa(m)) if !m.account.is_empty() => EventBody::Mfa {
-            account: m.account,
-            method: m.method,
-            source: m.source,
-        },
-        Some(Body::Mfa(_)) => {
-            ok = false;
-            unrecognised("mfa", "no account")
+        Some(Body::Mfa(m)) => {
+            let (body, counts) = mfa_from_wire(m, occurred_at, received_at);
+            ok &= counts;
+            body
         }
         Some(Body::Capture(c)) => EventBody::Capture(capture_from_wire(c)),
         Some(Body::FileAlert(f)) => EventBody::FileAlert {
-            path: f.path,
-            rule_id: f.rule_id,
-            category: f.category,
+            path: path(f.path),
+            rule_id: text(f.rule_id),
+            category: text(f.category),
             severity: f.severity.clamp(1, 5),
-            account: f.account,
-            sha256: f.sha256,
+            account: text(f.account),
+            sha256: text(f.sha256),
         },
         None => {
             ok = false;
@@ -100,7 +152,7 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
     };
     let event = Event {
         seq: Seq(e.seq),
-        event_id: e.event_id,
+        event_id: text(e.event_id),
         occurred_at: occurred_at.unwrap_or(received_at),
         body,
     };
@@ -110,42 +162,110 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
 fn unrecognised(kind: &str, why: &str) -> EventBody {
     EventBody::Other {
         name: "unrecognised".into(),
-        json: serde_json::json!({ "kind": kind, "error": why }),
+        json: json!({ "kind": kind, "error": why }),
     }
 }
 
+/// A two-step sign-in the agent saw (true), or the event kept as
+/// `unrecognised` (false), with what it said so nothing is lost, when it
+/// cannot count: no account, no time, or a time further ahead of the
+/// collector's clock than the rule allows (one such time would decide the
+/// pair for years).
+fn mfa_from_wire(
+    m: v1::MfaCompletion,
+    occurred_at: Option<Timestamp>,
+    received_at: Timestamp,
+) -> (EventBody, bool) {
+    let problem = if m.account.is_empty() {
+        Some("account: empty".to_owned())
+    } else {
+        match occurred_at.map(|at| check_completion_time(at, received_at)) {
+            None => Some("occurred_at: missing".to_owned()),
+            Some(Err(future)) => Some(format!("occurred_at: {future}")),
+            Some(Ok(())) => None,
+        }
+    };
+    let (account, method, source) = (text(m.account), text(m.method), path(m.source));
+    let Some(why) = problem else {
+        let body = EventBody::Mfa {
+            account,
+            method,
+            source,
+        };
+        return (body, true);
+    };
+    let refused = EventBody::Other {
+        name: "unrecognised".into(),
+        json: json!({
+            "kind": "mfa",
+            "error": why,
+            "occurred_at": occurred_at,
+            "account": account,
+            "method": method,
+            "source": source,
+        }),
+    };
+    (refused, false)
+}
+
+/// A device's facts, every string bounded (see the module docs); what was
+/// cut is named in `truncated` with its original length.
 pub fn facts_from_wire(f: v1::DeviceFacts) -> DeviceFacts {
+    let mut truncated = BTreeMap::new();
+    let mut keep = |field: &str, value: String, max: usize| {
+        let (value, original) = bounded(value, max);
+        if let Some(original) = original {
+            truncated.insert(field.to_owned(), original);
+        }
+        value
+    };
+    let hostname = keep("hostname", f.hostname, MAX_HOSTNAME_CHARS);
+    let os_name = keep("os_name", f.os_name, MAX_TEXT_CHARS);
+    let os_version = keep("os_version", f.os_version, MAX_TEXT_CHARS);
+    let kernel_version = keep("kernel_version", f.kernel_version, MAX_TEXT_CHARS);
+    let machine_id = keep("machine_id", f.machine_id, MAX_TEXT_CHARS);
+    let serial_number = keep("serial_number", f.serial_number, MAX_TEXT_CHARS);
+    let cpu_model = keep("cpu_model", f.cpu_model, MAX_TEXT_CHARS);
+    let agent_version = keep("agent_version", f.agent_version, MAX_TEXT_CHARS);
+    let architecture = keep("architecture", f.architecture, MAX_TEXT_CHARS);
+    let disk_count = f.disks.len();
+    let disks = f
+        .disks
+        .into_iter()
+        .take(MAX_DISKS)
+        .map(|d| Disk {
+            encryption: match v1::Encryption::try_from(d.encryption) {
+                Ok(v1::Encryption::Encrypted) => Encryption::Encrypted,
+                Ok(v1::Encryption::NotEncrypted) => Encryption::NotEncrypted,
+                _ => Encryption::Unknown,
+            },
+            name: keep("disks.name", d.name, MAX_TEXT_CHARS),
+            mount_point: keep("disks.mount_point", d.mount_point, MAX_PATH_CHARS),
+            file_system: keep("disks.file_system", d.file_system, MAX_TEXT_CHARS),
+            total_bytes: d.total_bytes,
+            available_bytes: d.available_bytes,
+            removable: d.removable,
+        })
+        .collect();
+    if disk_count > MAX_DISKS {
+        truncated.insert("disks".to_owned(), disk_count as u64);
+    }
     DeviceFacts {
-        hostname: f.hostname,
-        os_name: f.os_name,
-        os_version: f.os_version,
-        kernel_version: f.kernel_version,
-        machine_id: f.machine_id,
-        serial_number: f.serial_number,
+        hostname,
+        os_name,
+        os_version,
+        kernel_version,
+        machine_id,
+        serial_number,
         uptime_secs: f.uptime_secs,
-        cpu_model: f.cpu_model,
+        cpu_model,
         cpu_cores: f.cpu_cores,
         memory_total_bytes: f.memory_total_bytes,
         memory_available_bytes: f.memory_available_bytes,
-        disks: f
-            .disks
-            .into_iter()
-            .map(|d| Disk {
-                encryption: match v1::Encryption::try_from(d.encryption) {
-                    Ok(v1::Encryption::Encrypted) => Encryption::Encrypted,
-                    Ok(v1::Encryption::NotEncrypted) => Encryption::NotEncrypted,
-                    _ => Encryption::Unknown,
-                },
-                name: d.name,
-                mount_point: d.mount_point,
-                file_system: d.file_system,
-                total_bytes: d.total_bytes,
-                available_bytes: d.available_bytes,
-                removable: d.removable,
-            })
-            .collect(),
-        agent_version: f.agent_version,
-        architecture: f.architecture,
+        disks,
+        agent_version,
+        architecture,
+        truncated,
     }
 }
 
@@ -162,8 +282,8 @@ fn session_from_wire(s: v1::SessionEvent) -> Option<SessionRecord> {
         Kind::Unspecified => SessionKind::Other,
     };
     Some(SessionRecord {
-        session_id: s.session_id,
-        account: s.account,
+        session_id: text(s.session_id),
+        account: text(s.account),
         uid: s.uid,
         kind,
         started_at,
@@ -195,27 +315,37 @@ pub(super) fn wire_timestamp(t: Timestamp) -> hallmonitor_proto::Timestamp {
 }
 
 /// A capture with its image checked against the hash the agent declared.
+/// Only a verified hash is stored as the image's: it names an evidence
+/// file, and a declared one that does not (not even hex, perhaps) would
+/// stand where a file name is expected. A mismatch keeps what was declared
+/// in the reason instead.
 fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
     let declared = c.image_sha256.to_ascii_lowercase();
-    let (status, image) = if c.image_png.is_empty() {
-        ("no_image", Vec::new())
+    let mut no_image_reason = text(c.no_image_reason);
+    let (status, image, image_sha256) = if c.image_png.is_empty() {
+        ("no_image", Vec::new(), String::new())
     } else if crate::evidence::sha256_hex(&c.image_png) == declared {
-        ("verified", c.image_png)
+        ("verified", c.image_png, declared)
     } else {
         // Kept as a capture (nothing is lost), without the image.
-        ("hash_mismatch", Vec::new())
+        if no_image_reason.is_empty() {
+            no_image_reason = text(format!(
+                "the image did not match the SHA-256 the agent declared ({declared})"
+            ));
+        }
+        ("hash_mismatch", Vec::new(), String::new())
     };
     CaptureRecord {
-        rule_id: c.rule_id,
-        category: c.category,
+        rule_id: text(c.rule_id),
+        category: text(c.category),
         severity: c.severity.clamp(1, 5) as u8,
-        matched_text: c.matched_text,
-        window_title: c.window_title,
-        process_name: c.process_name,
-        account: c.account,
-        image_sha256: declared,
+        matched_text: text(c.matched_text),
+        window_title: text(c.window_title),
+        process_name: text(c.process_name),
+        account: text(c.account),
+        image_sha256,
         image_status: status.into(),
-        no_image_reason: c.no_image_reason,
+        no_image_reason,
         repeat_count: c.repeat_count,
         kind: "snapshot".into(),
         file_path: String::new(),
@@ -297,5 +427,190 @@ mod tests {
                 Encryption::Unknown
             ]
         );
+    }
+
+    fn mfa_at(seconds: Option<i64>) -> v1::Event {
+        v1::Event {
+            seq: 3,
+            event_id: "m".into(),
+            occurred_at: seconds.and_then(ts),
+            body: Some(v1::event::Body::Mfa(v1::MfaCompletion {
+                account: "j.smith".into(),
+                method: "pam_u2f".into(),
+                source: "/var/log/auth.log:12".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn mfa_events_from_the_future_are_refused_naming_the_field_and_kept() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let skew = crate::rules::mfa::MAX_CLOCK_SKEW.as_secs();
+        let cases = [
+            ("an hour ago", Some(-3_600), true),
+            ("now", Some(0), true),
+            ("at the edge of the skew", Some(skew), true),
+            ("a second beyond the skew", Some(skew + 1), false),
+            ("ten years ahead", Some(10 * 365 * 86_400), false),
+            ("no time", None, false),
+        ];
+        for (name, offset, accepted) in cases {
+            let event = mfa_at(offset.map(|o| now.as_second() + o));
+            let (event, ok) = event_from_wire(event, now);
+            assert_eq!(ok, accepted, "{name}");
+            if accepted {
+                assert_eq!(event.body.kind(), "mfa", "{name}");
+                continue;
+            }
+            let EventBody::Other { name: kind, json } = &event.body else {
+                panic!("{name}: {:?}", event.body);
+            };
+            assert_eq!(kind, "unrecognised", "{name}");
+            assert_eq!(json["kind"], "mfa", "{name}");
+            assert!(
+                json["error"].as_str().unwrap().starts_with("occurred_at: "),
+                "{name}: {json}"
+            );
+            // Nothing the agent said is lost.
+            assert_eq!(json["account"], "j.smith", "{name}");
+            assert_eq!(json["source"], "/var/log/auth.log:12", "{name}");
+        }
+        let (event, _) = event_from_wire(mfa_at(Some(now.as_second() + 3_600)), now);
+        let EventBody::Other { json, .. } = event.body else {
+            unreachable!("refused above")
+        };
+        assert!(
+            json["error"].as_str().unwrap().contains("is in the future"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn device_text_is_bounded_and_control_characters_replaced() {
+        let cases = [
+            ("short and clean", "LAPTOP-07", 255, "LAPTOP-07", None),
+            ("exactly the bound", "abc", 3, "abc", None),
+            ("one over the bound", "abcd", 3, "ab…", Some(4)),
+            ("escape", "a\u{1b}[31mb", 255, "a\u{fffd}[31mb", None),
+            ("line breaks and tabs", "a\nb\tc\r", 255, "a b c ", None),
+            (
+                "C1 and DEL",
+                "a\u{9b}b\u{7f}",
+                255,
+                "a\u{fffd}b\u{fffd}",
+                None,
+            ),
+            ("multi-byte counted in characters", "ééé", 3, "ééé", None),
+            ("multi-byte cut on a character", "éééé", 3, "éé…", Some(4)),
+        ];
+        for (name, input, max, want, original) in cases {
+            assert_eq!(
+                bounded(input.to_owned(), max),
+                (want.to_owned(), original),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_facts_are_bounded_and_what_was_cut_is_named() {
+        let hostname = format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(100_000));
+        let facts = v1::DeviceFacts {
+            hostname: hostname.clone(),
+            os_name: "Ubuntu\u{1b}[2J".into(),
+            cpu_model: "y".repeat(5_000),
+            disks: vec![v1::Disk::default(); MAX_DISKS + 1],
+            ..Default::default()
+        };
+        let facts = facts_from_wire(facts);
+        assert_eq!(facts.hostname.chars().count(), MAX_HOSTNAME_CHARS);
+        assert!(!facts.hostname.chars().any(char::is_control));
+        assert!(facts.hostname.ends_with('…'));
+        assert_eq!(facts.os_name, "Ubuntu\u{fffd}[2J");
+        assert_eq!(facts.cpu_model.chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(facts.disks.len(), MAX_DISKS);
+        assert_eq!(
+            facts.truncated,
+            BTreeMap::from([
+                ("cpu_model".to_owned(), 5_000),
+                ("disks".to_owned(), MAX_DISKS as u64 + 1),
+                ("hostname".to_owned(), hostname.chars().count() as u64),
+            ])
+        );
+    }
+
+    #[test]
+    fn event_text_from_devices_is_bounded() {
+        let now = Timestamp::from_second(5_000).unwrap();
+        let capture = v1::Event {
+            seq: 4,
+            event_id: "c".into(),
+            occurred_at: ts(1_000),
+            body: Some(v1::event::Body::Capture(v1::Capture {
+                window_title: format!("\u{1b}[2J{}", "t".repeat(50_000)),
+                account: "pupil\u{1b}1".into(),
+                ..Default::default()
+            })),
+        };
+        let (event, ok) = event_from_wire(capture, now);
+        assert!(ok);
+        let EventBody::Capture(c) = event.body else {
+            panic!("{:?}", event.body)
+        };
+        assert_eq!(c.window_title.chars().count(), MAX_TEXT_CHARS);
+        assert!(c.window_title.starts_with("\u{fffd}[2J"));
+        assert_eq!(c.account, "pupil\u{fffd}1");
+    }
+
+    #[test]
+    fn only_a_verified_image_hash_is_kept() {
+        let now = Timestamp::from_second(5_000).unwrap();
+        let image = b"png bytes".to_vec();
+        let good = crate::evidence::sha256_hex(&image);
+        let cases = [
+            (
+                "verified",
+                image.clone(),
+                good.to_uppercase(),
+                "verified",
+                good.as_str(),
+            ),
+            (
+                "not hex",
+                image.clone(),
+                "../../x\u{1b}".to_owned(),
+                "hash_mismatch",
+                "",
+            ),
+            (
+                "another image's hash",
+                image.clone(),
+                "ab".repeat(32),
+                "hash_mismatch",
+                "",
+            ),
+            ("no image", Vec::new(), good.clone(), "no_image", ""),
+        ];
+        for (name, png, declared, want_status, want_sha) in cases {
+            let event = v1::Event {
+                seq: 5,
+                event_id: "c".into(),
+                occurred_at: ts(1_000),
+                body: Some(v1::event::Body::Capture(v1::Capture {
+                    image_png: png,
+                    image_sha256: declared,
+                    ..Default::default()
+                })),
+            };
+            let EventBody::Capture(c) = event_from_wire(event, now).0.body else {
+                panic!("{name}")
+            };
+            assert_eq!(c.image_status, want_status, "{name}");
+            assert_eq!(c.image_sha256, want_sha, "{name}");
+            if want_status == "hash_mismatch" {
+                assert!(c.no_image_reason.contains("did not match"), "{name}");
+                assert!(!c.no_image_reason.contains('\u{1b}'), "{name}");
+            }
+        }
     }
 }

@@ -105,7 +105,7 @@ async fn evaluate_page(
     let page = store.activity_inputs(filter, since, after, PAGE).await?;
     let ids: Vec<DeviceId> = page.iter().map(|i| i.device.clone()).collect();
     let mut completions: HashMap<DeviceId, BTreeMap<String, Vec<Timestamp>>> = HashMap::new();
-    for (device, account, at) in store.mfa_completions_for(&ids).await? {
+    for (device, account, at) in store.mfa_completions_for(&ids, as_of).await? {
         completions
             .entry(device)
             .or_default()

@@ -6,6 +6,12 @@
 //! qualifying session on the device overlapping `[as_of − validity,
 //! as_of)`. `fresh` while `as_of − last ≤ validity − reminder`, `due_soon`
 //! in the last `reminder` (7 days) of validity, `stale` after or if never.
+//!
+//! Only completions at or before `as_of` count, and no completion may lie
+//! in the collector's future by more than [`MAX_CLOCK_SKEW`]: every entry
+//! point (telemetry, sign-in imports, the API) refuses one with
+//! [`check_completion_time`], because a single time stamped years ahead
+//! would otherwise decide a pair for years.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +20,30 @@ use serde::Serialize;
 
 use crate::model::SessionRecord;
 use crate::rules::activity::SessionPolicy;
+
+/// How far ahead of the collector's clock a completion may be stamped:
+/// device clocks drift a little; more than this is a wrong clock or a wrong
+/// record, not a sign-in.
+pub const MAX_CLOCK_SKEW: SignedDuration = SignedDuration::from_mins(5);
+
+/// A completion stamped later than the collector's clock allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{at} is in the future: the collector's clock says {now} and allows at most {} minutes ahead",
+    MAX_CLOCK_SKEW.as_mins()
+)]
+pub struct FutureCompletion {
+    pub at: Timestamp,
+    pub now: Timestamp,
+}
+
+/// Refuses a completion time more than [`MAX_CLOCK_SKEW`] after `now`.
+pub fn check_completion_time(at: Timestamp, now: Timestamp) -> Result<(), FutureCompletion> {
+    if at > now + MAX_CLOCK_SKEW {
+        return Err(FutureCompletion { at, now });
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MfaThresholds {
@@ -202,5 +232,103 @@ mod tests {
         assert_eq!(pairs[0].last_mfa, Some(t("2026-11-01T08:00:00Z")));
         assert_eq!(pairs[0].expires_at, Some(t("2026-12-16T08:00:00Z")));
         assert_eq!(pairs[0].last_session_at, t("2026-11-20T09:00:00Z"));
+    }
+
+    #[test]
+    fn history_decides_by_the_newest_completion_at_or_before_as_of() {
+        let th = MfaThresholds::default();
+        let as_of = t("2026-11-24T12:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        let second = SignedDuration::from_secs(1);
+        let sessions = [session("j.smith", 1001, "2026-11-20T09:00:00Z")];
+        let cases: Vec<(&str, Vec<Timestamp>, Option<Timestamp>, MfaStatus)> = vec![
+            ("never", vec![], None, MfaStatus::Stale),
+            (
+                "a newer one after as_of hides none before it",
+                vec![as_of - day * 10, as_of + day],
+                Some(as_of - day * 10),
+                MfaStatus::Fresh,
+            ),
+            (
+                "years ahead beside an old one",
+                vec![as_of - day * 40, as_of + day * 3650],
+                Some(as_of - day * 40),
+                MfaStatus::DueSoon,
+            ),
+            (
+                "only one, a second after as_of",
+                vec![as_of + second],
+                None,
+                MfaStatus::Stale,
+            ),
+            (
+                "exactly at as_of",
+                vec![as_of],
+                Some(as_of),
+                MfaStatus::Fresh,
+            ),
+            (
+                "newest of several, in any order",
+                vec![as_of - day * 50, as_of - day * 20, as_of - day * 44],
+                Some(as_of - day * 20),
+                MfaStatus::Fresh,
+            ),
+            (
+                "every one older than the validity",
+                vec![as_of - day * 46, as_of - day * 100],
+                Some(as_of - day * 46),
+                MfaStatus::Stale,
+            ),
+        ];
+        for (name, history, want_last, want_status) in cases {
+            let completions = BTreeMap::from([("j.smith".to_string(), history)]);
+            let pairs = device_pairs(
+                &sessions,
+                &SessionPolicy::default(),
+                |_| true,
+                &completions,
+                as_of,
+                &th,
+            );
+            assert_eq!(pairs.len(), 1, "{name}");
+            assert_eq!(pairs[0].last_mfa, want_last, "{name}");
+            assert_eq!(pairs[0].status, want_status, "{name}");
+            assert_eq!(
+                pairs[0].expires_at,
+                want_last.map(|l| l + th.validity),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn completion_times_ahead_of_the_clock_beyond_the_skew_are_refused() {
+        let now = t("2026-11-24T12:00:00Z");
+        let second = SignedDuration::from_secs(1);
+        let cases = [
+            ("long ago", now - SignedDuration::from_hours(24 * 400), true),
+            ("now", now, true),
+            ("a minute ahead", now + SignedDuration::from_mins(1), true),
+            ("exactly the skew ahead", now + MAX_CLOCK_SKEW, true),
+            (
+                "a second beyond the skew",
+                now + MAX_CLOCK_SKEW + second,
+                false,
+            ),
+            (
+                "a year ahead",
+                now + SignedDuration::from_hours(24 * 365),
+                false,
+            ),
+        ];
+        for (name, at, accepted) in cases {
+            assert_eq!(check_completion_time(at, now).is_ok(), accepted, "{name}");
+        }
+        let err = check_completion_time(now + SignedDuration::from_hours(1), now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2026-11-24T13:00:00Z is in the future: the collector's clock says \
+             2026-11-24T12:00:00Z and allows at most 5 minutes ahead"
+        );
     }
 }

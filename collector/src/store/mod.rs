@@ -54,6 +54,28 @@ pub struct Enrollment {
     pub duplicate_of: Option<DeviceId>,
 }
 
+impl Enrollment {
+    /// An active device (a machine never seen, or one that proved its key).
+    pub fn active(
+        device_id: DeviceId,
+        site: SiteId,
+        facts: DeviceFacts,
+        cert_sha256: String,
+        at: Timestamp,
+    ) -> Enrollment {
+        Enrollment {
+            device_id,
+            site,
+            facts,
+            cert_sha256,
+            at,
+            status: DeviceStatus::Active,
+            status_reason: String::new(),
+            duplicate_of: None,
+        }
+    }
+}
+
 /// One version of a site's suspicious-activity policy.
 #[derive(Clone, Debug)]
 pub struct SitePolicy {
@@ -441,10 +463,12 @@ pub trait Store: Send + Sync + 'static {
         completions: &[NewMfaCompletion],
         at: Timestamp,
     ) -> Result<u64>;
-    /// (device, account, completed at) of every completion on these devices.
+    /// (device, account, newest completion at or before `as_of`) for each
+    /// account with one on these devices.
     async fn mfa_completions_for(
         &self,
         devices: &[DeviceId],
+        as_of: Timestamp,
     ) -> Result<Vec<(DeviceId, String, Timestamp)>>;
     /// Stores each device's pairs (replacing its earlier ones); opens one
     /// `mfa_stale` flag per stale pair, resolves open ones that are no

@@ -9,7 +9,7 @@ use super::{SqliteStore, instant, millis, optional_instant};
 use crate::directory::{DirectoryAccount, Role};
 use crate::flags::{FlagAction, FlagKind};
 use crate::model::{DeviceId, SiteId};
-use crate::rules::mfa::MfaStatus;
+use crate::rules::mfa::{MAX_CLOCK_SKEW, MfaStatus};
 use crate::store::{
     ActivityChanges, DeviceFilter, DirectoryImport, MfaVerdict, NewMfaCompletion, Result,
     StoreError, StoredPair,
@@ -117,16 +117,26 @@ pub(super) async fn record_completions(
     Ok(inserted)
 }
 
+/// The newest completion per (device, account) at or before `as_of`. The
+/// `as_of` filter comes before `max`, so a completion after `as_of` hides
+/// none before it; a completion stamped further ahead of its own
+/// `recorded_at` than the clock skew allows (stored before entry points
+/// refused those) never counts.
 pub(super) async fn completions_for(
     store: &SqliteStore,
     devices: &[DeviceId],
+    as_of: Timestamp,
 ) -> Result<Vec<(DeviceId, String, Timestamp)>> {
     if devices.is_empty() {
         return Ok(Vec::new());
     }
     let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT device_id, account, max(completed_at) AS last FROM mfa_completions WHERE device_id IN (",
+        "SELECT device_id, account, max(completed_at) AS last FROM mfa_completions WHERE completed_at <= ",
     );
+    query.push_bind(millis(as_of));
+    query.push(" AND completed_at <= recorded_at + ");
+    query.push_bind(MAX_CLOCK_SKEW.as_millis() as i64);
+    query.push(" AND device_id IN (");
     let mut list = query.separated(", ");
     for device in devices {
         list.push_bind(device.as_str().to_owned());
@@ -393,4 +403,263 @@ pub(super) async fn use_api_token(
     .fetch_one(&store.writer)
     .await?;
     token_from_row(&row).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+
+    use super::*;
+    use crate::model::DeviceFacts;
+    use crate::rules::mfa::{MfaThresholds, status};
+    use crate::store::{Enrollment, Store};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// One pair's history: (completed at, recorded at) of each completion.
+    struct Case {
+        name: &'static str,
+        history: Vec<(Timestamp, Timestamp)>,
+        as_of: Timestamp,
+        want_last: Option<Timestamp>,
+        want_status: MfaStatus,
+    }
+
+    #[tokio::test]
+    async fn newest_completion_is_taken_at_or_before_as_of_and_future_stamps_never_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", t("2026-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        let device = DeviceId::from_string("dev-1");
+        store
+            .save_enrollment(Enrollment::active(
+                device.clone(),
+                site.id,
+                DeviceFacts {
+                    machine_id: "m-1".into(),
+                    ..DeviceFacts::default()
+                },
+                "00".into(),
+                t("2026-01-01T00:00:00Z"),
+            ))
+            .await
+            .unwrap();
+
+        let as_of = t("2026-11-24T12:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        let minute = SignedDuration::from_mins(1);
+        let same = |at: Timestamp| (at, at);
+        let cases = [
+            Case {
+                name: "never",
+                history: vec![],
+                as_of,
+                want_last: None,
+                want_status: MfaStatus::Stale,
+            },
+            Case {
+                name: "a newer completion after as_of hides none before it",
+                history: vec![same(as_of - day * 10), same(as_of + day)],
+                as_of,
+                want_last: Some(as_of - day * 10),
+                want_status: MfaStatus::Fresh,
+            },
+            Case {
+                name: "history: the newest of several before as_of",
+                history: vec![
+                    same(as_of - day * 50),
+                    same(as_of - day * 40),
+                    same(as_of - day * 44),
+                ],
+                as_of,
+                want_last: Some(as_of - day * 40),
+                want_status: MfaStatus::DueSoon,
+            },
+            Case {
+                name: "only completion after as_of: none yet",
+                history: vec![same(as_of + SignedDuration::from_secs(1))],
+                as_of,
+                want_last: None,
+                want_status: MfaStatus::Stale,
+            },
+            Case {
+                name: "exactly at as_of counts",
+                history: vec![same(as_of)],
+                as_of,
+                want_last: Some(as_of),
+                want_status: MfaStatus::Fresh,
+            },
+            Case {
+                name: "stamped within the skew of its recording counts",
+                history: vec![(as_of - day, as_of - day - minute * 5)],
+                as_of,
+                want_last: Some(as_of - day),
+                want_status: MfaStatus::Fresh,
+            },
+            Case {
+                name: "stamped beyond the skew of its recording never counts, even once reached",
+                history: vec![
+                    same(as_of - day * 46),
+                    (
+                        as_of - day,
+                        as_of - day - minute * 5 - SignedDuration::from_secs(1),
+                    ),
+                ],
+                as_of,
+                want_last: Some(as_of - day * 46),
+                want_status: MfaStatus::Stale,
+            },
+            Case {
+                name: "ten years ahead recorded today does not keep the pair fresh in ten years",
+                history: vec![
+                    same(as_of - day * 3650 - day * 2),
+                    (as_of - day, as_of - day * 3650),
+                ],
+                as_of,
+                want_last: Some(as_of - day * 3652),
+                want_status: MfaStatus::Stale,
+            },
+            Case {
+                name: "a completion recorded after as_of but made before it counts",
+                history: vec![(as_of - day * 3, as_of + day)],
+                as_of,
+                want_last: Some(as_of - day * 3),
+                want_status: MfaStatus::Fresh,
+            },
+        ];
+        for (n, case) in cases.iter().enumerate() {
+            let account = format!("staff{n}");
+            for (k, (completed_at, recorded_at)) in case.history.iter().enumerate() {
+                let completion = NewMfaCompletion {
+                    site: site.id,
+                    device: Some(device.clone()),
+                    account: account.clone(),
+                    completed_at: *completed_at,
+                    source: "test".into(),
+                    method: String::new(),
+                    external_id: format!("{n}-{k}"),
+                    device_hint: String::new(),
+                };
+                store
+                    .record_mfa_completions(&[completion], *recorded_at)
+                    .await
+                    .unwrap();
+            }
+        }
+        for (n, case) in cases.iter().enumerate() {
+            let account = format!("staff{n}");
+            let found = store
+                .mfa_completions_for(std::slice::from_ref(&device), case.as_of)
+                .await
+                .unwrap();
+            let last = found
+                .iter()
+                .find(|(d, a, _)| *d == device && *a == account)
+                .map(|(_, _, at)| *at);
+            assert_eq!(last, case.want_last, "{}", case.name);
+            assert_eq!(
+                status(last, case.as_of, &MfaThresholds::default()),
+                case.want_status,
+                "{}",
+                case.name
+            );
+        }
+    }
+
+    /// The symptom end to end through the rule evaluation: a teacher who
+    /// completed two-step sign-in ten days ago, and once more after
+    /// `as_of`, is fresh at `as_of` (it read "never", so stale).
+    #[tokio::test]
+    async fn a_completion_after_as_of_does_not_make_the_pair_stale() {
+        use crate::directory::{DirectoryAccount, Role};
+        use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let enrolled = t("2026-01-01T00:00:00Z");
+        let site = store
+            .create_site("Cabot", "Europe/London", enrolled)
+            .await
+            .unwrap();
+        let device = DeviceId::from_string("dev-1");
+        store
+            .save_enrollment(Enrollment::active(
+                device.clone(),
+                site.id,
+                DeviceFacts {
+                    machine_id: "m-1".into(),
+                    ..DeviceFacts::default()
+                },
+                "00".into(),
+                enrolled,
+            ))
+            .await
+            .unwrap();
+        let teacher = DirectoryAccount {
+            username: "j.smith".into(),
+            role: Role::Staff,
+            email: String::new(),
+            display_name: String::new(),
+        };
+        store
+            .import_directory(site.id, &[teacher], enrolled)
+            .await
+            .unwrap();
+        let as_of = t("2026-11-24T12:00:00Z");
+        let day = SignedDuration::from_hours(24);
+        let session = SessionRecord {
+            session_id: "s1".into(),
+            account: "j.smith".into(),
+            uid: 1001,
+            kind: SessionKind::Graphical,
+            started_at: as_of - day * 5,
+            ended_at: Some(as_of - day * 5 + SignedDuration::from_hours(2)),
+            active_secs: 7200,
+        };
+        let event = Event {
+            seq: Seq(1),
+            event_id: "e1".into(),
+            occurred_at: as_of - day * 5,
+            body: EventBody::Session(session),
+        };
+        store
+            .record_batch(&device, &[event], as_of - day * 5)
+            .await
+            .unwrap();
+        for (n, at) in [as_of - day * 10, as_of + day].into_iter().enumerate() {
+            let completion = NewMfaCompletion {
+                site: site.id,
+                device: Some(device.clone()),
+                account: "j.smith".into(),
+                completed_at: at,
+                source: "test".into(),
+                method: String::new(),
+                external_id: n.to_string(),
+                device_hint: String::new(),
+            };
+            store
+                .record_mfa_completions(&[completion], at)
+                .await
+                .unwrap();
+        }
+
+        let config = crate::config::CollectorConfig::default();
+        let verdicts =
+            crate::rules::evaluate::evaluate(&store, &config, &DeviceFilter::one(device), as_of)
+                .await
+                .unwrap();
+        let pairs = &verdicts[0].mfa;
+        assert_eq!(pairs.len(), 1, "{pairs:?}");
+        assert_eq!(pairs[0].last_mfa, Some(as_of - day * 10));
+        assert_eq!(pairs[0].status, MfaStatus::Fresh);
+    }
 }

@@ -768,8 +768,9 @@ impl Store for SqliteStore {
     async fn mfa_completions_for(
         &self,
         devices: &[DeviceId],
+        as_of: Timestamp,
     ) -> Result<Vec<(DeviceId, String, Timestamp)>> {
-        mfa::completions_for(self, devices).await
+        mfa::completions_for(self, devices, as_of).await
     }
 
     async fn record_mfa(&self, verdicts: &[MfaVerdict], at: Timestamp) -> Result<ActivityChanges> {
