@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = "proto/hallmonitor/v1/hallmonitor.proto";
     println!("cargo:rerun-if-changed={file}");
     let descriptors = protox::compile([file], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Messages carrying a secret get a redacted Debug (in lib.rs).
+    tonic_prost_build::configure()
+        .skip_debug(["hallmonitor.v1.EnrollRequest"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -11,7 +11,7 @@ pub const DEFAULT_PATH: &str = "/etc/hallmonitor/agent.toml";
 pub const EXAMPLE: &str = include_str!("../agent.example.toml");
 pub const DEFAULT_ENROLL_PORT: u16 = 50052;
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub collector: String,
@@ -30,6 +30,37 @@ pub struct AgentConfig {
     pub mfa: MfaConfig,
     pub capture: CaptureConfig,
     pub files: FilesConfig,
+}
+
+/// Everything but the enrolment secret, which is never logged.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("collector", &self.collector)
+            .field("enroll_address", &self.enroll_address)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("site", &self.site)
+            .field(
+                "enrollment_secret",
+                &if self.enrollment_secret.is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
+            )
+            .field("enrollment_secret_file", &self.enrollment_secret_file)
+            .field("data_dir", &self.data_dir)
+            .field("heartbeat_interval_secs", &self.heartbeat_interval_secs)
+            .field("facts_interval_secs", &self.facts_interval_secs)
+            .field("machine_id", &self.machine_id)
+            .field("delivery", &self.delivery)
+            .field("enforcement", &self.enforcement)
+            .field("sessions", &self.sessions)
+            .field("mfa", &self.mfa)
+            .field("capture", &self.capture)
+            .field("files", &self.files)
+            .finish()
+    }
 }
 
 /// `[files]`: the unapproved-software watcher.
@@ -543,6 +574,17 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_output_never_shows_the_enrolment_secret() {
+        let config = AgentConfig {
+            enrollment_secret: "hm-sekrit-value".into(),
+            ..AgentConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {

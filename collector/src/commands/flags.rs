@@ -130,7 +130,7 @@ pub(crate) async fn flags(data: &Path, command: FlagsCommand) -> anyhow::Result<
     if reason.trim().is_empty() {
         bail!("--reason must say why");
     }
-    let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+    let actor = cli_actor(by);
     let flag = store
         .transition_flag(id, action, &actor, &reason, now)
         .await??;

@@ -98,13 +98,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 .incident(id)
                 .await?
                 .with_context(|| format!("no incident with id {id}"))?;
-            audit(
-                format!("cli:{}", by.unwrap_or_else(os_user)),
-                "incident_viewed",
-                id,
-                String::new(),
-            )
-            .await?;
+            audit(cli_actor(by), "incident_viewed", id, String::new()).await?;
             print!("{}", cli::incident_show(&incident, &captures, format));
         }
         IncidentsCommand::Export { id, out, by } => {
@@ -113,7 +107,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 .await?
                 .with_context(|| format!("no incident with id {id}"))?;
             let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
-            let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+            let actor = cli_actor(by);
             let folder = incidents_export(&evidence, &incident, &captures, &out, &actor, now)?;
             audit(actor, "incident_exported", id, folder.display().to_string()).await?;
             println!(
@@ -129,13 +123,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             if !store.close_incident(id, &reason, now).await? {
                 bail!("no open incident with id {id}");
             }
-            audit(
-                format!("cli:{}", by.unwrap_or_else(os_user)),
-                "incident_closed",
-                id,
-                reason,
-            )
-            .await?;
+            audit(cli_actor(by), "incident_closed", id, reason).await?;
             println!("Closed incident {id}.");
         }
         IncidentsCommand::Purge { by } => {
@@ -147,7 +135,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 hallmonitor_collector::incidents::purge_expired(&store, &evidence, retention, now)
                     .await?;
             audit(
-                format!("cli:{}", by.unwrap_or_else(os_user)),
+                cli_actor(by),
                 "evidence_purged",
                 0,
                 format!(
@@ -179,7 +167,7 @@ pub(crate) async fn evidence(data: &Path, command: EvidenceCommand) -> anyhow::R
     let store = open_store(data).await?;
     let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
     let rotation = tokio::task::spawn_blocking(move || evidence.rotate_key()).await??;
-    let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+    let actor = cli_actor(by);
     let detail = format!(
         "new key {}; {} image(s) re-encrypted; {} old key(s) deleted, {} kept; {} unreadable",
         rotation.key_id,

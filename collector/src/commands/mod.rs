@@ -38,6 +38,19 @@ pub(crate) async fn audit_cli(
 }
 
 /// Who is running the command, for the audit log.
+/// The actor an audited command records: always the OS account that ran
+/// it, and the person it was run for when `--by` names one ("cli:root as
+/// j.smith"), so `--by` can add a name but never hide who acted.
+pub(crate) fn cli_actor(by: Option<String>) -> String {
+    match by
+        .map(|by| by.trim().to_owned())
+        .filter(|by| !by.is_empty())
+    {
+        Some(by) => format!("cli:{} as {by}", os_user()),
+        None => format!("cli:{}", os_user()),
+    }
+}
+
 pub(crate) fn os_user() -> String {
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()

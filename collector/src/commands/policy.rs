@@ -84,7 +84,7 @@ pub(crate) async fn policy(data: &Path, command: PolicyCommand) -> anyhow::Resul
                     file.display()
                 );
             }
-            let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+            let actor = cli_actor(by);
             match policies::save(
                 &store,
                 &site,
@@ -108,7 +108,7 @@ pub(crate) async fn policy(data: &Path, command: PolicyCommand) -> anyhow::Resul
         PolicyCommand::Reset { site, by } => {
             let store = open_store(data).await?;
             let site = require_site(&store, &site).await?;
-            let actor = format!("cli:{}", by.unwrap_or_else(os_user));
+            let actor = cli_actor(by);
             let file = std::path::Path::new("(default)");
             match policies::save(
                 &store,
