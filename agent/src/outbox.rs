@@ -23,10 +23,12 @@
 //!   never evicted and are always accepted, even past the bound. Every
 //!   eviction is counted per class; `take_eviction_report` turns the counts
 //!   not yet reported into an `OutboxReport` event.
-//! - Consecutive heartbeats that have not been sent yet are merged into one
+//! - Consecutive heartbeats that have never been sent are merged into one
 //!   `HeartbeatInterval` (first, last, count), so a month offline is one
-//!   row, not 40,000. Rows handed to the stream (`read_for_send`) are
-//!   claimed and never rewritten until the stream releases them.
+//!   row, not 40,000. A row handed to the stream once (`read_for_send`), or
+//!   numbered by an earlier process, is never rewritten, even after a
+//!   disconnect: its ack may have been lost after the collector committed
+//!   it, and a rewrite would then be ignored as a duplicate.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -152,8 +154,12 @@ pub struct OutboxStats {
 /// eviction and the stream's reads never interleave.
 #[derive(Debug, Default)]
 struct Books {
-    /// Rows at or below this were handed to the stream: not to be rewritten.
-    claimed_up_to: u64,
+    /// Rows at or below this may have been sent (handed to a stream now or
+    /// by an earlier process): the collector may hold them, so they are
+    /// never rewritten. Never lowered, not even when a connection drops:
+    /// an ack lost after the collector's commit would make a rewritten row
+    /// a "duplicate" it ignores.
+    sent_up_to: u64,
     /// Bytes counted against the bound.
     bytes: u64,
 }
@@ -316,8 +322,16 @@ impl Outbox {
         .fetch_one(&pool)
         .await
         .map_err(db)?;
+        // Whatever an earlier process numbered may have been sent: only
+        // rows appended from now on can be unsent.
+        let last_seq: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(db)?;
         let books = Books {
-            claimed_up_to: 0,
+            sent_up_to: last_seq as u64,
             bytes: bytes as u64,
         };
         Ok(Outbox {
@@ -490,7 +504,7 @@ impl Outbox {
             if let Some(row) = newest {
                 let seq: i64 = row.get("seq");
                 let kind: String = row.get("kind");
-                let unsent = seq as u64 > books.claimed_up_to;
+                let unsent = seq as u64 > books.sent_up_to;
                 if unsent && (kind == "heartbeat" || kind == "heartbeat_interval") {
                     let payload: Vec<u8> = row.get("payload");
                     let started = Timestamp::from_millisecond(row.get("occurred_at")).unwrap_or(at);
@@ -518,8 +532,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Like `read_after`, and claims what it returns so it is never
-    /// rewritten while it may be in flight.
+    /// Like `read_after`, and marks what it returns as sent, so it is never
+    /// rewritten (heartbeats, reports) even if the connection drops.
     /// A batch holds at most `limit` events and `BATCH_BYTES` of payload
     /// (at least one event), so it always fits the stream's message limit;
     /// an event larger than `MAX_EVENT_BYTES` alone is moved to the
@@ -546,7 +560,7 @@ impl Outbox {
         };
         let events = self.read_after(after, count).await?;
         if let Some(last) = events.last() {
-            books.claimed_up_to = books.claimed_up_to.max(last.seq);
+            books.sent_up_to = books.sent_up_to.max(last.seq);
         }
         Ok(events)
     }
@@ -591,10 +605,11 @@ impl Outbox {
         Ok(())
     }
 
-    /// The stream lost its connection: nothing is in flight any more.
-    pub async fn release_claims(&self) {
-        self.books.lock().await.claimed_up_to = 0;
-    }
+    /// The stream lost its connection. Rows it sent stay unrewritable
+    /// (`Books::sent_up_to`): the collector may have committed them and
+    /// lost only the ack, so there is nothing to release. Kept as the
+    /// stream's statement of the event.
+    pub async fn release_claims(&self) {}
 
     /// Eviction counts not yet reported, as an `OutboxReport` appended to
     /// the outbox in the same transaction that marks them reported. None
@@ -1423,5 +1438,40 @@ mod tests {
         assert_eq!(classify(&capture(4)).1, Priority::Protected);
         assert_eq!(classify(&capture(3)).1, Priority::Capture);
         assert!(classify(&heartbeat(1)).1 < classify(&capture(1)).1);
+    }
+
+    const HEARTBEAT: v1::Heartbeat = v1::Heartbeat {
+        uptime_secs: 0,
+        interval_secs: 60,
+    };
+
+    #[tokio::test]
+    async fn a_heartbeat_sent_once_is_never_folded_into_even_after_a_disconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let t = Timestamp::now();
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let sent = outbox.read_for_send(0, 10).await.unwrap();
+        // The connection drops before the ack arrives (the collector may
+        // have committed the row).
+        outbox.release_claims().await;
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let all = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(all.len(), 2, "a new row, not folded into the sent one");
+        assert_eq!(all[0], sent[0], "the sent row is unchanged");
+        // Nor after a restart of the daemon.
+        outbox.close().await;
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let before = outbox.read_after(0, 10).await.unwrap();
+        outbox.read_for_send(0, 10).await.unwrap();
+        outbox.close().await;
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let after = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[..2], before[..]);
+        // Unsent heartbeats still merge.
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 3);
     }
 }
