@@ -15,14 +15,16 @@
 //!   returns where it went so the agent can report it.
 //! - Bounded (`max_bytes`, counted as payload plus a fixed per-row
 //!   overhead). When an append would pass the bound, events are evicted in
-//!   this order: telemetry (heartbeats, facts) first, then outbox reports,
-//!   then records (sessions, MFA, enforcement, file alerts), then captures
-//!   of severity 1–3; oldest first within a class. An append never evicts
-//!   a class above its own: if nothing at or below it can go, the new
-//!   event itself is dropped (and counted). Captures of severity 4–5 are
-//!   never evicted and are always accepted, even past the bound. Every
-//!   eviction is counted per class; `take_eviction_report` turns the counts
-//!   not yet reported into an `OutboxReport` event.
+//!   this order: telemetry (heartbeats, facts) first, then records
+//!   (sessions, MFA, enforcement, file alerts), then captures of severity
+//!   1–3; oldest first within a class. An append never evicts a class
+//!   above its own: if nothing at or below it can go, the new event itself
+//!   is dropped (and counted). Captures of severity 4–5 and the outbox's
+//!   own reports are never evicted and are always accepted, even past the
+//!   bound. Every eviction is counted per class in the state table (never
+//!   evicted); `take_eviction_report` adds the counts not yet reported to
+//!   the one unsent `OutboxReport` (or starts one), so what the collector
+//!   is told adds up to exactly what was evicted.
 //! - Consecutive heartbeats that have never been sent are merged into one
 //!   `HeartbeatInterval` (first, last, count), so a month offline is one
 //!   row, not 40,000. A row handed to the stream once (`read_for_send`), or
@@ -86,19 +88,24 @@ pub type Result<T> = std::result::Result<T, OutboxError>;
 pub const ROW_OVERHEAD: u64 = 96;
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Eviction classes, lowest evicted first (the bounded-outbox work uses them).
+/// Eviction classes, lowest evicted first. Stored in the `priority`
+/// column: values are never reused (1 was reports before they became
+/// unevictable; migration 0003 moved them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     /// Heartbeats and facts: compactable, the first to go.
     Telemetry = 0,
-    /// Reports about the outbox itself.
-    Report = 1,
     /// Sessions, MFA completions, enforcement results.
     Record = 2,
     /// Captures of severity 1–3.
     Capture = 3,
     /// Captures of severity 4–5: never evicted.
     Protected = 4,
+    /// Reports about the outbox itself (evictions, a replaced file): never
+    /// evicted, or the collector's eviction totals would be short by what
+    /// was in the evicted reports. Few and small: new counts merge into
+    /// the unsent report (`take_eviction_report`).
+    Report = 5,
 }
 
 pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
@@ -611,61 +618,100 @@ impl Outbox {
     /// stream's statement of the event.
     pub async fn release_claims(&self) {}
 
-    /// Eviction counts not yet reported, as an `OutboxReport` appended to
-    /// the outbox in the same transaction that marks them reported. None
-    /// when there is nothing to report.
+    /// Eviction counts not yet reported, as an `OutboxReport`, in the same
+    /// transaction that marks them reported: added to the newest report
+    /// that was never sent, else appended as a new one. Returns that
+    /// report's sequence number; None when there is nothing to report.
+    ///
+    /// Reports are never evicted (`Priority::Report`) and at most one of
+    /// them is unsent, so the collector's sum of what it was told equals
+    /// the agent's totals exactly.
     pub async fn take_eviction_report(&self) -> Result<Option<u64>> {
-        let _books = self.books.lock().await;
+        let mut books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let mut report = v1::OutboxReport::default();
-        let mut any = false;
-        for class in REPORT_CLASSES {
+        let mut new = [0u64; REPORT_CLASSES.len()];
+        for (class, new) in REPORT_CLASSES.iter().zip(new.iter_mut()) {
             let total = state_number(&mut tx, &format!("evicted.{class}"))
                 .await
                 .map_err(self.db())?;
             let reported = state_number(&mut tx, &format!("evicted_reported.{class}"))
                 .await
                 .map_err(self.db())?;
-            let new = total.saturating_sub(reported);
-            if new == 0 {
-                continue;
+            *new = total.saturating_sub(reported);
+            if *new > 0 {
+                set_state_in(
+                    &mut tx,
+                    &format!("evicted_reported.{class}"),
+                    &total.to_string(),
+                )
+                .await
+                .map_err(self.db())?;
             }
-            any = true;
-            match class {
-                "telemetry" => report.evicted_telemetry = new,
-                "sessions" => report.evicted_sessions = new,
-                "mfa" => report.evicted_mfa = new,
-                "captures" => report.evicted_captures = new,
-                "enforcement" => report.evicted_enforcement = new,
-                _ => report.evicted_other = new,
-            }
-            set_state_in(
-                &mut tx,
-                &format!("evicted_reported.{class}"),
-                &total.to_string(),
-            )
-            .await
-            .map_err(self.db())?;
         }
-        if !any {
+        if new.iter().all(|n| *n == 0) {
             return Ok(None);
         }
+        let unsent: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, payload FROM outbox WHERE kind = 'outbox_report' AND seq > ? \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(books.sent_up_to as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        let (seq, old_len, mut report) = match unsent {
+            Some((seq, payload)) => match v1::Event::decode(payload.as_slice()) {
+                Ok(v1::Event {
+                    body: Some(v1::event::Body::OutboxReport(report)),
+                    ..
+                }) => (Some(seq), payload.len(), report),
+                _ => {
+                    return Err(OutboxError::BadRow {
+                        path: self.path.clone(),
+                        seq,
+                        detail: "an outbox_report row holds another event".into(),
+                    });
+                }
+            },
+            None => (None, 0, v1::OutboxReport::default()),
+        };
+        add_evictions(&mut report, new);
         let payload = v1::Event {
             body: Some(v1::event::Body::OutboxReport(report)),
             ..Default::default()
         }
         .encode_to_vec();
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) VALUES (?, 'outbox_report', ?, ?, ?) RETURNING seq",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(Priority::Report as i64)
-        .bind(Timestamp::now().as_millisecond())
-        .bind(payload)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(self.db())?;
+        let now = Timestamp::now().as_millisecond();
+        let (seq, added) = match seq {
+            Some(seq) => {
+                sqlx::query("UPDATE outbox SET payload = ?, occurred_at = ? WHERE seq = ?")
+                    .bind(&payload)
+                    .bind(now)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+                (seq, payload.len() as u64)
+            }
+            None => {
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) \
+                     VALUES (?, 'outbox_report', ?, ?, ?) RETURNING seq",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(Priority::Report as i64)
+                .bind(now)
+                .bind(&payload)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(self.db())?;
+                (seq, payload.len() as u64 + ROW_OVERHEAD)
+            }
+        };
         tx.commit().await.map_err(self.db())?;
+        // Past the bound if need be: a report is a few bytes and the only
+        // way the collector learns what was lost.
+        books.bytes = (books.bytes + added).saturating_sub(old_len as u64);
         Ok(Some(seq as u64))
     }
 
@@ -854,6 +900,17 @@ impl Outbox {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Adds eviction counts (in `REPORT_CLASSES` order) to a report.
+fn add_evictions(report: &mut v1::OutboxReport, counts: [u64; REPORT_CLASSES.len()]) {
+    let [telemetry, sessions, mfa, captures, enforcement, other] = counts;
+    report.evicted_telemetry += telemetry;
+    report.evicted_sessions += sessions;
+    report.evicted_mfa += mfa;
+    report.evicted_captures += captures;
+    report.evicted_enforcement += enforcement;
+    report.evicted_other += other;
 }
 
 /// Folds a heartbeat into the stored heartbeat or interval `payload`
@@ -1473,5 +1530,69 @@ mod tests {
         // Unsent heartbeats still merge.
         outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
         assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 3);
+    }
+
+    /// Adds the eviction counts of the reports among `events` to `sums`
+    /// (in `REPORT_CLASSES` order).
+    fn add_reported(sums: &mut [u64; 6], events: &[v1::Event]) {
+        for event in events {
+            if let Some(v1::event::Body::OutboxReport(r)) = &event.body {
+                for (sum, n) in sums.iter_mut().zip([
+                    r.evicted_telemetry,
+                    r.evicted_sessions,
+                    r.evicted_mfa,
+                    r.evicted_captures,
+                    r.evicted_enforcement,
+                    r.evicted_other,
+                ]) {
+                    *sum += n;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn eviction_reports_are_never_evicted_so_the_totals_reported_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), 8 * 1024).await.unwrap();
+        let t = Timestamp::now();
+        let mut acked = 0;
+        // What the collector was told, from the batches it acknowledged.
+        let mut told = [0u64; 6];
+        for round in 0..40u64 {
+            let mut events = vec![(t, v1::event::Body::Heartbeat(HEARTBEAT))];
+            events.extend((0..30).map(|_| (t, session())));
+            outbox.append_all(events).await.unwrap();
+            // The producer reports at every heartbeat tick.
+            outbox.take_eviction_report().await.unwrap();
+            // Now and then the stream sends a batch and gets its ack, so
+            // some reports are sent and later counts start a new row.
+            if round % 7 == 3 {
+                let batch = outbox.read_for_send(acked, 20).await.unwrap();
+                let (first, last) = (batch[0].seq, batch.last().unwrap().seq);
+                outbox.acknowledge(first, last).await.unwrap();
+                add_reported(&mut told, &batch);
+                acked = last;
+                outbox.release_claims().await;
+            }
+        }
+        let totals = outbox.eviction_totals().await.unwrap();
+        assert!(
+            totals
+                .iter()
+                .any(|(class, n)| *class == "sessions" && *n > 500),
+            "{totals:?}"
+        );
+        // The rest is still queued and will be told: one report, however
+        // many ticks added to it since the last one was sent.
+        let queued = outbox.read_after(acked, 100_000).await.unwrap();
+        let reports = queued
+            .iter()
+            .filter(|e| matches!(e.body, Some(v1::event::Body::OutboxReport(_))))
+            .count();
+        assert_eq!(reports, 1);
+        add_reported(&mut told, &queued);
+        let told: Vec<(&str, u64)> = REPORT_CLASSES.into_iter().zip(told).collect();
+        assert_eq!(told, totals);
     }
 }
