@@ -10,9 +10,13 @@
 //! - What survives a crash: every committed append. WAL with
 //!   synchronous=NORMAL survives a killed process intact; a power cut can
 //!   lose the last few commits but never corrupts the file.
-//! - A file that cannot be opened or fails SQLite's integrity check is moved
-//!   aside (`outbox.db.corrupt-<time>`) and a new one started; `open`
-//!   returns where it went so the agent can report it.
+//! - A file SQLite calls corrupt (SQLITE_CORRUPT, SQLITE_NOTADB) or that
+//!   fails `PRAGMA quick_check` is moved aside (`outbox.db.corrupt-<time>`)
+//!   and a new one started; `open` returns where it went so the agent can
+//!   report it. Nothing else moves it: a full disk, an I/O error or another
+//!   process's lock leaves the file and its events alone and `open` says
+//!   the outbox is unavailable (`OpenError::Unavailable`), so the daemon
+//!   waits and tries again.
 //! - Bounded (`max_bytes`, counted as payload plus a fixed per-row
 //!   overhead). When an append would pass the bound, events are evicted in
 //!   this order: telemetry (heartbeats, facts) first, then records
@@ -47,6 +51,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub const FILE_NAME: &str = "outbox.db";
+/// Beside the outbox while the daemon cannot open it: why (for `status`).
+pub const UNAVAILABLE_FILE: &str = "outbox.unavailable";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -80,9 +86,107 @@ pub enum OutboxError {
         seq: i64,
         detail: String,
     },
+    #[error("outbox {path}: integrity check failed: {detail}")]
+    IntegrityCheck { path: PathBuf, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, OutboxError>;
+
+/// Why `Outbox::open` failed. A corrupt file never ends here: it is moved
+/// aside and replaced. In both cases the file was left as it was, with
+/// every event in it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The disk is full, an I/O error, another process holds a lock: try
+    /// again later.
+    #[error("outbox unavailable: {0}")]
+    Unavailable(OutboxError),
+    /// Neither corruption nor passing (permissions, a link where the file
+    /// should be, a schema this agent does not know): a person must look.
+    #[error(transparent)]
+    Failed(OutboxError),
+}
+
+/// What an error met while opening says about the outbox file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// The file is damaged: only this moves it aside.
+    Corrupt,
+    /// The file may be fine; the disk, the system or a lock is not, for now.
+    Transient,
+    Other,
+}
+
+impl OutboxError {
+    fn fault(&self) -> Fault {
+        use sqlx::migrate::MigrateError;
+        match self {
+            OutboxError::IntegrityCheck { .. } => Fault::Corrupt,
+            OutboxError::Database { source, .. }
+            | OutboxError::Migration {
+                source: MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _),
+                ..
+            } => sqlx_fault(source),
+            OutboxError::Io { source, .. } => io_fault(source),
+            _ => Fault::Other,
+        }
+    }
+}
+
+fn sqlx_fault(error: &sqlx::Error) -> Fault {
+    match error {
+        sqlx::Error::Database(e) => {
+            // sqlx gives SQLite's extended result code.
+            match e.code().and_then(|c| c.parse::<i32>().ok()) {
+                Some(code) => sqlite_fault(code),
+                None => Fault::Other,
+            }
+        }
+        sqlx::Error::Io(e) => io_fault(e),
+        sqlx::Error::PoolTimedOut => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+/// By SQLite extended result code, whose low byte is the primary code
+/// (https://sqlite.org/rescode.html).
+fn sqlite_fault(extended: i32) -> Fault {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const NOMEM: i32 = 7;
+    const READONLY: i32 = 8;
+    const IOERR: i32 = 10;
+    const CORRUPT: i32 = 11;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const NOTADB: i32 = 26;
+    match extended & 0xff {
+        CORRUPT | NOTADB => Fault::Corrupt,
+        // CANTOPEN and READONLY are what a full disk or a file system
+        // remounted read-only after errors can look like at open.
+        BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+fn io_fault(error: &std::io::Error) -> Fault {
+    match error.raw_os_error() {
+        Some(
+            libc::ENOSPC
+            | libc::EDQUOT
+            | libc::EIO
+            | libc::EROFS
+            | libc::EAGAIN
+            | libc::EINTR
+            | libc::ENOMEM
+            | libc::EBUSY,
+        ) => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes counted per row on top of its payload (ids, times, index entry).
 pub const ROW_OVERHEAD: u64 = 96;
@@ -239,35 +343,57 @@ async fn insert_rows(
 const INSERT_CHUNK: usize = 1_000;
 
 impl Outbox {
-    /// Opens or creates the outbox in `dir`. A corrupt file is moved aside
-    /// and replaced; the second value says where it went.
-    pub async fn open(dir: &Path, max_bytes: u64) -> Result<(Outbox, Option<PathBuf>)> {
+    /// Opens or creates the outbox in `dir`. A corrupt file (SQLite says
+    /// so, or `quick_check` fails) is moved aside and replaced; the second
+    /// value says where it went. Any other error leaves the file alone and
+    /// says whether it may pass (`OpenError::Unavailable`).
+    pub async fn open(
+        dir: &Path,
+        max_bytes: u64,
+    ) -> std::result::Result<(Outbox, Option<PathBuf>), OpenError> {
+        Self::open_waiting(dir, max_bytes, BUSY_TIMEOUT).await
+    }
+
+    /// `open`, waiting at most `busy_timeout` for another connection's lock.
+    async fn open_waiting(
+        dir: &Path,
+        max_bytes: u64,
+        busy_timeout: Duration,
+    ) -> std::result::Result<(Outbox, Option<PathBuf>), OpenError> {
         let path = dir.join(FILE_NAME);
+        let refuse = |e: OutboxError| match e.fault() {
+            Fault::Transient => OpenError::Unavailable(e),
+            Fault::Corrupt | Fault::Other => OpenError::Failed(e),
+        };
         // Private whatever the umask (SQLite gives its -wal and -shm files
         // the main file's mode). A failure here is not corruption.
-        private_file(&path).map_err(|source| OutboxError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        match Self::open_checked(&path, max_bytes).await {
-            Ok(outbox) => Ok((outbox, None)),
-            Err(e) if path.exists() => {
-                tracing::error!(error = %e, path = %path.display(), "outbox unreadable; moving it aside and starting a new one");
-                let moved = move_aside(&path)?;
-                let outbox = Self::open_checked(&path, max_bytes).await?;
-                outbox
-                    .set_state("corrupt_moved_to", &moved.display().to_string())
-                    .await?;
-                Ok((outbox, Some(moved)))
-            }
-            Err(e) => Err(e),
-        }
+        private_file(&path)
+            .map_err(|source| OutboxError::Io {
+                path: path.clone(),
+                source,
+            })
+            .map_err(refuse)?;
+        let e = match Self::open_checked(&path, max_bytes, busy_timeout).await {
+            Ok(outbox) => return Ok((outbox, None)),
+            Err(e) if e.fault() == Fault::Corrupt => e,
+            Err(e) => return Err(refuse(e)),
+        };
+        tracing::error!(error = %e, path = %path.display(), "outbox corrupt; moving it aside and starting a new one");
+        let moved = move_aside(&path).map_err(OpenError::Failed)?;
+        let outbox = Self::open_checked(&path, max_bytes, busy_timeout)
+            .await
+            .map_err(refuse)?;
+        outbox
+            .set_state("corrupt_moved_to", &moved.display().to_string())
+            .await
+            .map_err(refuse)?;
+        Ok((outbox, Some(moved)))
     }
 
     /// Opens an existing outbox without writing (for `status`).
     pub async fn open_read_only(dir: &Path) -> Result<Outbox> {
         let path = dir.join(FILE_NAME);
-        let options = Self::options(&path).read_only(true);
+        let options = Self::options(&path, BUSY_TIMEOUT).read_only(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -284,17 +410,17 @@ impl Outbox {
         })
     }
 
-    fn options(path: &Path) -> SqliteConnectOptions {
+    fn options(path: &Path, busy_timeout: Duration) -> SqliteConnectOptions {
         SqliteConnectOptions::from_str("sqlite://")
             .expect("static URL parses")
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
     }
 
-    async fn open_checked(path: &Path, max_bytes: u64) -> Result<Outbox> {
+    async fn open_checked(path: &Path, max_bytes: u64, busy_timeout: Duration) -> Result<Outbox> {
         let db = |source| OutboxError::Database {
             path: path.into(),
             source,
@@ -302,7 +428,7 @@ impl Outbox {
         // One connection: the daemon is the only writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(Self::options(path))
+            .connect_with(Self::options(path, busy_timeout))
             .await
             .map_err(db)?;
         let check: String = sqlx::query_scalar("PRAGMA quick_check")
@@ -311,9 +437,10 @@ impl Outbox {
             .map_err(db)?;
         if check != "ok" {
             pool.close().await;
-            return Err(db(sqlx::Error::Protocol(format!(
-                "integrity check failed: {check}"
-            ))));
+            return Err(OutboxError::IntegrityCheck {
+                path: path.into(),
+                detail: check,
+            });
         }
         MIGRATIONS
             .run(&pool)
@@ -1034,12 +1161,41 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection;
 
     fn heartbeat(n: u64) -> v1::event::Body {
         v1::event::Body::Heartbeat(v1::Heartbeat {
             uptime_secs: n,
             interval_secs: 60,
         })
+    }
+
+    #[test]
+    fn only_corruption_moves_the_file_aside() {
+        let cases = [
+            ("SQLITE_CORRUPT", 11, Fault::Corrupt),
+            ("SQLITE_CORRUPT_INDEX", 779, Fault::Corrupt),
+            ("SQLITE_NOTADB (garbage)", 26, Fault::Corrupt),
+            (
+                "SQLITE_IOERR_SHMSIZE (full disk at open)",
+                4874,
+                Fault::Transient,
+            ),
+            ("SQLITE_IOERR_WRITE", 778, Fault::Transient),
+            ("SQLITE_FULL", 13, Fault::Transient),
+            ("SQLITE_BUSY (another process's lock)", 5, Fault::Transient),
+            ("SQLITE_LOCKED", 6, Fault::Transient),
+            ("SQLITE_CANTOPEN", 14, Fault::Transient),
+            ("SQLITE_READONLY", 8, Fault::Transient),
+            ("SQLITE_PERM", 3, Fault::Other),
+            ("SQLITE_CONSTRAINT_UNIQUE", 2067, Fault::Other),
+        ];
+        for (name, code, fault) in cases {
+            assert_eq!(sqlite_fault(code), fault, "{name}");
+        }
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        assert_eq!(io_fault(&io(libc::ENOSPC)), Fault::Transient);
+        assert_eq!(io_fault(&io(libc::ELOOP)), Fault::Other, "a link");
     }
 
     #[test]
@@ -1594,5 +1750,118 @@ mod tests {
         add_reported(&mut told, &queued);
         let told: Vec<(&str, u64)> = REPORT_CLASSES.into_iter().zip(told).collect();
         assert_eq!(told, totals);
+    }
+
+    /// A second connection to the outbox file holding an exclusive lock,
+    /// as another process (a backup tool, a stuck older daemon) would.
+    async fn lock_exclusively(path: &Path) -> sqlx::SqliteConnection {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(path)
+            .pragma("locking_mode", "EXCLUSIVE");
+        let mut other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO state (key, value) VALUES ('locked', 'yes')")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other
+    }
+
+    #[tokio::test]
+    async fn a_locked_outbox_is_left_in_place_and_reported_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append(Timestamp::now(), session()).await.unwrap();
+        outbox.close().await;
+        let lock = lock_exclusively(&dir.path().join(FILE_NAME)).await;
+
+        let opened =
+            Outbox::open_waiting(dir.path(), DEFAULT_MAX_BYTES, Duration::from_millis(100)).await;
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("corrupt")),
+            "a locked file is not corrupt: {names:?}"
+        );
+        match opened {
+            Err(OpenError::Unavailable(e)) => assert!(e.to_string().contains("locked"), "{e}"),
+            Err(e) => panic!("expected unavailable, got {e}"),
+            Ok((_, moved)) => panic!("opened a locked file (moved: {moved:?})"),
+        }
+        drop(lock);
+        // Once the lock is gone the same file opens with its event.
+        let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        assert_eq!((moved, outbox.stats().await.unwrap().depth), (None, 1));
+    }
+
+    /// A 2 MiB tmpfs, unmounted on drop: a disk that can be filled.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        /// None (with a message) where mounting is not allowed.
+        fn mount() -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match mounted {
+                Ok(out) if out.status.success() => Some(SmallDisk(dir)),
+                other => {
+                    eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_leaves_the_outbox_in_place_and_reports_it_unavailable() {
+        let Some(disk) = SmallDisk::mount() else {
+            return;
+        };
+        let dir = disk.0.path();
+        let (outbox, _) = Outbox::open(dir, DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append(Timestamp::now(), session()).await.unwrap();
+        outbox.close().await;
+        // Fill the disk to the last byte.
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        while std::io::Write::write_all(&mut filler, &block[..512]).is_ok() {}
+        while std::io::Write::write_all(&mut filler, &block[..1]).is_ok() {}
+        drop(filler);
+
+        match Outbox::open(dir, DEFAULT_MAX_BYTES).await {
+            Err(OpenError::Unavailable(e)) => eprintln!("as expected: {e}"),
+            Err(e) => panic!("expected unavailable, got {e}"),
+            Ok((_, moved)) => panic!("opened on a full disk (moved: {moved:?})"),
+        }
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        // Room again: the same file, with its event.
+        std::fs::remove_file(dir.join("filler")).unwrap();
+        let (outbox, moved) = Outbox::open(dir, DEFAULT_MAX_BYTES).await.unwrap();
+        assert_eq!((moved, outbox.stats().await.unwrap().depth), (None, 1));
+        outbox.close().await;
     }
 }

@@ -286,3 +286,63 @@ fn a_corrupt_outbox_is_moved_aside_reported_and_numbering_continues() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// A second connection holding an exclusive lock on the outbox file, as
+/// another process (a backup tool, a stuck older daemon) would.
+async fn lock_exclusively(path: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .pragma("locking_mode", "EXCLUSIVE");
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO state (key, value) VALUES ('held by', 'a test')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
+
+#[test]
+fn a_locked_outbox_is_waited_for_never_moved_aside() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-delivery-5"));
+    let id = agent.enroll();
+    let produced = produce(&agent, 100, DEFAULT_MAX_BYTES);
+
+    let mut daemon = runtime().block_on(async {
+        let lock = lock_exclusively(&agent.data.join("outbox.db")).await;
+        let mut daemon = agent.start();
+        wait_for("the daemon to find the outbox unavailable", WAIT, || {
+            agent.data.join("outbox.unavailable").exists().then_some(())
+        });
+        daemon.assert_running();
+        let status = agent.status();
+        let why = status["outbox_unavailable"].as_str().unwrap_or_default();
+        assert!(why.contains("locked"), "{status}");
+        let files: Vec<String> = std::fs::read_dir(&agent.data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !files.iter().any(|f| f.contains("corrupt")),
+            "a locked outbox is not corrupt: {files:?}"
+        );
+        use sqlx::Connection;
+        lock.close().await.unwrap();
+        daemon
+    });
+    wait_for("the queued events to arrive", WAIT, || {
+        (sessions_held(&data, &id) == produced).then_some(())
+    });
+    daemon.assert_running();
+    let status = agent.status();
+    assert!(status["outbox_unavailable"].is_null(), "{status}");
+    assert!(status["corrupt_outbox_moved_to"].is_null(), "{status}");
+}
