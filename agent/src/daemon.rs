@@ -19,7 +19,7 @@ use crate::authlog;
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts::{self, FactSources};
-use crate::outbox::Outbox;
+use crate::outbox::{self, OpenError, Outbox};
 use crate::sessions;
 use crate::stream::{self, StreamSettings};
 
@@ -38,7 +38,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     tracing::info!(device_id = %identity.device_id, site = %identity.site, "agent starting");
 
-    let (outbox, moved) = Outbox::open(&config.data_dir, config.delivery.outbox_max_bytes).await?;
+    let Some((outbox, moved)) = open_outbox(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let pid = std::process::id().to_string();
     outbox
         .set_states(&[
@@ -223,6 +225,49 @@ async fn identity_or_enroll(
         }
         let delay = stream::backoff(&config.delivery, attempt, 1.0);
         attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// Opens the outbox, waiting while it is unavailable (a full disk, an I/O
+/// error, another process's lock) instead of exiting: its file and events
+/// stay as they are until it opens. Each new reason is logged once and
+/// written beside the outbox for `status`. None if shutdown came first.
+async fn open_outbox(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(Outbox, Option<std::path::PathBuf>)>> {
+    let note = config.data_dir.join(outbox::UNAVAILABLE_FILE);
+    let mut said = String::new();
+    let mut attempt = 0;
+    loop {
+        match Outbox::open(&config.data_dir, config.delivery.outbox_max_bytes).await {
+            Ok(opened) => {
+                if !said.is_empty() {
+                    tracing::info!("outbox available again");
+                }
+                // Also one a stopped daemon left behind.
+                let _ = std::fs::remove_file(&note);
+                return Ok(Some(opened));
+            }
+            Err(OpenError::Unavailable(e)) => {
+                let error = e.to_string();
+                if error != said {
+                    tracing::error!(error = %error, "outbox unavailable; its file is left as it is; will retry");
+                    // Best effort: on a full disk this fails too.
+                    if let Err(e) = crate::data_dir::write_private(&note, error.as_bytes()) {
+                        tracing::debug!(error = %e, "cannot record why the outbox is unavailable");
+                    }
+                    said = error;
+                }
+            }
+            Err(e) => return Err(e).context("opening the outbox"),
+        }
+        let delay = stream::backoff(&config.delivery, attempt, 1.0);
+        attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Ok(None),

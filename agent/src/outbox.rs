@@ -10,23 +10,31 @@
 //! - What survives a crash: every committed append. WAL with
 //!   synchronous=NORMAL survives a killed process intact; a power cut can
 //!   lose the last few commits but never corrupts the file.
-//! - A file that cannot be opened or fails SQLite's integrity check is moved
-//!   aside (`outbox.db.corrupt-<time>`) and a new one started; `open`
-//!   returns where it went so the agent can report it.
+//! - A file SQLite calls corrupt (SQLITE_CORRUPT, SQLITE_NOTADB) or that
+//!   fails `PRAGMA quick_check` is moved aside (`outbox.db.corrupt-<time>`)
+//!   and a new one started; `open` returns where it went so the agent can
+//!   report it. Nothing else moves it: a full disk, an I/O error or another
+//!   process's lock leaves the file and its events alone and `open` says
+//!   the outbox is unavailable (`OpenError::Unavailable`), so the daemon
+//!   waits and tries again.
 //! - Bounded (`max_bytes`, counted as payload plus a fixed per-row
 //!   overhead). When an append would pass the bound, events are evicted in
-//!   this order: telemetry (heartbeats, facts) first, then outbox reports,
-//!   then records (sessions, MFA, enforcement, file alerts), then captures
-//!   of severity 1–3; oldest first within a class. An append never evicts
-//!   a class above its own: if nothing at or below it can go, the new
-//!   event itself is dropped (and counted). Captures of severity 4–5 are
-//!   never evicted and are always accepted, even past the bound. Every
-//!   eviction is counted per class; `take_eviction_report` turns the counts
-//!   not yet reported into an `OutboxReport` event.
-//! - Consecutive heartbeats that have not been sent yet are merged into one
+//!   this order: telemetry (heartbeats, facts) first, then records
+//!   (sessions, MFA, enforcement, file alerts), then captures of severity
+//!   1–3; oldest first within a class. An append never evicts a class
+//!   above its own: if nothing at or below it can go, the new event itself
+//!   is dropped (and counted). Captures of severity 4–5 and the outbox's
+//!   own reports are never evicted and are always accepted, even past the
+//!   bound. Every eviction is counted per class in the state table (never
+//!   evicted); `take_eviction_report` adds the counts not yet reported to
+//!   the one unsent `OutboxReport` (or starts one), so what the collector
+//!   is told adds up to exactly what was evicted.
+//! - Consecutive heartbeats that have never been sent are merged into one
 //!   `HeartbeatInterval` (first, last, count), so a month offline is one
-//!   row, not 40,000. Rows handed to the stream (`read_for_send`) are
-//!   claimed and never rewritten until the stream releases them.
+//!   row, not 40,000. A row handed to the stream once (`read_for_send`), or
+//!   numbered by an earlier process, is never rewritten, even after a
+//!   disconnect: its ack may have been lost after the collector committed
+//!   it, and a rewrite would then be ignored as a duplicate.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -43,6 +51,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub const FILE_NAME: &str = "outbox.db";
+/// Beside the outbox while the daemon cannot open it: why (for `status`).
+pub const UNAVAILABLE_FILE: &str = "outbox.unavailable";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -76,27 +86,130 @@ pub enum OutboxError {
         seq: i64,
         detail: String,
     },
+    #[error("outbox {path}: integrity check failed: {detail}")]
+    IntegrityCheck { path: PathBuf, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, OutboxError>;
+
+/// Why `Outbox::open` failed. A corrupt file never ends here: it is moved
+/// aside and replaced. In both cases the file was left as it was, with
+/// every event in it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The disk is full, an I/O error, another process holds a lock: try
+    /// again later.
+    #[error("outbox unavailable: {0}")]
+    Unavailable(OutboxError),
+    /// Neither corruption nor passing (permissions, a link where the file
+    /// should be, a schema this agent does not know): a person must look.
+    #[error(transparent)]
+    Failed(OutboxError),
+}
+
+/// What an error met while opening says about the outbox file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// The file is damaged: only this moves it aside.
+    Corrupt,
+    /// The file may be fine; the disk, the system or a lock is not, for now.
+    Transient,
+    Other,
+}
+
+impl OutboxError {
+    fn fault(&self) -> Fault {
+        use sqlx::migrate::MigrateError;
+        match self {
+            OutboxError::IntegrityCheck { .. } => Fault::Corrupt,
+            OutboxError::Database { source, .. }
+            | OutboxError::Migration {
+                source: MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _),
+                ..
+            } => sqlx_fault(source),
+            OutboxError::Io { source, .. } => io_fault(source),
+            _ => Fault::Other,
+        }
+    }
+}
+
+fn sqlx_fault(error: &sqlx::Error) -> Fault {
+    match error {
+        sqlx::Error::Database(e) => {
+            // sqlx gives SQLite's extended result code.
+            match e.code().and_then(|c| c.parse::<i32>().ok()) {
+                Some(code) => sqlite_fault(code),
+                None => Fault::Other,
+            }
+        }
+        sqlx::Error::Io(e) => io_fault(e),
+        sqlx::Error::PoolTimedOut => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+/// By SQLite extended result code, whose low byte is the primary code
+/// (https://sqlite.org/rescode.html).
+fn sqlite_fault(extended: i32) -> Fault {
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const NOMEM: i32 = 7;
+    const READONLY: i32 = 8;
+    const IOERR: i32 = 10;
+    const CORRUPT: i32 = 11;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const NOTADB: i32 = 26;
+    match extended & 0xff {
+        CORRUPT | NOTADB => Fault::Corrupt,
+        // CANTOPEN and READONLY are what a full disk or a file system
+        // remounted read-only after errors can look like at open.
+        BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+fn io_fault(error: &std::io::Error) -> Fault {
+    match error.raw_os_error() {
+        Some(
+            libc::ENOSPC
+            | libc::EDQUOT
+            | libc::EIO
+            | libc::EROFS
+            | libc::EAGAIN
+            | libc::EINTR
+            | libc::ENOMEM
+            | libc::EBUSY,
+        ) => Fault::Transient,
+        _ => Fault::Other,
+    }
+}
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes counted per row on top of its payload (ids, times, index entry).
 pub const ROW_OVERHEAD: u64 = 96;
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Eviction classes, lowest evicted first (the bounded-outbox work uses them).
+/// Eviction classes, lowest evicted first. Stored in the `priority`
+/// column: values are never reused (1 was reports before they became
+/// unevictable; migration 0003 moved them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     /// Heartbeats and facts: compactable, the first to go.
     Telemetry = 0,
-    /// Reports about the outbox itself.
-    Report = 1,
     /// Sessions, MFA completions, enforcement results.
     Record = 2,
     /// Captures of severity 1–3.
     Capture = 3,
     /// Captures of severity 4–5: never evicted.
     Protected = 4,
+    /// Reports about the outbox itself (evictions, a replaced file): never
+    /// evicted, or the collector's eviction totals would be short by what
+    /// was in the evicted reports. Few and small: new counts merge into
+    /// the unsent report (`take_eviction_report`).
+    Report = 5,
 }
 
 pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
@@ -152,8 +265,12 @@ pub struct OutboxStats {
 /// eviction and the stream's reads never interleave.
 #[derive(Debug, Default)]
 struct Books {
-    /// Rows at or below this were handed to the stream: not to be rewritten.
-    claimed_up_to: u64,
+    /// Rows at or below this may have been sent (handed to a stream now or
+    /// by an earlier process): the collector may hold them, so they are
+    /// never rewritten. Never lowered, not even when a connection drops:
+    /// an ack lost after the collector's commit would make a rewritten row
+    /// a "duplicate" it ignores.
+    sent_up_to: u64,
     /// Bytes counted against the bound.
     bytes: u64,
 }
@@ -226,35 +343,57 @@ async fn insert_rows(
 const INSERT_CHUNK: usize = 1_000;
 
 impl Outbox {
-    /// Opens or creates the outbox in `dir`. A corrupt file is moved aside
-    /// and replaced; the second value says where it went.
-    pub async fn open(dir: &Path, max_bytes: u64) -> Result<(Outbox, Option<PathBuf>)> {
+    /// Opens or creates the outbox in `dir`. A corrupt file (SQLite says
+    /// so, or `quick_check` fails) is moved aside and replaced; the second
+    /// value says where it went. Any other error leaves the file alone and
+    /// says whether it may pass (`OpenError::Unavailable`).
+    pub async fn open(
+        dir: &Path,
+        max_bytes: u64,
+    ) -> std::result::Result<(Outbox, Option<PathBuf>), OpenError> {
+        Self::open_waiting(dir, max_bytes, BUSY_TIMEOUT).await
+    }
+
+    /// `open`, waiting at most `busy_timeout` for another connection's lock.
+    async fn open_waiting(
+        dir: &Path,
+        max_bytes: u64,
+        busy_timeout: Duration,
+    ) -> std::result::Result<(Outbox, Option<PathBuf>), OpenError> {
         let path = dir.join(FILE_NAME);
+        let refuse = |e: OutboxError| match e.fault() {
+            Fault::Transient => OpenError::Unavailable(e),
+            Fault::Corrupt | Fault::Other => OpenError::Failed(e),
+        };
         // Private whatever the umask (SQLite gives its -wal and -shm files
         // the main file's mode). A failure here is not corruption.
-        private_file(&path).map_err(|source| OutboxError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        match Self::open_checked(&path, max_bytes).await {
-            Ok(outbox) => Ok((outbox, None)),
-            Err(e) if path.exists() => {
-                tracing::error!(error = %e, path = %path.display(), "outbox unreadable; moving it aside and starting a new one");
-                let moved = move_aside(&path)?;
-                let outbox = Self::open_checked(&path, max_bytes).await?;
-                outbox
-                    .set_state("corrupt_moved_to", &moved.display().to_string())
-                    .await?;
-                Ok((outbox, Some(moved)))
-            }
-            Err(e) => Err(e),
-        }
+        private_file(&path)
+            .map_err(|source| OutboxError::Io {
+                path: path.clone(),
+                source,
+            })
+            .map_err(refuse)?;
+        let e = match Self::open_checked(&path, max_bytes, busy_timeout).await {
+            Ok(outbox) => return Ok((outbox, None)),
+            Err(e) if e.fault() == Fault::Corrupt => e,
+            Err(e) => return Err(refuse(e)),
+        };
+        tracing::error!(error = %e, path = %path.display(), "outbox corrupt; moving it aside and starting a new one");
+        let moved = move_aside(&path).map_err(OpenError::Failed)?;
+        let outbox = Self::open_checked(&path, max_bytes, busy_timeout)
+            .await
+            .map_err(refuse)?;
+        outbox
+            .set_state("corrupt_moved_to", &moved.display().to_string())
+            .await
+            .map_err(refuse)?;
+        Ok((outbox, Some(moved)))
     }
 
     /// Opens an existing outbox without writing (for `status`).
     pub async fn open_read_only(dir: &Path) -> Result<Outbox> {
         let path = dir.join(FILE_NAME);
-        let options = Self::options(&path).read_only(true);
+        let options = Self::options(&path, BUSY_TIMEOUT).read_only(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -271,17 +410,17 @@ impl Outbox {
         })
     }
 
-    fn options(path: &Path) -> SqliteConnectOptions {
+    fn options(path: &Path, busy_timeout: Duration) -> SqliteConnectOptions {
         SqliteConnectOptions::from_str("sqlite://")
             .expect("static URL parses")
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
     }
 
-    async fn open_checked(path: &Path, max_bytes: u64) -> Result<Outbox> {
+    async fn open_checked(path: &Path, max_bytes: u64, busy_timeout: Duration) -> Result<Outbox> {
         let db = |source| OutboxError::Database {
             path: path.into(),
             source,
@@ -289,7 +428,7 @@ impl Outbox {
         // One connection: the daemon is the only writer.
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(Self::options(path))
+            .connect_with(Self::options(path, busy_timeout))
             .await
             .map_err(db)?;
         let check: String = sqlx::query_scalar("PRAGMA quick_check")
@@ -298,9 +437,10 @@ impl Outbox {
             .map_err(db)?;
         if check != "ok" {
             pool.close().await;
-            return Err(db(sqlx::Error::Protocol(format!(
-                "integrity check failed: {check}"
-            ))));
+            return Err(OutboxError::IntegrityCheck {
+                path: path.into(),
+                detail: check,
+            });
         }
         MIGRATIONS
             .run(&pool)
@@ -316,8 +456,16 @@ impl Outbox {
         .fetch_one(&pool)
         .await
         .map_err(db)?;
+        // Whatever an earlier process numbered may have been sent: only
+        // rows appended from now on can be unsent.
+        let last_seq: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'outbox'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(db)?;
         let books = Books {
-            claimed_up_to: 0,
+            sent_up_to: last_seq as u64,
             bytes: bytes as u64,
         };
         Ok(Outbox {
@@ -490,7 +638,7 @@ impl Outbox {
             if let Some(row) = newest {
                 let seq: i64 = row.get("seq");
                 let kind: String = row.get("kind");
-                let unsent = seq as u64 > books.claimed_up_to;
+                let unsent = seq as u64 > books.sent_up_to;
                 if unsent && (kind == "heartbeat" || kind == "heartbeat_interval") {
                     let payload: Vec<u8> = row.get("payload");
                     let started = Timestamp::from_millisecond(row.get("occurred_at")).unwrap_or(at);
@@ -518,8 +666,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Like `read_after`, and claims what it returns so it is never
-    /// rewritten while it may be in flight.
+    /// Like `read_after`, and marks what it returns as sent, so it is never
+    /// rewritten (heartbeats, reports) even if the connection drops.
     /// A batch holds at most `limit` events and `BATCH_BYTES` of payload
     /// (at least one event), so it always fits the stream's message limit;
     /// an event larger than `MAX_EVENT_BYTES` alone is moved to the
@@ -546,7 +694,7 @@ impl Outbox {
         };
         let events = self.read_after(after, count).await?;
         if let Some(last) = events.last() {
-            books.claimed_up_to = books.claimed_up_to.max(last.seq);
+            books.sent_up_to = books.sent_up_to.max(last.seq);
         }
         Ok(events)
     }
@@ -591,66 +739,106 @@ impl Outbox {
         Ok(())
     }
 
-    /// The stream lost its connection: nothing is in flight any more.
-    pub async fn release_claims(&self) {
-        self.books.lock().await.claimed_up_to = 0;
-    }
+    /// The stream lost its connection. Rows it sent stay unrewritable
+    /// (`Books::sent_up_to`): the collector may have committed them and
+    /// lost only the ack, so there is nothing to release. Kept as the
+    /// stream's statement of the event.
+    pub async fn release_claims(&self) {}
 
-    /// Eviction counts not yet reported, as an `OutboxReport` appended to
-    /// the outbox in the same transaction that marks them reported. None
-    /// when there is nothing to report.
+    /// Eviction counts not yet reported, as an `OutboxReport`, in the same
+    /// transaction that marks them reported: added to the newest report
+    /// that was never sent, else appended as a new one. Returns that
+    /// report's sequence number; None when there is nothing to report.
+    ///
+    /// Reports are never evicted (`Priority::Report`) and at most one of
+    /// them is unsent, so the collector's sum of what it was told equals
+    /// the agent's totals exactly.
     pub async fn take_eviction_report(&self) -> Result<Option<u64>> {
-        let _books = self.books.lock().await;
+        let mut books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let mut report = v1::OutboxReport::default();
-        let mut any = false;
-        for class in REPORT_CLASSES {
+        let mut new = [0u64; REPORT_CLASSES.len()];
+        for (class, new) in REPORT_CLASSES.iter().zip(new.iter_mut()) {
             let total = state_number(&mut tx, &format!("evicted.{class}"))
                 .await
                 .map_err(self.db())?;
             let reported = state_number(&mut tx, &format!("evicted_reported.{class}"))
                 .await
                 .map_err(self.db())?;
-            let new = total.saturating_sub(reported);
-            if new == 0 {
-                continue;
+            *new = total.saturating_sub(reported);
+            if *new > 0 {
+                set_state_in(
+                    &mut tx,
+                    &format!("evicted_reported.{class}"),
+                    &total.to_string(),
+                )
+                .await
+                .map_err(self.db())?;
             }
-            any = true;
-            match class {
-                "telemetry" => report.evicted_telemetry = new,
-                "sessions" => report.evicted_sessions = new,
-                "mfa" => report.evicted_mfa = new,
-                "captures" => report.evicted_captures = new,
-                "enforcement" => report.evicted_enforcement = new,
-                _ => report.evicted_other = new,
-            }
-            set_state_in(
-                &mut tx,
-                &format!("evicted_reported.{class}"),
-                &total.to_string(),
-            )
-            .await
-            .map_err(self.db())?;
         }
-        if !any {
+        if new.iter().all(|n| *n == 0) {
             return Ok(None);
         }
+        let unsent: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, payload FROM outbox WHERE kind = 'outbox_report' AND seq > ? \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(books.sent_up_to as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(self.db())?;
+        let (seq, old_len, mut report) = match unsent {
+            Some((seq, payload)) => match v1::Event::decode(payload.as_slice()) {
+                Ok(v1::Event {
+                    body: Some(v1::event::Body::OutboxReport(report)),
+                    ..
+                }) => (Some(seq), payload.len(), report),
+                _ => {
+                    return Err(OutboxError::BadRow {
+                        path: self.path.clone(),
+                        seq,
+                        detail: "an outbox_report row holds another event".into(),
+                    });
+                }
+            },
+            None => (None, 0, v1::OutboxReport::default()),
+        };
+        add_evictions(&mut report, new);
         let payload = v1::Event {
             body: Some(v1::event::Body::OutboxReport(report)),
             ..Default::default()
         }
         .encode_to_vec();
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) VALUES (?, 'outbox_report', ?, ?, ?) RETURNING seq",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(Priority::Report as i64)
-        .bind(Timestamp::now().as_millisecond())
-        .bind(payload)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(self.db())?;
+        let now = Timestamp::now().as_millisecond();
+        let (seq, added) = match seq {
+            Some(seq) => {
+                sqlx::query("UPDATE outbox SET payload = ?, occurred_at = ? WHERE seq = ?")
+                    .bind(&payload)
+                    .bind(now)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+                (seq, payload.len() as u64)
+            }
+            None => {
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO outbox (event_id, kind, priority, occurred_at, payload) \
+                     VALUES (?, 'outbox_report', ?, ?, ?) RETURNING seq",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(Priority::Report as i64)
+                .bind(now)
+                .bind(&payload)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(self.db())?;
+                (seq, payload.len() as u64 + ROW_OVERHEAD)
+            }
+        };
         tx.commit().await.map_err(self.db())?;
+        // Past the bound if need be: a report is a few bytes and the only
+        // way the collector learns what was lost.
+        books.bytes = (books.bytes + added).saturating_sub(old_len as u64);
         Ok(Some(seq as u64))
     }
 
@@ -841,6 +1029,17 @@ impl Outbox {
     }
 }
 
+/// Adds eviction counts (in `REPORT_CLASSES` order) to a report.
+fn add_evictions(report: &mut v1::OutboxReport, counts: [u64; REPORT_CLASSES.len()]) {
+    let [telemetry, sessions, mfa, captures, enforcement, other] = counts;
+    report.evicted_telemetry += telemetry;
+    report.evicted_sessions += sessions;
+    report.evicted_mfa += mfa;
+    report.evicted_captures += captures;
+    report.evicted_enforcement += enforcement;
+    report.evicted_other += other;
+}
+
 /// Folds a heartbeat into the stored heartbeat or interval `payload`
 /// (which started at `started`). None when they differ in interval.
 fn merge_heartbeat(
@@ -962,12 +1161,41 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection;
 
     fn heartbeat(n: u64) -> v1::event::Body {
         v1::event::Body::Heartbeat(v1::Heartbeat {
             uptime_secs: n,
             interval_secs: 60,
         })
+    }
+
+    #[test]
+    fn only_corruption_moves_the_file_aside() {
+        let cases = [
+            ("SQLITE_CORRUPT", 11, Fault::Corrupt),
+            ("SQLITE_CORRUPT_INDEX", 779, Fault::Corrupt),
+            ("SQLITE_NOTADB (garbage)", 26, Fault::Corrupt),
+            (
+                "SQLITE_IOERR_SHMSIZE (full disk at open)",
+                4874,
+                Fault::Transient,
+            ),
+            ("SQLITE_IOERR_WRITE", 778, Fault::Transient),
+            ("SQLITE_FULL", 13, Fault::Transient),
+            ("SQLITE_BUSY (another process's lock)", 5, Fault::Transient),
+            ("SQLITE_LOCKED", 6, Fault::Transient),
+            ("SQLITE_CANTOPEN", 14, Fault::Transient),
+            ("SQLITE_READONLY", 8, Fault::Transient),
+            ("SQLITE_PERM", 3, Fault::Other),
+            ("SQLITE_CONSTRAINT_UNIQUE", 2067, Fault::Other),
+        ];
+        for (name, code, fault) in cases {
+            assert_eq!(sqlite_fault(code), fault, "{name}");
+        }
+        let io = |errno| std::io::Error::from_raw_os_error(errno);
+        assert_eq!(io_fault(&io(libc::ENOSPC)), Fault::Transient);
+        assert_eq!(io_fault(&io(libc::ELOOP)), Fault::Other, "a link");
     }
 
     #[test]
@@ -1423,5 +1651,220 @@ mod tests {
         assert_eq!(classify(&capture(4)).1, Priority::Protected);
         assert_eq!(classify(&capture(3)).1, Priority::Capture);
         assert!(classify(&heartbeat(1)).1 < classify(&capture(1)).1);
+    }
+
+    const HEARTBEAT: v1::Heartbeat = v1::Heartbeat {
+        uptime_secs: 0,
+        interval_secs: 60,
+    };
+
+    #[tokio::test]
+    async fn a_heartbeat_sent_once_is_never_folded_into_even_after_a_disconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let t = Timestamp::now();
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let sent = outbox.read_for_send(0, 10).await.unwrap();
+        // The connection drops before the ack arrives (the collector may
+        // have committed the row).
+        outbox.release_claims().await;
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let all = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(all.len(), 2, "a new row, not folded into the sent one");
+        assert_eq!(all[0], sent[0], "the sent row is unchanged");
+        // Nor after a restart of the daemon.
+        outbox.close().await;
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let before = outbox.read_after(0, 10).await.unwrap();
+        outbox.read_for_send(0, 10).await.unwrap();
+        outbox.close().await;
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        let after = outbox.read_after(0, 10).await.unwrap();
+        assert_eq!(after.len(), 3);
+        assert_eq!(after[..2], before[..]);
+        // Unsent heartbeats still merge.
+        outbox.append_heartbeat(t, HEARTBEAT).await.unwrap();
+        assert_eq!(outbox.read_after(0, 10).await.unwrap().len(), 3);
+    }
+
+    /// Adds the eviction counts of the reports among `events` to `sums`
+    /// (in `REPORT_CLASSES` order).
+    fn add_reported(sums: &mut [u64; 6], events: &[v1::Event]) {
+        for event in events {
+            if let Some(v1::event::Body::OutboxReport(r)) = &event.body {
+                for (sum, n) in sums.iter_mut().zip([
+                    r.evicted_telemetry,
+                    r.evicted_sessions,
+                    r.evicted_mfa,
+                    r.evicted_captures,
+                    r.evicted_enforcement,
+                    r.evicted_other,
+                ]) {
+                    *sum += n;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn eviction_reports_are_never_evicted_so_the_totals_reported_are_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), 8 * 1024).await.unwrap();
+        let t = Timestamp::now();
+        let mut acked = 0;
+        // What the collector was told, from the batches it acknowledged.
+        let mut told = [0u64; 6];
+        for round in 0..40u64 {
+            let mut events = vec![(t, v1::event::Body::Heartbeat(HEARTBEAT))];
+            events.extend((0..30).map(|_| (t, session())));
+            outbox.append_all(events).await.unwrap();
+            // The producer reports at every heartbeat tick.
+            outbox.take_eviction_report().await.unwrap();
+            // Now and then the stream sends a batch and gets its ack, so
+            // some reports are sent and later counts start a new row.
+            if round % 7 == 3 {
+                let batch = outbox.read_for_send(acked, 20).await.unwrap();
+                let (first, last) = (batch[0].seq, batch.last().unwrap().seq);
+                outbox.acknowledge(first, last).await.unwrap();
+                add_reported(&mut told, &batch);
+                acked = last;
+                outbox.release_claims().await;
+            }
+        }
+        let totals = outbox.eviction_totals().await.unwrap();
+        assert!(
+            totals
+                .iter()
+                .any(|(class, n)| *class == "sessions" && *n > 500),
+            "{totals:?}"
+        );
+        // The rest is still queued and will be told: one report, however
+        // many ticks added to it since the last one was sent.
+        let queued = outbox.read_after(acked, 100_000).await.unwrap();
+        let reports = queued
+            .iter()
+            .filter(|e| matches!(e.body, Some(v1::event::Body::OutboxReport(_))))
+            .count();
+        assert_eq!(reports, 1);
+        add_reported(&mut told, &queued);
+        let told: Vec<(&str, u64)> = REPORT_CLASSES.into_iter().zip(told).collect();
+        assert_eq!(told, totals);
+    }
+
+    /// A second connection to the outbox file holding an exclusive lock,
+    /// as another process (a backup tool, a stuck older daemon) would.
+    async fn lock_exclusively(path: &Path) -> sqlx::SqliteConnection {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(path)
+            .pragma("locking_mode", "EXCLUSIVE");
+        let mut other = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO state (key, value) VALUES ('locked', 'yes')")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other
+    }
+
+    #[tokio::test]
+    async fn a_locked_outbox_is_left_in_place_and_reported_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append(Timestamp::now(), session()).await.unwrap();
+        outbox.close().await;
+        let lock = lock_exclusively(&dir.path().join(FILE_NAME)).await;
+
+        let opened =
+            Outbox::open_waiting(dir.path(), DEFAULT_MAX_BYTES, Duration::from_millis(100)).await;
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.contains("corrupt")),
+            "a locked file is not corrupt: {names:?}"
+        );
+        match opened {
+            Err(OpenError::Unavailable(e)) => assert!(e.to_string().contains("locked"), "{e}"),
+            Err(e) => panic!("expected unavailable, got {e}"),
+            Ok((_, moved)) => panic!("opened a locked file (moved: {moved:?})"),
+        }
+        drop(lock);
+        // Once the lock is gone the same file opens with its event.
+        let (outbox, moved) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        assert_eq!((moved, outbox.stats().await.unwrap().depth), (None, 1));
+    }
+
+    /// A 2 MiB tmpfs, unmounted on drop: a disk that can be filled.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        /// None (with a message) where mounting is not allowed.
+        fn mount() -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match mounted {
+                Ok(out) if out.status.success() => Some(SmallDisk(dir)),
+                other => {
+                    eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            // Lazy: a connection a failed assertion left open cannot keep
+            // the mount behind.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_leaves_the_outbox_in_place_and_reports_it_unavailable() {
+        let Some(disk) = SmallDisk::mount() else {
+            return;
+        };
+        let dir = disk.0.path();
+        let (outbox, _) = Outbox::open(dir, DEFAULT_MAX_BYTES).await.unwrap();
+        outbox.append(Timestamp::now(), session()).await.unwrap();
+        outbox.close().await;
+        // Fill the disk to the last byte.
+        let mut filler = std::fs::File::create(dir.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+        while std::io::Write::write_all(&mut filler, &block[..512]).is_ok() {}
+        while std::io::Write::write_all(&mut filler, &block[..1]).is_ok() {}
+        drop(filler);
+
+        match Outbox::open(dir, DEFAULT_MAX_BYTES).await {
+            Err(OpenError::Unavailable(e)) => eprintln!("as expected: {e}"),
+            Err(e) => panic!("expected unavailable, got {e}"),
+            Ok((_, moved)) => panic!("opened on a full disk (moved: {moved:?})"),
+        }
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("corrupt")), "{names:?}");
+        // Room again: the same file, with its event.
+        std::fs::remove_file(dir.join("filler")).unwrap();
+        let (outbox, moved) = Outbox::open(dir, DEFAULT_MAX_BYTES).await.unwrap();
+        assert_eq!((moved, outbox.stats().await.unwrap().depth), (None, 1));
+        outbox.close().await;
     }
 }

@@ -31,6 +31,10 @@ pub struct Status {
     pub last_acked_seq: Option<u64>,
     pub next_seq: u64,
     pub corrupt_outbox_moved_to: Option<String>,
+    /// Why the daemon could not open the outbox on its last try (a full
+    /// disk, an I/O error, another process's lock); it keeps trying and
+    /// leaves the file as it is. None once it opened.
+    pub outbox_unavailable: Option<String>,
     /// Bytes the outbox holds, counted against its bound.
     pub outbox_bytes: u64,
     /// Events evicted because the outbox was full, per class, since the
@@ -72,6 +76,8 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         last_acked_seq: None,
         next_seq: 1,
         corrupt_outbox_moved_to: None,
+        outbox_unavailable: std::fs::read_to_string(config.data_dir.join(outbox::UNAVAILABLE_FILE))
+            .ok(),
         outbox_bytes: 0,
         evicted: Default::default(),
         policy_site_version: 0,
@@ -86,9 +92,16 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     if !config.data_dir.join(outbox::FILE_NAME).exists() {
         return Ok(status);
     }
-    let outbox = Outbox::open_read_only(&config.data_dir).await?;
+    // While the daemon cannot open the outbox, neither may we: say what is
+    // known.
+    let outbox = match Outbox::open_read_only(&config.data_dir).await {
+        Ok(outbox) => outbox,
+        Err(_) if status.outbox_unavailable.is_some() => return Ok(status),
+        Err(e) => return Err(e.into()),
+    };
     let stats = match outbox.stats().await {
         Ok(stats) => stats,
+        Err(_) if status.outbox_unavailable.is_some() => return Ok(status),
         // The daemon created the file and has not made its tables yet.
         Err(e) if e.to_string().contains("no such table") => {
             status.connection = "starting".into();
@@ -198,6 +211,9 @@ pub fn render_text(s: &Status) -> String {
             .unwrap_or_else(|| "-".into()),
     );
     line("last error", dash(&s.last_error));
+    if let Some(why) = &s.outbox_unavailable {
+        line("outbox unavailable", why.clone());
+    }
     let evicted: Vec<String> = s
         .evicted
         .iter()

@@ -286,3 +286,112 @@ fn a_corrupt_outbox_is_moved_aside_reported_and_numbering_continues() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// A second connection holding an exclusive lock on the outbox file, as
+/// another process (a backup tool, a stuck older daemon) would.
+async fn lock_exclusively(path: &std::path::Path) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .pragma("locking_mode", "EXCLUSIVE");
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO state (key, value) VALUES ('held by', 'a test')")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    other
+}
+
+#[test]
+fn a_locked_outbox_is_waited_for_never_moved_aside() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-delivery-5"));
+    let id = agent.enroll();
+    let produced = produce(&agent, 100, DEFAULT_MAX_BYTES);
+
+    let mut daemon = runtime().block_on(async {
+        let lock = lock_exclusively(&agent.data.join("outbox.db")).await;
+        let mut daemon = agent.start();
+        wait_for("the daemon to find the outbox unavailable", WAIT, || {
+            agent.data.join("outbox.unavailable").exists().then_some(())
+        });
+        daemon.assert_running();
+        let status = agent.status();
+        let why = status["outbox_unavailable"].as_str().unwrap_or_default();
+        assert!(why.contains("locked"), "{status}");
+        let files: Vec<String> = std::fs::read_dir(&agent.data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !files.iter().any(|f| f.contains("corrupt")),
+            "a locked outbox is not corrupt: {files:?}"
+        );
+        use sqlx::Connection;
+        lock.close().await.unwrap();
+        daemon
+    });
+    wait_for("the queued events to arrive", WAIT, || {
+        (sessions_held(&data, &id) == produced).then_some(())
+    });
+    daemon.assert_running();
+    let status = agent.status();
+    assert!(status["outbox_unavailable"].is_null(), "{status}");
+    assert!(status["corrupt_outbox_moved_to"].is_null(), "{status}");
+}
+
+#[test]
+fn every_eviction_is_reported_exactly_under_sustained_pressure() {
+    const BOUND: u64 = 65_536;
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::with_delivery(
+        &data.agent_settings(&collector, "e2e-delivery-6"),
+        &format!("outbox_max_bytes = {BOUND}"),
+    );
+    let id = agent.enroll();
+    // Offline for a long while: sessions keep coming and the producer
+    // reports the evictions at every tick, so later sessions press on the
+    // earlier reports.
+    runtime().block_on(async {
+        std::fs::create_dir_all(&agent.data).unwrap();
+        let (outbox, _) = Outbox::open(&agent.data, BOUND).await.unwrap();
+        let now = jiff::Timestamp::now();
+        for round in 0..50 {
+            outbox
+                .append_all((0..200).map(|i| (now, session(round * 200 + i))).collect())
+                .await
+                .unwrap();
+            outbox.take_eviction_report().await.unwrap();
+        }
+        outbox.close().await;
+    });
+    let offline: BTreeMap<String, u64> =
+        serde_json::from_value(agent.status()["evicted"].clone()).unwrap();
+    assert!(offline["sessions"] > 9_000, "{offline:?}");
+
+    let _daemon = agent.start();
+    wait_for("the queue to drain", WAIT, || {
+        (agent.status()["queue_depth"] == 0).then_some(())
+    });
+    let reported = wait_for("the collector to learn every eviction", WAIT, || {
+        let on_agent: BTreeMap<String, u64> =
+            serde_json::from_value(agent.status()["evicted"].clone()).ok()?;
+        let reported: BTreeMap<String, u64> =
+            serde_json::from_value(data.device(&id)["outbox"]["evicted"].clone()).ok()?;
+        (reported == on_agent).then_some(reported)
+    });
+    assert_eq!(reported["sessions"], offline["sessions"]);
+    let show = text(&data.cli(&["devices", "show", &id]).stdout);
+    assert!(
+        show.contains(&offline["sessions"].to_string()),
+        "devices show names the exact count: {show}"
+    );
+}
