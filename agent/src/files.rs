@@ -92,12 +92,16 @@ impl FileKey {
 }
 
 /// The file versions already reported, at most `capacity` of them; the
-/// oldest is forgotten first.
+/// oldest is forgotten first. A new version of a file (a new mtime) whose
+/// content is what was reported for that file already is not reported
+/// again.
 #[derive(Debug)]
 pub struct Reported {
     capacity: usize,
     keys: HashSet<FileKey>,
     order: VecDeque<FileKey>,
+    /// The SHA-256 last reported per (device, inode).
+    contents: std::collections::HashMap<(u64, u64), String>,
 }
 
 impl Reported {
@@ -106,7 +110,23 @@ impl Reported {
             capacity: capacity.max(1),
             keys: HashSet::new(),
             order: VecDeque::new(),
+            contents: Default::default(),
         }
+    }
+
+    /// Remembers this version and its content; false when the version was
+    /// reported already, or the file's content is the one reported last.
+    pub fn insert_content(&mut self, key: FileKey, sha256: &str) -> bool {
+        let new_version = self.insert(key);
+        let file = (key.device, key.inode);
+        let same_content =
+            !sha256.is_empty() && self.contents.get(&file).is_some_and(|s| s == sha256);
+        self.contents.insert(file, sha256.to_owned());
+        if self.contents.len() > self.capacity * 2 {
+            let kept: HashSet<(u64, u64)> = self.keys.iter().map(|k| (k.device, k.inode)).collect();
+            self.contents.retain(|file, _| kept.contains(file));
+        }
+        new_version && !same_content
     }
 
     /// Remembers `key`; false when it was already there.
@@ -212,7 +232,11 @@ pub fn examine(
             "file too large to hash; alerting without a hash"
         );
     }
-    if !reported.lock().ok()?.insert(key) {
+    if !reported
+        .lock()
+        .ok()?
+        .insert_content(key, sha256.as_deref().unwrap_or_default())
+    {
         return None;
     }
     Some(v1::FileAlert {
@@ -379,6 +403,27 @@ pub async fn watch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_same_content_written_again_is_not_reported_again() {
+        let mut reported = Reported::new(8);
+        let version = |modified_ns| FileKey {
+            device: 1,
+            inode: 2,
+            size: 10,
+            modified_ns,
+        };
+        assert!(reported.insert_content(version(1), "aa"));
+        assert!(
+            !reported.insert_content(version(2), "aa"),
+            "rewritten, same bytes"
+        );
+        assert!(reported.insert_content(version(3), "bb"), "new content");
+        assert!(
+            !reported.insert_content(version(3), "bb"),
+            "the same version"
+        );
+    }
+
     use super::*;
 
     #[test]

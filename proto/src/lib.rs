@@ -29,7 +29,6 @@ impl std::fmt::Debug for v1::EnrollRequest {
     }
 }
 
-
 /// What an agent signs with its current key to re-enrol as the same device
 /// (`EnrollRequest.previous_key_signature`): this context, then the DER of
 /// the new CSR. Binding the new CSR means a captured request is useless to
