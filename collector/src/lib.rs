@@ -40,7 +40,38 @@ pub async fn open_store(data: &Path) -> anyhow::Result<store::SqliteStore> {
             data.display()
         );
     }
+    // An empty file would silently become an empty collector (every agent
+    // then refused as unknown): a lost or truncated database is an error.
+    if std::fs::metadata(&db).is_ok_and(|m| m.len() == 0) {
+        anyhow::bail!(
+            "{} is empty (0 bytes): the collector's database was lost or truncated. {RESTORE}",
+            db.display()
+        );
+    }
     store::SqliteStore::open(&db, false)
         .await
-        .with_context(|| format!("opening {}", db.display()))
+        .with_context(|| format!("opening {}. {RESTORE}", db.display()))
+}
+
+/// How to get a database back, for every message that finds it damaged.
+pub const RESTORE: &str = "Stop the collector, keep the damaged file aside, copy the last backup \
+(`hallmonitor-collector backup --to FILE` makes one) to DATA/collector.db and start again; \
+agents resend everything they still hold.";
+
+/// Opens the store and checks the database's integrity (`quick_check`)
+/// before anything is served from it.
+pub async fn open_checked_store(data: &Path) -> anyhow::Result<store::SqliteStore> {
+    let store = open_store(data).await?;
+    let db = data.join(DATABASE_FILE);
+    match store
+        .quick_check()
+        .await
+        .with_context(|| format!("checking {}. {RESTORE}", db.display()))?
+    {
+        Ok(()) => Ok(store),
+        Err(found) => anyhow::bail!(
+            "{} is damaged (quick_check: {found}); not serving from it. {RESTORE}",
+            db.display()
+        ),
+    }
 }

@@ -1,6 +1,7 @@
 //! hallmonitor-collector: command-line entry point. Parses arguments,
 //! installs the rustls crypto provider and logging, and calls the library.
 
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +124,18 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// A consistent copy of the database, taken while the collector runs
+    /// (restore: stop the collector, copy it to DATA/collector.db). The
+    /// evidence images under DATA/evidence and the keys are files: back
+    /// them up with the data directory.
+    Backup {
+        /// Where to write the copy (must not exist).
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Check the database's integrity (SQLite quick_check): exit 0 when
+    /// sound, 1 when damaged.
+    CheckDatabase,
     /// The evidence store: encrypted images under DATA/evidence.
     Evidence {
         #[command(subcommand)]
@@ -215,6 +228,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("The secret and password are shown only now; store them safely.");
             println!("Give agents the CA fingerprint and the enrolment secret (agent.toml).");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { to } => {
+            if to.exists() {
+                anyhow::bail!("{} exists; choose a new file for the backup", to.display());
+            }
+            let store = hallmonitor_collector::open_store(&data).await?;
+            store
+                .backup(&to)
+                .await
+                .with_context(|| format!("writing the backup to {}", to.display()))?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("making {} private", to.display()))?;
+            println!("Backed up the database to {}.", to.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckDatabase => {
+            let checked = match hallmonitor_collector::open_store(&data).await {
+                Ok(store) => store.quick_check().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match checked.unwrap_or_else(|e| Err(format!("{e:#}"))) {
+                Ok(()) => {
+                    println!("ok");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(found) => {
+                    println!("damaged: {found}");
+                    eprintln!("{}", hallmonitor_collector::RESTORE);
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Command::Serve {
             listen,

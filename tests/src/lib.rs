@@ -46,6 +46,20 @@ pub fn agent_bin() -> PathBuf {
     bin_dir().join("hallmonitor-agent")
 }
 
+/// The actor the collector records for a command run here with `--by
+/// by`: the OS account (from the kernel; under sudo, with sudo's caller)
+/// and the name given.
+pub fn cli_actor(by: &str) -> String {
+    let account = text(&Command::new("id").arg("-un").output().expect("id").stdout)
+        .trim()
+        .to_owned();
+    let account = match std::env::var("SUDO_USER") {
+        Ok(sudo) if account == "root" && !sudo.is_empty() => format!("root (sudo: {sudo})"),
+        _ => account,
+    };
+    format!("cli:{account} as {by}")
+}
+
 /// Polls `check` every 50 ms until it returns Some, or panics after
 /// `timeout` naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::*;
-use hallmonitor_e2e::{Agent, CollectorData, Value, text, wait_for};
+use hallmonitor_e2e::{Agent, CollectorData, Value, cli_actor, text, wait_for};
 use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -174,9 +174,9 @@ fn inactive_device_is_flagged_disabled_by_approval_and_reenabled() {
         trail,
         [
             ("rules".to_string(), "open".to_string()),
-            ("cli:tech1".into(), "disable_approved".into()),
+            (cli_actor("tech1"), "disable_approved".into()),
             (format!("agent:{id}"), "disabled".into()),
-            ("cli:tech1".into(), "reenabled".into()),
+            (cli_actor("tech1"), "reenabled".into()),
         ]
     );
     assert_eq!(show["history"][3]["reason"], "pupil returned the laptop");

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::{self, *};
-use hallmonitor_e2e::{Agent, CollectorData, Process, Value, agent_bin, text, wait_for};
+use hallmonitor_e2e::{Agent, CollectorData, Process, Value, agent_bin, cli_actor, text, wait_for};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, PropMode, Window,
@@ -628,7 +628,7 @@ fn collector_policy_history(data: &CollectorData, versions: usize) {
     );
     assert_eq!(
         history["versions"][versions - 1]["created_by"],
-        "cli:it.tech"
+        cli_actor("it.tech").as_str()
     );
     assert_eq!(
         history["versions"][versions - 1]["comment"],

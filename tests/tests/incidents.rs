@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::*;
-use hallmonitor_e2e::{Agent, CollectorData, Process, Value, text, wait_for};
+use hallmonitor_e2e::{Agent, CollectorData, Process, Value, cli_actor, text, wait_for};
 use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -203,7 +203,7 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
     let metadata: Value =
         serde_json::from_slice(&std::fs::read(folder.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(metadata["captures"][0]["matched_text"], "kill myself");
-    assert_eq!(metadata["exported_by"], "cli:dsl.jones");
+    assert_eq!(metadata["exported_by"], cli_actor("dsl.jones").as_str());
     let again = data.cli(&[
         "incidents",
         "export",
@@ -274,9 +274,9 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
     assert_eq!(
         audited,
         [
-            ("cli:dsl.jones".to_string(), "incident_viewed".to_string()),
-            ("cli:dsl.jones".into(), "incident_exported".into()),
-            ("cli:dsl.jones".into(), "incident_exported".into()),
+            (cli_actor("dsl.jones"), "incident_viewed".to_string()),
+            (cli_actor("dsl.jones"), "incident_exported".into()),
+            (cli_actor("dsl.jones"), "incident_exported".into()),
         ]
     );
 

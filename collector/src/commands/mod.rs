@@ -51,11 +51,40 @@ pub(crate) fn cli_actor(by: Option<String>) -> String {
     }
 }
 
+/// The account that runs this command, from the kernel (the real uid),
+/// not from the environment a caller can set; under sudo, root names the
+/// account sudo was run from too.
 pub(crate) fn os_user() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let name = account_name(uid).unwrap_or_else(|| format!("uid {uid}"));
+    match std::env::var("SUDO_USER") {
+        Ok(sudo) if uid == 0 && !sudo.is_empty() => format!("{name} (sudo: {sudo})"),
+        _ => name,
+    }
+}
+
+fn account_name(uid: u32) -> Option<String> {
+    let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `passwd` and `buffer`, both ours and
+    // sized as passed; `result` is null or points at `passwd`.
+    let found = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut passwd,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        )
+    };
+    if found != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name is a NUL-terminated string in `buffer`.
+    let name = unsafe { std::ffi::CStr::from_ptr(passwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 pub(crate) async fn filter(

@@ -62,6 +62,20 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A connection handed back still inside a transaction (a COMMIT
+            // that failed on a full disk leaves one) is closed and replaced,
+            // so the single writer recovers by itself when space returns.
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    let clean = !sqlx::Connection::is_in_transaction(connection);
+                    if !clean {
+                        tracing::warn!(
+                            "store writer left inside a failed transaction; reconnecting"
+                        );
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         MIGRATIONS.run(&writer).await?;
@@ -74,6 +88,27 @@ impl SqliteStore {
             reader,
             incident_window: crate::incidents::DEFAULT_INCIDENT_WINDOW,
         })
+    }
+
+    /// SQLite's `quick_check`: Ok, or what it found (the first lines).
+    pub async fn quick_check(&self) -> Result<Result<(), String>> {
+        let found: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(10)")
+            .fetch_all(&self.writer)
+            .await?;
+        Ok(match found.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            _ => Err(found.join("; ")),
+        })
+    }
+
+    /// A consistent copy of the database at `to` (`VACUUM INTO`), taken
+    /// while the collector runs; `to` must not exist.
+    pub async fn backup(&self, to: &Path) -> Result<()> {
+        sqlx::query("VACUUM INTO ?")
+            .bind(to.to_string_lossy().into_owned())
+            .execute(&self.reader)
+            .await?;
+        Ok(())
     }
 
     pub fn with_incident_window(mut self, window: jiff::SignedDuration) -> Self {
@@ -961,5 +996,111 @@ impl Store for SqliteStore {
 
     async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>> {
         policies::device_versions(self, site).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2 MiB tmpfs, unmounted on drop: a disk that can be filled.
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        /// None (with a message) where mounting is not allowed.
+        fn mount() -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().unwrap();
+            let mounted = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match mounted {
+                Ok(out) if out.status.success() => Some(SmallDisk(dir)),
+                other => {
+                    eprintln!("skipped: cannot mount a tmpfs here ({other:?})");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    fn enrollment(n: usize, site: SiteId) -> Enrollment {
+        Enrollment::active(
+            DeviceId::from_string(format!("dev-{n}")),
+            site,
+            DeviceFacts {
+                hostname: "x".repeat(64 * 1024),
+                machine_id: format!("m-{n}"),
+                ..DeviceFacts::default()
+            },
+            format!("{n:064}"),
+            Timestamp::now(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_writer_recovers_by_itself_when_a_full_disk_has_space_again() {
+        let Some(disk) = SmallDisk::mount() else {
+            return;
+        };
+        let store = SqliteStore::open(&disk.0.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", Timestamp::now())
+            .await
+            .unwrap();
+        // Fill the disk: first with a file, then with rows until a write
+        // fails.
+        let filler = disk.0.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while std::io::Write::write_all(&mut file, &block).is_ok() {}
+        drop(file);
+        let mut n = 0;
+        let failed = loop {
+            n += 1;
+            if let Err(e) = store.save_enrollment(enrollment(n, site.id)).await {
+                break e;
+            }
+            assert!(n < 1_000, "the disk never filled");
+        };
+        eprintln!("full: {failed}");
+        // Space returns: the next writes succeed without a restart.
+        std::fs::remove_file(&filler).unwrap();
+        for m in n + 1..n + 4 {
+            store
+                .save_enrollment(enrollment(m, site.id))
+                .await
+                .unwrap_or_else(|e| panic!("write {m} after space returned: {e}"));
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn backups_are_whole_and_sound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", Timestamp::now())
+            .await
+            .unwrap();
+        store.save_enrollment(enrollment(1, site.id)).await.unwrap();
+        let copy = dir.path().join("backup.db");
+        store.backup(&copy).await.unwrap();
+        let restored = SqliteStore::open(&copy, false).await.unwrap();
+        assert_eq!(restored.quick_check().await.unwrap(), Ok(()));
+        assert_eq!(restored.list_devices(None).await.unwrap().len(), 1);
     }
 }
