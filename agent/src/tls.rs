@@ -27,12 +27,51 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("address {0}")]
     Address(String),
-    #[error("connecting to {address}: {source}")]
+    #[error("connecting to {address}: {detail}")]
     Connect {
         address: String,
-        #[source]
-        source: tonic::transport::Error,
+        /// The whole chain of causes (tonic's own text is only "transport
+        /// error").
+        detail: String,
     },
+    /// Certificates are valid for a period: a device whose clock is far
+    /// off cannot connect, and must say so rather than "transport error".
+    #[error(
+        "connecting to {address}: this device's clock says {now}, outside the validity of the collector's certificates ({detail}): check the device's date and time"
+    )]
+    Clock {
+        address: String,
+        now: String,
+        detail: String,
+    },
+}
+
+impl TlsError {
+    /// A failed connection, with every cause named and a clock that is
+    /// off recognised.
+    fn connect(address: &str, error: &tonic::transport::Error) -> TlsError {
+        let mut detail = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            detail.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        let clock = ["NotValidYet", "Expired", "not valid yet", "expired"]
+            .iter()
+            .any(|word| detail.contains(word));
+        if clock {
+            TlsError::Clock {
+                address: address.to_owned(),
+                now: jiff::Timestamp::now().to_string(),
+                detail,
+            }
+        } else {
+            TlsError::Connect {
+                address: address.to_owned(),
+                detail,
+            }
+        }
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -127,10 +166,7 @@ pub async fn connect(
     endpoint
         .connect_with_connector(service)
         .await
-        .map_err(|source| TlsError::Connect {
-            address: address.to_owned(),
-            source,
-        })
+        .map_err(|error| TlsError::connect(address, &error))
 }
 
 #[derive(Debug)]
