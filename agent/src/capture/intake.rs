@@ -468,19 +468,13 @@ async fn send_policies(
 mod tests {
     use super::*;
 
+    /// The helper's test capture, with no image and a policy version the
+    /// daemon does not hold.
     fn capture(rule: &str, title: &str) -> HelperCapture {
         HelperCapture {
-            rule_id: rule.into(),
-            category: "self-harm".into(),
-            severity: 5,
-            matched_text: "kill myself".into(),
-            window_title: title.into(),
-            process_name: "chromium".into(),
-            pid: 7,
-            repeat_count: 0,
-            no_image_reason: String::new(),
             image_png_base64: String::new(),
             policy_version: 99,
+            ..crate::capture::tests::capture(rule, title)
         }
     }
 

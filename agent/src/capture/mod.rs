@@ -448,7 +448,7 @@ fn check_window(
 mod tests {
     use super::*;
 
-    fn capture(rule: &str, title: &str) -> HelperCapture {
+    pub(super) fn capture(rule: &str, title: &str) -> HelperCapture {
         HelperCapture {
             rule_id: rule.into(),
             category: "self-harm".into(),
