@@ -393,7 +393,13 @@ impl Outbox {
     /// Opens an existing outbox without writing (for `status`).
     pub async fn open_read_only(dir: &Path) -> Result<Outbox> {
         let path = dir.join(FILE_NAME);
-        let options = Self::options(&path, BUSY_TIMEOUT).read_only(true);
+        // No journal mode: setting one is a write, which a reader may not
+        // do (the daemon sets WAL when it opens the file).
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .expect("static URL parses")
+            .filename(&path)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)

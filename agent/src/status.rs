@@ -102,8 +102,13 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     let stats = match outbox.stats().await {
         Ok(stats) => stats,
         Err(_) if status.outbox_unavailable.is_some() => return Ok(status),
-        // The daemon created the file and has not made its tables yet.
-        Err(e) if e.to_string().contains("no such table") => {
+        // The daemon created the file and has not made its tables (or set
+        // its journal mode) yet.
+        Err(e)
+            if ["no such table", "readonly database"]
+                .iter()
+                .any(|starting| e.to_string().contains(starting)) =>
+        {
             status.connection = "starting".into();
             return Ok(status);
         }
@@ -249,4 +254,22 @@ pub fn render_text(s: &Status) -> String {
         },
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn status_while_the_daemon_is_creating_its_outbox_says_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..AgentConfig::default()
+        };
+        // The daemon creates the file (0600) before SQLite writes to it.
+        std::fs::write(dir.path().join(outbox::FILE_NAME), b"").unwrap();
+        let status = read(&config, Timestamp::now()).await.unwrap();
+        assert_eq!(status.queue_depth, 0);
+    }
 }
