@@ -221,6 +221,9 @@ async fn identity_or_enroll(
             Err(EnrollError::Tls(e)) => {
                 tracing::warn!(error = %e, "enrolment: collector unreachable; will retry")
             }
+            Err(EnrollError::Busy(e)) => {
+                tracing::warn!(error = %e, "enrolment: collector busy; will retry")
+            }
             Err(e) => return Err(e).context("enrolment failed"),
         }
         let delay = stream::backoff(&config.delivery, attempt, 1.0);

@@ -47,6 +47,9 @@ pub enum EnrollError {
     Tls(#[from] TlsError),
     #[error("the collector refused enrolment: {0}")]
     Refused(String),
+    /// The collector is busy or limiting this address: try again later.
+    #[error("the collector asks to try again later: {0}")]
+    Busy(String),
     #[error("the collector's answer is unusable: {0}")]
     BadAnswer(String),
     #[error("{path}: {source}")]
@@ -158,11 +161,13 @@ pub async fn enroll(config: &AgentConfig, facts: v1::DeviceFacts) -> Result<Iden
         })
         .await
         .map_err(|status| {
-            EnrollError::Refused(format!(
-                "{}: {}",
-                code_words(status.code()),
-                status.message()
-            ))
+            let text = format!("{}: {}", code_words(status.code()), status.message());
+            match status.code() {
+                tonic::Code::ResourceExhausted | tonic::Code::Unavailable => {
+                    EnrollError::Busy(text)
+                }
+                _ => EnrollError::Refused(text),
+            }
         })?
         .into_inner();
 

@@ -331,29 +331,35 @@ pub async fn watch(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PathBuf>(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let (sender, counter) = (tx.clone(), dropped.clone());
-    let mut watcher =
-        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            if matches!(
-                event.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
-                    | notify::EventKind::Access(notify::event::AccessKind::Close(
-                        notify::event::AccessMode::Write
-                    ))
-            ) {
-                for path in event.paths {
-                    enqueue(&sender, path, &counter);
-                }
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        // A rename into place, a write finished, or a change of mode (a
+        // file made executable with chmod +x becomes software).
+        if matches!(
+            event.kind,
+            notify::EventKind::Create(_)
+                | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                | notify::EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                ))
+        ) {
+            for path in event.paths {
+                enqueue(&sender, path, &counter);
             }
-        }) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch folders for unapproved software");
-                shutdown.cancelled().await;
-                return Ok(());
-            }
-        };
+        }
+    };
+    // Never into a link: `ln -s / ~/Downloads/x` must not make the agent
+    // watch (and hash) the whole file system.
+    let settings = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = match notify::RecommendedWatcher::new(handler, settings) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch folders for unapproved software");
+            shutdown.cancelled().await;
+            return Ok(());
+        }
+    };
     let config = Arc::new(config);
     let reported = Arc::new(Mutex::new(Reported::new(REPORTED)));
     let started = Timestamp::now().as_second();
@@ -391,10 +397,15 @@ pub async fn watch(
                 let (config, reported) = (config.clone(), reported.clone());
                 let alert = tokio::task::spawn_blocking(move || examine(&path, &config, &reported)).await?;
                 let Some(alert) = alert else { continue };
-                outbox
+                // A write error (a full disk) is not worth stopping the
+                // agent for: say so and go on watching.
+                match outbox
                     .append(Timestamp::now(), v1::event::Body::FileAlert(alert))
-                    .await?;
-                wake.notify_one();
+                    .await
+                {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => tracing::error!(error = %e, "cannot queue a file alert"),
+                }
             }
             _ = shutdown.cancelled() => return Ok(()),
         }

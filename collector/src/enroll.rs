@@ -33,8 +33,10 @@ use crate::model::{DeviceFacts, DeviceId, DeviceStatus, Site};
 use crate::pki::{CertificateAuthority, PkiError, sha256_hex, verify_reenrollment_proof};
 use crate::store::{AuditEntry, Enrollment, Store};
 
-/// Refused enrolments a peer address may make per `REFUSAL_WINDOW`.
-const MAX_REFUSALS: u32 = 10;
+/// Enrolment attempts a peer address may have refused or in flight per
+/// `REFUSAL_WINDOW` (successes are given back; schools behind one NAT
+/// address enrol many devices at once).
+const MAX_REFUSALS: u32 = 30;
 const REFUSAL_WINDOW: Duration = Duration::from_secs(600);
 /// Peer addresses remembered at most (the oldest windows go first).
 const MAX_PEERS: usize = 10_000;
@@ -53,18 +55,31 @@ pub struct RefusalLimit {
 }
 
 impl RefusalLimit {
-    /// Whether `peer` may still be answered by the store.
+    /// Whether `peer` may still be answered by the store. An attempt is
+    /// counted as it is let through (so concurrent attempts cannot all
+    /// pass before the first refusal is counted) and given back when it
+    /// succeeds (`forgive`).
     pub fn allows(&self, peer: IpAddr, now: Instant) -> bool {
-        let peers = self.lock();
-        match peers.get(&peer) {
+        let allowed = match self.lock().get(&peer) {
             Some((since, count)) => {
                 now.saturating_duration_since(*since) >= REFUSAL_WINDOW || *count < MAX_REFUSALS
             }
             None => true,
+        };
+        if allowed {
+            self.record(peer, now);
+        }
+        allowed
+    }
+
+    /// Gives back the attempt `allows` counted: it succeeded.
+    pub fn forgive(&self, peer: IpAddr) {
+        if let Some((_, count)) = self.lock().get_mut(&peer) {
+            *count = count.saturating_sub(1);
         }
     }
 
-    pub fn record(&self, peer: IpAddr, now: Instant) {
+    fn record(&self, peer: IpAddr, now: Instant) {
         let mut peers = self.lock();
         if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
             peers.retain(|_, (since, _)| now.saturating_duration_since(*since) < REFUSAL_WINDOW);
@@ -107,7 +122,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
         let peer = request.remote_addr();
-        if let Some(ip) = peer.map(|a| a.ip())
+        let peer_ip = peer.map(|a| a.ip());
+        if let Some(ip) = peer_ip
             && !self.refusals.allows(ip, Instant::now())
         {
             return Err(Status::resource_exhausted(
@@ -212,6 +228,9 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             ),
         };
         self.audit(now, action, device_id.as_str(), &detail).await?;
+        if let Some(ip) = peer_ip {
+            self.refusals.forgive(ip);
+        }
         let pending = status == DeviceStatus::Pending;
         tracing::info!(device_id = %device_id, site = %site.name, action, pending, "device enrolled");
         // The device's (now current) status for its own record; the device
@@ -305,10 +324,8 @@ impl EnrollmentService {
         now: Timestamp,
         status: Status,
     ) -> Status {
+        // The attempt was counted when it was let through.
         tracing::warn!(%peer, hostname = %facts.hostname, reason = %status.message(), "enrolment refused");
-        if let Ok(address) = peer.parse::<std::net::SocketAddr>() {
-            self.refusals.record(address.ip(), Instant::now());
-        }
         let detail = format!(
             "peer={peer} hostname={}: {}",
             facts.hostname,
@@ -357,11 +374,14 @@ mod tests {
         let limit = RefusalLimit::default();
         let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
         let start = Instant::now();
+        // Counted as let through: concurrent attempts cannot all pass.
         for n in 0..MAX_REFUSALS {
-            assert!(limit.allows(a, start), "refusal {n}");
-            limit.record(a, start);
+            assert!(limit.allows(a, start), "attempt {n}");
         }
         assert!(!limit.allows(a, start), "over the limit");
+        limit.forgive(a);
+        assert!(limit.allows(a, start), "a success gives its attempt back");
+        assert!(!limit.allows(a, start));
         assert!(limit.allows(b, start), "another address");
         assert!(
             limit.allows(a, start + REFUSAL_WINDOW),

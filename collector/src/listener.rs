@@ -85,10 +85,52 @@ fn raise_descriptor_limit() -> usize {
         .min(1 << 20)
 }
 
+/// Connections one client certificate may hold open at once: an agent
+/// needs one (two while a reconnect overlaps the old connection's end).
+pub const MAX_CONNECTIONS_PER_CERTIFICATE: usize = 2;
+
 /// A handshaken connection holding its slot until it closes.
 pub struct Limited {
     io: TlsStream<TcpStream>,
     _slot: OwnedSemaphorePermit,
+    _certificate: Option<CertificateSlot>,
+}
+
+/// Open connections per client certificate (SHA-256), so one stolen or
+/// freshly enrolled certificate cannot hold every slot of the port.
+#[derive(Default)]
+struct PerCertificate(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+struct CertificateSlot {
+    open: Arc<PerCertificate>,
+    sha256: String,
+}
+
+impl PerCertificate {
+    fn take(self: &Arc<Self>, sha256: String) -> Option<CertificateSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(sha256.clone()).or_insert(0);
+        if *count >= MAX_CONNECTIONS_PER_CERTIFICATE {
+            return None;
+        }
+        *count += 1;
+        Some(CertificateSlot {
+            open: self.clone(),
+            sha256,
+        })
+    }
+}
+
+impl Drop for CertificateSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.sha256) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.sha256);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Limited {
@@ -156,6 +198,7 @@ pub fn tls_incoming(
 ) -> ReceiverStream<io::Result<Limited>> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_certificate = Arc::new(PerCertificate::default());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(10);
@@ -187,11 +230,34 @@ pub fn tls_incoming(
                 _ = shutdown.cancelled() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, per_certificate) =
+                (acceptor.clone(), tx.clone(), per_certificate.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => {
-                        let _ = tx.send(Ok(Limited { io, _slot: slot })).await;
+                        let certificate = io
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|leaf| crate::pki::sha256_hex(leaf.as_ref()));
+                        let certificate = match certificate {
+                            None => None,
+                            Some(sha256) => match per_certificate.take(sha256) {
+                                Some(slot) => Some(slot),
+                                None => {
+                                    tracing::warn!(listener = name, %peer, "too many connections with one client certificate; closed");
+                                    return;
+                                }
+                            },
+                        };
+                        let _ = tx
+                            .send(Ok(Limited {
+                                io,
+                                _slot: slot,
+                                _certificate: certificate,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed")

@@ -123,6 +123,7 @@ impl v1::telemetry_server::Telemetry for TelemetryService {
             tx,
             hello_seen: AtomicBool::new(false),
             last_seq: AtomicU64::new(0),
+            hellos: std::sync::Mutex::new((std::time::Instant::now(), 0)),
         };
         let inbound = request.into_inner();
         let shutdown = self.shutdown.clone();
@@ -184,6 +185,8 @@ struct StreamSession {
     /// the stream.
     hello_seen: AtomicBool,
     last_seq: AtomicU64,
+    /// Hellos in the current 10 s (each costs a write).
+    hellos: std::sync::Mutex<(std::time::Instant, u32)>,
 }
 
 impl StreamSession {
@@ -252,6 +255,11 @@ impl StreamSession {
         match message.body {
             Some(v1::agent_message::Body::Hello(hello)) => {
                 self.hello_seen.store(true, Ordering::Relaxed);
+                if !self.hello_allowed() {
+                    return Err(Status::resource_exhausted(
+                        "more than 10 hellos in 10 s on one stream",
+                    ));
+                }
                 self.store
                     .record_hello(
                         &self.device.id,
@@ -276,6 +284,18 @@ impl StreamSession {
             Some(v1::agent_message::Body::Batch(batch)) => self.handle_batch(batch).await,
             None => Err(Status::invalid_argument("empty agent message")),
         }
+    }
+
+    /// An agent says hello on connect and after each policy change: ten in
+    /// ten seconds is far more than one needs.
+    fn hello_allowed(&self) -> bool {
+        let mut hellos = self.hellos.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if now.duration_since(hellos.0) >= std::time::Duration::from_secs(10) {
+            *hellos = (now, 0);
+        }
+        hellos.1 += 1;
+        hellos.1 <= 10
     }
 
     async fn handle_batch(&self, batch: v1::EventBatch) -> Result<bool, Status> {

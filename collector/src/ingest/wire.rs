@@ -319,10 +319,30 @@ pub(super) fn wire_timestamp(t: Timestamp) -> hallmonitor_proto::Timestamp {
 /// file, and a declared one that does not (not even hex, perhaps) would
 /// stand where a file name is expected. A mismatch keeps what was declared
 /// in the reason instead.
+/// The largest snapshot accepted (agents refuse larger ones from helpers).
+pub const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why an image is not kept as evidence, if it is not.
+fn image_refused(image: &[u8]) -> Option<&'static str> {
+    if image.is_empty() {
+        return None;
+    }
+    if image.len() > MAX_IMAGE_BYTES {
+        return Some("larger than 4 MiB");
+    }
+    (!image.starts_with(b"\x89PNG\r\n\x1a\n")).then_some("not a PNG")
+}
+
 fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
     let declared = c.image_sha256.to_ascii_lowercase();
     let mut no_image_reason = text(c.no_image_reason);
+    let refused = image_refused(&c.image_png);
     let (status, image, image_sha256) = if c.image_png.is_empty() {
+        ("no_image", Vec::new(), String::new())
+    } else if let Some(why) = refused {
+        // Agents send PNG snapshots of at most 4 MiB: anything else would
+        // only fill the evidence disk.
+        no_image_reason = text(format!("image refused by the collector: {why}"));
         ("no_image", Vec::new(), String::new())
     } else if crate::evidence::sha256_hex(&c.image_png) == declared {
         ("verified", c.image_png, declared)
@@ -357,6 +377,29 @@ fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_png_snapshots_of_at_most_4_mib_are_kept_as_evidence() {
+        let png = |len: usize| {
+            let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+            bytes.resize(len, 0);
+            bytes
+        };
+        let cases: [(&str, Vec<u8>, &str); 3] = [
+            ("a PNG", png(1024), "verified"),
+            ("random bytes", vec![7; 1024], "no_image"),
+            ("a PNG over 4 MiB", png(MAX_IMAGE_BYTES + 1), "no_image"),
+        ];
+        for (name, image, status) in cases {
+            let record = capture_from_wire(v1::Capture {
+                image_sha256: crate::evidence::sha256_hex(&image),
+                image_png: image,
+                ..Default::default()
+            });
+            assert_eq!(record.image_status, status, "{name}");
+            assert_eq!(record.image.is_empty(), status != "verified", "{name}");
+        }
+    }
+
     use super::*;
 
     fn ts(s: i64) -> Option<hallmonitor_proto::Timestamp> {
@@ -565,7 +608,7 @@ mod tests {
     #[test]
     fn only_a_verified_image_hash_is_kept() {
         let now = Timestamp::from_second(5_000).unwrap();
-        let image = b"png bytes".to_vec();
+        let image = b"\x89PNG\r\n\x1a\n png bytes".to_vec();
         let good = crate::evidence::sha256_hex(&image);
         let cases = [
             (
