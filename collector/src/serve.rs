@@ -139,6 +139,9 @@ pub async fn serve(
         );
     let enroll_server = Server::builder()
         .timeout(Duration::from_secs(30))
+        // Enrolment is one call: a connection kept open longer only holds
+        // one of the port's few slots.
+        .max_connection_age(Duration::from_secs(60))
         .add_service(EnrollmentServer::new(enrollment).max_decoding_message_size(256 * 1024))
         .serve_with_incoming_shutdown(
             tls_incoming(
