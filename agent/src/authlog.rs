@@ -575,16 +575,24 @@ mod tests {
         assert_eq!(line_time("garbage", n), n);
     }
 
-    /// Found by the property test below: the hook's line format takes any
-    /// first word as its time, and a word ending in a multi-byte character
-    /// was split inside it while looking for a `+0200` offset (a panic that
-    /// stopped the agent's log reader).
+    /// Found by the property test below, and by the authlog_line fuzz
+    /// target in under a second: the hook's line format takes any first
+    /// word as its time, and a word with a multi-byte character (or a byte
+    /// that is not UTF-8, read as U+FFFD) near its end was split inside it
+    /// while looking for a `+0200` offset (a panic that stopped the agent's
+    /// log reader).
     #[test]
     fn a_time_word_with_multibyte_characters_is_not_a_time() {
         let n = now();
         assert_eq!(line_time("ééé hallmonitor-mfa: x accepted for y", n), n);
         assert_eq!(line_time("a+xéy hallmonitor-mfa: x accepted for y", n), n);
         assert_eq!(line_time("2026-09-13T16:03:27+é0 host", n), n);
+        // The fuzz target's input (on the code before the fix): one byte
+        // that is not UTF-8 in the time, read as U+FFFD (three bytes).
+        let line = String::from_utf8_lossy(
+            b"2026-11-3~T10:00\xf300Z hallmonitor-mfa: pam_u2f accepted for j.smith",
+        );
+        assert_eq!(line_time(&line, n), n);
         let hook = Path::new("/var/lib/hallmonitor-agent/mfa-hook.log");
         let found = parse_line(
             hook,
