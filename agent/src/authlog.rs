@@ -118,6 +118,20 @@ fn accepted(kind: LogKind, line: &str, patterns: &[Pattern]) -> Option<(String, 
     accepted_from(&header["program"], &header["message"], patterns)
 }
 
+/// One line (without its newline) of the log followed at `log`: the
+/// account, method and time of the second factor it records, if it records
+/// one. What reading applies to each complete line; public so fuzz targets
+/// and property tests can feed it lines without files.
+pub fn parse_line(
+    log: &Path,
+    line: &str,
+    patterns: &[Pattern],
+    now: Timestamp,
+) -> Option<(String, String, Timestamp)> {
+    let (account, method) = accepted(LogKind::of(log), line, patterns)?;
+    Some((account, method, line_time(line, now)))
+}
+
 /// The account and method when `program` is one a pattern lists and the
 /// pattern matches the whole `message`.
 fn accepted_from(program: &str, message: &str, patterns: &[Pattern]) -> Option<(String, String)> {
@@ -324,14 +338,16 @@ fn line_time(line: &str, now: Timestamp) -> Timestamp {
     if let Ok(t) = first.parse::<Timestamp>() {
         return t;
     }
-    // rsyslog without the colon in the offset: 2026-09-13T16:03:27+0200
-    if first.len() > 5 {
-        let (head, tail) = first.split_at(first.len() - 5);
-        if (tail.starts_with('+') || tail.starts_with('-'))
-            && let Ok(t) = format!("{head}{}:{}", &tail[..3], &tail[3..]).parse::<Timestamp>()
-        {
-            return t;
-        }
+    // rsyslog without the colon in the offset: 2026-09-13T16:03:27+0200.
+    // The word is any text (the hook's format takes any first word), so
+    // split it only where the offset is ASCII.
+    if let Some(at) = first.len().checked_sub(5).filter(|&at| at > 0)
+        && let Some((head, tail)) = first.split_at_checked(at)
+        && tail.starts_with(['+', '-'])
+        && tail[1..].bytes().all(|b| b.is_ascii_digit())
+        && let Ok(t) = format!("{head}{}:{}", &tail[..3], &tail[3..]).parse::<Timestamp>()
+    {
+        return t;
     }
     let classic: String = line.chars().take(15).collect();
     let zone = jiff::tz::TimeZone::system();
@@ -557,5 +573,56 @@ mod tests {
         let december = line_time("Dec 30 10:00:00 host sshd[1]: x", n);
         assert_eq!(december.to_zoned(jiff::tz::TimeZone::system()).year(), 2025);
         assert_eq!(line_time("garbage", n), n);
+    }
+
+    /// Found by the property test below, and by the authlog_line fuzz
+    /// target in under a second: the hook's line format takes any first
+    /// word as its time, and a word with a multi-byte character (or a byte
+    /// that is not UTF-8, read as U+FFFD) near its end was split inside it
+    /// while looking for a `+0200` offset (a panic that stopped the agent's
+    /// log reader).
+    #[test]
+    fn a_time_word_with_multibyte_characters_is_not_a_time() {
+        let n = now();
+        assert_eq!(line_time("ééé hallmonitor-mfa: x accepted for y", n), n);
+        assert_eq!(line_time("a+xéy hallmonitor-mfa: x accepted for y", n), n);
+        assert_eq!(line_time("2026-09-13T16:03:27+é0 host", n), n);
+        // The fuzz target's input (on the code before the fix): one byte
+        // that is not UTF-8 in the time, read as U+FFFD (three bytes).
+        let line = String::from_utf8_lossy(
+            b"2026-11-3~T10:00\xf300Z hallmonitor-mfa: pam_u2f accepted for j.smith",
+        );
+        assert_eq!(line_time(&line, n), n);
+        let hook = Path::new("/var/lib/hallmonitor-agent/mfa-hook.log");
+        let found = parse_line(
+            hook,
+            "ééé hallmonitor-mfa: pam_u2f accepted for j.smith",
+            &patterns(),
+            n,
+        );
+        assert_eq!(found, Some(("j.smith".into(), "pam_u2f".into(), n)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Any line of a system log or of the hook's log is a second factor
+        /// or nothing, never a panic; the time is the line's own or `now`.
+        #[test]
+        fn any_line_parses_or_is_skipped(
+            line in proptest::prop_oneof![
+                proptest::arbitrary::any::<String>(),
+                "\\S{1,30} hallmonitor-mfa: \\S{1,8} accepted for \\S{1,8}",
+                "([A-Z][a-z]{2} [ 0-9][0-9] [0-9:]{8}|[0-9T:+.Z-]{10,32}) \\S{1,6} (sshd|sshd\\(pam_google_authenticator\\))(\\[[0-9]{1,5}\\])?: Accepted google_authenticator for \\PC{0,10}",
+            ],
+        ) {
+            let n = now();
+            for log in ["/var/log/auth.log", "/var/lib/hallmonitor-agent/mfa-hook.log"] {
+                if let Some((account, _, _)) = parse_line(Path::new(log), &line, &patterns(), n) {
+                    proptest::prop_assert!(!account.is_empty());
+                }
+            }
+            let _ = line_time(&line, n);
+        }
     }
 }

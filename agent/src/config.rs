@@ -447,7 +447,8 @@ impl AgentConfig {
         Ok(())
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks what the daemon needs; errors name `path` and the key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             origin: path.display().to_string(),
             message,
@@ -707,5 +708,48 @@ mod tests {
             ..AgentConfig::default()
         };
         assert_eq!(config.ca_fingerprint(), "abcd");
+    }
+
+    /// `key = value` lines from the keys the file has, with values that are
+    /// sometimes right, so generated files get past the TOML parser.
+    fn config_lines() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(
+            "(collector = \"[a-z0-9.:\\[\\]]{0,12}\"\n|enroll_address = \"[a-z0-9:\\[\\]]{0,8}\"\n|ca_fingerprint = \"[0-9a-fA-F: ]{0,70}\"\n|(heartbeat_interval_secs|facts_interval_secs) = -?[0-9]{1,11}\n|\\[(delivery|enforcement|sessions|mfa|capture|files)\\]\n|(batch_max_events|outbox_max_bytes|poll_secs|severity|repeat_window_secs) = -?[0-9]{1,21}\n|action = \"(builtin|command|x)\"\n|auth_logs = \\[\"[a-z/.-]{0,16}\"\\]\n|\\[\\[mfa.patterns\\]\\]\nmethod = \"m\"\nprograms = \\[(\"sshd\")?\\]\nregex = '[^'\\n]{0,12}'\n|\\PC{0,8}\n){0,10}",
+        )
+        .expect("a valid expression")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Any text is a configuration or an error naming the file; a
+        /// parsed one is valid or refused naming the file, and then gives
+        /// its addresses without panicking.
+        #[test]
+        fn any_text_loads_or_is_refused_with_the_file(
+            text in proptest::prop_oneof![proptest::arbitrary::any::<String>(), config_lines()],
+        ) {
+            let path = Path::new("/etc/hallmonitor/agent.toml");
+            match AgentConfig::parse(&text, path).and_then(|c| c.validate(path).map(|()| c)) {
+                Ok(config) => {
+                    let _ = config.enroll_address();
+                    proptest::prop_assert!(config.ca_fingerprint().len() == 64 || config.ca_fingerprint().is_empty());
+                }
+                Err(e) => proptest::prop_assert!(e.to_string().starts_with("/etc/hallmonitor/agent.toml: "), "{}", e),
+            }
+        }
+
+        /// Any address splits or is refused; a host and port written out
+        /// split back into themselves.
+        #[test]
+        fn host_and_port_split_back(
+            address in proptest::arbitrary::any::<String>(),
+            host in "[a-z0-9.-]{1,20}|[0-9a-f:]{2,20}",
+            port in proptest::arbitrary::any::<u16>(),
+        ) {
+            let _ = split_host_port(&address);
+            let written = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            proptest::prop_assert_eq!(split_host_port(&written), Ok((host, port)));
+        }
     }
 }

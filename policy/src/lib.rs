@@ -593,4 +593,55 @@ mod tests {
                 .is_empty()
         );
     }
+
+    /// TOML-ish lines from the keys a policy has, with values that are
+    /// sometimes right, so generated files get past the TOML parser.
+    fn policy_lines() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex(
+            "(\\[\\[rules\\]\\]\n|id = \"[a-z-]{0,4}\"\n|category = \"[a-z]{0,3}\"\n|severity = -?[0-9]{1,3}\n|phrases = \\[(\"[^\"\\\\]{0,6}\",? ?){0,3}\\]\n|exclusions = \\[\"[^\"\\\\]{0,6}\"\\]\n|scope = \"(all|pupils|staff|x)\"\n|extends = \"(default|strict)\"\n|disable = \\[\"(drugs|bullying|nope)\"\\]\n|version = [0-9]{1,3}\n|\\PC{0,8}\n){0,10}",
+        )
+        .expect("a valid expression")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Any text is a policy or an error naming the file (and a line
+        /// that exists); whatever parses matches any title without panicking.
+        #[test]
+        fn any_text_parses_or_is_refused_with_the_file(
+            text in proptest::prop_oneof![proptest::arbitrary::any::<String>(), policy_lines()],
+            title in "\\PC{0,40}",
+        ) {
+            match Policy::parse(&text, Path::new("site.toml")) {
+                Ok(p) => {
+                    let mut buffer = String::new();
+                    for m in p.matches(&title, UserKind::Staff, &mut buffer) {
+                        proptest::prop_assert!((1..=5).contains(&m.rule.severity));
+                    }
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.to_string().starts_with("site.toml: "), "{}", e);
+                    if let Some(line) = e.line {
+                        proptest::prop_assert!(line >= 1 && line <= text.lines().count() + 1, "{}", e);
+                    }
+                }
+            }
+        }
+
+        /// The default policy matches any title without panicking (titles
+        /// are whatever a web page calls itself).
+        #[test]
+        fn any_title_is_matched(title in proptest::arbitrary::any::<String>()) {
+            let p = default_policy_once();
+            let mut buffer = String::new();
+            let _ = p.matches(&title, UserKind::Pupil, &mut buffer);
+        }
+    }
+
+    fn default_policy_once() -> &'static Policy {
+        static DEFAULT: std::sync::LazyLock<Policy> =
+            std::sync::LazyLock::new(Policy::default_policy);
+        &DEFAULT
+    }
 }

@@ -133,4 +133,23 @@ mod tests {
         normalise("naïve—CAFÉ k@é", &mut out);
         assert_eq!(out, " naive cafe kae ");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(512))]
+
+        /// Any text normalises to " word word ": one leading and trailing
+        /// space, never two in a row, no upper-case ASCII; and normalising
+        /// the result changes nothing.
+        #[test]
+        fn any_text_normalises_to_single_spaced_words(text in proptest::arbitrary::any::<String>()) {
+            let mut out = String::new();
+            normalise(&text, &mut out);
+            proptest::prop_assert!(out.starts_with(' ') && out.ends_with(' '), "{:?}", out);
+            proptest::prop_assert!(!out.contains("  "), "{:?}", out);
+            proptest::prop_assert!(!out.bytes().any(|b| b.is_ascii_uppercase()), "{:?}", out);
+            let mut again = String::new();
+            normalise(&out, &mut again);
+            proptest::prop_assert_eq!(&again, &out);
+        }
+    }
 }

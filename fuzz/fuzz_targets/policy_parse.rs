@@ -1,0 +1,32 @@
+//! `Policy::parse` on any text, then matching a title with what it built.
+//! Input: the policy text, a NUL, the title (no NUL: no title). A policy
+//! that is refused is matched with the project's default instead, so titles
+//! are fuzzed either way.
+#![no_main]
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use hallmonitor_policy::{Policy, UserKind};
+use libfuzzer_sys::fuzz_target;
+
+static DEFAULT: LazyLock<Policy> = LazyLock::new(Policy::default_policy);
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let (policy_text, title) = text.split_once('\0').unwrap_or((&text, ""));
+    let parsed = Policy::parse(policy_text, Path::new("fuzz.toml"));
+    let policy = match &parsed {
+        Ok(policy) => policy,
+        Err(e) => {
+            assert!(e.to_string().starts_with("fuzz.toml: "), "{e}");
+            &DEFAULT
+        }
+    };
+    let mut buffer = String::new();
+    for user in [UserKind::Pupil, UserKind::Staff] {
+        for m in policy.matches(title, user, &mut buffer) {
+            assert!((1..=5).contains(&m.rule.severity));
+        }
+    }
+});
