@@ -23,7 +23,7 @@ pub use crate::rules::mfa::MAX_CLOCK_SKEW;
 /// Why an event is refused, for the `unrecognised` record.
 pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
     use v1::event::Body;
-    let latest = now + MAX_CLOCK_SKEW;
+    let latest = now.saturating_add(MAX_CLOCK_SKEW).unwrap_or(Timestamp::MAX);
     let not_ahead = |field: &str, t: Timestamp| {
         if t > latest {
             Err(format!(
