@@ -291,14 +291,19 @@ fn reenrolling_closes_the_stream_of_the_replaced_certificate() {
         "active",
         "proven: same device"
     );
+    // The open stream is closed ("replaced"); the daemon's reconnects with
+    // the certificate it holds are then refused ("not current"). Either
+    // message may be the one `status` shows when it is read.
     let status = wait_for("the old stream closed", WAIT, || {
         let status = agent.status();
         status["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("replaced"))
+            .is_some_and(|e| e.contains("replaced") || e.contains("not current"))
             .then_some(status)
     });
     assert_ne!(status["connection"], "connected", "{status}");
+    let log = collector.process.stderr_text();
+    assert!(log.contains("closing the device's open stream"), "{log}");
 }
 
 #[test]
