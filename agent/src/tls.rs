@@ -235,3 +235,62 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// A collector whose certificates only become valid in a year: what a
+    /// device whose clock is a year behind sees.
+    async fn collector_valid_from_next_year() -> (String, String) {
+        let now = time::OffsetDateTime::now_utc();
+        let from = now + time::Duration::days(365);
+        let until = now + time::Duration::days(730);
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        (ca.not_before, ca.not_after) = (from, until);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (leaf.not_before, leaf.not_after) = (from, until);
+        let leaf_cert = leaf.signed_by(&key, &Issuer::new(ca, &ca_key)).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf_cert.der().clone(), ca_cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        (format!("localhost:{port}"), sha256_hex(ca_cert.der()))
+    }
+
+    #[tokio::test]
+    async fn a_clock_outside_the_certificates_validity_is_named() {
+        let (address, fingerprint) = collector_valid_from_next_year().await;
+        let error = connect(
+            &address,
+            pinned_ca_config(&fingerprint),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("certificates not valid yet");
+        assert!(matches!(error, TlsError::Clock { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("check the device's date and time")
+        );
+    }
+}
