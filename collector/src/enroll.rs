@@ -109,8 +109,13 @@ impl RefusalLimit {
 enum Identity {
     /// A machine never seen: a new active device.
     New,
-    /// The same device, proven by its key.
-    Same(DeviceId),
+    /// The same device, proven by its key; it keeps its status (a pending
+    /// device stays pending).
+    Same {
+        id: DeviceId,
+        status: DeviceStatus,
+        reason: String,
+    },
     /// A known machine without proof: a new device pending a technician.
     PendingDuplicate { of: DeviceId, reason: String },
 }
@@ -188,7 +193,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
                 String::new(),
                 None,
             ),
-            Identity::Same(id) => (id.clone(), DeviceStatus::Active, String::new(), None),
+            Identity::Same { id, status, reason } => (id.clone(), *status, reason.clone(), None),
             Identity::PendingDuplicate { of, reason } => (
                 DeviceId::generate(),
                 DeviceStatus::Pending,
@@ -218,7 +223,7 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
             .map_err(internal)?;
         let (action, detail) = match &identity {
             Identity::New => ("device_enrolled", format!("site={} peer={peer}", site.name)),
-            Identity::Same(_) => (
+            Identity::Same { .. } => (
                 "device_reenrolled",
                 format!("site={} peer={peer} proof=current key", site.name),
             ),
@@ -233,25 +238,14 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
         }
         let pending = status == DeviceStatus::Pending;
         tracing::info!(device_id = %device_id, site = %site.name, action, pending, "device enrolled");
-        // The device's (now current) status for its own record; the device
-        // it duplicates, if pending, stays as it was.
-        let (device_status, reason) = match self
-            .store
-            .device_by_certificate(&sha256_hex(cert.der()))
-            .await
-            .map_err(internal)?
-        {
-            Some(device) => (device.status, device.status_reason),
-            None => (status, status_reason),
-        };
         Ok(Response::new(v1::EnrollResponse {
             device_id: device_id.to_string(),
             certificate_pem: cert.pem(),
             ca_certificate_pem: self.ca.cert_pem.clone(),
             site: site.name,
             heartbeat_interval_secs: self.heartbeat_interval_secs,
-            pending_approval: device_status == DeviceStatus::Pending,
-            status_reason: reason,
+            pending_approval: pending,
+            status_reason,
         }))
     }
 }
@@ -283,7 +277,11 @@ impl EnrollmentService {
                             device.id
                         )));
                     }
-                    return Ok(Identity::Same(device.id));
+                    return Ok(Identity::Same {
+                        id: device.id,
+                        status: device.status,
+                        reason: device.status_reason,
+                    });
                 }
                 (Some(device), Ok(())) => {
                     return Ok(Identity::PendingDuplicate {

@@ -152,8 +152,8 @@ pub fn evidence_of(
 mod tests {
     use super::*;
     use crate::evidence::{EvidenceStore, sha256_hex};
-    use crate::model::{CaptureRecord, DeviceFacts, Event, EventBody, Seq};
-    use crate::store::{DeviceFilter, Enrollment, SqliteStore, Store};
+    use crate::model::{CaptureRecord, Event, EventBody, Seq};
+    use crate::store::{DeviceFilter, Store};
 
     fn capture(image_sha256: &str, status: &str) -> CaptureRecord {
         CaptureRecord {
@@ -181,28 +181,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("pki")).unwrap();
         let evidence = EvidenceStore::open(dir.path()).unwrap();
-        let store = SqliteStore::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
         let long_ago: Timestamp = "2026-01-10T09:00:00Z".parse().unwrap();
-        let site = store
-            .create_site("Cabot", "Europe/London", long_ago)
-            .await
-            .unwrap();
-        let device = DeviceId::from_string("dev-1");
-        store
-            .save_enrollment(Enrollment::active(
-                device.clone(),
-                site.id,
-                DeviceFacts {
-                    machine_id: "m-1".into(),
-                    ..DeviceFacts::default()
-                },
-                "00".into(),
-                long_ago,
-            ))
-            .await
-            .unwrap();
+        let (store, _site, device) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), long_ago).await;
         let image = b"a verified image".to_vec();
         let sha = sha256_hex(&image);
         evidence.put(&image, &sha).unwrap();

@@ -320,8 +320,12 @@ impl Connection {
 
 /// The policy in force, parsed once per version.
 fn policy_for(parsed: &mut Option<(PolicyText, Arc<Policy>)>, text: &PolicyText) -> Arc<Policy> {
+    // The hub hands out the same `Arc` until the policy changes: no need
+    // to compare the text itself on every capture.
     if let Some((held, policy)) = parsed
-        && held == text
+        && held.version == text.version
+        && held.origin == text.origin
+        && Arc::ptr_eq(&held.toml, &text.toml)
     {
         return policy.clone();
     }

@@ -410,9 +410,8 @@ mod tests {
     use jiff::SignedDuration;
 
     use super::*;
-    use crate::model::DeviceFacts;
     use crate::rules::mfa::{MfaThresholds, status};
-    use crate::store::{Enrollment, Store};
+    use crate::store::Store;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -430,27 +429,9 @@ mod tests {
     #[tokio::test]
     async fn newest_completion_is_taken_at_or_before_as_of_and_future_stamps_never_count() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
-        let site = store
-            .create_site("Cabot", "Europe/London", t("2026-01-01T00:00:00Z"))
-            .await
-            .unwrap();
-        let device = DeviceId::from_string("dev-1");
-        store
-            .save_enrollment(Enrollment::active(
-                device.clone(),
-                site.id,
-                DeviceFacts {
-                    machine_id: "m-1".into(),
-                    ..DeviceFacts::default()
-                },
-                "00".into(),
-                t("2026-01-01T00:00:00Z"),
-            ))
-            .await
-            .unwrap();
+        let (store, site, device) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), t("2026-01-01T00:00:00Z"))
+                .await;
 
         let as_of = t("2026-11-24T12:00:00Z");
         let day = SignedDuration::from_hours(24);
@@ -582,28 +563,9 @@ mod tests {
         use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
 
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("c.db"), true)
-            .await
-            .unwrap();
         let enrolled = t("2026-01-01T00:00:00Z");
-        let site = store
-            .create_site("Cabot", "Europe/London", enrolled)
-            .await
-            .unwrap();
-        let device = DeviceId::from_string("dev-1");
-        store
-            .save_enrollment(Enrollment::active(
-                device.clone(),
-                site.id,
-                DeviceFacts {
-                    machine_id: "m-1".into(),
-                    ..DeviceFacts::default()
-                },
-                "00".into(),
-                enrolled,
-            ))
-            .await
-            .unwrap();
+        let (store, site, device) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), enrolled).await;
         let teacher = DirectoryAccount {
             username: "j.smith".into(),
             role: Role::Staff,

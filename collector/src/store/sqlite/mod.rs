@@ -999,6 +999,41 @@ impl Store for SqliteStore {
     }
 }
 
+/// Test fixtures shared by the store's and its callers' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A store in `dir` with site "Cabot" and device "dev-1" (machine id
+    /// "m-1") enrolled at `at`.
+    pub(crate) async fn store_with_device(
+        dir: &Path,
+        at: Timestamp,
+    ) -> (SqliteStore, Site, DeviceId) {
+        let store = SqliteStore::open(&dir.join("c.db"), true).await.unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", at)
+            .await
+            .unwrap();
+        let device = DeviceId::from_string("dev-1");
+        let facts = DeviceFacts {
+            machine_id: "m-1".into(),
+            ..DeviceFacts::default()
+        };
+        store
+            .save_enrollment(Enrollment::active(
+                device.clone(),
+                site.id,
+                facts,
+                "00".into(),
+                at,
+            ))
+            .await
+            .unwrap();
+        (store, site, device)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
