@@ -36,6 +36,7 @@
 //!   disconnect: its ack may have been lost after the collector committed
 //!   it, and a rewrite would then be ignored as a duplicate.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -1028,6 +1029,28 @@ impl Outbox {
             .fetch_optional(&self.pool)
             .await
             .map_err(self.db())
+    }
+
+    /// Several keys read in one statement: a consistent snapshot, so a
+    /// reader never pairs one writer's `connection` with another's
+    /// `last_error`.
+    pub async fn states(&self, keys: &[&str]) -> Result<HashMap<String, String>> {
+        let mut select: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT key, value FROM state WHERE key IN (");
+        let mut list = select.separated(", ");
+        for key in keys {
+            list.push_bind(key.to_string());
+        }
+        select.push(")");
+        let rows = select
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get("key"), row.get("value")))
+            .collect())
     }
 
     pub async fn close(&self) {

@@ -126,40 +126,37 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     status.oldest_unsent_age_secs = stats
         .oldest_occurred_at
         .map(|t| now.duration_since(t).as_secs());
-    status.last_successful_send_at = outbox.state("last_ack_at").await?;
-    status.last_acked_seq = outbox
-        .state("last_acked_seq")
-        .await?
-        .and_then(|s| s.parse().ok());
-    status.corrupt_outbox_moved_to = outbox.state("corrupt_moved_to").await?;
-    status.daemon_pid = outbox
-        .state("daemon_pid")
-        .await?
-        .and_then(|s| s.parse().ok());
+    // One snapshot of the daemon's state: `connection` and `last_error`
+    // are written together and must be read together.
+    let state = outbox
+        .states(&[
+            "last_ack_at",
+            "last_acked_seq",
+            "corrupt_moved_to",
+            "daemon_pid",
+            "connection",
+            "connection_since",
+            "last_error",
+            crate::outbox::QUARANTINED,
+            crate::capture::REFUSED_STATE,
+            crate::policy::SITE_VERSION,
+        ])
+        .await?;
+    let text = |key: &str| state.get(key).cloned();
+    let number = |key: &str| state.get(key).and_then(|s| s.parse::<u64>().ok());
+    status.last_successful_send_at = text("last_ack_at");
+    status.last_acked_seq = number("last_acked_seq");
+    status.corrupt_outbox_moved_to = text("corrupt_moved_to");
+    status.daemon_pid = state.get("daemon_pid").and_then(|s| s.parse().ok());
     status.daemon_running = status.daemon_pid.is_some_and(process_alive);
     if status.daemon_running {
-        status.connection = outbox
-            .state("connection")
-            .await?
-            .unwrap_or_else(|| "connecting".into());
-        status.connection_since = outbox.state("connection_since").await?;
+        status.connection = text("connection").unwrap_or_else(|| "connecting".into());
+        status.connection_since = text("connection_since");
     }
-    status.last_error = outbox.state("last_error").await?;
-    status.quarantined = outbox
-        .state(crate::outbox::QUARANTINED)
-        .await?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    status.helper_captures_refused = outbox
-        .state(crate::capture::REFUSED_STATE)
-        .await?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    status.policy_site_version = outbox
-        .state(crate::policy::SITE_VERSION)
-        .await?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    status.last_error = text("last_error");
+    status.quarantined = number(crate::outbox::QUARANTINED).unwrap_or(0);
+    status.helper_captures_refused = number(crate::capture::REFUSED_STATE).unwrap_or(0);
+    status.policy_site_version = number(crate::policy::SITE_VERSION).unwrap_or(0);
     outbox.close().await;
     Ok(status)
 }
