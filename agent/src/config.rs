@@ -114,6 +114,9 @@ pub struct CaptureConfig {
     /// Repeats of one rule in one window within this many seconds of a
     /// capture are counted, not captured again.
     pub repeat_window_secs: u32,
+    /// A graphical session with no session helper for this many seconds is
+    /// reported to the collector as a monitoring gap (0: never).
+    pub helper_grace_secs: u32,
 }
 
 impl Default for CaptureConfig {
@@ -122,6 +125,7 @@ impl Default for CaptureConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             policy_override: PathBuf::from("/etc/hallmonitor/policy.local.toml"),
             repeat_window_secs: 60,
+            helper_grace_secs: 120,
             staff_accounts: Vec::new(),
         }
     }

@@ -17,6 +17,7 @@ pub mod enforce;
 pub mod enroll;
 pub mod facts;
 pub mod files;
+pub mod gaps;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;

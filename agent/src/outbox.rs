@@ -226,6 +226,7 @@ pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
         Body::FileAlert(_) => ("file_alert", Priority::Record),
         Body::Capture(c) if c.severity >= 4 => ("capture", Priority::Protected),
         Body::Capture(_) => ("capture", Priority::Capture),
+        Body::MonitoringGap(_) => ("monitoring_gap", Priority::Record),
     }
 }
 
@@ -763,23 +764,18 @@ impl Outbox {
     pub async fn take_eviction_report(&self) -> Result<Option<u64>> {
         let mut books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let mut new = [0u64; REPORT_CLASSES.len()];
-        for (class, new) in REPORT_CLASSES.iter().zip(new.iter_mut()) {
-            let total = state_number(&mut tx, &format!("evicted.{class}"))
-                .await
-                .map_err(self.db())?;
-            let reported = state_number(&mut tx, &format!("evicted_reported.{class}"))
+        let counters = report_counters();
+        let mut new = [0u64; REPORTED_COUNTS];
+        for ((total_key, reported_key), new) in counters.iter().zip(new.iter_mut()) {
+            let total = state_number(&mut tx, total_key).await.map_err(self.db())?;
+            let reported = state_number(&mut tx, reported_key)
                 .await
                 .map_err(self.db())?;
             *new = total.saturating_sub(reported);
             if *new > 0 {
-                set_state_in(
-                    &mut tx,
-                    &format!("evicted_reported.{class}"),
-                    &total.to_string(),
-                )
-                .await
-                .map_err(self.db())?;
+                set_state_in(&mut tx, reported_key, &total.to_string())
+                    .await
+                    .map_err(self.db())?;
             }
         }
         if new.iter().all(|n| *n == 0) {
@@ -809,7 +805,7 @@ impl Outbox {
             },
             None => (None, 0, v1::OutboxReport::default()),
         };
-        add_evictions(&mut report, new);
+        add_counts(&mut report, new);
         let payload = v1::Event {
             body: Some(v1::event::Body::OutboxReport(report)),
             ..Default::default()
@@ -1058,9 +1054,41 @@ impl Outbox {
     }
 }
 
-/// Adds eviction counts (in `REPORT_CLASSES` order) to a report.
-fn add_evictions(report: &mut v1::OutboxReport, counts: [u64; REPORT_CLASSES.len()]) {
-    let [telemetry, sessions, mfa, captures, enforcement, other] = counts;
+/// How many counters an `OutboxReport` carries.
+const REPORTED_COUNTS: usize = REPORT_CLASSES.len() + 2;
+
+/// The counters an `OutboxReport` carries, in `add_counts` order: the
+/// state key of each lifetime total and of the part already reported.
+fn report_counters() -> [(String, String); REPORTED_COUNTS] {
+    let evicted = REPORT_CLASSES.map(|c| (format!("evicted.{c}"), format!("evicted_reported.{c}")));
+    let [a, b, c, d, e, f] = evicted;
+    let other = |key: &str| (key.to_owned(), format!("reported.{key}"));
+    [
+        a,
+        b,
+        c,
+        d,
+        e,
+        f,
+        other(QUARANTINED),
+        other(CAPTURES_REFUSED),
+    ]
+}
+
+/// Adds counts (in `report_counters` order) to a report.
+fn add_counts(report: &mut v1::OutboxReport, counts: [u64; REPORTED_COUNTS]) {
+    let [
+        telemetry,
+        sessions,
+        mfa,
+        captures,
+        enforcement,
+        other,
+        quarantined,
+        captures_refused,
+    ] = counts;
+    report.quarantined += quarantined;
+    report.captures_refused += captures_refused;
     report.evicted_telemetry += telemetry;
     report.evicted_sessions += sessions;
     report.evicted_mfa += mfa;
@@ -1158,6 +1186,9 @@ pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 pub const MAX_EVENT_BYTES: u64 = 12 * 1024 * 1024;
 /// State key: events moved to the quarantine table.
 pub const QUARANTINED: &str = "quarantined";
+/// State key: captures the daemon refused from session helpers (kept by
+/// `capture::intake`, reported from here).
+pub const CAPTURES_REFUSED: &str = "helper_captures_refused";
 
 /// How many of the events with these payload sizes make one batch: as
 /// many as fit `BATCH_BYTES`, and always the first.
@@ -1604,6 +1635,43 @@ mod tests {
             None,
             "nothing new to report"
         );
+    }
+
+    #[tokio::test]
+    async fn quarantined_events_and_refused_captures_are_reported_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = Outbox::open(dir.path(), DEFAULT_MAX_BYTES).await.unwrap();
+        let report = |seq: u64| {
+            let outbox = outbox.clone();
+            async move {
+                match outbox.read_after(seq - 1, 1).await.unwrap().remove(0).body {
+                    Some(v1::event::Body::OutboxReport(r)) => r,
+                    other => panic!("expected a report, got {other:?}"),
+                }
+            }
+        };
+        outbox
+            .set_states(&[(QUARANTINED, "2"), (CAPTURES_REFUSED, "5")])
+            .await
+            .unwrap();
+        let first = outbox
+            .take_eviction_report()
+            .await
+            .unwrap()
+            .expect("a report");
+        let r = report(first).await;
+        assert_eq!((r.quarantined, r.captures_refused), (2, 5));
+        // Unsent: later counts merge into it, as differences.
+        outbox.set_state(CAPTURES_REFUSED, "7").await.unwrap();
+        let merged = outbox
+            .take_eviction_report()
+            .await
+            .unwrap()
+            .expect("a report");
+        assert_eq!(merged, first, "merged into the unsent report");
+        let r = report(merged).await;
+        assert_eq!((r.quarantined, r.captures_refused), (2, 7));
+        assert_eq!(outbox.take_eviction_report().await.unwrap(), None);
     }
 
     #[tokio::test]

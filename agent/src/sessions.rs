@@ -246,6 +246,9 @@ pub struct Tracked {
     pub last_poll: Timestamp,
 }
 
+/// Outbox state key of the `Ledger` (read by the monitoring-gap check).
+pub const LEDGER_KEY: &str = "sessions_ledger";
+
 /// Open sessions as last reported, keyed by session id.
 pub type Ledger = BTreeMap<String, Tracked>;
 

@@ -19,8 +19,9 @@ pub struct Status {
     pub daemon_running: bool,
     pub daemon_pid: Option<u32>,
     /// starting, connecting, connected, disconnected, refused (revoked or
-    /// pending a technician's approval: `last_error` says which) or
-    /// stopped.
+    /// pending a technician's approval: `last_error` says which),
+    /// clock_wrong (the device's date is outside the validity of the
+    /// collector's certificates: `last_error` says what it is) or stopped.
     pub connection: String,
     pub connection_since: Option<String>,
     pub last_error: Option<String>,

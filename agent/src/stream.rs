@@ -108,6 +108,12 @@ pub async fn run(
                 set_connection(&outbox, "refused", Some(&why)).await;
                 refused = true;
             }
+            // Certificates are valid for a period: a clock far off is a
+            // problem a person must fix, named as such.
+            Err(e @ StreamError::Tls(TlsError::Clock { .. })) => {
+                tracing::error!(error = %e, "this device's clock is wrong; cannot connect");
+                set_connection(&outbox, "clock_wrong", Some(&e.to_string())).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "telemetry stream failed");
                 set_connection(&outbox, "disconnected", Some(&e.to_string())).await;

@@ -43,6 +43,8 @@ struct DeviceJson<'a> {
     standing_reason: &'a str,
     /// The enrolled device whose machine id or serial this one shares.
     duplicate_of: Option<&'a str>,
+    /// Sessions the agent says it cannot watch now (no session helper).
+    open_monitoring_gaps: u64,
 }
 
 fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
@@ -65,14 +67,20 @@ fn device_json(d: &DeviceRecord, now: Timestamp) -> DeviceJson<'_> {
         standing: d.status,
         standing_reason: &d.status_reason,
         duplicate_of: d.duplicate_of.as_ref().map(DeviceId::as_str),
+        open_monitoring_gaps: d.open_gaps,
     }
 }
 
-/// Online or offline for an active device, else its standing.
+/// Online or offline for an active device, else its standing; and an
+/// open monitoring gap (a tamper signal).
 fn device_status_word(d: &DeviceRecord, now: Timestamp) -> String {
-    match d.status {
+    let word: String = match d.status {
         crate::model::DeviceStatus::Active => status_word(d.connectivity(now)).into(),
         other => other.as_str().into(),
+    };
+    match d.open_gaps {
+        0 => word,
+        _ => format!("{word}, monitoring gap"),
     }
 }
 
@@ -187,6 +195,45 @@ pub fn device_show(
                     format!(
                         "{} time(s): the agent found its outbox corrupt",
                         outbox.corrupt_replacements
+                    ),
+                );
+            }
+            if outbox.quarantined > 0 {
+                line(
+                    "quarantined on device",
+                    format!(
+                        "{} event(s) too large to send, kept on the device",
+                        outbox.quarantined
+                    ),
+                );
+            }
+            if outbox.captures_refused > 0 {
+                line(
+                    "captures refused",
+                    format!(
+                        "{} from session helpers (no matching rule, or over the rate): a forged or flooding helper",
+                        outbox.captures_refused
+                    ),
+                );
+            }
+            for gap in &outbox.monitoring_gaps {
+                let what = match gap.gap.as_str() {
+                    "no_session_helper" => "no session helper",
+                    other => other,
+                };
+                let when = match gap.ended_at {
+                    None => format!("OPEN since {}", local(Some(gap.started_at), tz)),
+                    Some(end) => format!(
+                        "{} to {}",
+                        local(Some(gap.started_at), tz),
+                        local(Some(end), tz)
+                    ),
+                };
+                line(
+                    "monitoring gap",
+                    format!(
+                        "{what}: {when}, session {} (uid {})",
+                        gap.session_id, gap.uid
                     ),
                 );
             }

@@ -128,7 +128,16 @@ pub enum EventBody {
         evicted_enforcement: u64,
         evicted_other: u64,
         corrupt_file_moved_to: String,
+        /// Events too large to send, kept in the agent's quarantine.
+        #[serde(default)]
+        quarantined: u64,
+        /// Helper captures the agent refused (no matching rule, or over
+        /// an account's rate): a forged or flooding helper.
+        #[serde(default)]
+        captures_refused: u64,
     },
+    /// The agent could not watch a session (a tamper signal).
+    MonitoringGap(GapRecord),
     Session(SessionRecord),
     /// A suspicious-activity snapshot (the image itself is kept apart, in
     /// the evidence store).
@@ -185,6 +194,7 @@ impl EventBody {
             EventBody::HeartbeatInterval { .. } => "heartbeat_interval",
             EventBody::Facts(_) => "facts",
             EventBody::OutboxReport { .. } => "outbox_report",
+            EventBody::MonitoringGap(_) => "monitoring_gap",
             EventBody::Session(_) => "session",
             EventBody::Capture(_) => "capture",
             EventBody::FileAlert { .. } => "file_alert",
@@ -229,6 +239,21 @@ pub struct DeviceRecord {
     pub status_reason: String,
     /// The known device whose machine id or serial number it shares.
     pub duplicate_of: Option<DeviceId>,
+    /// Monitoring gaps the agent reported that are still open.
+    pub open_gaps: u64,
+}
+
+/// A stretch of time an agent could not watch a session, as it reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapRecord {
+    /// What kind of gap: `no_session_helper`.
+    pub gap: String,
+    pub session_id: String,
+    pub account: String,
+    pub uid: u32,
+    pub started_at: Timestamp,
+    /// None while open.
+    pub ended_at: Option<Timestamp>,
 }
 
 /// Online means a message arrived within three heartbeat intervals.
@@ -268,6 +293,12 @@ pub struct OutboxHealth {
     /// How many times the agent found its outbox corrupt and replaced it.
     pub corrupt_replacements: u64,
     pub last_report_at: Option<Timestamp>,
+    /// Events the agent could never send, kept in its quarantine.
+    pub quarantined: u64,
+    /// Session-helper captures the agent refused.
+    pub captures_refused: u64,
+    /// Monitoring gaps: the open ones, then the latest closed ones.
+    pub monitoring_gaps: Vec<GapRecord>,
 }
 
 impl OutboxHealth {
@@ -325,6 +356,7 @@ mod tests {
             status: DeviceStatus::Active,
             status_reason: String::new(),
             duplicate_of: None,
+            open_gaps: 0,
         }
     }
 

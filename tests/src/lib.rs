@@ -426,7 +426,12 @@ impl Agent {
 
     /// An agent with further `[capture]` keys (`staff_accounts = …`).
     pub fn with_capture(settings: &AgentSettings, capture: &str) -> Agent {
-        let mut agent = Self::new(settings);
+        Self::with_config_and_capture(settings, "", capture)
+    }
+
+    /// Further sections (`extra`, without `[capture]`) and `[capture]` keys.
+    pub fn with_config_and_capture(settings: &AgentSettings, extra: &str, capture: &str) -> Agent {
+        let mut agent = Self::with_config(settings, "", extra);
         agent.capture = capture.into();
         agent.write_config(settings);
         agent

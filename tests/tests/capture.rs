@@ -430,6 +430,11 @@ fn the_daemon_checks_what_a_local_user_sends_on_the_helper_socket() {
         "{all:?}"
     );
     assert_eq!(agent.status()["helper_captures_refused"], 1);
+    // ... and the collector is told, for the technician.
+    let id = agent.status()["device_id"].as_str().unwrap().to_owned();
+    wait_for("the refusal reported to the collector", WAIT, || {
+        (data.device(&id)["outbox"]["captures_refused"] == 1).then_some(())
+    });
 
     // A line longer than the limit is refused before it is buffered: the
     // daemon closes the connection and goes on serving.
@@ -442,6 +447,79 @@ fn the_daemon_checks_what_a_local_user_sends_on_the_helper_socket() {
         "connection closed: {closed:?}"
     );
     std::os::unix::net::UnixStream::connect(agent.socket()).expect("still listening");
+}
+
+/// A graphical session whose helper is missing (killed by the pupil, or
+/// never started) is reported as a monitoring gap, which closes when the
+/// helper connects. A program of the pupil's own holding the socket open
+/// is not a helper.
+#[test]
+fn a_graphical_session_without_its_helper_is_a_monitoring_gap_at_the_collector() {
+    use std::io::BufRead;
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let root = tempfile::tempdir().unwrap();
+    let utmp = root.path().join("utmp");
+    let now = jiff::Timestamp::now().as_second();
+    std::fs::write(
+        &utmp,
+        fixtures::utmp_record(&display, &whoami(), &display, now),
+    )
+    .unwrap();
+    let agent = Agent::with_config_and_capture(
+        &data.agent_settings(&collector, "e2e-gap"),
+        &format!(
+            "[sessions]\nsource = \"utmp\"\nutmp_path = \"{}\"\npoll_secs = 1\n",
+            utmp.display()
+        ),
+        "helper_grace_secs = 2",
+    );
+    let id = agent.enroll();
+    let mut daemon = agent.start();
+    wait_for("the daemon's helper socket", WAIT, || {
+        agent.socket().exists().then_some(())
+    });
+    // Not the helper: a connection from another program.
+    let impostor = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(impostor.try_clone().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let device = wait_for("an open monitoring gap at the collector", WAIT, || {
+        daemon.assert_running();
+        let device = data.device(&id);
+        (device["open_monitoring_gaps"] == 1).then_some(device)
+    });
+    let gap = &device["outbox"]["monitoring_gaps"][0];
+    assert_eq!(gap["gap"], "no_session_helper", "{device}");
+    assert!(gap["ended_at"].is_null(), "{device}");
+    let list = data.cli(&["devices", "list"]);
+    assert!(
+        text(&list.stdout).contains("monitoring gap"),
+        "{}",
+        text(&list.stdout)
+    );
+
+    let mut helper = start_helper(&agent, &display, &data.logs());
+    let device = wait_for("the gap closed by the helper", WAIT, || {
+        helper.assert_running();
+        let device = data.device(&id);
+        (device["open_monitoring_gaps"] == 0).then_some(device)
+    });
+    let gap = &device["outbox"]["monitoring_gaps"][0];
+    assert!(gap["ended_at"].is_string(), "{device}");
+    assert_eq!(
+        device["outbox"]["monitoring_gaps"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "one gap, opened and closed once: {device}"
+    );
+    let show = text(&data.cli(&["devices", "show", &id]).stdout);
+    assert!(show.contains("no session helper"), "{show}");
+    drop(impostor);
 }
 
 /// User plus system CPU time a process has used, in seconds.

@@ -48,7 +48,7 @@ const CAPTURES_PER_MINUTE: u32 = 60;
 /// Helper connections one uid may hold open.
 const MAX_CONNECTIONS_PER_UID: usize = 8;
 /// Outbox state key: captures refused since the outbox was made.
-pub const REFUSED_STATE: &str = "helper_captures_refused";
+pub use crate::outbox::CAPTURES_REFUSED as REFUSED_STATE;
 
 /// Why a helper's capture was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,7 @@ pub async fn serve_helpers(
     socket: std::path::PathBuf,
     outbox: Outbox,
     hub: Arc<PolicyHub>,
+    presence: Arc<crate::gaps::HelperPresence>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -116,6 +117,11 @@ pub async fn serve_helpers(
             );
             continue;
         };
+        // Counted as this user's helper (no monitoring gap) only when the
+        // kernel says it runs the helper executable.
+        let present = presence
+            .is_helper(credentials.pid())
+            .then(|| presence.enter(uid));
         let account = crate::accounts::account_of(uid);
         let (reader, writer) = stream.into_split();
         let writing = tokio::spawn(send_policies(
@@ -135,7 +141,7 @@ pub async fn serve_helpers(
         tokio::spawn(async move {
             connection.receive(reader).await;
             writing.abort();
-            drop(slot);
+            drop((slot, present));
         });
     }
 }

@@ -159,6 +159,7 @@ fn body_kind(body: &v1::event::Body) -> &'static str {
         Body::FileAlert(_) => "file_alert",
         Body::Enforcement(_) => "enforcement",
         Body::OutboxReport(_) => "outbox_report",
+        Body::MonitoringGap(_) => "monitoring_gap",
     }
 }
 

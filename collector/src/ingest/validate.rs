@@ -6,6 +6,8 @@
 //! - a session event has a known phase; an END carries `ended_at`, which is
 //!   not before `started_at`; neither is ahead of the clock;
 //! - a heartbeat interval's `last` is not before its `first`, nor ahead.
+//! - a monitoring gap is a START or an END of a known kind, with its
+//!   start (and on END its end, not before the start), neither ahead.
 //!
 //! An event that fails is kept verbatim as `unrecognised` with the reason
 //! (nothing a device sent is lost) and counted in `Ack.rejected`; it never
@@ -39,6 +41,7 @@ pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
     not_ahead("occurred_at", occurred_at)?;
     match &event.body {
         Some(Body::Session(session)) => check_session(session, &not_ahead),
+        Some(Body::MonitoringGap(gap)) => check_gap(gap, &not_ahead),
         Some(Body::HeartbeatInterval(h)) => {
             if let (Some(first), Some(last)) =
                 (timestamp(h.first.as_ref()), timestamp(h.last.as_ref()))
@@ -84,6 +87,33 @@ fn check_session(
         }
     }
     Ok(())
+}
+
+/// A gap opens (START) or closes (END, with `ended_at` not before
+/// `started_at`); neither time is ahead of the clock.
+fn check_gap(
+    gap: &v1::MonitoringGap,
+    not_ahead: &dyn Fn(&str, Timestamp) -> Result<(), String>,
+) -> Result<(), String> {
+    use v1::session_event::Phase;
+    let phase = Phase::try_from(gap.phase).unwrap_or(Phase::Unspecified);
+    if !matches!(phase, Phase::Start | Phase::End) {
+        return Err(format!(
+            "monitoring_gap.phase: {} is not START or END",
+            gap.phase
+        ));
+    }
+    let started_at = timestamp(gap.started_at.as_ref())
+        .ok_or_else(|| "monitoring_gap.started_at: missing".to_owned())?;
+    not_ahead("monitoring_gap.started_at", started_at)?;
+    match (phase, timestamp(gap.ended_at.as_ref())) {
+        (Phase::End, None) => Err("monitoring_gap.ended_at: missing on an END event".to_owned()),
+        (_, Some(ended_at)) if ended_at < started_at => Err(format!(
+            "monitoring_gap.ended_at {ended_at} is before monitoring_gap.started_at {started_at}"
+        )),
+        (_, Some(ended_at)) => not_ahead("monitoring_gap.ended_at", ended_at),
+        (_, None) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +205,54 @@ mod tests {
                     occurred_at: None,
                     ..mfa_at(now)
                 },
+                false,
+            ),
+        ];
+        for (name, event, valid) in cases {
+            let checked = check(&event, now);
+            assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn monitoring_gaps_open_and_close_in_order() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let hour = SignedDuration::from_hours(1);
+        let gap = |phase: Phase, start: Option<Timestamp>, end: Option<Timestamp>| v1::Event {
+            seq: 1,
+            event_id: "e".into(),
+            occurred_at: at(now),
+            body: Some(v1::event::Body::MonitoringGap(v1::MonitoringGap {
+                kind: v1::monitoring_gap::Kind::NoSessionHelper as i32,
+                phase: phase as i32,
+                session_id: "s".into(),
+                started_at: start.and_then(at),
+                ended_at: end.and_then(at),
+                ..Default::default()
+            })),
+        };
+        let cases = [
+            ("opened", gap(Phase::Start, Some(now - hour), None), true),
+            ("closed", gap(Phase::End, Some(now - hour), Some(now)), true),
+            (
+                "closed without an end",
+                gap(Phase::End, Some(now - hour), None),
+                false,
+            ),
+            ("no start", gap(Phase::Start, None, None), false),
+            (
+                "ends before it starts",
+                gap(Phase::End, Some(now), Some(now - hour)),
+                false,
+            ),
+            (
+                "an update",
+                gap(Phase::Update, Some(now - hour), None),
+                false,
+            ),
+            (
+                "a day ahead",
+                gap(Phase::Start, Some(now + hour * 24), None),
                 false,
             ),
         ];

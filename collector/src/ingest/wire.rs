@@ -14,8 +14,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use crate::model::{
-    CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, Seq, SessionKind,
-    SessionRecord,
+    CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, GapRecord, Seq,
+    SessionKind, SessionRecord,
 };
 use crate::rules::mfa::check_completion_time;
 
@@ -105,6 +105,18 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             evicted_enforcement: r.evicted_enforcement,
             evicted_other: r.evicted_other,
             corrupt_file_moved_to: path(r.corrupt_file_moved_to),
+            quarantined: r.quarantined,
+            captures_refused: r.captures_refused,
+        },
+        Some(Body::MonitoringGap(g)) => match gap_from_wire(g) {
+            Some(record) => EventBody::MonitoringGap(record),
+            None => {
+                ok = false;
+                unrecognised(
+                    "monitoring_gap",
+                    "unknown kind, or missing session id or start time",
+                )
+            }
         },
         // Kinds whose rules arrive with later work: kept, typed by name.
         Some(Body::Session(session)) => match session_from_wire(session) {
@@ -289,6 +301,25 @@ fn session_from_wire(s: v1::SessionEvent) -> Option<SessionRecord> {
         started_at,
         ended_at: timestamp(s.ended_at.as_ref()),
         active_secs: s.active_secs,
+    })
+}
+
+fn gap_from_wire(g: v1::MonitoringGap) -> Option<GapRecord> {
+    use v1::monitoring_gap::Kind;
+    let gap = match Kind::try_from(g.kind).ok()? {
+        Kind::NoSessionHelper => "no_session_helper",
+        Kind::Unspecified => return None,
+    };
+    if g.session_id.is_empty() {
+        return None;
+    }
+    Some(GapRecord {
+        gap: gap.to_owned(),
+        session_id: text(g.session_id),
+        account: text(g.account),
+        uid: g.uid,
+        started_at: timestamp(g.started_at.as_ref())?,
+        ended_at: timestamp(g.ended_at.as_ref()),
     })
 }
 

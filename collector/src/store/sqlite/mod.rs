@@ -23,7 +23,7 @@ use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
     BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus, Enforcement,
-    EnrollmentSecretInfo, Event, EventBody, OutboxHealth, SecretRejection, Site, SiteId,
+    EnrollmentSecretInfo, Event, EventBody, GapRecord, OutboxHealth, SecretRejection, Site, SiteId,
 };
 use crate::rules::mfa::MfaStatus;
 
@@ -181,6 +181,7 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
         duplicate_of: row
             .try_get::<Option<String>, _>("duplicate_of")?
             .map(DeviceId::from_string),
+        open_gaps: row.try_get::<i64, _>("open_gaps")? as u64,
     })
 }
 
@@ -198,11 +199,41 @@ fn enforcement(row: &SqliteRow) -> Result<Enforcement> {
 
 const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
      d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at, \
-     d.enforcement, d.reenabled_at, d.policy_version, d.status, d.status_reason, d.duplicate_of \
+     d.enforcement, d.reenabled_at, d.policy_version, d.status, d.status_reason, d.duplicate_of, \
+     (SELECT count(*) FROM monitoring_gaps g WHERE g.device_id = d.id AND g.ended_at IS NULL) AS open_gaps \
      FROM devices d JOIN sites s ON s.id = d.site_id";
 
 const SECRET_SELECT: &str = "SELECT e.id, s.name AS site, e.hint, e.label, e.created_at, e.expires_at, \
      e.revoked_at, e.uses, e.last_used_at FROM enrollment_secrets e JOIN sites s ON s.id = e.site_id";
+
+/// Monitoring gaps `outbox_health` returns at most.
+const GAPS_SHOWN: i64 = 20;
+
+/// Opens (START) or closes (END) a monitoring gap. Keyed by its start, so
+/// a repeated START is a no-op and an END whose START was lost still
+/// leaves a closed row.
+async fn record_gap(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    device: &DeviceId,
+    gap: &GapRecord,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO monitoring_gaps (device_id, session_id, kind, account, uid, started_at, ended_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (device_id, session_id, kind, started_at) \
+         DO UPDATE SET ended_at = coalesce(excluded.ended_at, monitoring_gaps.ended_at)",
+    )
+    .bind(device.as_str())
+    .bind(&gap.session_id)
+    .bind(&gap.gap)
+    .bind(&gap.account)
+    .bind(i64::from(gap.uid))
+    .bind(millis(gap.started_at))
+    .bind(gap.ended_at.map(millis))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 fn facts_json(facts: &DeviceFacts) -> String {
     // Serialising plain data with string keys cannot fail.
@@ -504,6 +535,7 @@ impl Store for SqliteStore {
                     EventBody::Session(session) => {
                         activity::upsert_session(&mut tx, device, session, received_at).await?
                     }
+                    EventBody::MonitoringGap(gap) => record_gap(&mut tx, device, gap).await?,
                     EventBody::Capture(_) | EventBody::FileAlert { .. } => {
                         let Some(evidence) = crate::incidents::evidence_of(&event.body) else {
                             continue;
@@ -640,6 +672,8 @@ impl Store for SqliteStore {
              coalesce(sum(json_extract(body, '$.evicted_enforcement')), 0) AS enforcement, \
              coalesce(sum(json_extract(body, '$.evicted_other')), 0) AS other, \
              count(nullif(json_extract(body, '$.corrupt_file_moved_to'), '')) AS corrupt, \
+             coalesce(sum(json_extract(body, '$.quarantined')), 0) AS quarantined, \
+             coalesce(sum(json_extract(body, '$.captures_refused')), 0) AS captures_refused, \
              max(occurred_at) AS last_at \
              FROM events WHERE device_id = ? AND kind = 'outbox_report'",
         )
@@ -649,8 +683,29 @@ impl Store for SqliteStore {
         let mut health = OutboxHealth {
             corrupt_replacements: row.try_get::<i64, _>("corrupt")? as u64,
             last_report_at: optional_instant(row.try_get("last_at")?)?,
+            quarantined: row.try_get::<i64, _>("quarantined")? as u64,
+            captures_refused: row.try_get::<i64, _>("captures_refused")? as u64,
             ..OutboxHealth::default()
         };
+        // Open gaps first, then the latest closed ones.
+        let gaps = sqlx::query(
+            "SELECT kind, session_id, account, uid, started_at, ended_at FROM monitoring_gaps \
+             WHERE device_id = ? ORDER BY ended_at IS NOT NULL, started_at DESC LIMIT ?",
+        )
+        .bind(device.as_str())
+        .bind(GAPS_SHOWN)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &gaps {
+            health.monitoring_gaps.push(GapRecord {
+                gap: row.try_get("kind")?,
+                session_id: row.try_get("session_id")?,
+                account: row.try_get("account")?,
+                uid: row.try_get::<i64, _>("uid")? as u32,
+                started_at: instant(row.try_get("started_at")?)?,
+                ended_at: optional_instant(row.try_get("ended_at")?)?,
+            });
+        }
         for class in [
             "telemetry",
             "sessions",
