@@ -311,6 +311,7 @@ async fn produce(
     let facts_every = Duration::from_secs(u64::from(config.facts_interval_secs));
     let mut last_facts: Option<v1::DeviceFacts> = None;
     let mut facts_checked = tokio::time::Instant::now();
+    let mut trouble = WriteTrouble::default();
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {}
@@ -329,21 +330,61 @@ async fn produce(
                 last_facts = Some(stable);
             }
         }
-        if !events.is_empty() {
-            outbox.append_all(events).await?;
+        let written = async {
+            if !events.is_empty() {
+                outbox.append_all(events).await?;
+            }
+            // Evictions while connected (a burst of captures, a slow link)
+            // are reported at the next tick rather than at the next
+            // reconnection.
+            outbox.take_eviction_report().await?;
+            let heartbeat = v1::Heartbeat {
+                uptime_secs: facts::uptime_secs(),
+                interval_secs: interval,
+            };
+            outbox.append_heartbeat(now, heartbeat).await?;
+            outbox.set_state(ALIVE_AT, &now.to_string()).await
         }
-        // Evictions while connected (a burst of captures, a slow link) are
-        // reported at the next tick rather than at the next reconnection.
-        outbox.take_eviction_report().await?;
-        let heartbeat = v1::Heartbeat {
-            uptime_secs: facts::uptime_secs(),
-            interval_secs: interval,
-        };
-        outbox.append_heartbeat(now, heartbeat).await?;
-        outbox
-            .set_state("daemon_alive_at", &now.to_string())
-            .await?;
-        wake.notify_one();
+        .await;
+        match written {
+            Ok(()) => {
+                trouble.cleared("producer");
+                wake.notify_one();
+            }
+            Err(e) => {
+                // A full disk: the facts are sent again once it is not.
+                trouble.failed("producer", &e);
+                last_facts = None;
+            }
+        }
+    }
+}
+
+/// Outbox state key: the producer's last successful write. `status`
+/// reads a stalled outbox (a full disk) from its age.
+pub const ALIVE_AT: &str = "daemon_alive_at";
+
+/// A task's outbox writes failing (a full disk, an I/O error): said once
+/// when they start failing and once when they work again, while the task
+/// retries, instead of the task (and with it the daemon) stopping.
+#[derive(Debug, Default)]
+pub struct WriteTrouble {
+    said: Option<String>,
+}
+
+impl WriteTrouble {
+    pub fn failed(&mut self, task: &str, error: &dyn std::fmt::Display) {
+        let text = error.to_string();
+        if self.said.as_ref() != Some(&text) {
+            tracing::error!(task, error = %text, "cannot write to the outbox; will retry");
+            self.said = Some(text);
+        }
+    }
+
+    pub fn cleared(&mut self, task: &str) {
+        if self.said.take().is_some() {
+            tracing::info!(task, "writing to the outbox again");
+        }
     }
 }
 
@@ -386,6 +427,7 @@ async fn track_sessions(
     let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
+    let mut trouble = WriteTrouble::default();
     loop {
         tokio::select! {
             _ = poll.tick() => {}
@@ -406,25 +448,38 @@ async fn track_sessions(
             }
         };
         let now = Timestamp::now();
+        let before = ledger.clone();
         let events = sessions::track(&mut ledger, live, now);
         let ledger_json = serde_json::to_string(&ledger)?;
-        for started in events
+        let starts: Vec<String> = events
             .iter()
             .filter(|e| e.phase == v1::session_event::Phase::Start as i32)
-        {
-            if let Some(tracked) = ledger.get(&started.session_id) {
+            .map(|e| e.session_id.clone())
+            .collect();
+        let written = async {
+            if !events.is_empty() {
+                let bodies = events
+                    .into_iter()
+                    .map(|e| (now, v1::event::Body::Session(e)))
+                    .collect();
+                outbox.append_all(bodies).await?;
+                wake.notify_one();
+            }
+            outbox.set_state(sessions::LEDGER_KEY, &ledger_json).await
+        }
+        .await;
+        if let Err(e) = written {
+            // Not queued: the next poll finds the same changes again.
+            trouble.failed("sessions", &e);
+            ledger = before;
+            continue;
+        }
+        trouble.cleared("sessions");
+        for id in starts {
+            if let Some(tracked) = ledger.get(&id) {
                 stale_mfa_login(&config, &outbox, &tracked.session).await;
             }
         }
-        if !events.is_empty() {
-            let bodies = events
-                .into_iter()
-                .map(|e| (now, v1::event::Body::Session(e)))
-                .collect();
-            outbox.append_all(bodies).await?;
-            wake.notify_one();
-        }
-        outbox.set_state(sessions::LEDGER_KEY, &ledger_json).await?;
     }
 }
 

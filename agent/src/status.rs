@@ -36,6 +36,10 @@ pub struct Status {
     /// disk, an I/O error, another process's lock); it keeps trying and
     /// leaves the file as it is. None once it opened.
     pub outbox_unavailable: Option<String>,
+    /// Seconds since the running daemon last managed to write to its
+    /// outbox, when that is longer than three heartbeats (a full disk):
+    /// events are not being queued. None while writes work.
+    pub outbox_writes_failing_secs: Option<u64>,
     /// Bytes the outbox holds, counted against its bound.
     pub outbox_bytes: u64,
     /// Events evicted because the outbox was full, per class, since the
@@ -77,6 +81,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         last_acked_seq: None,
         next_seq: 1,
         corrupt_outbox_moved_to: None,
+        outbox_writes_failing_secs: None,
         outbox_unavailable: std::fs::read_to_string(config.data_dir.join(outbox::UNAVAILABLE_FILE))
             .ok(),
         outbox_bytes: 0,
@@ -138,6 +143,8 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
             "connection",
             "connection_since",
             "last_error",
+            crate::daemon::ALIVE_AT,
+            "daemon_started_at",
             crate::outbox::QUARANTINED,
             crate::capture::REFUSED_STATE,
             crate::policy::SITE_VERSION,
@@ -153,6 +160,14 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     if status.daemon_running {
         status.connection = text("connection").unwrap_or_else(|| "connecting".into());
         status.connection_since = text("connection_since");
+        // The producer writes every heartbeat; since the daemon started if
+        // it never managed to.
+        let time = |key: &str| text(key).and_then(|t| t.parse::<Timestamp>().ok());
+        let last_write = time(crate::daemon::ALIVE_AT).max(time("daemon_started_at"));
+        let allowed = (3 * u64::from(config.heartbeat_interval_secs)).max(5);
+        status.outbox_writes_failing_secs = last_write
+            .map(|t| now.duration_since(t).as_secs().max(0) as u64)
+            .filter(|secs| *secs > allowed);
     }
     status.last_error = text("last_error");
     status.quarantined = number(crate::outbox::QUARANTINED).unwrap_or(0);
@@ -216,6 +231,12 @@ pub fn render_text(s: &Status) -> String {
     line("last error", dash(&s.last_error));
     if let Some(why) = &s.outbox_unavailable {
         line("outbox unavailable", why.clone());
+    }
+    if let Some(secs) = s.outbox_writes_failing_secs {
+        line(
+            "outbox writes failing",
+            format!("for {secs} s (disk full?): nothing new is queued; the daemon retries"),
+        );
     }
     let evicted: Vec<String> = s
         .evicted

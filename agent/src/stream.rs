@@ -83,6 +83,7 @@ pub async fn run(
         set_connection(&outbox, "connecting", None).await;
         let mut connected = false;
         let mut refused = false;
+        let mut outbox_failed = false;
         let outcome = run_once(
             &settings,
             tls.clone(),
@@ -101,7 +102,14 @@ pub async fn run(
                 tracing::info!("collector closed the stream; reconnecting");
                 set_connection(&outbox, "disconnected", Some("closed by the collector")).await;
             }
-            Err(StreamError::Outbox(e)) => return Err(StreamError::Outbox(e)),
+            // A full disk or an I/O error: acknowledged events could not
+            // be deleted. Reconnect and resend; the collector recognises
+            // what it already holds.
+            Err(StreamError::Outbox(e)) => {
+                tracing::error!(error = %e, "the outbox failed under the stream; reconnecting");
+                set_connection(&outbox, "disconnected", Some(&format!("outbox: {e}"))).await;
+                outbox_failed = true;
+            }
             Err(StreamError::Refused(why)) => {
                 // Nothing changes until a technician acts: no tight loop.
                 tracing::error!(reason = %why, "the collector refuses this device; events stay queued");
@@ -121,7 +129,9 @@ pub async fn run(
         }
         // Whatever was in flight on the dead stream will be resent.
         outbox.release_claims().await;
-        if connected {
+        // A stream that connected starts the backoff again, unless the
+        // outbox failed under it (it would fail again at once).
+        if connected && !outbox_failed {
             attempt = 0;
         }
         if refused {

@@ -78,3 +78,95 @@ fn an_empty_or_damaged_database_is_refused_and_a_backup_restores() {
         "restored"
     );
 }
+
+/// A tmpfs mounted on a folder for one test (needs root; None elsewhere).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(on: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(on).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(on)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("skipped: cannot mount a tmpfs here: {}", text(&out.stderr));
+            return None;
+        }
+        Some(Tmpfs(on.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Writes `path` until the disk is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
+
+/// The agent's disk fills while it runs: the daemon keeps running,
+/// `status` says its writes fail, and once space returns it queues and
+/// delivers again by itself.
+#[test]
+fn an_agent_whose_disk_fills_keeps_running_and_recovers_when_space_returns() {
+    const WAIT: Duration = Duration::from_secs(60);
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-full-disk"));
+    let Some(_disk) = Tmpfs::mount(&agent.data, "4m") else {
+        return;
+    };
+    let id = agent.enroll();
+    let mut daemon = agent.start();
+    wait_for("the agent connected", WAIT, || {
+        (agent.status()["connection"] == "connected").then_some(())
+    });
+    let filler = agent.data.join("filler");
+    fill(&filler);
+    let status = wait_for("status to say writes fail", WAIT, || {
+        daemon.assert_running();
+        let status = agent.status();
+        status["outbox_writes_failing_secs"]
+            .is_u64()
+            .then_some(status)
+    });
+    daemon.assert_running();
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("cannot write to the outbox; will retry"),
+        "{status}\n{log}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("writes to work again", WAIT, || {
+        daemon.assert_running();
+        agent.status()["outbox_writes_failing_secs"]
+            .is_null()
+            .then_some(())
+    });
+    let acked = |d: &Value| d["last_acked_seq"].as_u64().unwrap_or(0);
+    let before = acked(&data.device(&id));
+    wait_for("new heartbeats at the collector", WAIT, || {
+        daemon.assert_running();
+        (acked(&data.device(&id)) > before).then_some(())
+    });
+    assert!(daemon.stderr_text().contains("writing to the outbox again"));
+}
