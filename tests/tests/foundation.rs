@@ -358,6 +358,37 @@ fn connections_that_never_start_tls_are_closed_after_the_handshake_deadline() {
     agent.enroll();
 }
 
+/// A flood of failing connections (each one logged) does not flood the
+/// log: a call site writes its share a second, and says how many lines
+/// it dropped.
+#[test]
+fn repeated_log_lines_are_limited_per_call_site_and_counted() {
+    use std::io::Write;
+    let data = CollectorData::init("Cabot");
+    let mut collector = data.start();
+    let garbage = |n: usize| {
+        for _ in 0..n {
+            let mut socket = std::net::TcpStream::connect(collector.telemetry).unwrap();
+            let _ = socket.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        }
+    };
+    const FLOOD: usize = 400;
+    garbage(FLOOD);
+    // The summary comes with the site's next line (a second later at most).
+    let log = wait_for("the dropped lines counted", Duration::from_secs(60), || {
+        garbage(1);
+        let log = collector.process.stderr_text();
+        log.contains("repeated log line(s) from").then_some(log)
+    });
+    let failed = log.matches("TLS handshake failed").count();
+    assert!(
+        failed < FLOOD,
+        "{failed} handshake failures logged for {FLOOD}+ connections"
+    );
+    assert!(failed > 0, "{log}");
+    collector.process.assert_running();
+}
+
 #[test]
 fn wrong_revoked_or_missing_secrets_are_refused_and_change_nothing() {
     let data = CollectorData::init("Cabot");
