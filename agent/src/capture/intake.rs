@@ -41,9 +41,11 @@ const MAX_IMAGE_HEIGHT: u32 = 8 * 1280;
 /// Characters kept of a window title, and of a process name or reason.
 const MAX_TITLE: usize = 2048;
 const MAX_SHORT_TEXT: usize = 256;
-/// Captures (and repeat summaries) one account may queue per minute. The
-/// helper sends at most one per rule and window per repeat window, so only
-/// a forger reaches this.
+/// Captures (and repeat summaries) one account may queue per minute, in
+/// each of two bands: severity 1–3 and severity 4–5. The helper sends at
+/// most one per rule and window per repeat window, so only a forger
+/// reaches this; with a band of their own, the serious captures cannot be
+/// crowded out by a flood of minor ones.
 const CAPTURES_PER_MINUTE: u32 = 60;
 /// Helper connections one uid may hold open.
 const MAX_CONNECTIONS_PER_UID: usize = 8;
@@ -201,8 +203,9 @@ impl Shared {
         }
     }
 
-    /// Counts one capture of `account`; false when over its minute's limit.
-    fn admit(&self, account: &str, now: Instant) -> bool {
+    /// Counts one capture of `account` at `severity`; false when over its
+    /// band's limit this minute.
+    fn admit(&self, account: &str, severity: u32, now: Instant) -> bool {
         let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded by the accounts that log in, but forget old minutes.
         if minutes.len() > 1_000 {
@@ -210,7 +213,10 @@ impl Shared {
                 now.saturating_duration_since(*since) < Duration::from_secs(60)
             });
         }
-        let (since, count) = minutes.entry(account.to_owned()).or_insert((now, 0));
+        let band = if severity >= 4 { "serious" } else { "minor" };
+        let (since, count) = minutes
+            .entry(format!("{band}:{account}"))
+            .or_insert((now, 0));
         if now.saturating_duration_since(*since) >= Duration::from_secs(60) {
             (*since, *count) = (now, 0);
         }
@@ -270,7 +276,10 @@ impl Connection {
                 &mut buffer,
             )
             .and_then(|checked| {
-                if self.shared.admit(&self.account, Instant::now()) {
+                if self
+                    .shared
+                    .admit(&self.account, checked.severity, Instant::now())
+                {
                     Ok(checked)
                 } else {
                     Err(Refusal::RateLimited)
@@ -565,12 +574,17 @@ mod tests {
         };
         let start = Instant::now();
         for n in 0..CAPTURES_PER_MINUTE {
-            assert!(shared.admit("pupil", start), "capture {n}");
+            assert!(shared.admit("pupil", 2, start), "capture {n}");
         }
-        assert!(!shared.admit("pupil", start), "over the limit");
-        assert!(shared.admit("other", start), "another account");
+        assert!(!shared.admit("pupil", 1, start), "over the limit");
+        assert!(shared.admit("other", 2, start), "another account");
+        // A flood of minor captures does not crowd out a serious one.
+        for n in 0..CAPTURES_PER_MINUTE {
+            assert!(shared.admit("pupil", 5, start), "serious capture {n}");
+        }
+        assert!(!shared.admit("pupil", 4, start), "serious band full too");
         assert!(
-            shared.admit("pupil", start + Duration::from_secs(60)),
+            shared.admit("pupil", 2, start + Duration::from_secs(60)),
             "a new minute"
         );
     }
