@@ -42,6 +42,11 @@ pub struct CaptureSettings {
     /// Images and capture events older than this are purged unless their
     /// incident is still open.
     pub retention_days: u32,
+    /// Snapshot images one device may add to the evidence store per day
+    /// (UTC), in MiB; beyond it captures are kept without their image, so
+    /// one device (or a pupil forging captures) cannot fill the disk. 0:
+    /// no limit.
+    pub evidence_mib_per_device_per_day: u64,
 }
 
 impl Default for CaptureSettings {
@@ -49,6 +54,7 @@ impl Default for CaptureSettings {
         CaptureSettings {
             incident_window_hours: 24,
             retention_days: 90,
+            evidence_mib_per_device_per_day: 256,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Streams {
     pub notifier: std::sync::Arc<tokio::sync::Notify>,
     next: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<std::collections::HashMap<DeviceId, Connected>>,
+    /// Evidence bytes each device added today (UTC day number, bytes).
+    evidence_today: std::sync::Mutex<std::collections::HashMap<DeviceId, (i64, u64)>>,
 }
 
 /// One agent connected to this instance.
@@ -53,6 +55,36 @@ pub(super) struct Registration {
 }
 
 impl Streams {
+    /// Counts `bytes` of evidence for `device` on the UTC day of `at`;
+    /// false (nothing counted) when that would pass `limit` bytes (0: no
+    /// limit). Kept per instance: a bound on the disk, not an account.
+    pub(super) fn take_evidence_budget(
+        &self,
+        device: &DeviceId,
+        bytes: u64,
+        at: Timestamp,
+        limit: u64,
+    ) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let day = at.as_second().div_euclid(86_400);
+        let mut today = self
+            .evidence_today
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Yesterday's counts go as a new day begins.
+        if today.values().any(|(d, _)| *d != day) {
+            today.retain(|_, (d, _)| *d == day);
+        }
+        let (_, used) = today.entry(device.clone()).or_insert((day, 0));
+        if used.saturating_add(bytes) > limit {
+            return false;
+        }
+        *used += bytes;
+        true
+    }
+
     /// Registers a device's stream; an older stream of the same device is
     /// closed (one stream per device).
     pub(super) fn register(
@@ -289,4 +321,38 @@ pub async fn device_state(
             lock_stale_mfa_sessions: lock,
         })),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_device_has_an_evidence_budget_per_day() {
+        let streams = Streams::default();
+        let (a, b) = (
+            DeviceId::from_string("a".to_owned()),
+            DeviceId::from_string("b".to_owned()),
+        );
+        let day = Timestamp::from_second(1_800_000_000).unwrap();
+        let next_day = day + jiff::SignedDuration::from_hours(24);
+        assert!(streams.take_evidence_budget(&a, 600, day, 1000));
+        assert!(!streams.take_evidence_budget(&a, 600, day, 1000), "over");
+        assert!(
+            streams.take_evidence_budget(&a, 400, day, 1000),
+            "what is left"
+        );
+        assert!(
+            streams.take_evidence_budget(&b, 1000, day, 1000),
+            "per device"
+        );
+        assert!(
+            streams.take_evidence_budget(&a, 1000, next_day, 1000),
+            "a new day"
+        );
+        assert!(
+            streams.take_evidence_budget(&a, u64::MAX, day, 0),
+            "0: no limit"
+        );
+    }
 }

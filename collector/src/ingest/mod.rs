@@ -334,7 +334,7 @@ impl StreamSession {
         }
         self.last_seq.store(previous, Ordering::Relaxed);
         let mut rejected = 0u32;
-        let events: Vec<Event> = batch
+        let mut events: Vec<Event> = batch
             .events
             .into_iter()
             .map(|e| match validate::check(&e, received_at) {
@@ -353,6 +353,31 @@ impl StreamSession {
         let first_seq = events.iter().map(|e| e.seq.0).min().unwrap_or(0);
         let last_seq = events.iter().map(|e| e.seq.0).max().unwrap_or(0);
         // Images first: an event is acked only when its evidence is on disk.
+        let budget = self
+            .config
+            .captures
+            .evidence_mib_per_device_per_day
+            .saturating_mul(1024 * 1024);
+        for event in &mut events {
+            if let EventBody::Capture(capture) = &mut event.body
+                && capture.image_status == "verified"
+                && !self.streams.take_evidence_budget(
+                    &self.device.id,
+                    capture.image.len() as u64,
+                    received_at,
+                    budget,
+                )
+            {
+                tracing::warn!(device_id = %self.device.id, seq = event.seq.0, "the device's evidence budget for today is spent; capture kept without its image");
+                capture.image_status = "no_image".into();
+                capture.image = Vec::new();
+                capture.image_sha256 = String::new();
+                capture.no_image_reason = format!(
+                    "image refused by the collector: this device sent more than {} MiB of images today ([captures] evidence_mib_per_device_per_day)",
+                    self.config.captures.evidence_mib_per_device_per_day
+                );
+            }
+        }
         for event in &events {
             if let EventBody::Capture(capture) = &event.body
                 && capture.image_status == "verified"
