@@ -153,7 +153,8 @@ mod tests {
     use super::*;
     use crate::evidence::{EvidenceStore, sha256_hex};
     use crate::model::{CaptureRecord, Event, EventBody, Seq};
-    use crate::store::{DeviceFilter, Store};
+    use crate::store::IngestStore;
+    use crate::store::{DeviceFilter, IncidentStore};
 
     fn capture(image_sha256: &str, status: &str) -> CaptureRecord {
         CaptureRecord {

@@ -5,6 +5,7 @@
 //! Nothing is half-created: everything is built in a temporary sibling
 //! directory that is renamed into place only when complete.
 
+use crate::store::{AuditStore, DeviceStore, SiteStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use jiff::Timestamp;
 use crate::auth;
 use crate::config::{self, CollectorConfig};
 use crate::pki::{self, CertificateAuthority, PkiPaths};
-use crate::store::{AuditEntry, NewSecret, Store};
+use crate::store::{AuditEntry, NewSecret};
 
 pub struct InitOptions {
     pub data: PathBuf,

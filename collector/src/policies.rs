@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::cli::Format;
 use crate::model::Site;
-use crate::store::{SitePolicy, Store};
+use crate::store::{PolicyStore, SitePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicySaveError {
@@ -44,7 +44,7 @@ pub enum Saved {
 /// Checks `text` (read from `file`, named in errors) and stores it as the
 /// site's next version. Empty text means the project's default.
 pub async fn save(
-    store: &dyn Store,
+    store: &dyn PolicyStore,
     site: &Site,
     text: &str,
     file: &Path,
@@ -167,6 +167,7 @@ mod tests {
     use super::*;
     use crate::model::SiteId;
     use crate::store::SqliteStore;
+    use crate::store::{PolicyStore, SiteStore};
 
     const RULE: &str = "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"zebra\"]\n";
 

@@ -5,12 +5,13 @@
 //! `Outbox` (the API every producer in the daemon uses), from this test
 //! process, so the tests control exactly how many there are.
 
+use hallmonitor_collector::store::IngestStore;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hallmonitor_agent::outbox::{DEFAULT_MAX_BYTES, Outbox};
 use hallmonitor_collector::model::DeviceId;
-use hallmonitor_collector::store::{SqliteStore, Store};
+use hallmonitor_collector::store::SqliteStore;
 use hallmonitor_e2e::*;
 use hallmonitor_proto::v1;
 

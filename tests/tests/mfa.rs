@@ -305,7 +305,7 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
             hallmonitor_collector::store::SqliteStore::open(&data.data.join("collector.db"), false)
                 .await
                 .unwrap();
-        let kinds = hallmonitor_collector::store::Store::event_kinds(
+        let kinds = hallmonitor_collector::store::IngestStore::event_kinds(
             &store,
             &hallmonitor_collector::model::DeviceId::from_string(id.clone()),
         )

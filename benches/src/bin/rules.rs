@@ -13,6 +13,7 @@
 //!    (`record_batch` of the session + `refresh` of that device), which is
 //!    what `serve` runs.
 
+use hallmonitor_collector::store::{ActivityStore, DeviceStore, IngestStore, SiteStore};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use hallmonitor_collector::model::{
     DeviceId, Enforcement, Event, EventBody, Seq, SessionKind, SessionRecord, SiteId,
 };
 use hallmonitor_collector::rules::evaluate::evaluate_input;
-use hallmonitor_collector::store::{ActivityInput, DeviceFilter, Store};
+use hallmonitor_collector::store::{ActivityInput, DeviceFilter};
 use jiff::{SignedDuration, Timestamp};
 
 #[derive(Parser)]

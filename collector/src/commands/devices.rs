@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::model::{DeviceId, DeviceRecord, DeviceStatus};
-use hallmonitor_collector::store::{NewSecret, Store};
+use hallmonitor_collector::store::{DeviceStore, IngestStore, NewSecret};
 use hallmonitor_collector::{auth, open_store};
 use jiff::Timestamp;
 use std::path::Path;
@@ -162,14 +162,14 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-async fn existing_device(store: &impl Store, id: &str) -> anyhow::Result<DeviceRecord> {
+async fn existing_device(store: &impl DeviceStore, id: &str) -> anyhow::Result<DeviceRecord> {
     match store.device(&DeviceId::from_string(id.to_owned())).await? {
         Some(device) => Ok(device),
         None => bail!("no device with id {id}"),
     }
 }
 
-async fn pending_device(store: &impl Store, id: &str) -> anyhow::Result<DeviceRecord> {
+async fn pending_device(store: &impl DeviceStore, id: &str) -> anyhow::Result<DeviceRecord> {
     let device = existing_device(store, id).await?;
     if device.status != DeviceStatus::Pending {
         bail!("device {id} is {}, not pending", device.status.as_str());
@@ -178,7 +178,7 @@ async fn pending_device(store: &impl Store, id: &str) -> anyhow::Result<DeviceRe
 }
 
 async fn audit_device(
-    store: &impl Store,
+    store: &impl AuditStore,
     now: Timestamp,
     action: &str,
     device: &DeviceId,

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::flags::{FlagAction, FlagState};
-use hallmonitor_collector::store::Store;
+use hallmonitor_collector::store::ActivityStore;
 use hallmonitor_collector::{compliance, open_store};
 use jiff::Timestamp;
 use std::path::Path;

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::open_store;
-use hallmonitor_collector::store::Store;
+use hallmonitor_collector::store::IncidentStore;
 use jiff::Timestamp;
 use std::path::Path;
 use std::path::PathBuf;

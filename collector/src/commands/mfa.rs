@@ -6,7 +6,7 @@ use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::rules::mfa::MfaStatus;
 use hallmonitor_collector::signins::{self, SigninFormat};
-use hallmonitor_collector::store::Store;
+use hallmonitor_collector::store::{ApiTokenStore, MfaStore};
 use hallmonitor_collector::{auth, directory, open_store};
 use jiff::Timestamp;
 use std::path::Path;

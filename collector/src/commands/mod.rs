@@ -13,12 +13,12 @@ pub(crate) mod policy;
 
 use anyhow::Context;
 use hallmonitor_collector::model::DeviceId;
-use hallmonitor_collector::store::{AuditEntry, DeviceFilter, Store};
+use hallmonitor_collector::store::{AuditEntry, AuditStore, DeviceFilter, SiteStore};
 use jiff::Timestamp;
 
 /// One row in the audit log for a command run from the command line.
 pub(crate) async fn audit_cli(
-    store: &impl Store,
+    store: &impl AuditStore,
     at: Timestamp,
     actor: &str,
     action: &str,
@@ -88,7 +88,7 @@ fn account_name(uid: u32) -> Option<String> {
 }
 
 pub(crate) async fn filter(
-    store: &impl Store,
+    store: &impl SiteStore,
     site: Option<&str>,
     device: Option<String>,
 ) -> anyhow::Result<DeviceFilter> {
@@ -100,7 +100,7 @@ pub(crate) async fn filter(
 }
 
 pub(crate) async fn resolve_site(
-    store: &impl Store,
+    store: &impl SiteStore,
     name: Option<&str>,
 ) -> anyhow::Result<Option<hallmonitor_collector::model::Site>> {
     match name {
@@ -110,7 +110,7 @@ pub(crate) async fn resolve_site(
 }
 
 pub(crate) async fn require_site(
-    store: &impl Store,
+    store: &impl SiteStore,
     name: &str,
 ) -> anyhow::Result<hallmonitor_collector::model::Site> {
     store

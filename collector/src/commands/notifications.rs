@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
-use hallmonitor_collector::store::Store;
+use hallmonitor_collector::store::NotificationStore;
 use hallmonitor_collector::{notify, open_store};
 use jiff::Timestamp;
 use std::path::Path;

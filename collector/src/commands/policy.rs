@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::cli::Format;
 use hallmonitor_collector::open_store;
-use hallmonitor_collector::store::Store;
+use hallmonitor_collector::store::PolicyStore;
 use jiff::Timestamp;
 use std::path::Path;
 use std::path::PathBuf;

@@ -1,6 +1,16 @@
-//! Storage behind one interface shaped by what callers need. SQLite is the
-//! embedded default (`sqlite`); a PostgreSQL backend implements the same trait
-//! with its own SQL and `migrations/postgres/`, and no caller changes.
+//! Storage, as one trait per domain shaped by what its callers need:
+//! `SiteStore`, `DeviceStore` (devices and enrolment), `IngestStore` (what
+//! agents stream), `AuditStore`, `ActivityStore` (the device-activity rule,
+//! flags, commands), `MfaStore`, `ApiTokenStore`, `NotificationStore`,
+//! `IncidentStore` and `PolicyStore`. `Store` is all of them, for the code
+//! that wires the collector together (`Arc<dyn Store>`); methods of every
+//! domain can be called on it. SQLite is the only backend so far
+//! (`sqlite/`, one file per domain implementing that domain's trait, no
+//! forwarding layer); a second backend (PostgreSQL, issue 18) would add one
+//! file per domain beside its own migrations, and no caller changes.
+//!
+//! Architecture invariant: only this module's backends run SQL; every
+//! other module reaches the database through these traits.
 //!
 //! Guarantee: `record_batch` commits the whole batch in one transaction
 //! before returning, so a caller that acks after it returns never acks an
@@ -328,13 +338,17 @@ pub struct Notification {
     pub sent_at: Option<Timestamp>,
 }
 
+/// Sites (schools): each device, secret, policy and recipient belongs to one.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // sites
+pub trait SiteStore: Send + Sync + 'static {
     async fn create_site(&self, name: &str, timezone: &str, at: Timestamp) -> Result<Site>;
     async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
+    async fn sites(&self) -> Result<Vec<Site>>;
+}
 
-    // enrolment secrets
+/// Devices and their enrolment: secrets, certificates, standing.
+#[async_trait]
+pub trait DeviceStore: Send + Sync + 'static {
     async fn create_enrollment_secret(&self, secret: NewSecret) -> Result<EnrollmentSecretInfo>;
     async fn list_enrollment_secrets(
         &self,
@@ -348,8 +362,6 @@ pub trait Store: Send + Sync + 'static {
         secret_sha256: &str,
         at: Timestamp,
     ) -> Result<Result<Site, SecretRejection>>;
-
-    // devices
     /// A device already enrolled with this machine id (or, failing that,
     /// serial number), active ones first: a second enrolment of the same
     /// machine without proof of its key becomes a pending duplicate of it.
@@ -372,6 +384,13 @@ pub trait Store: Send + Sync + 'static {
     /// Devices whose certificate or status changed after `after` (for
     /// closing streams that are no longer valid), oldest change first.
     async fn identity_changes_since(&self, after: Timestamp) -> Result<Vec<IdentityChange>>;
+    async fn list_devices(&self, site: Option<SiteId>) -> Result<Vec<DeviceRecord>>;
+    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
+}
+
+/// What agents stream: hellos and batches of events, and what they say of their outboxes.
+#[async_trait]
+pub trait IngestStore: Send + Sync + 'static {
     async fn record_hello(
         &self,
         device: &DeviceId,
@@ -386,14 +405,16 @@ pub trait Store: Send + Sync + 'static {
         events: &[Event],
         received_at: Timestamp,
     ) -> Result<BatchOutcome>;
-    async fn list_devices(&self, site: Option<SiteId>) -> Result<Vec<DeviceRecord>>;
-    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>>;
     /// The sum of the outbox reports a device's agent sent.
     async fn outbox_health(&self, device: &DeviceId) -> Result<OutboxHealth>;
     /// Events of a device in sequence order, as (seq, kind) pairs.
     async fn event_kinds(&self, device: &DeviceId) -> Result<Vec<(u64, String)>>;
+}
 
-    // console accounts and audit
+/// The audit log, and console accounts.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()>;
     async fn create_console_user(
         &self,
         username: &str,
@@ -402,9 +423,11 @@ pub trait Store: Send + Sync + 'static {
         site: Option<SiteId>,
         at: Timestamp,
     ) -> Result<()>;
-    async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()>;
+}
 
-    // device-activity rule
+/// The device-activity rule: its inputs and verdicts, flags and their lifecycle, and the commands flags issue.
+#[async_trait]
+pub trait ActivityStore: Send + Sync + 'static {
     /// Devices (by id, after `after`, at most `limit`) with the sessions
     /// that may reach past `since`.
     async fn activity_inputs(
@@ -427,8 +450,6 @@ pub trait Store: Send + Sync + 'static {
     /// Devices whose verdict may have changed by `at` through time passing
     /// alone, or that have no verdict yet (at most `limit`, by id).
     async fn devices_due(&self, at: Timestamp, limit: usize) -> Result<Vec<DeviceId>>;
-
-    // flags
     async fn list_flags(
         &self,
         filter: &DeviceFilter,
@@ -446,8 +467,16 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at: Timestamp,
     ) -> Result<Result<FlagRecord, FlagError>>;
+    /// Commands of a device the agent has not reported on yet.
+    async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>>;
+    /// Commands never sent to any stream yet, oldest first.
+    async fn unsent_commands(&self) -> Result<Vec<CommandRecord>>;
+    async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()>;
+}
 
-    // 2FA freshness
+/// The 2FA-freshness rule: the site directory, completions and pairs.
+#[async_trait]
+pub trait MfaStore: Send + Sync + 'static {
     /// Replaces the site's directory with `accounts`, in one transaction.
     async fn import_directory(
         &self,
@@ -479,8 +508,11 @@ pub trait Store: Send + Sync + 'static {
         filter: &DeviceFilter,
         status: Option<MfaStatus>,
     ) -> Result<Vec<StoredPair>>;
+}
 
-    // API tokens
+/// Tokens for the JSON API (stored as SHA-256).
+#[async_trait]
+pub trait ApiTokenStore: Send + Sync + 'static {
     async fn create_api_token(
         &self,
         site: SiteId,
@@ -497,8 +529,11 @@ pub trait Store: Send + Sync + 'static {
         token_sha256: &str,
         at: Timestamp,
     ) -> Result<Option<ApiTokenInfo>>;
+}
 
-    // notifications
+/// Recipients, and the outbox of notifications: events expanded into messages, leases, retries, digests.
+#[async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
     async fn add_recipient(&self, recipient: &Recipient, at: Timestamp) -> Result<i64>;
     async fn recipients(&self, site: Option<SiteId>) -> Result<Vec<Recipient>>;
     async fn remove_recipient(&self, site: SiteId, id: i64) -> Result<bool>;
@@ -545,9 +580,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>>;
     async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>>;
-    async fn sites(&self) -> Result<Vec<Site>>;
+}
 
-    // incidents
+/// Incidents and the capture rows that are their evidence (images live in the evidence store).
+#[async_trait]
+pub trait IncidentStore: Send + Sync + 'static {
     async fn list_incidents(
         &self,
         filter: &DeviceFilter,
@@ -572,15 +609,11 @@ pub trait Store: Send + Sync + 'static {
     /// transaction.
     async fn purge_captures(&self, ids: &[i64], before: Timestamp) -> Result<u64>;
     async fn image_in_use(&self, sha256: &str) -> Result<bool>;
+}
 
-    // commands
-    /// Commands of a device the agent has not reported on yet.
-    async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>>;
-    /// Commands never sent to any stream yet, oldest first.
-    async fn unsent_commands(&self) -> Result<Vec<CommandRecord>>;
-    async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()>;
-
-    // Suspicious-activity policies.
+/// Sites' suspicious-activity policies, versioned.
+#[async_trait]
+pub trait PolicyStore: Send + Sync + 'static {
     /// Stores the site's next policy version (with its audit row).
     async fn save_site_policy(
         &self,
@@ -598,4 +631,37 @@ pub trait Store: Send + Sync + 'static {
     async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>>;
     /// (version, devices holding it) for the site's devices.
     async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>>;
+}
+
+/// Every domain store of one backend. Callers that need one domain take
+/// that trait (`&dyn IncidentStore`); those that wire the collector
+/// together hold an `Arc<dyn Store>`, which hands out any of them. Each
+/// backend implements the domain traits directly, one file per domain:
+/// there is no forwarding layer.
+pub trait Store:
+    SiteStore
+    + DeviceStore
+    + IngestStore
+    + AuditStore
+    + ActivityStore
+    + MfaStore
+    + ApiTokenStore
+    + NotificationStore
+    + IncidentStore
+    + PolicyStore
+{
+}
+
+impl<T> Store for T where
+    T: SiteStore
+        + DeviceStore
+        + IngestStore
+        + AuditStore
+        + ActivityStore
+        + MfaStore
+        + ApiTokenStore
+        + NotificationStore
+        + IncidentStore
+        + PolicyStore
+{
 }

@@ -1,5 +1,6 @@
 //! SQLite: sessions, activity verdicts, flags and commands.
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -107,91 +108,6 @@ pub(super) async fn apply_enforcement_result(
     Ok(())
 }
 
-pub(super) async fn activity_inputs(
-    store: &SqliteStore,
-    filter: &DeviceFilter,
-    since: Timestamp,
-    after: Option<&DeviceId>,
-    limit: usize,
-) -> Result<Vec<ActivityInput>> {
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT d.id, d.site_id, s.name AS site_name, s.timezone, d.hostname, d.enrolled_at, d.reenabled_at, \
-         d.last_seen_at, d.heartbeat_interval_secs, d.enforcement FROM devices d JOIN sites s ON s.id = d.site_id WHERE 1 = 1",
-    );
-    if let Some(site) = filter.site {
-        query.push(" AND d.site_id = ").push_bind(site.0);
-    }
-    if let Some(device) = &filter.device {
-        query
-            .push(" AND d.id = ")
-            .push_bind(device.as_str().to_owned());
-    }
-    if let Some(devices) = &filter.devices {
-        query.push(" AND d.id IN (");
-        let mut list = query.separated(", ");
-        for device in devices {
-            list.push_bind(device.as_str().to_owned());
-        }
-        list.push_unseparated(if devices.is_empty() { "NULL)" } else { ")" });
-    }
-    if let Some(after) = after {
-        query
-            .push(" AND d.id > ")
-            .push_bind(after.as_str().to_owned());
-    }
-    query.push(" ORDER BY d.id LIMIT ").push_bind(limit as i64);
-    let devices = query.build().fetch_all(&store.reader).await?;
-    let (Some(first), Some(last)) = (devices.first(), devices.last()) else {
-        return Ok(Vec::new());
-    };
-    let first: String = first.try_get("id")?;
-    let last: String = last.try_get("id")?;
-    // One range query for the page's sessions, grouped below.
-    let sessions = sqlx::query(
-        "SELECT device_id, session_id, account, uid, kind, started_at, ended_at, active_secs FROM sessions \
-         WHERE device_id BETWEEN ? AND ? AND coalesce(ended_at, 9223372036854775807) > ? \
-         ORDER BY device_id",
-    )
-    .bind(&first)
-    .bind(&last)
-    .bind(millis(since))
-    .fetch_all(&store.reader)
-    .await?;
-    let mut sessions = sessions.iter().peekable();
-    let mut inputs = Vec::with_capacity(devices.len());
-    for row in &devices {
-        let id: String = row.try_get("id")?;
-        let mut own = Vec::new();
-        while let Some(session) = sessions.peek() {
-            let device: String = session.try_get("device_id")?;
-            match device.cmp(&id) {
-                std::cmp::Ordering::Less => {
-                    sessions.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    own.push(session_from_row(session)?);
-                    sessions.next();
-                }
-                std::cmp::Ordering::Greater => break,
-            }
-        }
-        inputs.push(ActivityInput {
-            device: DeviceId::from_string(id),
-            site: SiteId(row.try_get("site_id")?),
-            site_name: row.try_get("site_name")?,
-            site_timezone: row.try_get("timezone")?,
-            hostname: row.try_get("hostname")?,
-            enrolled_at: instant(row.try_get("enrolled_at")?)?,
-            reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
-            last_seen_at: optional_instant(row.try_get("last_seen_at")?)?,
-            heartbeat_interval_secs: row.try_get::<i64, _>("heartbeat_interval_secs")? as u32,
-            enforcement: enforcement(row)?,
-            sessions: own,
-        });
-    }
-    Ok(inputs)
-}
-
 fn session_from_row(row: &SqliteRow) -> Result<SessionRecord> {
     Ok(SessionRecord {
         session_id: row.try_get("session_id")?,
@@ -202,127 +118,6 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord> {
         ended_at: optional_instant(row.try_get("ended_at")?)?,
         active_secs: row.try_get::<i64, _>("active_secs")? as u64,
     })
-}
-
-pub(super) async fn record_activity(
-    store: &SqliteStore,
-    verdicts: &[ActivityVerdict],
-    at: Timestamp,
-) -> Result<ActivityChanges> {
-    let mut changes = ActivityChanges::default();
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    for verdict in verdicts {
-        let e = &verdict.evaluation;
-        sqlx::query(
-            "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of, next_check_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, \
-             used_secs = excluded.used_secs, window_start = excluded.window_start, breach_at = excluded.breach_at, \
-             grace_until = excluded.grace_until, as_of = excluded.as_of, next_check_at = excluded.next_check_at",
-        )
-        .bind(verdict.device.as_str())
-        .bind(e.status.as_str())
-        .bind(e.used.as_secs())
-        .bind(millis(e.window_start))
-        .bind(e.breach_at.map(millis))
-        .bind(e.grace_until.map(millis))
-        .bind(millis(e.as_of))
-        .bind(millis(verdict.next_check_at))
-        .execute(&mut *tx)
-        .await?;
-        let active: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'device_inactive' AND account = '' \
-             AND state IN ('open', 'disable_approved', 'disabled')",
-        )
-        .bind(verdict.device.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        match (e.status, active) {
-            (ActivityStatus::NonCompliant, None) => {
-                let summary = format!(
-                    "logged in for {} min in the {} days to {}; {} min required",
-                    e.used.as_mins(),
-                    (e.as_of.duration_since(e.window_start).as_hours() / 24),
-                    e.as_of,
-                    verdict.required_minutes
-                );
-                let opened = open_flag(
-                    &mut tx,
-                    verdict.site,
-                    &verdict.device,
-                    FlagKind::DeviceInactive,
-                    "",
-                    &summary,
-                    at,
-                )
-                .await?;
-                // Another collector instance opened it meanwhile.
-                let Some(id) = opened else { continue };
-                tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
-                changes.opened.push(id);
-                if verdict.auto_disable {
-                    transition_in(
-                        &mut tx,
-                        id,
-                        FlagAction::Approve,
-                        "rules",
-                        "the site disables inactive devices automatically",
-                        at,
-                    )
-                    .await?
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    changes.auto_approved.push(id);
-                }
-            }
-            (
-                ActivityStatus::Compliant | ActivityStatus::AtRisk | ActivityStatus::Grace,
-                Some((id, state)),
-            ) if state == "open" => {
-                transition_in(
-                    &mut tx,
-                    id,
-                    FlagAction::Resolve,
-                    "rules",
-                    &format!("compliant again: {} min in the window", e.used.as_mins()),
-                    at,
-                )
-                .await?
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                changes.resolved.push(id);
-            }
-            _ => {}
-        }
-    }
-    tx.commit().await?;
-    Ok(changes)
-}
-
-pub(super) async fn stored_activity(
-    store: &SqliteStore,
-    filter: &DeviceFilter,
-) -> Result<Vec<StoredActivity>> {
-    let rows = sqlx::query(
-        "SELECT a.* FROM device_activity a JOIN devices d ON d.id = a.device_id \
-         WHERE (?1 IS NULL OR d.site_id = ?1) AND (?2 IS NULL OR d.id = ?2) ORDER BY a.device_id",
-    )
-    .bind(filter.site.map(|s| s.0))
-    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
-            Ok(StoredActivity {
-                device: DeviceId::from_string(row.try_get::<String, _>("device_id")?),
-                status: ActivityStatus::parse(&status)
-                    .ok_or_else(|| StoreError::Corrupt(format!("activity status '{status}'")))?,
-                used_secs: row.try_get("used_secs")?,
-                window_start: instant(row.try_get("window_start")?)?,
-                breach_at: optional_instant(row.try_get("breach_at")?)?,
-                grace_until: optional_instant(row.try_get("grace_until")?)?,
-                as_of: instant(row.try_get("as_of")?)?,
-            })
-        })
-        .collect()
 }
 
 const FLAG_SELECT: &str = "SELECT f.id, f.site_id, s.name AS site, f.device_id, d.hostname, f.kind, f.account, \
@@ -349,52 +144,12 @@ fn flag_from_row(row: &SqliteRow) -> Result<FlagRecord> {
     })
 }
 
-pub(super) async fn list_flags(
-    store: &SqliteStore,
-    filter: &DeviceFilter,
-    state: Option<FlagState>,
-) -> Result<Vec<FlagRecord>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{FLAG_SELECT} WHERE (?1 IS NULL OR f.site_id = ?1) AND (?2 IS NULL OR f.device_id = ?2) \
-         AND (?3 IS NULL OR f.state = ?3) ORDER BY f.id"
-    )))
-    .bind(filter.site.map(|s| s.0))
-    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
-    .bind(state.map(FlagState::as_str))
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter().map(flag_from_row).collect()
-}
-
 pub(super) async fn flag(executor: &mut SqliteConnection, id: i64) -> Result<Option<FlagRecord>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("{FLAG_SELECT} WHERE f.id = ?")))
         .bind(id)
         .fetch_optional(&mut *executor)
         .await?;
     row.as_ref().map(flag_from_row).transpose()
-}
-
-pub(super) async fn flag_history(store: &SqliteStore, id: i64) -> Result<Vec<FlagTransition>> {
-    let rows = sqlx::query(
-        "SELECT at, actor, from_state, to_state, reason FROM flag_transitions WHERE flag_id = ? ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let from: Option<String> = row.try_get("from_state")?;
-            let to: String = row.try_get("to_state")?;
-            Ok(FlagTransition {
-                at: instant(row.try_get("at")?)?,
-                actor: row.try_get("actor")?,
-                from: from.as_deref().and_then(FlagState::parse),
-                to: FlagState::parse(&to)
-                    .ok_or_else(|| StoreError::Corrupt(format!("flag state '{to}'")))?,
-                reason: row.try_get("reason")?,
-            })
-        })
-        .collect()
 }
 
 pub(super) async fn audit_transition(
@@ -558,32 +313,6 @@ pub(super) async fn commands(
     rows.iter().map(command_from_row).collect()
 }
 
-pub(super) async fn mark_command_sent(store: &SqliteStore, id: &str, at: Timestamp) -> Result<()> {
-    sqlx::query("UPDATE commands SET sent_at = coalesce(sent_at, ?) WHERE id = ?")
-        .bind(millis(at))
-        .bind(id)
-        .execute(&store.writer)
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn devices_due(
-    store: &SqliteStore,
-    at: Timestamp,
-    limit: usize,
-) -> Result<Vec<DeviceId>> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT d.id FROM devices d LEFT JOIN device_activity a ON a.device_id = d.id \
-         WHERE d.status = 'active' AND (a.device_id IS NULL OR a.next_check_at <= ?) \
-         ORDER BY d.id LIMIT ?",
-    )
-    .bind(millis(at))
-    .bind(limit as i64)
-    .fetch_all(&store.reader)
-    .await?;
-    Ok(ids.into_iter().map(DeviceId::from_string).collect())
-}
-
 /// Records something the notifier may need to tell, in the caller's
 /// transaction (so a flag and its notification commit together).
 #[allow(clippy::too_many_arguments)]
@@ -650,4 +379,302 @@ pub(super) async fn open_flag(
     )
     .await?;
     Ok(Some(id))
+}
+
+#[async_trait]
+impl crate::store::ActivityStore for SqliteStore {
+    async fn activity_inputs(
+        &self,
+        filter: &DeviceFilter,
+        since: Timestamp,
+        after: Option<&DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<ActivityInput>> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT d.id, d.site_id, s.name AS site_name, s.timezone, d.hostname, d.enrolled_at, d.reenabled_at, \
+             d.last_seen_at, d.heartbeat_interval_secs, d.enforcement FROM devices d JOIN sites s ON s.id = d.site_id WHERE 1 = 1",
+        );
+        if let Some(site) = filter.site {
+            query.push(" AND d.site_id = ").push_bind(site.0);
+        }
+        if let Some(device) = &filter.device {
+            query
+                .push(" AND d.id = ")
+                .push_bind(device.as_str().to_owned());
+        }
+        if let Some(devices) = &filter.devices {
+            query.push(" AND d.id IN (");
+            let mut list = query.separated(", ");
+            for device in devices {
+                list.push_bind(device.as_str().to_owned());
+            }
+            list.push_unseparated(if devices.is_empty() { "NULL)" } else { ")" });
+        }
+        if let Some(after) = after {
+            query
+                .push(" AND d.id > ")
+                .push_bind(after.as_str().to_owned());
+        }
+        query.push(" ORDER BY d.id LIMIT ").push_bind(limit as i64);
+        let devices = query.build().fetch_all(&self.reader).await?;
+        let (Some(first), Some(last)) = (devices.first(), devices.last()) else {
+            return Ok(Vec::new());
+        };
+        let first: String = first.try_get("id")?;
+        let last: String = last.try_get("id")?;
+        // One range query for the page's sessions, grouped below.
+        let sessions = sqlx::query(
+            "SELECT device_id, session_id, account, uid, kind, started_at, ended_at, active_secs FROM sessions \
+             WHERE device_id BETWEEN ? AND ? AND coalesce(ended_at, 9223372036854775807) > ? \
+             ORDER BY device_id",
+        )
+        .bind(&first)
+        .bind(&last)
+        .bind(millis(since))
+        .fetch_all(&self.reader)
+        .await?;
+        let mut sessions = sessions.iter().peekable();
+        let mut inputs = Vec::with_capacity(devices.len());
+        for row in &devices {
+            let id: String = row.try_get("id")?;
+            let mut own = Vec::new();
+            while let Some(session) = sessions.peek() {
+                let device: String = session.try_get("device_id")?;
+                match device.cmp(&id) {
+                    std::cmp::Ordering::Less => {
+                        sessions.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        own.push(session_from_row(session)?);
+                        sessions.next();
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            inputs.push(ActivityInput {
+                device: DeviceId::from_string(id),
+                site: SiteId(row.try_get("site_id")?),
+                site_name: row.try_get("site_name")?,
+                site_timezone: row.try_get("timezone")?,
+                hostname: row.try_get("hostname")?,
+                enrolled_at: instant(row.try_get("enrolled_at")?)?,
+                reenabled_at: optional_instant(row.try_get("reenabled_at")?)?,
+                last_seen_at: optional_instant(row.try_get("last_seen_at")?)?,
+                heartbeat_interval_secs: row.try_get::<i64, _>("heartbeat_interval_secs")? as u32,
+                enforcement: enforcement(row)?,
+                sessions: own,
+            });
+        }
+        Ok(inputs)
+    }
+
+    async fn record_activity(
+        &self,
+        verdicts: &[ActivityVerdict],
+        at: Timestamp,
+    ) -> Result<ActivityChanges> {
+        let mut changes = ActivityChanges::default();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for verdict in verdicts {
+            let e = &verdict.evaluation;
+            sqlx::query(
+                "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of, next_check_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET status = excluded.status, \
+                 used_secs = excluded.used_secs, window_start = excluded.window_start, breach_at = excluded.breach_at, \
+                 grace_until = excluded.grace_until, as_of = excluded.as_of, next_check_at = excluded.next_check_at",
+            )
+            .bind(verdict.device.as_str())
+            .bind(e.status.as_str())
+            .bind(e.used.as_secs())
+            .bind(millis(e.window_start))
+            .bind(e.breach_at.map(millis))
+            .bind(e.grace_until.map(millis))
+            .bind(millis(e.as_of))
+            .bind(millis(verdict.next_check_at))
+            .execute(&mut *tx)
+            .await?;
+            let active: Option<(i64, String)> = sqlx::query_as(
+                "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'device_inactive' AND account = '' \
+                 AND state IN ('open', 'disable_approved', 'disabled')",
+            )
+            .bind(verdict.device.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            match (e.status, active) {
+                (ActivityStatus::NonCompliant, None) => {
+                    let summary = format!(
+                        "logged in for {} min in the {} days to {}; {} min required",
+                        e.used.as_mins(),
+                        (e.as_of.duration_since(e.window_start).as_hours() / 24),
+                        e.as_of,
+                        verdict.required_minutes
+                    );
+                    let opened = open_flag(
+                        &mut tx,
+                        verdict.site,
+                        &verdict.device,
+                        FlagKind::DeviceInactive,
+                        "",
+                        &summary,
+                        at,
+                    )
+                    .await?;
+                    // Another collector instance opened it meanwhile.
+                    let Some(id) = opened else { continue };
+                    tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
+                    changes.opened.push(id);
+                    if verdict.auto_disable {
+                        transition_in(
+                            &mut tx,
+                            id,
+                            FlagAction::Approve,
+                            "rules",
+                            "the site disables inactive devices automatically",
+                            at,
+                        )
+                        .await?
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        changes.auto_approved.push(id);
+                    }
+                }
+                (
+                    ActivityStatus::Compliant | ActivityStatus::AtRisk | ActivityStatus::Grace,
+                    Some((id, state)),
+                ) if state == "open" => {
+                    transition_in(
+                        &mut tx,
+                        id,
+                        FlagAction::Resolve,
+                        "rules",
+                        &format!("compliant again: {} min in the window", e.used.as_mins()),
+                        at,
+                    )
+                    .await?
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    changes.resolved.push(id);
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    async fn stored_activity(&self, filter: &DeviceFilter) -> Result<Vec<StoredActivity>> {
+        let rows = sqlx::query(
+            "SELECT a.* FROM device_activity a JOIN devices d ON d.id = a.device_id \
+             WHERE (?1 IS NULL OR d.site_id = ?1) AND (?2 IS NULL OR d.id = ?2) ORDER BY a.device_id",
+        )
+        .bind(filter.site.map(|s| s.0))
+        .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(StoredActivity {
+                    device: DeviceId::from_string(row.try_get::<String, _>("device_id")?),
+                    status: ActivityStatus::parse(&status).ok_or_else(|| {
+                        StoreError::Corrupt(format!("activity status '{status}'"))
+                    })?,
+                    used_secs: row.try_get("used_secs")?,
+                    window_start: instant(row.try_get("window_start")?)?,
+                    breach_at: optional_instant(row.try_get("breach_at")?)?,
+                    grace_until: optional_instant(row.try_get("grace_until")?)?,
+                    as_of: instant(row.try_get("as_of")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn devices_due(&self, at: Timestamp, limit: usize) -> Result<Vec<DeviceId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT d.id FROM devices d LEFT JOIN device_activity a ON a.device_id = d.id \
+             WHERE d.status = 'active' AND (a.device_id IS NULL OR a.next_check_at <= ?) \
+             ORDER BY d.id LIMIT ?",
+        )
+        .bind(millis(at))
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids.into_iter().map(DeviceId::from_string).collect())
+    }
+
+    async fn list_flags(
+        &self,
+        filter: &DeviceFilter,
+        state: Option<FlagState>,
+    ) -> Result<Vec<FlagRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{FLAG_SELECT} WHERE (?1 IS NULL OR f.site_id = ?1) AND (?2 IS NULL OR f.device_id = ?2) \
+             AND (?3 IS NULL OR f.state = ?3) ORDER BY f.id"
+        )))
+        .bind(filter.site.map(|s| s.0))
+        .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+        .bind(state.map(FlagState::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(flag_from_row).collect()
+    }
+
+    async fn flag(&self, id: i64) -> Result<Option<FlagRecord>> {
+        let mut connection = self.reader.acquire().await?;
+        flag(&mut connection, id).await
+    }
+
+    async fn flag_history(&self, id: i64) -> Result<Vec<FlagTransition>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, from_state, to_state, reason FROM flag_transitions WHERE flag_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_state")?;
+                let to: String = row.try_get("to_state")?;
+                Ok(FlagTransition {
+                    at: instant(row.try_get("at")?)?,
+                    actor: row.try_get("actor")?,
+                    from: from.as_deref().and_then(FlagState::parse),
+                    to: FlagState::parse(&to)
+                        .ok_or_else(|| StoreError::Corrupt(format!("flag state '{to}'")))?,
+                    reason: row.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn transition_flag(
+        &self,
+        id: i64,
+        action: FlagAction,
+        actor: &str,
+        reason: &str,
+        at: Timestamp,
+    ) -> Result<Result<FlagRecord, FlagError>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let outcome = transition_in(&mut tx, id, action, actor, reason, at).await?;
+        if outcome.is_ok() {
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn pending_commands(&self, device: &DeviceId) -> Result<Vec<CommandRecord>> {
+        commands(self, Some(device), false).await
+    }
+
+    async fn unsent_commands(&self) -> Result<Vec<CommandRecord>> {
+        commands(self, None, true).await
+    }
+
+    async fn mark_command_sent(&self, id: &str, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE commands SET sent_at = coalesce(sent_at, ?) WHERE id = ?")
+            .bind(millis(at))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
 }

@@ -1,5 +1,6 @@
 //! SQLite: captures and incidents.
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -139,129 +140,125 @@ fn incident_from_row(r: &SqliteRow) -> Result<IncidentRecord> {
     })
 }
 
-pub(super) async fn list(
-    store: &SqliteStore,
-    filter: &DeviceFilter,
-    status: Option<&str>,
-) -> Result<Vec<IncidentRecord>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.site_id = ?1) AND (?2 IS NULL OR i.device_id = ?2) \
-         AND (?3 IS NULL OR i.status = ?3) ORDER BY i.severity DESC, i.last_at DESC"
-    )))
-    .bind(filter.site.map(|s| s.0))
-    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
-    .bind(status)
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter().map(incident_from_row).collect()
-}
-
-pub(super) async fn show(
-    store: &SqliteStore,
-    id: i64,
-) -> Result<Option<(IncidentRecord, Vec<CaptureRow>, SiteId)>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{INCIDENT_SELECT} WHERE i.id = ?"
-    )))
-    .bind(id)
-    .fetch_optional(&store.reader)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let incident = incident_from_row(&row)?;
-    let site = SiteId(row.try_get("site_id")?);
-    let rows = sqlx::query("SELECT * FROM captures WHERE incident_id = ? ORDER BY occurred_at, id")
-        .bind(id)
-        .fetch_all(&store.reader)
+#[async_trait]
+impl crate::store::IncidentStore for SqliteStore {
+    async fn list_incidents(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<&str>,
+    ) -> Result<Vec<IncidentRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.site_id = ?1) AND (?2 IS NULL OR i.device_id = ?2) \
+             AND (?3 IS NULL OR i.status = ?3) ORDER BY i.severity DESC, i.last_at DESC"
+        )))
+        .bind(filter.site.map(|s| s.0))
+        .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+        .bind(status)
+        .fetch_all(&self.reader)
         .await?;
-    let captures = rows
-        .iter()
-        .map(|r| {
-            Ok(CaptureRow {
-                id: r.try_get("id")?,
-                seq: r.try_get("seq")?,
-                occurred_at: instant(r.try_get("occurred_at")?)?,
-                rule_id: r.try_get("rule_id")?,
-                category: r.try_get("category")?,
-                severity: r.try_get("severity")?,
-                matched_text: r.try_get("matched_text")?,
-                window_title: r.try_get("window_title")?,
-                process_name: r.try_get("process_name")?,
-                account: r.try_get("account")?,
-                image_sha256: r.try_get("image_sha256")?,
-                image_status: r.try_get("image_status")?,
-                no_image_reason: r.try_get("no_image_reason")?,
-                repeat_count: r.try_get("repeat_count")?,
-                kind: r.try_get("kind")?,
-                file_path: r.try_get("file_path")?,
-                file_sha256: r.try_get("file_sha256")?,
-                policy_version: r.try_get("policy_version")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Some((incident, captures, site)))
-}
-
-pub(super) async fn close(
-    store: &SqliteStore,
-    id: i64,
-    reason: &str,
-    at: Timestamp,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE incidents SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
-    )
-    .bind(millis(at))
-    .bind(reason)
-    .bind(id)
-    .execute(&store.writer)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub(super) async fn expired(store: &SqliteStore, before: Timestamp) -> Result<Vec<(i64, String)>> {
-    Ok(sqlx::query_as(
-        "SELECT c.id, c.image_sha256 FROM captures c JOIN incidents i ON i.id = c.incident_id \
-         WHERE c.occurred_at < ? AND i.status = 'closed' ORDER BY c.id",
-    )
-    .bind(millis(before))
-    .fetch_all(&store.reader)
-    .await?)
-}
-
-pub(super) async fn purge(store: &SqliteStore, ids: &[i64], before: Timestamp) -> Result<u64> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let mut purged = 0;
-    for id in ids {
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "DELETE FROM captures WHERE id = ? AND occurred_at < ? RETURNING device_id, seq",
-        )
-        .bind(id)
-        .bind(millis(before))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((device, seq)) = row {
-            // The event row stays (it is the record that this sequence
-            // number arrived); what it said goes.
-            sqlx::query(
-                "UPDATE events SET body = json_object('kind', kind, 'purged', json('true')) \
-                 WHERE device_id = ? AND seq = ? AND kind IN ('capture', 'file_alert')",
-            )
-            .bind(device)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
-            purged += 1;
-        }
+        rows.iter().map(incident_from_row).collect()
     }
-    tx.commit().await?;
-    Ok(purged)
-}
 
-pub(super) async fn image_in_use(store: &SqliteStore, sha256: &str) -> Result<bool> {
-    let used: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM captures WHERE image_sha256 = ? LIMIT 1")
-            .bind(sha256)
-            .fetch_optional(&store.writer)
+    async fn incident(&self, id: i64) -> Result<Option<(IncidentRecord, Vec<CaptureRow>, SiteId)>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{INCIDENT_SELECT} WHERE i.id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let incident = incident_from_row(&row)?;
+        let site = SiteId(row.try_get("site_id")?);
+        let rows =
+            sqlx::query("SELECT * FROM captures WHERE incident_id = ? ORDER BY occurred_at, id")
+                .bind(id)
+                .fetch_all(&self.reader)
+                .await?;
+        let captures = rows
+            .iter()
+            .map(|r| {
+                Ok(CaptureRow {
+                    id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
+                    occurred_at: instant(r.try_get("occurred_at")?)?,
+                    rule_id: r.try_get("rule_id")?,
+                    category: r.try_get("category")?,
+                    severity: r.try_get("severity")?,
+                    matched_text: r.try_get("matched_text")?,
+                    window_title: r.try_get("window_title")?,
+                    process_name: r.try_get("process_name")?,
+                    account: r.try_get("account")?,
+                    image_sha256: r.try_get("image_sha256")?,
+                    image_status: r.try_get("image_status")?,
+                    no_image_reason: r.try_get("no_image_reason")?,
+                    repeat_count: r.try_get("repeat_count")?,
+                    kind: r.try_get("kind")?,
+                    file_path: r.try_get("file_path")?,
+                    file_sha256: r.try_get("file_sha256")?,
+                    policy_version: r.try_get("policy_version")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some((incident, captures, site)))
+    }
+
+    async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE incidents SET status = 'closed', closed_at = ?, close_reason = ? WHERE id = ? AND status = 'open'",
+        )
+        .bind(millis(at))
+        .bind(reason)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn expired_captures(&self, before: Timestamp) -> Result<Vec<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT c.id, c.image_sha256 FROM captures c JOIN incidents i ON i.id = c.incident_id \
+             WHERE c.occurred_at < ? AND i.status = 'closed' ORDER BY c.id",
+        )
+        .bind(millis(before))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn purge_captures(&self, ids: &[i64], before: Timestamp) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut purged = 0;
+        for id in ids {
+            let row: Option<(String, i64)> = sqlx::query_as(
+                "DELETE FROM captures WHERE id = ? AND occurred_at < ? RETURNING device_id, seq",
+            )
+            .bind(id)
+            .bind(millis(before))
+            .fetch_optional(&mut *tx)
             .await?;
-    Ok(used.is_some())
+            if let Some((device, seq)) = row {
+                // The event row stays (it is the record that this sequence
+                // number arrived); what it said goes.
+                sqlx::query(
+                    "UPDATE events SET body = json_object('kind', kind, 'purged', json('true')) \
+                     WHERE device_id = ? AND seq = ? AND kind IN ('capture', 'file_alert')",
+                )
+                .bind(device)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                purged += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    async fn image_in_use(&self, sha256: &str) -> Result<bool> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM captures WHERE image_sha256 = ? LIMIT 1")
+                .bind(sha256)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(used.is_some())
+    }
 }

@@ -1,6 +1,7 @@
 //! SQLite: the site directory, two-step sign-in evidence, 2FA pairs and
 //! reminders.
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -14,48 +15,6 @@ use crate::store::{
     ActivityChanges, DeviceFilter, DirectoryImport, MfaVerdict, NewMfaCompletion, Result,
     StoreError, StoredPair,
 };
-
-pub(super) async fn import_directory(
-    store: &SqliteStore,
-    site: SiteId,
-    accounts: &[DirectoryAccount],
-    at: Timestamp,
-) -> Result<DirectoryImport> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let existing = directory_in(&mut tx, site).await?;
-    let mut summary = DirectoryImport::default();
-    for account in accounts {
-        match existing.iter().find(|e| e.username == account.username) {
-            Some(e) if e == account => summary.unchanged += 1,
-            Some(_) => summary.updated += 1,
-            None => summary.added += 1,
-        }
-    }
-    summary.removed = existing
-        .iter()
-        .filter(|e| !accounts.iter().any(|a| a.username == e.username))
-        .count() as u64;
-    sqlx::query("DELETE FROM directory_accounts WHERE site_id = ?")
-        .bind(site.0)
-        .execute(&mut *tx)
-        .await?;
-    for chunk in accounts.chunks(500) {
-        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO directory_accounts (site_id, username, role, email, display_name, imported_at) ",
-        );
-        insert.push_values(chunk, |mut row, a| {
-            row.push_bind(site.0)
-                .push_bind(a.username.clone())
-                .push_bind(a.role.as_str())
-                .push_bind(a.email.clone())
-                .push_bind(a.display_name.clone())
-                .push_bind(millis(at));
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(summary)
-}
 
 async fn directory_in(
     executor: &mut sqlx::SqliteConnection,
@@ -79,11 +38,6 @@ async fn directory_in(
             })
         })
         .collect()
-}
-
-pub(super) async fn directory(store: &SqliteStore, site: SiteId) -> Result<Vec<DirectoryAccount>> {
-    let mut connection = store.reader.acquire().await?;
-    directory_in(&mut connection, site).await
 }
 
 pub(super) async fn record_completions(
@@ -117,301 +71,270 @@ pub(super) async fn record_completions(
     Ok(inserted)
 }
 
-/// The newest completion per (device, account) at or before `as_of`. The
-/// `as_of` filter comes before `max`, so a completion after `as_of` hides
-/// none before it; a completion stamped further ahead of its own
-/// `recorded_at` than the clock skew allows (stored before entry points
-/// refused those) never counts.
-pub(super) async fn completions_for(
-    store: &SqliteStore,
-    devices: &[DeviceId],
-    as_of: Timestamp,
-) -> Result<Vec<(DeviceId, String, Timestamp)>> {
-    if devices.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT device_id, account, max(completed_at) AS last FROM mfa_completions WHERE completed_at <= ",
-    );
-    query.push_bind(millis(as_of));
-    query.push(" AND completed_at <= recorded_at + ");
-    query.push_bind(MAX_CLOCK_SKEW.as_millis() as i64);
-    query.push(" AND device_id IN (");
-    let mut list = query.separated(", ");
-    for device in devices {
-        list.push_bind(device.as_str().to_owned());
-    }
-    query.push(") GROUP BY device_id, account");
-    let rows = query.build().fetch_all(&store.reader).await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                DeviceId::from_string(r.try_get::<String, _>("device_id")?),
-                r.try_get("account")?,
-                instant(r.try_get("last")?)?,
-            ))
-        })
-        .collect()
-}
-
-pub(super) async fn record_mfa(
-    store: &SqliteStore,
-    verdicts: &[MfaVerdict],
-    at: Timestamp,
-) -> Result<ActivityChanges> {
-    let mut changes = ActivityChanges::default();
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    for verdict in verdicts {
-        let device = verdict.device.as_str();
-        sqlx::query("DELETE FROM mfa_pairs WHERE device_id = ?")
-            .bind(device)
-            .execute(&mut *tx)
-            .await?;
-        // Open flags of accounts that no longer use the device are closed.
-        let open: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, account FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND state = 'open'",
-        )
-        .bind(device)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (id, account) in open {
-            if !verdict.pairs.iter().any(|p| p.account == account) {
-                transition_in(
-                    &mut tx,
-                    id,
-                    FlagAction::Resolve,
-                    "rules",
-                    "the account has not used this device within the period",
-                    at,
-                )
-                .await?
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                changes.resolved.push(id);
+#[async_trait]
+impl crate::store::MfaStore for SqliteStore {
+    async fn import_directory(
+        &self,
+        site: SiteId,
+        accounts: &[DirectoryAccount],
+        at: Timestamp,
+    ) -> Result<DirectoryImport> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let existing = directory_in(&mut tx, site).await?;
+        let mut summary = DirectoryImport::default();
+        for account in accounts {
+            match existing.iter().find(|e| e.username == account.username) {
+                Some(e) if e == account => summary.unchanged += 1,
+                Some(_) => summary.updated += 1,
+                None => summary.added += 1,
             }
         }
-        for pair in &verdict.pairs {
-            sqlx::query(
-                "INSERT INTO mfa_pairs (device_id, account, site_id, status, last_mfa, expires_at, last_session_at, as_of) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(device)
-            .bind(&pair.account)
-            .bind(verdict.site.0)
-            .bind(pair.status.as_str())
-            .bind(pair.last_mfa.map(millis))
-            .bind(pair.expires_at.map(millis))
-            .bind(millis(pair.last_session_at))
-            .bind(millis(verdict.as_of))
+        summary.removed = existing
+            .iter()
+            .filter(|e| !accounts.iter().any(|a| a.username == e.username))
+            .count() as u64;
+        sqlx::query("DELETE FROM directory_accounts WHERE site_id = ?")
+            .bind(site.0)
             .execute(&mut *tx)
             .await?;
-            let active: Option<(i64, String)> = sqlx::query_as(
-                "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND account = ? \
-                 AND state IN ('open', 'disable_approved', 'disabled')",
+        for chunk in accounts.chunks(500) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO directory_accounts (site_id, username, role, email, display_name, imported_at) ",
+            );
+            insert.push_values(chunk, |mut row, a| {
+                row.push_bind(site.0)
+                    .push_bind(a.username.clone())
+                    .push_bind(a.role.as_str())
+                    .push_bind(a.email.clone())
+                    .push_bind(a.display_name.clone())
+                    .push_bind(millis(at));
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(summary)
+    }
+
+    async fn directory(&self, site: SiteId) -> Result<Vec<DirectoryAccount>> {
+        let mut connection = self.reader.acquire().await?;
+        directory_in(&mut connection, site).await
+    }
+
+    async fn record_mfa_completions(
+        &self,
+        completions: &[NewMfaCompletion],
+        at: Timestamp,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let inserted = record_completions(&mut tx, completions, at).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn mfa_completions_for(
+        &self,
+        devices: &[DeviceId],
+        as_of: Timestamp,
+    ) -> Result<Vec<(DeviceId, String, Timestamp)>> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT device_id, account, max(completed_at) AS last FROM mfa_completions WHERE completed_at <= ",
+        );
+        query.push_bind(millis(as_of));
+        query.push(" AND completed_at <= recorded_at + ");
+        query.push_bind(MAX_CLOCK_SKEW.as_millis() as i64);
+        query.push(" AND device_id IN (");
+        let mut list = query.separated(", ");
+        for device in devices {
+            list.push_bind(device.as_str().to_owned());
+        }
+        query.push(") GROUP BY device_id, account");
+        let rows = query.build().fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    DeviceId::from_string(r.try_get::<String, _>("device_id")?),
+                    r.try_get("account")?,
+                    instant(r.try_get("last")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn record_mfa(&self, verdicts: &[MfaVerdict], at: Timestamp) -> Result<ActivityChanges> {
+        let mut changes = ActivityChanges::default();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for verdict in verdicts {
+            let device = verdict.device.as_str();
+            sqlx::query("DELETE FROM mfa_pairs WHERE device_id = ?")
+                .bind(device)
+                .execute(&mut *tx)
+                .await?;
+            // Open flags of accounts that no longer use the device are closed.
+            let open: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT id, account FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND state = 'open'",
             )
             .bind(device)
-            .bind(&pair.account)
-            .fetch_optional(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-            match (pair.status, active) {
-                (MfaStatus::Stale, None) => {
-                    let summary = match pair.last_mfa {
-                        Some(last) => format!(
-                            "last two-step sign-in on this device {last}, older than allowed"
-                        ),
-                        None => "no two-step sign-in on this device on record".to_owned(),
-                    };
-                    let opened = open_flag(
-                        &mut tx,
-                        verdict.site,
-                        &verdict.device,
-                        FlagKind::MfaStale,
-                        &pair.account,
-                        &summary,
-                        at,
-                    )
-                    .await?;
-                    // Another collector instance opened it meanwhile.
-                    let Some(id) = opened else { continue };
-                    changes.opened.push(id);
-                }
-                (MfaStatus::Fresh | MfaStatus::DueSoon, Some((id, state))) if state == "open" => {
+            for (id, account) in open {
+                if !verdict.pairs.iter().any(|p| p.account == account) {
                     transition_in(
                         &mut tx,
                         id,
                         FlagAction::Resolve,
                         "rules",
-                        "two-step sign-in completed",
+                        "the account has not used this device within the period",
                         at,
                     )
                     .await?
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     changes.resolved.push(id);
                 }
-                _ => {}
             }
-            if let (MfaStatus::DueSoon, Some(expires)) = (pair.status, pair.expires_at) {
-                let queued = sqlx::query(
-                    "INSERT INTO mfa_reminders (site_id, device_id, account, expires_at, queued_at) \
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, account, expires_at) DO NOTHING",
+            for pair in &verdict.pairs {
+                sqlx::query(
+                    "INSERT INTO mfa_pairs (device_id, account, site_id, status, last_mfa, expires_at, last_session_at, as_of) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
-                .bind(verdict.site.0)
                 .bind(device)
                 .bind(&pair.account)
-                .bind(millis(expires))
-                .bind(millis(at))
+                .bind(verdict.site.0)
+                .bind(pair.status.as_str())
+                .bind(pair.last_mfa.map(millis))
+                .bind(pair.expires_at.map(millis))
+                .bind(millis(pair.last_session_at))
+                .bind(millis(verdict.as_of))
                 .execute(&mut *tx)
                 .await?;
-                if queued.rows_affected() == 1 {
-                    notification_event(
-                        &mut tx,
-                        verdict.site,
-                        "mfa_due_soon",
-                        None,
-                        Some(&verdict.device),
-                        &pair.account,
-                        &format!("two-step sign-in on this device expires {expires}"),
-                        at,
+                let active: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT id, state FROM flags WHERE device_id = ? AND kind = 'mfa_stale' AND account = ? \
+                     AND state IN ('open', 'disable_approved', 'disabled')",
+                )
+                .bind(device)
+                .bind(&pair.account)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match (pair.status, active) {
+                    (MfaStatus::Stale, None) => {
+                        let summary = match pair.last_mfa {
+                            Some(last) => format!(
+                                "last two-step sign-in on this device {last}, older than allowed"
+                            ),
+                            None => "no two-step sign-in on this device on record".to_owned(),
+                        };
+                        let opened = open_flag(
+                            &mut tx,
+                            verdict.site,
+                            &verdict.device,
+                            FlagKind::MfaStale,
+                            &pair.account,
+                            &summary,
+                            at,
+                        )
+                        .await?;
+                        // Another collector instance opened it meanwhile.
+                        let Some(id) = opened else { continue };
+                        changes.opened.push(id);
+                    }
+                    (MfaStatus::Fresh | MfaStatus::DueSoon, Some((id, state)))
+                        if state == "open" =>
+                    {
+                        transition_in(
+                            &mut tx,
+                            id,
+                            FlagAction::Resolve,
+                            "rules",
+                            "two-step sign-in completed",
+                            at,
+                        )
+                        .await?
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        changes.resolved.push(id);
+                    }
+                    _ => {}
+                }
+                if let (MfaStatus::DueSoon, Some(expires)) = (pair.status, pair.expires_at) {
+                    let queued = sqlx::query(
+                        "INSERT INTO mfa_reminders (site_id, device_id, account, expires_at, queued_at) \
+                         VALUES (?, ?, ?, ?, ?) ON CONFLICT (device_id, account, expires_at) DO NOTHING",
                     )
+                    .bind(verdict.site.0)
+                    .bind(device)
+                    .bind(&pair.account)
+                    .bind(millis(expires))
+                    .bind(millis(at))
+                    .execute(&mut *tx)
                     .await?;
+                    if queued.rows_affected() == 1 {
+                        notification_event(
+                            &mut tx,
+                            verdict.site,
+                            "mfa_due_soon",
+                            None,
+                            Some(&verdict.device),
+                            &pair.account,
+                            &format!("two-step sign-in on this device expires {expires}"),
+                            at,
+                        )
+                        .await?;
+                    }
                 }
             }
         }
+        tx.commit().await?;
+        Ok(changes)
     }
-    tx.commit().await?;
-    Ok(changes)
-}
 
-pub(super) async fn pairs(
-    store: &SqliteStore,
-    filter: &DeviceFilter,
-    status: Option<MfaStatus>,
-) -> Result<Vec<StoredPair>> {
-    let rows = sqlx::query(
-        "SELECT p.*, d.hostname, s.name AS site FROM mfa_pairs p JOIN devices d ON d.id = p.device_id \
-         JOIN sites s ON s.id = p.site_id \
-         WHERE (?1 IS NULL OR p.site_id = ?1) AND (?2 IS NULL OR p.device_id = ?2) AND (?3 IS NULL OR p.status = ?3) \
-         ORDER BY s.name, p.account, d.hostname",
-    )
-    .bind(filter.site.map(|s| s.0))
-    .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
-    .bind(status.map(MfaStatus::as_str))
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let status: String = r.try_get("status")?;
-            Ok(StoredPair {
-                device_id: DeviceId::from_string(r.try_get::<String, _>("device_id")?),
-                hostname: r.try_get("hostname")?,
-                site: r.try_get("site")?,
-                account: r.try_get("account")?,
-                status: match status.as_str() {
-                    "fresh" => MfaStatus::Fresh,
-                    "due_soon" => MfaStatus::DueSoon,
-                    "stale" => MfaStatus::Stale,
-                    other => return Err(StoreError::Corrupt(format!("2FA status '{other}'"))),
-                },
-                last_mfa: optional_instant(r.try_get("last_mfa")?)?,
-                expires_at: optional_instant(r.try_get("expires_at")?)?,
-                last_session_at: instant(r.try_get("last_session_at")?)?,
-                as_of: instant(r.try_get("as_of")?)?,
+    async fn mfa_pairs(
+        &self,
+        filter: &DeviceFilter,
+        status: Option<MfaStatus>,
+    ) -> Result<Vec<StoredPair>> {
+        let rows = sqlx::query(
+            "SELECT p.*, d.hostname, s.name AS site FROM mfa_pairs p JOIN devices d ON d.id = p.device_id \
+             JOIN sites s ON s.id = p.site_id \
+             WHERE (?1 IS NULL OR p.site_id = ?1) AND (?2 IS NULL OR p.device_id = ?2) AND (?3 IS NULL OR p.status = ?3) \
+             ORDER BY s.name, p.account, d.hostname",
+        )
+        .bind(filter.site.map(|s| s.0))
+        .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
+        .bind(status.map(MfaStatus::as_str))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status")?;
+                Ok(StoredPair {
+                    device_id: DeviceId::from_string(r.try_get::<String, _>("device_id")?),
+                    hostname: r.try_get("hostname")?,
+                    site: r.try_get("site")?,
+                    account: r.try_get("account")?,
+                    status: match status.as_str() {
+                        "fresh" => MfaStatus::Fresh,
+                        "due_soon" => MfaStatus::DueSoon,
+                        "stale" => MfaStatus::Stale,
+                        other => return Err(StoreError::Corrupt(format!("2FA status '{other}'"))),
+                    },
+                    last_mfa: optional_instant(r.try_get("last_mfa")?)?,
+                    expires_at: optional_instant(r.try_get("expires_at")?)?,
+                    last_session_at: instant(r.try_get("last_session_at")?)?,
+                    as_of: instant(r.try_get("as_of")?)?,
+                })
             })
-        })
-        .collect()
-}
-
-const TOKEN_SELECT: &str = "SELECT t.id, t.site_id, s.name AS site, t.label, t.created_at, t.revoked_at, t.last_used_at \
-     FROM api_tokens t JOIN sites s ON s.id = t.site_id";
-
-fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<crate::store::ApiTokenInfo> {
-    Ok(crate::store::ApiTokenInfo {
-        id: r.try_get("id")?,
-        site: r.try_get("site")?,
-        site_id: SiteId(r.try_get("site_id")?),
-        label: r.try_get("label")?,
-        created_at: instant(r.try_get("created_at")?)?,
-        revoked_at: optional_instant(r.try_get("revoked_at")?)?,
-        last_used_at: optional_instant(r.try_get("last_used_at")?)?,
-    })
-}
-
-pub(super) async fn create_api_token(
-    store: &SqliteStore,
-    site: SiteId,
-    token_sha256: &str,
-    label: &str,
-    at: Timestamp,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO api_tokens (site_id, token_sha256, label, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-    )
-    .bind(site.0)
-    .bind(token_sha256)
-    .bind(label)
-    .bind(millis(at))
-    .fetch_one(&store.writer)
-    .await?)
-}
-
-pub(super) async fn list_api_tokens(
-    store: &SqliteStore,
-    site: Option<SiteId>,
-) -> Result<Vec<crate::store::ApiTokenInfo>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{TOKEN_SELECT} WHERE (?1 IS NULL OR t.site_id = ?1) ORDER BY t.id"
-    )))
-    .bind(site.map(|s| s.0))
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter().map(token_from_row).collect()
-}
-
-pub(super) async fn revoke_api_token(
-    store: &SqliteStore,
-    site: SiteId,
-    id: i64,
-    at: Timestamp,
-) -> Result<bool> {
-    let done = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND site_id = ? AND revoked_at IS NULL",
-    )
-    .bind(millis(at))
-    .bind(id)
-    .bind(site.0)
-    .execute(&store.writer)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub(super) async fn use_api_token(
-    store: &SqliteStore,
-    token_sha256: &str,
-    at: Timestamp,
-) -> Result<Option<crate::store::ApiTokenInfo>> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "UPDATE api_tokens SET last_used_at = ? WHERE token_sha256 = ? AND revoked_at IS NULL RETURNING id",
-    )
-    .bind(millis(at))
-    .bind(token_sha256)
-    .fetch_optional(&store.writer)
-    .await?;
-    let Some(id) = id else { return Ok(None) };
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{TOKEN_SELECT} WHERE t.id = ?"
-    )))
-    .bind(id)
-    .fetch_one(&store.writer)
-    .await?;
-    token_from_row(&row).map(Some)
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::store::{IngestStore, MfaStore};
     use jiff::SignedDuration;
 
     use super::*;
     use crate::rules::mfa::{MfaThresholds, status};
-    use crate::store::Store;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -1,11 +1,12 @@
 //! SQLite: recipients, notification events and the message outbox.
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{SqliteStore, instant, millis, optional_instant, site_from_row};
-use crate::model::{DeviceId, Site, SiteId};
+use super::{SqliteStore, instant, millis, optional_instant};
+use crate::model::{DeviceId, SiteId};
 use crate::store::{NewNotification, Notification, NotificationEvent, Recipient, Result};
 
 fn recipient_from_row(r: &SqliteRow) -> Result<Recipient> {
@@ -18,79 +19,6 @@ fn recipient_from_row(r: &SqliteRow) -> Result<Recipient> {
         webhook_format: r.try_get("webhook_format")?,
         webhook_secret: r.try_get("webhook_secret")?,
     })
-}
-
-pub(super) async fn add_recipient(
-    store: &SqliteStore,
-    r: &Recipient,
-    at: Timestamp,
-) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO recipients (site_id, role, channel, address, webhook_format, webhook_secret, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (site_id, role, channel, address) DO UPDATE SET webhook_format = excluded.webhook_format, \
-         webhook_secret = excluded.webhook_secret RETURNING id",
-    )
-    .bind(r.site.0)
-    .bind(&r.role)
-    .bind(&r.channel)
-    .bind(&r.address)
-    .bind(&r.webhook_format)
-    .bind(&r.webhook_secret)
-    .bind(millis(at))
-    .fetch_one(&store.writer)
-    .await?)
-}
-
-pub(super) async fn recipients(
-    store: &SqliteStore,
-    site: Option<SiteId>,
-) -> Result<Vec<Recipient>> {
-    let rows = sqlx::query(
-        "SELECT * FROM recipients WHERE (?1 IS NULL OR site_id = ?1) ORDER BY site_id, role, id",
-    )
-    .bind(site.map(|s| s.0))
-    .fetch_all(&store.reader)
-    .await?;
-    rows.iter().map(recipient_from_row).collect()
-}
-
-pub(super) async fn remove_recipient(store: &SqliteStore, site: SiteId, id: i64) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM recipients WHERE id = ? AND site_id = ?")
-        .bind(id)
-        .bind(site.0)
-        .execute(&store.writer)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-pub(super) async fn new_events(
-    store: &SqliteStore,
-    limit: usize,
-) -> Result<Vec<NotificationEvent>> {
-    let rows = sqlx::query(
-        "SELECT * FROM notification_events WHERE expanded_at IS NULL ORDER BY id LIMIT ?",
-    )
-    .bind(limit as i64)
-    .fetch_all(&store.writer)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(NotificationEvent {
-                id: r.try_get("id")?,
-                site: SiteId(r.try_get("site_id")?),
-                kind: r.try_get("kind")?,
-                flag_id: r.try_get("flag_id")?,
-                device: r
-                    .try_get::<Option<String>, _>("device_id")?
-                    .map(DeviceId::from_string),
-                account: r.try_get("account")?,
-                severity: r.try_get("severity")?,
-                summary: r.try_get("summary")?,
-                at: instant(r.try_get("at")?)?,
-            })
-        })
-        .collect()
 }
 
 async fn insert_messages(
@@ -125,25 +53,6 @@ async fn insert_messages(
     Ok(ids)
 }
 
-pub(super) async fn queue(
-    store: &SqliteStore,
-    event: Option<i64>,
-    messages: &[NewNotification],
-    at: Timestamp,
-) -> Result<u64> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let ids = insert_messages(&mut tx, event, messages, at).await?;
-    if let Some(event) = event {
-        sqlx::query("UPDATE notification_events SET expanded_at = ? WHERE id = ?")
-            .bind(millis(at))
-            .bind(event)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(ids.len() as u64)
-}
-
 fn notification_from_row(r: &SqliteRow) -> Result<Notification> {
     Ok(Notification {
         id: r.try_get("id")?,
@@ -165,136 +74,215 @@ fn notification_from_row(r: &SqliteRow) -> Result<Notification> {
     })
 }
 
-pub(super) async fn claim(
-    store: &SqliteStore,
-    owner: &str,
-    now: Timestamp,
-    lease_until: Timestamp,
-    limit: usize,
-    channels: &[&str],
-) -> Result<Vec<Notification>> {
-    // One statement: SQLite's single writer makes the claim atomic (on
-    // PostgreSQL this is SELECT … FOR UPDATE SKIP LOCKED).
-    let rows = sqlx::query(
-        "UPDATE notifications SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
-           SELECT id FROM notifications WHERE status = 'pending' AND timing = 'immediate' \
-           AND next_attempt_at <= ?3 AND (lease_until IS NULL OR lease_until < ?3) \
-           AND instr(?5, ',' || channel || ',') > 0 ORDER BY id LIMIT ?4) \
-         RETURNING *",
-    )
-    .bind(owner)
-    .bind(millis(lease_until))
-    .bind(millis(now))
-    .bind(limit as i64)
-    .bind(format!(",{},", channels.join(",")))
-    .fetch_all(&store.writer)
-    .await?;
-    let mut claimed: Vec<Notification> = rows
-        .iter()
-        .map(notification_from_row)
-        .collect::<Result<_>>()?;
-    claimed.sort_by_key(|n| n.id);
-    Ok(claimed)
-}
-
-pub(super) async fn sent(store: &SqliteStore, id: i64, at: Timestamp) -> Result<()> {
-    sqlx::query(
-        "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1, lease_owner = NULL, \
-         lease_until = NULL, last_error = '' WHERE id = ?",
-    )
-    .bind(millis(at))
-    .bind(id)
-    .execute(&store.writer)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn failed(
-    store: &SqliteStore,
-    id: i64,
-    error: &str,
-    retry_at: Option<Timestamp>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE notifications SET attempts = attempts + 1, last_error = ?, lease_owner = NULL, lease_until = NULL, \
-         status = CASE WHEN ?2 IS NULL THEN 'dead' ELSE 'pending' END, \
-         next_attempt_at = coalesce(?2, next_attempt_at) WHERE id = ?3",
-    )
-    .bind(error)
-    .bind(retry_at.map(millis))
-    .bind(id)
-    .execute(&store.writer)
-    .await?;
-    Ok(())
-}
-
-pub(super) async fn pending_digest(store: &SqliteStore, site: SiteId) -> Result<Vec<Notification>> {
-    let rows = sqlx::query(
-        "SELECT * FROM notifications WHERE site_id = ? AND timing = 'digest' AND status = 'pending' ORDER BY id",
-    )
-    .bind(site.0)
-    .fetch_all(&store.writer)
-    .await?;
-    rows.iter().map(notification_from_row).collect()
-}
-
-pub(super) async fn queue_digest(
-    store: &SqliteStore,
-    site: SiteId,
-    digests: &[(NewNotification, Vec<i64>)],
-    local_date: &str,
-    at: Timestamp,
-) -> Result<()> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    for (message, members) in digests {
-        let ids = insert_messages(&mut tx, None, std::slice::from_ref(message), at).await?;
-        let Some(digest) = ids.first() else { continue };
-        let mut update: QueryBuilder<Sqlite> =
-            QueryBuilder::new("UPDATE notifications SET status = 'digested', digest_id = ");
-        update
-            .push_bind(*digest)
-            .push(", sent_at = ")
-            .push_bind(millis(at));
-        update.push(" WHERE status = 'pending' AND id IN (");
-        let mut list = update.separated(", ");
-        for id in members {
-            list.push_bind(*id);
-        }
-        list.push_unseparated(")");
-        update.build().execute(&mut *tx).await?;
+#[async_trait]
+impl crate::store::NotificationStore for SqliteStore {
+    async fn add_recipient(&self, r: &Recipient, at: Timestamp) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO recipients (site_id, role, channel, address, webhook_format, webhook_secret, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (site_id, role, channel, address) DO UPDATE SET webhook_format = excluded.webhook_format, \
+             webhook_secret = excluded.webhook_secret RETURNING id",
+        )
+        .bind(r.site.0)
+        .bind(&r.role)
+        .bind(&r.channel)
+        .bind(&r.address)
+        .bind(&r.webhook_format)
+        .bind(&r.webhook_secret)
+        .bind(millis(at))
+        .fetch_one(&self.writer)
+        .await?)
     }
-    sqlx::query(
-        "INSERT INTO digests (site_id, last_date) VALUES (?, ?) ON CONFLICT (site_id) DO UPDATE SET last_date = excluded.last_date",
-    )
-    .bind(site.0)
-    .bind(local_date)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}
 
-pub(super) async fn digest_last_date(store: &SqliteStore, site: SiteId) -> Result<Option<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT last_date FROM digests WHERE site_id = ?")
-            .bind(site.0)
-            .fetch_optional(&store.writer)
-            .await?,
-    )
-}
-
-pub(super) async fn list(store: &SqliteStore, status: Option<&str>) -> Result<Vec<Notification>> {
-    let rows =
-        sqlx::query("SELECT * FROM notifications WHERE (?1 IS NULL OR status = ?1) ORDER BY id")
-            .bind(status)
-            .fetch_all(&store.reader)
-            .await?;
-    rows.iter().map(notification_from_row).collect()
-}
-
-pub(super) async fn sites(store: &SqliteStore) -> Result<Vec<Site>> {
-    let rows = sqlx::query("SELECT id, name, timezone FROM sites ORDER BY id")
-        .fetch_all(&store.reader)
+    async fn recipients(&self, site: Option<SiteId>) -> Result<Vec<Recipient>> {
+        let rows = sqlx::query(
+            "SELECT * FROM recipients WHERE (?1 IS NULL OR site_id = ?1) ORDER BY site_id, role, id",
+        )
+        .bind(site.map(|s| s.0))
+        .fetch_all(&self.reader)
         .await?;
-    rows.iter().map(site_from_row).collect()
+        rows.iter().map(recipient_from_row).collect()
+    }
+
+    async fn remove_recipient(&self, site: SiteId, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM recipients WHERE id = ? AND site_id = ?")
+            .bind(id)
+            .bind(site.0)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn new_notification_events(&self, limit: usize) -> Result<Vec<NotificationEvent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM notification_events WHERE expanded_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NotificationEvent {
+                    id: r.try_get("id")?,
+                    site: SiteId(r.try_get("site_id")?),
+                    kind: r.try_get("kind")?,
+                    flag_id: r.try_get("flag_id")?,
+                    device: r
+                        .try_get::<Option<String>, _>("device_id")?
+                        .map(DeviceId::from_string),
+                    account: r.try_get("account")?,
+                    severity: r.try_get("severity")?,
+                    summary: r.try_get("summary")?,
+                    at: instant(r.try_get("at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn queue_notifications(
+        &self,
+        event: Option<i64>,
+        messages: &[NewNotification],
+        at: Timestamp,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let ids = insert_messages(&mut tx, event, messages, at).await?;
+        if let Some(event) = event {
+            sqlx::query("UPDATE notification_events SET expanded_at = ? WHERE id = ?")
+                .bind(millis(at))
+                .bind(event)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+        channels: &[&str],
+    ) -> Result<Vec<Notification>> {
+        // One statement: SQLite's single writer makes the claim atomic (on
+        // PostgreSQL this is SELECT … FOR UPDATE SKIP LOCKED).
+        let rows = sqlx::query(
+            "UPDATE notifications SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
+               SELECT id FROM notifications WHERE status = 'pending' AND timing = 'immediate' \
+               AND next_attempt_at <= ?3 AND (lease_until IS NULL OR lease_until < ?3) \
+               AND instr(?5, ',' || channel || ',') > 0 ORDER BY id LIMIT ?4) \
+             RETURNING *",
+        )
+        .bind(owner)
+        .bind(millis(lease_until))
+        .bind(millis(now))
+        .bind(limit as i64)
+        .bind(format!(",{},", channels.join(",")))
+        .fetch_all(&self.writer)
+        .await?;
+        let mut claimed: Vec<Notification> = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<_>>()?;
+        claimed.sort_by_key(|n| n.id);
+        Ok(claimed)
+    }
+
+    async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()> {
+        sqlx::query(
+            "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1, lease_owner = NULL, \
+             lease_until = NULL, last_error = '' WHERE id = ?",
+        )
+        .bind(millis(at))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn notification_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = ?, lease_owner = NULL, lease_until = NULL, \
+             status = CASE WHEN ?2 IS NULL THEN 'dead' ELSE 'pending' END, \
+             next_attempt_at = coalesce(?2, next_attempt_at) WHERE id = ?3",
+        )
+        .bind(error)
+        .bind(retry_at.map(millis))
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn pending_digest(&self, site: SiteId) -> Result<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT * FROM notifications WHERE site_id = ? AND timing = 'digest' AND status = 'pending' ORDER BY id",
+        )
+        .bind(site.0)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
+
+    async fn queue_digest(
+        &self,
+        site: SiteId,
+        digests: &[(NewNotification, Vec<i64>)],
+        local_date: &str,
+        at: Timestamp,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for (message, members) in digests {
+            let ids = insert_messages(&mut tx, None, std::slice::from_ref(message), at).await?;
+            let Some(digest) = ids.first() else { continue };
+            let mut update: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE notifications SET status = 'digested', digest_id = ");
+            update
+                .push_bind(*digest)
+                .push(", sent_at = ")
+                .push_bind(millis(at));
+            update.push(" WHERE status = 'pending' AND id IN (");
+            let mut list = update.separated(", ");
+            for id in members {
+                list.push_bind(*id);
+            }
+            list.push_unseparated(")");
+            update.build().execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO digests (site_id, last_date) VALUES (?, ?) ON CONFLICT (site_id) DO UPDATE SET last_date = excluded.last_date",
+        )
+        .bind(site.0)
+        .bind(local_date)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT last_date FROM digests WHERE site_id = ?")
+                .bind(site.0)
+                .fetch_optional(&self.writer)
+                .await?,
+        )
+    }
+
+    async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>> {
+        let rows = sqlx::query(
+            "SELECT * FROM notifications WHERE (?1 IS NULL OR status = ?1) ORDER BY id",
+        )
+        .bind(status)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(notification_from_row).collect()
+    }
 }

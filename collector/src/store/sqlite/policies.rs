@@ -1,5 +1,6 @@
 //! SQLite: sites' suspicious-activity policies.
 
+use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -7,45 +8,6 @@ use sqlx::sqlite::SqliteRow;
 use super::{SqliteStore, instant, millis};
 use crate::model::SiteId;
 use crate::store::{Result, SitePolicy};
-
-/// Stores `text` as the site's next version, with its audit row, in one
-/// transaction.
-pub(super) async fn save(
-    store: &SqliteStore,
-    site: SiteId,
-    text: &str,
-    sha256: &str,
-    comment: &str,
-    actor: &str,
-    at: Timestamp,
-) -> Result<u64> {
-    let mut tx = store.writer.begin_with("BEGIN IMMEDIATE").await?;
-    let version: i64 = sqlx::query_scalar(
-        "INSERT INTO site_policies (site_id, version, policy_toml, sha256, comment, created_at, created_by) \
-         SELECT ?, coalesce(max(version), 0) + 1, ?, ?, ?, ?, ? FROM site_policies WHERE site_id = ? \
-         RETURNING version",
-    )
-    .bind(site.0)
-    .bind(text)
-    .bind(sha256)
-    .bind(comment)
-    .bind(millis(at))
-    .bind(actor)
-    .bind(site.0)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, 'policy.set', ?, ?)",
-    )
-    .bind(millis(at))
-    .bind(actor)
-    .bind(format!("site {} policy v{version}", site.0))
-    .bind(format!("sha256 {sha256}; {comment}"))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(version as u64)
-}
 
 fn from_row(row: &SqliteRow) -> Result<SitePolicy> {
     Ok(SitePolicy {
@@ -59,62 +21,95 @@ fn from_row(row: &SqliteRow) -> Result<SitePolicy> {
     })
 }
 
-/// One version, or the newest when `version` is None.
-pub(super) async fn get(
-    store: &SqliteStore,
-    site: SiteId,
-    version: Option<u64>,
-) -> Result<Option<SitePolicy>> {
-    let row = match version {
-        Some(v) => {
-            sqlx::query("SELECT * FROM site_policies WHERE site_id = ? AND version = ?")
-                .bind(site.0)
-                .bind(v as i64)
-                .fetch_optional(&store.reader)
-                .await?
-        }
-        None => {
-            sqlx::query(
-                "SELECT * FROM site_policies WHERE site_id = ? ORDER BY version DESC LIMIT 1",
-            )
-            .bind(site.0)
-            .fetch_optional(&store.reader)
-            .await?
-        }
-    };
-    row.as_ref().map(from_row).transpose()
-}
-
-pub(super) async fn history(store: &SqliteStore, site: SiteId) -> Result<Vec<SitePolicy>> {
-    let rows = sqlx::query("SELECT * FROM site_policies WHERE site_id = ? ORDER BY version DESC")
+#[async_trait]
+impl crate::store::PolicyStore for SqliteStore {
+    async fn save_site_policy(
+        &self,
+        site: SiteId,
+        text: &str,
+        sha256: &str,
+        comment: &str,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO site_policies (site_id, version, policy_toml, sha256, comment, created_at, created_by) \
+             SELECT ?, coalesce(max(version), 0) + 1, ?, ?, ?, ?, ? FROM site_policies WHERE site_id = ? \
+             RETURNING version",
+        )
         .bind(site.0)
-        .fetch_all(&store.reader)
+        .bind(text)
+        .bind(sha256)
+        .bind(comment)
+        .bind(millis(at))
+        .bind(actor)
+        .bind(site.0)
+        .fetch_one(&mut *tx)
         .await?;
-    rows.iter().map(from_row).collect()
-}
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, 'policy.set', ?, ?)",
+        )
+        .bind(millis(at))
+        .bind(actor)
+        .bind(format!("site {} policy v{version}", site.0))
+        .bind(format!("sha256 {sha256}; {comment}"))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(version as u64)
+    }
 
-/// The newest version of every site that has one.
-pub(super) async fn current_versions(store: &SqliteStore) -> Result<Vec<(SiteId, u64)>> {
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT site_id, max(version) FROM site_policies GROUP BY site_id")
-            .fetch_all(&store.reader)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(site, version)| (SiteId(site), version as u64))
-        .collect())
-}
+    async fn site_policy(&self, site: SiteId, version: Option<u64>) -> Result<Option<SitePolicy>> {
+        let row =
+            match version {
+                Some(v) => {
+                    sqlx::query("SELECT * FROM site_policies WHERE site_id = ? AND version = ?")
+                        .bind(site.0)
+                        .bind(v as i64)
+                        .fetch_optional(&self.reader)
+                        .await?
+                }
+                None => sqlx::query(
+                    "SELECT * FROM site_policies WHERE site_id = ? ORDER BY version DESC LIMIT 1",
+                )
+                .bind(site.0)
+                .fetch_optional(&self.reader)
+                .await?,
+            };
+        row.as_ref().map(from_row).transpose()
+    }
 
-/// How many of the site's devices hold each policy version.
-pub(super) async fn device_versions(store: &SqliteStore, site: SiteId) -> Result<Vec<(u64, u64)>> {
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT policy_version, count(*) FROM devices WHERE site_id = ? GROUP BY policy_version ORDER BY policy_version DESC",
-    )
-    .bind(site.0)
-    .fetch_all(&store.reader)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(v, n)| (v as u64, n as u64))
-        .collect())
+    async fn site_policy_history(&self, site: SiteId) -> Result<Vec<SitePolicy>> {
+        let rows =
+            sqlx::query("SELECT * FROM site_policies WHERE site_id = ? ORDER BY version DESC")
+                .bind(site.0)
+                .fetch_all(&self.reader)
+                .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT site_id, max(version) FROM site_policies GROUP BY site_id")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(site, version)| (SiteId(site), version as u64))
+            .collect())
+    }
+
+    async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT policy_version, count(*) FROM devices WHERE site_id = ? GROUP BY policy_version ORDER BY policy_version DESC",
+        )
+        .bind(site.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(v, n)| (v as u64, n as u64))
+            .collect())
+    }
 }

@@ -1,0 +1,92 @@
+//! API tokens, stored as SHA-256.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use sqlx::Row;
+
+use super::{SqliteStore, instant, millis, optional_instant};
+use crate::model::SiteId;
+use crate::store::Result;
+
+const TOKEN_SELECT: &str = "SELECT t.id, t.site_id, s.name AS site, t.label, t.created_at, t.revoked_at, t.last_used_at \
+     FROM api_tokens t JOIN sites s ON s.id = t.site_id";
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<crate::store::ApiTokenInfo> {
+    Ok(crate::store::ApiTokenInfo {
+        id: r.try_get("id")?,
+        site: r.try_get("site")?,
+        site_id: SiteId(r.try_get("site_id")?),
+        label: r.try_get("label")?,
+        created_at: instant(r.try_get("created_at")?)?,
+        revoked_at: optional_instant(r.try_get("revoked_at")?)?,
+        last_used_at: optional_instant(r.try_get("last_used_at")?)?,
+    })
+}
+
+#[async_trait]
+impl crate::store::ApiTokenStore for SqliteStore {
+    async fn create_api_token(
+        &self,
+        site: SiteId,
+        token_sha256: &str,
+        label: &str,
+        at: Timestamp,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO api_tokens (site_id, token_sha256, label, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(site.0)
+        .bind(token_sha256)
+        .bind(label)
+        .bind(millis(at))
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn list_api_tokens(
+        &self,
+        site: Option<SiteId>,
+    ) -> Result<Vec<crate::store::ApiTokenInfo>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TOKEN_SELECT} WHERE (?1 IS NULL OR t.site_id = ?1) ORDER BY t.id"
+        )))
+        .bind(site.map(|s| s.0))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_api_token(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND site_id = ? AND revoked_at IS NULL",
+        )
+        .bind(millis(at))
+        .bind(id)
+        .bind(site.0)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn use_api_token(
+        &self,
+        token_sha256: &str,
+        at: Timestamp,
+    ) -> Result<Option<crate::store::ApiTokenInfo>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "UPDATE api_tokens SET last_used_at = ? WHERE token_sha256 = ? AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(millis(at))
+        .bind(token_sha256)
+        .fetch_optional(&self.writer)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{TOKEN_SELECT} WHERE t.id = ?"
+        )))
+        .bind(id)
+        .fetch_one(&self.writer)
+        .await?;
+        token_from_row(&row).map(Some)
+    }
+}
