@@ -9,14 +9,16 @@
 //! dismissed           dismissed / reenabled              reenabled
 //! ```
 //!
-//! `next_state` is the whole state machine; the store applies a transition,
-//! its side effects (commands to the agent, the device's enforcement state)
-//! and its audit row in one transaction.
+//! `next_state` is the whole state machine and `effects` says what a
+//! transition does to the device; both are pure. The store only applies
+//! them: the new state, the effects (a command to the agent, the device's
+//! enforcement state, a new grace period) and the audit row, in one
+//! transaction.
 
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::model::{DeviceId, SiteId};
+use crate::model::{CommandKind, DeviceId, Enforcement, SiteId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +156,38 @@ pub fn next_state(
     Ok(next)
 }
 
+/// What a flag transition does to its device besides changing the flag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// A command for the agent, and the enforcement state the device is in
+    /// until the agent confirms it.
+    pub command: Option<(CommandKind, Enforcement)>,
+    /// A new grace period starts at the transition (the device's
+    /// `reenabled_at`).
+    pub new_grace_period: bool,
+}
+
+/// The effects of moving a flag of `kind` from `from` to `to` (a
+/// transition `next_state` allowed). Approving a device flag disables the
+/// device; re-enabling it, or dismissing it once approved, undoes whatever
+/// the agent did or was about to do and starts a new grace period.
+pub fn effects(kind: FlagKind, from: FlagState, to: FlagState) -> Effects {
+    use FlagState as S;
+    match (kind, from, to) {
+        (FlagKind::DeviceInactive, _, S::DisableApproved) => Effects {
+            command: Some((CommandKind::Disable, Enforcement::DisablePending)),
+            new_grace_period: false,
+        },
+        (FlagKind::DeviceInactive, from, S::Reenabled | S::Dismissed) if from != S::Open => {
+            Effects {
+                command: Some((CommandKind::Enable, Enforcement::EnablePending)),
+                new_grace_period: true,
+            }
+        }
+        _ => Effects::default(),
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FlagRecord {
     pub id: i64,
@@ -219,6 +253,47 @@ mod tests {
                 want,
                 "{kind:?} {from:?} {action:?}"
             );
+        }
+    }
+
+    #[test]
+    fn effects_table() {
+        use FlagState as S;
+        let device = FlagKind::DeviceInactive;
+        let disable = Effects {
+            command: Some((CommandKind::Disable, Enforcement::DisablePending)),
+            new_grace_period: false,
+        };
+        let enable = Effects {
+            command: Some((CommandKind::Enable, Enforcement::EnablePending)),
+            new_grace_period: true,
+        };
+        let none = Effects::default();
+        let cases = [
+            (device, S::Open, S::DisableApproved, disable),
+            (device, S::Open, S::Dismissed, none),
+            (device, S::DisableApproved, S::Disabled, none),
+            (device, S::DisableApproved, S::Dismissed, enable),
+            (device, S::DisableApproved, S::Reenabled, enable),
+            (device, S::Disabled, S::Reenabled, enable),
+            (FlagKind::MfaStale, S::Open, S::Dismissed, none),
+        ];
+        for (kind, from, to, want) in cases {
+            assert_eq!(effects(kind, from, to), want, "{kind:?} {from:?} -> {to:?}");
+        }
+        // Every allowed transition has effects only for device flags.
+        for from in [S::Open, S::DisableApproved, S::Disabled] {
+            for action in [
+                FlagAction::Approve,
+                FlagAction::Dismiss,
+                FlagAction::Resolve,
+                FlagAction::ConfirmDisabled,
+                FlagAction::Reenable,
+            ] {
+                if let Ok(to) = next_state(1, FlagKind::MfaStale, from, action) {
+                    assert_eq!(effects(FlagKind::MfaStale, from, to), none);
+                }
+            }
         }
     }
 }

@@ -204,25 +204,18 @@ pub(super) async fn transition_in(
         .bind(device.as_str())
         .execute(&mut *tx)
         .await?;
-    match (flag.kind, next) {
-        (FlagKind::DeviceInactive, FlagState::DisableApproved) => {
-            issue_command(tx, device, CommandKind::Disable, reason, Some(id), at).await?;
-            set_enforcement(tx, device, Enforcement::DisablePending).await?;
-        }
-        (FlagKind::DeviceInactive, FlagState::Reenabled | FlagState::Dismissed)
-            if flag.state != FlagState::Open =>
-        {
-            // Whatever the agent did or was about to do, undo it, and start
-            // a new grace period.
-            issue_command(tx, device, CommandKind::Enable, reason, Some(id), at).await?;
-            set_enforcement(tx, device, Enforcement::EnablePending).await?;
-            sqlx::query("UPDATE devices SET reenabled_at = ? WHERE id = ?")
-                .bind(millis(at))
-                .bind(device.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        _ => {}
+    // Decided in `flags::effects`; applied here.
+    let effects = crate::flags::effects(flag.kind, flag.state, next);
+    if let Some((command, enforcement)) = effects.command {
+        issue_command(tx, device, command, reason, Some(id), at).await?;
+        set_enforcement(tx, device, enforcement).await?;
+    }
+    if effects.new_grace_period {
+        sqlx::query("UPDATE devices SET reenabled_at = ? WHERE id = ?")
+            .bind(millis(at))
+            .bind(device.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
     tracing::info!(flag_id = id, device_id = %device, from = flag.state.as_str(), to = next.as_str(), actor, "flag transition");
     Ok(flag_in(tx, id).await)
