@@ -20,8 +20,9 @@
 //! Known limit: the program name in a text log is what the sender said
 //! (`logger -t sshd`), so an account that imitates a listed program exactly
 //! still gets through. `journal` reads the systemd journal instead, keeping
-//! only entries journald attributes to root (`_UID=0`); the daemon does not
-//! use it yet.
+//! only entries journald attributes to root (`_UID=0`); `follow` chooses
+//! one of the two (`[mfa] source`), never both, and follows it with the
+//! hook's log.
 //!
 //! Following survives what log files go through: the position (file
 //! identity, offset, line) is kept in the outbox state, so a restart reads
@@ -40,6 +41,7 @@ use std::sync::LazyLock;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub mod follow;
 pub mod journal;
 
 /// A configured pattern, compiled.
@@ -277,6 +279,31 @@ pub fn read_new(
     let (mut new, end) = scan(file, path, kind, &start, patterns, now)?;
     found.append(&mut new);
     Ok((found, Some(end)))
+}
+
+/// The position at the end of `path` as it is now (None when it does not
+/// exist): reading from it reads only what is appended from now on.
+pub fn end_position(path: &Path) -> std::io::Result<Option<Position>> {
+    let file = match open_trusted(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let start = Position {
+        file_id: (meta.dev(), meta.ino()),
+        ..Position::default()
+    };
+    // Scanned with no patterns: only to count lines and hash the start.
+    let (_, end) = scan(
+        file,
+        path,
+        LogKind::of(path),
+        &start,
+        &[],
+        Timestamp::UNIX_EPOCH,
+    )?;
+    Ok(Some(end))
 }
 
 fn rotated_name(path: &Path) -> PathBuf {

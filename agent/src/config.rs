@@ -138,8 +138,14 @@ pub const DEFAULT_SOCKET: &str = "/run/hallmonitor/agent.sock";
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MfaConfig {
-    /// Authentication logs followed (missing files are skipped). The PAM
-    /// hook's own log (DATA_DIR/mfa-hook.log) is always followed too.
+    /// Where system two-step sign-ins are read from: the journal's
+    /// root-written entries or the text logs in `auth_logs`, never both.
+    pub source: MfaSourceKind,
+    /// Program and leading arguments run to read the journal.
+    pub journalctl: Vec<String>,
+    /// Authentication logs followed when the source is the text logs
+    /// (missing files are skipped). The PAM hook's own log
+    /// (DATA_DIR/mfa-hook.log) is always followed, whatever the source.
     pub auth_logs: Vec<PathBuf>,
     /// Seconds between checks when file notifications are unavailable.
     pub poll_secs: u32,
@@ -147,6 +153,19 @@ pub struct MfaConfig {
     /// Run when a staff account whose two-step sign-in on this device is
     /// stale logs in; `{account}` and `{uid}` are replaced.
     pub notify_command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaSourceKind {
+    /// The journal when journald runs on this device, otherwise the text
+    /// logs; decided when the daemon starts.
+    Auto,
+    /// Only entries journald attributes to root (`_UID=0`).
+    Journal,
+    /// The text logs in `auth_logs` (any account can forge a line there
+    /// with `logger -t`).
+    Files,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -164,6 +183,8 @@ pub struct MfaPattern {
 impl Default for MfaConfig {
     fn default() -> Self {
         MfaConfig {
+            source: MfaSourceKind::Auto,
+            journalctl: vec!["journalctl".into()],
             auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
             poll_secs: 5,
             patterns: crate::authlog::default_patterns()
@@ -500,6 +521,12 @@ impl AgentConfig {
         }
         self.mfa.compiled().map_err(invalid)?;
         self.mfa.check_auth_logs().map_err(invalid)?;
+        if self.mfa.source != MfaSourceKind::Files && self.mfa.journalctl.is_empty() {
+            return Err(invalid(
+                "mfa.journalctl is empty (the program that reads the journal, e.g. [\"journalctl\"])"
+                    .into(),
+            ));
+        }
         if self.mfa.poll_secs == 0 {
             return Err(invalid("mfa.poll_secs must be at least 1".into()));
         }
@@ -664,6 +691,16 @@ mod tests {
                 "missing field `programs`",
             ),
             (
+                "an unknown two-step source",
+                "collector = \"h:1\"\n[mfa]\nsource = \"syslog\"",
+                "unknown variant `syslog`",
+            ),
+            (
+                "no program to read the journal",
+                "collector = \"h:1\"\n[mfa]\njournalctl = []",
+                "mfa.journalctl",
+            ),
+            (
                 "a system log named like the hook's",
                 "collector = \"h:1\"\n[mfa]\nauth_logs = [\"/var/log/mfa-hook.log\"]",
                 "mfa.auth_logs",
@@ -718,7 +755,7 @@ mod tests {
     /// sometimes right, so generated files get past the TOML parser.
     fn config_lines() -> impl proptest::strategy::Strategy<Value = String> {
         proptest::string::string_regex(
-            "(collector = \"[a-z0-9.:\\[\\]]{0,12}\"\n|enroll_address = \"[a-z0-9:\\[\\]]{0,8}\"\n|ca_fingerprint = \"[0-9a-fA-F: ]{0,70}\"\n|(heartbeat_interval_secs|facts_interval_secs) = -?[0-9]{1,11}\n|\\[(delivery|enforcement|sessions|mfa|capture|files)\\]\n|(batch_max_events|outbox_max_bytes|poll_secs|severity|repeat_window_secs) = -?[0-9]{1,21}\n|action = \"(builtin|command|x)\"\n|auth_logs = \\[\"[a-z/.-]{0,16}\"\\]\n|\\[\\[mfa.patterns\\]\\]\nmethod = \"m\"\nprograms = \\[(\"sshd\")?\\]\nregex = '[^'\\n]{0,12}'\n|\\PC{0,8}\n){0,10}",
+            "(collector = \"[a-z0-9.:\\[\\]]{0,12}\"\n|enroll_address = \"[a-z0-9:\\[\\]]{0,8}\"\n|ca_fingerprint = \"[0-9a-fA-F: ]{0,70}\"\n|(heartbeat_interval_secs|facts_interval_secs) = -?[0-9]{1,11}\n|\\[(delivery|enforcement|sessions|mfa|capture|files)\\]\n|(batch_max_events|outbox_max_bytes|poll_secs|severity|repeat_window_secs) = -?[0-9]{1,21}\n|action = \"(builtin|command|x)\"\n|source = \"(auto|journal|files|x)\"\n|journalctl = \\[(\"journalctl\")?\\]\n|auth_logs = \\[\"[a-z/.-]{0,16}\"\\]\n|\\[\\[mfa.patterns\\]\\]\nmethod = \"m\"\nprograms = \\[(\"sshd\")?\\]\nregex = '[^'\\n]{0,12}'\n|\\PC{0,8}\n){0,10}",
         )
         .expect("a valid expression")
     }

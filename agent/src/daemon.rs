@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::authlog;
+use crate::authlog::{self, follow};
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts::{self, FactSources};
@@ -565,8 +565,10 @@ async fn watch_helpers(
     }
 }
 
-/// Follows the authentication logs and queues an MFA-completion event per
-/// accepted second factor (see `authlog`).
+/// Follows where two-step sign-ins are logged and queues an MFA-completion
+/// event per accepted second factor (see `authlog::follow`). Bad patterns
+/// end the task; a log or journal it cannot read, or an outbox it cannot
+/// write, is logged and tried again at the next tick.
 async fn watch_auth_logs(
     config: AgentConfig,
     outbox: Outbox,
@@ -574,9 +576,19 @@ async fn watch_auth_logs(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use notify::Watcher;
-    let patterns = Arc::new(config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?);
-    let mut logs = config.mfa.auth_logs.clone();
-    logs.push(authlog::hook_log(&config.data_dir));
+    let patterns = config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?;
+    let (setting, journalctl) = (config.mfa.source, config.mfa.journalctl.clone());
+    let (source, why) = tokio::task::spawn_blocking(move || {
+        follow::choose(setting, || {
+            authlog::journal::journald_runs(
+                &journalctl,
+                std::path::Path::new(authlog::journal::SOCKET),
+            )
+        })
+    })
+    .await?;
+    tracing::info!(source = source.name(), reason = %why, "reading two-step sign-ins");
+    let mut follower = follow::Follower::new(&config.mfa, source, &config.data_dir, patterns);
     // Wake on any change in the logs' folders (rotation creates files).
     let changed = Arc::new(Notify::new());
     let notifier = changed.clone();
@@ -585,70 +597,22 @@ async fn watch_auth_logs(
     })
     .ok();
     if let Some(watcher) = watcher.as_mut() {
-        let mut folders: Vec<&std::path::Path> = logs.iter().filter_map(|l| l.parent()).collect();
-        folders.dedup();
-        for folder in folders {
-            if let Err(e) = watcher.watch(folder, notify::RecursiveMode::NonRecursive) {
+        for folder in follower.folders() {
+            if let Err(e) = watcher.watch(&folder, notify::RecursiveMode::NonRecursive) {
                 tracing::debug!(folder = %folder.display(), error = %e, "not watching; polling only");
             }
         }
     }
     let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The last error said of each log, so a refused log is named once.
-    let mut said: std::collections::HashMap<std::path::PathBuf, String> = Default::default();
     loop {
         tokio::select! {
             _ = poll.tick() => {}
             _ = changed.notified() => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
-        for log in &logs {
-            let key = format!("authlog:{}", log.display());
-            let position: Option<authlog::Position> = outbox
-                .state(&key)
-                .await?
-                .and_then(|json| serde_json::from_str(&json).ok());
-            let (path, patterns) = (log.clone(), patterns.clone());
-            let read = tokio::task::spawn_blocking(move || {
-                authlog::read_new(&path, position.as_ref(), &patterns, Timestamp::now())
-            })
-            .await?;
-            let (found, position) = match read {
-                Ok(read) => read,
-                Err(e) => {
-                    let error = e.to_string();
-                    if said.get(log) != Some(&error) {
-                        tracing::warn!(log = %log.display(), error = %error, "cannot read authentication log");
-                        said.insert(log.clone(), error);
-                    }
-                    continue;
-                }
-            };
-            said.remove(log);
-            if !found.is_empty() {
-                tracing::info!(log = %log.display(), count = found.len(), "two-step sign-ins seen");
-                let events = found
-                    .into_iter()
-                    .map(|f| {
-                        (
-                            f.at,
-                            v1::event::Body::Mfa(v1::MfaCompletion {
-                                account: f.account,
-                                method: f.method,
-                                source: f.source,
-                            }),
-                        )
-                    })
-                    .collect();
-                outbox.append_all(events).await?;
-                wake.notify_one();
-            }
-            if let Some(position) = position {
-                outbox
-                    .set_state(&key, &serde_json::to_string(&position)?)
-                    .await?;
-            }
+        if follower.read_all(&outbox).await? > 0 {
+            wake.notify_one();
         }
     }
 }

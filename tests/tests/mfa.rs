@@ -247,7 +247,8 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
         &data.agent_settings(&collector, "e2e-mfa-log"),
         "",
         &format!(
-            "[mfa]\nauth_logs = [\"{}\"]\npoll_secs = 1\n",
+            // The text log, even where journald runs.
+            "[mfa]\nsource = \"files\"\nauth_logs = [\"{}\"]\npoll_secs = 1\n",
             log.display()
         ),
     );
@@ -315,6 +316,158 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
         kinds.into_iter().filter(|(_, k)| k == "mfa").count()
     });
     assert_eq!(mfa_events, 4);
+}
+
+/// A stand-in for journalctl in `dir`: prints the lines of
+/// `dir/entries.json` after `--after-cursor` (all without one, the last N
+/// with `-n N`). Run through `sh` (a file just written can be busy).
+fn stand_in_journalctl(dir: &std::path::Path) -> Vec<String> {
+    let script = dir.join("journalctl");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+entries={}
+after=
+count=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --after-cursor=*) after="${{1#--after-cursor=}}" ;;
+    -n) count="$2"; shift ;;
+  esac
+  shift
+done
+touch "$entries"
+if [ -n "$count" ]; then tail -n "$count" "$entries"; exit 0; fi
+if [ -z "$after" ]; then cat "$entries"; exit 0; fi
+grep -q "\"__CURSOR\":\"$after\"" "$entries" || exit 1
+awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}' "$entries"
+"#,
+            dir.join("entries.json").display()
+        ),
+    )
+    .unwrap();
+    vec!["sh".into(), script.display().to_string()]
+}
+
+#[test]
+fn from_the_journal_only_roots_entries_count_and_the_text_log_is_not_read() {
+    let data = CollectorData::init("Cabot");
+    data.set_config("evaluate_every_secs", "1");
+    let config = data.data.join("collector.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        toml.replace("staff_accounts = []", "staff_accounts = [\"*.staff\"]"),
+    )
+    .unwrap();
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let journalctl = stand_in_journalctl(root.path());
+    let entries = root.path().join("entries.json");
+    let log = root.path().join("auth.log");
+    let module = "sshd(pam_google_authenticator)";
+    let entry = |uid: &str, account: &str, cursor: &str| {
+        format!(
+            "{}\n",
+            serde_json::json!({
+                "__CURSOR": cursor,
+                "__REALTIME_TIMESTAMP": (ago(1).as_microsecond()).to_string(),
+                "_UID": uid,
+                "SYSLOG_IDENTIFIER": module,
+                "MESSAGE": format!("Accepted google_authenticator for {account}"),
+            })
+        )
+    };
+    // `logger -t 'sshd(pam_google_authenticator)'` by a pupil: a text line
+    // no header check can tell apart, and a journal entry of the pupil's uid.
+    let forged = format!(
+        "Nov 20 08:00:00 lab-07 {module}[12366]: Accepted google_authenticator for e.staff\n"
+    );
+    std::fs::write(&log, &forged).unwrap();
+    std::fs::write(
+        &entries,
+        format!(
+            "{}{}",
+            entry("0", "a.staff", "c1"),
+            entry("1001", "e.staff", "c2")
+        ),
+    )
+    .unwrap();
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-mfa-journal"),
+        "",
+        &format!(
+            "[mfa]\nsource = \"journal\"\njournalctl = {}\nauth_logs = [\"{}\"]\npoll_secs = 1\n",
+            serde_json::to_string(&journalctl).unwrap(),
+            log.display()
+        ),
+    );
+    let id = agent.enroll();
+    queue(
+        &agent.data,
+        ["a.staff", "b.staff", "c.staff", "e.staff"]
+            .iter()
+            .enumerate()
+            .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
+            .collect(),
+    );
+    let mut daemon = agent.start();
+    let status =
+        |account: &str| pair(&data, &id, account).map(|p| p["status"].as_str().unwrap().to_owned());
+    wait_for("a.staff fresh from the journal", WAIT, || {
+        (status("a.staff")? == "fresh").then_some(())
+    });
+    // A later root entry counts; one more forged line counts nowhere.
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, forged.as_bytes()).unwrap();
+    drop(file);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&entries)
+        .unwrap();
+    std::io::Write::write_all(&mut file, entry("0", "b.staff", "c3").as_bytes()).unwrap();
+    drop(file);
+    wait_for("b.staff fresh from the journal", WAIT, || {
+        (status("b.staff")? == "fresh").then_some(())
+    });
+    assert_eq!(
+        status("e.staff").as_deref(),
+        Some("stale"),
+        "a forged line counts neither from the text log nor from the journal"
+    );
+    // A restart goes on from the stored cursor: by the time a later entry
+    // counts, anything read again would have arrived before it.
+    daemon.stop();
+    let _daemon = agent.start();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&entries)
+        .unwrap();
+    std::io::Write::write_all(&mut file, entry("0", "c.staff", "c4").as_bytes()).unwrap();
+    drop(file);
+    wait_for("c.staff fresh after the restart", WAIT, || {
+        (status("c.staff")? == "fresh").then_some(())
+    });
+    let mfa_events = || {
+        runtime().block_on(async {
+            let store = hallmonitor_collector::store::SqliteStore::open(
+                &data.data.join("collector.db"),
+                false,
+            )
+            .await
+            .unwrap();
+            let kinds = hallmonitor_collector::store::Store::event_kinds(
+                &store,
+                &hallmonitor_collector::model::DeviceId::from_string(id.clone()),
+            )
+            .await
+            .unwrap();
+            store.close().await;
+            kinds.into_iter().filter(|(_, k)| k == "mfa").count()
+        })
+    };
+    assert_eq!(mfa_events(), 3);
 }
 
 /// POSTs JSON to the collector's API with curl, trusting only its CA.

@@ -14,9 +14,12 @@
 //!
 //! Reading goes through `journalctl --output=json` from a cursor kept by
 //! the caller; each call reads at most `max_entries` entries and returns
-//! the cursor to go on from.
+//! the cursor to go on from. `journald_runs` says whether there is a
+//! journal to read, and `latest_cursor` where it stands now (to start
+//! from there rather than from its beginning).
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use jiff::Timestamp;
@@ -25,6 +28,62 @@ use super::{Found, Pattern, accepted_from};
 
 /// Authentication facilities: auth (4) and authpriv (10).
 const FACILITIES: [&str; 2] = ["SYSLOG_FACILITY=4", "SYSLOG_FACILITY=10"];
+
+/// journald's socket: present while journald runs.
+pub const SOCKET: &str = "/run/systemd/journal/socket";
+
+/// `journalctl` (program and leading arguments), quiet and without input.
+fn command(journalctl: &[String]) -> std::io::Result<Command> {
+    let Some((program, leading)) = journalctl.split_first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no journalctl command",
+        ));
+    };
+    let mut command = Command::new(program);
+    command
+        .args(leading)
+        .args(["--no-pager", "--quiet"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(command)
+}
+
+/// Whether there is a journal to read: journald's `socket` exists and
+/// `journalctl -n 0` succeeds. The error says why not.
+pub fn journald_runs(journalctl: &[String], socket: &Path) -> Result<(), String> {
+    if !socket.exists() {
+        return Err(format!("{} does not exist", socket.display()));
+    }
+    let shown = journalctl.join(" ");
+    let status = command(journalctl)
+        .and_then(|mut c| c.args(["-n", "0"]).stdout(Stdio::null()).status())
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{shown} -n 0: {status}"));
+    }
+    Ok(())
+}
+
+/// The cursor of the journal's newest entry (None when it is empty): reading
+/// after it reads only what is written from now on.
+pub fn latest_cursor(journalctl: &[String]) -> std::io::Result<Option<String>> {
+    let output = command(journalctl)?
+        .args(["--output=json", "-n", "1"])
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "journalctl failed ({}) finding the newest entry",
+            output.status
+        )));
+    }
+    Ok(output
+        .stdout
+        .split(|b| *b == b'\n')
+        .rev()
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .find_map(|entry| field(&entry, "__CURSOR").map(str::to_owned)))
+}
 
 /// A JSON field as text (journalctl writes non-UTF-8 values as byte
 /// arrays; those never match).
@@ -62,20 +121,11 @@ pub fn read_journal(
     now: Timestamp,
     max_entries: usize,
 ) -> std::io::Result<(Vec<Found>, Option<String>)> {
-    let Some((program, leading)) = journalctl.split_first() else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "no journalctl command",
-        ));
-    };
-    let mut command = Command::new(program);
+    let mut command = command(journalctl)?;
     command
-        .args(leading)
-        .args(["--output=json", "--no-pager", "--quiet", "_UID=0"])
+        .args(["--output=json", "_UID=0"])
         .args(FACILITIES)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped());
     if let Some(cursor) = cursor {
         command.arg(format!("--after-cursor={cursor}"));
     }
@@ -251,5 +301,41 @@ mod tests {
         let failing = vec!["sh".into(), "-c".into(), "exit 1".into()];
         let err = read_journal(&failing, Some("gone"), &patterns(), now, 10).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn journald_runs_when_its_socket_exists_and_journalctl_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("socket");
+        let answers = fake_journalctl(dir.path(), &[]);
+        let err = journald_runs(&answers, &socket).unwrap_err();
+        assert!(err.contains("socket does not exist"), "{err}");
+        std::fs::write(&socket, "").unwrap();
+        assert_eq!(journald_runs(&answers, &socket), Ok(()));
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        assert!(args.contains("-n 0"), "{args}");
+        let failing = vec!["sh".into(), "-c".into(), "exit 1".into()];
+        let err = journald_runs(&failing, &socket).unwrap_err();
+        assert!(err.contains("-n 0"), "{err}");
+        let missing = vec![dir.path().join("no-such-program").display().to_string()];
+        assert!(journald_runs(&missing, &socket).is_err());
+    }
+
+    #[test]
+    fn the_latest_cursor_is_the_last_entrys() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = "sshd(pam_google_authenticator)";
+        let journalctl = fake_journalctl(
+            dir.path(),
+            &[
+                entry("0", module, "x", "c1"),
+                entry("1001", "cron", "y", "c2"),
+            ],
+        );
+        assert_eq!(latest_cursor(&journalctl).unwrap().as_deref(), Some("c2"));
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        assert!(args.contains("-n 1"), "{args}");
+        let empty = fake_journalctl(dir.path(), &[]);
+        assert_eq!(latest_cursor(&empty).unwrap(), None);
     }
 }
