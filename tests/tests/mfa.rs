@@ -457,7 +457,7 @@ fn from_the_journal_only_roots_entries_count_and_the_text_log_is_not_read() {
             )
             .await
             .unwrap();
-            let kinds = hallmonitor_collector::store::Store::event_kinds(
+            let kinds = hallmonitor_collector::store::IngestStore::event_kinds(
                 &store,
                 &hallmonitor_collector::model::DeviceId::from_string(id.clone()),
             )
