@@ -15,6 +15,7 @@ pub mod incidents;
 pub mod ingest;
 pub mod init;
 pub mod listener;
+pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod pki;
