@@ -10,16 +10,22 @@
 #      needs Debian's python3-aiosmtpd).
 #   6. matching titles against a 10,000-phrase policy (`policy`);
 #   7. screen snapshot time and session helper memory (`snapshot`, Xvfb).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot]...   (default: all)
+#   8. collector memory after repeated load: `loadgen` with 2,000 agents
+#      run several times against one collector (`memory`; not in the
+#      default set: it takes a few minutes).
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot|memory]...   (default: all but memory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -q -p hallmonitor-collector -p hallmonitor-agent -p hallmonitor-benches --bins
 bin=$PWD/target/release
 # The agent as shipped: the size-optimised profile (Cargo.toml), whose
-# matcher and snapshot code keep full speed.
-cargo build --profile release-agent -q -p hallmonitor-agent --bins
+# matcher and snapshot code keep full speed. A separate full build, so
+# only the parts that run the agent make it.
 agent_bin=${AGENT_BIN:-$PWD/target/release-agent/hallmonitor-agent}
+build_agent() {
+    [[ -n ${AGENT_BIN:-} ]] || cargo build --profile release-agent -q -p hallmonitor-agent --bins
+}
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -36,9 +42,11 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 start_collector() {
     "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
         --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$work/init.txt"
+    # COLLECTOR_SET="key = value": one top-level setting of collector.toml.
+    [[ -z ${COLLECTOR_SET:-} ]] || sed -i "s/^${COLLECTOR_SET%% *} = .*/$COLLECTOR_SET/" "$work/collector/collector.toml"
     SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
     FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
-    HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
+    HALLMONITOR_LOG=${COLLECTOR_LOG:-warn} "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
     pids+=($!)
     COLLECTOR_PID=$!
     for _ in $(seq 200); do
@@ -54,6 +62,10 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # "anonymous A MiB, file-backed F MiB": heap and stacks against mapped code.
 rss_split() { awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "anonymous %.1f MiB, file-backed %.1f MiB", a / 1024, f / 1024}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+anon_kib() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
+# Sockets the process holds open (its listeners included).
+sockets() { find "/proc/$1/fd" -lname 'socket:*' 2> /dev/null | wc -l; }
+mib() { echo $((($1 + 512) / 1024)); }
 
 bench_ingest() {
     echo "== collector ingest (SQLite, loopback, loadgen in the same machine)"
@@ -68,6 +80,62 @@ bench_ingest() {
         kill "$COLLECTOR_PID"
         wait "$COLLECTOR_PID" || true
     done
+}
+
+# One collector, `loadgen` with 2,000 agents MEMORY_RUNS times (default
+# 4) in a row, the same machines each time (their identities are kept
+# between runs). After each run the collector's RSS is read twice: when
+# every connection it held has closed (its socket count back to what it
+# was idle), and settled: once it has finished the work the streams left
+# (re-evaluating their devices; its CPU time still for 2 s) and one period
+# of `release_memory_every_secs` (default 10 s) has passed.
+bench_memory() {
+    local agents=${MEMORY_AGENTS:-2000} events=${MEMORY_EVENTS_PER_AGENT:-1000} runs=${MEMORY_RUNS:-4}
+    echo "== collector memory after repeated load ($agents agents, $events events each, $runs runs, one collector${MALLOC_ARENA_MAX:+, MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX}${COLLECTOR_SET:+, $COLLECTOR_SET})"
+    rm -rf "$work/collector" "$work/loadgen"
+    COLLECTOR_LOG=warn,hallmonitor_collector::memory=info start_collector
+    local pid=$COLLECTOR_PID idle_sockets
+    idle_sockets=$(sockets "$pid")
+    echo "idle before load: RSS $(mib "$(rss_kib "$pid")") MiB, anonymous $(mib "$(anon_kib "$pid")") MiB, sockets $idle_sockets"
+    echo "| run | peak RSS (VmHWM) | RSS when connections closed | RSS settled | anonymous settled | loadgen |"
+    echo "|---:|---:|---:|---:|---:|---|"
+    for run in $(seq "$runs"); do
+        # Resets VmHWM to the current RSS, so the peak is this run's.
+        echo 5 > "/proc/$pid/clear_refs"
+        local result closed
+        result=$("$bin/loadgen" --enroll "$ENROLL" --telemetry "$TELEMETRY" --ca-fingerprint "$FINGERPRINT" \
+            --secret "$SECRET" --site Bench --agents "$agents" --events-per-agent "$events" \
+            --batch 500 --window 4 --work "$work/loadgen" 2> "$work/loadgen.err" | tail -1) || {
+            cat "$work/loadgen.err"
+            return 1
+        }
+        wait_for "connections closed" 120 "(( \$(sockets $pid) <= $idle_sockets ))"
+        closed=$(mib "$(rss_kib "$pid")")
+        wait_for "collector idle" 300 "(( \$(cpu_ticks_over_2s $pid) < 10 ))"
+        sleep "${MEMORY_RELEASE_WAIT:-12}"
+        echo "| $run | $(mib "$(hwm_kib "$pid")") MiB | $closed MiB | $(mib "$(rss_kib "$pid")") MiB | $(mib "$(anon_kib "$pid")") MiB | ${result#loadgen: } |"
+    done
+    grep 'freed memory returned' "$work/serve.err" | tail -3 || true
+    kill "$pid"
+    wait "$pid" || true
+}
+
+# wait_for WHAT SECONDS CONDITION: polls CONDITION (a shell expression)
+# until it holds; says so and goes on after SECONDS.
+wait_for() {
+    local deadline=$((SECONDS + $2))
+    until eval "$3"; do
+        ((SECONDS < deadline)) || { echo "($1: still not after $2 s)"; return 0; }
+        sleep 0.1
+    done
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU time (clock ticks, usually 1/100 s) process $1 uses over the next 2 s.
+cpu_ticks_over_2s() {
+    local before
+    before=$(cpu_ticks "$1")
+    sleep 2
+    echo $(($(cpu_ticks "$1") - before))
 }
 
 bench_outbox() {
@@ -112,6 +180,7 @@ bench_policy() {
 
 bench_snapshot() {
     echo "== screen snapshot and session helper memory (Xvfb 1920x1080)"
+    build_agent
     local display=":$((RANDOM % 100 + 300))"
     Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
     pids+=($!)
@@ -136,6 +205,7 @@ bench_rules() {
 
 bench_rss() {
     echo "== agent RSS"
+    build_agent
     rm -rf "$work/collector"
     start_collector
     cat > "$work/agent.toml" <<EOF

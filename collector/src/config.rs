@@ -25,6 +25,9 @@ pub struct CollectorConfig {
     pub max_batch_events: usize,
     pub shutdown_grace_secs: u64,
     pub evaluate_every_secs: u64,
+    /// How often freed heap memory is returned to the system, in seconds
+    /// (0: never; see `memory`).
+    pub release_memory_every_secs: u64,
     pub activity: ActivitySettings,
     pub mfa: MfaSettings,
     pub notifications: NotificationSettings,
@@ -325,6 +328,7 @@ impl Default for CollectorConfig {
             max_batch_events: 5000,
             shutdown_grace_secs: 15,
             evaluate_every_secs: 60,
+            release_memory_every_secs: 10,
             activity: ActivitySettings::default(),
             mfa: MfaSettings::default(),
             notifications: NotificationSettings::default(),

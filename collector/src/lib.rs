@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod init;
 pub mod listener;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod pki;

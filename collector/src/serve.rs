@@ -105,6 +105,10 @@ pub async fn serve(
         config.clone(),
         shutdown.clone(),
     ));
+    let memory = tokio::spawn(crate::memory::run(
+        Duration::from_secs(config.release_memory_every_secs),
+        shutdown.clone(),
+    ));
     let telemetry = TelemetryService {
         store: store.clone(),
         config: config.clone(),
@@ -172,6 +176,7 @@ pub async fn serve(
     api.abort();
     notifier.abort();
     retention.abort();
+    memory.abort();
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())
