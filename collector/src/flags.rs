@@ -188,6 +188,38 @@ pub fn effects(kind: FlagKind, from: FlagState, to: FlagState) -> Effects {
     }
 }
 
+/// What a device's new activity verdict does to its `device_inactive`
+/// flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictDecision {
+    /// Open a flag, and approve it at once where the site disables
+    /// inactive devices automatically.
+    Open {
+        auto_approve: bool,
+    },
+    /// Resolve the open flag: the device is compliant again.
+    Resolve,
+    Nothing,
+}
+
+/// Non-compliant with no flag in progress opens one; compliant again (or
+/// at risk, or in grace) resolves a flag still `open`. A flag a
+/// technician has acted on (approved, disabled) is left to them.
+pub fn on_activity_verdict(
+    status: crate::rules::activity::ActivityStatus,
+    active: Option<FlagState>,
+    auto_disable: bool,
+) -> VerdictDecision {
+    use crate::rules::activity::ActivityStatus as A;
+    match (status, active) {
+        (A::NonCompliant, None) => VerdictDecision::Open {
+            auto_approve: auto_disable,
+        },
+        (A::Compliant | A::AtRisk | A::Grace, Some(FlagState::Open)) => VerdictDecision::Resolve,
+        _ => VerdictDecision::Nothing,
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FlagRecord {
     pub id: i64,
@@ -252,6 +284,40 @@ mod tests {
                 next_state(1, kind, from, action).ok(),
                 want,
                 "{kind:?} {from:?} {action:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn activity_verdicts_table() {
+        use crate::rules::activity::ActivityStatus as A;
+        use FlagState as S;
+        use VerdictDecision as D;
+        let cases = [
+            (
+                A::NonCompliant,
+                None,
+                false,
+                D::Open {
+                    auto_approve: false,
+                },
+            ),
+            (A::NonCompliant, None, true, D::Open { auto_approve: true }),
+            (A::NonCompliant, Some(S::Open), true, D::Nothing),
+            (A::NonCompliant, Some(S::Disabled), false, D::Nothing),
+            (A::Compliant, Some(S::Open), false, D::Resolve),
+            (A::AtRisk, Some(S::Open), false, D::Resolve),
+            (A::Grace, Some(S::Open), false, D::Resolve),
+            (A::Compliant, Some(S::DisableApproved), false, D::Nothing),
+            (A::Compliant, Some(S::Disabled), false, D::Nothing),
+            (A::Compliant, None, true, D::Nothing),
+            (A::Disabled, Some(S::Open), false, D::Nothing),
+        ];
+        for (status, active, auto, want) in cases {
+            assert_eq!(
+                on_activity_verdict(status, active, auto),
+                want,
+                "{status:?} {active:?} auto={auto}"
             );
         }
     }

@@ -7,7 +7,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{SqliteStore, enforcement, instant, millis, optional_instant};
 use crate::flags::{
-    FlagAction, FlagError, FlagKind, FlagRecord, FlagState, FlagTransition, next_state,
+    FlagAction, FlagError, FlagKind, FlagRecord, FlagState, FlagTransition, VerdictDecision,
+    next_state,
 };
 use crate::model::{
     CommandKind, CommandRecord, DeviceId, Enforcement, SessionKind, SessionRecord, SiteId,
@@ -493,8 +494,22 @@ impl crate::store::ActivityStore for SqliteStore {
             .bind(verdict.device.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-            match (e.status, active) {
-                (ActivityStatus::NonCompliant, None) => {
+            let active = match active {
+                Some((id, state)) => Some((
+                    id,
+                    FlagState::parse(&state).ok_or_else(|| {
+                        StoreError::Corrupt(format!("flag {id}: state '{state}'"))
+                    })?,
+                )),
+                None => None,
+            };
+            // Decided in `flags::on_activity_verdict`; applied here.
+            match crate::flags::on_activity_verdict(
+                e.status,
+                active.map(|(_, state)| state),
+                verdict.auto_disable,
+            ) {
+                VerdictDecision::Open { auto_approve } => {
                     let summary = format!(
                         "logged in for {} min in the {} days to {}; {} min required",
                         e.used.as_mins(),
@@ -516,7 +531,7 @@ impl crate::store::ActivityStore for SqliteStore {
                     let Some(id) = opened else { continue };
                     tracing::info!(device_id = %verdict.device, flag_id = id, "device_inactive flag opened");
                     changes.opened.push(id);
-                    if verdict.auto_disable {
+                    if auto_approve {
                         transition_in(
                             &mut tx,
                             id,
@@ -530,10 +545,8 @@ impl crate::store::ActivityStore for SqliteStore {
                         changes.auto_approved.push(id);
                     }
                 }
-                (
-                    ActivityStatus::Compliant | ActivityStatus::AtRisk | ActivityStatus::Grace,
-                    Some((id, state)),
-                ) if state == "open" => {
+                VerdictDecision::Resolve => {
+                    let Some((id, _)) = active else { continue };
                     transition_in(
                         &mut tx,
                         id,
@@ -546,7 +559,7 @@ impl crate::store::ActivityStore for SqliteStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     changes.resolved.push(id);
                 }
-                _ => {}
+                VerdictDecision::Nothing => {}
             }
         }
         tx.commit().await?;
