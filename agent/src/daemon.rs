@@ -33,6 +33,9 @@ pub fn fact_sources(config: &AgentConfig) -> FactSources {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     crate::data_dir::prepare(&config.data_dir)
         .with_context(|| format!("preparing {}", config.data_dir.display()))?;
+    // One daemon per data directory: two would share one outbox and one
+    // identity, each stream closing the other's.
+    let _only_daemon = lock_data_dir(&config.data_dir)?;
     let Some(identity) = identity_or_enroll(&config, &shutdown).await? else {
         return Ok(());
     };
@@ -160,6 +163,32 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         None => {
             tracing::info!("agent stopped");
             Ok(())
+        }
+    }
+}
+
+/// Holds an exclusive lock on DATA_DIR/daemon.lock for as long as the
+/// daemon runs (the kernel releases it when the process ends, however it
+/// ends).
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another hallmonitor-agent daemon is running on {} (it holds {}); stop it first",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
 }

@@ -119,6 +119,12 @@ enum Fault {
 }
 
 impl OutboxError {
+    /// A full disk, an I/O error or another process's lock: the file may
+    /// be fine, and trying later may work.
+    pub fn is_transient(&self) -> bool {
+        self.fault() == Fault::Transient
+    }
+
     fn fault(&self) -> Fault {
         use sqlx::migrate::MigrateError;
         match self {

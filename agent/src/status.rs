@@ -103,6 +103,11 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
     let outbox = match Outbox::open_read_only(&config.data_dir).await {
         Ok(outbox) => outbox,
         Err(_) if status.outbox_unavailable.is_some() => return Ok(status),
+        // A disk too full for the daemon to say so either.
+        Err(e) if e.is_transient() => {
+            status.outbox_unavailable = Some(e.to_string());
+            return Ok(status);
+        }
         Err(e) => return Err(e.into()),
     };
     let stats = match outbox.stats().await {
@@ -116,6 +121,10 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
                 .any(|starting| e.to_string().contains(starting)) =>
         {
             status.connection = "starting".into();
+            return Ok(status);
+        }
+        Err(e) if e.is_transient() => {
+            status.outbox_unavailable = Some(e.to_string());
             return Ok(status);
         }
         Err(e) => return Err(e.into()),

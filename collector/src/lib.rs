@@ -56,7 +56,8 @@ pub async fn open_store(data: &Path) -> anyhow::Result<store::SqliteStore> {
 }
 
 /// How to get a database back, for every message that finds it damaged.
-pub const RESTORE: &str = "Stop the collector, keep the damaged file aside, copy the last backup \
+pub const RESTORE: &str = "Stop the collector, move the damaged collector.db and its -wal and -shm \
+files aside (an old -wal would be replayed onto the backup), copy the last backup \
 (`hallmonitor-collector backup --to FILE` makes one) to DATA/collector.db and start again; \
 agents resend everything they still hold.";
 

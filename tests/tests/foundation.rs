@@ -306,6 +306,30 @@ fn reenrolling_closes_the_stream_of_the_replaced_certificate() {
     assert!(log.contains("closing the device's open stream"), "{log}");
 }
 
+/// A second daemon on the same data directory refuses to start: it would
+/// share the outbox and identity, each stream closing the other's.
+#[test]
+fn a_second_daemon_on_one_data_directory_refuses_to_start() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-two-daemons"));
+    agent.enroll();
+    let mut first = agent.start();
+    wait_for("the agent connected", WAIT, || {
+        (agent.status()["connection"] == "connected").then_some(())
+    });
+    let mut second = agent.start();
+    let code = wait_for("the second daemon to exit", WAIT, || second.has_exited());
+    assert_ne!(code, 0);
+    let log = second.stderr_text();
+    assert!(
+        log.contains("another hallmonitor-agent daemon is running"),
+        "{log}"
+    );
+    first.assert_running();
+    assert_eq!(agent.status()["daemon_pid"], first.pid(), "the first one's");
+}
+
 #[test]
 fn a_task_that_fails_stops_the_daemon_with_a_non_zero_exit_naming_it() {
     let data = CollectorData::init("Cabot");

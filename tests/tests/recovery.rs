@@ -169,4 +169,21 @@ fn an_agent_whose_disk_fills_keeps_running_and_recovers_when_space_returns() {
         (acked(&data.device(&id)) > before).then_some(())
     });
     assert!(daemon.stderr_text().contains("writing to the outbox again"));
+
+    // Stopped, and started again on a disk that is full: the daemon waits
+    // with the file untouched, and `status` says why instead of failing.
+    daemon.stop();
+    fill(&filler);
+    let mut daemon = agent.start();
+    wait_for("the daemon to find its outbox unavailable", WAIT, || {
+        daemon.assert_running();
+        daemon
+            .stderr_text()
+            .contains("outbox unavailable")
+            .then_some(())
+    });
+    let out = agent.cli(&["status", "--format", "json"]);
+    assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["outbox_unavailable"].is_string(), "{status}");
 }
