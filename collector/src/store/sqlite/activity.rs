@@ -684,3 +684,167 @@ impl crate::store::ActivityStore for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::{SignedDuration, Timestamp};
+
+    use crate::flags::{FlagAction, FlagError, FlagState};
+    use crate::model::{CommandKind, DeviceId, Enforcement, SiteId};
+    use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{ActivityStore, ActivityVerdict, DeviceStore};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_secs(secs)
+    }
+
+    fn verdict(
+        device: &DeviceId,
+        site: SiteId,
+        status: ActivityStatus,
+        at: Timestamp,
+        auto: bool,
+    ) -> ActivityVerdict {
+        ActivityVerdict {
+            device: device.clone(),
+            site,
+            evaluation: ActivityEvaluation {
+                status,
+                as_of: at,
+                window_start: at - SignedDuration::from_hours(24 * 28),
+                used: SignedDuration::from_mins(5),
+                breach_at: None,
+                grace_until: None,
+            },
+            next_check_at: at + SignedDuration::from_hours(1),
+            required_minutes: 60,
+            auto_disable: auto,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flag_goes_through_its_lifecycle_with_its_commands_and_enforcement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, device) = store_with_device(dir.path(), t(0)).await;
+        let non_compliant = verdict(&device, site.id, ActivityStatus::NonCompliant, t(10), false);
+        let changes = store
+            .record_activity(std::slice::from_ref(&non_compliant), t(10))
+            .await
+            .unwrap();
+        assert_eq!(changes.opened.len(), 1);
+        let id = changes.opened[0];
+        // Evaluated again: still one flag.
+        let again = store
+            .record_activity(&[non_compliant], t(20))
+            .await
+            .unwrap();
+        assert!(again.opened.is_empty());
+
+        // A transition the state machine refuses changes nothing.
+        let refused = store
+            .transition_flag(id, FlagAction::Reenable, "cli:t", "", t(30))
+            .await
+            .unwrap();
+        assert!(
+            matches!(refused, Err(FlagError::NotAllowed { .. })),
+            "{refused:?}"
+        );
+        assert!(store.pending_commands(&device).await.unwrap().is_empty());
+
+        let approved = store
+            .transition_flag(id, FlagAction::Approve, "cli:t", "inactive", t(40))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(approved.state, FlagState::DisableApproved);
+        let commands = store.pending_commands(&device).await.unwrap();
+        assert_eq!(commands.len(), 1);
+        assert_eq!(commands[0].kind, CommandKind::Disable);
+        let record = store.device(&device).await.unwrap().unwrap();
+        assert_eq!(record.enforcement, Enforcement::DisablePending);
+
+        let reenabled = store
+            .transition_flag(id, FlagAction::Reenable, "cli:t", "back", t(50))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reenabled.state, FlagState::Reenabled);
+        let record = store.device(&device).await.unwrap().unwrap();
+        assert_eq!(record.enforcement, Enforcement::EnablePending);
+        assert_eq!(record.reenabled_at, Some(t(50)), "a new grace period");
+        let history = store.flag_history(id).await.unwrap();
+        assert_eq!(
+            history.len(),
+            3,
+            "opened, approved, re-enabled: {history:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn verdicts_open_auto_approve_and_resolve_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, device) = store_with_device(dir.path(), t(0)).await;
+        let opened = store
+            .record_activity(
+                &[verdict(
+                    &device,
+                    site.id,
+                    ActivityStatus::NonCompliant,
+                    t(10),
+                    false,
+                )],
+                t(10),
+            )
+            .await
+            .unwrap();
+        let resolved = store
+            .record_activity(
+                &[verdict(
+                    &device,
+                    site.id,
+                    ActivityStatus::Compliant,
+                    t(20),
+                    false,
+                )],
+                t(20),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resolved.resolved, opened.opened, "compliant again");
+        let flag = store.flag(opened.opened[0]).await.unwrap().unwrap();
+        assert_eq!(flag.state, FlagState::Dismissed);
+
+        let auto = store
+            .record_activity(
+                &[verdict(
+                    &device,
+                    site.id,
+                    ActivityStatus::NonCompliant,
+                    t(30),
+                    true,
+                )],
+                t(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(auto.auto_approved, auto.opened);
+        let flag = store.flag(auto.opened[0]).await.unwrap().unwrap();
+        assert_eq!(flag.state, FlagState::DisableApproved);
+        // An approved flag is the technician's: compliance does not close it.
+        let later = store
+            .record_activity(
+                &[verdict(
+                    &device,
+                    site.id,
+                    ActivityStatus::Compliant,
+                    t(40),
+                    true,
+                )],
+                t(40),
+            )
+            .await
+            .unwrap();
+        assert!(later.resolved.is_empty());
+    }
+}

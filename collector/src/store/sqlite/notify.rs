@@ -286,3 +286,147 @@ impl crate::store::NotificationStore for SqliteStore {
         rows.iter().map(notification_from_row).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{NewNotification, NotificationStore};
+
+    fn message(site: crate::model::SiteId, address: &str, timing: &str) -> NewNotification {
+        NewNotification {
+            site,
+            channel: "email".into(),
+            address: address.into(),
+            webhook_format: String::new(),
+            webhook_secret: String::new(),
+            timing: timing.into(),
+            subject: format!("to {address}"),
+            body: "body".into(),
+            payload: String::new(),
+        }
+    }
+
+    fn t(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_secs(secs)
+    }
+
+    #[tokio::test]
+    async fn a_claimed_message_is_leased_to_one_owner_until_the_lease_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) = store_with_device(dir.path(), t(0)).await;
+        let queued = store
+            .queue_notifications(None, &[message(site.id, "head@school", "immediate")], t(0))
+            .await
+            .unwrap();
+        assert_eq!(queued, 1);
+        let a = store
+            .claim_notifications("a", t(1), t(61), 10, &["email"])
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 1);
+        let b = store
+            .claim_notifications("b", t(30), t(90), 10, &["email"])
+            .await
+            .unwrap();
+        assert!(b.is_empty(), "leased to a until 61 s");
+        assert!(
+            store
+                .claim_notifications("b", t(62), t(120), 10, &["webhook"])
+                .await
+                .unwrap()
+                .is_empty(),
+            "only the channels asked for"
+        );
+        let b = store
+            .claim_notifications("b", t(62), t(120), 10, &["email"])
+            .await
+            .unwrap();
+        assert_eq!(b.len(), 1, "a's lease ended: b may send it");
+        store.notification_sent(b[0].id, t(63)).await.unwrap();
+        assert!(
+            store
+                .claim_notifications("c", t(200), t(260), 10, &["email"])
+                .await
+                .unwrap()
+                .is_empty(),
+            "sent once"
+        );
+        let sent = store.list_notifications(Some("sent")).await.unwrap();
+        assert_eq!((sent.len(), sent[0].attempts), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_message_waits_for_its_retry_and_dies_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) = store_with_device(dir.path(), t(0)).await;
+        store
+            .queue_notifications(None, &[message(site.id, "dsl@school", "immediate")], t(0))
+            .await
+            .unwrap();
+        let id = store
+            .claim_notifications("a", t(1), t(61), 10, &["email"])
+            .await
+            .unwrap()[0]
+            .id;
+        store
+            .notification_failed(id, "connection refused", Some(t(100)))
+            .await
+            .unwrap();
+        let claim = |at: i64| store.claim_notifications("a", t(at), t(at + 60), 10, &["email"]);
+        assert!(claim(99).await.unwrap().is_empty(), "not before its retry");
+        assert_eq!(claim(100).await.unwrap().len(), 1);
+        store.notification_failed(id, "again", None).await.unwrap();
+        assert!(claim(10_000).await.unwrap().is_empty(), "dead");
+        let dead = store.list_notifications(Some("dead")).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].attempts, dead[0].last_error.as_str()),
+            (2, "again")
+        );
+    }
+
+    #[tokio::test]
+    async fn digest_messages_wait_for_the_digest_and_are_gathered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) = store_with_device(dir.path(), t(0)).await;
+        store
+            .queue_notifications(
+                None,
+                &[
+                    message(site.id, "gov@school", "digest"),
+                    message(site.id, "gov@school", "digest"),
+                ],
+                t(0),
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_notifications("a", t(1), t(61), 10, &["email"])
+                .await
+                .unwrap()
+                .is_empty(),
+            "digest messages are not sent one by one"
+        );
+        let pending = store.pending_digest(site.id).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        let digest = message(site.id, "gov@school", "immediate");
+        let members: Vec<i64> = pending.iter().map(|n| n.id).collect();
+        store
+            .queue_digest(site.id, &[(digest, members)], "2027-01-15", t(2))
+            .await
+            .unwrap();
+        assert!(store.pending_digest(site.id).await.unwrap().is_empty());
+        assert_eq!(
+            store.digest_last_date(site.id).await.unwrap().as_deref(),
+            Some("2027-01-15")
+        );
+        let out = store
+            .claim_notifications("a", t(3), t(63), 10, &["email"])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1, "one message for the address");
+    }
+}
