@@ -1,10 +1,18 @@
-//! Hall Monitor agent. One binary, run as the privileged daemon (`run`);
-//! later work adds the per-session helper role. `main.rs` only parses the
-//! command line; everything lives here so tests and benches reach it.
+//! Hall Monitor agent. One binary in two roles: the privileged daemon
+//! (`run`, see `daemon`) and the session helper (`session`, see `capture`)
+//! started inside each graphical session, talking to the daemon over a Unix
+//! socket. `main.rs` only parses the command line; everything lives here so
+//! tests and benches reach it.
 //!
-//! Data flow: producers (heartbeats and facts now; sessions, MFA and
-//! captures later) append to the durable `outbox`; `stream` drains it to the
-//! collector over mutual TLS and deletes what the collector acknowledged.
+//! Data flow: producers (heartbeats and facts, login sessions, two-step
+//! sign-ins from the auth logs or journal, captures from helpers, new
+//! software from the file watcher, command results, monitoring gaps)
+//! append to the durable `outbox`; `stream` drains it to the collector over
+//! mutual TLS and deletes what the collector acknowledged.
+//!
+//! Architecture invariant: the wire types (`hallmonitor_proto::v1`) are the
+//! outbox's payload, so producers build them directly; only the outbox
+//! decides what is evicted and only the stream deletes events.
 
 pub mod accounts;
 pub mod authlog;

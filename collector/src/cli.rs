@@ -1,5 +1,6 @@
-//! Output of the collector's read commands (`devices`, `enroll-secret
-//! list`) as a human table or as stable JSON for scripts. The JSON carries a
+//! Rendering only: the output of the collector's read commands (devices,
+//! secrets, flags, 2FA, incidents, notifications, policies) as a human
+//! table or as stable JSON for scripts. The JSON carries a
 //! `schema` name; fields are only ever added under the same name.
 //!
 //! Much of what is shown came from devices, so it is hostile text: every

@@ -1,6 +1,13 @@
-//! Hall Monitor collector: receives what agents stream, stores it, and (in
-//! later modules) applies the schools' rules. `main.rs` only parses the
-//! command line; everything it runs lives here so tests and benches reach it.
+//! Hall Monitor collector: enrols devices, receives what agents stream,
+//! stores it, applies the schools' rules (device activity, 2FA freshness,
+//! suspicious activity), keeps flags, incidents and evidence, notifies
+//! people and serves the JSON API. `main.rs` and `commands/` only parse and
+//! run the command line; everything they run lives here so tests and
+//! benches reach it.
+//!
+//! Architecture invariants: only `store` runs SQL; wire types
+//! (`hallmonitor_proto::v1`) are converted to `model` at the edge
+//! (`ingest`, `enroll`, `ingest::downstream`) and appear nowhere else.
 
 pub mod api;
 pub mod auth;

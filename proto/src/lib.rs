@@ -1,9 +1,11 @@
 //! Hall Monitor wire protocol: the generated prost messages and tonic
 //! services for `proto/hallmonitor/v1/hallmonitor.proto`.
 //!
-//! This crate holds only the schema and its generated code. The agent and the
-//! collector convert these types into their own domain types at the edge
-//! (`stream` in the agent, `ingest`/`enroll` in the collector).
+//! This crate holds only the schema, its generated code, the redacted
+//! `Debug` of the enrolment request and the re-enrolment proof message. The
+//! collector converts these types into its own domain types at the edge
+//! (`ingest`, `enroll`); the agent uses them as they are, as the payload of
+//! its outbox (see `hallmonitor_agent`).
 
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic)]
