@@ -1,13 +1,18 @@
-//! `run`: the agent daemon. Enrols first if it has no identity (zero-touch:
-//! MDM drops the config, the service starts, the device appears), then runs
-//! its tasks until shutdown: the producer (heartbeats, facts on start and on
-//! change), sessions, auth logs, the file watcher and the helper socket
-//! appending to the outbox, the stream draining it, and the enforcer
-//! applying commands. A `Supervisor` holds them: the first task to fail
-//! stops the rest and the daemon exits non-zero, so systemd restarts it.
+//! `run`: the agent daemon, wiring only. Takes the data directory's lock
+//! (one daemon per directory), enrols first if it has no identity
+//! (zero-touch: MDM drops the config, the service starts, the device
+//! appears), opens the outbox, then runs its tasks until shutdown, each
+//! given a `TaskContext` (config, outbox, wake, shutdown): the producer
+//! (`heartbeat`), the session tracker (`sessions::watch`), the auth-log or
+//! journal follower (`authlog::follow::watch`), the file watcher
+//! (`files::watch`), the helper socket (`capture::serve_helpers`), the
+//! monitoring-gap check (`gaps::watch`) and the policy-override watcher
+//! append to the outbox or change what is in force; the stream drains it
+//! and the enforcer (`enforce::run_commands`) applies commands. A
+//! `Supervisor` holds them: the first task to fail stops the rest and the
+//! daemon exits non-zero, so systemd restarts it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use hallmonitor_proto::v1;
@@ -15,13 +20,12 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::authlog::{self, follow};
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts::{self, FactSources};
 use crate::outbox::{self, OpenError, Outbox};
-use crate::sessions;
 use crate::stream::{self, StreamSettings};
+use crate::task::TaskContext;
 
 pub fn fact_sources(config: &AgentConfig) -> FactSources {
     FactSources {
@@ -65,6 +69,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 
     let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);
     let wake = Arc::new(Notify::new());
+    let ctx = TaskContext {
+        config: config.clone(),
+        outbox: outbox.clone(),
+        wake: wake.clone(),
+        shutdown: shutdown.clone(),
+    };
     let mut tasks = Supervisor::default();
     let (hub_for_override, override_path, token) = (
         hub.clone(),
@@ -75,30 +85,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         crate::policy::watch_override(hub_for_override, override_path, token).await;
         Ok(())
     });
-    tasks.spawn(
-        "producer",
-        produce(
-            config.clone(),
-            outbox.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        ),
-    );
+    tasks.spawn("producer", crate::heartbeat::run(ctx.clone()));
     let (commands, command_queue) = tokio::sync::mpsc::channel(16);
     // Ends when the stream drops the only command sender.
     tasks.spawn(
         "enforcer",
-        enforce_commands(config.clone(), outbox.clone(), command_queue, wake.clone()),
+        crate::enforce::run_commands(ctx.clone(), command_queue),
     );
-    tasks.spawn(
-        "sessions",
-        track_sessions(
-            config.clone(),
-            outbox.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        ),
-    );
+    tasks.spawn("sessions", crate::sessions::watch(ctx.clone()));
     let presence = Arc::new(crate::gaps::HelperPresence::installed());
     tasks.spawn(
         "session helper socket",
@@ -112,16 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         ),
     );
     if config.capture.helper_grace_secs > 0 {
-        tasks.spawn(
-            "monitoring gaps",
-            watch_helpers(
-                config.clone(),
-                outbox.clone(),
-                presence,
-                wake.clone(),
-                shutdown.clone(),
-            ),
-        );
+        tasks.spawn("monitoring gaps", crate::gaps::watch(ctx.clone(), presence));
     }
     tasks.spawn(
         "file watcher",
@@ -132,15 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             shutdown.clone(),
         ),
     );
-    tasks.spawn(
-        "auth logs",
-        watch_auth_logs(
-            config.clone(),
-            outbox.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        ),
-    );
+    tasks.spawn("auth logs", crate::authlog::follow::watch(ctx));
     let settings = StreamSettings {
         collector: config.collector.clone(),
         delivery: config.delivery.clone(),
@@ -326,371 +303,4 @@ pub async fn collect_facts(config: &AgentConfig) -> v1::DeviceFacts {
     tokio::task::spawn_blocking(move || facts::collect(&sources))
         .await
         .unwrap_or_default()
-}
-
-async fn produce(
-    config: AgentConfig,
-    outbox: Outbox,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let interval = config.heartbeat_interval_secs;
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(interval)));
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let facts_every = Duration::from_secs(u64::from(config.facts_interval_secs));
-    let mut last_facts: Option<v1::DeviceFacts> = None;
-    let mut facts_checked = tokio::time::Instant::now();
-    let mut trouble = WriteTrouble::default();
-    loop {
-        tokio::select! {
-            _ = heartbeat.tick() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        let now = Timestamp::now();
-        // Facts first: a heartbeat merges into an unsent heartbeat only when
-        // it is the newest row.
-        let mut events = Vec::new();
-        if last_facts.is_none() || facts_checked.elapsed() >= facts_every {
-            facts_checked = tokio::time::Instant::now();
-            let current = collect_facts(&config).await;
-            let stable = facts::stable_view(&current);
-            if last_facts.as_ref() != Some(&stable) {
-                events.push((now, v1::event::Body::Facts(current)));
-                last_facts = Some(stable);
-            }
-        }
-        let written = async {
-            if !events.is_empty() {
-                outbox.append_all(events).await?;
-            }
-            // Evictions while connected (a burst of captures, a slow link)
-            // are reported at the next tick rather than at the next
-            // reconnection.
-            outbox.take_eviction_report().await?;
-            let heartbeat = v1::Heartbeat {
-                uptime_secs: facts::uptime_secs(),
-                interval_secs: interval,
-            };
-            outbox.append_heartbeat(now, heartbeat).await?;
-            outbox.set_state(ALIVE_AT, &now.to_string()).await
-        }
-        .await;
-        match written {
-            Ok(()) => {
-                trouble.cleared("producer");
-                wake.notify_one();
-            }
-            Err(e) => {
-                // A full disk: the facts are sent again once it is not.
-                trouble.failed("producer", &e);
-                last_facts = None;
-            }
-        }
-    }
-}
-
-/// Outbox state key: the producer's last successful write. `status`
-/// reads a stalled outbox (a full disk) from its age.
-pub const ALIVE_AT: &str = "daemon_alive_at";
-
-/// A task's outbox writes failing (a full disk, an I/O error): said once
-/// when they start failing and once when they work again, while the task
-/// retries, instead of the task (and with it the daemon) stopping.
-#[derive(Debug, Default)]
-pub struct WriteTrouble {
-    said: Option<String>,
-}
-
-impl WriteTrouble {
-    pub fn failed(&mut self, task: &str, error: &dyn std::fmt::Display) {
-        let text = error.to_string();
-        if self.said.as_ref() != Some(&text) {
-            tracing::error!(task, error = %text, "cannot write to the outbox; will retry");
-            self.said = Some(text);
-        }
-    }
-
-    pub fn cleared(&mut self, task: &str) {
-        if self.said.take().is_some() {
-            tracing::info!(task, "writing to the outbox again");
-        }
-    }
-}
-
-/// Applies commands from the collector one at a time, in order.
-async fn enforce_commands(
-    config: AgentConfig,
-    outbox: Outbox,
-    mut queue: tokio::sync::mpsc::Receiver<v1::Command>,
-    wake: Arc<Notify>,
-) -> anyhow::Result<()> {
-    while let Some(command) = queue.recv().await {
-        if crate::enforce::apply(&config, &outbox, command)
-            .await?
-            .is_some()
-        {
-            wake.notify_one();
-        }
-    }
-    Ok(())
-}
-
-/// Polls the session source and queues start and end events. The ledger
-/// of open sessions is kept in the outbox state so a restart neither
-/// repeats a start nor loses an end.
-async fn track_sessions(
-    config: AgentConfig,
-    outbox: Outbox,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let source: Arc<dyn sessions::SessionSource> = Arc::from(sessions::source(&config.sessions));
-    tracing::info!(source = source.name(), "tracking login sessions");
-    let mut ledger: sessions::Ledger = match outbox.state(sessions::LEDGER_KEY).await? {
-        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "session ledger unreadable; starting afresh");
-            sessions::Ledger::new()
-        }),
-        None => sessions::Ledger::new(),
-    };
-    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned = false;
-    let mut trouble = WriteTrouble::default();
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        let reader = source.clone();
-        let live = match tokio::task::spawn_blocking(move || reader.sessions()).await? {
-            Ok(live) => {
-                warned = false;
-                live
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(error = %e, "cannot read login sessions; will retry");
-                    warned = true;
-                }
-                continue;
-            }
-        };
-        let now = Timestamp::now();
-        let before = ledger.clone();
-        let events = sessions::track(&mut ledger, live, now);
-        let ledger_json = serde_json::to_string(&ledger)?;
-        let starts: Vec<String> = events
-            .iter()
-            .filter(|e| e.phase == v1::session_event::Phase::Start as i32)
-            .map(|e| e.session_id.clone())
-            .collect();
-        let written = async {
-            if !events.is_empty() {
-                let bodies = events
-                    .into_iter()
-                    .map(|e| (now, v1::event::Body::Session(e)))
-                    .collect();
-                outbox.append_all(bodies).await?;
-                wake.notify_one();
-            }
-            outbox.set_state(sessions::LEDGER_KEY, &ledger_json).await
-        }
-        .await;
-        if let Err(e) = written {
-            // Not queued: the next poll finds the same changes again.
-            trouble.failed("sessions", &e);
-            ledger = before;
-            continue;
-        }
-        trouble.cleared("sessions");
-        for id in starts {
-            if let Some(tracked) = ledger.get(&id) {
-                stale_mfa_login(&config, &outbox, &tracked.session).await;
-            }
-        }
-    }
-}
-
-/// Reports graphical sessions that have no session helper (see `gaps`).
-/// Reads the session ledger `track_sessions` keeps in the outbox.
-async fn watch_helpers(
-    config: AgentConfig,
-    outbox: Outbox,
-    presence: Arc<crate::gaps::HelperPresence>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use crate::gaps;
-    let grace = Duration::from_secs(u64::from(config.capture.helper_grace_secs));
-    let mut book: gaps::GapBook = outbox
-        .state(gaps::STATE_KEY)
-        .await?
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .unwrap_or_default();
-    // As often as sessions are polled, and at least ten times a grace.
-    let every = Duration::from_secs(u64::from(config.sessions.poll_secs.max(1)))
-        .min(grace / 10)
-        .max(Duration::from_secs(1));
-    let mut poll = tokio::time::interval(every);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        let ledger: sessions::Ledger = match outbox.state(sessions::LEDGER_KEY).await {
-            Ok(json) => json
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the session ledger; will retry");
-                continue;
-            }
-        };
-        let now = Timestamp::now();
-        let events = gaps::check(
-            &mut book,
-            &ledger,
-            |uid| presence.is_connected(uid),
-            now,
-            grace,
-        );
-        if events.is_empty() {
-            continue;
-        }
-        for gap in &events {
-            if gap.phase == v1::session_event::Phase::Start as i32 {
-                tracing::warn!(session = %gap.session_id, uid = gap.uid, "a graphical session has no session helper: monitoring gap reported");
-            } else {
-                tracing::info!(session = %gap.session_id, "monitoring gap closed");
-            }
-        }
-        let bodies = events
-            .into_iter()
-            .map(|gap| (now, v1::event::Body::MonitoringGap(gap)))
-            .collect();
-        // Events first: a crash before the book is saved reports a gap
-        // twice (the collector folds them), never not at all.
-        if let Err(e) = outbox.append_all(bodies).await {
-            tracing::warn!(error = %e, "cannot queue a monitoring gap; will retry");
-            // Forget what was decided so the next pass decides it again.
-            book = outbox
-                .state(gaps::STATE_KEY)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .unwrap_or_default();
-            continue;
-        }
-        wake.notify_one();
-        if let Err(e) = outbox
-            .set_state(gaps::STATE_KEY, &serde_json::to_string(&book)?)
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record monitoring gaps");
-        }
-    }
-}
-
-/// Follows where two-step sign-ins are logged and queues an MFA-completion
-/// event per accepted second factor (see `authlog::follow`). Bad patterns
-/// end the task; a log or journal it cannot read, or an outbox it cannot
-/// write, is logged and tried again at the next tick.
-async fn watch_auth_logs(
-    config: AgentConfig,
-    outbox: Outbox,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    use notify::Watcher;
-    let patterns = config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?;
-    let (setting, journalctl) = (config.mfa.source, config.mfa.journalctl.clone());
-    let (source, why) = tokio::task::spawn_blocking(move || {
-        follow::choose(setting, || {
-            authlog::journal::journald_runs(
-                &journalctl,
-                std::path::Path::new(authlog::journal::SOCKET),
-            )
-        })
-    })
-    .await?;
-    tracing::info!(source = source.name(), reason = %why, "reading two-step sign-ins");
-    let mut follower = follow::Follower::new(&config.mfa, source, &config.data_dir, patterns);
-    // Wake on any change in the logs' folders (rotation creates files).
-    let changed = Arc::new(Notify::new());
-    let notifier = changed.clone();
-    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        notifier.notify_one();
-    })
-    .ok();
-    if let Some(watcher) = watcher.as_mut() {
-        for folder in follower.folders() {
-            if let Err(e) = watcher.watch(&folder, notify::RecursiveMode::NonRecursive) {
-                tracing::debug!(folder = %folder.display(), error = %e, "not watching; polling only");
-            }
-        }
-    }
-    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = poll.tick() => {}
-            _ = changed.notified() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-        if follower.read_all(&outbox).await? > 0 {
-            wake.notify_one();
-        }
-    }
-}
-
-/// A staff account whose two-step sign-in on this device is stale (as the
-/// collector last said) has logged in: tell them, and lock the session if
-/// the site asks for it.
-async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &sessions::LiveSession) {
-    let Ok(Some(state)) = outbox.state("compliance_json").await else {
-        return;
-    };
-    let Ok(report) = serde_json::from_str::<serde_json::Value>(&state) else {
-        return;
-    };
-    let stale = report["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|d| d["mfa"].as_array().into_iter().flatten())
-        .any(|p| p["account"] == session.account.to_lowercase().as_str() && p["status"] == "stale");
-    if !stale {
-        return;
-    }
-    tracing::info!(uid = session.uid, session = %session.platform_id, "staff login with stale two-step sign-in");
-    let fill = |arg: &String| {
-        arg.replace("{account}", &session.account)
-            .replace("{uid}", &session.uid.to_string())
-    };
-    if let Some((program, args)) = config.mfa.notify_command.split_first() {
-        let status = tokio::process::Command::new(fill(program))
-            .args(args.iter().map(fill))
-            .status()
-            .await;
-        if !matches!(status, Ok(s) if s.success()) {
-            tracing::warn!(?status, "could not show the two-step sign-in notice");
-        }
-    }
-    let lock = outbox.state("lock_stale_mfa_sessions").await.ok().flatten();
-    if lock.as_deref() == Some("true")
-        && !config.enforcement.admin_accounts.contains(&session.account)
-        && let Some((program, args)) = config.enforcement.lock_session_command.split_first()
-    {
-        let status = tokio::process::Command::new(program)
-            .args(args)
-            .arg(&session.platform_id)
-            .status()
-            .await;
-        if !matches!(status, Ok(s) if s.success()) {
-            tracing::warn!(?status, "could not lock the session");
-        }
-    }
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AgentConfig, EnforcementAction, EnforcementConfig};
 use crate::outbox::Outbox;
 use crate::sessions;
+use crate::task::TaskContext;
 
 /// What the marker file holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -334,6 +335,28 @@ async fn run_hook(
 /// Where the marker is, for status output.
 pub fn marker_path(config: &AgentConfig) -> PathBuf {
     config.enforcement.marker_path(&config.data_dir)
+}
+
+/// Applies commands from the collector one at a time, in order.
+pub async fn run_commands(
+    ctx: TaskContext,
+    mut queue: tokio::sync::mpsc::Receiver<v1::Command>,
+) -> anyhow::Result<()> {
+    let TaskContext {
+        config,
+        outbox,
+        wake,
+        ..
+    } = ctx;
+    while let Some(command) = queue.recv().await {
+        if crate::enforce::apply(&config, &outbox, command)
+            .await?
+            .is_some()
+        {
+            wake.notify_one();
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

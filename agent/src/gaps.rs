@@ -23,7 +23,9 @@ use hallmonitor_proto::v1;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::sessions;
 use crate::sessions::{Kind, Ledger};
+use crate::task::TaskContext;
 
 /// Outbox state key of the `GapBook`.
 pub const STATE_KEY: &str = "monitoring_gaps";
@@ -226,6 +228,88 @@ fn wire(t: Timestamp) -> hallmonitor_proto::Timestamp {
     hallmonitor_proto::Timestamp {
         seconds: t.as_second(),
         nanos: t.subsec_nanosecond(),
+    }
+}
+
+/// Reports graphical sessions that have no session helper (see `gaps`).
+/// Reads the session ledger `track_sessions` keeps in the outbox.
+pub async fn watch(ctx: TaskContext, presence: Arc<HelperPresence>) -> anyhow::Result<()> {
+    let TaskContext {
+        config,
+        outbox,
+        wake,
+        shutdown,
+    } = ctx;
+    use crate::gaps;
+    let grace = Duration::from_secs(u64::from(config.capture.helper_grace_secs));
+    let mut book: gaps::GapBook = outbox
+        .state(gaps::STATE_KEY)
+        .await?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    // As often as sessions are polled, and at least ten times a grace.
+    let every = Duration::from_secs(u64::from(config.sessions.poll_secs.max(1)))
+        .min(grace / 10)
+        .max(Duration::from_secs(1));
+    let mut poll = tokio::time::interval(every);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let ledger: sessions::Ledger = match outbox.state(sessions::LEDGER_KEY).await {
+            Ok(json) => json
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the session ledger; will retry");
+                continue;
+            }
+        };
+        let now = Timestamp::now();
+        let events = gaps::check(
+            &mut book,
+            &ledger,
+            |uid| presence.is_connected(uid),
+            now,
+            grace,
+        );
+        if events.is_empty() {
+            continue;
+        }
+        for gap in &events {
+            if gap.phase == v1::session_event::Phase::Start as i32 {
+                tracing::warn!(session = %gap.session_id, uid = gap.uid, "a graphical session has no session helper: monitoring gap reported");
+            } else {
+                tracing::info!(session = %gap.session_id, "monitoring gap closed");
+            }
+        }
+        let bodies = events
+            .into_iter()
+            .map(|gap| (now, v1::event::Body::MonitoringGap(gap)))
+            .collect();
+        // Events first: a crash before the book is saved reports a gap
+        // twice (the collector folds them), never not at all.
+        if let Err(e) = outbox.append_all(bodies).await {
+            tracing::warn!(error = %e, "cannot queue a monitoring gap; will retry");
+            // Forget what was decided so the next pass decides it again.
+            book = outbox
+                .state(gaps::STATE_KEY)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default();
+            continue;
+        }
+        wake.notify_one();
+        if let Err(e) = outbox
+            .set_state(gaps::STATE_KEY, &serde_json::to_string(&book)?)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record monitoring gaps");
+        }
     }
 }
 

@@ -17,9 +17,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::config::AgentConfig;
+use crate::outbox::Outbox;
+use crate::task::{TaskContext, WriteTrouble};
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How someone is logged in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,6 +322,133 @@ fn wire(t: Timestamp) -> hallmonitor_proto::Timestamp {
     hallmonitor_proto::Timestamp {
         seconds: t.as_second(),
         nanos: t.subsec_nanosecond(),
+    }
+}
+
+/// Polls the session source and queues start and end events. The ledger
+/// of open sessions is kept in the outbox state so a restart neither
+/// repeats a start nor loses an end.
+pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
+    let TaskContext {
+        config,
+        outbox,
+        wake,
+        shutdown,
+    } = ctx;
+    let source: Arc<dyn SessionSource> = Arc::from(source(&config.sessions));
+    tracing::info!(source = source.name(), "tracking login sessions");
+    let mut ledger: Ledger = match outbox.state(LEDGER_KEY).await? {
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "session ledger unreadable; starting afresh");
+            Ledger::new()
+        }),
+        None => Ledger::new(),
+    };
+    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    let mut trouble = WriteTrouble::default();
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let reader = source.clone();
+        let live = match tokio::task::spawn_blocking(move || reader.sessions()).await? {
+            Ok(live) => {
+                warned = false;
+                live
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot read login sessions; will retry");
+                    warned = true;
+                }
+                continue;
+            }
+        };
+        let now = Timestamp::now();
+        let before = ledger.clone();
+        let events = track(&mut ledger, live, now);
+        let ledger_json = serde_json::to_string(&ledger)?;
+        let starts: Vec<String> = events
+            .iter()
+            .filter(|e| e.phase == v1::session_event::Phase::Start as i32)
+            .map(|e| e.session_id.clone())
+            .collect();
+        let written = async {
+            if !events.is_empty() {
+                let bodies = events
+                    .into_iter()
+                    .map(|e| (now, v1::event::Body::Session(e)))
+                    .collect();
+                outbox.append_all(bodies).await?;
+                wake.notify_one();
+            }
+            outbox.set_state(LEDGER_KEY, &ledger_json).await
+        }
+        .await;
+        if let Err(e) = written {
+            // Not queued: the next poll finds the same changes again.
+            trouble.failed("sessions", &e);
+            ledger = before;
+            continue;
+        }
+        trouble.cleared("sessions");
+        for id in starts {
+            if let Some(tracked) = ledger.get(&id) {
+                stale_mfa_login(&config, &outbox, &tracked.session).await;
+            }
+        }
+    }
+}
+
+/// A staff account whose two-step sign-in on this device is stale (as the
+/// collector last said) has logged in: tell them, and lock the session if
+/// the site asks for it.
+async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &LiveSession) {
+    let Ok(Some(state)) = outbox.state("compliance_json").await else {
+        return;
+    };
+    let Ok(report) = serde_json::from_str::<serde_json::Value>(&state) else {
+        return;
+    };
+    let stale = report["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| d["mfa"].as_array().into_iter().flatten())
+        .any(|p| p["account"] == session.account.to_lowercase().as_str() && p["status"] == "stale");
+    if !stale {
+        return;
+    }
+    tracing::info!(uid = session.uid, session = %session.platform_id, "staff login with stale two-step sign-in");
+    let fill = |arg: &String| {
+        arg.replace("{account}", &session.account)
+            .replace("{uid}", &session.uid.to_string())
+    };
+    if let Some((program, args)) = config.mfa.notify_command.split_first() {
+        let status = tokio::process::Command::new(fill(program))
+            .args(args.iter().map(fill))
+            .status()
+            .await;
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!(?status, "could not show the two-step sign-in notice");
+        }
+    }
+    let lock = outbox.state("lock_stale_mfa_sessions").await.ok().flatten();
+    if lock.as_deref() == Some("true")
+        && !config.enforcement.admin_accounts.contains(&session.account)
+        && let Some((program, args)) = config.enforcement.lock_session_command.split_first()
+    {
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .arg(&session.platform_id)
+            .status()
+            .await;
+        if !matches!(status, Ok(s) if s.success()) {
+            tracing::warn!(?status, "could not lock the session");
+        }
     }
 }
 

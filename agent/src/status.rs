@@ -152,7 +152,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
             "connection",
             "connection_since",
             "last_error",
-            crate::daemon::ALIVE_AT,
+            crate::heartbeat::ALIVE_AT,
             "daemon_started_at",
             crate::outbox::QUARANTINED,
             crate::capture::REFUSED_STATE,
@@ -172,7 +172,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         // The producer writes every heartbeat; since the daemon started if
         // it never managed to.
         let time = |key: &str| text(key).and_then(|t| t.parse::<Timestamp>().ok());
-        let last_write = time(crate::daemon::ALIVE_AT).max(time("daemon_started_at"));
+        let last_write = time(crate::heartbeat::ALIVE_AT).max(time("daemon_started_at"));
         let allowed = (3 * u64::from(config.heartbeat_interval_secs)).max(5);
         status.outbox_writes_failing_secs = last_write
             .map(|t| now.duration_since(t).as_secs().max(0) as u64)

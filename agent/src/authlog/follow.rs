@@ -32,6 +32,9 @@ use jiff::Timestamp;
 use super::{Found, Pattern, Position, journal};
 use crate::config::{MfaConfig, MfaSourceKind};
 use crate::outbox::Outbox;
+use crate::task::TaskContext;
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Where system two-step sign-ins are read from on this device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +436,59 @@ fn events(found: Vec<Found>) -> Vec<(Timestamp, v1::event::Body)> {
             )
         })
         .collect()
+}
+
+/// Follows where two-step sign-ins are logged and queues an MFA-completion
+/// event per accepted second factor (see `authlog::follow`). Bad patterns
+/// end the task; a log or journal it cannot read, or an outbox it cannot
+/// write, is logged and tried again at the next tick.
+pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
+    let TaskContext {
+        config,
+        outbox,
+        wake,
+        shutdown,
+    } = ctx;
+    use notify::Watcher;
+    let patterns = config.mfa.compiled().map_err(|e| anyhow::anyhow!(e))?;
+    let (setting, journalctl) = (config.mfa.source, config.mfa.journalctl.clone());
+    let (source, why) = tokio::task::spawn_blocking(move || {
+        choose(setting, || {
+            crate::authlog::journal::journald_runs(
+                &journalctl,
+                std::path::Path::new(crate::authlog::journal::SOCKET),
+            )
+        })
+    })
+    .await?;
+    tracing::info!(source = source.name(), reason = %why, "reading two-step sign-ins");
+    let mut follower = Follower::new(&config.mfa, source, &config.data_dir, patterns);
+    // Wake on any change in the logs' folders (rotation creates files).
+    let changed = Arc::new(Notify::new());
+    let notifier = changed.clone();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        notifier.notify_one();
+    })
+    .ok();
+    if let Some(watcher) = watcher.as_mut() {
+        for folder in follower.folders() {
+            if let Err(e) = watcher.watch(&folder, notify::RecursiveMode::NonRecursive) {
+                tracing::debug!(folder = %folder.display(), error = %e, "not watching; polling only");
+            }
+        }
+    }
+    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = changed.notified() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        if follower.read_all(&outbox).await? > 0 {
+            wake.notify_one();
+        }
+    }
 }
 
 #[cfg(test)]
