@@ -11,7 +11,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod compliance;
 pub mod config;
 pub mod directory;
@@ -28,6 +27,7 @@ pub mod model;
 pub mod notify;
 pub mod pki;
 pub mod policies;
+pub mod render;
 pub mod rules;
 pub mod serve;
 pub mod signins;

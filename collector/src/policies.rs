@@ -11,8 +11,8 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde_json::json;
 
-use crate::cli::Format;
 use crate::model::Site;
+use crate::render::Format;
 use crate::store::{PolicyStore, SitePolicy};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::model::{DeviceId, DeviceRecord, DeviceStatus};
+use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::store::{DeviceStore, IngestStore, NewSecret};
 use hallmonitor_collector::{auth, open_store};
 use jiff::Timestamp;
@@ -86,14 +86,14 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
         DevicesCommand::List { site, format } => {
             let site = resolve_site(&store, site.as_deref()).await?;
             let devices = store.list_devices(site.map(|s| s.id)).await?;
-            print!("{}", cli::devices_list(&devices, now, format));
+            print!("{}", render::devices_list(&devices, now, format));
         }
         DevicesCommand::Show { id, format } => {
             let Some(device) = store.device(&DeviceId::from_string(id.clone())).await? else {
                 bail!("no device with id {id}");
             };
             let outbox = store.outbox_health(&device.id).await?;
-            print!("{}", cli::device_show(&device, &outbox, now, format));
+            print!("{}", render::device_show(&device, &outbox, now, format));
         }
         DevicesCommand::Revoke { id, reason } => {
             let device = existing_device(&store, &id).await?;
@@ -238,7 +238,7 @@ pub(crate) async fn enroll_secret(data: &Path, command: SecretCommand) -> anyhow
         SecretCommand::List { site, format } => {
             let site = resolve_site(&store, site.as_deref()).await?;
             let secrets = store.list_enrollment_secrets(site.map(|s| s.id)).await?;
-            print!("{}", cli::secrets_list(&secrets, now, format));
+            print!("{}", render::secrets_list(&secrets, now, format));
         }
         SecretCommand::Revoke { site, id } => {
             let site = require_site(&store, &site).await?;

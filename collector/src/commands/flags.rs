@@ -2,9 +2,9 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::flags::{FlagAction, FlagState};
+use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::store::ActivityStore;
 use hallmonitor_collector::{compliance, open_store};
 use jiff::Timestamp;
@@ -95,7 +95,7 @@ pub(crate) async fn compliance(
     if filter.device.is_some() && report.devices.is_empty() {
         bail!("no such device");
     }
-    print!("{}", cli::compliance(&report, format));
+    print!("{}", render::compliance(&report, format));
     Ok(ExitCode::from(report.exit_code()))
 }
 
@@ -111,7 +111,7 @@ pub(crate) async fn flags(data: &Path, command: FlagsCommand) -> anyhow::Result<
         } => {
             let filter = filter(&store, site.as_deref(), device).await?;
             let flags = store.list_flags(&filter, state).await?;
-            print!("{}", cli::flags_list(&flags, now, format));
+            print!("{}", render::flags_list(&flags, now, format));
             return Ok(ExitCode::SUCCESS);
         }
         FlagsCommand::Show { id, format } => {
@@ -120,7 +120,7 @@ pub(crate) async fn flags(data: &Path, command: FlagsCommand) -> anyhow::Result<
                 .await?
                 .with_context(|| format!("no flag with id {id}"))?;
             let history = store.flag_history(id).await?;
-            print!("{}", cli::flag_show(&flag, &history, format));
+            print!("{}", render::flag_show(&flag, &history, format));
             return Ok(ExitCode::SUCCESS);
         }
         FlagsCommand::Approve { id, reason, by } => (id, FlagAction::Approve, reason, by),

@@ -2,9 +2,9 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::open_store;
+use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::store::IncidentStore;
 use jiff::Timestamp;
 use std::path::Path;
@@ -91,7 +91,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
         } => {
             let filter = filter(&store, site.as_deref(), None).await?;
             let list = store.list_incidents(&filter, status.as_deref()).await?;
-            print!("{}", cli::incidents_list(&list, format));
+            print!("{}", render::incidents_list(&list, format));
         }
         IncidentsCommand::Show { id, format, by } => {
             let (incident, captures, _) = store
@@ -99,7 +99,7 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 .await?
                 .with_context(|| format!("no incident with id {id}"))?;
             audit(cli_actor(by), "incident_viewed", id, String::new()).await?;
-            print!("{}", cli::incident_show(&incident, &captures, format));
+            print!("{}", render::incident_show(&incident, &captures, format));
         }
         IncidentsCommand::Export { id, out, by } => {
             let (incident, captures, _) = store
@@ -153,8 +153,8 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             for (sha, why) in &purge.images_skipped {
                 println!(
                     "  image '{}' not removed: {}",
-                    cli::terminal_text(sha, cli::MAX_COLUMN_CHARS),
-                    cli::terminal_text(why, cli::MAX_VALUE_CHARS)
+                    render::terminal_text(sha, render::MAX_COLUMN_CHARS),
+                    render::terminal_text(why, render::MAX_VALUE_CHARS)
                 );
             }
         }

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
+use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::rules::mfa::MfaStatus;
 use hallmonitor_collector::signins::{self, SigninFormat};
 use hallmonitor_collector::store::{ApiTokenStore, MfaStore};
@@ -116,7 +116,7 @@ pub(crate) async fn directory(data: &Path, command: DirectoryCommand) -> anyhow:
         DirectoryCommand::List { site, format } => {
             let site = require_site(&store, &site).await?;
             let accounts = store.directory(site.id).await?;
-            print!("{}", cli::directory_list(&accounts, format));
+            print!("{}", render::directory_list(&accounts, format));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -131,7 +131,7 @@ pub(crate) async fn signins(data: &Path, command: SigninsCommand) -> anyhow::Res
     let now = Timestamp::now();
     let rows = signins::parse(format, &bytes, &file.display().to_string(), now)?;
     let report = signins::import(&store, &config, &site, rows, format.source(), now).await?;
-    print!("{}", cli::signins_report(&report));
+    print!("{}", render::signins_report(&report));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -163,7 +163,7 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
         ApiTokenCommand::List { site, format } => {
             let site = resolve_site(&store, site.as_deref()).await?;
             let tokens = store.list_api_tokens(site.map(|s| s.id)).await?;
-            print!("{}", cli::api_tokens(&tokens, format));
+            print!("{}", render::api_tokens(&tokens, format));
         }
         ApiTokenCommand::Revoke { site, id } => {
             let site = require_site(&store, &site).await?;
@@ -194,6 +194,6 @@ pub(crate) async fn mfa(data: &Path, command: MfaCommand) -> anyhow::Result<Exit
     let store = open_store(data).await?;
     let filter = filter(&store, site.as_deref(), None).await?;
     let pairs = store.mfa_pairs(&filter, status).await?;
-    print!("{}", cli::mfa_list(&pairs, Timestamp::now(), format));
+    print!("{}", render::mfa_list(&pairs, Timestamp::now(), format));
     Ok(ExitCode::SUCCESS)
 }

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::{self, Format};
 use hallmonitor_collector::config::CollectorConfig;
+use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::store::NotificationStore;
 use hallmonitor_collector::{notify, open_store};
 use jiff::Timestamp;
@@ -141,7 +141,7 @@ pub(crate) async fn recipients(
         RecipientsCommand::List { site, format } => {
             let site = resolve_site(&store, site.as_deref()).await?;
             let recipients = store.recipients(site.map(|s| s.id)).await?;
-            print!("{}", cli::recipients(&recipients, format));
+            print!("{}", render::recipients(&recipients, format));
         }
         RecipientsCommand::Remove { site, id } => {
             let site = require_site(&store, &site).await?;
@@ -190,7 +190,7 @@ pub(crate) async fn notifications(
                 bail!("--status: expected pending, sent, dead or digested");
             }
             let list = store.list_notifications(status.as_deref()).await?;
-            print!("{}", cli::notifications(&list, format));
+            print!("{}", render::notifications(&list, format));
         }
         NotificationsCommand::Digest { site } => {
             let site = require_site(&store, &site).await?;

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use hallmonitor_collector::cli::Format;
 use hallmonitor_collector::open_store;
+use hallmonitor_collector::render::Format;
 use hallmonitor_collector::store::PolicyStore;
 use jiff::Timestamp;
 use std::path::Path;
