@@ -172,11 +172,26 @@ pub async fn serve(
             }
         }
     }
-    rules.abort();
-    api.abort();
-    notifier.abort();
-    retention.abort();
-    memory.abort();
+    // The background tasks stop at the shutdown token; a pass in progress
+    // (a rule evaluation, a message being sent, a purge) may finish within
+    // the grace period, and is cut off after it.
+    let mut background = [rules, api, notifier, retention, memory];
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let finished = tokio::time::timeout(grace, async {
+        for task in &mut background {
+            let _ = task.await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            grace_secs = config.shutdown_grace_secs,
+            "background tasks still running after the grace period; stopping them"
+        );
+        for task in &background {
+            task.abort();
+        }
+    }
     store_close(&store).await;
     tracing::info!("collector stopped");
     Ok(())
