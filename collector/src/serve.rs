@@ -76,7 +76,8 @@ pub async fn serve(
     );
     tracing::info!(%telemetry_addr, %enroll_addr, ca_fingerprint = %ca.fingerprint(), "collector serving");
 
-    let store: Arc<dyn Store> = Arc::new(store.clone());
+    let sqlite = store.clone();
+    let store: Arc<dyn Store> = Arc::new(store);
     let config = Arc::new(config);
     let streams = Arc::new(Streams::default());
     let streams_stop = CancellationToken::new();
@@ -192,7 +193,12 @@ pub async fn serve(
             task.abort();
         }
     }
-    store_close(&store).await;
+    // Closing the last connection checkpoints the WAL into collector.db
+    // and removes collector.db-wal, so the file alone is the whole
+    // database (a copy after a stop is a backup; nothing stale beside it
+    // is replayed onto a restored one).
+    drop(store);
+    sqlite.close().await;
     tracing::info!("collector stopped");
     Ok(())
 }
@@ -289,9 +295,4 @@ async fn retention_loop(
             Err(e) => tracing::error!(error = %e, "purging expired evidence failed"),
         }
     }
-}
-
-async fn store_close(_store: &Arc<dyn Store>) {
-    // Pools close when the last handle drops; every batch was committed
-    // before its ack, so there is nothing left to flush.
 }

@@ -187,3 +187,21 @@ fn an_agent_whose_disk_fills_keeps_running_and_recovers_when_space_returns() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(status["outbox_unavailable"].is_string(), "{status}");
 }
+
+/// A collector stopped with SIGTERM leaves one file: the WAL is written
+/// back into collector.db, so a copy after a stop is a whole backup and no
+/// stale `-wal` can be replayed onto a restored one.
+#[test]
+fn a_stopped_collector_leaves_its_database_in_one_file() {
+    let data = CollectorData::init("Cabot");
+    let mut collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-one-file"));
+    agent.enroll();
+    let wal = data.data.join("collector.db-wal");
+    assert!(wal.exists(), "in WAL mode while it runs");
+    assert_eq!(collector.process.stop(), Some(0));
+    assert!(!wal.exists(), "the WAL was checkpointed and removed");
+    let out = data.cli(&["check-database"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(data.devices().len(), 1, "what it held is in collector.db");
+}

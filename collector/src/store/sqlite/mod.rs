@@ -108,9 +108,12 @@ impl SqliteStore {
         self
     }
 
+    /// Closes both pools, the writer last: closing the last connection
+    /// checkpoints the WAL into the database file and removes it, which a
+    /// read-only connection may not do.
     pub async fn close(&self) {
-        self.writer.close().await;
         self.reader.close().await;
+        self.writer.close().await;
     }
 }
 
