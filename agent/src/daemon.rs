@@ -22,17 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
-use crate::facts::{self, FactSources};
+use crate::facts;
 use crate::outbox::{self, OpenError, Outbox};
 use crate::stream::{self, StreamSettings};
 use crate::task::TaskContext;
-
-pub fn fact_sources(config: &AgentConfig) -> FactSources {
-    FactSources {
-        machine_id_override: config.machine_id.clone(),
-        ..FactSources::default()
-    }
-}
 
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     crate::data_dir::prepare(&config.data_dir)
@@ -229,7 +222,7 @@ async fn identity_or_enroll(
     }
     let mut attempt = 0;
     loop {
-        let facts = collect_facts(config).await;
+        let facts = facts::collect_for(config).await;
         match enroll::enroll(config, facts).await {
             Ok(identity) => {
                 tracing::info!(device_id = %identity.device_id, "enrolled");
@@ -296,11 +289,4 @@ async fn open_outbox(
             _ = shutdown.cancelled() => return Ok(None),
         }
     }
-}
-
-pub async fn collect_facts(config: &AgentConfig) -> v1::DeviceFacts {
-    let sources = fact_sources(config);
-    tokio::task::spawn_blocking(move || facts::collect(&sources))
-        .await
-        .unwrap_or_default()
 }

@@ -196,6 +196,22 @@ fn is_dm_crypt(name: &str, sys_block: &Path, depth: u32) -> bool {
     })
 }
 
+/// Where facts come from under `config` (its machine id override).
+pub fn sources_for(config: &crate::config::AgentConfig) -> FactSources {
+    FactSources {
+        machine_id_override: config.machine_id.clone(),
+        ..FactSources::default()
+    }
+}
+
+/// The device's facts now, read off the async runtime.
+pub async fn collect_for(config: &crate::config::AgentConfig) -> v1::DeviceFacts {
+    let sources = sources_for(config);
+    tokio::task::spawn_blocking(move || collect(&sources))
+        .await
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub async fn run(ctx: TaskContext) -> anyhow::Result<()> {
         let mut events = Vec::new();
         if last_facts.is_none() || facts_checked.elapsed() >= facts_every {
             facts_checked = tokio::time::Instant::now();
-            let current = crate::daemon::collect_facts(&config).await;
+            let current = facts::collect_for(&config).await;
             let stable = facts::stable_view(&current);
             if last_facts.as_ref() != Some(&stable) {
                 events.push((now, v1::event::Body::Facts(current)));

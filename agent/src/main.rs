@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     identity.site
                 );
             }
-            let facts = daemon::collect_facts(&config).await;
+            let facts = hallmonitor_agent::facts::collect_for(&config).await;
             let identity = enroll::enroll(&config, facts).await?;
             println!(
                 "Enrolled as {} (site {}).",

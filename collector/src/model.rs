@@ -333,6 +333,46 @@ pub enum SecretRejection {
     Expired,
 }
 
+/// An incident as listed (see `incidents`).
+#[derive(Clone, Debug, Serialize)]
+pub struct IncidentRecord {
+    pub id: i64,
+    pub site: String,
+    pub device_id: DeviceId,
+    pub hostname: String,
+    pub account: String,
+    pub category: String,
+    pub severity: i64,
+    pub status: String,
+    pub opened_at: Timestamp,
+    pub last_at: Timestamp,
+    pub capture_count: i64,
+}
+
+/// One capture of an incident, as shown (see `incidents`).
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureRow {
+    pub id: i64,
+    pub seq: i64,
+    pub occurred_at: Timestamp,
+    pub rule_id: String,
+    pub category: String,
+    pub severity: i64,
+    pub matched_text: String,
+    pub window_title: String,
+    pub process_name: String,
+    pub account: String,
+    pub image_sha256: String,
+    pub image_status: String,
+    pub no_image_reason: String,
+    pub repeat_count: i64,
+    /// snapshot or file
+    pub kind: String,
+    pub file_path: String,
+    pub file_sha256: String,
+    pub policy_version: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

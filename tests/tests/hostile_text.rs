@@ -24,7 +24,7 @@ fn enrol_with_hostname(agent: &Agent, hostname: &str) -> String {
     let _ = rustls::crypto::ring::default_provider().install_default();
     runtime().block_on(async {
         let config = AgentConfig::load(Some(&agent.config), &Vec::new()).expect("agent.toml");
-        let mut facts = hallmonitor_agent::daemon::collect_facts(&config).await;
+        let mut facts = hallmonitor_agent::facts::collect_for(&config).await;
         facts.hostname = hostname.to_owned();
         facts.os_name = "Linux\u{1b}[31m".into();
         hallmonitor_agent::enroll::enroll(&config, facts)

@@ -589,15 +589,15 @@ pub trait IncidentStore: Send + Sync + 'static {
         &self,
         filter: &DeviceFilter,
         status: Option<&str>,
-    ) -> Result<Vec<crate::incidents::IncidentRecord>>;
+    ) -> Result<Vec<crate::model::IncidentRecord>>;
     /// An incident with its captures (and its site, for access checks).
     async fn incident(
         &self,
         id: i64,
     ) -> Result<
         Option<(
-            crate::incidents::IncidentRecord,
-            Vec<crate::incidents::CaptureRow>,
+            crate::model::IncidentRecord,
+            Vec<crate::model::CaptureRow>,
             SiteId,
         )>,
     >;
