@@ -41,15 +41,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let Some((outbox, moved)) = open_outbox(&config, &shutdown).await? else {
         return Ok(());
     };
+    // Best effort: a disk that filled while the daemon was stopped must not
+    // stop it from starting (its tasks retry their writes).
     let pid = std::process::id().to_string();
-    outbox
+    if let Err(e) = outbox
         .set_states(&[
             ("daemon_pid", &pid),
             ("daemon_started_at", &Timestamp::now().to_string()),
         ])
-        .await?;
-    if let Some(moved) = moved {
-        outbox
+        .await
+    {
+        tracing::error!(error = %e, "cannot record the daemon's start in the outbox");
+    }
+    if let Some(moved) = moved
+        && let Err(e) = outbox
             .append(
                 Timestamp::now(),
                 v1::event::Body::OutboxReport(v1::OutboxReport {
@@ -57,7 +62,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                     ..Default::default()
                 }),
             )
-            .await?;
+            .await
+    {
+        tracing::error!(error = %e, moved = %moved.display(), "cannot queue the report of the corrupt outbox moved aside");
     }
 
     let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);

@@ -30,12 +30,24 @@ use crate::task::TaskContext;
 /// Outbox state key of the `GapBook`.
 pub const STATE_KEY: &str = "monitoring_gaps";
 
-/// Helpers connected now, per uid (only connections from the helper
-/// executable).
+/// Helpers connected now, per uid: connections whose peer ran the helper
+/// executable when it connected, counted while that process lives and is
+/// not stopped.
 #[derive(Debug, Default)]
 pub struct HelperPresence {
-    connected: Mutex<HashMap<u32, usize>>,
-    executables: Vec<PathBuf>,
+    connected: Mutex<HashMap<u32, Vec<Peer>>>,
+    next: std::sync::atomic::AtomicU64,
+    /// The helper executables' paths and (device, inode) as installed.
+    executables: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+/// One connected helper process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    key: u64,
+    pid: i32,
+    /// Its start time (clock ticks since boot): a reused pid differs.
+    started: u64,
 }
 
 impl HelperPresence {
@@ -43,7 +55,14 @@ impl HelperPresence {
     pub fn new(executables: Vec<PathBuf>) -> HelperPresence {
         HelperPresence {
             connected: Mutex::default(),
-            executables,
+            next: Default::default(),
+            executables: executables
+                .into_iter()
+                .map(|path| {
+                    let id = file_id(&path);
+                    (path, id)
+                })
+                .collect(),
         }
     }
 
@@ -61,39 +80,86 @@ impl HelperPresence {
         HelperPresence::new(executables)
     }
 
-    /// Whether the process `pid` runs a helper executable.
+    /// Whether the process `pid` runs a helper executable: the very file
+    /// (device and inode, which a bind mount in a namespace of the pupil's
+    /// cannot fake), or, after an upgrade replaced it under a running
+    /// helper, the deleted file at the same path.
     pub fn is_helper(&self, pid: Option<i32>) -> bool {
         let Some(pid) = pid.filter(|p| *p > 0) else {
             return false;
         };
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            // An upgrade replaces the file under a running helper.
-            Ok(exe) => self.executables.contains(&without_deleted(&exe)),
-            Err(_) => false,
-        }
+        let exe = format!("/proc/{pid}/exe");
+        let running = file_id(Path::new(&exe));
+        let Ok(link) = std::fs::read_link(&exe) else {
+            return false;
+        };
+        let deleted = link.to_string_lossy().ends_with(" (deleted)");
+        let link = without_deleted(&link);
+        self.executables
+            .iter()
+            .any(|(path, id)| (running.is_some() && running == *id) || (deleted && link == *path))
     }
 
-    /// Records a helper of `uid` as connected until the guard drops.
-    pub fn enter(self: &Arc<Self>, uid: u32) -> PresenceGuard {
-        *self
-            .connected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(uid)
-            .or_insert(0) += 1;
-        PresenceGuard {
-            presence: self.clone(),
-            uid,
-        }
-    }
-
-    pub fn is_connected(&self, uid: u32) -> bool {
+    /// Records the helper process `pid` of `uid` as connected until the
+    /// guard drops.
+    pub fn enter(self: &Arc<Self>, uid: u32, pid: i32) -> PresenceGuard {
+        let key = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peer = Peer {
+            key,
+            pid,
+            started: process_start(pid).unwrap_or(0),
+        };
         self.connected
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .is_some_and(|n| *n > 0)
+            .entry(uid)
+            .or_default()
+            .push(peer);
+        PresenceGuard {
+            presence: self.clone(),
+            uid,
+            key,
+        }
     }
+
+    /// Whether a helper of `uid` is connected now and running: a helper
+    /// stopped with SIGSTOP, or one that exited leaving its connection to
+    /// a child, does not count.
+    pub fn is_connected(&self, uid: u32) -> bool {
+        let peers = self
+            .connected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .cloned()
+            .unwrap_or_default();
+        peers.iter().any(|peer| {
+            process_state(peer.pid).is_some_and(|(state, started)| {
+                started == peer.started && !matches!(state, 'T' | 't' | 'Z' | 'X')
+            })
+        })
+    }
+}
+
+/// A file's (device, inode), following links.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A process's state letter and start time from `/proc/PID/stat`.
+fn process_state(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let started = fields.get(19)?.parse().ok()?;
+    Some((state, started))
+}
+
+fn process_start(pid: i32) -> Option<u64> {
+    process_state(pid).map(|(_, started)| started)
 }
 
 fn without_deleted(path: &Path) -> PathBuf {
@@ -108,6 +174,7 @@ fn without_deleted(path: &Path) -> PathBuf {
 pub struct PresenceGuard {
     presence: Arc<HelperPresence>,
     uid: u32,
+    key: u64,
 }
 
 impl Drop for PresenceGuard {
@@ -117,9 +184,9 @@ impl Drop for PresenceGuard {
             .connected
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = connected.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(peers) = connected.get_mut(&self.uid) {
+            peers.retain(|p| p.key != self.key);
+            if peers.is_empty() {
                 connected.remove(&self.uid);
             }
         }
@@ -130,10 +197,25 @@ impl Drop for PresenceGuard {
 /// and closed once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapBook {
-    /// Graphical sessions without a helper now: since when.
+    /// Graphical sessions whose helper has been missing since when (kept
+    /// through brief returns: see `check`).
     missing_since: BTreeMap<String, Timestamp>,
-    /// Gaps reported open, by session id: when they opened.
-    open: BTreeMap<String, Timestamp>,
+    /// Sessions whose helper is back: since when.
+    #[serde(default)]
+    present_since: BTreeMap<String, Timestamp>,
+    /// When each session's last gap closed, within the current absence.
+    #[serde(default)]
+    last_end: BTreeMap<String, Timestamp>,
+    /// Gaps reported open, by session id: when they opened, and whose
+    /// session it is (for the END after the session itself is gone).
+    open: BTreeMap<String, OpenGap>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenGap {
+    since: Timestamp,
+    account: String,
+    uid: u32,
 }
 
 impl GapBook {
@@ -158,22 +240,44 @@ pub fn check(
     for (id, tracked) in graphical {
         let session = &tracked.session;
         if helper_connected(session.uid) {
-            book.missing_since.remove(id);
-            if let Some(since) = book.open.remove(id) {
+            // Only a helper present for a whole grace period ends the
+            // absence: one run for a few seconds now and then (to look
+            // present when sampled) leaves it standing, and each return
+            // and departure shows as a gap closing and opening again.
+            let back = *book.present_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(back).as_secs().max(0) as u64 >= grace.as_secs() {
+                book.missing_since.remove(id);
+                book.last_end.remove(id);
+            }
+            if let Some(open) = book.open.remove(id) {
+                book.last_end.insert(id.clone(), now);
                 events.push(gap(
                     id,
                     session,
                     v1::session_event::Phase::End,
-                    since,
+                    open.since,
                     Some(now),
                 ));
             }
             continue;
         }
-        let since = *book.missing_since.entry(id.clone()).or_insert(now);
-        let missing = now.duration_since(since).as_secs().max(0) as u64;
+        book.present_since.remove(id);
+        let missing_since = *book.missing_since.entry(id.clone()).or_insert(now);
+        let missing = now.duration_since(missing_since).as_secs().max(0) as u64;
         if missing >= grace.as_secs() && !book.open.contains_key(id) {
-            book.open.insert(id.clone(), since);
+            // Opened again after a brief return: this gap starts now.
+            let since = match book.last_end.get(id) {
+                Some(end) => (*end).max(missing_since),
+                None => missing_since,
+            };
+            book.open.insert(
+                id.clone(),
+                OpenGap {
+                    since,
+                    account: session.account.clone(),
+                    uid: session.uid,
+                },
+            );
             events.push(gap(
                 id,
                 session,
@@ -185,6 +289,8 @@ pub fn check(
     }
     // Sessions that ended close their gap.
     book.missing_since.retain(|id, _| ledger.contains_key(id));
+    book.present_since.retain(|id, _| ledger.contains_key(id));
+    book.last_end.retain(|id, _| ledger.contains_key(id));
     let ended: Vec<String> = book
         .open
         .keys()
@@ -192,14 +298,15 @@ pub fn check(
         .cloned()
         .collect();
     for id in ended {
-        if let Some(since) = book.open.remove(&id) {
+        if let Some(open) = book.open.remove(&id) {
             events.push(v1::MonitoringGap {
                 kind: v1::monitoring_gap::Kind::NoSessionHelper as i32,
                 phase: v1::session_event::Phase::End as i32,
                 session_id: id,
-                started_at: Some(wire(since)),
-                ended_at: Some(wire(now.max(since))),
-                ..Default::default()
+                account: open.account,
+                uid: open.uid,
+                started_at: Some(wire(open.since)),
+                ended_at: Some(wire(now.max(open.since))),
             });
         }
     }
@@ -349,6 +456,15 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(120);
 
+    /// Polls `condition` (a process changing state) for up to 10 s.
+    pub(super) fn wait_until(condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn a_graphical_session_without_a_helper_opens_one_gap_after_the_grace() {
         let mut book = GapBook::default();
@@ -393,7 +509,12 @@ mod tests {
             (ended[0].session_id.as_str(), ended[0].phase),
             ("s2", Phase::End as i32)
         );
-        assert_eq!(book, GapBook::default());
+        assert_eq!(
+            (ended[0].uid, ended[0].account.as_str()),
+            (1001, "user1001"),
+            "whose session it was, though it is gone"
+        );
+        assert_eq!(book.open_gaps(), 0);
     }
 
     #[test]
@@ -412,6 +533,41 @@ mod tests {
     }
 
     #[test]
+    fn a_helper_run_now_and_then_to_look_present_does_not_hide_the_gap() {
+        let mut book = GapBook::default();
+        let sessions = ledger(&[("s1", 1000, Kind::Graphical)], at(0));
+        let mut events = Vec::new();
+        // Present for 15 s in every 110 s, sampled every 5 s.
+        for t in (0..1100).step_by(5) {
+            let present = t % 110 < 15;
+            events.extend(check(&mut book, &sessions, |_| present, at(t), GRACE));
+        }
+        let starts: Vec<i64> = events
+            .iter()
+            .filter(|e| e.phase == Phase::Start as i32)
+            .map(|e| e.started_at.unwrap().seconds - at(0).as_second())
+            .collect();
+        assert!(
+            starts.len() >= 7,
+            "a gap for each absence after the first grace: {starts:?}"
+        );
+        // Distinct starts: each is its own gap at the collector.
+        let mut distinct = starts.clone();
+        distinct.dedup();
+        assert_eq!(distinct, starts);
+        // Present for a whole grace: the absence is over.
+        let mut quiet = Vec::new();
+        for t in (1100..1500).step_by(5) {
+            quiet.extend(check(&mut book, &sessions, |_| true, at(t), GRACE));
+        }
+        assert!(quiet.iter().all(|e| e.phase == Phase::End as i32));
+        assert!(
+            check(&mut book, &sessions, |_| false, at(1505), GRACE).is_empty(),
+            "a new grace"
+        );
+    }
+
+    #[test]
     fn only_the_helper_executable_counts_as_a_helper() {
         let me = std::env::current_exe().unwrap();
         let presence = HelperPresence::new(vec![me]);
@@ -421,12 +577,28 @@ mod tests {
         assert!(!other.is_helper(Some(pid)));
         assert!(!presence.is_helper(None));
         let presence = Arc::new(presence);
-        let guard = presence.enter(7);
-        let second = presence.enter(7);
+        let guard = presence.enter(7, pid);
+        let second = presence.enter(7, pid);
         assert!(presence.is_connected(7));
         drop(guard);
         assert!(presence.is_connected(7));
         drop(second);
         assert!(!presence.is_connected(7));
+        // A stopped helper does not count; nor does one that is gone.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let child_pid = i32::try_from(child.id()).unwrap();
+        let _child_guard = presence.enter(8, child_pid);
+        assert!(presence.is_connected(8));
+        // SAFETY: signals to our own child.
+        unsafe { libc::kill(child_pid, libc::SIGSTOP) };
+        crate::gaps::tests::wait_until(|| !presence.is_connected(8));
+        unsafe { libc::kill(child_pid, libc::SIGCONT) };
+        crate::gaps::tests::wait_until(|| presence.is_connected(8));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!presence.is_connected(8), "exited");
     }
 }

@@ -68,7 +68,7 @@ pub async fn run(ctx: TaskContext) -> anyhow::Result<()> {
             }
             Err(e) => {
                 // A full disk: the facts are sent again once it is not.
-                trouble.failed("producer", &e);
+                trouble.failed("producer", e)?;
                 last_facts = None;
             }
         }

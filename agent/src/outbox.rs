@@ -232,7 +232,8 @@ pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
         Body::FileAlert(_) => ("file_alert", Priority::Record),
         Body::Capture(c) if c.severity >= 4 => ("capture", Priority::Protected),
         Body::Capture(_) => ("capture", Priority::Capture),
-        Body::MonitoringGap(_) => ("monitoring_gap", Priority::Record),
+        // Two per session, and the signal a pupil would most like lost.
+        Body::MonitoringGap(_) => ("monitoring_gap", Priority::Protected),
     }
 }
 

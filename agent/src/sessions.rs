@@ -389,8 +389,10 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
         }
         .await;
         if let Err(e) = written {
-            // Not queued: the next poll finds the same changes again.
-            trouble.failed("sessions", &e);
+            // The next poll finds the same changes again and queues them
+            // (again, if only the ledger failed: the collector applies a
+            // session event once).
+            trouble.failed("sessions", e)?;
             ledger = before;
             continue;
         }

@@ -105,6 +105,9 @@ pub async fn run(
             // A full disk or an I/O error: acknowledged events could not
             // be deleted. Reconnect and resend; the collector recognises
             // what it already holds.
+            Err(StreamError::Outbox(e)) if !e.is_transient() => {
+                return Err(StreamError::Outbox(e));
+            }
             Err(StreamError::Outbox(e)) => {
                 tracing::error!(error = %e, "the outbox failed under the stream; reconnecting");
                 set_connection(&outbox, "disconnected", Some(&format!("outbox: {e}"))).await;

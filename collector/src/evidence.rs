@@ -221,6 +221,11 @@ impl EvidenceStore {
         Ok(self.dir.join(&sha[..2]).join(&sha))
     }
 
+    /// Whether an image with this hash is stored already.
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.path(sha256).is_ok_and(|path| path.exists())
+    }
+
     /// Stores an image whose hash the caller verified; storing the same
     /// image again does nothing.
     pub fn put(&self, image: &[u8], sha256: &str) -> Result<()> {

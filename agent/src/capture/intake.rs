@@ -121,9 +121,10 @@ pub async fn serve_helpers(
         };
         // Counted as this user's helper (no monitoring gap) only when the
         // kernel says it runs the helper executable.
-        let present = presence
-            .is_helper(credentials.pid())
-            .then(|| presence.enter(uid));
+        let present = credentials
+            .pid()
+            .filter(|pid| presence.is_helper(Some(*pid)))
+            .map(|pid| presence.enter(uid, pid));
         let account = crate::accounts::account_of(uid);
         let (reader, writer) = stream.into_split();
         let writing = tokio::spawn(send_policies(

@@ -21,8 +21,9 @@ pub struct Streams {
     pub notifier: std::sync::Arc<tokio::sync::Notify>,
     next: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<std::collections::HashMap<DeviceId, Connected>>,
-    /// Evidence bytes each device added today (UTC day number, bytes).
-    evidence_today: std::sync::Mutex<std::collections::HashMap<DeviceId, (i64, u64)>>,
+    /// Evidence bytes each device added today, per band (severity 4-5 or
+    /// not): (UTC day number, bytes).
+    evidence_today: std::sync::Mutex<std::collections::HashMap<(DeviceId, bool), (i64, u64)>>,
 }
 
 /// One agent connected to this instance.
@@ -55,12 +56,16 @@ pub(super) struct Registration {
 }
 
 impl Streams {
-    /// Counts `bytes` of evidence for `device` on the UTC day of `at`;
-    /// false (nothing counted) when that would pass `limit` bytes (0: no
-    /// limit). Kept per instance: a bound on the disk, not an account.
+    /// Counts `bytes` of evidence for `device` on the UTC day of `at`, in
+    /// the band of serious (severity 4-5) captures or of the others; false
+    /// (nothing counted) when that would pass `limit` bytes in the band (0:
+    /// no limit). Each band has its own budget, so a flood of forged minor
+    /// captures cannot strip the images from the serious ones. Kept per
+    /// instance: a bound on the disk, not an account.
     pub(super) fn take_evidence_budget(
         &self,
         device: &DeviceId,
+        serious: bool,
         bytes: u64,
         at: Timestamp,
         limit: u64,
@@ -77,7 +82,7 @@ impl Streams {
         if today.values().any(|(d, _)| *d != day) {
             today.retain(|_, (d, _)| *d == day);
         }
-        let (_, used) = today.entry(device.clone()).or_insert((day, 0));
+        let (_, used) = today.entry((device.clone(), serious)).or_insert((day, 0));
         if used.saturating_add(bytes) > limit {
             return false;
         }
@@ -336,22 +341,29 @@ mod tests {
         );
         let day = Timestamp::from_second(1_800_000_000).unwrap();
         let next_day = day + jiff::SignedDuration::from_hours(24);
-        assert!(streams.take_evidence_budget(&a, 600, day, 1000));
-        assert!(!streams.take_evidence_budget(&a, 600, day, 1000), "over");
+        assert!(streams.take_evidence_budget(&a, false, 600, day, 1000));
         assert!(
-            streams.take_evidence_budget(&a, 400, day, 1000),
+            !streams.take_evidence_budget(&a, false, 600, day, 1000),
+            "over"
+        );
+        assert!(
+            streams.take_evidence_budget(&a, false, 400, day, 1000),
             "what is left"
         );
         assert!(
-            streams.take_evidence_budget(&b, 1000, day, 1000),
+            streams.take_evidence_budget(&a, true, 1000, day, 1000),
+            "the serious band has its own budget"
+        );
+        assert!(
+            streams.take_evidence_budget(&b, false, 1000, day, 1000),
             "per device"
         );
         assert!(
-            streams.take_evidence_budget(&a, 1000, next_day, 1000),
+            streams.take_evidence_budget(&a, false, 1000, next_day, 1000),
             "a new day"
         );
         assert!(
-            streams.take_evidence_budget(&a, u64::MAX, day, 0),
+            streams.take_evidence_budget(&a, false, u64::MAX, day, 0),
             "0: no limit"
         );
     }

@@ -359,10 +359,14 @@ impl StreamSession {
             .evidence_mib_per_device_per_day
             .saturating_mul(1024 * 1024);
         for event in &mut events {
+            // An image stored already (a resent batch, the same screen
+            // again) costs nothing.
             if let EventBody::Capture(capture) = &mut event.body
                 && capture.image_status == "verified"
+                && !self.evidence.contains(&capture.image_sha256)
                 && !self.streams.take_evidence_budget(
                     &self.device.id,
+                    capture.severity >= 4,
                     capture.image.len() as u64,
                     received_at,
                     budget,

@@ -22,6 +22,10 @@ use super::wire::timestamp;
 /// figure for every entry point: stream, imports, API).
 pub use crate::rules::mfa::MAX_CLOCK_SKEW;
 
+/// A count an outbox report may carry at most (2^40: far more events than
+/// any device's outbox holds in its life).
+pub const MAX_REPORTED_COUNT: u64 = 1 << 40;
+
 /// Why an event is refused, for the `unrecognised` record.
 pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
     use v1::event::Body;
@@ -42,6 +46,26 @@ pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
     match &event.body {
         Some(Body::Session(session)) => check_session(session, &not_ahead),
         Some(Body::MonitoringGap(gap)) => check_gap(gap, &not_ahead),
+        Some(Body::OutboxReport(r)) => {
+            let counts = [
+                ("evicted_telemetry", r.evicted_telemetry),
+                ("evicted_sessions", r.evicted_sessions),
+                ("evicted_mfa", r.evicted_mfa),
+                ("evicted_captures", r.evicted_captures),
+                ("evicted_enforcement", r.evicted_enforcement),
+                ("evicted_other", r.evicted_other),
+                ("quarantined", r.quarantined),
+                ("captures_refused", r.captures_refused),
+            ];
+            match counts.iter().find(|(_, n)| *n > MAX_REPORTED_COUNT) {
+                // Sums of such figures would overflow the store's integers
+                // and break `devices show` for the device.
+                Some((field, n)) => Err(format!(
+                    "outbox_report.{field}: {n} is more than any outbox can have held ({MAX_REPORTED_COUNT})"
+                )),
+                None => Ok(()),
+            }
+        }
         Some(Body::HeartbeatInterval(h)) => {
             if let (Some(first), Some(last)) =
                 (timestamp(h.first.as_ref()), timestamp(h.last.as_ref()))
@@ -212,6 +236,24 @@ mod tests {
             let checked = check(&event, now);
             assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
         }
+    }
+
+    #[test]
+    fn outbox_report_counts_are_bounded() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let report = |quarantined: u64| v1::Event {
+            seq: 1,
+            event_id: "e".into(),
+            occurred_at: at(now),
+            body: Some(v1::event::Body::OutboxReport(v1::OutboxReport {
+                evicted_captures: 3,
+                quarantined,
+                ..Default::default()
+            })),
+        };
+        assert!(check(&report(2), now).is_ok());
+        assert!(check(&report(MAX_REPORTED_COUNT + 1), now).is_err());
+        assert!(check(&report(u64::MAX), now).is_err());
     }
 
     #[test]

@@ -47,6 +47,20 @@ pub(super) async fn upsert_session(
     .bind(millis(at))
     .execute(&mut *tx)
     .await?;
+    // A session that ended closes its monitoring gaps, even if the agent
+    // never sent their END (lost with a replaced outbox, or the check
+    // turned off).
+    if let Some(ended_at) = session.ended_at {
+        sqlx::query(
+            "UPDATE monitoring_gaps SET ended_at = max(started_at, ?) \
+             WHERE device_id = ? AND session_id = ? AND ended_at IS NULL",
+        )
+        .bind(millis(ended_at))
+        .bind(device.as_str())
+        .bind(&session.session_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     Ok(())
 }
 
