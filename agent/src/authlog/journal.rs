@@ -138,7 +138,15 @@ pub fn read_journal(
     let mut lines = BufReader::new(stdout).split(b'\n');
     while read < max_entries {
         let Some(line) = lines.next() else { break };
-        let line = line?;
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                // Not left behind as a zombie.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         read += 1;
         let Ok(entry) = serde_json::from_slice::<serde_json::Value>(&line) else {
             continue;
