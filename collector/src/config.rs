@@ -443,7 +443,10 @@ impl CollectorConfig {
             Some(overrides) => self.activity.with(&overrides.activity),
             None => self.activity.clone(),
         };
-        settings.rule(site).unwrap_or_else(|_| {
+        settings.rule(site).unwrap_or_else(|e| {
+            // Not silently: load refuses such a configuration, so this is
+            // a bug if it is ever seen.
+            tracing::error!(site, error = %e, "invalid activity rule; using the project's defaults");
             ActivitySettings::default()
                 .rule("defaults")
                 .expect("defaults are valid")

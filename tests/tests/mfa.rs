@@ -253,15 +253,7 @@ fn the_agent_follows_its_auth_log_through_rotation_and_its_pam_hook() {
         ),
     );
     let id = agent.enroll();
-    // Four staff accounts (by the site's pattern) used the device.
-    queue(
-        &agent.data,
-        ["a.staff", "b.staff", "c.staff", "e.staff"]
-            .iter()
-            .enumerate()
-            .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
-            .collect(),
-    );
+    staff_used_the_device(&agent);
     let _daemon = agent.start();
     let status =
         |account: &str| pair(&data, &id, account).map(|p| p["status"].as_str().unwrap().to_owned());
@@ -404,14 +396,7 @@ fn from_the_journal_only_roots_entries_count_and_the_text_log_is_not_read() {
         ),
     );
     let id = agent.enroll();
-    queue(
-        &agent.data,
-        ["a.staff", "b.staff", "c.staff", "e.staff"]
-            .iter()
-            .enumerate()
-            .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
-            .collect(),
-    );
+    staff_used_the_device(&agent);
     let mut daemon = agent.start();
     let status =
         |account: &str| pair(&data, &id, account).map(|p| p["status"].as_str().unwrap().to_owned());
@@ -681,5 +666,18 @@ fn a_staff_login_with_stale_two_step_sign_in_is_told_and_locked_where_the_site_s
             let locks = std::fs::read_to_string(&locked).ok()?;
             (told.trim() == "j.smith" && locks.trim() == ":0").then_some(())
         },
+    );
+}
+
+/// Four staff accounts (by the site's pattern) used the device two days
+/// ago: sessions queued in its outbox before the daemon starts.
+fn staff_used_the_device(agent: &Agent) {
+    queue(
+        &agent.data,
+        ["a.staff", "b.staff", "c.staff", "e.staff"]
+            .iter()
+            .enumerate()
+            .map(|(n, a)| (ago(2), session(&format!("s{n}"), a, 1001 + n as u32, 2)))
+            .collect(),
     );
 }

@@ -123,10 +123,16 @@ async fn evaluate_page(
     }
     let thresholds = staff.config.mfa.thresholds();
     let none = BTreeMap::new();
+    // Each site's rule (glob patterns compiled) once per page, not per
+    // device.
+    let mut rules: HashMap<String, SiteActivityRule> = HashMap::new();
     Ok(page
         .into_iter()
         .map(|input| {
-            let rule = config.activity_rule(&input.site_name);
+            let rule = rules
+                .entry(input.site_name.clone())
+                .or_insert_with(|| config.activity_rule(&input.site_name))
+                .clone();
             let evaluation = evaluate_input(&input, &rule, as_of);
             let mfa = mfa::device_pairs(
                 &input.sessions,
