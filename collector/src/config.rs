@@ -5,10 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 
 use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Role, SmtpSecurity, Timing};
 use crate::rules::activity::{ActivityThresholds, SessionPolicy};
 
 pub const FILE_NAME: &str = "collector.toml";
@@ -20,11 +22,11 @@ pub struct CollectorConfig {
     pub listen: SocketAddr,
     pub enroll_listen: SocketAddr,
     pub api_listen: SocketAddr,
-    pub heartbeat_interval_secs: u32,
+    pub heartbeat_interval_secs: NonZeroU32,
     pub max_message_bytes: usize,
-    pub max_batch_events: usize,
+    pub max_batch_events: NonZeroUsize,
     pub shutdown_grace_secs: u64,
-    pub evaluate_every_secs: u64,
+    pub evaluate_every_secs: NonZeroU64,
     /// How often freed heap memory is returned to the system, in seconds
     /// (0: never; see `memory`).
     pub release_memory_every_secs: u64,
@@ -85,7 +87,7 @@ pub struct SmtpSettings {
     pub host: String,
     pub port: u16,
     /// starttls, tls (implicit, e.g. port 465) or none (loopback relays only).
-    pub security: String,
+    pub security: SmtpSecurity,
     pub username: String,
     /// File holding the password (kept out of this file).
     pub password_file: String,
@@ -98,7 +100,7 @@ impl Default for SmtpSettings {
         SmtpSettings {
             host: String::new(),
             port: 587,
-            security: "starttls".into(),
+            security: SmtpSecurity::Starttls,
             username: String::new(),
             password_file: String::new(),
             from: "Hall Monitor <hallmonitor@localhost>".into(),
@@ -112,16 +114,16 @@ impl Default for SmtpSettings {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub kind: String,
-    pub roles: Vec<String>,
-    pub timing: String,
+    pub roles: Vec<Role>,
+    pub timing: Timing,
 }
 
 impl Default for NotificationSettings {
     fn default() -> Self {
-        let route = |kind: &str, roles: &[&str], timing: &str| Route {
+        let route = |kind: &str, roles: &[Role], timing: Timing| Route {
             kind: kind.into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            timing: timing.into(),
+            roles: roles.to_vec(),
+            timing,
         };
         NotificationSettings {
             console_url: String::new(),
@@ -131,25 +133,20 @@ impl Default for NotificationSettings {
             retry_max_secs: 3600,
             smtp: SmtpSettings::default(),
             routes: vec![
-                route("capture_severe", &["head_teacher", "dsl"], "immediate"),
-                route("device_inactive", &["technician"], "immediate"),
-                route("device_inactive", &["head_teacher"], "digest"),
-                route("mfa_stale", &["technician"], "immediate"),
-                route("mfa_stale", &["head_teacher"], "digest"),
-                route("mfa_due_soon", &["staff_member"], "immediate"),
+                route(
+                    "capture_severe",
+                    &[Role::HeadTeacher, Role::Dsl],
+                    Timing::Immediate,
+                ),
+                route("device_inactive", &[Role::Technician], Timing::Immediate),
+                route("device_inactive", &[Role::HeadTeacher], Timing::Digest),
+                route("mfa_stale", &[Role::Technician], Timing::Immediate),
+                route("mfa_stale", &[Role::HeadTeacher], Timing::Digest),
+                route("mfa_due_soon", &[Role::StaffMember], Timing::Immediate),
             ],
         }
     }
 }
-
-/// Roles a recipient can have; `staff_member` means the account concerned.
-pub const ROLES: [&str; 5] = [
-    "head_teacher",
-    "dsl",
-    "online_safety_lead",
-    "technician",
-    "staff_member",
-];
 
 /// `[mfa]`: the 2FA-freshness rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,11 +320,11 @@ impl Default for CollectorConfig {
             listen: "0.0.0.0:50051".parse().expect("valid literal"),
             enroll_listen: "0.0.0.0:50052".parse().expect("valid literal"),
             api_listen: "0.0.0.0:8443".parse().expect("valid literal"),
-            heartbeat_interval_secs: 60,
+            heartbeat_interval_secs: NonZeroU32::new(60).expect("not zero"),
             max_message_bytes: 16 * 1024 * 1024,
-            max_batch_events: 5000,
+            max_batch_events: NonZeroUsize::new(5000).expect("not zero"),
             shutdown_grace_secs: 15,
-            evaluate_every_secs: 60,
+            evaluate_every_secs: NonZeroU64::new(60).expect("not zero"),
             release_memory_every_secs: 10,
             activity: ActivitySettings::default(),
             mfa: MfaSettings::default(),
@@ -372,17 +369,8 @@ impl CollectorConfig {
             path: path.into(),
             message: message.into(),
         };
-        if config.heartbeat_interval_secs == 0 {
-            return Err(invalid("heartbeat_interval_secs must be at least 1"));
-        }
-        if config.max_batch_events == 0 {
-            return Err(invalid("max_batch_events must be at least 1"));
-        }
         if config.max_message_bytes < 64 * 1024 {
             return Err(invalid("max_message_bytes must be at least 65536"));
-        }
-        if config.evaluate_every_secs == 0 {
-            return Err(invalid("evaluate_every_secs must be at least 1"));
         }
         config.activity.rule("activity").map_err(|m| invalid(&m))?;
         if config.mfa.validity_days == 0 || config.mfa.reminder_days >= config.mfa.validity_days {
@@ -403,24 +391,6 @@ impl CollectorConfig {
         }
         if n.max_attempts == 0 {
             return Err(invalid("notifications.max_attempts must be at least 1"));
-        }
-        if !["starttls", "tls", "none"].contains(&n.smtp.security.as_str()) {
-            return Err(invalid(
-                "notifications.smtp.security: expected starttls, tls or none",
-            ));
-        }
-        for (i, route) in n.routes.iter().enumerate() {
-            if !["immediate", "digest"].contains(&route.timing.as_str()) {
-                return Err(invalid(&format!(
-                    "notifications.routes[{i}].timing: expected immediate or digest"
-                )));
-            }
-            if let Some(role) = route.roles.iter().find(|r| !ROLES.contains(&r.as_str())) {
-                return Err(invalid(&format!(
-                    "notifications.routes[{i}].roles: unknown role '{role}' (one of {})",
-                    ROLES.join(", ")
-                )));
-            }
         }
         for p in &config.mfa.staff_accounts {
             glob::Pattern::new(p)
@@ -511,6 +481,26 @@ mod tests {
             ),
             ("bad address", "\n\nlisten = \"nowhere\"\n", "line 3"),
             ("bad syntax", "listen = \n", "line 1"),
+            (
+                "unknown smtp security",
+                "[notifications.smtp]\nsecurity = \"ssl\"\n",
+                "line 2",
+            ),
+            (
+                "unknown route role",
+                "[[notifications.routes]]\nkind = \"mfa_stale\"\nroles = [\"caretaker\"]\ntiming = \"digest\"\n",
+                "line 3",
+            ),
+            (
+                "unknown route timing",
+                "[[notifications.routes]]\nkind = \"mfa_stale\"\nroles = [\"dsl\"]\ntiming = \"hourly\"\n",
+                "line 4, column 10",
+            ),
+            (
+                "zero evaluation interval",
+                "evaluate_every_secs = 0\n",
+                "line 1",
+            ),
         ];
         for (name, text, want) in cases {
             let err = CollectorConfig::parse(text, Path::new("/data/collector.toml"))

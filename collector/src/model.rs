@@ -603,3 +603,124 @@ pub struct CaptureRecord {
     #[serde(skip)]
     pub image: Vec<u8>,
 }
+
+/// Declares a closed set of names as an enum understood by serde (the
+/// configuration and JSON documents) and sqlx (TEXT columns), with the
+/// same snake_case spelling everywhere.
+macro_rules! named_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type)]
+        #[serde(rename_all = "snake_case")]
+        #[sqlx(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<$name> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// "a, b or c", for error messages.
+            pub fn expected() -> String {
+                let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                match names.split_last() {
+                    Some((last, [])) => last.to_string(),
+                    Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                    None => String::new(),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_set! {
+    /// Who a notification route or recipient is for; `staff_member` means
+    /// the account the event concerns.
+    Role {
+        HeadTeacher = "head_teacher",
+        Dsl = "dsl",
+        OnlineSafetyLead = "online_safety_lead",
+        Technician = "technician",
+        StaffMember = "staff_member",
+    }
+}
+
+named_set! {
+    /// How a message travels.
+    Channel {
+        Email = "email",
+        Webhook = "webhook",
+    }
+}
+
+named_set! {
+    /// When a message is sent: at once, or in the site's daily digest.
+    Timing {
+        Immediate = "immediate",
+        Digest = "digest",
+    }
+}
+
+named_set! {
+    /// Where a queued message is in its life.
+    NotificationStatus {
+        Pending = "pending",
+        Sent = "sent",
+        /// Gave up after `max_attempts`.
+        Dead = "dead",
+        /// Folded into a digest message.
+        Digested = "digested",
+    }
+}
+
+named_set! {
+    /// How the collector talks to its SMTP relay.
+    SmtpSecurity {
+        /// Plain connection upgraded with STARTTLS (port 587).
+        Starttls = "starttls",
+        /// TLS from the first byte (port 465).
+        Tls = "tls",
+        /// No encryption: loopback relays only.
+        None = "none",
+    }
+}
+
+#[cfg(test)]
+mod named_set_tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_serde_and_the_expected_list() {
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(*role));
+            let json = serde_json::to_string(role).unwrap();
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+        }
+        assert_eq!(Role::parse("Dsl"), None);
+        assert_eq!(Timing::expected(), "immediate or digest");
+        assert_eq!(SmtpSecurity::expected(), "starttls, tls or none");
+        let t: Timing =
+            toml::from_str::<std::collections::HashMap<String, Timing>>("t = \"digest\"").unwrap()
+                ["t"];
+        assert_eq!(t, Timing::Digest);
+    }
+}

@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::flags::{FlagRecord, FlagTransition};
-use crate::model::{Connectivity, DeviceId, DeviceRecord, EnrollmentSecretInfo, OutboxHealth};
+use crate::model::{
+    Channel, Connectivity, DeviceId, DeviceRecord, EnrollmentSecretInfo, OutboxHealth,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -593,10 +595,10 @@ pub fn recipients(list: &[crate::store::Recipient], format: Format) -> String {
             for r in list {
                 rows.push([
                     r.id.to_string(),
-                    r.role.clone(),
-                    r.channel.clone(),
+                    r.role.to_string(),
+                    r.channel.to_string(),
                     r.address.clone(),
-                    if r.channel == "webhook" {
+                    if r.channel == Channel::Webhook {
                         r.webhook_format.clone()
                     } else {
                         "-".into()
@@ -627,10 +629,10 @@ pub fn notifications(list: &[crate::store::Notification], format: Format) -> Str
             for n in list {
                 rows.push([
                     n.id.to_string(),
-                    n.status.clone(),
-                    n.channel.clone(),
+                    n.status.to_string(),
+                    n.channel.to_string(),
                     n.address.clone(),
-                    n.timing.clone(),
+                    n.timing.to_string(),
                     n.attempts.to_string(),
                     n.subject.clone(),
                     n.last_error.clone(),

@@ -115,14 +115,14 @@ pub async fn serve(
         config: config.clone(),
         streams: streams.clone(),
         evidence,
-        heartbeat_interval_secs: config.heartbeat_interval_secs,
-        max_batch_events: config.max_batch_events,
+        heartbeat_interval_secs: config.heartbeat_interval_secs.get(),
+        max_batch_events: config.max_batch_events.get(),
         shutdown: streams_stop.clone(),
     };
     let enrollment = EnrollmentService {
         store: store.clone(),
         ca: ca.clone(),
-        heartbeat_interval_secs: config.heartbeat_interval_secs,
+        heartbeat_interval_secs: config.heartbeat_interval_secs.get(),
         refusals: crate::enroll::RefusalLimit::default(),
     };
 
@@ -213,7 +213,7 @@ async fn rules_loop(
     streams: Arc<Streams>,
     shutdown: CancellationToken,
 ) {
-    let every = Duration::from_secs(config.evaluate_every_secs);
+    let every = Duration::from_secs(config.evaluate_every_secs.get());
     let mut next_evaluation = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

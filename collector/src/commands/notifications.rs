@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::config::CollectorConfig;
+use hallmonitor_collector::model::{Channel, NotificationStatus, Role};
 use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::store::NotificationStore;
 use hallmonitor_collector::{notify, open_store};
@@ -87,11 +88,10 @@ pub(crate) async fn recipients(
             webhook_secret_file,
         } => {
             let site = require_site(&store, &site).await?;
-            if !hallmonitor_collector::config::ROLES.contains(&role.as_str())
-                || role == "staff_member"
-            {
-                bail!("--role: expected head_teacher, dsl, online_safety_lead or technician");
-            }
+            let role = match Role::parse(&role) {
+                Some(role) if role != Role::StaffMember => role,
+                _ => bail!("--role: expected head_teacher, dsl, online_safety_lead or technician"),
+            };
             if !["json", "teams", "slack"].contains(&webhook_format.as_str()) {
                 bail!("--webhook-format: expected json, teams or slack");
             }
@@ -100,7 +100,7 @@ pub(crate) async fn recipients(
                     email
                         .parse::<lettre::Address>()
                         .with_context(|| format!("--email '{email}'"))?;
-                    ("email", email)
+                    (Channel::Email, email)
                 }
                 (None, Some(url)) => {
                     let uri: axum::http::Uri =
@@ -108,7 +108,7 @@ pub(crate) async fn recipients(
                     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                         bail!("--webhook '{url}': expected an http:// or https:// URL");
                     }
-                    ("webhook", url)
+                    (Channel::Webhook, url)
                 }
                 (None, None) => bail!("give --email or --webhook"),
             };
@@ -124,8 +124,8 @@ pub(crate) async fn recipients(
                     &hallmonitor_collector::store::Recipient {
                         id: 0,
                         site: site.id,
-                        role: role.clone(),
-                        channel: channel.into(),
+                        role,
+                        channel,
                         address: address.clone(),
                         webhook_format,
                         webhook_secret: secret,
@@ -160,7 +160,10 @@ pub(crate) async fn notify(data: &Path, command: NotifyCommand) -> anyhow::Resul
     let config = CollectorConfig::load(data)?;
     let site = require_site(&store, &site).await?;
     let now = Timestamp::now();
-    let queued = notify::queue_test(&store, &config, &site, &to, now).await?;
+    let Some(role) = Role::parse(&to) else {
+        bail!("--to: expected {}", Role::expected());
+    };
+    let queued = notify::queue_test(&store, &config, &site, role, now).await?;
     if queued == 0 {
         bail!("site {} has no recipient with role {to}", site.name);
     }
@@ -184,12 +187,12 @@ pub(crate) async fn notifications(
     let store = open_store(data).await?;
     match command {
         NotificationsCommand::List { status, format } => {
-            if let Some(s) = &status
-                && !["pending", "sent", "dead", "digested"].contains(&s.as_str())
-            {
-                bail!("--status: expected pending, sent, dead or digested");
-            }
-            let list = store.list_notifications(status.as_deref()).await?;
+            let status = match status.as_deref().map(NotificationStatus::parse) {
+                None => None,
+                Some(Some(status)) => Some(status),
+                Some(None) => bail!("--status: expected {}", NotificationStatus::expected()),
+            };
+            let list = store.list_notifications(status).await?;
             print!("{}", render::notifications(&list, format));
         }
         NotificationsCommand::Digest { site } => {

@@ -8,6 +8,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::SmtpSettings;
+use crate::model::SmtpSecurity;
 use crate::store::Notification;
 
 pub struct Mailer {
@@ -21,10 +22,14 @@ impl Mailer {
         if settings.host.is_empty() {
             return Ok(None);
         }
-        let builder = match settings.security.as_str() {
-            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)?,
-            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)?,
-            _ => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host),
+        let builder = match settings.security {
+            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)?,
+            SmtpSecurity::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&settings.host)?
+            }
+            SmtpSecurity::None => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
+            }
         };
         let mut builder = builder
             .port(settings.port)

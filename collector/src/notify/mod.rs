@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CollectorConfig, NotificationSettings};
-use crate::model::Site;
+use crate::model::{Channel, Role, Site, Timing};
 use crate::store::{NewNotification, Notification, NotificationEvent, Result, Store};
 
 pub use email::Mailer;
@@ -43,14 +43,13 @@ impl Sender {
     }
 
     async fn send(&self, message: &Notification) -> std::result::Result<(), String> {
-        match message.channel.as_str() {
-            "email" => match &self.mailer {
+        match message.channel {
+            Channel::Email => match &self.mailer {
                 Some(mailer) => mailer.send(message).await,
                 // Not claimed without a mailer; kept for safety.
                 None => Err("no SMTP server configured ([notifications.smtp] host)".into()),
             },
-            "webhook" => webhook::post(message).await,
-            other => Err(format!("unknown channel '{other}'")),
+            Channel::Webhook => webhook::post(message).await,
         }
     }
 }
@@ -125,7 +124,7 @@ async fn plan(
         .filter(|r| r.kind == event.kind)
     {
         for role in &route.roles {
-            if role == "staff_member" {
+            if *role == Role::StaffMember {
                 // The account concerned, by the address the directory holds.
                 let email = store
                     .directory(site.id)
@@ -137,23 +136,23 @@ async fn plan(
                 if let Some(address) = email {
                     messages.push(content.message(
                         &site,
-                        "email",
+                        Channel::Email,
                         &address,
                         "json",
                         "",
-                        &route.timing,
+                        route.timing,
                     ));
                 }
                 continue;
             }
-            for r in recipients.iter().filter(|r| &r.role == role) {
+            for r in recipients.iter().filter(|r| r.role == *role) {
                 messages.push(content.message(
                     &site,
-                    &r.channel,
+                    r.channel,
                     &r.address,
                     &r.webhook_format,
                     &r.webhook_secret,
-                    &route.timing,
+                    route.timing,
                 ));
             }
         }
@@ -260,19 +259,19 @@ impl Content {
     fn message(
         &self,
         site: &Site,
-        channel: &str,
+        channel: Channel,
         address: &str,
         webhook_format: &str,
         webhook_secret: &str,
-        timing: &str,
+        timing: Timing,
     ) -> NewNotification {
         NewNotification {
             site: site.id,
-            channel: channel.into(),
+            channel,
             address: address.into(),
             webhook_format: webhook_format.into(),
             webhook_secret: webhook_secret.into(),
-            timing: timing.into(),
+            timing,
             subject: self.subject.clone(),
             body: self.body.clone(),
             payload: self.payload.to_string(),
@@ -290,10 +289,10 @@ pub async fn deliver(
 ) -> Result<(u64, u64)> {
     let lease = now + SignedDuration::from_secs(120);
     let (mut sent, mut failed) = (0, 0);
-    let channels: &[&str] = if sender.mailer.is_some() {
-        &["email", "webhook"]
+    let channels: &[Channel] = if sender.mailer.is_some() {
+        &[Channel::Email, Channel::Webhook]
     } else {
-        &["webhook"]
+        &[Channel::Webhook]
     };
     for message in store
         .claim_notifications(owner, now, lease, 50, channels)
@@ -352,10 +351,10 @@ pub async fn digest(
     now: Timestamp,
 ) -> Result<usize> {
     let pending = store.pending_digest(site.id).await?;
-    let mut by_address: BTreeMap<(String, String), Vec<&Notification>> = BTreeMap::new();
+    let mut by_address: BTreeMap<(Channel, String), Vec<&Notification>> = BTreeMap::new();
     for message in &pending {
         by_address
-            .entry((message.channel.clone(), message.address.clone()))
+            .entry((message.channel, message.address.clone()))
             .or_default()
             .push(message);
     }
@@ -393,7 +392,7 @@ pub async fn digest(
                 address,
                 webhook_format: first.webhook_format.clone(),
                 webhook_secret: first.webhook_secret.clone(),
-                timing: "immediate".into(),
+                timing: Timing::Immediate,
                 subject,
                 body,
                 payload: payload.to_string(),
@@ -414,7 +413,7 @@ pub async fn queue_test(
     store: &dyn Store,
     config: &CollectorConfig,
     site: &Site,
-    role: &str,
+    role: Role,
     now: Timestamp,
 ) -> Result<u64> {
     let event = NotificationEvent {
@@ -437,11 +436,11 @@ pub async fn queue_test(
         .map(|r| {
             content.message(
                 site,
-                &r.channel,
+                r.channel,
                 &r.address,
                 &r.webhook_format,
                 &r.webhook_secret,
-                "immediate",
+                Timing::Immediate,
             )
         })
         .collect();

@@ -180,7 +180,7 @@ pub async fn refresh(
     filter: &DeviceFilter,
     as_of: Timestamp,
 ) -> Result<ActivityChanges> {
-    let recheck_open = SignedDuration::from_secs(config.evaluate_every_secs as i64);
+    let recheck_open = SignedDuration::from_secs(config.evaluate_every_secs.get() as i64);
     let mut changes = ActivityChanges::default();
     let mut after = None;
     loop {

@@ -22,8 +22,9 @@ use jiff::Timestamp;
 use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
-    BatchOutcome, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus, Enforcement,
-    EnrollmentSecretInfo, Event, OutboxHealth, SecretRejection, SessionRecord, Site, SiteId,
+    BatchOutcome, Channel, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus,
+    Enforcement, EnrollmentSecretInfo, Event, NotificationStatus, OutboxHealth, Role,
+    SecretRejection, SessionRecord, Site, SiteId, Timing,
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
 use crate::rules::mfa::{MfaStatus, PairVerdict};
@@ -273,9 +274,8 @@ pub struct Recipient {
     pub id: i64,
     #[serde(skip)]
     pub site: SiteId,
-    pub role: String,
-    /// email or webhook
-    pub channel: String,
+    pub role: Role,
+    pub channel: Channel,
     pub address: String,
     pub webhook_format: String,
     #[serde(skip)]
@@ -300,12 +300,11 @@ pub struct NotificationEvent {
 #[derive(Clone, Debug)]
 pub struct NewNotification {
     pub site: SiteId,
-    pub channel: String,
+    pub channel: Channel,
     pub address: String,
     pub webhook_format: String,
     pub webhook_secret: String,
-    /// immediate or digest
-    pub timing: String,
+    pub timing: Timing,
     pub subject: String,
     pub body: String,
     /// JSON for webhooks.
@@ -318,19 +317,19 @@ pub struct Notification {
     pub id: i64,
     #[serde(skip)]
     pub site: SiteId,
-    pub channel: String,
+    pub channel: Channel,
     pub address: String,
     #[serde(skip)]
     pub webhook_format: String,
     #[serde(skip)]
     pub webhook_secret: String,
-    pub timing: String,
+    pub timing: Timing,
     pub subject: String,
     #[serde(skip)]
     pub body: String,
     #[serde(skip)]
     pub payload: String,
-    pub status: String,
+    pub status: NotificationStatus,
     pub attempts: i64,
     pub next_attempt_at: Timestamp,
     pub last_error: String,
@@ -557,7 +556,7 @@ pub trait NotificationStore: Send + Sync + 'static {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
-        channels: &[&str],
+        channels: &[Channel],
     ) -> Result<Vec<Notification>>;
     async fn notification_sent(&self, id: i64, at: Timestamp) -> Result<()>;
     /// Records a failed attempt: retried at `retry_at`, or dead when None.
@@ -579,7 +578,10 @@ pub trait NotificationStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<()>;
     async fn digest_last_date(&self, site: SiteId) -> Result<Option<String>>;
-    async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>>;
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+    ) -> Result<Vec<Notification>>;
 }
 
 /// Incidents and the capture rows that are their evidence (images live in the evidence store).

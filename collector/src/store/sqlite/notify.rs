@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{SqliteStore, instant, millis, optional_instant};
-use crate::model::{DeviceId, SiteId};
+use crate::model::{Channel, DeviceId, NotificationStatus, SiteId};
 use crate::store::{NewNotification, Notification, NotificationEvent, Recipient, Result};
 
 fn recipient_from_row(r: &SqliteRow) -> Result<Recipient> {
@@ -36,11 +36,11 @@ async fn insert_messages(
         )
         .bind(event)
         .bind(m.site.0)
-        .bind(&m.channel)
+        .bind(m.channel)
         .bind(&m.address)
         .bind(&m.webhook_format)
         .bind(&m.webhook_secret)
-        .bind(&m.timing)
+        .bind(m.timing)
         .bind(&m.subject)
         .bind(&m.body)
         .bind(&m.payload)
@@ -84,8 +84,8 @@ impl crate::store::NotificationStore for SqliteStore {
              webhook_secret = excluded.webhook_secret RETURNING id",
         )
         .bind(r.site.0)
-        .bind(&r.role)
-        .bind(&r.channel)
+        .bind(r.role)
+        .bind(r.channel)
         .bind(&r.address)
         .bind(&r.webhook_format)
         .bind(&r.webhook_secret)
@@ -164,7 +164,7 @@ impl crate::store::NotificationStore for SqliteStore {
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
-        channels: &[&str],
+        channels: &[Channel],
     ) -> Result<Vec<Notification>> {
         // One statement: SQLite's single writer makes the claim atomic (on
         // PostgreSQL this is SELECT … FOR UPDATE SKIP LOCKED).
@@ -179,7 +179,14 @@ impl crate::store::NotificationStore for SqliteStore {
         .bind(millis(lease_until))
         .bind(millis(now))
         .bind(limit as i64)
-        .bind(format!(",{},", channels.join(",")))
+        .bind(format!(
+            ",{},",
+            channels
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
         .fetch_all(&self.writer)
         .await?;
         let mut claimed: Vec<Notification> = rows
@@ -276,11 +283,14 @@ impl crate::store::NotificationStore for SqliteStore {
         )
     }
 
-    async fn list_notifications(&self, status: Option<&str>) -> Result<Vec<Notification>> {
+    async fn list_notifications(
+        &self,
+        status: Option<NotificationStatus>,
+    ) -> Result<Vec<Notification>> {
         let rows = sqlx::query(
             "SELECT * FROM notifications WHERE (?1 IS NULL OR status = ?1) ORDER BY id",
         )
-        .bind(status)
+        .bind(status.map(|s| s.as_str()))
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(notification_from_row).collect()
@@ -291,17 +301,19 @@ impl crate::store::NotificationStore for SqliteStore {
 mod tests {
     use jiff::SignedDuration;
 
+    use crate::model::{Channel, NotificationStatus, Timing};
     use crate::store::sqlite::testing::store_with_device;
     use crate::store::{NewNotification, NotificationStore};
 
     fn message(site: crate::model::SiteId, address: &str, timing: &str) -> NewNotification {
+        let timing = Timing::parse(timing).unwrap();
         NewNotification {
             site,
-            channel: "email".into(),
+            channel: Channel::Email,
             address: address.into(),
             webhook_format: String::new(),
             webhook_secret: String::new(),
-            timing: timing.into(),
+            timing,
             subject: format!("to {address}"),
             body: "body".into(),
             payload: String::new(),
@@ -322,38 +334,41 @@ mod tests {
             .unwrap();
         assert_eq!(queued, 1);
         let a = store
-            .claim_notifications("a", t(1), t(61), 10, &["email"])
+            .claim_notifications("a", t(1), t(61), 10, &[Channel::Email])
             .await
             .unwrap();
         assert_eq!(a.len(), 1);
         let b = store
-            .claim_notifications("b", t(30), t(90), 10, &["email"])
+            .claim_notifications("b", t(30), t(90), 10, &[Channel::Email])
             .await
             .unwrap();
         assert!(b.is_empty(), "leased to a until 61 s");
         assert!(
             store
-                .claim_notifications("b", t(62), t(120), 10, &["webhook"])
+                .claim_notifications("b", t(62), t(120), 10, &[Channel::Webhook])
                 .await
                 .unwrap()
                 .is_empty(),
             "only the channels asked for"
         );
         let b = store
-            .claim_notifications("b", t(62), t(120), 10, &["email"])
+            .claim_notifications("b", t(62), t(120), 10, &[Channel::Email])
             .await
             .unwrap();
         assert_eq!(b.len(), 1, "a's lease ended: b may send it");
         store.notification_sent(b[0].id, t(63)).await.unwrap();
         assert!(
             store
-                .claim_notifications("c", t(200), t(260), 10, &["email"])
+                .claim_notifications("c", t(200), t(260), 10, &[Channel::Email])
                 .await
                 .unwrap()
                 .is_empty(),
             "sent once"
         );
-        let sent = store.list_notifications(Some("sent")).await.unwrap();
+        let sent = store
+            .list_notifications(Some(NotificationStatus::Sent))
+            .await
+            .unwrap();
         assert_eq!((sent.len(), sent[0].attempts), (1, 1));
     }
 
@@ -366,7 +381,7 @@ mod tests {
             .await
             .unwrap();
         let id = store
-            .claim_notifications("a", t(1), t(61), 10, &["email"])
+            .claim_notifications("a", t(1), t(61), 10, &[Channel::Email])
             .await
             .unwrap()[0]
             .id;
@@ -374,12 +389,16 @@ mod tests {
             .notification_failed(id, "connection refused", Some(t(100)))
             .await
             .unwrap();
-        let claim = |at: i64| store.claim_notifications("a", t(at), t(at + 60), 10, &["email"]);
+        let claim =
+            |at: i64| store.claim_notifications("a", t(at), t(at + 60), 10, &[Channel::Email]);
         assert!(claim(99).await.unwrap().is_empty(), "not before its retry");
         assert_eq!(claim(100).await.unwrap().len(), 1);
         store.notification_failed(id, "again", None).await.unwrap();
         assert!(claim(10_000).await.unwrap().is_empty(), "dead");
-        let dead = store.list_notifications(Some("dead")).await.unwrap();
+        let dead = store
+            .list_notifications(Some(NotificationStatus::Dead))
+            .await
+            .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(
             (dead[0].attempts, dead[0].last_error.as_str()),
@@ -404,7 +423,7 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .claim_notifications("a", t(1), t(61), 10, &["email"])
+                .claim_notifications("a", t(1), t(61), 10, &[Channel::Email])
                 .await
                 .unwrap()
                 .is_empty(),
@@ -424,7 +443,7 @@ mod tests {
             Some("2027-01-15")
         );
         let out = store
-            .claim_notifications("a", t(3), t(63), 10, &["email"])
+            .claim_notifications("a", t(3), t(63), 10, &[Channel::Email])
             .await
             .unwrap();
         assert_eq!(out.len(), 1, "one message for the address");
