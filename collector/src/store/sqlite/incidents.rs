@@ -262,3 +262,140 @@ impl crate::store::IncidentStore for SqliteStore {
         Ok(used.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::{SignedDuration, Timestamp};
+
+    use crate::model::{CaptureRecord, Event, EventBody, Seq};
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{DeviceFilter, IncidentStore, IngestStore};
+
+    fn t(hours: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap() + SignedDuration::from_hours(hours)
+    }
+
+    fn capture(seq: u64, at: Timestamp, category: &str, image: &str) -> Event {
+        Event {
+            seq: Seq(seq),
+            event_id: format!("e-{seq}"),
+            occurred_at: at,
+            body: EventBody::Capture(CaptureRecord {
+                rule_id: "r1".into(),
+                category: category.into(),
+                severity: 3,
+                matched_text: "matched words".into(),
+                window_title: "a window".into(),
+                process_name: "firefox".into(),
+                account: "pupil1".into(),
+                image_sha256: image.into(),
+                image_status: "verified".into(),
+                no_image_reason: String::new(),
+                repeat_count: 0,
+                kind: "snapshot".into(),
+                file_path: String::new(),
+                file_sha256: String::new(),
+                policy_version: 0,
+                image: Vec::new(),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn retention_takes_only_old_captures_of_closed_incidents_and_keeps_the_event_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _site, device) = store_with_device(dir.path(), t(0)).await;
+        // Two incidents: "gambling" (old capture, then closed) and
+        // "weapons" (old capture, left open); one recent gambling capture
+        // in an incident of its own (the window has passed).
+        let events = [
+            capture(1, t(1), "gambling", "aa"),
+            capture(2, t(2), "weapons", "bb"),
+            capture(3, t(24 * 40), "gambling", "cc"),
+        ];
+        store
+            .record_batch(&device, &events, t(24 * 40))
+            .await
+            .unwrap();
+        let incidents = store
+            .list_incidents(&DeviceFilter::one(device.clone()), None)
+            .await
+            .unwrap();
+        assert_eq!(incidents.len(), 3, "{incidents:?}");
+        let old_gambling = incidents
+            .iter()
+            .find(|i| i.category == "gambling" && i.opened_at == t(1))
+            .unwrap();
+        assert!(
+            store
+                .close_incident(old_gambling.id, "no concern", t(24 * 41))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .close_incident(old_gambling.id, "again", t(24 * 41))
+                .await
+                .unwrap()
+        );
+        let recent = incidents
+            .iter()
+            .find(|i| i.opened_at == t(24 * 40))
+            .unwrap();
+        store
+            .close_incident(recent.id, "done", t(24 * 41))
+            .await
+            .unwrap();
+
+        let before = t(24 * 30);
+        let expired = store.expired_captures(before).await.unwrap();
+        assert_eq!(
+            expired.len(),
+            1,
+            "only the old capture of a closed incident: {expired:?}"
+        );
+        assert_eq!(expired[0].1, "aa");
+        assert!(store.image_in_use("aa").await.unwrap());
+
+        let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
+        assert_eq!(store.purge_captures(&ids, before).await.unwrap(), 1);
+        assert!(!store.image_in_use("aa").await.unwrap());
+        assert!(
+            store.image_in_use("bb").await.unwrap(),
+            "open incident kept"
+        );
+        assert!(
+            store.image_in_use("cc").await.unwrap(),
+            "recent capture kept"
+        );
+        // A second pass finds nothing, and a purge with an id that is not
+        // old enough deletes nothing.
+        assert!(store.expired_captures(before).await.unwrap().is_empty());
+        let (recent_capture, _) = store.expired_captures(t(24 * 50)).await.unwrap()[0].clone();
+        assert_eq!(
+            store
+                .purge_captures(&[recent_capture], before)
+                .await
+                .unwrap(),
+            0
+        );
+
+        // The event rows stay (the sequence is the record of arrival), with
+        // what the purged one said emptied.
+        let kinds = store.event_kinds(&device).await.unwrap();
+        assert_eq!(kinds.len(), 3);
+        let body: String = sqlx::query_scalar("SELECT body FROM events WHERE seq = 1")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert!(
+            body.contains("purged") && !body.contains("matched words"),
+            "{body}"
+        );
+        let kept: String = sqlx::query_scalar("SELECT body FROM events WHERE seq = 2")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert!(kept.contains("weapons"), "{kept}");
+    }
+}
