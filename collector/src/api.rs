@@ -1,4 +1,5 @@
-//! The HTTPS JSON API for other systems, authenticated by per-site tokens
+//! The HTTPS server: the web console (`console`, for people) and the JSON
+//! API for other systems, authenticated by per-site tokens
 //! (`hallmonitor-collector api-token create`; sent as `Authorization:
 //! Bearer TOKEN`). It serves with the collector's server certificate, so
 //! clients trust the collector's CA (`DATA/pki/ca.crt`).
@@ -33,10 +34,24 @@ struct Api {
     config: Arc<CollectorConfig>,
 }
 
-pub fn router(store: Arc<dyn Store>, config: Arc<CollectorConfig>) -> Router {
+/// The JSON API and the web console (`console`), with the security
+/// headers on every response. `evidence` is where snapshots are read
+/// from (None: the console shows none).
+pub fn router(
+    store: Arc<dyn Store>,
+    config: Arc<CollectorConfig>,
+    evidence: Option<Arc<crate::evidence::EvidenceStore>>,
+) -> Router {
+    let console = crate::console::router(crate::console::Console {
+        store: store.clone(),
+        config: config.clone(),
+        evidence,
+    });
     Router::new()
         .route("/api/v1/mfa-completions", post(mfa_completions))
         .with_state(Api { store, config })
+        .merge(console)
+        .layer(axum::middleware::from_fn(crate::console::security_headers))
 }
 
 /// Serves the API on the connections `incoming` yields (already through
@@ -53,6 +68,17 @@ pub async fn serve(
         let peer = tls.peer_addr();
         let router = router.clone();
         tokio::spawn(async move {
+            // Handlers learn the client's address (sign-in throttling, the
+            // audit log) from this extension.
+            let router = tower::ServiceExt::map_request(
+                router,
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(crate::console::access::Peer(peer));
+                    request
+                },
+            );
             let service = hyper_util::service::TowerToHyperService::new(router);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -196,6 +222,7 @@ async fn mfa_completions(State(api): State<Api>, headers: HeaderMap, body: Bytes
             action: "mfa_completions_posted",
             target: &format!("site {}", site.name),
             detail: &format!("{received} received, {} new", report.new),
+            address: "",
         })
         .await;
     let unmapped: Vec<_> = report

@@ -1,6 +1,7 @@
 //! Secrets and passwords: enrolment secrets are random tokens stored only as
 //! SHA-256 (they carry 160 bits of entropy, so a fast hash is safe); console
-//! passwords are stored as Argon2id hashes.
+//! passwords are stored as Argon2id hashes; console second factors are
+//! TOTP (RFC 6238) secrets.
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 
@@ -44,6 +45,52 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
         .to_string())
 }
 
+/// Whether `password` matches an Argon2 hash (false for a malformed hash).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A random token for a console session or CSRF check (256 bits, hex).
+pub fn session_token() -> String {
+    random_hex(32)
+}
+
+/// A new TOTP secret, base32 (160 bits, as RFC 4226 recommends).
+pub fn generate_totp_secret() -> String {
+    totp_rs::Secret::Raw(random_bytes(20))
+        .to_encoded()
+        .to_string()
+}
+
+/// Whether `code` is the 6-digit TOTP (SHA-1, 30 s steps, one step of
+/// clock skew either way) of `secret` at Unix time `now`.
+pub fn totp_matches(secret: &str, code: &str, now: u64) -> bool {
+    let Ok(bytes) = totp_rs::Secret::Encoded(secret.to_owned()).to_bytes() else {
+        return false;
+    };
+    let Ok(totp) = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes) else {
+        return false;
+    };
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    code.len() == 6 && totp.check(&code, now)
+}
+
+/// The code a TOTP app shows at `now` (for tests and the set-up check).
+pub fn totp_code(secret: &str, now: u64) -> Option<String> {
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .ok()?;
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes).ok()?;
+    Some(totp.generate(now))
+}
+
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -58,6 +105,22 @@ fn random_hex(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_and_totp_codes_check() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(verify_password(&hash, "correct horse"));
+        assert!(!verify_password(&hash, "correct hors"));
+        assert!(!verify_password("not a hash", "x"));
+        let secret = generate_totp_secret();
+        let now = 1_800_000_000;
+        let code = totp_code(&secret, now).unwrap();
+        assert!(totp_matches(&secret, &code, now));
+        assert!(totp_matches(&secret, &code, now + 30), "one step of skew");
+        assert!(!totp_matches(&secret, &code, now + 120));
+        assert!(!totp_matches(&secret, "12345", now));
+        assert!(!totp_matches("not base32!", &code, now));
+    }
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
 
     #[test]

@@ -352,6 +352,7 @@ impl EnrollmentService {
                 action,
                 target,
                 detail,
+                address: "",
             })
             .await
             .map_err(internal)

@@ -5,7 +5,7 @@
 //! Nothing is half-created: everything is built in a temporary sibling
 //! directory that is renamed into place only when complete.
 
-use crate::store::{AuditStore, DeviceStore, SiteStore};
+use crate::store::{AuditStore, ConsoleStore, DeviceStore, SiteStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -143,7 +143,15 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
     let hash = auth::hash_password(&password)
         .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
     store
-        .create_console_user(&options.admin_user, &hash, "admin", None, now)
+        .create_console_user(
+            crate::store::NewConsoleUser {
+                username: &options.admin_user,
+                password_hash: &hash,
+                role: crate::model::ConsoleRole::Admin,
+                sites: None,
+            },
+            now,
+        )
         .await?;
     store
         .append_audit(AuditEntry {
@@ -152,6 +160,7 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
             action: "collector_initialised",
             target: &options.site,
             detail: &format!("admin user {}", options.admin_user),
+            address: "cli",
         })
         .await?;
     store.close().await;

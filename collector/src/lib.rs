@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod compliance;
 pub mod config;
+pub mod console;
 pub mod directory;
 pub mod enroll;
 pub mod evidence;

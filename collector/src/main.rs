@@ -13,6 +13,7 @@ use commands::incidents::{EvidenceCommand, IncidentsCommand};
 use commands::mfa::{ApiTokenCommand, DirectoryCommand, MfaCommand, SigninsCommand};
 use commands::notifications::{NotificationsCommand, NotifyCommand, RecipientsCommand};
 use commands::policy::PolicyCommand;
+use commands::users::UsersCommand;
 use hallmonitor_collector::{init, serve};
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +107,11 @@ enum Command {
     Signins {
         #[command(subcommand)]
         command: SigninsCommand,
+    },
+    /// Console accounts: add, list, disable, enable, passwd, roles.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
     },
     /// Tokens for the HTTPS JSON API (one site each).
     ApiToken {
@@ -288,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::notifications::notifications(&data, command).await
         }
         Command::ApiToken { command } => commands::mfa::api_token(&data, command).await,
+        Command::Users { command } => commands::users::users(&data, command).await,
         Command::Mfa { command } => commands::mfa::mfa(&data, command).await,
         Command::Flags { command } => commands::flags::flags(&data, command).await,
     }

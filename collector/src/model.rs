@@ -39,7 +39,7 @@ impl fmt::Display for DeviceId {
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SiteId(pub i64);
 
@@ -661,6 +661,22 @@ named_set! {
         OnlineSafetyLead = "online_safety_lead",
         Technician = "technician",
         StaffMember = "staff_member",
+    }
+}
+
+named_set! {
+    /// What a console account may do (see `console::access`).
+    ConsoleRole {
+        /// Accounts and settings, and what a technician sees.
+        Admin = "admin",
+        /// Devices, compliance, flags, enrolment secrets, policies, agent
+        /// health; never snapshots, matched text or incident details.
+        Technician = "technician",
+        /// Head teacher or designated safeguarding lead: a technician's view
+        /// of their sites plus incidents, snapshots and evidence.
+        Dsl = "dsl",
+        /// Aggregate reports only.
+        Governor = "governor",
     }
 }
 

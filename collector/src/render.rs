@@ -579,6 +579,67 @@ pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> Stri
     }
 }
 
+pub fn console_users(
+    users: &[crate::store::ConsoleUser],
+    sites: &[crate::model::Site],
+    format: Format,
+) -> String {
+    let site_names = |u: &crate::store::ConsoleUser| -> Vec<String> {
+        sites
+            .iter()
+            .filter(|s| u.all_sites || u.sites.contains(&s.id))
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    match format {
+        Format::Json => {
+            let list: Vec<_> = users
+                .iter()
+                .map(|u| {
+                    json!({
+                        "username": u.username,
+                        "role": u.role,
+                        "all_sites": u.all_sites,
+                        "sites": site_names(u),
+                        "disabled": u.disabled,
+                        "second_factor": !u.totp_secret.is_empty(),
+                        "created_at": u.created_at,
+                    })
+                })
+                .collect();
+            pretty(&json!({ "schema": "hallmonitor.console_users.v1", "users": list }))
+        }
+        Format::Table => {
+            let mut rows = vec![[
+                "USERNAME".to_string(),
+                "ROLE".into(),
+                "SITES".into(),
+                "TWO-STEP".into(),
+                "STATE".into(),
+            ]];
+            for u in users {
+                rows.push([
+                    u.username.clone(),
+                    u.role.to_string(),
+                    if u.all_sites {
+                        "all".into()
+                    } else {
+                        site_names(u).join(", ")
+                    },
+                    if u.totp_secret.is_empty() {
+                        "off"
+                    } else {
+                        "on"
+                    }
+                    .into(),
+                    if u.disabled { "disabled" } else { "active" }.into(),
+                ]);
+            }
+            table(&rows)
+        }
+    }
+}
+
 pub fn recipients(list: &[crate::store::Recipient], format: Format) -> String {
     match format {
         Format::Json => {

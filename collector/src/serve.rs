@@ -89,10 +89,7 @@ pub async fn serve(
         streams.notifier.clone(),
         shutdown.clone(),
     ));
-    let api = tokio::spawn(crate::api::serve(
-        tls_incoming(api_listener, api_tls, api_limits, "api", shutdown.clone()),
-        crate::api::router(store.clone(), config.clone()),
-    ));
+
     let rules = tokio::spawn(rules_loop(
         store.clone(),
         config.clone(),
@@ -100,6 +97,10 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let evidence = Arc::new(crate::evidence::EvidenceStore::open(data)?);
+    let api = tokio::spawn(crate::api::serve(
+        tls_incoming(api_listener, api_tls, api_limits, "api", shutdown.clone()),
+        crate::api::router(store.clone(), config.clone(), Some(evidence.clone())),
+    ));
     let retention = tokio::spawn(retention_loop(
         store.clone(),
         evidence.clone(),

@@ -10,6 +10,7 @@ pub(crate) mod incidents;
 pub(crate) mod mfa;
 pub(crate) mod notifications;
 pub(crate) mod policy;
+pub(crate) mod users;
 
 use anyhow::Context;
 use hallmonitor_collector::model::DeviceId;
@@ -32,6 +33,7 @@ pub(crate) async fn audit_cli(
             action,
             target,
             detail,
+            address: "cli",
         })
         .await?;
     Ok(())

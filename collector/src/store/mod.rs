@@ -2,7 +2,8 @@
 //! `SiteStore`, `DeviceStore` (devices and enrolment), `IngestStore` (what
 //! agents stream), `AuditStore`, `ActivityStore` (the device-activity rule,
 //! flags, commands), `MfaStore`, `ApiTokenStore`, `NotificationStore`,
-//! `IncidentStore` and `PolicyStore`. `Store` is all of them, for the code
+//! `IncidentStore`, `PolicyStore` and `ConsoleStore` (console accounts,
+//! sessions, sign-in throttling, the audit log and device search). `Store` is all of them, for the code
 //! that wires the collector together (`Arc<dyn Store>`); methods of every
 //! domain can be called on it. SQLite is the only backend so far
 //! (`sqlite/`, one file per domain implementing that domain's trait, no
@@ -22,8 +23,8 @@ use jiff::Timestamp;
 use crate::directory::DirectoryAccount;
 use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition};
 use crate::model::{
-    BatchOutcome, Channel, CommandRecord, DeviceFacts, DeviceId, DeviceRecord, DeviceStatus,
-    Enforcement, EnrollmentSecretInfo, Event, NotificationStatus, OutboxHealth, Role,
+    BatchOutcome, Channel, CommandRecord, ConsoleRole, DeviceFacts, DeviceId, DeviceRecord,
+    DeviceStatus, Enforcement, EnrollmentSecretInfo, Event, NotificationStatus, OutboxHealth, Role,
     SecretRejection, SessionRecord, Site, SiteId, Timing,
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
@@ -137,6 +138,8 @@ pub struct AuditEntry<'a> {
     pub action: &'a str,
     pub target: &'a str,
     pub detail: &'a str,
+    /// Where it came from: the browser's or client's address, or "cli".
+    pub address: &'a str,
 }
 
 /// Which devices a query covers.
@@ -414,14 +417,6 @@ pub trait IngestStore: Send + Sync + 'static {
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
     async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()>;
-    async fn create_console_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        role: &str,
-        site: Option<SiteId>,
-        at: Timestamp,
-    ) -> Result<()>;
 }
 
 /// The device-activity rule: its inputs and verdicts, flags and their lifecycle, and the commands flags issue.
@@ -641,7 +636,8 @@ pub trait PolicyStore: Send + Sync + 'static {
 /// backend implements the domain traits directly, one file per domain:
 /// there is no forwarding layer.
 pub trait Store:
-    SiteStore
+    ConsoleStore
+    + SiteStore
     + DeviceStore
     + IngestStore
     + AuditStore
@@ -655,7 +651,8 @@ pub trait Store:
 }
 
 impl<T> Store for T where
-    T: SiteStore
+    T: ConsoleStore
+        + SiteStore
         + DeviceStore
         + IngestStore
         + AuditStore
@@ -666,4 +663,185 @@ impl<T> Store for T where
         + IncidentStore
         + PolicyStore
 {
+}
+
+/// A person who signs in to the console.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConsoleUser {
+    pub id: i64,
+    pub username: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub role: ConsoleRole,
+    /// Every site, or only `sites`.
+    pub all_sites: bool,
+    pub sites: Vec<SiteId>,
+    pub disabled: bool,
+    /// Base32 TOTP secret; empty without a second factor.
+    #[serde(skip)]
+    pub totp_secret: String,
+    pub created_at: Timestamp,
+}
+
+impl ConsoleUser {
+    pub fn sees_site(&self, site: SiteId) -> bool {
+        self.all_sites || self.sites.contains(&site)
+    }
+    /// The sites to filter by: `None` for every site.
+    pub fn site_filter(&self) -> Option<&[SiteId]> {
+        (!self.all_sites).then_some(self.sites.as_slice())
+    }
+}
+
+/// A new console account.
+#[derive(Clone, Debug)]
+pub struct NewConsoleUser<'a> {
+    pub username: &'a str,
+    pub password_hash: &'a str,
+    pub role: ConsoleRole,
+    /// `None`: every site.
+    pub sites: Option<Vec<SiteId>>,
+}
+
+/// A change to an account.
+#[derive(Clone, Debug)]
+pub enum UserChange {
+    Password(String),
+    Disabled(bool),
+    Role {
+        role: ConsoleRole,
+        sites: Option<Vec<SiteId>>,
+    },
+    /// Base32 secret, or empty to remove the second factor.
+    Totp(String),
+}
+
+/// A signed-in browser.
+#[derive(Clone, Debug)]
+pub struct ConsoleSession {
+    pub user: ConsoleUser,
+    pub csrf_token: String,
+    /// False between the password and the second factor.
+    pub verified: bool,
+    pub address: String,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+}
+
+/// One row of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub address: String,
+}
+
+/// Which audit rows to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Substring of the actor.
+    pub actor: String,
+    /// Prefix of the action.
+    pub action: String,
+    /// Only rows with a smaller id (the next page).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A page of the device list.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceQuery {
+    /// `None`: every site.
+    pub sites: Option<Vec<SiteId>>,
+    /// Part of the hostname, device id or serial number, or an account
+    /// that has signed in on the device.
+    pub text: String,
+    pub connectivity: Option<crate::model::Connectivity>,
+    pub compliance: Option<ActivityStatus>,
+    /// Part of the operating system's name.
+    pub os: String,
+    pub now: Option<Timestamp>,
+    /// Keyset: devices after this (hostname, id).
+    pub after: Option<(String, String)>,
+    pub limit: usize,
+}
+
+/// Console accounts and sessions, sign-in throttling, the audit log and
+/// the console's device search.
+#[async_trait]
+pub trait ConsoleStore: Send + Sync + 'static {
+    async fn create_console_user(&self, user: NewConsoleUser<'_>, at: Timestamp) -> Result<i64>;
+    async fn console_user_by_name(&self, username: &str) -> Result<Option<ConsoleUser>>;
+    async fn console_user(&self, id: i64) -> Result<Option<ConsoleUser>>;
+    async fn console_users(&self) -> Result<Vec<ConsoleUser>>;
+    /// Returns false when there is no such account.
+    async fn update_console_user(&self, id: i64, change: UserChange, at: Timestamp)
+    -> Result<bool>;
+    async fn create_console_session(
+        &self,
+        token_sha256: &str,
+        user: i64,
+        csrf_token: &str,
+        verified: bool,
+        address: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    async fn console_session(&self, token_sha256: &str) -> Result<Option<ConsoleSession>>;
+    /// Marks a session used at `at` (and verified, once the second factor
+    /// is given).
+    async fn touch_console_session(
+        &self,
+        token_sha256: &str,
+        verified: bool,
+        at: Timestamp,
+    ) -> Result<()>;
+    async fn end_console_session(&self, token_sha256: &str) -> Result<()>;
+    /// Ends every session of an account but `except`; returns how many.
+    async fn end_console_sessions(&self, user: i64, except: Option<&str>) -> Result<u64>;
+    async fn record_login_failure(
+        &self,
+        username: &str,
+        address: &str,
+        at: Timestamp,
+    ) -> Result<()>;
+    /// Failed sign-ins since `since`: (for this account, from this address).
+    async fn login_failures(
+        &self,
+        username: &str,
+        address: &str,
+        since: Timestamp,
+    ) -> Result<(u64, u64)>;
+    async fn clear_login_failures(&self, username: &str) -> Result<()>;
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// Audit rows about one target (a device id, "flag 3", …), newest first.
+    async fn audit_for_target(&self, target: &str, limit: usize) -> Result<Vec<AuditRecord>>;
+    async fn device_page(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>>;
+    /// Aggregate figures for the dashboard. `days` are the day boundaries
+    /// (start, end) in the site's zone, oldest first.
+    async fn dashboard(
+        &self,
+        sites: Option<&[SiteId]>,
+        days: &[(Timestamp, Timestamp)],
+        now: Timestamp,
+    ) -> Result<DashboardFigures>;
+}
+
+/// What the dashboard shows for a set of sites.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DashboardFigures {
+    pub devices: u64,
+    pub online: u64,
+    /// Devices by their activity verdict (devices never evaluated are not
+    /// counted).
+    pub compliance: Vec<(ActivityStatus, u64)>,
+    /// Active flags (open, disable approved, disabled) by kind.
+    pub flags: Vec<(String, u64)>,
+    /// Open incidents by severity.
+    pub incidents: Vec<(i64, u64)>,
+    /// Devices with any logged-in time on each of the days asked for.
+    pub daily_active: Vec<u64>,
 }

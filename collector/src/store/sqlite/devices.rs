@@ -28,7 +28,7 @@ fn secret_from_row(row: &SqliteRow) -> Result<EnrollmentSecretInfo> {
     })
 }
 
-fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
+pub(super) fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
     let id: String = row.try_get("id")?;
     let facts_json: String = row.try_get("facts_json")?;
     let facts: DeviceFacts = serde_json::from_str(&facts_json)
@@ -63,7 +63,7 @@ fn device_status(row: &SqliteRow) -> Result<DeviceStatus> {
         .ok_or_else(|| StoreError::Corrupt(format!("unknown device status '{text}'")))
 }
 
-const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
+pub(super) const DEVICE_SELECT: &str = "SELECT d.id, s.name AS site, s.timezone AS site_timezone, d.hostname, d.enrolled_at, d.last_seen_at, \
      d.heartbeat_interval_secs, d.last_seq, d.events_stored, d.facts_json, d.facts_updated_at, \
      d.enforcement, d.reenabled_at, d.policy_version, d.status, d.status_reason, d.duplicate_of, \
      (SELECT count(*) FROM monitoring_gaps g WHERE g.device_id = d.id AND g.ended_at IS NULL) AS open_gaps \

@@ -21,6 +21,7 @@ use crate::store::{DeviceStore, SiteStore};
 mod activity;
 mod api_tokens;
 mod audit;
+mod console;
 mod devices;
 mod incidents;
 mod ingest;

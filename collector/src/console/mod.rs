@@ -1,0 +1,278 @@
+//! The web console: server-rendered HTML (askama templates, checked at
+//! compile time, in `collector/templates/`) served by the collector's HTTPS
+//! server beside the JSON API. No JavaScript; one stylesheet embedded in
+//! the binary under a name carrying its hash. Every response carries
+//! strict security headers (`security_headers`).
+//!
+//! - `access`: roles, permissions and the extractors every handler takes.
+//! - `login`: sign-in (password, then TOTP when set), throttling, sign-out,
+//!   the account page (password, second factor).
+//! - `pages`: dashboard, devices, device detail, flags, incidents, audit
+//!   log, users.
+//! - `chart`: server-side SVG charts.
+//!
+//! Architecture invariant: the console reaches data only through the store
+//! traits and the evidence store, and every snapshot or incident view and
+//! every change it makes writes an audit row (`Console::audit`) with who,
+//! what and from where.
+
+pub mod access;
+pub mod chart;
+pub mod login;
+pub mod pages;
+
+use std::sync::{Arc, LazyLock};
+
+use askama::Template;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use jiff::Timestamp;
+
+use crate::config::CollectorConfig;
+use crate::evidence::EvidenceStore;
+use crate::store::{AuditEntry, Store};
+use access::{Permission, Viewer};
+
+/// What every console handler shares.
+#[derive(Clone)]
+pub struct Console {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<CollectorConfig>,
+    pub evidence: Option<Arc<EvidenceStore>>,
+}
+
+impl Console {
+    /// Appends an audit row for something a viewer saw or did.
+    pub async fn audit(
+        &self,
+        viewer: &Viewer,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> crate::store::Result<()> {
+        self.store
+            .append_audit(AuditEntry {
+                at: Timestamp::now(),
+                actor: &format!("console:{}", viewer.name()),
+                action,
+                target,
+                detail,
+                address: &viewer.address,
+            })
+            .await
+    }
+}
+
+/// The console's routes, merged into the API's router.
+pub fn router(console: Console) -> Router {
+    Router::new()
+        .route("/", get(pages::dashboard))
+        .route("/login", get(login::form).post(login::submit))
+        .route(
+            "/login/second-factor",
+            get(login::totp_form).post(login::totp_submit),
+        )
+        .route("/logout", post(login::logout))
+        .route("/logout/everywhere", post(login::logout_everywhere))
+        .route("/account", get(login::account))
+        .route("/account/password", post(login::change_password))
+        .route("/account/second-factor", post(login::set_up_totp))
+        .route("/devices", get(pages::devices))
+        .route("/devices/{id}", get(pages::device))
+        .route("/flags", get(pages::flags).post(pages::flags_bulk))
+        .route("/flags/{id}", get(pages::flag).post(pages::flag_action))
+        .route("/incidents", get(pages::incidents))
+        .route("/incidents/{id}", get(pages::incident))
+        .route("/incidents/{id}/close", post(pages::incident_close))
+        .route(
+            "/incidents/{id}/captures/{capture}/image",
+            get(pages::capture_image),
+        )
+        .route("/audit", get(pages::audit))
+        .route("/users", get(pages::users).post(pages::user_add))
+        .route("/users/{id}", post(pages::user_change))
+        .route(&STYLESHEET.path, get(stylesheet))
+        .fallback(not_found)
+        .with_state(console)
+}
+
+/// Headers on every response of the API server: no framing, no inline
+/// script or style, no referrer, HTTPS only.
+pub async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let mut set = |name: header::HeaderName, value: &'static str| {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    };
+    set(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(header::X_FRAME_OPTIONS, "DENY");
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(header::REFERRER_POLICY, "no-referrer");
+    set(
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=31536000; includeSubDomains",
+    );
+    set(header::CACHE_CONTROL, "no-store");
+    response
+}
+
+/// The stylesheet, embedded, under a name that changes with its content.
+pub struct Asset {
+    pub path: String,
+    pub body: &'static str,
+}
+
+pub static STYLESHEET: LazyLock<Asset> = LazyLock::new(|| {
+    let body = include_str!("../../assets/console.css");
+    let hash = crate::pki::sha256_hex(body.as_bytes());
+    Asset {
+        path: format!("/assets/console-{}.css", &hash[..12]),
+        body,
+    }
+});
+
+async fn stylesheet() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        STYLESHEET.body,
+    )
+        .into_response()
+}
+
+/// What every page's frame (header, navigation) needs.
+pub struct Frame {
+    pub title: String,
+    pub stylesheet: &'static str,
+    pub user: String,
+    pub role: String,
+    pub csrf: String,
+    pub nav: Vec<NavLink>,
+}
+
+pub struct NavLink {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+impl Frame {
+    pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
+        let links: [(&str, &str, Permission); 6] = [
+            ("/", "Dashboard", Permission::Reports),
+            ("/devices", "Devices", Permission::Devices),
+            ("/flags", "Flags", Permission::Flags),
+            ("/incidents", "Incidents", Permission::Incidents),
+            ("/audit", "Audit log", Permission::Audit),
+            ("/users", "Users", Permission::Users),
+        ];
+        Frame {
+            title: title.into(),
+            stylesheet: &STYLESHEET.path,
+            user: viewer.name().to_owned(),
+            role: viewer.user.role.to_string(),
+            csrf: viewer.csrf_token.clone(),
+            nav: links
+                .into_iter()
+                .filter(|(_, _, p)| viewer.can(*p))
+                .map(|(href, label, _)| NavLink {
+                    href,
+                    label,
+                    current: href == here,
+                })
+                .collect(),
+        }
+    }
+
+    /// For pages shown before sign-in.
+    pub fn anonymous(title: impl Into<String>) -> Frame {
+        Frame {
+            title: title.into(),
+            stylesheet: &STYLESHEET.path,
+            user: String::new(),
+            role: String::new(),
+            csrf: String::new(),
+            nav: Vec::new(),
+        }
+    }
+}
+
+/// Renders a template, or the error page when it cannot be.
+pub fn page(template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console: rendering a page failed");
+            Problem::Internal.into_response()
+        }
+    }
+}
+
+/// An error page: no stack traces, no internals.
+pub enum Problem {
+    NotFound,
+    Forbidden,
+    BadRequest(String),
+    Internal,
+}
+
+#[derive(Template)]
+#[template(path = "problem.html")]
+struct ProblemPage {
+    frame: Frame,
+    message: String,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let (status, heading, message) = match self {
+            Problem::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Page not found",
+                "There is no page at this address.".to_owned(),
+            ),
+            Problem::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Your account's role does not allow this page or action. Ask an administrator if you need it.".to_owned(),
+            ),
+            Problem::BadRequest(message) => (StatusCode::BAD_REQUEST, "Request refused", message),
+            Problem::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The collector could not complete this request. It has been logged; try again, or tell your technician.".to_owned(),
+            ),
+        };
+        let body = ProblemPage {
+            frame: Frame::anonymous(heading),
+            message,
+        }
+        .render()
+        .unwrap_or_else(|_| heading.to_owned());
+        (status, Html(body)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for Problem {
+    fn from(e: crate::store::StoreError) -> Problem {
+        tracing::warn!(error = %e, "console: store error");
+        Problem::Internal
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::NotFound
+}
