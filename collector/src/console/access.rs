@@ -160,6 +160,9 @@ pub enum Refusal {
     /// Not signed in (or the session ended): to the sign-in page, back here
     /// afterwards.
     SignIn(String),
+    /// Password given, second factor not yet: to the code page, keeping
+    /// the half-made session.
+    SecondFactor(String),
     Forbidden,
     BadRequest(String),
     Internal,
@@ -176,6 +179,10 @@ impl IntoResponse for Refusal {
                     clear_cookie().parse().expect("valid header"),
                 );
                 response
+            }
+            Refusal::SecondFactor(next) => {
+                Redirect::to(&format!("/login/second-factor?next={}", encode(&next)))
+                    .into_response()
             }
             Refusal::Forbidden => Problem::Forbidden.into_response(),
             Refusal::BadRequest(message) => Problem::BadRequest(message).into_response(),
@@ -235,13 +242,13 @@ impl FromRequestParts<Console> for Viewer {
                 return Err(Refusal::Internal);
             }
         };
-        if !session_live(&session, now) || !session.verified {
-            if !session.verified {
-                // Half-way through sign-in: only the second-factor page.
-                return Err(Refusal::SignIn(back));
-            }
+        if !session_live(&session, now) {
             let _ = console.store.end_console_session(&digest).await;
             return Err(Refusal::SignIn(back));
+        }
+        if !session.verified {
+            // Half-way through sign-in: only the second-factor page.
+            return Err(Refusal::SecondFactor(back));
         }
         // Idle time is counted from the last use, written at most once a
         // minute per session.

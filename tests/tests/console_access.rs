@@ -1,0 +1,511 @@
+//! The console's doors, over real HTTPS with curl against a running
+//! collector: who may see what, CSRF, sign-in throttling, the links in
+//! notification emails, session cookies, security headers. (The browser
+//! tests in `console.rs` drive the same pages through Chromium.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hallmonitor_e2e::fixtures::*;
+use hallmonitor_e2e::{Agent, CollectorData, RunningCollector, text, wait_for};
+use hallmonitor_proto::v1;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A person's browser: curl with a cookie jar, trusting only the
+/// collector's CA.
+pub struct Client {
+    base: String,
+    ca: PathBuf,
+    jar: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+    /// The CSRF token the page's forms carry.
+    pub fn csrf(&self) -> String {
+        let page = self.text();
+        let at = page
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF field in {page}"));
+        page[at + 19..].split('"').next().unwrap().to_owned()
+    }
+}
+
+impl Client {
+    pub fn new(data: &CollectorData, collector: &RunningCollector) -> Client {
+        let dir = tempfile::tempdir().unwrap();
+        Client {
+            base: format!("https://localhost:{}", collector.api.port()),
+            ca: data.data.join("pki/ca.crt"),
+            jar: dir.path().join("cookies"),
+            _dir: dir,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> Reply {
+        let dir = tempfile::tempdir().unwrap();
+        let headers = dir.path().join("headers");
+        let body = dir.path().join("body");
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--cacert"])
+            .arg(&self.ca)
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", self.port())])
+            .arg("-c")
+            .arg(&self.jar)
+            .arg("-b")
+            .arg(&self.jar)
+            .arg("-D")
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_code}", "-X", method]);
+        if let Some(form) = form {
+            let encoded = form
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            command.args(["--data-raw", &encoded]);
+        }
+        command.arg(format!("{}{path}", self.base));
+        let output = command.output().expect("curl runs");
+        assert!(
+            output.status.success(),
+            "curl {path}: {}",
+            text(&output.stderr)
+        );
+        Reply {
+            status: text(&output.stdout).trim().parse().unwrap(),
+            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+            body: std::fs::read(&body).unwrap_or_default(),
+        }
+    }
+
+    fn port(&self) -> &str {
+        self.base.rsplit(':').next().unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.request("POST", path, Some(form))
+    }
+
+    pub fn sign_in(&self, username: &str, password: &str) -> Reply {
+        self.post(
+            "/login",
+            &[
+                ("username", username),
+                ("password", password),
+                ("next", "/"),
+            ],
+        )
+    }
+
+    pub fn cookie_line(&self) -> String {
+        std::fs::read_to_string(&self.jar).unwrap_or_default()
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Adds a console account with the CLI; returns its first password.
+pub fn add_user(data: &CollectorData, name: &str, role: &str) -> String {
+    let output = data.cli(&["users", "add", name, "--role", role]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+        .rsplit_once("(shown once): ")
+        .map(|(_, p)| p.trim().to_owned())
+        .expect("a password")
+}
+
+/// A real (decodable) PNG of a few pixels.
+pub fn png(shade: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(64, 48, image::Rgb([shade, 40, 90]));
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// An agent that sends one severe capture with a real snapshot; returns
+/// (incident id, capture id, image).
+pub fn incident_with_snapshot(
+    data: &CollectorData,
+    collector: &RunningCollector,
+    root: &Path,
+) -> (i64, i64, Vec<u8>, hallmonitor_e2e::Process) {
+    let _ = root;
+    let agent = Agent::new(&data.agent_settings(collector, "e2e-console-capture"));
+    agent.enroll();
+    let image = png(200);
+    queue_now(
+        &agent.data,
+        vec![v1::event::Body::Capture(v1::Capture {
+            rule_id: "selfharm-1".into(),
+            category: "self-harm".into(),
+            severity: 5,
+            matched_text: "hurt myself".into(),
+            window_title: "how to hurt myself - Chromium".into(),
+            process_name: "chromium".into(),
+            pid: 4242,
+            account: "pupil.seven".into(),
+            image_sha256: sha256_hex(&image),
+            image_png: image.clone(),
+            ..Default::default()
+        })],
+    );
+    let daemon = agent.start();
+    let incident = wait_for("the incident", WAIT, || {
+        let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+        list["incidents"].as_array()?.first().cloned()
+    });
+    let id = incident["id"].as_i64().unwrap();
+    let shown = json(&data.cli(&[
+        "incidents",
+        "show",
+        &id.to_string(),
+        "--format",
+        "json",
+        "--by",
+        "e2e",
+    ]));
+    let capture = shown["captures"][0]["id"].as_i64().unwrap();
+    // Keep the agent (and its temporary directory) for the test's length.
+    std::mem::forget(agent);
+    (id, capture, image, daemon)
+}
+
+#[test]
+fn each_role_sees_only_its_part_and_every_snapshot_view_is_audited() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let (incident, capture, image, _daemon) =
+        incident_with_snapshot(&data, &collector, root.path());
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let dsl_pw = add_user(&data, "dsl1", "dsl");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let admin_pw = add_user(&data, "admin2", "admin");
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let incident_page = format!("/incidents/{incident}");
+    let image_url = format!("/incidents/{incident}/captures/{capture}/image");
+    assert_eq!(tech.get("/devices").status, 200);
+    let refused = tech.get(&incident_page);
+    assert_eq!(refused.status, 403);
+    assert!(
+        !refused.text().contains("hurt myself"),
+        "no matched text in a 403"
+    );
+    let refused = tech.get(&image_url);
+    assert_eq!(refused.status, 403);
+    assert_ne!(refused.body, image);
+    assert_eq!(tech.get("/incidents").status, 403);
+
+    let dsl = Client::new(&data, &collector);
+    assert_eq!(dsl.sign_in("dsl1", &dsl_pw).status, 303);
+    let page = dsl.get(&incident_page);
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("hurt myself"), "{}", page.text());
+    assert!(page.text().contains(&image_url));
+    let shown = dsl.get(&image_url);
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.body, image, "the decrypted snapshot, byte for byte");
+    assert_eq!(shown.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(shown.header("content-type").as_deref(), Some("image/png"));
+
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    let dashboard = gov.get("/");
+    assert_eq!(dashboard.status, 200);
+    assert!(dashboard.text().contains("Open incidents"));
+    for path in [
+        "/devices",
+        "/flags",
+        "/incidents",
+        "/audit",
+        "/users",
+        &incident_page,
+        &image_url,
+    ] {
+        assert_eq!(gov.get(path).status, 403, "governor at {path}");
+    }
+
+    // The audit log (a page itself) names who looked, when and from where.
+    let admin = Client::new(&data, &collector);
+    assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+    let audit = admin.get("/audit?action=snapshot").text();
+    assert!(audit.contains("console:dsl1"), "{audit}");
+    assert!(audit.contains("127.0.0.1"), "{audit}");
+    let forbidden = admin.get("/audit?action=console_forbidden").text();
+    assert!(forbidden.contains("console:tech1") && forbidden.contains("console:gov1"));
+    // Administrators manage accounts but do not see incidents.
+    assert_eq!(admin.get(&image_url).status, 403);
+}
+
+#[test]
+fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let admin_pw = add_user(&data, "admin2", "admin");
+    let browser = Client::new(&data, &collector);
+
+    // An email link opened before signing in comes back after it.
+    let before = browser.get("/flags/7");
+    assert_eq!(before.status, 303);
+    assert_eq!(
+        before.header("location").as_deref(),
+        Some("/login?next=/flags/7")
+    );
+    let signed_in = browser.post(
+        "/login",
+        &[
+            ("username", "admin2"),
+            ("password", &admin_pw),
+            ("next", "/flags/7"),
+        ],
+    );
+    assert_eq!(signed_in.status, 303);
+    assert_eq!(signed_in.header("location").as_deref(), Some("/flags/7"));
+    let cookie = signed_in.header("set-cookie").unwrap();
+    for attribute in [
+        "__Host-hm_session=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Path=/",
+    ] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    // A link elsewhere is not followed.
+    let offsite = Client::new(&data, &collector).post(
+        "/login",
+        &[
+            ("username", "admin2"),
+            ("password", &admin_pw),
+            ("next", "//evil.example/"),
+        ],
+    );
+    assert_eq!(offsite.header("location").as_deref(), Some("/"));
+
+    let page = browser.get("/users");
+    assert_eq!(page.status, 200);
+    for header in [
+        "content-security-policy",
+        "x-frame-options",
+        "referrer-policy",
+        "strict-transport-security",
+    ] {
+        assert!(page.header(header).is_some(), "{header} missing");
+    }
+    assert!(
+        !page
+            .header("content-security-policy")
+            .unwrap()
+            .contains("unsafe-inline")
+    );
+    let token = page.csrf();
+    let without = browser.post(
+        "/users",
+        &[("username", "sneaky"), ("role", "admin"), ("sites", "all")],
+    );
+    assert_eq!(without.status, 403);
+    let wrong = browser.post(
+        "/users",
+        &[
+            ("csrf", "0000"),
+            ("username", "sneaky"),
+            ("role", "admin"),
+            ("sites", "all"),
+        ],
+    );
+    assert_eq!(wrong.status, 403);
+    let list = text(&data.cli(&["users", "list"]).stdout);
+    assert!(!list.contains("sneaky"), "{list}");
+    let with = browser.post(
+        "/users",
+        &[
+            ("csrf", &token),
+            ("username", "newtech"),
+            ("role", "technician"),
+            ("sites", "Cabot"),
+        ],
+    );
+    assert_eq!(with.status, 200, "{}", with.text());
+    assert!(with.text().contains("created-password"));
+    let list = text(&data.cli(&["users", "list"]).stdout);
+    assert!(list.contains("newtech"), "{list}");
+    // A bad field is named beside the form and changes nothing.
+    let bad = browser.post(
+        "/users",
+        &[
+            ("csrf", &token),
+            ("username", "x y"),
+            ("role", "technician"),
+            ("sites", "Nowhere"),
+        ],
+    );
+    assert_eq!(bad.status, 422);
+    assert!(bad.text().contains("A username has"), "{}", bad.text());
+
+    // Four wrong passwords are refused one by one; the fifth attempt is
+    // refused unchecked, even with the right password.
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let attacker = Client::new(&data, &collector);
+    for _ in 0..4 {
+        assert_eq!(attacker.sign_in("tech1", "guess-guess-guess").status, 401);
+    }
+    let fifth = attacker.sign_in("tech1", &tech_pw);
+    assert_eq!(fifth.status, 429, "{}", fifth.text());
+    assert!(fifth.text().contains("Too many failed sign-ins"));
+    assert!(
+        !attacker.cookie_line().contains("hm_session\t"),
+        "no session cookie"
+    );
+    // The reset from the command line lets the person in again.
+    let reset = data.cli(&["users", "passwd", "tech1"]);
+    assert!(reset.status.success());
+    let new_pw = text(&reset.stdout)
+        .rsplit_once("(shown once): ")
+        .unwrap()
+        .1
+        .trim()
+        .to_owned();
+    assert_eq!(
+        Client::new(&data, &collector)
+            .sign_in("tech1", &new_pw)
+            .status,
+        303
+    );
+    let audit = browser.get("/audit?action=console_login_").text();
+    assert!(
+        audit.contains("console login failed") && audit.contains("console login throttled"),
+        "{audit}"
+    );
+
+    // Signing out ends the session on the server: the old cookie is dead.
+    let saved = std::fs::read_to_string(&browser.jar).unwrap();
+    let out = browser.post("/logout", &[("csrf", &token)]);
+    assert_eq!(out.status, 303);
+    std::fs::write(&browser.jar, saved).unwrap();
+    assert_eq!(browser.get("/users").status, 303, "replayed cookie refused");
+}
+
+#[test]
+fn a_second_factor_is_asked_for_once_set_up() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let pw = add_user(&data, "head", "dsl");
+    let browser = Client::new(&data, &collector);
+    assert_eq!(browser.sign_in("head", &pw).status, 303);
+    let account = browser.get("/account");
+    let page = account.text();
+    let secret = page
+        .split("id=\"tf-key\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    let now = || jiff::Timestamp::now().as_second() as u64;
+    let wrong = browser.post(
+        "/account/second-factor",
+        &[
+            ("csrf", &account.csrf()),
+            ("secret", &secret),
+            ("code", "000000"),
+            ("password", &pw),
+        ],
+    );
+    assert_eq!(wrong.status, 422);
+    let code = hallmonitor_collector::auth::totp_code(&secret, now()).unwrap();
+    let on = browser.post(
+        "/account/second-factor",
+        &[
+            ("csrf", &account.csrf()),
+            ("secret", &secret),
+            ("code", &code),
+            ("password", &pw),
+        ],
+    );
+    assert_eq!(on.status, 200, "{}", on.text());
+    assert!(on.text().contains("Two-step sign-in is on"));
+
+    let next = Client::new(&data, &collector);
+    let first = next.sign_in("head", &pw);
+    assert_eq!(first.status, 303);
+    assert!(
+        first
+            .header("location")
+            .unwrap()
+            .starts_with("/login/second-factor")
+    );
+    let early = next.get("/devices");
+    assert_eq!(early.status, 303, "not in before the code");
+    assert!(
+        early
+            .header("location")
+            .unwrap()
+            .starts_with("/login/second-factor")
+    );
+    assert_eq!(
+        next.post(
+            "/login/second-factor",
+            &[("code", "123456"), ("next", "/devices")]
+        )
+        .status,
+        401
+    );
+    let code = hallmonitor_collector::auth::totp_code(&secret, now()).unwrap();
+    let done = next.post(
+        "/login/second-factor",
+        &[("code", &code), ("next", "/devices")],
+    );
+    assert_eq!(done.status, 303);
+    assert_eq!(done.header("location").as_deref(), Some("/devices"));
+    assert_eq!(next.get("/devices").status, 200);
+}
