@@ -101,6 +101,41 @@ impl Client {
         }
     }
 
+    /// A multipart form with one file, as a browser sends an upload.
+    pub fn upload(&self, path: &str, fields: &[(&str, &str)], file: &Path) -> Reply {
+        let dir = tempfile::tempdir().unwrap();
+        let headers = dir.path().join("headers");
+        let body = dir.path().join("body");
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--cacert"])
+            .arg(&self.ca)
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", self.port())])
+            .arg("-b")
+            .arg(&self.jar)
+            .arg("-D")
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body)
+            .args(["-w", "%{http_code}"]);
+        for (k, v) in fields {
+            command.args(["-F", &format!("{k}={v}")]);
+        }
+        command.args(["-F", &format!("file=@{}", file.display())]);
+        command.arg(format!("{}{path}", self.base));
+        let output = command.output().expect("curl runs");
+        assert!(
+            output.status.success(),
+            "curl {path}: {}",
+            text(&output.stderr)
+        );
+        Reply {
+            status: text(&output.stdout).trim().parse().unwrap(),
+            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+            body: std::fs::read(&body).unwrap_or_default(),
+        }
+    }
+
     fn port(&self) -> &str {
         self.base.rsplit(':').next().unwrap()
     }
@@ -508,4 +543,100 @@ fn a_second_factor_is_asked_for_once_set_up() {
     assert_eq!(done.status, 303);
     assert_eq!(done.header("location").as_deref(), Some("/devices"));
     assert_eq!(next.get("/devices").status, 200);
+}
+
+#[test]
+fn settings_and_imports_through_the_console() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let settings = tech.get("/settings");
+    assert_eq!(settings.status, 200);
+    let token = settings.csrf();
+
+    // A new enrolment secret is shown once, and an agent enrols with it.
+    let created = tech.post(
+        "/settings/secrets",
+        &[
+            ("csrf", &token),
+            ("site", "Cabot"),
+            ("label", "year 7 laptops"),
+            ("expires_in_days", "30"),
+        ],
+    );
+    assert_eq!(created.status, 200, "{}", created.text());
+    let page = created.text();
+    let secret = page
+        .split("id=\"shown-once\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("hmes_"), "{secret}");
+    assert!(
+        !tech.get("/settings").text().contains(&secret),
+        "shown only once"
+    );
+    let mut settings_for_agent = data.agent_settings(&collector, "e2e-console-secret");
+    settings_for_agent.secret = secret;
+    let agent = Agent::new(&settings_for_agent);
+    let device = agent.enroll();
+    assert!(device.starts_with("dev-"), "{device}");
+    let bad_days = tech.post(
+        "/settings/secrets",
+        &[
+            ("csrf", &token),
+            ("site", "Cabot"),
+            ("expires_in_days", "soon"),
+        ],
+    );
+    assert_eq!(bad_days.status, 422);
+    assert!(bad_days.text().contains("Expires in"));
+
+    // A directory with a bad row is refused with its line and changes
+    // nothing; a good one is imported.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("directory.csv");
+    std::fs::write(
+        &bad,
+        "username,email,role\nj.smith,j.smith@cabot.sch.uk,staff\nx,,wizard\n",
+    )
+    .unwrap();
+    let refused = tech.upload(
+        "/mfa/import",
+        &[("csrf", &token), ("site", "Cabot"), ("kind", "directory")],
+        &bad,
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(refused.text().contains("line 3"), "{}", refused.text());
+    let listed = text(&data.cli(&["directory", "list", "--site", "Cabot"]).stdout);
+    assert!(!listed.contains("j.smith"), "{listed}");
+    let good = dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "username,email,role\nj.smith,j.smith@cabot.sch.uk,staff\n",
+    )
+    .unwrap();
+    let imported = tech.upload(
+        "/mfa/import",
+        &[("csrf", &token), ("site", "Cabot"), ("kind", "directory")],
+        &good,
+    );
+    assert_eq!(imported.status, 200, "{}", imported.text());
+    let listed = text(&data.cli(&["directory", "list", "--site", "Cabot"]).stdout);
+    assert!(listed.contains("j.smith"), "{listed}");
+    let no_token = tech.upload(
+        "/mfa/import",
+        &[("site", "Cabot"), ("kind", "directory")],
+        &good,
+    );
+    assert_eq!(no_token.status, 403);
+
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    assert_eq!(gov.get("/settings").status, 403);
+    assert_eq!(gov.get("/mfa").status, 403);
 }

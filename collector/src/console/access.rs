@@ -46,6 +46,8 @@ pub enum Permission {
     Users,
     /// The audit log.
     Audit,
+    /// Enrolment secrets, API tokens, notification recipients.
+    Settings,
 }
 
 /// The role matrix (README "Console roles").
@@ -58,6 +60,7 @@ pub fn allows(role: ConsoleRole, permission: Permission) -> bool {
         Incidents => role == Dsl,
         Users => role == Admin,
         Audit => matches!(role, Admin | Dsl),
+        Settings => matches!(role, Admin | Technician),
     }
 }
 
@@ -84,6 +87,7 @@ needs! {
     IncidentsP => Incidents,
     UsersP => Users,
     AuditP => Audit,
+    SettingsP => Settings,
 }
 
 /// The signed-in person making this request.
@@ -314,16 +318,28 @@ impl<P: Needs, T: DeserializeOwned + Send> FromRequest<Console> for Submit<P, T>
             .map_err(|_| Refusal::BadRequest("the form is too large".into()))?;
         let csrf: CsrfField = serde_urlencoded::from_bytes(&bytes)
             .map_err(|_| Refusal::BadRequest("the form could not be read".into()))?;
-        if !constant_time_eq(csrf.csrf.as_bytes(), viewer.csrf_token.as_bytes()) {
-            let _ = console
-                .audit(&viewer, "console_csrf_refused", parts.uri.path(), "")
-                .await;
-            return Err(Refusal::Forbidden);
-        }
+        check_csrf(console, &viewer, &csrf.csrf, parts.uri.path()).await?;
         let form: T = serde_urlencoded::from_bytes(&bytes)
             .map_err(|e| Refusal::BadRequest(format!("the form could not be read: {e}")))?;
         Ok(Submit(viewer, form, PhantomData))
     }
+}
+
+/// Refuses a state-changing request whose CSRF token is not the
+/// session's (used by `Submit` and by the upload forms).
+pub async fn check_csrf(
+    console: &Console,
+    viewer: &Viewer,
+    token: &str,
+    path: &str,
+) -> Result<(), Refusal> {
+    if constant_time_eq(token.as_bytes(), viewer.csrf_token.as_bytes()) {
+        return Ok(());
+    }
+    let _ = console
+        .audit(viewer, "console_csrf_refused", path, "")
+        .await;
+    Err(Refusal::Forbidden)
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -339,13 +355,13 @@ mod tests {
         use ConsoleRole::*;
         use Permission::*;
         let table = [
-            (Admin, [true, true, true, false, true, true]),
-            (Technician, [true, true, true, false, false, false]),
-            (Dsl, [true, true, true, true, false, true]),
-            (Governor, [true, false, false, false, false, false]),
+            (Admin, [true, true, true, false, true, true, true]),
+            (Technician, [true, true, true, false, false, false, true]),
+            (Dsl, [true, true, true, true, false, true, false]),
+            (Governor, [true, false, false, false, false, false, false]),
         ];
         for (role, row) in table {
-            for (permission, want) in [Reports, Devices, Flags, Incidents, Users, Audit]
+            for (permission, want) in [Reports, Devices, Flags, Incidents, Users, Audit, Settings]
                 .into_iter()
                 .zip(row)
             {

@@ -19,7 +19,9 @@
 pub mod access;
 pub mod chart;
 pub mod login;
+pub mod mfa;
 pub mod pages;
+pub mod settings;
 
 use std::sync::{Arc, LazyLock};
 
@@ -91,6 +93,24 @@ pub fn router(console: Console) -> Router {
             get(pages::capture_image),
         )
         .route("/audit", get(pages::audit))
+        .route("/mfa", get(mfa::page_handler))
+        .route(
+            "/mfa/import",
+            post(mfa::import).layer(axum::extract::DefaultBodyLimit::max(mfa::UPLOAD_LIMIT)),
+        )
+        .route("/settings", get(settings::page_handler))
+        .route("/settings/secrets", post(settings::create_secret))
+        .route(
+            "/settings/secrets/{id}/revoke",
+            post(settings::revoke_secret),
+        )
+        .route("/settings/tokens", post(settings::create_token))
+        .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
+        .route("/settings/recipients", post(settings::add_recipient))
+        .route(
+            "/settings/recipients/{id}/remove",
+            post(settings::remove_recipient),
+        )
         .route("/users", get(pages::users).post(pages::user_add))
         .route("/users/{id}", post(pages::user_change))
         .route(&STYLESHEET.path, get(stylesheet))
@@ -171,11 +191,13 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 6] = [
+        let links: [(&str, &str, Permission); 8] = [
             ("/", "Dashboard", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
             ("/flags", "Flags", Permission::Flags),
+            ("/mfa", "Two-step sign-in", Permission::Devices),
             ("/incidents", "Incidents", Permission::Incidents),
+            ("/settings", "Settings", Permission::Settings),
             ("/audit", "Audit log", Permission::Audit),
             ("/users", "Users", Permission::Users),
         ];

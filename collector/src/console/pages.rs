@@ -34,7 +34,7 @@ pub fn local(at: Timestamp, zone: &str) -> String {
     at.to_zoned(tz).strftime("%a %-d %b %Y %H:%M").to_string()
 }
 
-fn local_opt(at: Option<Timestamp>, zone: &str) -> String {
+pub fn local_opt(at: Option<Timestamp>, zone: &str) -> String {
     at.map_or_else(|| "never".to_owned(), |t| local(t, zone))
 }
 

@@ -1,0 +1,375 @@
+//! Settings a technician or administrator changes: enrolment secrets (a new
+//! one shown once), API tokens (shown once), notification recipients.
+//! Every change is audited.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+
+use super::access::{Allowed, SettingsP, Submit, Viewer};
+use super::pages::local_opt;
+use super::{Console, Frame, Problem, page};
+use crate::auth;
+use crate::model::{Channel, Role, Site};
+use crate::store::{NewSecret, Recipient};
+
+type PageResult = Result<Response, Problem>;
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    frame: Frame,
+    sites: Vec<String>,
+    secrets: Vec<(i64, String, String, String, String, String, bool)>,
+    tokens: Vec<(i64, String, String, String, String, bool)>,
+    recipients: Vec<(i64, String, String, String, String)>,
+    roles: Vec<&'static str>,
+    shown_once: String,
+    shown_once_what: String,
+    error: String,
+}
+
+async fn visible(console: &Console, viewer: &Viewer) -> Result<Vec<Site>, Problem> {
+    Ok(console
+        .store
+        .sites()
+        .await?
+        .into_iter()
+        .filter(|s| viewer.sees(s.id))
+        .collect())
+}
+
+async fn render(
+    console: &Console,
+    viewer: &Viewer,
+    shown_once: Option<(&str, String)>,
+    error: &str,
+) -> PageResult {
+    let sites = visible(console, viewer).await?;
+    let zone_of = |name: &str| {
+        sites
+            .iter()
+            .find(|s| s.name == name)
+            .map_or("UTC".to_owned(), |s| s.timezone.clone())
+    };
+    let sees = |name: &str| sites.iter().any(|s| s.name == name);
+    let secrets = console
+        .store
+        .list_enrollment_secrets(None)
+        .await?
+        .into_iter()
+        .filter(|s| sees(&s.site))
+        .map(|s| {
+            let zone = zone_of(&s.site);
+            let active =
+                s.revoked_at.is_none() && s.expires_at.is_none_or(|e| e > Timestamp::now());
+            (
+                s.id,
+                s.site.clone(),
+                format!("{}…", s.hint),
+                s.label,
+                local_opt(s.expires_at, &zone).replace("never", "no expiry"),
+                format!(
+                    "{} use(s), last {}",
+                    s.uses,
+                    local_opt(s.last_used_at, &zone)
+                ),
+                active,
+            )
+        })
+        .collect();
+    let tokens = console
+        .store
+        .list_api_tokens(None)
+        .await?
+        .into_iter()
+        .filter(|t| sees(&t.site))
+        .map(|t| {
+            let zone = zone_of(&t.site);
+            (
+                t.id,
+                t.site.clone(),
+                t.label,
+                super::pages::local(t.created_at, &zone),
+                local_opt(t.last_used_at, &zone),
+                t.revoked_at.is_none(),
+            )
+        })
+        .collect();
+    let mut recipients = Vec::new();
+    for site in &sites {
+        for r in console.store.recipients(Some(site.id)).await? {
+            recipients.push((
+                r.id,
+                site.name.clone(),
+                r.role.to_string(),
+                r.channel.to_string(),
+                r.address,
+            ));
+        }
+    }
+    let (shown_once_what, shown_once) =
+        shown_once.map_or((String::new(), String::new()), |(w, s)| (w.to_owned(), s));
+    let mut response = page(&SettingsPage {
+        frame: Frame::new(viewer, "Settings", "/settings"),
+        sites: sites.into_iter().map(|s| s.name).collect(),
+        secrets,
+        tokens,
+        recipients,
+        roles: Role::ALL
+            .iter()
+            .filter(|r| **r != Role::StaffMember)
+            .map(|r| r.as_str())
+            .collect(),
+        shown_once,
+        shown_once_what,
+        error: error.to_owned(),
+    });
+    if !error.is_empty() {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
+}
+
+pub async fn page_handler(
+    State(console): State<Console>,
+    Allowed(viewer, _): Allowed<SettingsP>,
+) -> PageResult {
+    render(&console, &viewer, None, "").await
+}
+
+async fn site_named(
+    console: &Console,
+    viewer: &Viewer,
+    name: &str,
+) -> Result<Option<Site>, Problem> {
+    Ok(visible(console, viewer)
+        .await?
+        .into_iter()
+        .find(|s| s.name == name))
+}
+
+#[derive(Deserialize)]
+pub struct SecretForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    expires_in_days: String,
+}
+
+pub async fn create_secret(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<SettingsP, SecretForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return render(&console, &viewer, None, "Choose one of your sites.").await;
+    };
+    let now = Timestamp::now();
+    let expires_at = match form.expires_in_days.trim() {
+        "" => None,
+        days => {
+            match days.parse::<u16>() {
+                Ok(days) if days > 0 => {
+                    Some(now + SignedDuration::from_hours(24 * i64::from(days)))
+                }
+                _ => {
+                    return render(&console, &viewer, None, "Expires in: a whole number of days from 1 to 65535, or empty for no expiry.").await;
+                }
+            }
+        }
+    };
+    let secret = auth::generate_enrollment_secret();
+    let info = console
+        .store
+        .create_enrollment_secret(NewSecret {
+            site: site.id,
+            secret_sha256: auth::secret_digest(&secret),
+            hint: auth::secret_hint(&secret),
+            label: form.label.trim().chars().take(100).collect(),
+            expires_at,
+            at: now,
+        })
+        .await?;
+    let _ = console
+        .audit(
+            &viewer,
+            "enrollment_secret_created",
+            &format!("secret {}", info.id),
+            &format!("site={}", site.name),
+        )
+        .await;
+    render(&console, &viewer, Some(("enrolment secret", secret)), "").await
+}
+
+pub async fn revoke_secret(
+    State(console): State<Console>,
+    Path(id): Path<i64>,
+    Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return Err(Problem::NotFound);
+    };
+    if !console
+        .store
+        .revoke_enrollment_secret(site.id, id, Timestamp::now())
+        .await?
+    {
+        return render(&console, &viewer, None, "That secret is already revoked.").await;
+    }
+    let _ = console
+        .audit(
+            &viewer,
+            "enrollment_secret_revoked",
+            &format!("secret {id}"),
+            &format!("site={}", site.name),
+        )
+        .await;
+    Ok(Redirect::to("/settings").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SiteForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    label: String,
+}
+
+pub async fn create_token(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return render(&console, &viewer, None, "Choose one of your sites.").await;
+    };
+    let token = auth::generate_api_token();
+    let label: String = form.label.trim().chars().take(100).collect();
+    let id = console
+        .store
+        .create_api_token(
+            site.id,
+            &auth::secret_digest(&token),
+            &label,
+            Timestamp::now(),
+        )
+        .await?;
+    let _ = console
+        .audit(
+            &viewer,
+            "api_token_created",
+            &format!("api-token {id}"),
+            &format!("site={}", site.name),
+        )
+        .await;
+    render(&console, &viewer, Some(("API token", token)), "").await
+}
+
+pub async fn revoke_token(
+    State(console): State<Console>,
+    Path(id): Path<i64>,
+    Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return Err(Problem::NotFound);
+    };
+    if !console
+        .store
+        .revoke_api_token(site.id, id, Timestamp::now())
+        .await?
+    {
+        return render(&console, &viewer, None, "That token is already revoked.").await;
+    }
+    let _ = console
+        .audit(
+            &viewer,
+            "api_token_revoked",
+            &format!("api-token {id}"),
+            &format!("site={}", site.name),
+        )
+        .await;
+    Ok(Redirect::to("/settings").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RecipientForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    email: String,
+}
+
+pub async fn add_recipient(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<SettingsP, RecipientForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return render(&console, &viewer, None, "Choose one of your sites.").await;
+    };
+    let role = match Role::parse(&form.role) {
+        Some(role) if role != Role::StaffMember => role,
+        _ => return render(&console, &viewer, None, "Choose a role.").await,
+    };
+    let email = form.email.trim();
+    if email.parse::<lettre::Address>().is_err() {
+        return render(
+            &console,
+            &viewer,
+            None,
+            &format!("'{email}' is not an email address."),
+        )
+        .await;
+    }
+    let id = console
+        .store
+        .add_recipient(
+            &Recipient {
+                id: 0,
+                site: site.id,
+                role,
+                channel: Channel::Email,
+                address: email.to_owned(),
+                webhook_format: "json".into(),
+                webhook_secret: String::new(),
+            },
+            Timestamp::now(),
+        )
+        .await?;
+    let _ = console
+        .audit(
+            &viewer,
+            "recipient_added",
+            &format!("recipient {id}"),
+            &format!("site={} role={role}", site.name),
+        )
+        .await;
+    Ok(Redirect::to("/settings").into_response())
+}
+
+pub async fn remove_recipient(
+    State(console): State<Console>,
+    Path(id): Path<i64>,
+    Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return Err(Problem::NotFound);
+    };
+    if !console.store.remove_recipient(site.id, id).await? {
+        return Err(Problem::NotFound);
+    }
+    let _ = console
+        .audit(
+            &viewer,
+            "recipient_removed",
+            &format!("recipient {id}"),
+            &format!("site={}", site.name),
+        )
+        .await;
+    Ok(Redirect::to("/settings").into_response())
+}
