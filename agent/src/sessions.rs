@@ -21,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::outbox::Outbox;
 use crate::task::{TaskContext, WriteTrouble};
 use hallmonitor_proto::v1;
+use hallmonitor_report::{ComplianceReport, MfaStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -412,15 +413,13 @@ async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &LiveSe
     let Ok(Some(state)) = outbox.state("compliance_json").await else {
         return;
     };
-    let Ok(report) = serde_json::from_str::<serde_json::Value>(&state) else {
+    let Ok(report) = serde_json::from_str::<ComplianceReport>(&state) else {
         return;
     };
-    let stale = report["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|d| d["mfa"].as_array().into_iter().flatten())
-        .any(|p| p["account"] == session.account.to_lowercase().as_str() && p["status"] == "stale");
+    let account = session.account.to_lowercase();
+    let stale = report
+        .mfa_pairs()
+        .any(|p| p.account == account && p.status == MfaStatus::Stale);
     if !stale {
         return;
     }

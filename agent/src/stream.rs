@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hallmonitor_proto::v1;
+use hallmonitor_report::ComplianceReport;
 use jiff::Timestamp;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -318,9 +319,11 @@ async fn handle(
         // What the collector concluded about this device: kept for
         // `hallmonitor-agent check`.
         Some(Body::State(state)) => {
-            settings
-                .policies
-                .set_staff_from_compliance(&state.compliance_json);
+            // A report this agent cannot read changes no one's scope; it is
+            // still kept for `check`, which names the problem.
+            if let Ok(report) = serde_json::from_str::<ComplianceReport>(&state.compliance_json) {
+                settings.policies.set_staff_from_compliance(&report);
+            }
             outbox
                 .set_states(&[
                     ("compliance_json", &state.compliance_json),
