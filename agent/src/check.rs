@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::config::AgentConfig;
 use crate::outbox::{self, Outbox};
+use crate::state::State;
 
 /// A state older than this is marked stale.
 const STALE_AFTER: SignedDuration = SignedDuration::from_hours(24);
@@ -48,10 +49,11 @@ pub async fn read(config: &AgentConfig) -> anyhow::Result<CheckReport> {
     let disabled = crate::enforce::is_disabled(config);
     let (state, received_at) = if config.data_dir.join(outbox::FILE_NAME).exists() {
         let outbox = Outbox::open_read_only(&config.data_dir).await?;
-        let state = outbox.state("compliance_json").await?;
-        let received = outbox.state("compliance_received_at").await?;
+        let state = State::new(&outbox);
+        let json = state.compliance_json().await?;
+        let received = state.compliance_received_at().await?;
         outbox.close().await;
-        (state, received.and_then(|r| r.parse::<Timestamp>().ok()))
+        (json, received)
     } else {
         (None, None)
     };

@@ -49,6 +49,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use crate::state::{State, key};
+
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub const FILE_NAME: &str = "outbox.db";
@@ -392,8 +394,8 @@ impl Outbox {
         let outbox = Self::open_checked(&path, max_bytes, busy_timeout)
             .await
             .map_err(refuse)?;
-        outbox
-            .set_state("corrupt_moved_to", &moved.display().to_string())
+        State::new(&outbox)
+            .set_corrupt_moved_to(&moved)
             .await
             .map_err(refuse)?;
         Ok((outbox, Some(moved)))
@@ -733,11 +735,11 @@ impl Outbox {
             .execute(&mut *tx)
             .await
             .map_err(self.db())?;
-        let total = state_number(&mut tx, QUARANTINED)
+        let total = state_number(&mut tx, key::QUARANTINED)
             .await
             .map_err(self.db())?
             + 1;
-        set_state_in(&mut tx, QUARANTINED, &total.to_string())
+        set_state_in(&mut tx, key::QUARANTINED, &total.to_string())
             .await
             .map_err(self.db())?;
         tx.commit().await.map_err(self.db())?;
@@ -852,20 +854,6 @@ impl Outbox {
         Ok(Some(seq as u64))
     }
 
-    /// Lifetime eviction counts per class, for `status`.
-    pub async fn eviction_totals(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::new();
-        for class in REPORT_CLASSES {
-            let n = self
-                .state(&format!("evicted.{class}"))
-                .await?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            out.push((class, n));
-        }
-        Ok(out)
-    }
-
     /// Up to `limit` events with sequence numbers above `after`, in order.
     pub async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<v1::Event>> {
         let rows = sqlx::query(
@@ -947,7 +935,7 @@ impl Outbox {
     pub async fn raise_sequence_floor(&self, committed: u64) -> Result<bool> {
         let _books = self.books.lock().await;
         let mut tx = self.pool.begin().await.map_err(self.db())?;
-        let verified = state_number(&mut tx, "sequence_verified")
+        let verified = state_number(&mut tx, key::SEQUENCE_VERIFIED)
             .await
             .map_err(self.db())?
             == 1;
@@ -1001,18 +989,21 @@ impl Outbox {
                     .map_err(self.db())?;
             }
         }
-        set_state_in(&mut tx, "sequence_verified", "1")
+        set_state_in(&mut tx, key::SEQUENCE_VERIFIED, "1")
             .await
             .map_err(self.db())?;
         tx.commit().await.map_err(self.db())?;
         Ok(changed)
     }
 
-    pub async fn set_state(&self, key: &str, value: &str) -> Result<()> {
+    // The state table, raw: `crate::state` gives it types and owns its
+    // keys.
+
+    pub(crate) async fn set_state(&self, key: &str, value: &str) -> Result<()> {
         self.set_states(&[(key, value)]).await
     }
 
-    pub async fn set_states(&self, pairs: &[(&str, &str)]) -> Result<()> {
+    pub(crate) async fn set_states(&self, pairs: &[(&str, &str)]) -> Result<()> {
         let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO state (key, value) ");
         insert.push_values(pairs, |mut row, (k, v)| {
             row.push_bind(k.to_string()).push_bind(v.to_string());
@@ -1026,7 +1017,7 @@ impl Outbox {
         Ok(())
     }
 
-    pub async fn state(&self, key: &str) -> Result<Option<String>> {
+    pub(crate) async fn state(&self, key: &str) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT value FROM state WHERE key = ?")
             .bind(key)
             .fetch_optional(&self.pool)
@@ -1037,7 +1028,7 @@ impl Outbox {
     /// Several keys read in one statement: a consistent snapshot, so a
     /// reader never pairs one writer's `connection` with another's
     /// `last_error`.
-    pub async fn states(&self, keys: &[&str]) -> Result<HashMap<String, String>> {
+    pub(crate) async fn states(&self, keys: &[&str]) -> Result<HashMap<String, String>> {
         let mut select: QueryBuilder<Sqlite> =
             QueryBuilder::new("SELECT key, value FROM state WHERE key IN (");
         let mut list = select.separated(", ");
@@ -1067,9 +1058,9 @@ const REPORTED_COUNTS: usize = REPORT_CLASSES.len() + 2;
 /// The counters an `OutboxReport` carries, in `add_counts` order: the
 /// state key of each lifetime total and of the part already reported.
 fn report_counters() -> [(String, String); REPORTED_COUNTS] {
-    let evicted = REPORT_CLASSES.map(|c| (format!("evicted.{c}"), format!("evicted_reported.{c}")));
+    let evicted = REPORT_CLASSES.map(|c| (key::evicted(c), key::evicted_reported(c)));
     let [a, b, c, d, e, f] = evicted;
-    let other = |key: &str| (key.to_owned(), format!("reported.{key}"));
+    let other = |total: &str| (total.to_owned(), key::reported(total));
     [
         a,
         b,
@@ -1077,8 +1068,8 @@ fn report_counters() -> [(String, String); REPORTED_COUNTS] {
         d,
         e,
         f,
-        other(QUARANTINED),
-        other(CAPTURES_REFUSED),
+        other(key::QUARANTINED),
+        other(key::CAPTURES_REFUSED),
     ]
 }
 
@@ -1137,7 +1128,7 @@ async fn count_eviction(
     kind: &str,
     n: u64,
 ) -> sqlx::Result<()> {
-    let key = format!("evicted.{}", report_class(kind));
+    let key = key::evicted(report_class(kind));
     sqlx::query(
         "INSERT INTO state (key, value) VALUES (?, ?) \
          ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)",
@@ -1191,11 +1182,6 @@ fn move_aside(path: &Path) -> Result<PathBuf> {
 pub const BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// An event larger than this is never sent (it could not fit a message).
 pub const MAX_EVENT_BYTES: u64 = 12 * 1024 * 1024;
-/// State key: events moved to the quarantine table.
-pub const QUARANTINED: &str = "quarantined";
-/// State key: captures the daemon refused from session helpers (kept by
-/// `capture::intake`, reported from here).
-pub const CAPTURES_REFUSED: &str = "helper_captures_refused";
 
 /// How many of the events with these payload sizes make one batch: as
 /// many as fit `BATCH_BYTES`, and always the first.
@@ -1305,10 +1291,7 @@ mod tests {
             batch[0].seq, 2,
             "the 13 MiB event no longer blocks the rest"
         );
-        assert_eq!(
-            outbox.state(QUARANTINED).await.unwrap().as_deref(),
-            Some("1")
-        );
+        assert_eq!(State::new(&outbox).quarantined().await.unwrap(), 1);
         let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM quarantine")
             .fetch_one(&outbox.pool)
             .await
@@ -1460,7 +1443,7 @@ mod tests {
             Some(1)
         );
         assert_eq!(
-            outbox.state("corrupt_moved_to").await.unwrap(),
+            outbox.state(key::CORRUPT_MOVED_TO).await.unwrap(),
             Some(moved.display().to_string())
         );
     }
@@ -1527,7 +1510,7 @@ mod tests {
     }
 
     async fn evicted(outbox: &Outbox) -> Vec<(&'static str, u64)> {
-        outbox
+        State::new(outbox)
             .eviction_totals()
             .await
             .unwrap()
@@ -1658,7 +1641,7 @@ mod tests {
             }
         };
         outbox
-            .set_states(&[(QUARANTINED, "2"), (CAPTURES_REFUSED, "5")])
+            .set_states(&[(key::QUARANTINED, "2"), (key::CAPTURES_REFUSED, "5")])
             .await
             .unwrap();
         let first = outbox
@@ -1669,7 +1652,7 @@ mod tests {
         let r = report(first).await;
         assert_eq!((r.quarantined, r.captures_refused), (2, 5));
         // Unsent: later counts merge into it, as differences.
-        outbox.set_state(CAPTURES_REFUSED, "7").await.unwrap();
+        outbox.set_state(key::CAPTURES_REFUSED, "7").await.unwrap();
         let merged = outbox
             .take_eviction_report()
             .await
@@ -1836,7 +1819,7 @@ mod tests {
                 outbox.release_claims().await;
             }
         }
-        let totals = outbox.eviction_totals().await.unwrap();
+        let totals = State::new(&outbox).eviction_totals().await.unwrap();
         assert!(
             totals
                 .iter()

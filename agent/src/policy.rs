@@ -25,6 +25,7 @@ use hallmonitor_report::ComplianceReport;
 use tokio::sync::watch;
 
 use crate::outbox::Outbox;
+use crate::state::{SitePolicy, State};
 
 /// Where the policy in force came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,10 +91,6 @@ pub struct PolicyHub {
     tx: watch::Sender<InForce>,
 }
 
-/// Outbox state keys of the site policy the agent holds.
-pub(crate) const SITE_VERSION: &str = "site_policy_version";
-const SITE_TOML: &str = "site_policy_toml";
-
 impl PolicyHub {
     /// The hub with the site policy kept from an earlier run, if any.
     pub async fn load(
@@ -109,10 +106,11 @@ impl PolicyHub {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut sources = Sources::default();
-        let version = outbox.state(SITE_VERSION).await?;
-        let text = outbox.state(SITE_TOML).await?;
-        if let (Some(version), Some(text)) = (version, text) {
-            let version = version.parse().unwrap_or(0);
+        if let Some(SitePolicy {
+            version,
+            toml: text,
+        }) = State::new(outbox).site_policy().await?
+        {
             // Checked when it arrived; checked again in case the state
             // table was edited by hand.
             match parse_site(version, &text) {
@@ -165,11 +163,8 @@ impl PolicyHub {
             });
         }
         parse_site(update.version, &update.policy_toml)?;
-        outbox
-            .set_states(&[
-                (SITE_VERSION, &update.version.to_string()),
-                (SITE_TOML, &update.policy_toml),
-            ])
+        State::new(outbox)
+            .set_site_policy(update.version, &update.policy_toml)
             .await?;
         self.change(|s| {
             s.site = Some(PolicyText {

@@ -30,7 +30,7 @@ use crate::policy::{Origin, Policy, PolicyText, UserKind};
 use crate::window::ActiveWindowSource;
 
 mod intake;
-pub use intake::{REFUSED_STATE, serve_helpers};
+pub use intake::serve_helpers;
 
 /// Repeats of one rule in one window within this are counted, not
 /// captured, unless the daemon says otherwise (`[capture]
