@@ -1,5 +1,7 @@
-//! The producer of heartbeats and device facts (on start and on change),
-//! and the mark `status` reads a stalled outbox from.
+//! The producer of heartbeats (merged while unsent) and device facts (on
+//! start and on change), of an `OutboxReport` of new evictions each tick,
+//! and of the liveness mark (`State::set_alive_at`) `status` reads a
+//! stalled outbox from.
 
 use std::time::Duration;
 

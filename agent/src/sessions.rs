@@ -1,10 +1,11 @@
 //! Login sessions on this device, for the device-activity rule.
 //!
-//! A [`SessionSource`] lists the sessions open now; [`Tracker`] compares
+//! A [`SessionSource`] lists the sessions open now; [`track`] compares
 //! successive lists and produces start and end events (each with the
 //! account, uid, kind and, where the platform tells, the active time). The
-//! sessions the tracker believes open are kept in the outbox state, so a
-//! restart of the agent neither repeats a start nor loses an end.
+//! sessions the tracker believes open (its `Ledger`) are kept in the outbox
+//! state (`State::session_ledger`), so a restart of the agent neither
+//! repeats a start nor loses an end.
 //!
 //! Platforms:
 //! - Linux with systemd-logind: `loginctl` (which asks logind over D-Bus)
