@@ -24,6 +24,7 @@ use crate::config::AgentConfig;
 use crate::enroll::{self, EnrollError, Identity};
 use crate::facts;
 use crate::outbox::{self, OpenError, Outbox};
+use crate::state::State;
 use crate::stream::{self, StreamSettings};
 use crate::task::TaskContext;
 
@@ -43,12 +44,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     // Best effort: a disk that filled while the daemon was stopped must not
     // stop it from starting (its tasks retry their writes).
-    let pid = std::process::id().to_string();
-    if let Err(e) = outbox
-        .set_states(&[
-            ("daemon_pid", &pid),
-            ("daemon_started_at", &Timestamp::now().to_string()),
-        ])
+    if let Err(e) = State::new(&outbox)
+        .record_daemon_start(std::process::id(), Timestamp::now())
         .await
     {
         tracing::error!(error = %e, "cannot record the daemon's start in the outbox");
@@ -133,7 +130,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     });
 
     let failure = tasks.wait(&shutdown).await;
-    outbox.set_state("daemon_pid", "").await.ok();
+    State::new(&outbox).record_daemon_stop().await.ok();
     outbox.close().await;
     match failure {
         Some(e) => Err(e),

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AgentConfig, EnforcementAction, EnforcementConfig};
 use crate::outbox::Outbox;
 use crate::sessions;
+use crate::state::State;
 use crate::task::TaskContext;
 
 /// What the marker file holds.
@@ -143,8 +144,8 @@ pub async fn apply(
     outbox: &Outbox,
     command: v1::Command,
 ) -> anyhow::Result<Option<v1::EnforcementResult>> {
-    let state_key = format!("command.{}", command.command_id);
-    if outbox.state(&state_key).await?.is_some() {
+    let state = State::new(outbox);
+    if state.command_applied(&command.command_id).await? {
         tracing::debug!(command_id = %command.command_id, "command already applied");
         return Ok(None);
     }
@@ -167,19 +168,10 @@ pub async fn apply(
             v1::event::Body::Enforcement(result.clone()),
         )
         .await?;
-    outbox
-        .set_state(&state_key, &Timestamp::now().to_string())
+    state
+        .record_command_applied(&command.command_id, Timestamp::now())
         .await?;
-    outbox
-        .set_state(
-            "enforcement",
-            if is_disabled(config) {
-                "disabled"
-            } else {
-                "enabled"
-            },
-        )
-        .await?;
+    state.set_enforcement(is_disabled(config)).await?;
     Ok(Some(result))
 }
 
@@ -435,7 +427,7 @@ mod tests {
         assert!(result.ok);
         assert!(login_allowed(&config, "pupil1"));
         assert_eq!(
-            outbox.state("enforcement").await.unwrap().as_deref(),
+            State::new(&outbox).enforcement().await.unwrap().as_deref(),
             Some("enabled")
         );
     }

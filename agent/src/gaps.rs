@@ -25,10 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sessions;
 use crate::sessions::{Kind, Ledger};
+use crate::state::{State, Stored};
 use crate::task::TaskContext;
-
-/// Outbox state key of the `GapBook`.
-pub const STATE_KEY: &str = "monitoring_gaps";
 
 /// Helpers connected now, per uid: connections whose peer ran the helper
 /// executable when it connected, counted while that process lives and is
@@ -349,11 +347,8 @@ pub async fn watch(ctx: TaskContext, presence: Arc<HelperPresence>) -> anyhow::R
     } = ctx;
     use crate::gaps;
     let grace = Duration::from_secs(u64::from(config.capture.helper_grace_secs));
-    let mut book: gaps::GapBook = outbox
-        .state(gaps::STATE_KEY)
-        .await?
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .unwrap_or_default();
+    let state = State::new(&outbox);
+    let mut book: gaps::GapBook = state.gap_book().await?.or_default();
     // As often as sessions are polled, and at least ten times a grace.
     let every = Duration::from_secs(u64::from(config.sessions.poll_secs.max(1)))
         .min(grace / 10)
@@ -365,10 +360,8 @@ pub async fn watch(ctx: TaskContext, presence: Arc<HelperPresence>) -> anyhow::R
             _ = poll.tick() => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
-        let ledger: sessions::Ledger = match outbox.state(sessions::LEDGER_KEY).await {
-            Ok(json) => json
-                .and_then(|json| serde_json::from_str(&json).ok())
-                .unwrap_or_default(),
+        let ledger: sessions::Ledger = match state.session_ledger().await {
+            Ok(ledger) => ledger.or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the session ledger; will retry");
                 continue;
@@ -401,20 +394,15 @@ pub async fn watch(ctx: TaskContext, presence: Arc<HelperPresence>) -> anyhow::R
         if let Err(e) = outbox.append_all(bodies).await {
             tracing::warn!(error = %e, "cannot queue a monitoring gap; will retry");
             // Forget what was decided so the next pass decides it again.
-            book = outbox
-                .state(gaps::STATE_KEY)
+            book = state
+                .gap_book()
                 .await
-                .ok()
-                .flatten()
-                .and_then(|json| serde_json::from_str(&json).ok())
+                .map(Stored::or_default)
                 .unwrap_or_default();
             continue;
         }
         wake.notify_one();
-        if let Err(e) = outbox
-            .set_state(gaps::STATE_KEY, &serde_json::to_string(&book)?)
-            .await
-        {
+        if let Err(e) = state.set_gap_book(&book).await {
             tracing::warn!(error = %e, "cannot record monitoring gaps");
         }
     }

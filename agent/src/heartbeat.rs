@@ -1,5 +1,7 @@
-//! The producer of heartbeats and device facts (on start and on change),
-//! and the mark `status` reads a stalled outbox from.
+//! The producer of heartbeats (merged while unsent) and device facts (on
+//! start and on change), of an `OutboxReport` of new evictions each tick,
+//! and of the liveness mark (`State::set_alive_at`) `status` reads a
+//! stalled outbox from.
 
 use std::time::Duration;
 
@@ -7,11 +9,8 @@ use hallmonitor_proto::v1;
 use jiff::Timestamp;
 
 use crate::facts;
+use crate::state::State;
 use crate::task::{TaskContext, WriteTrouble};
-
-/// Outbox state key: the producer's last successful write. `status`
-/// reads a stalled outbox (a full disk) from its age.
-pub const ALIVE_AT: &str = "daemon_alive_at";
 
 pub async fn run(ctx: TaskContext) -> anyhow::Result<()> {
     let TaskContext {
@@ -58,7 +57,8 @@ pub async fn run(ctx: TaskContext) -> anyhow::Result<()> {
                 interval_secs: interval,
             };
             outbox.append_heartbeat(now, heartbeat).await?;
-            outbox.set_state(ALIVE_AT, &now.to_string()).await
+            // `status` reads a stalled outbox (a full disk) from its age.
+            State::new(&outbox).set_alive_at(now).await
         }
         .await;
         match written {

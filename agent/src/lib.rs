@@ -8,7 +8,10 @@
 //! sign-ins from the auth logs or journal, captures from helpers, new
 //! software from the file watcher, command results, monitoring gaps)
 //! append to the durable `outbox`; `stream` drains it to the collector over
-//! mutual TLS and deletes what the collector acknowledged.
+//! mutual TLS and deletes what the collector acknowledged. What the
+//! daemon keeps across restarts besides events (ledgers, read positions,
+//! the collector's last word) lives in the outbox file's state table,
+//! reached through `state`.
 //!
 //! Architecture invariant: the wire types (`hallmonitor_proto::v1`) are the
 //! outbox's payload, so producers build them directly; only the outbox
@@ -32,6 +35,7 @@ pub mod policy;
 pub mod sessions;
 pub mod snapshot;
 pub mod socket_dir;
+pub mod state;
 pub mod status;
 pub mod stream;
 pub mod task;

@@ -21,9 +21,11 @@ use std::sync::{Arc, Mutex};
 
 pub use hallmonitor_policy::{DEFAULT_POLICY, Policy, PolicyError, UserKind};
 use hallmonitor_proto::v1;
+use hallmonitor_report::ComplianceReport;
 use tokio::sync::watch;
 
 use crate::outbox::Outbox;
+use crate::state::{SitePolicy, State};
 
 /// Where the policy in force came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -89,10 +91,6 @@ pub struct PolicyHub {
     tx: watch::Sender<InForce>,
 }
 
-/// Outbox state keys of the site policy the agent holds.
-pub(crate) const SITE_VERSION: &str = "site_policy_version";
-const SITE_TOML: &str = "site_policy_toml";
-
 impl PolicyHub {
     /// The hub with the site policy kept from an earlier run, if any.
     pub async fn load(
@@ -108,10 +106,11 @@ impl PolicyHub {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let mut sources = Sources::default();
-        let version = outbox.state(SITE_VERSION).await?;
-        let text = outbox.state(SITE_TOML).await?;
-        if let (Some(version), Some(text)) = (version, text) {
-            let version = version.parse().unwrap_or(0);
+        if let Some(SitePolicy {
+            version,
+            toml: text,
+        }) = State::new(outbox).site_policy().await?
+        {
             // Checked when it arrived; checked again in case the state
             // table was edited by hand.
             match parse_site(version, &text) {
@@ -164,11 +163,8 @@ impl PolicyHub {
             });
         }
         parse_site(update.version, &update.policy_toml)?;
-        outbox
-            .set_states(&[
-                (SITE_VERSION, &update.version.to_string()),
-                (SITE_TOML, &update.policy_toml),
-            ])
+        State::new(outbox)
+            .set_site_policy(update.version, &update.policy_toml)
             .await?;
         self.change(|s| {
             s.site = Some(PolicyText {
@@ -183,17 +179,8 @@ impl PolicyHub {
 
     /// Staff accounts from the collector's device state (its 2FA pairs are
     /// exactly the staff accounts using this device).
-    pub fn set_staff_from_compliance(&self, compliance_json: &str) {
-        let Ok(report) = serde_json::from_str::<serde_json::Value>(compliance_json) else {
-            return;
-        };
-        let staff: BTreeSet<String> = report["devices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|d| d["mfa"].as_array().cloned().unwrap_or_default())
-            .filter_map(|pair| pair["account"].as_str().map(str::to_owned))
-            .collect();
+    pub fn set_staff_from_compliance(&self, report: &ComplianceReport) {
+        let staff: BTreeSet<String> = report.mfa_pairs().map(|p| p.account.clone()).collect();
         if self.lock().staff != staff {
             self.change(|s| s.staff = staff);
         }
@@ -363,6 +350,7 @@ pub async fn watch_override(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hallmonitor_report::{MfaReport, MfaStatus};
 
     async fn hub(dir: &Path) -> (PolicyHub, Outbox) {
         let (outbox, _) = Outbox::open(dir, 1 << 20).await.unwrap();
@@ -379,6 +367,42 @@ mod tests {
             version,
             policy_toml: text.to_owned(),
             sha256: crate::snapshot::sha256_hex(text.as_bytes()),
+        }
+    }
+
+    /// A device state naming one staff account's two-step sign-in pair.
+    fn report_with_pair(account: &str, status: MfaStatus) -> ComplianceReport {
+        use hallmonitor_report::{ActivityReport, ActivityStatus, DeviceCompliance, Enforcement};
+        let now = jiff::Timestamp::now();
+        ComplianceReport {
+            schema: hallmonitor_report::SCHEMA.into(),
+            as_of: now,
+            compliant: true,
+            devices: vec![DeviceCompliance {
+                device_id: "d".into(),
+                hostname: "lab-1".into(),
+                site: "Cabot".into(),
+                compliant: true,
+                enforcement: Enforcement::Enabled,
+                activity: ActivityReport {
+                    status: ActivityStatus::Compliant,
+                    used_minutes: 60,
+                    required_minutes: 60,
+                    window_days: 28,
+                    window_start: now,
+                    breach_at: None,
+                    breach_local: None,
+                    grace_until: None,
+                    evaluated_at: now,
+                },
+                mfa: vec![MfaReport {
+                    account: account.into(),
+                    status,
+                    last_mfa: None,
+                    expires_at: None,
+                }],
+                flags: Vec::new(),
+            }],
         }
     }
 
@@ -446,17 +470,13 @@ mod tests {
         let mut changes = hub.subscribe();
         assert_eq!(hub.current().user_kind("t.smith"), UserKind::Staff);
         assert_eq!(hub.current().user_kind("pupil7"), UserKind::Pupil);
-        hub.set_staff_from_compliance(
-            r#"{"devices": [{"mfa": [{"account": "head", "status": "fresh"}]}]}"#,
-        );
+        hub.set_staff_from_compliance(&report_with_pair("head", MfaStatus::Fresh));
         assert!(changes.has_changed().unwrap());
         assert_eq!(
             changes.borrow_and_update().user_kind("head"),
             UserKind::Staff
         );
-        hub.set_staff_from_compliance(
-            r#"{"devices": [{"mfa": [{"account": "head", "status": "stale"}]}]}"#,
-        );
+        hub.set_staff_from_compliance(&report_with_pair("head", MfaStatus::Stale));
         assert!(!changes.has_changed().unwrap(), "same staff: no change");
     }
 }

@@ -1,10 +1,11 @@
 //! Login sessions on this device, for the device-activity rule.
 //!
-//! A [`SessionSource`] lists the sessions open now; [`Tracker`] compares
+//! A [`SessionSource`] lists the sessions open now; [`track`] compares
 //! successive lists and produces start and end events (each with the
 //! account, uid, kind and, where the platform tells, the active time). The
-//! sessions the tracker believes open are kept in the outbox state, so a
-//! restart of the agent neither repeats a start nor loses an end.
+//! sessions the tracker believes open (its `Ledger`) are kept in the outbox
+//! state (`State::session_ledger`), so a restart of the agent neither
+//! repeats a start nor loses an end.
 //!
 //! Platforms:
 //! - Linux with systemd-logind: `loginctl` (which asks logind over D-Bus)
@@ -19,8 +20,10 @@ use std::path::{Path, PathBuf};
 
 use crate::config::AgentConfig;
 use crate::outbox::Outbox;
+use crate::state::{State, Stored};
 use crate::task::{TaskContext, WriteTrouble};
 use hallmonitor_proto::v1;
+use hallmonitor_report::{ComplianceReport, MfaStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -251,10 +254,9 @@ pub struct Tracked {
     pub last_poll: Timestamp,
 }
 
-/// Outbox state key of the `Ledger` (read by the monitoring-gap check).
-pub const LEDGER_KEY: &str = "sessions_ledger";
-
-/// Open sessions as last reported, keyed by session id.
+/// Open sessions as last reported, keyed by session id. Kept in the
+/// outbox state (`State::session_ledger`), read by the monitoring-gap
+/// check too.
 pub type Ledger = BTreeMap<String, Tracked>;
 
 /// Compares the sessions open `now` with the ledger; updates it and
@@ -337,12 +339,14 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
     } = ctx;
     let source: Arc<dyn SessionSource> = Arc::from(source(&config.sessions));
     tracing::info!(source = source.name(), "tracking login sessions");
-    let mut ledger: Ledger = match outbox.state(LEDGER_KEY).await? {
-        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+    let state = State::new(&outbox);
+    let mut ledger: Ledger = match state.session_ledger().await? {
+        Stored::Present(ledger) => ledger,
+        Stored::Unreadable(e) => {
             tracing::warn!(error = %e, "session ledger unreadable; starting afresh");
             Ledger::new()
-        }),
-        None => Ledger::new(),
+        }
+        Stored::Absent => Ledger::new(),
     };
     let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,7 +374,6 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
         let now = Timestamp::now();
         let before = ledger.clone();
         let events = track(&mut ledger, live, now);
-        let ledger_json = serde_json::to_string(&ledger)?;
         let starts: Vec<String> = events
             .iter()
             .filter(|e| e.phase == v1::session_event::Phase::Start as i32)
@@ -385,7 +388,7 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
                 outbox.append_all(bodies).await?;
                 wake.notify_one();
             }
-            outbox.set_state(LEDGER_KEY, &ledger_json).await
+            state.set_session_ledger(&ledger).await
         }
         .await;
         if let Err(e) = written {
@@ -409,18 +412,17 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
 /// collector last said) has logged in: tell them, and lock the session if
 /// the site asks for it.
 async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &LiveSession) {
-    let Ok(Some(state)) = outbox.state("compliance_json").await else {
+    let state = State::new(outbox);
+    let Ok(Some(json)) = state.compliance_json().await else {
         return;
     };
-    let Ok(report) = serde_json::from_str::<serde_json::Value>(&state) else {
+    let Ok(report) = serde_json::from_str::<ComplianceReport>(&json) else {
         return;
     };
-    let stale = report["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|d| d["mfa"].as_array().into_iter().flatten())
-        .any(|p| p["account"] == session.account.to_lowercase().as_str() && p["status"] == "stale");
+    let account = session.account.to_lowercase();
+    let stale = report
+        .mfa_pairs()
+        .any(|p| p.account == account && p.status == MfaStatus::Stale);
     if !stale {
         return;
     }
@@ -438,8 +440,8 @@ async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &LiveSe
             tracing::warn!(?status, "could not show the two-step sign-in notice");
         }
     }
-    let lock = outbox.state("lock_stale_mfa_sessions").await.ok().flatten();
-    if lock.as_deref() == Some("true")
+    let lock = state.lock_stale_mfa_sessions().await.unwrap_or(false);
+    if lock
         && !config.enforcement.admin_accounts.contains(&session.account)
         && let Some((program, args)) = config.enforcement.lock_session_command.split_first()
     {

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::config::AgentConfig;
 use crate::enroll::Identity;
 use crate::outbox::{self, Outbox};
+use crate::state::State;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -130,7 +131,8 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         Err(e) => return Err(e.into()),
     };
     status.queue_depth = stats.depth;
-    status.evicted = outbox
+    let state = State::new(&outbox);
+    status.evicted = state
         .eviction_totals()
         .await?
         .into_iter()
@@ -143,45 +145,27 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         .map(|t| now.duration_since(t).as_secs());
     // One snapshot of the daemon's state: `connection` and `last_error`
     // are written together and must be read together.
-    let state = outbox
-        .states(&[
-            "last_ack_at",
-            "last_acked_seq",
-            "corrupt_moved_to",
-            "daemon_pid",
-            "connection",
-            "connection_since",
-            "last_error",
-            crate::heartbeat::ALIVE_AT,
-            "daemon_started_at",
-            crate::outbox::QUARANTINED,
-            crate::capture::REFUSED_STATE,
-            crate::policy::SITE_VERSION,
-        ])
-        .await?;
-    let text = |key: &str| state.get(key).cloned();
-    let number = |key: &str| state.get(key).and_then(|s| s.parse::<u64>().ok());
-    status.last_successful_send_at = text("last_ack_at");
-    status.last_acked_seq = number("last_acked_seq");
-    status.corrupt_outbox_moved_to = text("corrupt_moved_to");
-    status.daemon_pid = state.get("daemon_pid").and_then(|s| s.parse().ok());
+    let snapshot = state.status_snapshot().await?;
+    status.last_successful_send_at = snapshot.last_ack_at;
+    status.last_acked_seq = snapshot.last_acked_seq;
+    status.corrupt_outbox_moved_to = snapshot.corrupt_moved_to;
+    status.daemon_pid = snapshot.daemon_pid;
     status.daemon_running = status.daemon_pid.is_some_and(process_alive);
     if status.daemon_running {
-        status.connection = text("connection").unwrap_or_else(|| "connecting".into());
-        status.connection_since = text("connection_since");
+        status.connection = snapshot.connection.unwrap_or_else(|| "connecting".into());
+        status.connection_since = snapshot.connection_since;
         // The producer writes every heartbeat; since the daemon started if
         // it never managed to.
-        let time = |key: &str| text(key).and_then(|t| t.parse::<Timestamp>().ok());
-        let last_write = time(crate::heartbeat::ALIVE_AT).max(time("daemon_started_at"));
+        let last_write = snapshot.alive_at.max(snapshot.daemon_started_at);
         let allowed = (3 * u64::from(config.heartbeat_interval_secs)).max(5);
         status.outbox_writes_failing_secs = last_write
             .map(|t| now.duration_since(t).as_secs().max(0) as u64)
             .filter(|secs| *secs > allowed);
     }
-    status.last_error = text("last_error");
-    status.quarantined = number(crate::outbox::QUARANTINED).unwrap_or(0);
-    status.helper_captures_refused = number(crate::capture::REFUSED_STATE).unwrap_or(0);
-    status.policy_site_version = number(crate::policy::SITE_VERSION).unwrap_or(0);
+    status.last_error = snapshot.last_error;
+    status.quarantined = snapshot.quarantined;
+    status.helper_captures_refused = snapshot.captures_refused;
+    status.policy_site_version = snapshot.site_policy_version;
     outbox.close().await;
     Ok(status)
 }

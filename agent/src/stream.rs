@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hallmonitor_proto::v1;
+use hallmonitor_report::ComplianceReport;
 use jiff::Timestamp;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Delivery;
 use crate::enroll::Identity;
 use crate::outbox::{Outbox, OutboxError};
+use crate::state::{Connection, State};
 use crate::tls::{self, TlsError};
 
 /// Batches sent but not yet acknowledged, at most.
@@ -80,7 +82,7 @@ pub async fn run(
     let tls = tls::mutual_tls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
     let mut attempt: u32 = 0;
     loop {
-        set_connection(&outbox, "connecting", None).await;
+        set_connection(&outbox, Connection::Connecting, None).await;
         let mut connected = false;
         let mut refused = false;
         let mut outbox_failed = false;
@@ -95,12 +97,17 @@ pub async fn run(
         .await;
         match outcome {
             Ok(Ended::Shutdown) => {
-                set_connection(&outbox, "stopped", None).await;
+                set_connection(&outbox, Connection::Stopped, None).await;
                 return Ok(());
             }
             Ok(Ended::ClosedByCollector) => {
                 tracing::info!("collector closed the stream; reconnecting");
-                set_connection(&outbox, "disconnected", Some("closed by the collector")).await;
+                set_connection(
+                    &outbox,
+                    Connection::Disconnected,
+                    Some("closed by the collector"),
+                )
+                .await;
             }
             // A full disk or an I/O error: acknowledged events could not
             // be deleted. Reconnect and resend; the collector recognises
@@ -110,24 +117,29 @@ pub async fn run(
             }
             Err(StreamError::Outbox(e)) => {
                 tracing::error!(error = %e, "the outbox failed under the stream; reconnecting");
-                set_connection(&outbox, "disconnected", Some(&format!("outbox: {e}"))).await;
+                set_connection(
+                    &outbox,
+                    Connection::Disconnected,
+                    Some(&format!("outbox: {e}")),
+                )
+                .await;
                 outbox_failed = true;
             }
             Err(StreamError::Refused(why)) => {
                 // Nothing changes until a technician acts: no tight loop.
                 tracing::error!(reason = %why, "the collector refuses this device; events stay queued");
-                set_connection(&outbox, "refused", Some(&why)).await;
+                set_connection(&outbox, Connection::Refused, Some(&why)).await;
                 refused = true;
             }
             // Certificates are valid for a period: a clock far off is a
             // problem a person must fix, named as such.
             Err(e @ StreamError::Tls(TlsError::Clock { .. })) => {
                 tracing::error!(error = %e, "this device's clock is wrong; cannot connect");
-                set_connection(&outbox, "clock_wrong", Some(&e.to_string())).await;
+                set_connection(&outbox, Connection::ClockWrong, Some(&e.to_string())).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "telemetry stream failed");
-                set_connection(&outbox, "disconnected", Some(&e.to_string())).await;
+                set_connection(&outbox, Connection::Disconnected, Some(&e.to_string())).await;
             }
         }
         // Whatever was in flight on the dead stream will be resent.
@@ -145,7 +157,7 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => {
-                set_connection(&outbox, "stopped", None).await;
+                set_connection(&outbox, Connection::Stopped, None).await;
                 return Ok(());
             }
         }
@@ -191,7 +203,7 @@ async fn run_once(
     outbox.release_claims().await;
     outbox.take_eviction_report().await?;
     *connected = true;
-    set_connection(outbox, "connected", None).await;
+    set_connection(outbox, Connection::Connected, None).await;
     tracing::info!(device_id = %server_hello.device_id, last_committed_seq = server_hello.last_committed_seq, "connected to collector");
 
     let mut in_flight: VecDeque<(u64, u64, u64)> = VecDeque::new();
@@ -277,9 +289,8 @@ async fn handle(
             };
             let (_, first, last) = in_flight.remove(position).expect("position is in range");
             outbox.acknowledge(first, last).await?;
-            let now = Timestamp::now().to_string();
-            outbox
-                .set_states(&[("last_ack_at", &now), ("last_acked_seq", &last.to_string())])
+            State::new(outbox)
+                .set_last_ack(Timestamp::now(), last)
                 .await?;
             tracing::debug!(
                 batch_id = ack.batch_id,
@@ -318,22 +329,17 @@ async fn handle(
         // What the collector concluded about this device: kept for
         // `hallmonitor-agent check`.
         Some(Body::State(state)) => {
-            settings
-                .policies
-                .set_staff_from_compliance(&state.compliance_json);
-            outbox
-                .set_states(&[
-                    ("compliance_json", &state.compliance_json),
-                    ("compliance_received_at", &Timestamp::now().to_string()),
-                    (
-                        "lock_stale_mfa_sessions",
-                        if state.lock_stale_mfa_sessions {
-                            "true"
-                        } else {
-                            "false"
-                        },
-                    ),
-                ])
+            // A report this agent cannot read changes no one's scope; it is
+            // still kept for `check`, which names the problem.
+            if let Ok(report) = serde_json::from_str::<ComplianceReport>(&state.compliance_json) {
+                settings.policies.set_staff_from_compliance(&report);
+            }
+            State::new(outbox)
+                .set_device_state(
+                    &state.compliance_json,
+                    Timestamp::now(),
+                    state.lock_stale_mfa_sessions,
+                )
                 .await?;
         }
         None => {}
@@ -341,13 +347,12 @@ async fn handle(
     Ok(false)
 }
 
-async fn set_connection(outbox: &Outbox, state: &str, error: Option<&str>) {
-    let now = Timestamp::now().to_string();
-    let mut pairs = vec![("connection", state), ("connection_since", now.as_str())];
-    if let Some(error) = error {
-        pairs.push(("last_error", error));
-    }
-    if let Err(e) = outbox.set_states(&pairs).await {
+async fn set_connection(outbox: &Outbox, connection: Connection, error: Option<&str>) {
+    let state = State::new(outbox);
+    if let Err(e) = state
+        .set_connection(connection, Timestamp::now(), error)
+        .await
+    {
         tracing::warn!(error = %e, "cannot record connection state");
     }
 }

@@ -6,6 +6,12 @@
 //! Exit codes of both checks: 0 when everything selected is compliant
 //! (`grace`, `compliant` and `at_risk` pass), 1 when something is not, 2
 //! on error.
+//!
+//! The collector writes the document from the types here, built from its
+//! own domain types; readers (the agent) parse it with the shared crate
+//! `hallmonitor-report`. The tests below parse a full report with those
+//! types and require it back byte for byte, and map every status value
+//! both ways, so the two definitions cannot drift apart.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -15,7 +21,7 @@ use crate::model::{DeviceId, Enforcement};
 use crate::rules::activity::ActivityEvaluation;
 use crate::rules::mfa::{MfaStatus, PairVerdict};
 
-pub const SCHEMA: &str = "hallmonitor.compliance.v1";
+pub use hallmonitor_report::SCHEMA;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ComplianceReport {
@@ -196,4 +202,234 @@ pub async fn check(
         })
         .collect();
     Ok(report(as_of, devices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::{FlagKind, FlagState};
+    use crate::rules::activity::ActivityStatus;
+    use hallmonitor_report as shared;
+
+    // Every value of each status the report carries (checked against the
+    // shared crate's lists below).
+    const ACTIVITY: [ActivityStatus; 5] = [
+        ActivityStatus::Grace,
+        ActivityStatus::Compliant,
+        ActivityStatus::AtRisk,
+        ActivityStatus::NonCompliant,
+        ActivityStatus::Disabled,
+    ];
+    const MFA: [MfaStatus; 3] = [MfaStatus::Fresh, MfaStatus::DueSoon, MfaStatus::Stale];
+    const ENFORCEMENT: [Enforcement; 4] = [
+        Enforcement::Enabled,
+        Enforcement::DisablePending,
+        Enforcement::Disabled,
+        Enforcement::EnablePending,
+    ];
+    const KINDS: [FlagKind; 2] = [FlagKind::DeviceInactive, FlagKind::MfaStale];
+    const STATES: [FlagState; 5] = [
+        FlagState::Open,
+        FlagState::DisableApproved,
+        FlagState::Disabled,
+        FlagState::Reenabled,
+        FlagState::Dismissed,
+    ];
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// A report with every field filled, and one with every optional
+    /// field empty.
+    fn full_report() -> ComplianceReport {
+        let device =
+            |id: &str, status: ActivityStatus, enforcement: Enforcement| DeviceCompliance {
+                device_id: id.into(),
+                hostname: format!("host-{id}"),
+                site: "Cabot".into(),
+                compliant: status.passes(),
+                enforcement: enforcement.as_str().into(),
+                activity: ActivityReport {
+                    status: status.as_str().into(),
+                    used_minutes: 70,
+                    required_minutes: 60,
+                    window_days: 28,
+                    window_start: at("2026-02-02T10:00:00Z"),
+                    breach_at: Some(at("2026-03-05T09:00:00.25Z")),
+                    breach_local: Some("Thu 5 Mar 2026 09:00 GMT".into()),
+                    grace_until: Some(at("2026-02-09T10:00:00Z")),
+                    evaluated_at: at("2026-03-02T10:00:00.123456789Z"),
+                },
+                mfa: MFA
+                    .iter()
+                    .map(|status| MfaReport {
+                        account: format!("staff.{}", status.as_str()),
+                        status: status.as_str().into(),
+                        last_mfa: Some(at("2026-01-01T08:00:00Z")),
+                        expires_at: Some(at("2026-01-31T08:00:00Z")),
+                    })
+                    .collect(),
+                flags: KINDS
+                    .iter()
+                    .flat_map(|kind| STATES.iter().map(move |state| (kind, state)))
+                    .enumerate()
+                    .map(|(id, (kind, state))| FlagSummary {
+                        id: id as i64 + 1,
+                        kind: kind.as_str().into(),
+                        state: state.as_str().into(),
+                        opened_at: at("2026-02-01T08:00:00Z"),
+                    })
+                    .collect(),
+            };
+        let mut devices: Vec<DeviceCompliance> = ACTIVITY
+            .iter()
+            .zip(ENFORCEMENT.iter().cycle())
+            .enumerate()
+            .map(|(n, (status, enforcement))| device(&format!("d-{n}"), *status, *enforcement))
+            .collect();
+        devices.extend(
+            ENFORCEMENT
+                .iter()
+                .map(|e| device("e", ActivityStatus::Grace, *e)),
+        );
+        let mut empty = device("empty", ActivityStatus::Compliant, Enforcement::Enabled);
+        empty.hostname.clear();
+        empty.activity.breach_at = None;
+        empty.activity.breach_local = None;
+        empty.activity.grace_until = None;
+        empty.mfa[0].last_mfa = None;
+        empty.mfa[0].expires_at = None;
+        empty.flags.clear();
+        devices.push(empty);
+        report(at("2026-03-02T10:00:00.5Z"), devices)
+    }
+
+    #[test]
+    fn the_shared_types_read_a_full_report_and_write_it_back_byte_for_byte() {
+        let report = full_report();
+        // As `compliance check --format json` prints it and as the device
+        // state carries it.
+        for json in [
+            serde_json::to_string_pretty(&report).unwrap(),
+            serde_json::to_string(&report).unwrap(),
+        ] {
+            let read: shared::ComplianceReport = serde_json::from_str(&json).unwrap();
+            let again = if json.contains('\n') {
+                serde_json::to_string_pretty(&read).unwrap()
+            } else {
+                serde_json::to_string(&read).unwrap()
+            };
+            assert_eq!(
+                again, json,
+                "a field the shared types lack, or in another order"
+            );
+            let pairs: Vec<_> = read.mfa_pairs().collect();
+            assert!(!pairs.is_empty());
+            for device in &read.devices {
+                assert!(!matches!(device.enforcement, shared::Enforcement::Other(_)));
+                assert!(!matches!(
+                    device.activity.status,
+                    shared::ActivityStatus::Other(_)
+                ));
+                for flag in &device.flags {
+                    assert!(!matches!(flag.kind, shared::FlagKind::Other(_)));
+                    assert!(!matches!(flag.state, shared::FlagState::Other(_)));
+                }
+            }
+            for pair in pairs {
+                assert!(!matches!(pair.status, shared::MfaStatus::Other(_)));
+            }
+        }
+    }
+
+    /// Each status as the shared crate names it. No wildcard: a value
+    /// added here fails to compile until `hallmonitor-report` has it too.
+    fn shared_activity(status: ActivityStatus) -> shared::ActivityStatus {
+        match status {
+            ActivityStatus::Grace => shared::ActivityStatus::Grace,
+            ActivityStatus::Compliant => shared::ActivityStatus::Compliant,
+            ActivityStatus::AtRisk => shared::ActivityStatus::AtRisk,
+            ActivityStatus::NonCompliant => shared::ActivityStatus::NonCompliant,
+            ActivityStatus::Disabled => shared::ActivityStatus::Disabled,
+        }
+    }
+
+    fn shared_mfa(status: MfaStatus) -> shared::MfaStatus {
+        match status {
+            MfaStatus::Fresh => shared::MfaStatus::Fresh,
+            MfaStatus::DueSoon => shared::MfaStatus::DueSoon,
+            MfaStatus::Stale => shared::MfaStatus::Stale,
+        }
+    }
+
+    fn shared_enforcement(enforcement: Enforcement) -> shared::Enforcement {
+        match enforcement {
+            Enforcement::Enabled => shared::Enforcement::Enabled,
+            Enforcement::DisablePending => shared::Enforcement::DisablePending,
+            Enforcement::Disabled => shared::Enforcement::Disabled,
+            Enforcement::EnablePending => shared::Enforcement::EnablePending,
+        }
+    }
+
+    fn shared_kind(kind: FlagKind) -> shared::FlagKind {
+        match kind {
+            FlagKind::DeviceInactive => shared::FlagKind::DeviceInactive,
+            FlagKind::MfaStale => shared::FlagKind::MfaStale,
+        }
+    }
+
+    fn shared_state(state: FlagState) -> shared::FlagState {
+        match state {
+            FlagState::Open => shared::FlagState::Open,
+            FlagState::DisableApproved => shared::FlagState::DisableApproved,
+            FlagState::Disabled => shared::FlagState::Disabled,
+            FlagState::Reenabled => shared::FlagState::Reenabled,
+            FlagState::Dismissed => shared::FlagState::Dismissed,
+        }
+    }
+
+    #[test]
+    fn every_status_is_spelled_the_same_on_both_sides() {
+        fn same<C: Copy, S>(ours: &[C], text: fn(C) -> &'static str, map: fn(C) -> S, known: &[S])
+        where
+            S: serde::de::DeserializeOwned + std::fmt::Debug + PartialEq,
+        {
+            assert_eq!(ours.len(), known.len(), "values on each side: {known:?}");
+            for value in ours {
+                let read: S = serde_json::from_value(text(*value).into()).unwrap();
+                assert_eq!(read, map(*value), "{}", text(*value));
+            }
+        }
+        same(
+            &ACTIVITY,
+            ActivityStatus::as_str,
+            shared_activity,
+            shared::ActivityStatus::KNOWN,
+        );
+        same(
+            &MFA,
+            MfaStatus::as_str,
+            shared_mfa,
+            shared::MfaStatus::KNOWN,
+        );
+        same(
+            &ENFORCEMENT,
+            Enforcement::as_str,
+            shared_enforcement,
+            shared::Enforcement::KNOWN,
+        );
+        same(
+            &KINDS,
+            FlagKind::as_str,
+            shared_kind,
+            shared::FlagKind::KNOWN,
+        );
+        same(
+            &STATES,
+            FlagState::as_str,
+            shared_state,
+            shared::FlagState::KNOWN,
+        );
+    }
 }

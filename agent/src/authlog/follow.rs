@@ -32,6 +32,7 @@ use jiff::Timestamp;
 use super::{Found, Pattern, Position, journal};
 use crate::config::{MfaConfig, MfaSourceKind};
 use crate::outbox::Outbox;
+use crate::state::{State, key};
 use crate::task::TaskContext;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -80,18 +81,8 @@ pub fn choose(
 /// Entries read from the journal at most per read; the rest at the next.
 const JOURNAL_BATCH: usize = 1000;
 
-/// The journal's cursor in the outbox state.
-const JOURNAL_KEY: &str = "authlog:journal";
-
-/// The source last read, in the outbox state.
-const SOURCE_KEY: &str = "authlog_source";
-
 /// The outbox, in the errors said once.
 const OUTBOX: &str = "outbox";
-
-fn file_key(path: &Path) -> String {
-    format!("authlog:{}", path.display())
-}
 
 /// A place sign-ins are read from.
 #[derive(Clone, Debug)]
@@ -107,8 +98,8 @@ impl Place {
     /// Where its position is kept in the outbox state.
     fn key(&self) -> String {
         match self {
-            Place::SystemLog(path) | Place::HookLog(path) => file_key(path),
-            Place::Journal => JOURNAL_KEY.into(),
+            Place::SystemLog(path) | Place::HookLog(path) => key::authlog_file(path),
+            Place::Journal => key::AUTHLOG_JOURNAL.into(),
         }
     }
 }
@@ -172,7 +163,11 @@ impl Follower {
         Follower {
             source,
             places,
-            system_log_keys: config.auth_logs.iter().map(|p| file_key(p)).collect(),
+            system_log_keys: config
+                .auth_logs
+                .iter()
+                .map(|p| key::authlog_file(p))
+                .collect(),
             switching: None,
             recorded: false,
             journalctl: config.journalctl.clone(),
@@ -235,13 +230,12 @@ impl Follower {
 
     /// The source this device read before, if any.
     async fn previous_source(&self, outbox: &Outbox) -> crate::outbox::Result<Option<Source>> {
-        match outbox.state(SOURCE_KEY).await?.as_deref() {
-            Some("journal") => return Ok(Some(Source::Journal)),
-            Some("files") => return Ok(Some(Source::Files)),
-            _ => {}
+        let state = State::new(outbox);
+        if let Some(source) = state.authlog_source().await? {
+            return Ok(Some(source));
         }
-        let keys: Vec<&str> = self.system_log_keys.iter().map(String::as_str).collect();
-        if keys.is_empty() || outbox.states(&keys).await?.is_empty() {
+        if self.system_log_keys.is_empty() || !state.any_authlog_mark(&self.system_log_keys).await?
+        {
             return Ok(None);
         }
         Ok(Some(Source::Files))
@@ -260,7 +254,7 @@ impl Follower {
         if !started {
             return;
         }
-        match outbox.set_state(SOURCE_KEY, self.source.name()).await {
+        match State::new(outbox).set_authlog_source(self.source).await {
             Ok(()) => {
                 self.recorded = true;
                 self.outbox_written();
@@ -326,7 +320,7 @@ impl Follower {
         // From here on the mark in memory is ahead of the stored one, so a
         // failed write repeats nothing: it is written again next time.
         let unstored = mark.value.clone().unwrap_or_default();
-        match outbox.set_state(&key, &unstored).await {
+        match State::new(outbox).set_authlog_mark(&key, &unstored).await {
             Ok(()) => {
                 self.marks.get_mut(&key).expect("loaded above").stored = true;
                 self.outbox_written();
@@ -347,7 +341,7 @@ impl Follower {
     ) -> anyhow::Result<Result<Mark, String>> {
         let switching = self.switching == Some(true) && !matches!(place, Place::HookLog(_));
         if !switching {
-            return Ok(match outbox.state(&place.key()).await {
+            return Ok(match State::new(outbox).authlog_mark(&place.key()).await {
                 // Empty: stored as "from the beginning".
                 Ok(value) => Ok(Mark {
                     value: value.filter(|v| !v.is_empty()),
@@ -671,7 +665,10 @@ awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}
         let mut follower = device.follower(Source::Journal);
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 1);
         assert_eq!(device.completions().await, ["a.staff"]);
-        assert_eq!(device.state("authlog:journal").await.as_deref(), Some("c2"));
+        assert_eq!(
+            device.state(key::AUTHLOG_JOURNAL).await.as_deref(),
+            Some("c2")
+        );
 
         // A forged line in the text log; a forged and a real entry in the
         // journal.
@@ -685,12 +682,15 @@ awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}
             last_call(dir)
         );
         assert_eq!(device.completions().await, ["a.staff", "b.staff"]);
-        assert_eq!(device.state("authlog:journal").await.as_deref(), Some("c4"));
         assert_eq!(
-            device.state("authlog_source").await.as_deref(),
+            device.state(key::AUTHLOG_JOURNAL).await.as_deref(),
+            Some("c4")
+        );
+        assert_eq!(
+            device.state(key::AUTHLOG_SOURCE).await.as_deref(),
             Some("journal")
         );
-        let text_log_key = file_key(&log);
+        let text_log_key = key::authlog_file(&log);
         assert_eq!(
             device.state(&text_log_key).await,
             None,
@@ -721,7 +721,11 @@ awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}
         let mut files = device.follower(Source::Files);
         assert_eq!(files.read_all(&device.outbox).await.unwrap(), 1);
         // An agent from before the journal: positions, but no source.
-        device.outbox.set_state("authlog_source", "").await.unwrap();
+        device
+            .outbox
+            .set_state(key::AUTHLOG_SOURCE, "")
+            .await
+            .unwrap();
 
         // Journald comes: the journal is read from its newest entry.
         let mut journal = device.follower(Source::Journal);
@@ -790,18 +794,24 @@ awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}
         let broken = break_writes(dir, "outbox").await;
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 0);
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 0);
-        assert_eq!(device.state("authlog:journal").await, None);
+        assert_eq!(device.state(key::AUTHLOG_JOURNAL).await, None);
         heal(broken, "outbox").await;
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 1);
         assert_eq!(device.completions().await, ["a.staff"]);
-        assert_eq!(device.state("authlog:journal").await.as_deref(), Some("c1"));
+        assert_eq!(
+            device.state(key::AUTHLOG_JOURNAL).await.as_deref(),
+            Some("c1")
+        );
 
         // The append works but the cursor cannot be stored: the next read
         // goes on from the cursor in memory, and stores it.
         journal_entry(dir, "0", "b.staff", "c2");
         let broken = break_writes(dir, "state").await;
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 1);
-        assert_eq!(device.state("authlog:journal").await.as_deref(), Some("c1"));
+        assert_eq!(
+            device.state(key::AUTHLOG_JOURNAL).await.as_deref(),
+            Some("c1")
+        );
         heal(broken, "state").await;
         assert_eq!(follower.read_all(&device.outbox).await.unwrap(), 0);
         assert!(
@@ -809,7 +819,10 @@ awk -v c="\"__CURSOR\":\"$after\"" 'seen {{ print }} index($0, c) {{ seen = 1 }}
             "{}",
             last_call(dir)
         );
-        assert_eq!(device.state("authlog:journal").await.as_deref(), Some("c2"));
+        assert_eq!(
+            device.state(key::AUTHLOG_JOURNAL).await.as_deref(),
+            Some("c2")
+        );
         assert_eq!(device.completions().await, ["a.staff", "b.staff"]);
     }
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{HelperCapture, HelperPolicy};
 use crate::outbox::Outbox;
 use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
+use crate::state::State;
 
 /// The longest line a helper may send: a `MAX_IMAGE_BYTES` image in base64
 /// and the text around it.
@@ -49,8 +50,6 @@ const MAX_SHORT_TEXT: usize = 256;
 const CAPTURES_PER_MINUTE: u32 = 60;
 /// Helper connections one uid may hold open.
 const MAX_CONNECTIONS_PER_UID: usize = 8;
-/// Outbox state key: captures refused since the outbox was made.
-pub use crate::outbox::CAPTURES_REFUSED as REFUSED_STATE;
 
 /// Why a helper's capture was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,13 +190,7 @@ struct Shared {
 
 impl Shared {
     async fn load(outbox: &Outbox) -> Shared {
-        let refused = outbox
-            .state(REFUSED_STATE)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let refused = State::new(outbox).captures_refused().await.unwrap_or(0);
         Shared {
             minutes: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(refused),
@@ -324,11 +317,7 @@ impl Connection {
         let total = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
         // No title in the log: it may name a pupil's search.
         tracing::warn!(uid = self.uid, reason = ?refusal, total, "capture from a session helper refused");
-        if let Err(e) = self
-            .outbox
-            .set_state(REFUSED_STATE, &total.to_string())
-            .await
-        {
+        if let Err(e) = State::new(&self.outbox).set_captures_refused(total).await {
             tracing::warn!(error = %e, "cannot record a refused capture");
         }
     }
