@@ -10,10 +10,13 @@
 #      needs Debian's python3-aiosmtpd).
 #   6. matching titles against a 10,000-phrase policy (`policy`);
 #   7. screen snapshot time and session helper memory (`snapshot`, Xvfb).
+#   9. the web console with 50,000 devices (`console`; not in the default
+#      set: filling the database takes a few minutes): server time of the
+#      device list, device pages, dashboard and snapshot view.
 #   8. collector memory after repeated load: `loadgen` with 2,000 agents
 #      run several times against one collector (`memory`; not in the
 #      default set: it takes a few minutes).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot|memory]...   (default: all but memory)
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot|memory|console]...   (default: all but memory and console)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -250,6 +253,57 @@ EOF
     sleep 10
     echo "agent idle again 10 s after draining: RSS $(($(rss_kib "$pid") / 1024)) MiB"
     kill "$pid"
+}
+
+# Server time of each URL (first byte minus request sent, over one kept-
+# alive connection): p50, p95 and max in ms. $1 names the set.
+console_times() {
+    local name=$1
+    shift
+    local args=()
+    for url in "$@"; do args+=(-o /dev/null -w '%{time_starttransfer} %{time_pretransfer} %{http_code}\n' "$url"); done
+    curl -sS --cacert "$work/collector/pki/ca.crt" --resolve "localhost:$API_PORT:127.0.0.1" -b "$work/cookies" "${args[@]}" > "$work/times.txt"
+    awk '$3 != 200 { bad++ } { print ($1 - $2) * 1000 }' "$work/times.txt" | sort -n | awk -v name="$name" '{ t[NR] = $1 } END {
+        p50 = t[int(NR * 0.5 + 0.5)]; p95 = t[int(NR * 0.95 + 0.5)];
+        printf "console %s: %d requests, server time p50 %.1f ms, p95 %.1f ms, max %.1f ms\n", name, NR, p50, p95, t[NR] }'
+    if awk '$3 != 200 { exit 1 }' "$work/times.txt"; then :; else echo "  (some requests failed: $(awk '$3 != 200' "$work/times.txt" | head -3))"; fi
+}
+
+bench_console() {
+    local devices=${CONSOLE_DEVICES:-50000}
+    "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
+        --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$work/init.txt"
+    "$bin/console_fixture" --data "$work/collector" --devices "$devices"
+    local password
+    password=$("$bin/hallmonitor-collector" --data "$work/collector" users add bench --role dsl | sed 's/.*(shown once): //')
+    HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
+    pids+=($!)
+    for _ in $(seq 200); do grep -q listening "$work/serve.out" 2> /dev/null && break; sleep 0.05; done
+    API_PORT=$(sed 's/.*api=[^ ]*:\([0-9]*\).*/\1/' <<< "$(grep listening "$work/serve.out")")
+    local base=https://localhost:$API_PORT
+    curl -sS --cacert "$work/collector/pki/ca.crt" --resolve "localhost:$API_PORT:127.0.0.1" -c "$work/cookies" \
+        -o /dev/null -d "username=bench&password=$password" "$base/login"
+    local urls=() n
+    for n in $(seq 0 199); do
+        case $((n % 5)) in
+            0) urls+=("$base/devices?after=lab-$(printf %05d $((n * 241 % devices)))%1Fdev-bench-$(printf %05d $((n * 241 % devices)))") ;;
+            1) urls+=("$base/devices?q=lab-$(printf %03d $((n % 500)))") ;;
+            2) urls+=("$base/devices?status=offline&compliance=non_compliant&after=lab-$(printf %05d $((n * 97 % devices)))%1Fdev-bench-$(printf %05d $((n * 97 % devices)))") ;;
+            3) urls+=("$base/devices?q=pupil$((n % 900))") ;;
+            4) urls+=("$base/devices?os=ubuntu&status=online") ;;
+        esac
+    done
+    console_times "device list (5 kinds of filter, 200 pages)" "${urls[@]}"
+    urls=()
+    for n in $(seq 0 99); do urls+=("$base/devices/dev-bench-$(printf %05d $((n * 487 % devices)))"); done
+    console_times "device detail" "${urls[@]}"
+    urls=()
+    for n in $(seq 0 19); do urls+=("$base/"); done
+    console_times "dashboard" "${urls[@]}"
+    urls=()
+    for n in $(seq 1 50); do urls+=("$base/incidents/$n/captures/$n/image"); done
+    console_times "snapshot view (150 KB, decrypted)" "${urls[@]}"
+    echo "collector RSS after the console runs: $(mib "$(rss_kib "${pids[-1]}")") MiB"
 }
 
 what=("$@")

@@ -62,6 +62,16 @@ impl Client {
     }
 
     fn request(&self, method: &str, path: &str, form: Option<&[(&str, &str)]>) -> Reply {
+        self.request_with(method, path, form, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+        headers_out: &[&str],
+    ) -> Reply {
         let dir = tempfile::tempdir().unwrap();
         let headers = dir.path().join("headers");
         let body = dir.path().join("body");
@@ -79,6 +89,9 @@ impl Client {
             .arg("-o")
             .arg(&body)
             .args(["-w", "%{http_code}", "-X", method]);
+        for header in headers_out {
+            command.args(["-H", header]);
+        }
         if let Some(form) = form {
             let encoded = form
                 .iter()
@@ -146,6 +159,11 @@ impl Client {
 
     pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Reply {
         self.request("POST", path, Some(form))
+    }
+
+    /// A POST as a page on another site would make it.
+    pub fn post_from(&self, origin: &str, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.request_with("POST", path, Some(form), &[&format!("Origin: {origin}")])
     }
 
     pub fn sign_in(&self, username: &str, password: &str) -> Reply {
@@ -357,6 +375,20 @@ fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
     ] {
         assert!(cookie.contains(attribute), "{cookie}");
     }
+    // A form posted from another site is refused, sign-in included; one
+    // from the console's own origin is not.
+    let foreign = Client::new(&data, &collector).post_from(
+        "https://evil.example",
+        "/login",
+        &[("username", "admin2"), ("password", &admin_pw)],
+    );
+    assert_eq!(foreign.status, 403);
+    let own = Client::new(&data, &collector).post_from(
+        &format!("https://localhost:{}", collector.api.port()),
+        "/login",
+        &[("username", "admin2"), ("password", &admin_pw)],
+    );
+    assert_eq!(own.status, 303);
     // A link elsewhere is not followed.
     let offsite = Client::new(&data, &collector).post(
         "/login",
@@ -415,6 +447,23 @@ fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
     assert!(with.text().contains("created-password"));
     let list = text(&data.cli(&["users", "list"]).stdout);
     assert!(list.contains("newtech"), "{list}");
+    // An administrator of one site cannot grant every site.
+    let scoped_pw = {
+        let output = data.cli(&["users", "add", "siteadmin", "--role", "admin", "--sites", "Cabot"]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout).rsplit_once("(shown once): ").unwrap().1.trim().to_owned()
+    };
+    let scoped = Client::new(&data, &collector);
+    assert_eq!(scoped.sign_in("siteadmin", &scoped_pw).status, 303);
+    let scoped_token = scoped.get("/users").csrf();
+    let escalate = scoped.post(
+        "/users",
+        &[("csrf", &scoped_token), ("username", "everywhere"), ("role", "admin"), ("sites", "all")],
+    );
+    assert_eq!(escalate.status, 422, "{}", escalate.text());
+    assert!(!text(&data.cli(&["users", "list"]).stdout).contains("everywhere"));
+    assert!(!scoped.get("/users").text().contains("admin2"), "all-site accounts hidden");
+    assert_eq!(scoped.get("/audit").status, 403, "audit rows are not per site yet");
     // A bad field is named beside the form and changes nothing.
     let bad = browser.post(
         "/users",

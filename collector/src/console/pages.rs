@@ -1106,6 +1106,11 @@ pub async fn audit(
     Allowed(viewer, _): Allowed<AuditP>,
     Query(q): Query<AuditParams>,
 ) -> PageResult {
+    // Audit rows are not tied to a site yet: only accounts that see every
+    // site may read them.
+    if !viewer.user.all_sites {
+        return Err(Problem::Forbidden);
+    }
     let zone = visible_sites(&console, &viewer)
         .await?
         .first()
@@ -1178,6 +1183,9 @@ async fn users_page(
         .console_users()
         .await?
         .into_iter()
+        .filter(|u| {
+            viewer.user.all_sites || (!u.all_sites && u.sites.iter().all(|s| viewer.sees(*s)))
+        })
         .map(|u: ConsoleUser| UserRow {
             id: u.id,
             sites: if u.all_sites {
@@ -1239,6 +1247,18 @@ pub fn parse_sites(text: &str, sites: &[Site]) -> Result<Option<Vec<SiteId>>, St
         .map(Some)
 }
 
+/// Refuses sites beyond the viewer's own (an administrator of some sites
+/// cannot grant all, or others).
+fn within_scope(viewer: &Viewer, sites: Option<Vec<SiteId>>) -> Result<Option<Vec<SiteId>>, String> {
+    if viewer.user.all_sites {
+        return Ok(sites);
+    }
+    match sites {
+        Some(list) if list.iter().all(|s| viewer.sees(*s)) => Ok(Some(list)),
+        _ => Err("You can only grant the sites you administer; name them instead of \"all\".".into()),
+    }
+}
+
 /// Why a username is refused, if it is.
 pub fn username_problem(name: &str) -> Option<&'static str> {
     let ok = (2..=64).contains(&name.len())
@@ -1271,7 +1291,9 @@ pub async fn user_add(
     let Some(role) = ConsoleRole::parse(&form.role) else {
         return users_page(&console, &viewer, "Choose a role.", None, &username).await;
     };
-    let sites = match parse_sites(&form.sites, &console.store.sites().await?) {
+    let sites = match parse_sites(&form.sites, &console.store.sites().await?)
+        .and_then(|sites| within_scope(&viewer, sites))
+    {
         Ok(sites) => sites,
         Err(e) => return users_page(&console, &viewer, &e, None, &username).await,
     };
@@ -1332,6 +1354,12 @@ pub async fn user_change(
     let Some(user) = console.store.console_user(id).await? else {
         return Err(Problem::NotFound);
     };
+    // An administrator of some sites manages only accounts within them.
+    if !viewer.user.all_sites
+        && (user.all_sites || user.sites.iter().any(|s| !viewer.sees(*s)))
+    {
+        return users_page(&console, &viewer, "That account reaches sites you do not administer.", None, "").await;
+    }
     if user.id == viewer.user.id && form.action != "role" {
         return users_page(
             &console,
@@ -1360,7 +1388,9 @@ pub async fn user_change(
                 )
                 .await;
             }
-            match parse_sites(&form.sites, &console.store.sites().await?) {
+            match parse_sites(&form.sites, &console.store.sites().await?)
+                .and_then(|sites| within_scope(&viewer, sites))
+            {
                 Ok(sites) => UserChange::Role { role, sites },
                 Err(e) => return users_page(&console, &viewer, &e, None, "").await,
             }
