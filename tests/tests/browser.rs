@@ -2,11 +2,13 @@
 //! served from the test itself, with the Content-Security-Policy the
 //! console sends (no inline or eval'd script, no inline style): filling
 //! and submitting a form, waiting for what a script adds, a screenshot,
-//! a phone-width window, cookie flags, and axe-core finding nothing on an
-//! accessible page and what is missing on one that is not.
+//! a phone-width window, cookie flags, a certificate no system store
+//! trusts (as the collector's, from its own CA), and axe-core finding
+//! nothing on an accessible page and what is missing on one that is not.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hallmonitor_e2e::browser::{Browser, Impact, SameSite};
@@ -91,6 +93,11 @@ fn a_page_can_be_driven_like_a_person() {
     browser.wait_for("#greeting");
     assert_eq!(browser.text("#greeting"), "Results for lab-08");
 
+    // Over HTTPS with a self-signed certificate, as the console is.
+    let tls_site = serve_tls();
+    browser.goto(&format!("https://{tls_site}/"));
+    let title = browser.execute("return document.title;", vec![]);
+    assert!(browser.exists("#name"), "the browser shows {title}");
     let cookie = browser
         .cookies()
         .into_iter()
@@ -153,23 +160,50 @@ fn axe_finds_nothing_on_an_accessible_page_and_what_another_lacks() {
     );
 }
 
-/// Serves the site on a loopback port until the test process ends.
+/// Serves the site over plain HTTP on a loopback port until the test
+/// process ends.
 fn serve() -> SocketAddr {
+    serve_with(|mut stream| answer(&mut stream))
+}
+
+/// The site over HTTPS, with a self-signed certificate for 127.0.0.1.
+fn serve_tls() -> SocketAddr {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("TLS configuration");
+    let config = Arc::new(config);
+    serve_with(move |stream| {
+        let Ok(connection) = rustls::ServerConnection::new(config.clone()) else {
+            return;
+        };
+        let mut tls = rustls::StreamOwned::new(connection, stream);
+        answer(&mut tls);
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    })
+}
+
+fn serve_with(handle: impl Fn(std::net::TcpStream) + Send + Sync + Clone + 'static) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding the test site");
     let address = listener.local_addr().expect("its address");
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             // Browsers open spare connections that may never send a
             // request: one thread each, so none blocks the others.
-            std::thread::spawn(move || answer(stream));
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(stream));
         }
     });
     address
 }
 
-fn answer(mut stream: TcpStream) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(&stream).take(16 * 1024);
+fn answer(stream: &mut (impl Read + Write)) {
+    let mut reader = BufReader::new(&mut *stream).take(16 * 1024);
     let mut request_line = String::new();
     if reader.read_line(&mut request_line).is_err() {
         return;
@@ -190,6 +224,7 @@ fn answer(mut stream: TcpStream) {
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
+    let _ = stream.flush();
 }
 
 fn page(target: &str) -> (&'static str, &'static str, String) {
