@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hallmonitor_e2e::browser::{Browser, Impact, SameSite};
+use hallmonitor_e2e::wait_for;
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'";
 
@@ -92,6 +93,23 @@ fn a_page_can_be_driven_like_a_person() {
     browser.press_enter("#name");
     browser.wait_for("#greeting");
     assert_eq!(browser.text("#greeting"), "Results for lab-08");
+    // And through the form itself (its submit event, no button).
+    browser.fill("#name", "lab-09");
+    browser.submit_form("form");
+    // The old page has a #greeting too: wait for the new address.
+    wait_for("the results for lab-09", Duration::from_secs(10), || {
+        browser
+            .current_url()
+            .ends_with("?name=lab-09")
+            .then_some(())
+    });
+    assert_eq!(browser.text("#greeting"), "Results for lab-09");
+    assert_eq!(
+        browser.attribute("#name", "autocomplete").as_deref(),
+        Some("off")
+    );
+    assert_eq!(browser.attribute("#name", "aria-invalid"), None);
+    assert_eq!(browser.count("form input"), 1);
 
     // Over HTTPS with a self-signed certificate, as the console is.
     let tls_site = serve_tls();
