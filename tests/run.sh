@@ -15,6 +15,7 @@ bash deploy/system-deps.sh test
 axe_version=4.14.1
 axe_dir=target/axe-core/node_modules/axe-core
 if [[ ! -f $axe_dir/axe.min.js ]] || ! grep -q "\"version\": \"$axe_version\"" "$axe_dir/package.json" 2>/dev/null; then
+    command -v npm >/dev/null || { echo "npm (Node.js) is needed to install axe-core for the browser tests" >&2; exit 1; }
     npm install --prefix target/axe-core --no-audit --no-fund --loglevel=error "axe-core@$axe_version"
 fi
 
