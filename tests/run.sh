@@ -2,12 +2,22 @@
 # Runs every test of Hall Monitor: unit tests, end-to-end tests that start
 # the real binaries on loopback, and the quickstart in check mode.
 # System packages the build and the tests need (the C libraries xcap
-# links; curl, aiosmtpd and Xvfb as real servers) are installed by
+# links; curl, aiosmtpd, Xvfb and Chromium as real servers) are installed by
 # deploy/system-deps.sh when running as root; otherwise it names what is
-# missing.
+# missing. The browser tests' accessibility checker (axe-core, from npm)
+# is installed under target/axe-core when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/system-deps.sh test
+
+# Pinned: a new axe-core release may add rules, and the console's
+# accessibility checks should change only when we choose to.
+axe_version=4.14.1
+axe_dir=target/axe-core/node_modules/axe-core
+if [[ ! -f $axe_dir/axe.min.js ]] || ! grep -q "\"version\": \"$axe_version\"" "$axe_dir/package.json" 2>/dev/null; then
+    command -v npm >/dev/null || { echo "npm (Node.js) is needed to install axe-core for the browser tests" >&2; exit 1; }
+    npm install --prefix target/axe-core --no-audit --no-fund --loglevel=error "axe-core@$axe_version"
+fi
 
 # End-to-end tests start the binaries from target/debug: build them first.
 cargo build --workspace --bins
