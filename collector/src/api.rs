@@ -46,6 +46,7 @@ pub fn router(
         store: store.clone(),
         config: config.clone(),
         evidence,
+        throttle_audits: Default::default(),
     });
     Router::new()
         .route("/api/v1/mfa-completions", post(mfa_completions))

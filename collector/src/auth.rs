@@ -82,6 +82,23 @@ pub fn totp_matches(secret: &str, code: &str, now: u64) -> bool {
     code.len() == 6 && totp.check(&code, now)
 }
 
+/// The time step whose code `code` is (within one step either way of
+/// `now`), so the caller can refuse a step already used.
+pub fn totp_step(secret: &str, code: &str, now: u64) -> Option<u64> {
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    if code.len() != 6 {
+        return None;
+    }
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .ok()?;
+    let totp = totp_rs::TOTP::new(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes).ok()?;
+    [now.saturating_sub(30), now, now + 30]
+        .into_iter()
+        .find(|t| totp.generate(*t) == code)
+        .map(|t| t / 30)
+}
+
 /// The code a TOTP app shows at `now` (for tests and the set-up check).
 pub fn totp_code(secret: &str, now: u64) -> Option<String> {
     let bytes = totp_rs::Secret::Encoded(secret.to_owned())
@@ -120,6 +137,9 @@ mod tests {
         assert!(!totp_matches(&secret, &code, now + 120));
         assert!(!totp_matches(&secret, "12345", now));
         assert!(!totp_matches("not base32!", &code, now));
+        assert_eq!(totp_step(&secret, &code, now), Some(now / 30));
+        assert_eq!(totp_step(&secret, &code, now + 30), Some(now / 30));
+        assert_eq!(totp_step(&secret, &code, now + 90), None);
     }
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
 

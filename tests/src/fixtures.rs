@@ -80,3 +80,34 @@ pub fn queue_now(agent_data: &Path, bodies: Vec<v1::event::Body>) {
     let now = Timestamp::now();
     queue(agent_data, bodies.into_iter().map(|b| (now, b)).collect());
 }
+
+/// Adds a console account with the CLI; returns its first password.
+pub fn add_user(data: &crate::CollectorData, name: &str, role: &str) -> String {
+    let output = data.cli(&["users", "add", name, "--role", role]);
+    assert!(output.status.success(), "{}", crate::text(&output.stderr));
+    crate::text(&output.stdout)
+        .rsplit_once("(shown once): ")
+        .map(|(_, p)| p.trim().to_owned())
+        .expect("a password")
+}
+
+/// A real (decodable) PNG of a few pixels.
+pub fn png(shade: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(64, 48, image::Rgb([shade, 40, 90]));
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -193,37 +193,6 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-/// Adds a console account with the CLI; returns its first password.
-pub fn add_user(data: &CollectorData, name: &str, role: &str) -> String {
-    let output = data.cli(&["users", "add", name, "--role", role]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout)
-        .rsplit_once("(shown once): ")
-        .map(|(_, p)| p.trim().to_owned())
-        .expect("a password")
-}
-
-/// A real (decodable) PNG of a few pixels.
-pub fn png(shade: u8) -> Vec<u8> {
-    let image = image::RgbImage::from_pixel(64, 48, image::Rgb([shade, 40, 90]));
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgb8(image)
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
-    bytes
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// An agent that sends one severe capture with a real snapshot; returns
 /// (incident id, capture id, image).
 pub fn incident_with_snapshot(
@@ -383,6 +352,13 @@ fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
         &[("username", "admin2"), ("password", &admin_pw)],
     );
     assert_eq!(foreign.status, 403);
+    let cross_site = Client::new(&data, &collector).request_with(
+        "POST",
+        "/login",
+        Some(&[("username", "admin2"), ("password", &admin_pw)]),
+        &["Sec-Fetch-Site: cross-site", "Origin: null"],
+    );
+    assert_eq!(cross_site.status, 403);
     let own = Client::new(&data, &collector).post_from(
         &format!("https://localhost:{}", collector.api.port()),
         "/login",
@@ -449,21 +425,46 @@ fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
     assert!(list.contains("newtech"), "{list}");
     // An administrator of one site cannot grant every site.
     let scoped_pw = {
-        let output = data.cli(&["users", "add", "siteadmin", "--role", "admin", "--sites", "Cabot"]);
+        let output = data.cli(&[
+            "users",
+            "add",
+            "siteadmin",
+            "--role",
+            "admin",
+            "--sites",
+            "Cabot",
+        ]);
         assert!(output.status.success(), "{}", text(&output.stderr));
-        text(&output.stdout).rsplit_once("(shown once): ").unwrap().1.trim().to_owned()
+        text(&output.stdout)
+            .rsplit_once("(shown once): ")
+            .unwrap()
+            .1
+            .trim()
+            .to_owned()
     };
     let scoped = Client::new(&data, &collector);
     assert_eq!(scoped.sign_in("siteadmin", &scoped_pw).status, 303);
     let scoped_token = scoped.get("/users").csrf();
     let escalate = scoped.post(
         "/users",
-        &[("csrf", &scoped_token), ("username", "everywhere"), ("role", "admin"), ("sites", "all")],
+        &[
+            ("csrf", &scoped_token),
+            ("username", "everywhere"),
+            ("role", "admin"),
+            ("sites", "all"),
+        ],
     );
     assert_eq!(escalate.status, 422, "{}", escalate.text());
     assert!(!text(&data.cli(&["users", "list"]).stdout).contains("everywhere"));
-    assert!(!scoped.get("/users").text().contains("admin2"), "all-site accounts hidden");
-    assert_eq!(scoped.get("/audit").status, 403, "audit rows are not per site yet");
+    assert!(
+        !scoped.get("/users").text().contains("admin2"),
+        "all-site accounts hidden"
+    );
+    assert_eq!(
+        scoped.get("/audit").status,
+        403,
+        "audit rows are not per site yet"
+    );
     // A bad field is named beside the form and changes nothing.
     let bad = browser.post(
         "/users",

@@ -114,7 +114,11 @@ async fn main() -> anyhow::Result<()> {
                 sessions += 1;
             }
         }
-        let status = if i % 3 == 0 { "non_compliant" } else { "compliant" };
+        let status = if i % 3 == 0 {
+            "non_compliant"
+        } else {
+            "compliant"
+        };
         sqlx::query(
             "INSERT INTO device_activity (device_id, status, used_secs, window_start, breach_at, grace_until, as_of, next_check_at) \
              VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
@@ -149,7 +153,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tx.commit().await?;
-    eprintln!("{sessions} sessions, verdicts and flags in {:.1?}", start.elapsed());
+    eprintln!(
+        "{sessions} sessions, verdicts and flags in {:.1?}",
+        start.elapsed()
+    );
     pool.close().await;
 
     let store = hallmonitor_collector::open_store(&args.data).await?;
@@ -188,7 +195,11 @@ async fn main() -> anyhow::Result<()> {
         };
         store.record_batch(&device, &[event], now).await?;
     }
-    eprintln!("{} incidents with snapshots in {:.1?}", args.incidents, start.elapsed());
+    eprintln!(
+        "{} incidents with snapshots in {:.1?}",
+        args.incidents,
+        start.elapsed()
+    );
     store.close().await;
     Ok(())
 }

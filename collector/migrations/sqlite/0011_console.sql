@@ -4,6 +4,8 @@
 ALTER TABLE console_users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
 -- Base32 TOTP secret; '' when the account has no second factor.
 ALTER TABLE console_users ADD COLUMN totp_secret TEXT NOT NULL DEFAULT '';
+-- The last TOTP time step accepted, so a code is never accepted twice.
+ALTER TABLE console_users ADD COLUMN totp_last_step INTEGER NOT NULL DEFAULT 0;
 -- Every site (1), or only those in console_user_sites (0).
 ALTER TABLE console_users ADD COLUMN all_sites INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE console_users ADD COLUMN password_changed_at INTEGER;

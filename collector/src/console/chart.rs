@@ -13,12 +13,14 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], line: Option<(f64, &
     const LEFT: f64 = 44.0;
     const BOTTOM: f64 = 24.0;
     const TOP: f64 = 10.0;
-    let max = values
+    let highest = values
         .iter()
         .copied()
         .chain(line.map(|(y, _)| y))
-        .fold(1.0_f64, f64::max)
-        * 1.1;
+        .fold(1.0_f64, f64::max);
+    // Gridlines at whole, round steps (1, 2, 5 × 10ⁿ), four of them.
+    let step = nice_step(highest / 4.0);
+    let max = step * 4.0;
     let plot_w = W - LEFT - 6.0;
     let plot_h = H - BOTTOM - TOP;
     let n = values.len().max(1) as f64;
@@ -31,8 +33,8 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], line: Option<(f64, &
         escape(title)
     );
     // Axis and a few gridlines with their values.
-    for step in 0..=4 {
-        let v = max / 1.1 * f64::from(step) / 4.0;
+    for line_no in 0..=4 {
+        let v = step * f64::from(line_no);
         let y = y_of(v);
         let _ = write!(
             svg,
@@ -55,13 +57,20 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], line: Option<(f64, &
             escape(label),
             v.round()
         );
-        // Every seventh label, so they stay legible.
-        if i % 7 == 0 || i + 1 == values.len() {
+        // Every seventh label, so they stay legible; the last one ends at
+        // its bar so it is not cut off.
+        let last = i + 1 == values.len();
+        if i % 7 == 0 || last {
             let _ = write!(
                 svg,
-                r#"<text class="axis" x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-                x + slot * 0.35,
+                r#"<text class="axis" x="{:.1}" y="{}" text-anchor="{}">{}</text>"#,
+                if last {
+                    x + slot * 0.7
+                } else {
+                    x + slot * 0.35
+                },
                 H - 6.0,
+                if last { "end" } else { "middle" },
                 escape(label)
             );
         }
@@ -79,6 +88,19 @@ pub fn bars(title: &str, labels: &[String], values: &[f64], line: Option<(f64, &
     }
     svg.push_str("</svg>");
     svg
+}
+
+/// The smallest of 1, 2, 5, 10, 20, 50 … at least `raw` (at least 1).
+fn nice_step(raw: f64) -> f64 {
+    let mut step = 1.0;
+    loop {
+        for m in [1.0, 2.0, 5.0] {
+            if step * m >= raw {
+                return step * m;
+            }
+        }
+        step *= 10.0;
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -102,5 +124,13 @@ mod tests {
         assert!(svg.contains("Minutes &amp; more"));
         assert!(!svg.contains("<1>") && svg.contains("&lt;1&gt;"));
         assert!(!svg.contains("style="), "no inline style under the CSP");
+        assert_eq!(
+            (nice_step(0.25), nice_step(3.0), nice_step(15.0)),
+            (1.0, 5.0, 20.0)
+        );
+        assert!(
+            svg.contains(">60<") || svg.contains(">80<"),
+            "round gridlines: {svg}"
+        );
     }
 }

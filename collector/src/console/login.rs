@@ -81,6 +81,83 @@ pub struct LoginForm {
 static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| auth::hash_password("not a real password").expect("hashing works"));
 
+/// Password checks run at most two at a time: each takes about 19 MiB and
+/// a core for tens of milliseconds, and anyone may ask for one.
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+async fn password_matches(hash: String, password: String) -> bool {
+    let Ok(_permit) = PASSWORD_CHECKS.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether an attempt may be checked.
+enum Attempt {
+    /// Counted as a failure until it succeeds (`forget_login_failure`).
+    Allowed(i64),
+    Throttled,
+}
+
+/// Counts an attempt before it is checked, so guesses sent in parallel
+/// all count: refused when the account or address already has its fill
+/// of failures in the window, or reached it with this attempt.
+async fn begin_attempt(
+    console: &Console,
+    username: &str,
+    address: &str,
+    now: Timestamp,
+) -> crate::store::Result<Attempt> {
+    let since = now - THROTTLE_WINDOW;
+    let (user, addr) = console
+        .store
+        .login_failures(username, address, since)
+        .await?;
+    if user >= MAX_ACCOUNT_FAILURES || addr >= MAX_ADDRESS_FAILURES {
+        return Ok(Attempt::Throttled);
+    }
+    let id = console
+        .store
+        .record_login_failure(username, address, now)
+        .await?;
+    let (user, addr) = console
+        .store
+        .login_failures(username, address, since)
+        .await?;
+    if user > MAX_ACCOUNT_FAILURES || addr > MAX_ADDRESS_FAILURES {
+        return Ok(Attempt::Throttled);
+    }
+    Ok(Attempt::Allowed(id))
+}
+
+/// Audits a throttled attempt once per account, address and window, so
+/// a flood of refused guesses does not flood the audit log.
+async fn audit_throttled(console: &Console, username: &str, address: &str) {
+    let now = Timestamp::now();
+    let first = {
+        let mut seen = console
+            .throttle_audits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        let key = format!("{username}\u{1f}{address}");
+        match seen.get(&key) {
+            Some(at) if now.duration_since(*at) < THROTTLE_WINDOW => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    };
+    if first {
+        audit_anonymous(console, username, "console_login_throttled", address).await;
+    }
+}
+
 async fn audit_anonymous(console: &Console, actor: &str, action: &str, address: &str) {
     let _ = console
         .store
@@ -122,22 +199,18 @@ pub async fn submit(
         *response.status_mut() = status;
         response
     };
-    let failures = match console
-        .store
-        .login_failures(&username, &address, now - THROTTLE_WINDOW)
-        .await
-    {
-        Ok(f) => f,
+    let attempt = match begin_attempt(&console, &username, &address, now).await {
+        Ok(Attempt::Allowed(id)) => id,
+        Ok(Attempt::Throttled) => {
+            audit_throttled(&console, &username, &address).await;
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed sign-ins. Wait 15 minutes and try again, or ask an administrator to reset your password.",
+                &username,
+            );
+        }
         Err(e) => return Problem::from(e).into_response(),
     };
-    if failures.0 >= MAX_ACCOUNT_FAILURES || failures.1 >= MAX_ADDRESS_FAILURES {
-        audit_anonymous(&console, &username, "console_login_throttled", &address).await;
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed sign-ins. Wait 15 minutes and try again, or ask an administrator to reset your password.",
-            &username,
-        );
-    }
     let user = match console.store.console_user_by_name(&username).await {
         Ok(user) => user,
         Err(e) => return Problem::from(e).into_response(),
@@ -145,17 +218,11 @@ pub async fn submit(
     let hash = user
         .as_ref()
         .map_or(DUMMY_HASH.clone(), |u| u.password_hash.clone());
-    let password = f.password;
-    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    let matches = password_matches(hash, f.password).await;
     let user = match user {
         Some(user) if matches && !user.disabled => user,
         _ => {
-            let _ = console
-                .store
-                .record_login_failure(&username, &address, now)
-                .await;
+            // The attempt stays counted.
             audit_anonymous(&console, &username, "console_login_failed", &address).await;
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -164,7 +231,16 @@ pub async fn submit(
             );
         }
     };
-    let _ = console.store.clear_login_failures(&username).await;
+    // A right password alone does not clear earlier failures while a
+    // second factor is still to come (they limit guessing the code too).
+    let cleared = if user.totp_secret.is_empty() {
+        console.store.clear_login_failures(&username).await
+    } else {
+        console.store.forget_login_failure(attempt).await
+    };
+    if let Err(e) = cleared {
+        return Problem::from(e).into_response();
+    }
     let token = auth::session_token();
     let verified = user.totp_secret.is_empty();
     if let Err(e) = console
@@ -243,11 +319,6 @@ pub async fn totp_submit(
     };
     let now = Timestamp::now();
     let username = session.user.username.clone();
-    let failures = console
-        .store
-        .login_failures(&username, &address, now - THROTTLE_WINDOW)
-        .await
-        .unwrap_or((u64::MAX, u64::MAX));
     let next = safe_next(&f.next).to_owned();
     let again = |status: StatusCode, error: &str| {
         let mut response = page(&SecondFactorPage {
@@ -258,20 +329,28 @@ pub async fn totp_submit(
         *response.status_mut() = status;
         response
     };
-    if failures.0 >= MAX_ACCOUNT_FAILURES || failures.1 >= MAX_ADDRESS_FAILURES {
-        let _ = console.store.end_console_session(&digest).await;
-        audit_anonymous(&console, &username, "console_login_throttled", &address).await;
-        return again(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed attempts. Wait 15 minutes and sign in again.",
-        );
+    match begin_attempt(&console, &username, &address, now).await {
+        Ok(Attempt::Allowed(_)) => {}
+        Ok(Attempt::Throttled) => {
+            let _ = console.store.end_console_session(&digest).await;
+            audit_throttled(&console, &username, &address).await;
+            return again(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed attempts. Wait 15 minutes and sign in again.",
+            );
+        }
+        Err(e) => return Problem::from(e).into_response(),
     }
     let unix = now.as_second().max(0) as u64;
-    if !auth::totp_matches(&session.user.totp_secret, &f.code, unix) {
-        let _ = console
-            .store
-            .record_login_failure(&username, &address, now)
-            .await;
+    let fresh = match auth::totp_step(&session.user.totp_secret, &f.code, unix) {
+        // A code is accepted once: one seen over a shoulder is spent.
+        Some(step) => match console.store.use_totp_step(session.user.id, step).await {
+            Ok(fresh) => fresh,
+            Err(e) => return Problem::from(e).into_response(),
+        },
+        None => false,
+    };
+    if !fresh {
         audit_anonymous(
             &console,
             &username,
@@ -284,7 +363,9 @@ pub async fn totp_submit(
             "That code is not right. Enter the 6-digit code your authenticator app shows now.",
         );
     }
-    let _ = console.store.clear_login_failures(&username).await;
+    if let Err(e) = console.store.clear_login_failures(&username).await {
+        return Problem::from(e).into_response();
+    }
     if let Err(e) = console
         .store
         .touch_console_session(&digest, true, now)
@@ -408,12 +489,22 @@ pub async fn change_password(
     State(console): State<Console>,
     Submit(viewer, f, ..): Submit<ReportsP, PasswordForm>,
 ) -> Response {
-    let hash = viewer.user.password_hash.clone();
-    let current = f.current.clone();
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &current))
-        .await
-        .unwrap_or(false);
-    let error = if !ok {
+    let attempt =
+        match begin_attempt(&console, viewer.name(), &viewer.address, Timestamp::now()).await {
+            Ok(Attempt::Allowed(id)) => Some(id),
+            Ok(Attempt::Throttled) => None,
+            Err(e) => return Problem::from(e).into_response(),
+        };
+    let ok = match attempt {
+        Some(_) => password_matches(viewer.user.password_hash.clone(), f.current.clone()).await,
+        None => false,
+    };
+    if let (true, Some(id)) = (ok, attempt) {
+        let _ = console.store.forget_login_failure(id).await;
+    }
+    let error = if attempt.is_none() {
+        Some("Too many failed attempts. Wait 15 minutes and try again.".to_owned())
+    } else if !ok {
         Some("Your current password is not right.".to_owned())
     } else {
         password_problem(&f.new, &f.confirm, viewer.name())
@@ -474,26 +565,46 @@ pub async fn set_up_totp(
     Submit(mut viewer, f, ..): Submit<ReportsP, TotpForm>,
 ) -> Response {
     let now = Timestamp::now();
-    let hash = viewer.user.password_hash.clone();
-    let password = f.password.clone();
-    let password_ok = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    if !password_ok {
-        let mut response = account_page(
-            &viewer,
-            "",
-            "",
-            "Your password is not right.",
-            Some(f.secret),
-        );
+    let unix = now.as_second().max(0) as u64;
+    let refuse = |viewer: &Viewer, message: &str, secret: String| {
+        let mut response = account_page(viewer, "", "", message, Some(secret));
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-        return response;
+        response
+    };
+    let attempt = match begin_attempt(&console, viewer.name(), &viewer.address, now).await {
+        Ok(Attempt::Allowed(id)) => id,
+        Ok(Attempt::Throttled) => {
+            return refuse(
+                &viewer,
+                "Too many failed attempts. Wait 15 minutes and try again.",
+                f.secret,
+            );
+        }
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    if !password_matches(viewer.user.password_hash.clone(), f.password.clone()).await {
+        return refuse(&viewer, "Your password is not right.", f.secret);
     }
+    let _ = console.store.forget_login_failure(attempt).await;
     let (secret, action) = if f.remove == "yes" {
+        // Turning the second factor off takes a current code as well.
+        let fresh = match auth::totp_step(&viewer.user.totp_secret, &f.code, unix) {
+            Some(step) => console
+                .store
+                .use_totp_step(viewer.user.id, step)
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        if !fresh {
+            return refuse(
+                &viewer,
+                "Enter the code your authenticator app shows now.",
+                String::new(),
+            );
+        }
         (String::new(), "console_second_factor_removed")
     } else {
-        let unix = now.as_second().max(0) as u64;
         if !auth::totp_matches(&f.secret, &f.code, unix) {
             let mut response = account_page(
                 &viewer,

@@ -43,6 +43,8 @@ pub struct Console {
     pub store: Arc<dyn Store>,
     pub config: Arc<CollectorConfig>,
     pub evidence: Option<Arc<EvidenceStore>>,
+    /// When a throttled sign-in was last audited, per account and address.
+    pub throttle_audits: Arc<std::sync::Mutex<std::collections::HashMap<String, Timestamp>>>,
 }
 
 impl Console {
@@ -162,12 +164,20 @@ pub async fn security_headers(
     response
 }
 
-/// Whether a request's `Origin` (when it has one) names the host it was
-/// sent to.
+/// Whether a request came from the console's own pages. Browsers say so
+/// in `Sec-Fetch-Site`; with `Referrer-Policy: no-referrer` their `Origin`
+/// on a form post is `null`, so `Origin` decides only when it names a
+/// site and `Sec-Fetch-Site` is absent (older browsers).
 fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
+    if origin.as_bytes() == b"null" {
+        return true;
+    }
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };

@@ -79,7 +79,8 @@ struct DashboardPage {
 
 #[derive(Deserialize)]
 pub struct SiteQuery {
-    site: Option<i64>,
+    #[serde(default)]
+    site: String,
 }
 
 pub async fn dashboard(
@@ -88,7 +89,12 @@ pub async fn dashboard(
     Query(q): Query<SiteQuery>,
 ) -> PageResult {
     let sites = visible_sites(&console, &viewer).await?;
-    let chosen: Vec<Site> = match q.site {
+    // "" is every site the viewer sees.
+    let chosen_id: Option<i64> = match q.site.trim() {
+        "" => None,
+        text => Some(text.parse().map_err(|_| Problem::NotFound)?),
+    };
+    let chosen: Vec<Site> = match chosen_id {
         Some(id) => {
             let site = sites.iter().find(|s| s.id.0 == id).cloned();
             vec![site.ok_or(Problem::NotFound)?]
@@ -127,9 +133,9 @@ pub async fn dashboard(
         frame: Frame::new(&viewer, "Dashboard", "/"),
         sites: sites
             .iter()
-            .map(|s| (s.id.0, s.name.clone(), q.site == Some(s.id.0)))
+            .map(|s| (s.id.0, s.name.clone(), chosen_id == Some(s.id.0)))
             .collect(),
-        scope: match q.site {
+        scope: match chosen_id {
             Some(_) => chosen[0].name.clone(),
             None if sites.len() == 1 => sites[0].name.clone(),
             None => "All your sites".into(),
@@ -439,7 +445,7 @@ pub async fn device(
         .list_flags(&filter, None)
         .await?
         .iter()
-        .map(flag_row)
+        .map(|f| flag_row(f, &zone))
         .collect();
     let commands = console
         .store
@@ -552,7 +558,7 @@ struct FlagRow {
     can_reenable: bool,
 }
 
-fn flag_row(f: &FlagRecord) -> FlagRow {
+fn flag_row(f: &FlagRecord, zone: &str) -> FlagRow {
     use crate::flags::next_state;
     let can = |a| next_state(f.id, f.kind, f.state, a).is_ok();
     FlagRow {
@@ -563,7 +569,7 @@ fn flag_row(f: &FlagRecord) -> FlagRow {
         kind: f.kind.as_str().replace('_', " "),
         account: f.account.clone(),
         state: f.state.as_str().replace('_', " "),
-        opened: f.opened_at.strftime("%-d %b %Y %H:%M UTC").to_string(),
+        opened: local(f.opened_at, zone),
         summary: f.summary.clone(),
         can_approve: can(FlagAction::Approve),
         can_dismiss: can(FlagAction::Dismiss),
@@ -584,8 +590,13 @@ struct FlagsPage {
 pub struct FlagsQuery {
     #[serde(default)]
     state: String,
+    /// After a bulk action: what it was and how many flags it changed
+    /// and could not change (numbers only, so a link cannot put words
+    /// on this page).
     #[serde(default)]
-    notice: String,
+    action: String,
+    done: Option<u32>,
+    refused: Option<u32>,
 }
 
 async fn visible_flags(
@@ -615,6 +626,11 @@ pub async fn flags(
                 .ok_or(Problem::BadRequest(format!("unknown flag state '{text}'")))?,
         ),
     };
+    let zones: HashMap<SiteId, String> = visible_sites(&console, &viewer)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.timezone))
+        .collect();
     let mut list = visible_flags(&console, &viewer, state).await?;
     if q.state.is_empty() || q.state == "active" {
         list.retain(|f| f.state.is_active());
@@ -622,8 +638,22 @@ pub async fn flags(
     Ok(page(&FlagsPage {
         frame: Frame::new(&viewer, "Flags", "/flags"),
         state: q.state,
-        rows: list.iter().map(flag_row).collect(),
-        notice: q.notice.chars().take(200).collect(),
+        rows: list
+            .iter()
+            .map(|f| flag_row(f, zones.get(&f.site_id).map_or("UTC", |z| z.as_str())))
+            .collect(),
+        notice: match (parse_action(&q.action), q.done, q.refused) {
+            (Some(action), Some(done), refused) => {
+                let mut notice = format!("{done} flag(s) {}.", action.verb());
+                if let Some(refused @ 1..) = refused {
+                    notice.push_str(&format!(
+                        " {refused} could not be: their state does not allow it, or a reason is needed."
+                    ));
+                }
+                notice
+            }
+            _ => String::new(),
+        },
     }))
 }
 
@@ -643,6 +673,13 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
     if !viewer.sees(flag.site_id) {
         return Err(Problem::NotFound);
     }
+    let zone = console
+        .store
+        .sites()
+        .await?
+        .into_iter()
+        .find(|s| s.id == flag.site_id)
+        .map_or("UTC".to_owned(), |s| s.timezone);
     let history = console
         .store
         .flag_history(id)
@@ -650,7 +687,7 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
         .into_iter()
         .map(|t: FlagTransition| {
             (
-                t.at.strftime("%-d %b %Y %H:%M UTC").to_string(),
+                local(t.at, &zone),
                 t.actor,
                 t.to.as_str().replace('_', " "),
                 t.reason,
@@ -659,7 +696,7 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
         .collect();
     let mut response = page(&FlagPage {
         frame: Frame::new(viewer, format!("Flag {id}"), "/flags"),
-        f: flag_row(&flag),
+        f: flag_row(&flag, &zone),
         history,
         error: error.to_owned(),
     });
@@ -776,23 +813,18 @@ pub async fn flags_bulk(
         .filter_map(|(_, v)| v.parse().ok())
         .take(500)
         .collect();
-    let (mut done, mut refused) = (0, Vec::new());
+    let (mut done, mut refused) = (0, 0);
     for id in &ids {
         match act_on_flag(&console, &viewer, *id, action, &reason).await? {
             Ok(_) => done += 1,
-            Err(message) => refused.push(message),
+            Err(_) => refused += 1,
         }
     }
-    let mut notice = format!("{done} flag(s) {}.", action.verb());
-    if !refused.is_empty() {
-        notice.push_str(&format!(
-            " {} refused: {}",
-            refused.len(),
-            refused.join(" ")
-        ));
-    }
-    let query = serde_urlencoded::to_string([("notice", notice)]).unwrap_or_default();
-    Ok(Redirect::to(&format!("/flags?{query}")).into_response())
+    let action = field("action");
+    Ok(Redirect::to(&format!(
+        "/flags?action={action}&done={done}&refused={refused}"
+    ))
+    .into_response())
 }
 
 // ---------------------------------------------------------------- incidents
@@ -867,9 +899,10 @@ pub async fn incidents(
         .iter()
         .map(|i| incident_row(i, zones.get(&i.site).map_or("UTC", |z| z.as_str())))
         .collect();
-    let _ = console
+    // Safeguarding data is shown only once its viewing is recorded.
+    console
         .audit(&viewer, "console_incidents_listed", "incidents", &q.status)
-        .await;
+        .await?;
     Ok(page(&IncidentsPage {
         frame: Frame::new(&viewer, "Incidents", "/incidents"),
         status: if q.status.is_empty() {
@@ -923,14 +956,14 @@ async fn incident_page(console: &Console, viewer: &Viewer, id: i64, error: &str)
         .into_iter()
         .find(|s| s.id == site)
         .map_or("UTC".to_owned(), |s| s.timezone);
-    let _ = console
+    console
         .audit(
             viewer,
             "incident_viewed",
             &format!("incident {id}"),
             "console",
         )
-        .await;
+        .await?;
     let captures = captures
         .iter()
         .map(|c: &CaptureRow| CaptureView {
@@ -1009,7 +1042,9 @@ pub async fn incident_close(
             &viewer,
             "incident_closed",
             &format!("incident {id}"),
-            reason,
+            // The outcome stays with the incident: it may name a pupil,
+            // and the audit log is read by administrators too.
+            "",
         )
         .await;
     Ok(Redirect::to(&format!("/incidents/{id}")).into_response())
@@ -1040,14 +1075,14 @@ pub async fn capture_image(
         tracing::warn!(incident = id, capture, error = %e, "console: snapshot unreadable");
         Problem::NotFound
     })?;
-    let _ = console
+    console
         .audit(
             &viewer,
             "snapshot_viewed",
             &format!("incident {id}"),
             &format!("capture {capture}, image {}", c.image_sha256),
         )
-        .await;
+        .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "image/png"),
@@ -1249,13 +1284,18 @@ pub fn parse_sites(text: &str, sites: &[Site]) -> Result<Option<Vec<SiteId>>, St
 
 /// Refuses sites beyond the viewer's own (an administrator of some sites
 /// cannot grant all, or others).
-fn within_scope(viewer: &Viewer, sites: Option<Vec<SiteId>>) -> Result<Option<Vec<SiteId>>, String> {
+fn within_scope(
+    viewer: &Viewer,
+    sites: Option<Vec<SiteId>>,
+) -> Result<Option<Vec<SiteId>>, String> {
     if viewer.user.all_sites {
         return Ok(sites);
     }
     match sites {
         Some(list) if list.iter().all(|s| viewer.sees(*s)) => Ok(Some(list)),
-        _ => Err("You can only grant the sites you administer; name them instead of \"all\".".into()),
+        _ => {
+            Err("You can only grant the sites you administer; name them instead of \"all\".".into())
+        }
     }
 }
 
@@ -1330,7 +1370,7 @@ pub async fn user_add(
             &viewer,
             "console_user_added",
             &format!("user {username}"),
-            role.as_str(),
+            &format!("role={role} sites={}", form.sites.trim()),
         )
         .await;
     users_page(&console, &viewer, "", Some((username, password)), "").await
@@ -1355,10 +1395,15 @@ pub async fn user_change(
         return Err(Problem::NotFound);
     };
     // An administrator of some sites manages only accounts within them.
-    if !viewer.user.all_sites
-        && (user.all_sites || user.sites.iter().any(|s| !viewer.sees(*s)))
-    {
-        return users_page(&console, &viewer, "That account reaches sites you do not administer.", None, "").await;
+    if !viewer.user.all_sites && (user.all_sites || user.sites.iter().any(|s| !viewer.sees(*s))) {
+        return users_page(
+            &console,
+            &viewer,
+            "That account reaches sites you do not administer.",
+            None,
+            "",
+        )
+        .await;
     }
     if user.id == viewer.user.id && form.action != "role" {
         return users_page(
@@ -1397,16 +1442,24 @@ pub async fn user_change(
         }
         _ => return Err(Problem::BadRequest("unknown action".into())),
     };
-    console
+    if !console
         .store
         .update_console_user(id, change, Timestamp::now())
-        .await?;
+        .await?
+    {
+        return Err(Problem::NotFound);
+    }
+    let detail = if form.action == "role" {
+        format!("role={} sites={}", form.role, form.sites.trim())
+    } else {
+        String::new()
+    };
     let _ = console
         .audit(
             &viewer,
             &format!("console_user_{}", form.action),
             &format!("user {}", user.username),
-            &form.role,
+            &detail,
         )
         .await;
     Ok(Redirect::to("/users").into_response())

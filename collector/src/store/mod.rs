@@ -802,12 +802,19 @@ pub trait ConsoleStore: Send + Sync + 'static {
     async fn end_console_session(&self, token_sha256: &str) -> Result<()>;
     /// Ends every session of an account but `except`; returns how many.
     async fn end_console_sessions(&self, user: i64, except: Option<&str>) -> Result<u64>;
+    /// Records an attempt as failed (before it is checked, so parallel
+    /// guesses all count); returns its id for `forget_login_failure`.
     async fn record_login_failure(
         &self,
         username: &str,
         address: &str,
         at: Timestamp,
-    ) -> Result<()>;
+    ) -> Result<i64>;
+    /// Removes one recorded attempt (it succeeded).
+    async fn forget_login_failure(&self, id: i64) -> Result<()>;
+    /// Accepts TOTP time step `step` for an account once: false when that
+    /// step or a later one was already used.
+    async fn use_totp_step(&self, user: i64, step: u64) -> Result<bool>;
     /// Failed sign-ins since `since`: (for this account, from this address).
     async fn login_failures(
         &self,

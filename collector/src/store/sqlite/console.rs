@@ -283,21 +283,43 @@ impl crate::store::ConsoleStore for SqliteStore {
         username: &str,
         address: &str,
         at: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT INTO login_failures (username, address, at) VALUES (?, ?, ?)")
-            .bind(username)
-            .bind(address)
-            .bind(millis(at))
-            .execute(&mut *tx)
-            .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO login_failures (username, address, at) VALUES (?, ?, ?) RETURNING id",
+        )
+        .bind(username)
+        .bind(address)
+        .bind(millis(at))
+        .fetch_one(&mut *tx)
+        .await?;
         // Old rows go: throttling looks back at most a day.
         sqlx::query("DELETE FROM login_failures WHERE at < ?")
             .bind(millis(at) - 86_400_000)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn forget_login_failure(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM login_failures WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
         Ok(())
+    }
+
+    async fn use_totp_step(&self, user: i64, step: u64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE console_users SET totp_last_step = ? WHERE id = ? AND totp_last_step < ?",
+        )
+        .bind(step as i64)
+        .bind(user)
+        .bind(step as i64)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn login_failures(
@@ -622,6 +644,25 @@ mod tests {
                 .unwrap(),
             (1, 2)
         );
+        let attempt = store
+            .record_login_failure("dsl1", "10.0.0.2", t(30))
+            .await
+            .unwrap();
+        store.forget_login_failure(attempt).await.unwrap();
+        assert_eq!(
+            store
+                .login_failures("dsl1", "10.0.0.2", t(0))
+                .await
+                .unwrap(),
+            (3, 0)
+        );
+        assert!(store.use_totp_step(id, 100).await.unwrap());
+        assert!(!store.use_totp_step(id, 100).await.unwrap(), "a step once");
+        assert!(
+            !store.use_totp_step(id, 99).await.unwrap(),
+            "nor an earlier one"
+        );
+        assert!(store.use_totp_step(id, 101).await.unwrap());
         store.clear_login_failures("dsl1").await.unwrap();
         assert_eq!(
             store
