@@ -111,3 +111,53 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// A severity-5 self-harm capture by `account` with `image` as its
+/// snapshot (its SHA-256 declared), as a session helper sends one.
+pub fn severe_capture(account: &str, image: &[u8]) -> v1::event::Body {
+    v1::event::Body::Capture(v1::Capture {
+        rule_id: "selfharm-1".into(),
+        category: "self-harm".into(),
+        severity: 5,
+        matched_text: "hurt myself".into(),
+        window_title: "how to hurt myself - Chromium".into(),
+        process_name: "chromium".into(),
+        pid: 4242,
+        account: account.into(),
+        image_sha256: sha256_hex(image),
+        image_png: image.to_vec(),
+        ..Default::default()
+    })
+}
+
+/// A real SMTP server (Debian's aiosmtpd) on `port`, delivering into the
+/// maildir `maildir`; waits until it accepts connections.
+pub fn start_smtp(data: &crate::CollectorData, port: u16, maildir: &Path) -> crate::Process {
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut command = std::process::Command::new(python);
+    command
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
+        .arg(maildir);
+    let mut smtp = crate::Process::spawn("smtp", command, &data.logs());
+    crate::wait_for("the SMTP server", Duration::from_secs(60), || {
+        assert!(
+            smtp.has_exited().is_none(),
+            "aiosmtpd: {}",
+            smtp.stderr_text()
+        );
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    smtp
+}

@@ -9,13 +9,11 @@
 //! `target/console-screenshots/`.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
 
 use hallmonitor_e2e::browser::{Browser, SameSite};
 use hallmonitor_e2e::fixtures::*;
-use hallmonitor_e2e::{Agent, CollectorData, Process, text, wait_for};
-use hallmonitor_proto::v1;
+use hallmonitor_e2e::{Agent, CollectorData, text, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -25,36 +23,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn start_smtp(data: &CollectorData, port: u16, maildir: &Path) -> Process {
-    let python = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let mut command = std::process::Command::new(python);
-    command
-        .args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(maildir);
-    let mut smtp = Process::spawn("smtp", command, &data.logs());
-    wait_for("the SMTP server", WAIT, || {
-        assert!(
-            smtp.has_exited().is_none(),
-            "aiosmtpd: {}",
-            smtp.stderr_text()
-        );
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    });
-    smtp
 }
 
 /// Hundreds of other devices, enrolled straight into the store.
@@ -178,22 +146,7 @@ fn people_use_the_console_in_a_browser() {
     let device = agent.enroll();
     enrolled_days_ago(&data, &device, 60);
     let image = png(180);
-    queue_now(
-        &agent.data,
-        vec![v1::event::Body::Capture(v1::Capture {
-            rule_id: "selfharm-1".into(),
-            category: "self-harm".into(),
-            severity: 5,
-            matched_text: "hurt myself".into(),
-            window_title: "how to hurt myself - Chromium".into(),
-            process_name: "chromium".into(),
-            pid: 4242,
-            account: "pupil1".into(),
-            image_sha256: sha256_hex(&image),
-            image_png: image.clone(),
-            ..Default::default()
-        })],
-    );
+    queue_now(&agent.data, vec![severe_capture("pupil1", &image)]);
     let _daemon = agent.start();
 
     // The technician's email names the flag's page.

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::*;
 use hallmonitor_e2e::{Agent, CollectorData, RunningCollector, text, wait_for};
-use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -204,22 +203,7 @@ pub fn incident_with_snapshot(
     let agent = Agent::new(&data.agent_settings(collector, "e2e-console-capture"));
     agent.enroll();
     let image = png(200);
-    queue_now(
-        &agent.data,
-        vec![v1::event::Body::Capture(v1::Capture {
-            rule_id: "selfharm-1".into(),
-            category: "self-harm".into(),
-            severity: 5,
-            matched_text: "hurt myself".into(),
-            window_title: "how to hurt myself - Chromium".into(),
-            process_name: "chromium".into(),
-            pid: 4242,
-            account: "pupil.seven".into(),
-            image_sha256: sha256_hex(&image),
-            image_png: image.clone(),
-            ..Default::default()
-        })],
-    );
+    queue_now(&agent.data, vec![severe_capture("pupil.seven", &image)]);
     let daemon = agent.start();
     let incident = wait_for("the incident", WAIT, || {
         let list = json(&data.cli(&["incidents", "list", "--format", "json"]));

@@ -3,11 +3,10 @@
 //! ones told to the head teacher and DSL without details, evidence export.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::*;
-use hallmonitor_e2e::{Agent, CollectorData, Process, Value, cli_actor, text, wait_for};
+use hallmonitor_e2e::{Agent, CollectorData, Value, cli_actor, text, wait_for};
 use hallmonitor_proto::v1;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -59,32 +58,7 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
         .replacen("security = \"starttls\"", "security = \"none\"", 1);
     std::fs::write(&path, toml).unwrap();
     let maildir = root.path().join("maildir");
-    let python = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
-    let mut command = std::process::Command::new(python);
-    command
-        .args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{smtp_port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(&maildir);
-    let mut smtp = Process::spawn("smtp", command, &data.logs());
-    wait_for("the SMTP server", WAIT, || {
-        assert!(
-            smtp.has_exited().is_none(),
-            "aiosmtpd: {}",
-            smtp.stderr_text()
-        );
-        std::net::TcpStream::connect(("127.0.0.1", smtp_port)).ok()
-    });
+    let mut smtp = start_smtp(&data, smtp_port, &maildir);
     let collector = data.start();
     for (role, email) in [
         ("head_teacher", "head@cabot.sch.uk"),

@@ -152,6 +152,23 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
+    // The per-day counts ingest keeps, as the migration fills them.
+    sqlx::query(
+        "INSERT OR IGNORE INTO device_days (day, device_id, site_id) \
+         SELECT DISTINCT date(x.started_at / 1000, 'unixepoch'), x.device_id, d.site_id \
+         FROM sessions x JOIN devices d ON d.id = x.device_id",
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM site_days")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO site_days (site_id, day, devices) \
+         SELECT site_id, day, count(*) FROM device_days GROUP BY site_id, day",
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     eprintln!(
         "{sessions} sessions, verdicts and flags in {:.1?}",

@@ -48,3 +48,28 @@ CREATE INDEX audit_log_at ON audit_log(at);
 -- Device search and keyset pagination.
 CREATE INDEX devices_site_hostname ON devices(site_id, hostname, id);
 CREATE INDEX devices_hostname ON devices(hostname, id);
+
+-- Devices in use per day, for the dashboard: one row per (local day,
+-- device) with any session, and a count per (site, day) kept with it, so
+-- the dashboard reads 28 rows instead of every session. Days are the
+-- site's local dates; rows from before this migration use UTC dates.
+CREATE TABLE device_days (
+    day       TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    site_id   INTEGER NOT NULL,
+    PRIMARY KEY (day, device_id)
+) WITHOUT ROWID;
+CREATE TABLE site_days (
+    site_id INTEGER NOT NULL,
+    day     TEXT NOT NULL,
+    devices INTEGER NOT NULL,
+    PRIMARY KEY (site_id, day)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO device_days (day, device_id, site_id)
+    SELECT DISTINCT date(x.started_at / 1000, 'unixepoch'), x.device_id, d.site_id
+    FROM sessions x JOIN devices d ON d.id = x.device_id;
+INSERT INTO site_days (site_id, day, devices)
+    SELECT site_id, day, count(*) FROM device_days GROUP BY site_id, day;
+
+-- Finding devices by an account that signed in on them.
+CREATE INDEX sessions_account ON sessions(account, device_id);

@@ -5,14 +5,13 @@
 
 use askama::Template;
 use axum::extract::{Multipart, Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::access::{Allowed, DevicesP, check_csrf};
-use super::pages::local_opt;
-use super::{Console, Frame, Problem, page};
+use super::pages::{local_opt, visible_sites};
+use super::{Console, Frame, Problem, page, with_form_error};
 use crate::model::Site;
 use crate::signins::SigninFormat;
 use crate::store::DeviceFilter;
@@ -46,13 +45,7 @@ async fn render(
     unmapped: Vec<(u64, String, String)>,
     error: String,
 ) -> Result<Response, Problem> {
-    let sites: Vec<Site> = console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .filter(|s| viewer.sees(s.id))
-        .collect();
+    let sites: Vec<Site> = visible_sites(console, viewer).await?;
     use crate::rules::mfa::MfaStatus;
     let wanted = [MfaStatus::Fresh, MfaStatus::DueSoon, MfaStatus::Stale]
         .into_iter()
@@ -74,20 +67,16 @@ async fn render(
             ));
         }
     }
-    let failed = !error.is_empty();
-    let mut response = page(&MfaPage {
+    let response = page(&MfaPage {
         frame: Frame::new(viewer, "Two-step sign-in", "/mfa"),
         sites: sites.into_iter().map(|s| s.name).collect(),
         status: status.to_owned(),
         rows,
         result,
         unmapped,
-        error,
+        error: error.clone(),
     });
-    if failed {
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    Ok(with_form_error(response, &error))
 }
 
 pub async fn page_handler(

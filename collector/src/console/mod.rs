@@ -284,6 +284,25 @@ pub fn page(template: &impl Template) -> Response {
     }
 }
 
+/// A page re-shown with a form's error beside the field: 422 then.
+pub fn with_form_error(mut response: Response, error: &str) -> Response {
+    if !error.is_empty() {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    response
+}
+
+/// A site's IANA zone (UTC for an unknown site), for showing times.
+pub async fn site_zone(console: &Console, site: crate::model::SiteId) -> Result<String, Problem> {
+    Ok(console
+        .store
+        .sites()
+        .await?
+        .into_iter()
+        .find(|s| s.id == site)
+        .map_or("UTC".to_owned(), |s| s.timezone))
+}
+
 /// An error page: no stack traces, no internals.
 pub enum Problem {
     NotFound,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::access::{
     Allowed, AuditP, DevicesP, FlagsP, IncidentsP, ReportsP, Submit, UsersP, Viewer,
 };
-use super::{Console, Frame, Problem, chart, page};
+use super::{Console, Frame, Problem, chart, page, site_zone, with_form_error};
 use crate::flags::{FlagAction, FlagRecord, FlagState, FlagTransition};
 use crate::incidents::{CaptureRow, IncidentRecord};
 use crate::model::{
@@ -39,7 +39,10 @@ pub fn local_opt(at: Option<Timestamp>, zone: &str) -> String {
 }
 
 /// The sites a viewer may see, by id.
-async fn visible_sites(console: &Console, viewer: &Viewer) -> Result<Vec<Site>, Problem> {
+pub(super) async fn visible_sites(
+    console: &Console,
+    viewer: &Viewer,
+) -> Result<Vec<Site>, Problem> {
     Ok(console
         .store
         .sites()
@@ -107,19 +110,14 @@ pub async fn dashboard(
     let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
     let now = Timestamp::now();
     let today = now.to_zoned(tz.clone()).date();
-    let mut days = Vec::new();
-    let mut labels = Vec::new();
-    for back in (0..28).rev() {
-        let date = today - jiff::Span::new().days(back);
-        let start = date.to_zoned(tz.clone()).map_err(|_| Problem::Internal)?;
-        let end = date
-            .tomorrow()
-            .map_err(|_| Problem::Internal)?
-            .to_zoned(tz.clone())
-            .map_err(|_| Problem::Internal)?;
-        days.push((start.timestamp(), end.timestamp()));
-        labels.push(date.strftime("%-d %b").to_string());
-    }
+    let days: Vec<jiff::civil::Date> = (0..28)
+        .rev()
+        .map(|back| today - jiff::Span::new().days(back))
+        .collect();
+    let labels: Vec<String> = days
+        .iter()
+        .map(|d| d.strftime("%-d %b").to_string())
+        .collect();
     let ids: Vec<SiteId> = chosen.iter().map(|s| s.id).collect();
     let figures = console.store.dashboard(Some(&ids), &days, now).await?;
     let values: Vec<f64> = figures.daily_active.iter().map(|v| *v as f64).collect();
@@ -673,13 +671,7 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
     if !viewer.sees(flag.site_id) {
         return Err(Problem::NotFound);
     }
-    let zone = console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .find(|s| s.id == flag.site_id)
-        .map_or("UTC".to_owned(), |s| s.timezone);
+    let zone = site_zone(console, flag.site_id).await?;
     let history = console
         .store
         .flag_history(id)
@@ -694,16 +686,15 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
             )
         })
         .collect();
-    let mut response = page(&FlagPage {
-        frame: Frame::new(viewer, format!("Flag {id}"), "/flags"),
-        f: flag_row(&flag, &zone),
-        history,
-        error: error.to_owned(),
-    });
-    if !error.is_empty() {
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    Ok(with_form_error(
+        page(&FlagPage {
+            frame: Frame::new(viewer, format!("Flag {id}"), "/flags"),
+            f: flag_row(&flag, &zone),
+            history,
+            error: error.to_owned(),
+        }),
+        error,
+    ))
 }
 
 pub async fn flag(
@@ -949,13 +940,7 @@ async fn incident_page(console: &Console, viewer: &Viewer, id: i64, error: &str)
     if !viewer.sees(site) {
         return Err(Problem::NotFound);
     }
-    let zone = console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .find(|s| s.id == site)
-        .map_or("UTC".to_owned(), |s| s.timezone);
+    let zone = site_zone(console, site).await?;
     console
         .audit(
             viewer,
@@ -984,17 +969,16 @@ async fn incident_page(console: &Console, viewer: &Viewer, id: i64, error: &str)
             repeats: c.repeat_count,
         })
         .collect();
-    let mut response = page(&IncidentPage {
-        frame: Frame::new(viewer, format!("Incident {id}"), "/incidents"),
-        open: incident.status == "open",
-        i: incident_row(&incident, &zone),
-        captures,
-        error: error.to_owned(),
-    });
-    if !error.is_empty() {
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    Ok(with_form_error(
+        page(&IncidentPage {
+            frame: Frame::new(viewer, format!("Incident {id}"), "/incidents"),
+            open: incident.status == "open",
+            i: incident_row(&incident, &zone),
+            captures,
+            error: error.to_owned(),
+        }),
+        error,
+    ))
 }
 
 pub async fn incident(
@@ -1239,20 +1223,19 @@ async fn users_page(
         })
         .collect();
     let (created, created_password) = created.unwrap_or_default();
-    let mut response = page(&UsersPage {
-        frame: Frame::new(viewer, "Users", "/users"),
-        rows,
-        roles: ConsoleRole::ALL.iter().map(|r| r.as_str()).collect(),
-        site_names: sites.into_iter().map(|s| s.name).collect(),
-        error: error.to_owned(),
-        created,
-        created_password,
-        form_username: form_username.to_owned(),
-    });
-    if !error.is_empty() {
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    Ok(with_form_error(
+        page(&UsersPage {
+            frame: Frame::new(viewer, "Users", "/users"),
+            rows,
+            roles: ConsoleRole::ALL.iter().map(|r| r.as_str()).collect(),
+            site_names: sites.into_iter().map(|s| s.name).collect(),
+            error: error.to_owned(),
+            created,
+            created_password,
+            form_username: form_username.to_owned(),
+        }),
+        error,
+    ))
 }
 
 pub async fn users(

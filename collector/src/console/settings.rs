@@ -4,14 +4,13 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
 use super::access::{Allowed, SettingsP, Submit, Viewer};
-use super::pages::local_opt;
-use super::{Console, Frame, Problem, page};
+use super::pages::{local_opt, visible_sites};
+use super::{Console, Frame, Problem, page, with_form_error};
 use crate::auth;
 use crate::model::{Channel, Role, Site};
 use crate::store::{NewSecret, Recipient};
@@ -32,23 +31,13 @@ struct SettingsPage {
     error: String,
 }
 
-async fn visible(console: &Console, viewer: &Viewer) -> Result<Vec<Site>, Problem> {
-    Ok(console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .filter(|s| viewer.sees(s.id))
-        .collect())
-}
-
 async fn render(
     console: &Console,
     viewer: &Viewer,
     shown_once: Option<(&str, String)>,
     error: &str,
 ) -> PageResult {
-    let sites = visible(console, viewer).await?;
+    let sites = visible_sites(console, viewer).await?;
     let zone_of = |name: &str| {
         sites
             .iter()
@@ -113,25 +102,24 @@ async fn render(
     }
     let (shown_once_what, shown_once) =
         shown_once.map_or((String::new(), String::new()), |(w, s)| (w.to_owned(), s));
-    let mut response = page(&SettingsPage {
-        frame: Frame::new(viewer, "Settings", "/settings"),
-        sites: sites.into_iter().map(|s| s.name).collect(),
-        secrets,
-        tokens,
-        recipients,
-        roles: Role::ALL
-            .iter()
-            .filter(|r| **r != Role::StaffMember)
-            .map(|r| r.as_str())
-            .collect(),
-        shown_once,
-        shown_once_what,
-        error: error.to_owned(),
-    });
-    if !error.is_empty() {
-        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    Ok(with_form_error(
+        page(&SettingsPage {
+            frame: Frame::new(viewer, "Settings", "/settings"),
+            sites: sites.into_iter().map(|s| s.name).collect(),
+            secrets,
+            tokens,
+            recipients,
+            roles: Role::ALL
+                .iter()
+                .filter(|r| **r != Role::StaffMember)
+                .map(|r| r.as_str())
+                .collect(),
+            shown_once,
+            shown_once_what,
+            error: error.to_owned(),
+        }),
+        error,
+    ))
 }
 
 pub async fn page_handler(
@@ -146,7 +134,7 @@ async fn site_named(
     viewer: &Viewer,
     name: &str,
 ) -> Result<Option<Site>, Problem> {
-    Ok(visible(console, viewer)
+    Ok(visible_sites(console, viewer)
         .await?
         .into_iter()
         .find(|s| s.name == name))

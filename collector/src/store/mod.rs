@@ -827,12 +827,12 @@ pub trait ConsoleStore: Send + Sync + 'static {
     /// Audit rows about one target (a device id, "flag 3", …), newest first.
     async fn audit_for_target(&self, target: &str, limit: usize) -> Result<Vec<AuditRecord>>;
     async fn device_page(&self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>>;
-    /// Aggregate figures for the dashboard. `days` are the day boundaries
-    /// (start, end) in the site's zone, oldest first.
+    /// Aggregate figures for the dashboard; `days` are the local dates to
+    /// count devices in use on, oldest first.
     async fn dashboard(
         &self,
         sites: Option<&[SiteId]>,
-        days: &[(Timestamp, Timestamp)],
+        days: &[jiff::civil::Date],
         now: Timestamp,
     ) -> Result<DashboardFigures>;
 }

@@ -47,6 +47,7 @@ pub(super) async fn upsert_session(
     .bind(millis(at))
     .execute(&mut *tx)
     .await?;
+    mark_days_in_use(tx, device, session).await?;
     // A session that ended closes its monitoring gaps, even if the agent
     // never sent their END (lost with a replaced outbox, or the check
     // turned off).
@@ -60,6 +61,59 @@ pub(super) async fn upsert_session(
         .bind(&session.session_id)
         .execute(&mut *tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// Records the site-local days a session covers (from its start to its
+/// end, or to its start plus its active time while open; at most 40 days)
+/// in `device_days`, counting each new (day, device) in `site_days`.
+async fn mark_days_in_use(
+    tx: &mut SqliteConnection,
+    device: &DeviceId,
+    session: &SessionRecord,
+) -> Result<()> {
+    let Some((site, zone)): Option<(i64, String)> = sqlx::query_as(
+        "SELECT s.id, s.timezone FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.id = ?",
+    )
+    .bind(device.as_str())
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(());
+    };
+    let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let end = session.ended_at.unwrap_or_else(|| {
+        session.started_at
+            + jiff::SignedDuration::from_secs(session.active_secs.min(86_400 * 40) as i64)
+    });
+    let first = session.started_at.to_zoned(tz.clone()).date();
+    let last = end.max(session.started_at).to_zoned(tz).date();
+    let mut day = first;
+    for _ in 0..40 {
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO device_days (day, device_id, site_id) VALUES (?, ?, ?)",
+        )
+        .bind(day.to_string())
+        .bind(device.as_str())
+        .bind(site)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            sqlx::query(
+                "INSERT INTO site_days (site_id, day, devices) VALUES (?, ?, 1) \
+                 ON CONFLICT (site_id, day) DO UPDATE SET devices = devices + 1",
+            )
+            .bind(site)
+            .bind(day.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if day >= last {
+            break;
+        }
+        let Ok(next) = day.tomorrow() else { break };
+        day = next;
     }
     Ok(())
 }

@@ -398,7 +398,7 @@ impl crate::store::ConsoleStore for SqliteStore {
                 .push_bind(text.to_owned())
                 .push(" OR d.serial_number = ")
                 .push_bind(text.to_owned())
-                .push(" OR EXISTS (SELECT 1 FROM sessions x WHERE x.device_id = d.id AND x.account = ")
+                .push(" OR d.id IN (SELECT x.device_id FROM sessions x WHERE x.account = ")
                 .push_bind(text.to_lowercase())
                 .push("))");
         }
@@ -440,7 +440,7 @@ impl crate::store::ConsoleStore for SqliteStore {
     async fn dashboard(
         &self,
         sites: Option<&[SiteId]>,
-        days: &[(Timestamp, Timestamp)],
+        days: &[jiff::civil::Date],
         now: Timestamp,
     ) -> Result<DashboardFigures> {
         // The site condition, as a list of ids bound into each query.
@@ -486,40 +486,20 @@ impl crate::store::ConsoleStore for SqliteStore {
         q.push(" GROUP BY severity ORDER BY severity DESC");
         let incidents: Vec<(i64, i64)> = q.build_query_as().fetch_all(&self.reader).await?;
 
-        // One pass over the sessions that reach into the period: each
-        // device counts once per day it was logged in at all.
+        // Read from the per-day counts ingest keeps (`device_days`).
         let mut daily_active = vec![0u64; days.len()];
         if let (Some(first), Some(last)) = (days.first(), days.last()) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT x.device_id, min(x.started_at), max(coalesce(x.ended_at, ",
-            );
-            q.push_bind(millis(now))
-                .push(")), group_concat(x.started_at || ':' || coalesce(x.ended_at, ")
-                .push_bind(millis(now))
-                .push(
-                    ")) FROM sessions x JOIN devices d ON d.id = x.device_id WHERE x.started_at < ",
-                )
-                .push_bind(millis(last.1))
-                .push(" AND coalesce(x.ended_at, 9223372036854775807) > ")
-                .push_bind(millis(first.0));
-            scoped(&mut q, "d.site_id", sites);
-            q.push(" GROUP BY x.device_id");
-            let rows: Vec<(String, i64, i64, String)> =
-                q.build_query_as().fetch_all(&self.reader).await?;
-            let bounds: Vec<(i64, i64)> =
-                days.iter().map(|(s, e)| (millis(*s), millis(*e))).collect();
-            for (_, _, _, spans) in rows {
-                let spans: Vec<(i64, i64)> = spans
-                    .split(',')
-                    .filter_map(|p| {
-                        let (a, b) = p.split_once(':')?;
-                        Some((a.parse().ok()?, b.parse().ok()?))
-                    })
-                    .collect();
-                for (day, (start, end)) in bounds.iter().enumerate() {
-                    if spans.iter().any(|(a, b)| a < end && b > start) {
-                        daily_active[day] += 1;
-                    }
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT day, sum(devices) FROM site_days WHERE day >= ");
+            q.push_bind(first.to_string())
+                .push(" AND day <= ")
+                .push_bind(last.to_string());
+            scoped(&mut q, "site_id", sites);
+            q.push(" GROUP BY day");
+            let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(&self.reader).await?;
+            for (day, n) in rows {
+                if let Some(i) = days.iter().position(|d| d.to_string() == day) {
+                    daily_active[i] = n as u64;
                 }
             }
         }
@@ -742,5 +722,53 @@ mod tests {
             .await
             .unwrap();
         assert!(nowhere.is_empty(), "no site, no device");
+    }
+
+    #[tokio::test]
+    async fn days_in_use_are_counted_once_per_device_and_day() {
+        use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
+        use crate::store::IngestStore;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, device) = store_with_device(dir.path(), t(0)).await;
+        // The site is in Europe/London; t(0) is 2027-01-15 08:00 there.
+        let session = |n: u64, start: i64, end: Option<i64>| Event {
+            seq: Seq(n),
+            event_id: format!("e{n}"),
+            occurred_at: t(start),
+            body: EventBody::Session(SessionRecord {
+                session_id: format!("s{n}"),
+                account: "pupil1".into(),
+                uid: 1000,
+                kind: SessionKind::Graphical,
+                started_at: t(start),
+                ended_at: end.map(t),
+                active_secs: 60,
+            }),
+        };
+        let events = vec![
+            // 08:00 to 08:00 the next day: two days.
+            session(1, 0, Some(86_400)),
+            // Later on the first day: no new count.
+            session(2, 3_600, Some(7_200)),
+        ];
+        store
+            .record_batch(&device, &events, t(90_000))
+            .await
+            .unwrap();
+        let days: Vec<jiff::civil::Date> = ["2027-01-14", "2027-01-15", "2027-01-16", "2027-01-17"]
+            .iter()
+            .map(|d| d.parse().unwrap())
+            .collect();
+        let figures = store
+            .dashboard(Some(&[site.id]), &days, t(90_000))
+            .await
+            .unwrap();
+        assert_eq!(figures.daily_active, vec![0, 1, 1, 0]);
+        assert_eq!(figures.devices, 1);
+        let other = store
+            .dashboard(Some(&[crate::model::SiteId(999)]), &days, t(90_000))
+            .await
+            .unwrap();
+        assert_eq!(other.daily_active, vec![0, 0, 0, 0], "another site's days");
     }
 }
