@@ -3,6 +3,7 @@
 //! `HALLMONITOR_*` environment variables. MDM tools deliver files; scripts
 //! and tests find variables easier.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -14,15 +15,15 @@ pub const DEFAULT_ENROLL_PORT: u16 = 50052;
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    pub collector: String,
-    pub enroll_address: String,
-    pub ca_fingerprint: String,
+    pub collector: HostPort,
+    pub enroll_address: HostPort,
+    pub ca_fingerprint: CaFingerprint,
     pub site: String,
     pub enrollment_secret: String,
     pub enrollment_secret_file: String,
     pub data_dir: PathBuf,
-    pub heartbeat_interval_secs: u32,
-    pub facts_interval_secs: u32,
+    pub heartbeat_interval_secs: NonZeroU32,
+    pub facts_interval_secs: NonZeroU32,
     pub machine_id: String,
     pub delivery: Delivery,
     pub enforcement: EnforcementConfig,
@@ -113,7 +114,7 @@ pub struct CaptureConfig {
     pub staff_accounts: Vec<String>,
     /// Repeats of one rule in one window within this many seconds of a
     /// capture are counted, not captured again.
-    pub repeat_window_secs: u32,
+    pub repeat_window_secs: NonZeroU32,
     /// A graphical session with no session helper for this many seconds is
     /// reported to the collector as a monitoring gap (0: never).
     pub helper_grace_secs: u32,
@@ -124,7 +125,7 @@ impl Default for CaptureConfig {
         CaptureConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             policy_override: PathBuf::from("/etc/hallmonitor/policy.local.toml"),
-            repeat_window_secs: 60,
+            repeat_window_secs: NonZeroU32::new(60).expect("not zero"),
             helper_grace_secs: 120,
             staff_accounts: Vec::new(),
         }
@@ -148,7 +149,7 @@ pub struct MfaConfig {
     /// (DATA_DIR/mfa-hook.log) is always followed, whatever the source.
     pub auth_logs: Vec<PathBuf>,
     /// Seconds between checks when file notifications are unavailable.
-    pub poll_secs: u32,
+    pub poll_secs: NonZeroU32,
     pub patterns: Vec<MfaPattern>,
     /// Run when a staff account whose two-step sign-in on this device is
     /// stale logs in; `{account}` and `{uid}` are replaced.
@@ -186,7 +187,7 @@ impl Default for MfaConfig {
             source: MfaSourceKind::Auto,
             journalctl: vec!["journalctl".into()],
             auth_logs: vec!["/var/log/auth.log".into(), "/var/log/secure".into()],
-            poll_secs: 5,
+            poll_secs: NonZeroU32::new(5).expect("not zero"),
             patterns: crate::authlog::default_patterns()
                 .into_iter()
                 .map(|p| MfaPattern {
@@ -312,7 +313,7 @@ impl EnforcementConfig {
 pub struct SessionsConfig {
     pub source: SessionSourceKind,
     pub utmp_path: PathBuf,
-    pub poll_secs: u32,
+    pub poll_secs: NonZeroU32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -329,7 +330,7 @@ impl Default for SessionsConfig {
         SessionsConfig {
             source: SessionSourceKind::Auto,
             utmp_path: PathBuf::from("/run/utmp"),
-            poll_secs: 10,
+            poll_secs: NonZeroU32::new(10).expect("not zero"),
         }
     }
 }
@@ -337,7 +338,7 @@ impl Default for SessionsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
-    pub batch_max_events: usize,
+    pub batch_max_events: NonZeroUsize,
     pub batch_linger_ms: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_secs: u64,
@@ -347,15 +348,15 @@ pub struct Delivery {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            collector: String::new(),
-            enroll_address: String::new(),
-            ca_fingerprint: String::new(),
+            collector: HostPort::default(),
+            enroll_address: HostPort::default(),
+            ca_fingerprint: CaFingerprint::default(),
             site: String::new(),
             enrollment_secret: String::new(),
             enrollment_secret_file: String::new(),
             data_dir: PathBuf::from("/var/lib/hallmonitor-agent"),
-            heartbeat_interval_secs: 60,
-            facts_interval_secs: 300,
+            heartbeat_interval_secs: NonZeroU32::new(60).expect("not zero"),
+            facts_interval_secs: NonZeroU32::new(300).expect("not zero"),
             machine_id: String::new(),
             delivery: Delivery::default(),
             enforcement: EnforcementConfig::default(),
@@ -370,7 +371,7 @@ impl Default for AgentConfig {
 impl Default for Delivery {
     fn default() -> Self {
         Delivery {
-            batch_max_events: 500,
+            batch_max_events: NonZeroUsize::new(500).expect("not zero"),
             batch_linger_ms: 200,
             reconnect_initial_ms: 1000,
             reconnect_max_secs: 300,
@@ -451,15 +452,21 @@ impl AgentConfig {
     fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         for (key, value) in env {
             let number = |v: &str| {
-                v.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                v.parse::<NonZeroU32>().map_err(|_| ConfigError::Invalid {
                     origin: format!("environment variable {key}"),
-                    message: format!("'{v}' is not a whole number"),
+                    message: format!("'{v}' is not a whole number of at least 1"),
                 })
             };
+            fn checked<T>(key: &str, parsed: Result<T, String>) -> Result<T, ConfigError> {
+                parsed.map_err(|message| ConfigError::Invalid {
+                    origin: format!("environment variable {key}"),
+                    message,
+                })
+            }
             match key.as_str() {
-                "HALLMONITOR_COLLECTOR" => self.collector = value.clone(),
-                "HALLMONITOR_ENROLL_ADDRESS" => self.enroll_address = value.clone(),
-                "HALLMONITOR_CA_FINGERPRINT" => self.ca_fingerprint = value.clone(),
+                "HALLMONITOR_COLLECTOR" => self.collector = checked(key, value.parse())?,
+                "HALLMONITOR_ENROLL_ADDRESS" => self.enroll_address = checked(key, value.parse())?,
+                "HALLMONITOR_CA_FINGERPRINT" => self.ca_fingerprint = checked(key, value.parse())?,
                 "HALLMONITOR_SITE" => self.site = value.clone(),
                 "HALLMONITOR_ENROLLMENT_SECRET" => self.enrollment_secret = value.clone(),
                 "HALLMONITOR_ENROLLMENT_SECRET_FILE" => self.enrollment_secret_file = value.clone(),
@@ -484,28 +491,6 @@ impl AgentConfig {
                     .into(),
             ));
         }
-        split_host_port(&self.collector).map_err(|m| invalid(format!("collector: {m}")))?;
-        if !self.enroll_address.is_empty() {
-            split_host_port(&self.enroll_address)
-                .map_err(|m| invalid(format!("enroll_address: {m}")))?;
-        }
-        let fp = normalise_fingerprint(&self.ca_fingerprint);
-        if !fp.is_empty() && (fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit())) {
-            return Err(invalid(
-                "ca_fingerprint: expected 64 hexadecimal digits (SHA-256)".into(),
-            ));
-        }
-        if self.heartbeat_interval_secs == 0 {
-            return Err(invalid("heartbeat_interval_secs must be at least 1".into()));
-        }
-        if self.capture.repeat_window_secs == 0 {
-            return Err(invalid(
-                "capture.repeat_window_secs must be at least 1".into(),
-            ));
-        }
-        if self.facts_interval_secs == 0 {
-            return Err(invalid("facts_interval_secs must be at least 1".into()));
-        }
         if self.delivery.outbox_max_bytes < 64 * 1024 {
             return Err(invalid(
                 "delivery.outbox_max_bytes must be at least 65536".into(),
@@ -527,19 +512,8 @@ impl AgentConfig {
                     .into(),
             ));
         }
-        if self.mfa.poll_secs == 0 {
-            return Err(invalid("mfa.poll_secs must be at least 1".into()));
-        }
         if !(1..=5).contains(&self.files.severity) {
             return Err(invalid("files.severity must be 1 to 5".into()));
-        }
-        if self.sessions.poll_secs == 0 {
-            return Err(invalid("sessions.poll_secs must be at least 1".into()));
-        }
-        if self.delivery.batch_max_events == 0 {
-            return Err(invalid(
-                "delivery.batch_max_events must be at least 1".into(),
-            ));
         }
         Ok(())
     }
@@ -547,12 +521,12 @@ impl AgentConfig {
     /// The enrolment address: configured, or the collector host on 50052.
     pub fn enroll_address(&self) -> String {
         if !self.enroll_address.is_empty() {
-            return self.enroll_address.clone();
+            return self.enroll_address.to_string();
         }
-        match split_host_port(&self.collector) {
+        match split_host_port(self.collector.as_str()) {
             Ok((host, _)) if host.contains(':') => format!("[{host}]:{DEFAULT_ENROLL_PORT}"),
             Ok((host, _)) => format!("{host}:{DEFAULT_ENROLL_PORT}"),
-            Err(_) => self.collector.clone(),
+            Err(_) => self.collector.to_string(),
         }
     }
 
@@ -571,7 +545,81 @@ impl AgentConfig {
     }
 
     pub fn ca_fingerprint(&self) -> String {
-        normalise_fingerprint(&self.ca_fingerprint)
+        self.ca_fingerprint.as_str().to_owned()
+    }
+}
+
+/// `host:port` (an IPv6 address as `[addr]:port`), checked when the file
+/// or variable is read, so a bad one is refused with its line; empty when
+/// not set (the daemon then refuses to start, the login hook does not
+/// need it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HostPort(String);
+
+impl HostPort {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if !text.is_empty() {
+            split_host_port(&text)?;
+        }
+        Ok(HostPort(text))
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        HostPort::try_from(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The SHA-256 fingerprint of the collector's CA certificate, as 64
+/// lower-case hexadecimal digits (written as other tools print it too:
+/// `AB:CD:…`); empty when not set (enrolment then refuses to trust).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CaFingerprint(String);
+
+impl CaFingerprint {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for CaFingerprint {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let hex = normalise_fingerprint(&text);
+        if !hex.is_empty() && (hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err("ca_fingerprint: expected 64 hexadecimal digits (SHA-256)".into());
+        }
+        Ok(CaFingerprint(hex))
+    }
+}
+
+impl std::str::FromStr for CaFingerprint {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        CaFingerprint::try_from(text.to_owned())
     }
 }
 
@@ -630,7 +678,7 @@ mod tests {
     fn example_parses_to_the_defaults_apart_from_the_collector() {
         let parsed = AgentConfig::parse(EXAMPLE, Path::new("agent.example.toml")).unwrap();
         let expected = AgentConfig {
-            collector: "hallmonitor.example.sch.uk:50051".into(),
+            collector: "hallmonitor.example.sch.uk:50051".parse().unwrap(),
             ..AgentConfig::default()
         };
         assert_eq!(parsed, expected);
@@ -650,8 +698,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.collector, "b:2");
-        assert_eq!(config.heartbeat_interval_secs, 5);
+        assert_eq!(config.collector.as_str(), "b:2");
+        assert_eq!(config.heartbeat_interval_secs.get(), 5);
     }
 
     #[test]
@@ -674,7 +722,7 @@ mod tests {
     fn invalid_values_are_named() {
         let cases = [
             ("no collector", "", "collector is not set"),
-            ("no port", "collector = \"host\"", "collector:"),
+            ("no port", "collector = \"host\"", "'host' is not host:port"),
             (
                 "short pin",
                 "collector = \"h:1\"\nca_fingerprint = \"abc\"",
@@ -732,23 +780,27 @@ mod tests {
     #[test]
     fn enroll_address_defaults_to_collector_host() {
         let mut config = AgentConfig {
-            collector: "hm.school:50051".into(),
+            collector: "hm.school:50051".parse().unwrap(),
             ..AgentConfig::default()
         };
         assert_eq!(config.enroll_address(), "hm.school:50052");
-        config.collector = "[::1]:7000".into();
+        config.collector = "[::1]:7000".parse().unwrap();
         assert_eq!(config.enroll_address(), "[::1]:50052");
-        config.enroll_address = "other:9".into();
+        config.enroll_address = "other:9".parse().unwrap();
         assert_eq!(config.enroll_address(), "other:9");
     }
 
     #[test]
     fn fingerprint_accepts_colons_and_case() {
+        let printed = "AB:CD:".repeat(16);
         let config = AgentConfig {
-            ca_fingerprint: "AB:cd".into(),
+            ca_fingerprint: printed.trim_end_matches(':').parse().unwrap(),
             ..AgentConfig::default()
         };
-        assert_eq!(config.ca_fingerprint(), "abcd");
+        assert_eq!(config.ca_fingerprint(), "abcd".repeat(16));
+        assert!("abc".parse::<CaFingerprint>().is_err());
+        assert!("host".parse::<HostPort>().is_err());
+        assert!("".parse::<HostPort>().unwrap().is_empty());
     }
 
     /// `key = value` lines from the keys the file has, with values that are

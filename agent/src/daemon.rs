@@ -116,9 +116,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     tasks.spawn("auth logs", crate::authlog::follow::watch(ctx));
     let settings = StreamSettings {
-        collector: config.collector.clone(),
+        collector: config.collector.to_string(),
         delivery: config.delivery.clone(),
-        heartbeat_interval_secs: config.heartbeat_interval_secs,
+        heartbeat_interval_secs: config.heartbeat_interval_secs.get(),
         commands,
         policies: hub,
     };

@@ -366,7 +366,7 @@ mod tests {
             sessions: crate::config::SessionsConfig {
                 source: crate::config::SessionSourceKind::Utmp,
                 utmp_path: dir.join("utmp"),
-                poll_secs: 10,
+                poll_secs: std::num::NonZeroU32::new(10).expect("not zero"),
             },
             ..AgentConfig::default()
         }

@@ -350,7 +350,7 @@ pub async fn watch(ctx: TaskContext, presence: Arc<HelperPresence>) -> anyhow::R
     let state = State::new(&outbox);
     let mut book: gaps::GapBook = state.gap_book().await?.or_default();
     // As often as sessions are polled, and at least ten times a grace.
-    let every = Duration::from_secs(u64::from(config.sessions.poll_secs.max(1)))
+    let every = Duration::from_secs(u64::from(config.sessions.poll_secs.get()))
         .min(grace / 10)
         .max(Duration::from_secs(1));
     let mut poll = tokio::time::interval(every);

@@ -19,10 +19,10 @@ pub async fn run(ctx: TaskContext) -> anyhow::Result<()> {
         wake,
         shutdown,
     } = ctx;
-    let interval = config.heartbeat_interval_secs;
+    let interval = config.heartbeat_interval_secs.get();
     let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(interval)));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let facts_every = Duration::from_secs(u64::from(config.facts_interval_secs));
+    let facts_every = Duration::from_secs(u64::from(config.facts_interval_secs.get()));
     let mut last_facts: Option<v1::DeviceFacts> = None;
     let mut facts_checked = tokio::time::Instant::now();
     let mut trouble = WriteTrouble::default();

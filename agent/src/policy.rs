@@ -127,7 +127,7 @@ impl PolicyHub {
             }
         }
         let staff_patterns = Arc::new(patterns);
-        let repeat_window_secs = capture.repeat_window_secs;
+        let repeat_window_secs = capture.repeat_window_secs.get();
         let first = in_force(&sources, &staff_patterns, repeat_window_secs);
         Ok(PolicyHub {
             sources: Mutex::new(sources),

@@ -348,7 +348,9 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
         }
         Stored::Absent => Ledger::new(),
     };
-    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.sessions.poll_secs)));
+    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(
+        config.sessions.poll_secs.get(),
+    )));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
     let mut trouble = WriteTrouble::default();

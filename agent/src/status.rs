@@ -69,7 +69,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         enrolled: identity.is_some(),
         device_id: identity.as_ref().map(|i| i.device_id.clone()),
         site: identity.as_ref().map(|i| i.site.clone()),
-        collector: config.collector.clone(),
+        collector: config.collector.to_string(),
         daemon_running: false,
         daemon_pid: None,
         connection: "stopped".into(),
@@ -157,7 +157,7 @@ pub async fn read(config: &AgentConfig, now: Timestamp) -> anyhow::Result<Status
         // The producer writes every heartbeat; since the daemon started if
         // it never managed to.
         let last_write = snapshot.alive_at.max(snapshot.daemon_started_at);
-        let allowed = (3 * u64::from(config.heartbeat_interval_secs)).max(5);
+        let allowed = (3 * u64::from(config.heartbeat_interval_secs.get())).max(5);
         status.outbox_writes_failing_secs = last_write
             .map(|t| now.duration_since(t).as_secs().max(0) as u64)
             .filter(|secs| *secs > allowed);

@@ -212,7 +212,7 @@ async fn run_once(
     loop {
         while in_flight.len() < WINDOW {
             let events = outbox
-                .read_for_send(sent_up_to, settings.delivery.batch_max_events)
+                .read_for_send(sent_up_to, settings.delivery.batch_max_events.get())
                 .await?;
             let (Some(first), Some(last)) =
                 (events.first().map(|e| e.seq), events.last().map(|e| e.seq))

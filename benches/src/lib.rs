@@ -47,9 +47,9 @@ pub async fn enroll_agents(
     for n in 0..count {
         let machine_id = format!("{prefix}-{n:06}");
         let config = AgentConfig {
-            collector: target.telemetry.clone(),
-            enroll_address: target.enroll.clone(),
-            ca_fingerprint: target.ca_fingerprint.clone(),
+            collector: target.telemetry.parse().map_err(anyhow::Error::msg)?,
+            enroll_address: target.enroll.parse().map_err(anyhow::Error::msg)?,
+            ca_fingerprint: target.ca_fingerprint.parse().map_err(anyhow::Error::msg)?,
             site: target.site.clone(),
             enrollment_secret: target.secret.clone(),
             data_dir: work.join(&machine_id),

@@ -471,7 +471,8 @@ pub async fn watch(ctx: TaskContext) -> anyhow::Result<()> {
             }
         }
     }
-    let mut poll = tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs)));
+    let mut poll =
+        tokio::time::interval(Duration::from_secs(u64::from(config.mfa.poll_secs.get())));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
