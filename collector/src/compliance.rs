@@ -13,71 +13,67 @@
 //! types and require it back byte for byte, and map every status value
 //! both ways, so the two definitions cannot drift apart.
 
+use hallmonitor_report as report;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-use crate::flags::FlagRecord;
+use crate::flags::{FlagKind, FlagRecord, FlagState};
 use crate::model::{DeviceId, Enforcement};
-use crate::rules::activity::ActivityEvaluation;
+use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
 use crate::rules::mfa::{MfaStatus, PairVerdict};
 
 pub use hallmonitor_report::SCHEMA;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ComplianceReport {
-    pub schema: String,
-    pub as_of: Timestamp,
-    /// True when every device listed passes.
-    pub compliant: bool,
-    pub devices: Vec<DeviceCompliance>,
+// The document's types are the shared crate's, so the agent reads what
+// the collector writes with the same definitions.
+pub use hallmonitor_report::{
+    ActivityReport, ComplianceReport, DeviceCompliance, FlagSummary, MfaReport,
+};
+
+/// Each status as the shared crate names it. No wildcard: a value added
+/// on the collector's side fails to compile until `hallmonitor-report`
+/// has it too.
+pub(crate) fn shared_activity(status: ActivityStatus) -> report::ActivityStatus {
+    match status {
+        ActivityStatus::Grace => report::ActivityStatus::Grace,
+        ActivityStatus::Compliant => report::ActivityStatus::Compliant,
+        ActivityStatus::AtRisk => report::ActivityStatus::AtRisk,
+        ActivityStatus::NonCompliant => report::ActivityStatus::NonCompliant,
+        ActivityStatus::Disabled => report::ActivityStatus::Disabled,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DeviceCompliance {
-    pub device_id: String,
-    pub hostname: String,
-    pub site: String,
-    pub compliant: bool,
-    pub enforcement: String,
-    pub activity: ActivityReport,
-    /// Two-step sign-in freshness of each staff account using the device.
-    #[serde(default)]
-    pub mfa: Vec<MfaReport>,
-    /// Active flags (open, disable approved, disabled).
-    pub flags: Vec<FlagSummary>,
+pub(crate) fn shared_mfa(status: MfaStatus) -> report::MfaStatus {
+    match status {
+        MfaStatus::Fresh => report::MfaStatus::Fresh,
+        MfaStatus::DueSoon => report::MfaStatus::DueSoon,
+        MfaStatus::Stale => report::MfaStatus::Stale,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MfaReport {
-    pub account: String,
-    /// fresh, due_soon or stale; only stale fails the check.
-    pub status: String,
-    pub last_mfa: Option<Timestamp>,
-    pub expires_at: Option<Timestamp>,
+pub(crate) fn shared_enforcement(enforcement: Enforcement) -> report::Enforcement {
+    match enforcement {
+        Enforcement::Enabled => report::Enforcement::Enabled,
+        Enforcement::DisablePending => report::Enforcement::DisablePending,
+        Enforcement::Disabled => report::Enforcement::Disabled,
+        Enforcement::EnablePending => report::Enforcement::EnablePending,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ActivityReport {
-    pub status: String,
-    pub used_minutes: i64,
-    pub required_minutes: i64,
-    pub window_days: i64,
-    pub window_start: Timestamp,
-    /// Without further use, non-compliant from just after this instant.
-    pub breach_at: Option<Timestamp>,
-    /// `breach_at` in the site's zone, for people.
-    pub breach_local: Option<String>,
-    pub grace_until: Option<Timestamp>,
-    /// When this verdict was computed.
-    pub evaluated_at: Timestamp,
+pub(crate) fn shared_kind(kind: FlagKind) -> report::FlagKind {
+    match kind {
+        FlagKind::DeviceInactive => report::FlagKind::DeviceInactive,
+        FlagKind::MfaStale => report::FlagKind::MfaStale,
+    }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FlagSummary {
-    pub id: i64,
-    pub kind: String,
-    pub state: String,
-    pub opened_at: Timestamp,
+pub(crate) fn shared_state(state: FlagState) -> report::FlagState {
+    match state {
+        FlagState::Open => report::FlagState::Open,
+        FlagState::DisableApproved => report::FlagState::DisableApproved,
+        FlagState::Disabled => report::FlagState::Disabled,
+        FlagState::Reenabled => report::FlagState::Reenabled,
+        FlagState::Dismissed => report::FlagState::Dismissed,
+    }
 }
 
 /// What a device's line in the report is made of.
@@ -101,9 +97,9 @@ pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> D
         site: facts.site.to_owned(),
         compliant: evaluation.status.passes()
             && facts.mfa.iter().all(|p| p.status != MfaStatus::Stale),
-        enforcement: facts.enforcement.as_str().to_owned(),
+        enforcement: shared_enforcement(facts.enforcement),
         activity: ActivityReport {
-            status: evaluation.status.as_str().to_owned(),
+            status: shared_activity(evaluation.status),
             used_minutes: evaluation.used.as_mins(),
             required_minutes: facts.required_minutes,
             window_days: facts.window_days,
@@ -122,7 +118,7 @@ pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> D
             .iter()
             .map(|p| MfaReport {
                 account: p.account.clone(),
-                status: p.status.as_str().to_owned(),
+                status: shared_mfa(p.status),
                 last_mfa: p.last_mfa,
                 expires_at: p.expires_at,
             })
@@ -133,8 +129,8 @@ pub fn device_line(facts: DeviceFacts<'_>, evaluation: &ActivityEvaluation) -> D
             .filter(|f| f.state.is_active())
             .map(|f| FlagSummary {
                 id: f.id,
-                kind: f.kind.as_str().to_owned(),
-                state: f.state.as_str().to_owned(),
+                kind: shared_kind(f.kind),
+                state: shared_state(f.state),
                 opened_at: f.opened_at,
             })
             .collect(),
@@ -150,25 +146,22 @@ pub fn report(as_of: Timestamp, devices: Vec<DeviceCompliance>) -> ComplianceRep
     }
 }
 
-impl ComplianceReport {
-    /// 0 when everything passes, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        u8::from(!self.compliant)
-    }
+/// 0 when everything passes, 1 otherwise.
+pub fn exit_code(report: &ComplianceReport) -> u8 {
+    u8::from(!report.compliant)
+}
 
-    pub fn status_counts(&self) -> Vec<(String, usize)> {
-        let mut counts: Vec<(String, usize)> = Vec::new();
-        for device in &self.devices {
-            match counts
-                .iter_mut()
-                .find(|(s, _)| *s == device.activity.status)
-            {
-                Some((_, n)) => *n += 1,
-                None => counts.push((device.activity.status.clone(), 1)),
-            }
+/// How many devices have each activity status, in order of first sight.
+pub fn status_counts(report: &ComplianceReport) -> Vec<(String, usize)> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for device in &report.devices {
+        let status = device.activity.status.as_str();
+        match counts.iter_mut().find(|(s, _)| s == status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((status.to_owned(), 1)),
         }
-        counts
     }
+    counts
 }
 
 /// The report for the selected devices at `as_of`, evaluated now from the
@@ -207,8 +200,6 @@ pub async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flags::{FlagKind, FlagState};
-    use crate::rules::activity::ActivityStatus;
     use hallmonitor_report as shared;
 
     // Every value of each status the report carries (checked against the
@@ -249,9 +240,9 @@ mod tests {
                 hostname: format!("host-{id}"),
                 site: "Cabot".into(),
                 compliant: status.passes(),
-                enforcement: enforcement.as_str().into(),
+                enforcement: shared_enforcement(enforcement),
                 activity: ActivityReport {
-                    status: status.as_str().into(),
+                    status: shared_activity(status),
                     used_minutes: 70,
                     required_minutes: 60,
                     window_days: 28,
@@ -265,7 +256,7 @@ mod tests {
                     .iter()
                     .map(|status| MfaReport {
                         account: format!("staff.{}", status.as_str()),
-                        status: status.as_str().into(),
+                        status: shared_mfa(*status),
                         last_mfa: Some(at("2026-01-01T08:00:00Z")),
                         expires_at: Some(at("2026-01-31T08:00:00Z")),
                     })
@@ -276,8 +267,8 @@ mod tests {
                     .enumerate()
                     .map(|(id, (kind, state))| FlagSummary {
                         id: id as i64 + 1,
-                        kind: kind.as_str().into(),
-                        state: state.as_str().into(),
+                        kind: shared_kind(*kind),
+                        state: shared_state(*state),
                         opened_at: at("2026-02-01T08:00:00Z"),
                     })
                     .collect(),
@@ -340,52 +331,6 @@ mod tests {
             for pair in pairs {
                 assert!(!matches!(pair.status, shared::MfaStatus::Other(_)));
             }
-        }
-    }
-
-    /// Each status as the shared crate names it. No wildcard: a value
-    /// added here fails to compile until `hallmonitor-report` has it too.
-    fn shared_activity(status: ActivityStatus) -> shared::ActivityStatus {
-        match status {
-            ActivityStatus::Grace => shared::ActivityStatus::Grace,
-            ActivityStatus::Compliant => shared::ActivityStatus::Compliant,
-            ActivityStatus::AtRisk => shared::ActivityStatus::AtRisk,
-            ActivityStatus::NonCompliant => shared::ActivityStatus::NonCompliant,
-            ActivityStatus::Disabled => shared::ActivityStatus::Disabled,
-        }
-    }
-
-    fn shared_mfa(status: MfaStatus) -> shared::MfaStatus {
-        match status {
-            MfaStatus::Fresh => shared::MfaStatus::Fresh,
-            MfaStatus::DueSoon => shared::MfaStatus::DueSoon,
-            MfaStatus::Stale => shared::MfaStatus::Stale,
-        }
-    }
-
-    fn shared_enforcement(enforcement: Enforcement) -> shared::Enforcement {
-        match enforcement {
-            Enforcement::Enabled => shared::Enforcement::Enabled,
-            Enforcement::DisablePending => shared::Enforcement::DisablePending,
-            Enforcement::Disabled => shared::Enforcement::Disabled,
-            Enforcement::EnablePending => shared::Enforcement::EnablePending,
-        }
-    }
-
-    fn shared_kind(kind: FlagKind) -> shared::FlagKind {
-        match kind {
-            FlagKind::DeviceInactive => shared::FlagKind::DeviceInactive,
-            FlagKind::MfaStale => shared::FlagKind::MfaStale,
-        }
-    }
-
-    fn shared_state(state: FlagState) -> shared::FlagState {
-        match state {
-            FlagState::Open => shared::FlagState::Open,
-            FlagState::DisableApproved => shared::FlagState::DisableApproved,
-            FlagState::Disabled => shared::FlagState::Disabled,
-            FlagState::Reenabled => shared::FlagState::Reenabled,
-            FlagState::Dismissed => shared::FlagState::Dismissed,
         }
     }
 

@@ -347,13 +347,13 @@ pub fn compliance(report: &crate::compliance::ComplianceReport, format: Format) 
                     d.device_id.clone(),
                     or_dash(&d.hostname),
                     d.site.clone(),
-                    a.status.clone(),
+                    a.status.to_string(),
                     format!(
                         "{}/{} min in {} d",
                         a.used_minutes, a.required_minutes, a.window_days
                     ),
                     a.breach_local.clone().unwrap_or_else(|| "-".into()),
-                    d.enforcement.clone(),
+                    d.enforcement.to_string(),
                     d.flags
                         .iter()
                         .map(|f| format!("#{} {}", f.id, f.state))
@@ -362,8 +362,7 @@ pub fn compliance(report: &crate::compliance::ComplianceReport, format: Format) 
                 ]);
             }
             let mut out = table(&rows);
-            let counts: Vec<String> = report
-                .status_counts()
+            let counts: Vec<String> = crate::compliance::status_counts(report)
                 .iter()
                 .map(|(s, n)| format!("{n} {s}"))
                 .collect();

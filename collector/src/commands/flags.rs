@@ -96,7 +96,9 @@ pub(crate) async fn compliance(
         bail!("no such device");
     }
     print!("{}", render::compliance(&report, format));
-    Ok(ExitCode::from(report.exit_code()))
+    Ok(ExitCode::from(
+        hallmonitor_collector::compliance::exit_code(&report),
+    ))
 }
 
 pub(crate) async fn flags(data: &Path, command: FlagsCommand) -> anyhow::Result<ExitCode> {
