@@ -71,6 +71,35 @@ impl Client {
         form: Option<&[(&str, &str)]>,
         headers_out: &[&str],
     ) -> Reply {
+        self.curl(path, |command| {
+            command.args(["-X", method]);
+            for header in headers_out {
+                command.args(["-H", header]);
+            }
+            if let Some(form) = form {
+                let encoded = form
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                command.args(["--data-raw", &encoded]);
+            }
+        })
+    }
+
+    /// A multipart form with one file, as a browser sends an upload.
+    pub fn upload(&self, path: &str, fields: &[(&str, &str)], file: &Path) -> Reply {
+        self.curl(path, |command| {
+            for (k, v) in fields {
+                command.args(["-F", &format!("{k}={v}")]);
+            }
+            command.args(["-F", &format!("file=@{}", file.display())]);
+        })
+    }
+
+    /// One curl request with this browser's CA and cookie jar; `request`
+    /// adds the method, headers and body.
+    fn curl(&self, path: &str, request: impl FnOnce(&mut Command)) -> Reply {
         let dir = tempfile::tempdir().unwrap();
         let headers = dir.path().join("headers");
         let body = dir.path().join("body");
@@ -87,53 +116,8 @@ impl Client {
             .arg(&headers)
             .arg("-o")
             .arg(&body)
-            .args(["-w", "%{http_code}", "-X", method]);
-        for header in headers_out {
-            command.args(["-H", header]);
-        }
-        if let Some(form) = form {
-            let encoded = form
-                .iter()
-                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-                .collect::<Vec<_>>()
-                .join("&");
-            command.args(["--data-raw", &encoded]);
-        }
-        command.arg(format!("{}{path}", self.base));
-        let output = command.output().expect("curl runs");
-        assert!(
-            output.status.success(),
-            "curl {path}: {}",
-            text(&output.stderr)
-        );
-        Reply {
-            status: text(&output.stdout).trim().parse().unwrap(),
-            headers: std::fs::read_to_string(&headers).unwrap_or_default(),
-            body: std::fs::read(&body).unwrap_or_default(),
-        }
-    }
-
-    /// A multipart form with one file, as a browser sends an upload.
-    pub fn upload(&self, path: &str, fields: &[(&str, &str)], file: &Path) -> Reply {
-        let dir = tempfile::tempdir().unwrap();
-        let headers = dir.path().join("headers");
-        let body = dir.path().join("body");
-        let mut command = Command::new("curl");
-        command
-            .args(["-sS", "--cacert"])
-            .arg(&self.ca)
-            .args(["--resolve", &format!("localhost:{}:127.0.0.1", self.port())])
-            .arg("-b")
-            .arg(&self.jar)
-            .arg("-D")
-            .arg(&headers)
-            .arg("-o")
-            .arg(&body)
             .args(["-w", "%{http_code}"]);
-        for (k, v) in fields {
-            command.args(["-F", &format!("{k}={v}")]);
-        }
-        command.args(["-F", &format!("file=@{}", file.display())]);
+        request(&mut command);
         command.arg(format!("{}{path}", self.base));
         let output = command.output().expect("curl runs");
         assert!(
@@ -619,6 +603,26 @@ fn settings_and_imports_through_the_console() {
     let agent = Agent::new(&settings_for_agent);
     let device = agent.enroll();
     assert!(device.starts_with("dev-"), "{device}");
+    // Revoking it stops new enrolments; a second revoke is refused beside
+    // the list.
+    assert!(tech.get("/settings").text().contains("Revoke secret 2"));
+    let revoked = tech.post(
+        "/settings/secrets/2/revoke",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.text());
+    let again = tech.post(
+        "/settings/secrets/2/revoke",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(again.status, 422);
+    assert!(again.text().contains("already revoked"));
+    let listed = text(
+        &data
+            .cli(&["enroll-secret", "list", "--format", "json"])
+            .stdout,
+    );
+    assert!(listed.contains("revoked_at\": \"20"), "{listed}");
     let bad_days = tech.post(
         "/settings/secrets",
         &[

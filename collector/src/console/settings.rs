@@ -199,23 +199,51 @@ pub async fn revoke_secret(
     Path(id): Path<i64>,
     Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
 ) -> PageResult {
-    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+    revoke(&console, &viewer, &form.site, id, Revocable::Secret).await
+}
+
+/// What the settings page revokes.
+#[derive(Clone, Copy)]
+enum Revocable {
+    Secret,
+    Token,
+}
+
+/// Revokes an enrolment secret or API token of one of the viewer's sites,
+/// audited; an already revoked one is said so beside the list.
+async fn revoke(
+    console: &Console,
+    viewer: &Viewer,
+    site: &str,
+    id: i64,
+    what: Revocable,
+) -> PageResult {
+    let Some(site) = site_named(console, viewer, site).await? else {
         return Err(Problem::NotFound);
     };
-    if !console
-        .store
-        .revoke_enrollment_secret(site.id, id, Timestamp::now())
-        .await?
-    {
-        return render(&console, &viewer, None, "That secret is already revoked.").await;
+    let now = Timestamp::now();
+    let (revoked, action, target, already) = match what {
+        Revocable::Secret => (
+            console
+                .store
+                .revoke_enrollment_secret(site.id, id, now)
+                .await?,
+            "enrollment_secret_revoked",
+            format!("secret {id}"),
+            "That secret is already revoked.",
+        ),
+        Revocable::Token => (
+            console.store.revoke_api_token(site.id, id, now).await?,
+            "api_token_revoked",
+            format!("api-token {id}"),
+            "That token is already revoked.",
+        ),
+    };
+    if !revoked {
+        return render(console, viewer, None, already).await;
     }
     let _ = console
-        .audit(
-            &viewer,
-            "enrollment_secret_revoked",
-            &format!("secret {id}"),
-            &format!("site={}", site.name),
-        )
+        .audit(viewer, action, &target, &format!("site={}", site.name))
         .await;
     Ok(Redirect::to("/settings").into_response())
 }
@@ -262,25 +290,7 @@ pub async fn revoke_token(
     Path(id): Path<i64>,
     Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
 ) -> PageResult {
-    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
-        return Err(Problem::NotFound);
-    };
-    if !console
-        .store
-        .revoke_api_token(site.id, id, Timestamp::now())
-        .await?
-    {
-        return render(&console, &viewer, None, "That token is already revoked.").await;
-    }
-    let _ = console
-        .audit(
-            &viewer,
-            "api_token_revoked",
-            &format!("api-token {id}"),
-            &format!("site={}", site.name),
-        )
-        .await;
-    Ok(Redirect::to("/settings").into_response())
+    revoke(&console, &viewer, &form.site, id, Revocable::Token).await
 }
 
 #[derive(Deserialize)]
