@@ -47,7 +47,6 @@ pub(super) async fn upsert_session(
     .bind(millis(at))
     .execute(&mut *tx)
     .await?;
-    mark_days_in_use(tx, device, session).await?;
     // A session that ended closes its monitoring gaps, even if the agent
     // never sent their END (lost with a replaced outbox, or the check
     // turned off).
@@ -65,14 +64,19 @@ pub(super) async fn upsert_session(
     Ok(())
 }
 
-/// Records the site-local days a session covers (from its start to its
-/// end, or to its start plus its active time while open; at most 40 days)
-/// in `device_days`, counting each new (day, device) in `site_days`.
-async fn mark_days_in_use(
+/// Records the site-local days a batch's sessions cover (each from its
+/// start to its end, or to its start plus its active time while open; at
+/// most 40 days) in `device_days`, counting each new (day, device) in
+/// `site_days`. Once per batch (inside `record_batch`): one lookup of the
+/// site's zone and one row per distinct day, not per session.
+pub(super) async fn mark_days_in_use(
     tx: &mut SqliteConnection,
     device: &DeviceId,
-    session: &SessionRecord,
+    sessions: &[&SessionRecord],
 ) -> Result<()> {
+    if sessions.is_empty() {
+        return Ok(());
+    }
     let Some((site, zone)): Option<(i64, String)> = sqlx::query_as(
         "SELECT s.id, s.timezone FROM devices d JOIN sites s ON s.id = d.site_id WHERE d.id = ?",
     )
@@ -83,14 +87,24 @@ async fn mark_days_in_use(
         return Ok(());
     };
     let tz = jiff::tz::TimeZone::get(&zone).unwrap_or(jiff::tz::TimeZone::UTC);
-    let end = session.ended_at.unwrap_or_else(|| {
-        session.started_at
-            + jiff::SignedDuration::from_secs(session.active_secs.min(86_400 * 40) as i64)
-    });
-    let first = session.started_at.to_zoned(tz.clone()).date();
-    let last = end.max(session.started_at).to_zoned(tz).date();
-    let mut day = first;
-    for _ in 0..40 {
+    let mut days = std::collections::BTreeSet::new();
+    for session in sessions {
+        let end = session.ended_at.unwrap_or_else(|| {
+            session.started_at
+                + jiff::SignedDuration::from_secs(session.active_secs.min(86_400 * 40) as i64)
+        });
+        let mut day = session.started_at.to_zoned(tz.clone()).date();
+        let last = end.max(session.started_at).to_zoned(tz.clone()).date();
+        for _ in 0..40 {
+            days.insert(day);
+            if day >= last {
+                break;
+            }
+            let Ok(next) = day.tomorrow() else { break };
+            day = next;
+        }
+    }
+    for day in days {
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO device_days (day, device_id, site_id) VALUES (?, ?, ?)",
         )
@@ -109,11 +123,6 @@ async fn mark_days_in_use(
             .execute(&mut *tx)
             .await?;
         }
-        if day >= last {
-            break;
-        }
-        let Ok(next) = day.tomorrow() else { break };
-        day = next;
     }
     Ok(())
 }

@@ -99,6 +99,14 @@ impl crate::store::IngestStore for SqliteStore {
         // Sessions and command results take effect with the batch that
         // carried them. A duplicate event was applied when first stored.
         if stored > 0 {
+            let sessions: Vec<&crate::model::SessionRecord> = events
+                .iter()
+                .filter_map(|e| match &e.body {
+                    EventBody::Session(session) => Some(session),
+                    _ => None,
+                })
+                .collect();
+            activity::mark_days_in_use(&mut tx, device, &sessions).await?;
             for event in events {
                 match &event.body {
                     EventBody::Session(session) => {
