@@ -113,7 +113,11 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
-    /// Tokens for the HTTPS JSON API (one site each).
+    /// Print the JSON API's OpenAPI document (also served at
+    /// /api/v1/openapi.json).
+    Openapi,
+    /// Tokens for the HTTPS JSON API: each carries a console role and a
+    /// site (or every site).
     ApiToken {
         #[command(subcommand)]
         command: ApiTokenCommand,
@@ -294,6 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::notifications::notifications(&data, command).await
         }
         Command::ApiToken { command } => commands::mfa::api_token(&data, command).await,
+        Command::Openapi => {
+            println!("{}", hallmonitor_collector::api::openapi_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Users { command } => commands::users::users(&data, command).await,
         Command::Mfa { command } => commands::mfa::mfa(&data, command).await,
         Command::Flags { command } => commands::flags::flags(&data, command).await,

@@ -549,6 +549,7 @@ pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> Stri
             let mut rows = vec![[
                 "ID".to_string(),
                 "SITE".into(),
+                "ROLE".into(),
                 "LABEL".into(),
                 "CREATED".into(),
                 "LAST USED".into(),
@@ -562,7 +563,12 @@ pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> Stri
             for t in tokens {
                 rows.push([
                     t.id.to_string(),
-                    t.site.clone(),
+                    if t.all_sites {
+                        "all sites".into()
+                    } else {
+                        t.site.clone()
+                    },
+                    t.role.to_string(),
                     or_dash(&t.label),
                     when(Some(t.created_at)),
                     when(t.last_used_at),

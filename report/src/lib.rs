@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub const SCHEMA: &str = "hallmonitor.compliance.v1";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ComplianceReport {
     pub schema: String,
     pub as_of: Timestamp,
@@ -35,6 +36,7 @@ impl ComplianceReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceCompliance {
     pub device_id: String,
     pub hostname: String,
@@ -51,6 +53,7 @@ pub struct DeviceCompliance {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MfaReport {
     /// The staff account, lowercase.
     pub account: String,
@@ -61,6 +64,7 @@ pub struct MfaReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActivityReport {
     pub status: ActivityStatus,
     pub used_minutes: i64,
@@ -77,6 +81,7 @@ pub struct ActivityReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FlagSummary {
     pub id: i64,
     pub kind: FlagKind,
@@ -109,6 +114,25 @@ macro_rules! status {
                 }
             }
         }
+
+        // A string, not a closed enum: a reader must accept values added
+        // later (the `Other` variant).
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let known: Vec<&str> = Self::KNOWN.iter().map(|v| v.as_str()).collect();
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some(format!(
+                        "One of: {}; later versions may add values.",
+                        known.join(", ")
+                    )))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,10 +3,11 @@
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::config::CollectorConfig;
+use hallmonitor_collector::model::ConsoleRole;
 use hallmonitor_collector::render::{self, Format};
 use hallmonitor_collector::rules::mfa::MfaStatus;
 use hallmonitor_collector::signins::{self, SigninFormat};
-use hallmonitor_collector::store::{ApiTokenStore, MfaStore};
+use hallmonitor_collector::store::{ApiTokenStore, MfaStore, NewApiToken};
 use hallmonitor_collector::{auth, directory, open_store};
 use jiff::Timestamp;
 use std::path::Path;
@@ -53,6 +54,13 @@ pub(crate) enum ApiTokenCommand {
         site: String,
         #[arg(long, default_value = "")]
         label: String,
+        /// What the token may read and do: admin, technician, dsl or
+        /// governor (the console's roles; only dsl tokens read incidents).
+        #[arg(long, default_value = "technician")]
+        role: String,
+        /// Cover every site instead of only --site.
+        #[arg(long)]
+        all_sites: bool,
     },
     List {
         #[arg(long)]
@@ -139,11 +147,28 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
     let store = open_store(data).await?;
     let now = Timestamp::now();
     match command {
-        ApiTokenCommand::Create { site, label } => {
+        ApiTokenCommand::Create {
+            site,
+            label,
+            role,
+            all_sites,
+        } => {
+            let Some(role) = ConsoleRole::parse(&role) else {
+                bail!("--role: expected {}", ConsoleRole::expected());
+            };
             let site = require_site(&store, &site).await?;
             let token = auth::generate_api_token();
             let id = store
-                .create_api_token(site.id, &auth::secret_digest(&token), &label, now)
+                .create_api_token(
+                    NewApiToken {
+                        site: site.id,
+                        token_sha256: &auth::secret_digest(&token),
+                        label: &label,
+                        role,
+                        all_sites,
+                    },
+                    now,
+                )
                 .await?;
             audit_cli(
                 &store,
@@ -151,7 +176,7 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
                 &format!("cli:{}", os_user()),
                 "api_token_created",
                 &format!("api token {id}"),
-                &format!("site={}", site.name),
+                &format!("site={} role={role} all_sites={all_sites}", site.name),
             )
             .await?;
             println!("{token}");

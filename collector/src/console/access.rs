@@ -64,6 +64,25 @@ pub fn allows(role: ConsoleRole, permission: Permission) -> bool {
     }
 }
 
+const EVERY_PERMISSION: [Permission; 7] = [
+    Permission::Reports,
+    Permission::Devices,
+    Permission::Flags,
+    Permission::Incidents,
+    Permission::Users,
+    Permission::Audit,
+    Permission::Settings,
+];
+
+/// Whether an account with role `granter` may give `role` to something
+/// it makes (an API token): only when `role` allows nothing `granter`'s
+/// role does not.
+pub fn may_grant(granter: ConsoleRole, role: ConsoleRole) -> bool {
+    EVERY_PERMISSION
+        .iter()
+        .all(|p| !allows(role, *p) || allows(granter, *p))
+}
+
 /// A permission as a type, for `Allowed<P>`.
 pub trait Needs: Send + Sync + 'static {
     const PERMISSION: Permission;
@@ -90,10 +109,14 @@ needs! {
     SettingsP => Settings,
 }
 
-/// The signed-in person making this request.
+/// Who is making this request: a signed-in person, or a program holding
+/// an API token (`api::token`), which gets a `Viewer` with the token's role
+/// and sites so both go through the same checks.
 #[derive(Clone, Debug)]
 pub struct Viewer {
     pub user: ConsoleUser,
+    /// How the audit log names them: `console:NAME` or `api-token:ID`.
+    pub actor: String,
     pub csrf_token: String,
     /// SHA-256 of this browser's session token.
     pub session: String,
@@ -264,6 +287,7 @@ impl FromRequestParts<Console> for Viewer {
         }
         Ok(Viewer {
             csrf_token: session.csrf_token.clone(),
+            actor: format!("console:{}", session.user.username),
             user: session.user,
             session: digest,
             address: peer_address(parts),
@@ -353,7 +377,6 @@ mod tests {
     #[test]
     fn the_role_matrix() {
         use ConsoleRole::*;
-        use Permission::*;
         let table = [
             (Admin, [true, true, true, false, true, true, true]),
             (Technician, [true, true, true, false, false, false, true]),
@@ -361,12 +384,29 @@ mod tests {
             (Governor, [true, false, false, false, false, false, false]),
         ];
         for (role, row) in table {
-            for (permission, want) in [Reports, Devices, Flags, Incidents, Users, Audit, Settings]
-                .into_iter()
-                .zip(row)
-            {
+            for (permission, want) in EVERY_PERMISSION.into_iter().zip(row) {
                 assert_eq!(allows(role, permission), want, "{role} {permission:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_token_never_carries_more_than_its_maker() {
+        use ConsoleRole::*;
+        // (maker, roles it may give)
+        let table = [
+            (Admin, vec![Admin, Technician, Governor]),
+            (Technician, vec![Technician, Governor]),
+            (Dsl, vec![Dsl, Governor]),
+            (Governor, vec![Governor]),
+        ];
+        for (maker, want) in table {
+            let got: Vec<_> = ConsoleRole::ALL
+                .iter()
+                .copied()
+                .filter(|r| may_grant(maker, *r))
+                .collect();
+            assert_eq!(got, want, "{maker}");
         }
     }
 

@@ -59,7 +59,7 @@ impl Console {
         self.store
             .append_audit(AuditEntry {
                 at: Timestamp::now(),
-                actor: &format!("console:{}", viewer.name()),
+                actor: &viewer.actor,
                 action,
                 target,
                 detail,

@@ -39,7 +39,7 @@ pub fn local_opt(at: Option<Timestamp>, zone: &str) -> String {
 }
 
 /// The sites a viewer may see, by id.
-pub(super) async fn visible_sites(
+pub(crate) async fn visible_sites(
     console: &Console,
     viewer: &Viewer,
 ) -> Result<Vec<Site>, Problem> {
@@ -724,7 +724,7 @@ fn parse_action(text: &str) -> Option<FlagAction> {
 
 /// Applies one action to one flag the viewer may see; Err is the message
 /// for the person.
-async fn act_on_flag(
+pub(crate) async fn act_on_flag(
     console: &Console,
     viewer: &Viewer,
     id: i64,
@@ -738,13 +738,7 @@ async fn act_on_flag(
     let reason = reason.trim();
     let outcome = console
         .store
-        .transition_flag(
-            id,
-            action,
-            &format!("console:{}", viewer.name()),
-            reason,
-            Timestamp::now(),
-        )
+        .transition_flag(id, action, &viewer.actor, reason, Timestamp::now())
         .await?;
     Ok(match outcome {
         Ok(flag) => {

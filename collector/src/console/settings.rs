@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
-use super::access::{Allowed, SettingsP, Submit, Viewer};
+use super::access::{Allowed, SettingsP, Submit, Viewer, may_grant};
 use super::pages::{local_opt, visible_sites};
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::auth;
-use crate::model::{Channel, Role, Site};
-use crate::store::{NewSecret, Recipient};
+use crate::model::{Channel, ConsoleRole, Role, Site};
+use crate::store::{NewApiToken, NewSecret, Recipient};
 
 type PageResult = Result<Response, Problem>;
 
@@ -23,7 +23,9 @@ struct SettingsPage {
     frame: Frame,
     sites: Vec<String>,
     secrets: Vec<(i64, String, String, String, String, String, bool)>,
-    tokens: Vec<(i64, String, String, String, String, bool)>,
+    tokens: Vec<(i64, String, &'static str, String, String, String, bool)>,
+    /// The roles this viewer may give a token (none beyond their own).
+    token_roles: Vec<&'static str>,
     recipients: Vec<(i64, String, String, String, String)>,
     roles: Vec<&'static str>,
     shown_once: String,
@@ -81,6 +83,7 @@ async fn render(
             (
                 t.id,
                 t.site.clone(),
+                t.role.as_str(),
                 t.label,
                 super::pages::local(t.created_at, &zone),
                 local_opt(t.last_used_at, &zone),
@@ -108,6 +111,11 @@ async fn render(
             sites: sites.into_iter().map(|s| s.name).collect(),
             secrets,
             tokens,
+            token_roles: ConsoleRole::ALL
+                .iter()
+                .filter(|r| may_grant(viewer.user.role, **r))
+                .map(|r| r.as_str())
+                .collect(),
             recipients,
             roles: Role::ALL
                 .iter()
@@ -252,25 +260,43 @@ async fn revoke(
 pub struct SiteForm {
     #[serde(default)]
     site: String,
+}
+
+#[derive(Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    site: String,
     #[serde(default)]
     label: String,
+    #[serde(default)]
+    role: String,
 }
 
 pub async fn create_token(
     State(console): State<Console>,
-    Submit(viewer, form, ..): Submit<SettingsP, SiteForm>,
+    Submit(viewer, form, ..): Submit<SettingsP, TokenForm>,
 ) -> PageResult {
     let Some(site) = site_named(&console, &viewer, &form.site).await? else {
         return render(&console, &viewer, None, "Choose one of your sites.").await;
+    };
+    // A token never carries rights its maker lacks (a technician cannot
+    // mint a token that reads incidents).
+    let Some(role) = ConsoleRole::parse(&form.role).filter(|r| may_grant(viewer.user.role, *r))
+    else {
+        return render(&console, &viewer, None, "Choose one of the roles offered.").await;
     };
     let token = auth::generate_api_token();
     let label: String = form.label.trim().chars().take(100).collect();
     let id = console
         .store
         .create_api_token(
-            site.id,
-            &auth::secret_digest(&token),
-            &label,
+            NewApiToken {
+                site: site.id,
+                token_sha256: &auth::secret_digest(&token),
+                label: &label,
+                role,
+                all_sites: false,
+            },
             Timestamp::now(),
         )
         .await?;
@@ -279,7 +305,7 @@ pub async fn create_token(
             &viewer,
             "api_token_created",
             &format!("api-token {id}"),
-            &format!("site={}", site.name),
+            &format!("site={} role={role}", site.name),
         )
         .await;
     render(&console, &viewer, Some(("API token", token)), "").await

@@ -266,9 +266,23 @@ pub struct ApiTokenInfo {
     #[serde(skip)]
     pub site_id: SiteId,
     pub label: String,
+    /// What the token may read and do (the console's role matrix).
+    pub role: ConsoleRole,
+    /// Every site, or only `site`.
+    pub all_sites: bool,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+}
+
+/// A token to store (`token_sha256` is the SHA-256 of the token shown once).
+#[derive(Clone, Copy, Debug)]
+pub struct NewApiToken<'a> {
+    pub site: SiteId,
+    pub token_sha256: &'a str,
+    pub label: &'a str,
+    pub role: ConsoleRole,
+    pub all_sites: bool,
 }
 
 /// A person or system told about a site's flags and incidents.
@@ -507,13 +521,7 @@ pub trait MfaStore: Send + Sync + 'static {
 /// Tokens for the JSON API (stored as SHA-256).
 #[async_trait]
 pub trait ApiTokenStore: Send + Sync + 'static {
-    async fn create_api_token(
-        &self,
-        site: SiteId,
-        token_sha256: &str,
-        label: &str,
-        at: Timestamp,
-    ) -> Result<i64>;
+    async fn create_api_token(&self, token: NewApiToken<'_>, at: Timestamp) -> Result<i64>;
     async fn list_api_tokens(&self, site: Option<SiteId>) -> Result<Vec<ApiTokenInfo>>;
     /// False when no such unrevoked token exists.
     async fn revoke_api_token(&self, site: SiteId, id: i64, at: Timestamp) -> Result<bool>;

@@ -6,9 +6,9 @@ use sqlx::Row;
 
 use super::{SqliteStore, instant, millis, optional_instant};
 use crate::model::SiteId;
-use crate::store::Result;
+use crate::store::{NewApiToken, Result};
 
-const TOKEN_SELECT: &str = "SELECT t.id, t.site_id, s.name AS site, t.label, t.created_at, t.revoked_at, t.last_used_at \
+const TOKEN_SELECT: &str = "SELECT t.id, t.site_id, s.name AS site, t.label, t.role, t.all_sites, t.created_at, t.revoked_at, t.last_used_at \
      FROM api_tokens t JOIN sites s ON s.id = t.site_id";
 
 fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<crate::store::ApiTokenInfo> {
@@ -17,6 +17,8 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<crate::store::ApiTokenI
         site: r.try_get("site")?,
         site_id: SiteId(r.try_get("site_id")?),
         label: r.try_get("label")?,
+        role: r.try_get("role")?,
+        all_sites: r.try_get("all_sites")?,
         created_at: instant(r.try_get("created_at")?)?,
         revoked_at: optional_instant(r.try_get("revoked_at")?)?,
         last_used_at: optional_instant(r.try_get("last_used_at")?)?,
@@ -25,19 +27,16 @@ fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<crate::store::ApiTokenI
 
 #[async_trait]
 impl crate::store::ApiTokenStore for SqliteStore {
-    async fn create_api_token(
-        &self,
-        site: SiteId,
-        token_sha256: &str,
-        label: &str,
-        at: Timestamp,
-    ) -> Result<i64> {
+    async fn create_api_token(&self, token: NewApiToken<'_>, at: Timestamp) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO api_tokens (site_id, token_sha256, label, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            "INSERT INTO api_tokens (site_id, token_sha256, label, role, all_sites, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
-        .bind(site.0)
-        .bind(token_sha256)
-        .bind(label)
+        .bind(token.site.0)
+        .bind(token.token_sha256)
+        .bind(token.label)
+        .bind(token.role)
+        .bind(token.all_sites)
         .bind(millis(at))
         .fetch_one(&self.writer)
         .await?)
