@@ -110,6 +110,10 @@ impl Viewer {
     pub fn name(&self) -> &str {
         &self.user.username
     }
+    /// As the audit log names a console account.
+    pub fn actor(&self) -> String {
+        format!("console:{}", self.name())
+    }
 }
 
 /// The client's address, put on each request by `api::serve`.
