@@ -17,6 +17,7 @@ pub mod console;
 pub mod directory;
 pub mod enroll;
 pub mod evidence;
+pub mod evidence_export;
 pub mod flags;
 pub mod incidents;
 pub mod ingest;

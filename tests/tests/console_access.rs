@@ -678,3 +678,235 @@ fn settings_and_imports_through_the_console() {
     assert_eq!(gov.get("/settings").status, 403);
     assert_eq!(gov.get("/mfa").status, 403);
 }
+
+/// Adds a site straight to the database (no command makes one after
+/// `init`), for accounts of another school.
+fn add_site(data: &CollectorData, name: &str) {
+    runtime().block_on(async {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(data.data.join("collector.db"))
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .expect("collector database");
+        sqlx::query("INSERT INTO sites (name, timezone, created_at) VALUES (?, 'UTC', 0)")
+            .bind(name)
+            .execute(&pool)
+            .await
+            .expect("adding a site");
+        pool.close().await;
+    });
+}
+
+/// The audit rows of one action: (actor, target, detail, address).
+fn audit_rows(data: &CollectorData, action: &str) -> Vec<(String, String, String, String)> {
+    runtime().block_on(async {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(data.data.join("collector.db"))
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+        .expect("collector database");
+        let rows = sqlx::query_as(
+            "SELECT actor, target, detail, address FROM audit_log WHERE action = ? ORDER BY id",
+        )
+        .bind(action)
+        .fetch_all(&pool)
+        .await
+        .expect("reading the audit log");
+        pool.close().await;
+        rows
+    })
+}
+
+/// A zip archive's files by name.
+fn unzip(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("the download is a zip");
+    (0..archive.len())
+        .map(|n| {
+            let mut file = archive.by_index(n).expect("a zip entry");
+            let mut content = Vec::new();
+            file.read_to_end(&mut content).expect("reading a zip entry");
+            let name = file.name().expect("a zip entry's name").into_owned();
+            (name, content)
+        })
+        .collect()
+}
+
+#[test]
+fn a_dsl_downloads_the_evidence_as_a_zip_and_no_one_else_can() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    let (incident, capture, image, _daemon) =
+        incident_with_snapshot(&data, &collector, root.path());
+    let dsl_pw = add_user(&data, "dsl1", "dsl");
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    add_site(&data, "Elsewhere");
+    let other = data.cli(&[
+        "users",
+        "add",
+        "dsl2",
+        "--role",
+        "dsl",
+        "--sites",
+        "Elsewhere",
+    ]);
+    assert!(other.status.success(), "{}", text(&other.stderr));
+    let other_pw = text(&other.stdout)
+        .rsplit_once("(shown once): ")
+        .unwrap()
+        .1
+        .trim()
+        .to_owned();
+    let export = format!("/incidents/{incident}/export");
+
+    // The incident page offers the download as a form with its token.
+    let dsl = Client::new(&data, &collector);
+    assert_eq!(dsl.sign_in("dsl1", &dsl_pw).status, 303);
+    let page = dsl.get(&format!("/incidents/{incident}"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text()
+            .contains(&format!("<form method=\"post\" action=\"{export}\"")),
+        "{}",
+        page.text()
+    );
+    let token = page.csrf();
+
+    // Without the token, with a wrong one, or from another site: refused.
+    assert_eq!(dsl.post(&export, &[]).status, 403);
+    assert_eq!(dsl.post(&export, &[("csrf", "0000")]).status, 403);
+    let foreign = dsl.post_from("https://evil.example", &export, &[("csrf", &token)]);
+    assert_eq!(foreign.status, 403);
+    assert!(!foreign.body.starts_with(b"PK"), "no archive in a refusal");
+
+    // A technician and a governor are refused; a DSL of another school
+    // finds no such incident, as on the incident page itself.
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let tech_token = tech.get("/devices").csrf();
+    let refused = tech.post(&export, &[("csrf", &tech_token)]);
+    assert_eq!(refused.status, 403);
+    assert!(refused.text().contains("Not allowed"), "{}", refused.text());
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    let gov_token = gov.get("/").csrf();
+    assert_eq!(gov.post(&export, &[("csrf", &gov_token)]).status, 403);
+    let elsewhere = Client::new(&data, &collector);
+    assert_eq!(elsewhere.sign_in("dsl2", &other_pw).status, 303);
+    let elsewhere_token = elsewhere.get("/incidents").csrf();
+    let hidden = elsewhere.post(&export, &[("csrf", &elsewhere_token)]);
+    assert_eq!(hidden.status, 404);
+    assert!(!hidden.body.starts_with(b"PK"));
+    assert_eq!(
+        audit_rows(&data, "incident_exported"),
+        [],
+        "nothing exported yet"
+    );
+
+    // The DSL's download: a zip of the incident's folder, never cached.
+    let download = dsl.post(&export, &[("csrf", &token)]);
+    assert_eq!(download.status, 200, "{}", download.text());
+    assert_eq!(
+        download.header("content-type").as_deref(),
+        Some("application/zip")
+    );
+    assert_eq!(
+        download.header("content-disposition").as_deref(),
+        Some(format!("attachment; filename=\"incident-{incident}-evidence.zip\"").as_str())
+    );
+    assert_eq!(
+        download.header("cache-control").as_deref(),
+        Some("no-store")
+    );
+    let files = unzip(&download.body);
+    let folder = format!("incident-{incident}/");
+    let hash = sha256_hex(&image);
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{folder}SHA256SUMS").as_str(),
+            &format!("{folder}images/{hash}.png"),
+            &format!("{folder}metadata.json"),
+        ]
+    );
+    assert_eq!(
+        files[&format!("{folder}images/{hash}.png")],
+        image,
+        "the snapshot the agent captured, byte for byte"
+    );
+    let sums = String::from_utf8(files[&format!("{folder}SHA256SUMS")].clone()).unwrap();
+    let mut summed = Vec::new();
+    for line in sums.lines() {
+        let (sum, name) = line.split_once("  ").expect("a sha256sum line");
+        let content = files
+            .get(&format!("{folder}{name}"))
+            .unwrap_or_else(|| panic!("SHA256SUMS names {name}, not in the zip"));
+        assert_eq!(sha256_hex(content), sum, "{name}");
+        summed.push(name);
+    }
+    summed.sort();
+    assert_eq!(
+        summed,
+        [format!("images/{hash}.png"), "metadata.json".into()]
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&files[&format!("{folder}metadata.json")]).unwrap();
+    assert_eq!(metadata["schema"], "hallmonitor.incident_export.v1");
+    assert_eq!(metadata["exported_by"], "console:dsl1");
+    assert_eq!(metadata["exported_from"], "127.0.0.1");
+    assert_eq!(metadata["incident"]["id"], incident);
+    assert_eq!(metadata["captures"][0]["matched_text"], "hurt myself");
+
+    // One audit row: who, from where, and which archive.
+    let rows = audit_rows(&data, "incident_exported");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (actor, target, detail, address) = &rows[0];
+    assert_eq!(actor, "console:dsl1");
+    assert_eq!(target, &format!("incident {incident}"));
+    assert_eq!(address, "127.0.0.1");
+    assert!(
+        detail.contains(&sha256_hex(&download.body)),
+        "the archive's SHA-256 is recorded: {detail}"
+    );
+    let csrf_refusals = audit_rows(&data, "console_csrf_refused");
+    assert!(
+        csrf_refusals
+            .iter()
+            .any(|(actor, target, ..)| actor == "console:dsl1" && target == &export),
+        "{csrf_refusals:?}"
+    );
+    let refusals = audit_rows(&data, "console_forbidden");
+    assert!(
+        refusals
+            .iter()
+            .any(|(actor, target, ..)| actor == "console:tech1" && target == &export),
+        "{refusals:?}"
+    );
+
+    // A stored image altered on disk: nothing is exported, the page says
+    // which capture, and no export is recorded.
+    let stored = data.data.join("evidence").join(&hash[..2]).join(&hash);
+    let mut sealed = std::fs::read(&stored).unwrap();
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0xff;
+    std::fs::write(&stored, sealed).unwrap();
+    let damaged = dsl.post(&export, &[("csrf", &token)]);
+    assert_eq!(damaged.status, 500);
+    assert!(!damaged.body.starts_with(b"PK"), "no archive");
+    assert!(
+        damaged
+            .text()
+            .contains(&format!("capture {capture} failed its check")),
+        "{}",
+        damaged.text()
+    );
+    assert_eq!(audit_rows(&data, "incident_exported").len(), 1);
+}

@@ -196,10 +196,9 @@ pub(crate) async fn evidence(data: &Path, command: EvidenceCommand) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes an incident's evidence to OUT/incident-ID: the images
-/// (decrypted, checked against their hashes), metadata.json and
-/// SHA256SUMS. Built in a temporary folder and renamed into place, so a
-/// failure leaves nothing half-written; an existing export is never
+/// Writes an incident's evidence (`evidence_export::entries`) to
+/// OUT/incident-ID. Built in a temporary folder and renamed into place, so
+/// a failure leaves nothing half-written; an existing export is never
 /// overwritten.
 fn incidents_export(
     evidence: &hallmonitor_collector::evidence::EvidenceStore,
@@ -209,8 +208,8 @@ fn incidents_export(
     actor: &str,
     now: Timestamp,
 ) -> anyhow::Result<PathBuf> {
-    use hallmonitor_collector::evidence::sha256_hex;
-    let folder = out.join(format!("incident-{}", incident.id));
+    use hallmonitor_collector::evidence_export::{self, ExportError, Exporter};
+    let folder = out.join(evidence_export::folder_name(incident.id));
     if folder.exists() {
         bail!("{} exists already; choose another --out", folder.display());
     }
@@ -219,27 +218,27 @@ fn incidents_export(
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(staging.join("images"))
         .with_context(|| format!("creating {}", staging.display()))?;
-    let mut sums = String::new();
-    for capture in captures.iter().filter(|c| c.image_status == "verified") {
-        let image = evidence
-            .get(&capture.image_sha256)
-            .with_context(|| format!("evidence image of capture {}", capture.id))?;
-        let name = format!("images/{}.png", capture.image_sha256);
-        std::fs::write(staging.join(&name), &image).with_context(|| format!("writing {name}"))?;
-        sums.push_str(&format!("{}  {name}\n", sha256_hex(&image)));
+    let exporter = Exporter {
+        by: actor,
+        from: None,
+        at: now,
+    };
+    let written =
+        evidence_export::entries(evidence, incident, captures, &exporter, |name, bytes| {
+            std::fs::write(staging.join(name), bytes).map_err(|source| ExportError::Write {
+                name: name.to_owned(),
+                source,
+            })
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e).with_context(|| format!("exporting incident {}", incident.id));
     }
-    let metadata = serde_json::json!({
-        "schema": "hallmonitor.incident_export.v1",
-        "exported_at": now,
-        "exported_by": actor,
-        "incident": incident,
-        "captures": captures,
-    });
-    let metadata = serde_json::to_vec_pretty(&metadata)?;
-    std::fs::write(staging.join("metadata.json"), &metadata).context("writing metadata.json")?;
-    sums.push_str(&format!("{}  metadata.json\n", sha256_hex(&metadata)));
-    std::fs::write(staging.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
-    std::fs::rename(&staging, &folder)
-        .with_context(|| format!("renaming into {}", folder.display()))?;
+    // The staging folder holds decrypted images: it does not outlive a
+    // failed export.
+    if let Err(e) = std::fs::rename(&staging, &folder) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e).with_context(|| format!("renaming into {}", folder.display()));
+    }
     Ok(folder)
 }

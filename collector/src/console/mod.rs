@@ -90,6 +90,7 @@ pub fn router(console: Console) -> Router {
         .route("/incidents", get(pages::incidents))
         .route("/incidents/{id}", get(pages::incident))
         .route("/incidents/{id}/close", post(pages::incident_close))
+        .route("/incidents/{id}/export", post(pages::incident_export))
         .route(
             "/incidents/{id}/captures/{capture}/image",
             get(pages::capture_image),

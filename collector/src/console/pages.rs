@@ -14,7 +14,9 @@ use serde::Deserialize;
 use super::access::{
     Allowed, AuditP, DevicesP, FlagsP, IncidentsP, ReportsP, Submit, UsersP, Viewer,
 };
+use super::login::Empty;
 use super::{Console, Frame, Problem, chart, page, site_zone, with_form_error};
+use crate::evidence_export::{self, ExportError, Exporter};
 use crate::flags::{FlagAction, FlagRecord, FlagState, FlagTransition};
 use crate::incidents::{CaptureRow, IncidentRecord};
 use crate::model::{
@@ -924,10 +926,34 @@ struct IncidentPage {
     i: IncidentRow,
     captures: Vec<CaptureView>,
     open: bool,
-    error: String,
+    close_error: String,
+    export_error: String,
 }
 
-async fn incident_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> PageResult {
+/// A form on the incident page that was refused, with why (shown beside
+/// it).
+#[derive(Clone, Copy)]
+enum Refused<'a> {
+    Nothing,
+    Close(&'a str),
+    Export(&'a str),
+}
+
+impl<'a> Refused<'a> {
+    fn message(self) -> &'a str {
+        match self {
+            Refused::Nothing => "",
+            Refused::Close(why) | Refused::Export(why) => why,
+        }
+    }
+}
+
+async fn incident_page(
+    console: &Console,
+    viewer: &Viewer,
+    id: i64,
+    refused: Refused<'_>,
+) -> PageResult {
     let Some((incident, captures, site)) = console.store.incident(id).await? else {
         return Err(Problem::NotFound);
     };
@@ -963,15 +989,21 @@ async fn incident_page(console: &Console, viewer: &Viewer, id: i64, error: &str)
             repeats: c.repeat_count,
         })
         .collect();
+    let (close_error, export_error) = match refused {
+        Refused::Nothing => ("", ""),
+        Refused::Close(error) => (error, ""),
+        Refused::Export(error) => ("", error),
+    };
     Ok(with_form_error(
         page(&IncidentPage {
             frame: Frame::new(viewer, format!("Incident {id}"), "/incidents"),
             open: incident.status == "open",
             i: incident_row(&incident, &zone),
             captures,
-            error: error.to_owned(),
+            close_error: close_error.to_owned(),
+            export_error: export_error.to_owned(),
         }),
-        error,
+        refused.message(),
     ))
 }
 
@@ -980,7 +1012,7 @@ pub async fn incident(
     Allowed(viewer, _): Allowed<IncidentsP>,
     Path(id): Path<i64>,
 ) -> PageResult {
-    incident_page(&console, &viewer, id, "").await
+    incident_page(&console, &viewer, id, Refused::Nothing).await
 }
 
 #[derive(Deserialize)]
@@ -1000,7 +1032,7 @@ pub async fn incident_close(
             &console,
             &viewer,
             id,
-            "Give a reason for closing the incident.",
+            Refused::Close("Give a reason for closing the incident."),
         )
         .await;
     }
@@ -1013,7 +1045,13 @@ pub async fn incident_close(
         .close_incident(id, reason, Timestamp::now())
         .await?
     {
-        return incident_page(&console, &viewer, id, "The incident is already closed.").await;
+        return incident_page(
+            &console,
+            &viewer,
+            id,
+            Refused::Close("The incident is already closed."),
+        )
+        .await;
     }
     let _ = console
         .audit(
@@ -1026,6 +1064,113 @@ pub async fn incident_close(
         )
         .await;
     Ok(Redirect::to(&format!("/incidents/{id}")).into_response())
+}
+
+/// The largest evidence archive the console builds in memory (32 snapshots
+/// at the largest size ingest accepts); a larger incident is exported with
+/// `hallmonitor-collector incidents export` on the collector.
+pub const EXPORT_LIMIT: u64 = 128 * 1024 * 1024;
+
+/// An incident's evidence as a zip download (`evidence_export::zip`):
+/// built in memory, never written to disk, never cached, and audited
+/// before it is sent. A POST with the CSRF token, so another site cannot
+/// make a DSL's browser fetch it.
+pub async fn incident_export(
+    State(console): State<Console>,
+    Path(id): Path<i64>,
+    Submit(viewer, ..): Submit<IncidentsP, Empty>,
+) -> PageResult {
+    let Some((incident, captures, site)) = console.store.incident(id).await? else {
+        return Err(Problem::NotFound);
+    };
+    if !viewer.sees(site) {
+        return Err(Problem::NotFound);
+    }
+    let Some(evidence) = console.evidence.clone() else {
+        return Err(Problem::NotFound);
+    };
+    let actor = viewer.actor.clone();
+    let address = viewer.address.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let exporter = Exporter {
+            by: &actor,
+            from: (!address.is_empty()).then_some(address.as_str()),
+            at: Timestamp::now(),
+        };
+        evidence_export::zip(&evidence, &incident, &captures, &exporter, EXPORT_LIMIT)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(incident = id, error = %e, "console: building an evidence export failed");
+        Problem::Internal
+    })?;
+    let archive = match built {
+        Ok(archive) => archive,
+        Err(e) => return export_refused(&console, &viewer, id, e).await,
+    };
+    let file = format!("{}-evidence.zip", evidence_export::folder_name(id));
+    console
+        .audit(
+            &viewer,
+            "incident_exported",
+            &format!("incident {id}"),
+            &format!(
+                "console download {file}, {} bytes, SHA-256 {}",
+                archive.len(),
+                crate::evidence::sha256_hex(&archive)
+            ),
+        )
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        archive,
+    )
+        .into_response())
+}
+
+/// The incident page again, saying why its evidence was not exported.
+async fn export_refused(
+    console: &Console,
+    viewer: &Viewer,
+    id: i64,
+    error: ExportError,
+) -> PageResult {
+    let (status, message) = match &error {
+        ExportError::TooLarge { limit } => (
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "This incident's evidence is larger than the console builds ({} MiB). \
+                 Ask your technician to export it on the collector with \
+                 `hallmonitor-collector incidents export {id} --out FOLDER`.",
+                limit / (1024 * 1024)
+            ),
+        ),
+        ExportError::Image { capture, .. } => {
+            tracing::warn!(incident = id, capture, error = %error, "console: evidence export refused");
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "The snapshot of capture {capture} failed its check (altered, or sealed \
+                     with a key the collector no longer has), so nothing was exported. \
+                     Tell your technician."
+                ),
+            )
+        }
+        ExportError::Write { .. } | ExportError::Metadata(_) => {
+            tracing::error!(incident = id, error = %error, "console: building an evidence export failed");
+            return Err(Problem::Internal);
+        }
+    };
+    let mut response = incident_page(console, viewer, id, Refused::Export(&message)).await?;
+    *response.status_mut() = status;
+    Ok(response)
 }
 
 /// A capture's snapshot, decrypted in memory and never cached.
