@@ -678,3 +678,144 @@ fn settings_and_imports_through_the_console() {
     assert_eq!(gov.get("/settings").status, 403);
     assert_eq!(gov.get("/mfa").status, 403);
 }
+
+/// A page's text between two markers (for one table or section).
+fn between<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
+    let from = page
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in {page}"));
+    let rest = &page[from..];
+    &rest[..rest.find(end).unwrap_or(rest.len())]
+}
+
+#[test]
+fn site_policies_are_checked_versioned_and_compared_in_the_console() {
+    let data = CollectorData::init("Cabot");
+    add_site(&data, "Dunmore", "UTC");
+    let collector = data.start();
+    let tech_pw = add_site_user(&data, "tech1", "technician", "Cabot");
+    let dsl_pw = add_site_user(&data, "dsl1", "dsl", "Cabot");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let admin_pw = add_user(&data, "admin2", "admin");
+    let history = || json(&data.cli(&["policy", "history", "--site", "Cabot", "--format", "json"]));
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let page = tech.get("/settings/policy?site=Cabot");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("No version saved yet"));
+    let token = page.csrf();
+    let save = |text: &str, comment: &str| {
+        tech.post(
+            "/settings/policy",
+            &[
+                ("csrf", &token),
+                ("site", "Cabot"),
+                ("text", text),
+                ("comment", comment),
+            ],
+        )
+    };
+
+    let first = "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"gambling\"\nseverity = 2\nphrases = [\"online casino\"]\n";
+    let saved = save(first, "local slang");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    assert_eq!(
+        saved.header("location").as_deref(),
+        Some("/settings/policy?site=Cabot&saved=1")
+    );
+    assert_eq!(history()["current_version"], 1);
+
+    // A mistake is refused with its line beside the field, the text kept,
+    // and nothing stored.
+    let bad = "extends = \"default\"\n[[rules]]\nid = \"x\"\nsevrity = 2\n";
+    let refused = save(bad, "typo");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let page = refused.text();
+    let errors = between(&page, "id=\"policy-errors\"", "</div>");
+    assert!(errors.contains("Line 4:"), "{errors}");
+    assert!(
+        page.contains("aria-describedby=\"policy-help policy-errors\""),
+        "{page}"
+    );
+    assert!(page.contains("sevrity = 2"), "the refused text is kept");
+    assert_eq!(history()["current_version"], 1, "nothing stored");
+
+    // A good change (as a browser sends it, with CRLF) is version 2, saved
+    // with LF, and audited with the account and address.
+    let second = first.replace("\"online casino\"", "\"online casino\", \"bet now\"");
+    let saved = save(&second.replace('\n', "\r\n"), "more slang");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    assert_eq!(history()["current_version"], 2);
+    let shown = data.cli(&["policy", "show", "--site", "Cabot"]);
+    assert_eq!(text(&shown.stdout), second);
+    let admin = Client::new(&data, &collector);
+    assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+    let audit = admin.get("/audit?action=policy.set").text();
+    let rows = between(&audit, "<tbody", "</tbody>");
+    assert!(
+        rows.contains("console:tech1") && rows.contains("127.0.0.1") && rows.contains("v2"),
+        "{rows}"
+    );
+
+    // The page compares the newest version with the one before by default:
+    // the changed line, marked in words.
+    let page = tech.get("/settings/policy?site=Cabot").text();
+    let diff = between(&page, "id=\"policy-diff\"", "</table>");
+    assert!(
+        page.contains("Changes from version 1 to version 2"),
+        "{page}"
+    );
+    let removed = between(diff, "removed</td>", "</tr>");
+    assert!(removed.contains("online casino") && !removed.contains("bet now"));
+    let added = between(diff, "added</td>", "</tr>");
+    assert!(added.contains("bet now"), "{diff}");
+    assert!(added.contains("<td>6</td>"), "the line number: {added}");
+    // Any version's text, and any two versions compared.
+    let v1 = tech.get("/settings/policy?site=Cabot&version=1").text();
+    let v1_text = between(&v1, "id=\"policy-version\"", "</pre>");
+    assert!(v1_text.contains("online casino") && !v1_text.contains("bet now"));
+    let same = tech.get("/settings/policy?site=Cabot&from=2&to=2").text();
+    assert!(same.contains("the same text"), "{same}");
+    assert_eq!(
+        tech.get("/settings/policy?site=Cabot&version=9").status,
+        404
+    );
+
+    // Reset to the default, as `policy reset` does.
+    let reset = tech.post(
+        "/settings/policy/reset",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(reset.status, 303, "{}", reset.text());
+    let versions = history();
+    assert_eq!(versions["current_version"], 3);
+    assert_eq!(versions["versions"][0]["default"], true);
+
+    // Who may: a DSL of the site yes; a governor no; nobody for a site
+    // that is not theirs, and nothing is stored there.
+    let dsl = Client::new(&data, &collector);
+    assert_eq!(dsl.sign_in("dsl1", &dsl_pw).status, 303);
+    assert_eq!(dsl.get("/settings/policy?site=Cabot").status, 200);
+    assert_eq!(tech.get("/settings/policy?site=Dunmore").status, 403);
+    let elsewhere = tech.post(
+        "/settings/policy",
+        &[("csrf", &token), ("site", "Dunmore"), ("text", first)],
+    );
+    assert_eq!(elsewhere.status, 403);
+    let dunmore = json(&data.cli(&["policy", "history", "--site", "Dunmore", "--format", "json"]));
+    assert_eq!(dunmore["current_version"], 0);
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    assert_eq!(gov.get("/settings/policy?site=Cabot").status, 403);
+    let gov_token = gov.get("/").csrf();
+    assert_eq!(
+        gov.post(
+            "/settings/policy",
+            &[("csrf", &gov_token), ("site", "Cabot"), ("text", first)]
+        )
+        .status,
+        403
+    );
+    assert_eq!(history()["current_version"], 3);
+}

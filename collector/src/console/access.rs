@@ -46,8 +46,12 @@ pub enum Permission {
     Users,
     /// The audit log.
     Audit,
-    /// Enrolment secrets, API tokens, notification recipients.
+    /// Enrolment secrets, API tokens, notification recipients, activity
+    /// thresholds and retention.
     Settings,
+    /// Sites' suspicious-activity policies (issue 15: technicians manage
+    /// them, and DSLs have what technicians have for their sites).
+    Policies,
 }
 
 /// The role matrix (README "Console roles").
@@ -61,12 +65,15 @@ pub fn allows(role: ConsoleRole, permission: Permission) -> bool {
         Users => role == Admin,
         Audit => matches!(role, Admin | Dsl),
         Settings => matches!(role, Admin | Technician),
+        Policies => matches!(role, Admin | Technician | Dsl),
     }
 }
 
 /// A permission as a type, for `Allowed<P>`.
 pub trait Needs: Send + Sync + 'static {
     const PERMISSION: Permission;
+    /// The largest form body a `Submit` of this permission reads.
+    const FORM_LIMIT: usize = FORM_LIMIT;
 }
 
 macro_rules! needs {
@@ -88,6 +95,14 @@ needs! {
     UsersP => Users,
     AuditP => Audit,
     SettingsP => Settings,
+}
+
+/// `Policies`, whose form carries a whole policy text (percent-encoded,
+/// so up to three bytes per byte).
+pub struct PoliciesP;
+impl Needs for PoliciesP {
+    const PERMISSION: Permission = Permission::Policies;
+    const FORM_LIMIT: usize = 3 * crate::policies::MAX_POLICY_BYTES + FORM_LIMIT;
 }
 
 /// The signed-in person making this request.
@@ -313,7 +328,7 @@ impl<P: Needs, T: DeserializeOwned + Send> FromRequest<Console> for Submit<P, T>
     async fn from_request(request: Request, console: &Console) -> Result<Self, Refusal> {
         let (mut parts, body) = request.into_parts();
         let Allowed(viewer, _) = Allowed::<P>::from_request_parts(&mut parts, console).await?;
-        let bytes = axum::body::to_bytes(body, FORM_LIMIT)
+        let bytes = axum::body::to_bytes(body, P::FORM_LIMIT)
             .await
             .map_err(|_| Refusal::BadRequest("the form is too large".into()))?;
         let csrf: CsrfField = serde_urlencoded::from_bytes(&bytes)
@@ -355,16 +370,22 @@ mod tests {
         use ConsoleRole::*;
         use Permission::*;
         let table = [
-            (Admin, [true, true, true, false, true, true, true]),
-            (Technician, [true, true, true, false, false, false, true]),
-            (Dsl, [true, true, true, true, false, true, false]),
-            (Governor, [true, false, false, false, false, false, false]),
+            (Admin, [true, true, true, false, true, true, true, true]),
+            (
+                Technician,
+                [true, true, true, false, false, false, true, true],
+            ),
+            (Dsl, [true, true, true, true, false, true, false, true]),
+            (
+                Governor,
+                [true, false, false, false, false, false, false, false],
+            ),
+        ];
+        let permissions = [
+            Reports, Devices, Flags, Incidents, Users, Audit, Settings, Policies,
         ];
         for (role, row) in table {
-            for (permission, want) in [Reports, Devices, Flags, Incidents, Users, Audit, Settings]
-                .into_iter()
-                .zip(row)
-            {
+            for (permission, want) in permissions.into_iter().zip(row) {
                 assert_eq!(allows(role, permission), want, "{role} {permission:?}");
             }
         }

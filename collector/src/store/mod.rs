@@ -611,14 +611,15 @@ pub trait IncidentStore: Send + Sync + 'static {
 /// Sites' suspicious-activity policies, versioned.
 #[async_trait]
 pub trait PolicyStore: Send + Sync + 'static {
-    /// Stores the site's next policy version (with its audit row).
+    /// Stores the site's next policy version (with its audit row: who and
+    /// from where), in one transaction.
     async fn save_site_policy(
         &self,
         site: SiteId,
         text: &str,
         sha256: &str,
         comment: &str,
-        actor: &str,
+        author: crate::policies::Author<'_>,
         at: Timestamp,
     ) -> Result<u64>;
     /// One version, or the newest when `version` is None.
