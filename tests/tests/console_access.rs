@@ -819,3 +819,177 @@ fn site_policies_are_checked_versioned_and_compared_in_the_console() {
     );
     assert_eq!(history()["current_version"], 3);
 }
+
+/// A 90-minute graphical session that ended `days_ago` days ago.
+fn past_session(days_ago: i64) -> hallmonitor_proto::v1::event::Body {
+    use hallmonitor_proto::v1;
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days_ago);
+    v1::event::Body::Session(v1::SessionEvent {
+        phase: v1::session_event::Phase::End as i32,
+        session_id: "s1".into(),
+        account: "pupil1".into(),
+        uid: 1001,
+        kind: v1::session_event::Kind::Graphical as i32,
+        seat: "seat0".into(),
+        started_at: Some(hallmonitor_proto::Timestamp {
+            seconds: start.as_second(),
+            nanos: 0,
+        }),
+        ended_at: Some(hallmonitor_proto::Timestamp {
+            seconds: start.as_second() + 90 * 60,
+            nanos: 0,
+        }),
+        active_secs: 90 * 60,
+    })
+}
+
+#[test]
+fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
+    let data = CollectorData::init("Cabot");
+    add_site(&data, "Dunmore", "UTC");
+    let collector = data.start();
+    let tech_pw = add_site_user(&data, "tech1", "technician", "Cabot");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let admin_pw = add_user(&data, "admin2", "admin");
+
+    // A device used for 90 minutes ten days ago: compliant under the
+    // default 60 minutes in 28 days.
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-console-thresholds"),
+        "",
+        "[sessions]\nsource = \"utmp\"\nutmp_path = \"/nonexistent/utmp\"\n",
+    );
+    let id = agent.enroll();
+    enrolled_days_ago(&data, &id, 60);
+    queue_now(&agent.data, vec![past_session(10)]);
+    let _daemon = agent.start();
+    let compliance = || {
+        json(&data.cli(&["compliance", "check", "--device", &id, "--format", "json"]))["devices"][0]
+            ["activity"]
+            .clone()
+    };
+    wait_for("the session to arrive", WAIT, || {
+        (compliance()["used_minutes"] == 90).then_some(())
+    });
+    assert_eq!(compliance()["status"], "compliant");
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let page = tech.get("/settings/activity?site=Cabot");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let in_force = page.text();
+    let table = between(&in_force, "id=\"activity-in-force\"", "</table>");
+    assert!(
+        table.contains("<td>60</td><td>built-in default</td>"),
+        "{table}"
+    );
+    let token = page.csrf();
+    let save = |window: &str, required: &str, retention: &str| {
+        tech.post(
+            "/settings/activity",
+            &[
+                ("csrf", &token),
+                ("site", "Cabot"),
+                ("window_days", window),
+                ("required_minutes", required),
+                ("warning_days", "7"),
+                ("retention_days", retention),
+            ],
+        )
+    };
+
+    // Bad values are refused with each field named, and change nothing.
+    let refused = save("0", "an hour", "5000");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let page = refused.text();
+    for (field, message) in [
+        ("window_days", "Window (days): from 1 to 365 days."),
+        (
+            "required_minutes",
+            "Required logged-in minutes in the window: a whole number.",
+        ),
+        (
+            "retention_days",
+            "Keep evidence of closed incidents (days): from 1 to 3650 days.",
+        ),
+    ] {
+        let error = between(&page, &format!("id=\"err-{field}\""), "</span>");
+        assert!(error.contains(message), "{field}: {error}");
+        assert!(
+            page.contains(&format!("aria-describedby=\"hint-{field} err-{field}\"")),
+            "{field}"
+        );
+    }
+    assert!(
+        page.contains("value=\"an hour\""),
+        "the typed value is kept"
+    );
+    assert!(
+        !tech
+            .get("/settings/activity?site=Cabot")
+            .text()
+            .contains("set in the console")
+    );
+    assert_eq!(compliance()["status"], "compliant");
+
+    // 120 minutes: the same device is non-compliant, in the compliance
+    // report and on its console page (evaluated at once).
+    let saved = save("28", "120", "30");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    let activity = compliance();
+    assert_eq!(activity["status"], "non_compliant", "{activity}");
+    assert_eq!(activity["required_minutes"], 120);
+    let device_page = tech.get(&format!("/devices/{id}")).text();
+    assert!(device_page.contains("Non-compliant"), "{device_page}");
+    let page = tech.get("/settings/activity?site=Cabot").text();
+    let table = between(&page, "id=\"activity-in-force\"", "</table>");
+    assert!(
+        table.contains("<td>120</td><td>set in the console</td>"),
+        "{table}"
+    );
+    let admin = Client::new(&data, &collector);
+    assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+    let audit = admin.get("/audit?action=site_settings").text();
+    let rows = between(&audit, "<tbody", "</tbody>");
+    assert!(
+        rows.contains("required_minutes: 60 → 120")
+            && rows.contains("retention_days: 90 → 30")
+            && rows.contains("console:tech1"),
+        "{rows}"
+    );
+
+    // Cleared: collector.toml's values again.
+    let cleared = tech.post(
+        "/settings/activity/clear",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(cleared.status, 303, "{}", cleared.text());
+    assert_eq!(compliance()["status"], "compliant");
+    assert_eq!(compliance()["required_minutes"], 60);
+
+    // Only the viewer's sites; never governors. The routes are shown read
+    // only on the settings page.
+    assert_eq!(tech.get("/settings/activity?site=Dunmore").status, 403);
+    assert_eq!(
+        tech.post(
+            "/settings/activity",
+            &[
+                ("csrf", &token),
+                ("site", "Dunmore"),
+                ("window_days", "28"),
+                ("required_minutes", "120"),
+                ("warning_days", "7"),
+                ("retention_days", "30"),
+            ],
+        )
+        .status,
+        403
+    );
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    assert_eq!(gov.get("/settings/activity?site=Cabot").status, 403);
+    let settings = tech.get("/settings").text();
+    let routes = between(&settings, "id=\"routes\"", "</table>");
+    assert!(routes.contains("capture_severe"), "{routes}");
+    assert!(settings.contains("/settings/activity?site=Cabot"));
+}

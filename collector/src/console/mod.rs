@@ -12,6 +12,8 @@
 //! - `settings`: enrolment secrets, API tokens, recipients, notification
 //!   routes (read only).
 //! - `policy`: a site's suspicious-activity policy (edit, versions, diff).
+//! - `thresholds`: a site's activity thresholds and evidence retention
+//!   (over `collector.toml`'s).
 //! - `chart`: server-side SVG charts.
 //!
 //! Architecture invariant: the console reaches data only through the store
@@ -26,6 +28,7 @@ pub mod mfa;
 pub mod pages;
 pub mod policy;
 pub mod settings;
+pub mod thresholds;
 
 use std::sync::{Arc, LazyLock};
 
@@ -115,6 +118,11 @@ pub fn router(console: Console) -> Router {
             get(policy::page_handler).post(policy::save),
         )
         .route("/settings/policy/reset", post(policy::reset))
+        .route(
+            "/settings/activity",
+            get(thresholds::page_handler).post(thresholds::save),
+        )
+        .route("/settings/activity/clear", post(thresholds::clear))
         .route("/settings/tokens", post(settings::create_token))
         .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
         .route("/settings/recipients", post(settings::add_recipient))

@@ -15,12 +15,15 @@ use serde::Deserialize;
 
 use super::access::{Allowed, PoliciesP, Submit, Viewer, encode};
 use super::pages::{local, visible_sites};
+use super::settings::site_for;
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::model::Site;
 use crate::policies::{self, Author, DiffLine, PolicySaveError, Saved};
 use crate::store::SitePolicy;
 
 type PageResult = Result<Response, Problem>;
+
+const PATH: &str = "/settings/policy";
 
 /// The file name policy errors carry (the parser names a file).
 const FORM_FILE: &str = "the policy";
@@ -100,33 +103,6 @@ pub struct PolicyQuery {
     /// The version just saved, for the notice.
     #[serde(default)]
     saved: String,
-}
-
-/// The site a request names, among the viewer's: 404 when no site has
-/// that name, 403 when it is another site's (audited like any refusal).
-async fn site_for(console: &Console, viewer: &Viewer, name: &str) -> Result<Site, Problem> {
-    if name.is_empty() {
-        return visible_sites(console, viewer)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or(Problem::NotFound);
-    }
-    let Some(site) = console.store.site_by_name(name).await? else {
-        return Err(Problem::NotFound);
-    };
-    if !viewer.sees(site.id) {
-        let _ = console
-            .audit(
-                viewer,
-                "console_forbidden",
-                "/settings/policy",
-                &format!("site={} not among the account's sites", site.name),
-            )
-            .await;
-        return Err(Problem::Forbidden);
-    }
-    Ok(site)
 }
 
 fn version_number(text: &str, what: &str) -> Result<Option<u64>, Problem> {
@@ -305,7 +281,7 @@ pub async fn page_handler(
     Allowed(viewer, _): Allowed<PoliciesP>,
     Query(query): Query<PolicyQuery>,
 ) -> PageResult {
-    let site = site_for(&console, &viewer, &query.site).await?;
+    let site = site_for(&console, &viewer, &query.site, PATH).await?;
     render(&console, &viewer, site, &query, FormState::default()).await
 }
 
@@ -327,7 +303,7 @@ pub async fn save(
     State(console): State<Console>,
     Submit(viewer, form, ..): Submit<PoliciesP, PolicyForm>,
 ) -> PageResult {
-    let site = site_for(&console, &viewer, &form.site).await?;
+    let site = site_for(&console, &viewer, &form.site, PATH).await?;
     // Browsers send a textarea's lines with CRLF; versions and diffs keep
     // the LF the CLI's files have.
     let text = form.text.replace("\r\n", "\n");
@@ -424,7 +400,7 @@ pub async fn reset(
     State(console): State<Console>,
     Submit(viewer, form, ..): Submit<PoliciesP, SiteForm>,
 ) -> PageResult {
-    let site = site_for(&console, &viewer, &form.site).await?;
+    let site = site_for(&console, &viewer, &form.site, PATH).await?;
     let (name, address) = author(&viewer);
     let saved = policies::save(
         &*console.store,
