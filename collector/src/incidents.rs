@@ -28,22 +28,31 @@ pub struct Purge {
     pub images_skipped: Vec<(String, String)>,
 }
 
-/// Purges captures older than the retention period whose incident is
-/// closed: their rows, the content of their capture events and (when no
-/// other capture uses them) their images.
+/// Purges captures older than their site's retention period whose
+/// incident is closed: their rows, the content of their capture events and
+/// (when no other capture uses them) their images. `retention` is each
+/// site's period (`site_settings::retention_by_site`).
 pub async fn purge_expired(
     store: &dyn crate::store::Store,
     evidence: &crate::evidence::EvidenceStore,
-    retention: SignedDuration,
+    retention: &[(crate::model::SiteId, SignedDuration)],
     now: Timestamp,
 ) -> anyhow::Result<Purge> {
-    let before = now - retention;
-    let expired = store.expired_captures(before).await?;
+    let mut captures = 0;
+    let mut expired = Vec::new();
+    for (site, period) in retention {
+        let before = now - *period;
+        let site_expired = store.expired_captures(*site, before).await?;
+        if site_expired.is_empty() {
+            continue;
+        }
+        let ids: Vec<i64> = site_expired.iter().map(|(id, _)| *id).collect();
+        captures += store.purge_captures(&ids, before).await?;
+        expired.extend(site_expired);
+    }
     if expired.is_empty() {
         return Ok(Purge::default());
     }
-    let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
-    let captures = store.purge_captures(&ids, before).await?;
     // Images after the rows, so a crash leaves at worst an unreferenced
     // encrypted file, never a capture without its image.
     let mut unused: Vec<&str> = Vec::new();
@@ -144,7 +153,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("pki")).unwrap();
         let evidence = EvidenceStore::open(dir.path()).unwrap();
         let long_ago: Timestamp = "2026-01-10T09:00:00Z".parse().unwrap();
-        let (store, _site, device) =
+        let (store, site, device) =
             crate::store::sqlite::testing::store_with_device(dir.path(), long_ago).await;
         let image = b"a verified image".to_vec();
         let sha = sha256_hex(&image);
@@ -180,7 +189,8 @@ mod tests {
         }
 
         let now: Timestamp = "2026-11-30T09:00:00Z".parse().unwrap();
-        let purge = purge_expired(&store, &evidence, SignedDuration::from_hours(24 * 90), now)
+        let retention = [(site.id, SignedDuration::from_hours(24 * 90))];
+        let purge = purge_expired(&store, &evidence, &retention, now)
             .await
             .unwrap();
         assert_eq!(purge.captures, 2);

@@ -33,6 +33,7 @@ pub mod render;
 pub mod rules;
 pub mod serve;
 pub mod signins;
+pub mod site_settings;
 pub mod store;
 
 use std::path::Path;

@@ -41,6 +41,14 @@ pub enum Saved {
     Unchanged(u64),
 }
 
+/// Who saves a policy, for its audit row: the person, and where from (a
+/// browser's address, or "cli").
+#[derive(Clone, Copy, Debug)]
+pub struct Author<'a> {
+    pub name: &'a str,
+    pub address: &'a str,
+}
+
 /// Checks `text` (read from `file`, named in errors) and stores it as the
 /// site's next version. Empty text means the project's default.
 pub async fn save(
@@ -49,7 +57,7 @@ pub async fn save(
     text: &str,
     file: &Path,
     comment: &str,
-    actor: &str,
+    author: Author<'_>,
     at: Timestamp,
 ) -> Result<Saved, PolicySaveError> {
     if text.len() > MAX_POLICY_BYTES {
@@ -68,7 +76,7 @@ pub async fn save(
         return Ok(Saved::Unchanged(current.version));
     }
     let version = store
-        .save_site_policy(site.id, text, &sha256, comment, actor, at)
+        .save_site_policy(site.id, text, &sha256, comment, author, at)
         .await?;
     tracing::info!(site = %site.name, version, "site policy saved");
     Ok(Saved::New(version))
@@ -81,6 +89,54 @@ pub fn effective_text(policy: Option<&SitePolicy>) -> &str {
         Some(p) if !p.toml.is_empty() => &p.toml,
         _ => hallmonitor_policy::DEFAULT_POLICY,
     }
+}
+
+/// One line of a diff between two policy texts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiffLine {
+    /// The same in both: (old line number, new line number, text).
+    Same(usize, usize, String),
+    /// Only in the older text: (its line number, text).
+    Removed(usize, String),
+    /// Only in the newer text: (its line number, text).
+    Added(usize, String),
+    /// Unchanged lines left out between two changes.
+    Skipped,
+}
+
+/// How many unchanged lines a diff keeps around each change.
+const DIFF_CONTEXT: usize = 3;
+
+/// The line diff from `old` to `new` (changes with `DIFF_CONTEXT` lines
+/// around them; empty when the texts are the same). Line numbers count
+/// from 1. A diff that takes longer than a second is cut short by
+/// `similar` into a coarser but still correct one, so two large, unlike
+/// policies cannot hold a request.
+pub fn diff(old: &str, new: &str) -> Vec<DiffLine> {
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(1))
+        .diff_lines(old, new);
+    let mut lines = Vec::new();
+    for (n, group) in diff.grouped_ops(DIFF_CONTEXT).iter().enumerate() {
+        if n > 0 {
+            lines.push(DiffLine::Skipped);
+        }
+        for op in group {
+            for change in diff.iter_changes(op) {
+                let text = change.value().trim_end_matches(['\n', '\r']).to_owned();
+                let (old_line, new_line) = (
+                    change.old_index().map(|i| i + 1),
+                    change.new_index().map(|i| i + 1),
+                );
+                lines.push(match (change.tag(), old_line, new_line) {
+                    (similar::ChangeTag::Delete, Some(o), _) => DiffLine::Removed(o, text),
+                    (similar::ChangeTag::Insert, _, Some(n)) => DiffLine::Added(n, text),
+                    (_, o, n) => DiffLine::Same(o.unwrap_or(0), n.unwrap_or(0), text),
+                });
+            }
+        }
+    }
+    lines
 }
 
 /// `policy history`: every version, newest first, and how many of the
@@ -169,7 +225,58 @@ mod tests {
     use crate::store::SqliteStore;
     use crate::store::{PolicyStore, SiteStore};
 
+    const T: Author<'static> = Author {
+        name: "t",
+        address: "cli",
+    };
     const RULE: &str = "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"c\"\nseverity = 2\nphrases = [\"zebra\"]\n";
+
+    #[test]
+    fn diffs_mark_each_changed_line_with_its_number() {
+        use DiffLine::*;
+        let same = |o, n, t: &str| Same(o, n, t.to_owned());
+        let cases: [(&str, &str, &str, Vec<DiffLine>); 4] = [
+            ("identical", "a\nb\n", "a\nb\n", vec![]),
+            (
+                "one line changed",
+                "a\nb\nc\n",
+                "a\nB\nc\n",
+                vec![
+                    same(1, 1, "a"),
+                    Removed(2, "b".into()),
+                    Added(2, "B".into()),
+                    same(3, 3, "c"),
+                ],
+            ),
+            (
+                "added at the end without a final newline",
+                "a\n",
+                "a\nz",
+                vec![same(1, 1, "a"), Added(2, "z".into())],
+            ),
+            (
+                "far-apart changes keep three lines around each",
+                "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n",
+                "x\n2\n3\n4\n5\n6\n7\n8\n9\ny\n",
+                vec![
+                    Removed(1, "1".into()),
+                    Added(1, "x".into()),
+                    same(2, 2, "2"),
+                    same(3, 3, "3"),
+                    same(4, 4, "4"),
+                    Skipped,
+                    same(7, 7, "7"),
+                    same(8, 8, "8"),
+                    same(9, 9, "9"),
+                    Removed(10, "10".into()),
+                    Added(10, "y".into()),
+                ],
+            ),
+        ];
+        for (name, old, new, want) in cases {
+            assert_eq!(diff(old, new), want, "{name}");
+        }
+    }
 
     #[tokio::test]
     async fn saves_are_checked_versioned_and_idempotent() {
@@ -189,7 +296,7 @@ mod tests {
             "[[rules]]\nid = \"x\"\nsevrity = 2\n",
             file,
             "",
-            "t",
+            T,
             now,
         )
         .await
@@ -201,24 +308,24 @@ mod tests {
             "nothing stored"
         );
         let huge = format!("{RULE}# {}\n", "x".repeat(MAX_POLICY_BYTES));
-        let err = save(&store, &site, &huge, file, "", "t", now)
+        let err = save(&store, &site, &huge, file, "", T, now)
             .await
             .unwrap_err();
         assert!(matches!(err, PolicySaveError::TooLarge { .. }), "{err}");
         assert_eq!(
-            save(&store, &site, RULE, file, "first", "t", now)
+            save(&store, &site, RULE, file, "first", T, now)
                 .await
                 .unwrap(),
             Saved::New(1)
         );
         assert_eq!(
-            save(&store, &site, RULE, file, "again", "t", now)
+            save(&store, &site, RULE, file, "again", T, now)
                 .await
                 .unwrap(),
             Saved::Unchanged(1)
         );
         assert_eq!(
-            save(&store, &site, "", file, "reset", "t", now)
+            save(&store, &site, "", file, "reset", T, now)
                 .await
                 .unwrap(),
             Saved::New(2)

@@ -275,16 +275,28 @@ async fn retention_loop(
     config: Arc<CollectorConfig>,
     shutdown: CancellationToken,
 ) {
-    let retention =
-        jiff::SignedDuration::from_hours(24 * i64::from(config.captures.retention_days));
     let mut daily = tokio::time::interval(Duration::from_secs(24 * 3600));
     loop {
         tokio::select! {
             _ = daily.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        match crate::incidents::purge_expired(&*store, &evidence, retention, jiff::Timestamp::now())
-            .await
+        // Each site's period, read again each day: the console may have
+        // changed it.
+        let retention = match crate::site_settings::retention_by_site(&*store, &config).await {
+            Ok(retention) => retention,
+            Err(e) => {
+                tracing::error!(error = %e, "reading sites' evidence retention failed");
+                continue;
+            }
+        };
+        match crate::incidents::purge_expired(
+            &*store,
+            &evidence,
+            &retention,
+            jiff::Timestamp::now(),
+        )
+        .await
         {
             Ok(purge) if purge.captures == 0 => {}
             Ok(purge) => tracing::info!(

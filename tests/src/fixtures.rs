@@ -51,6 +51,37 @@ pub fn enrolled_days_ago(data: &CollectorData, device: &str, days: i64) {
     });
 }
 
+/// Adds a site to the collector's database (there is no command for a
+/// second site yet; the console and CLI find it like any other).
+pub fn add_site(data: &CollectorData, name: &str, timezone: &str) {
+    runtime().block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(data.data.join("collector.db"))
+            .busy_timeout(Duration::from_secs(10));
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("collector database");
+        sqlx::query("INSERT INTO sites (name, timezone, created_at) VALUES (?, ?, ?)")
+            .bind(name)
+            .bind(timezone)
+            .bind(Timestamp::now().as_millisecond())
+            .execute(&pool)
+            .await
+            .expect("adding a site");
+        pool.close().await;
+    });
+}
+
+/// A console account limited to one site; returns its first password.
+pub fn add_site_user(data: &CollectorData, name: &str, role: &str, site: &str) -> String {
+    let output = data.cli(&["users", "add", name, "--role", role, "--sites", site]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+        .rsplit_once("(shown once): ")
+        .map(|(_, p)| p.trim().to_owned())
+        .expect("a password")
+}
+
 /// A utmp USER_PROCESS record as glibc writes it (see agent/src/sessions.rs).
 pub fn utmp_record(line: &str, user: &str, host: &str, seconds: i64) -> Vec<u8> {
     let mut r = vec![0u8; 384];

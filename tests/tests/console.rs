@@ -4,7 +4,8 @@
 //! technician approves disabling and sees the agent's confirmation arrive,
 //! finds one device among hundreds, is refused incidents; a DSL sees the
 //! snapshot; a governor sees only the dashboard; the fifth wrong password
-//! is throttled; every main page passes axe-core (no serious or critical
+//! is throttled; every main page (the site policy and activity settings
+//! pages with their refusals too) passes axe-core (no serious or critical
 //! violation), fits a 360-px phone, and is saved as a screenshot under
 //! `target/console-screenshots/`.
 
@@ -242,6 +243,38 @@ fn people_use_the_console_in_a_browser() {
         browser.wait_for("main h1");
         check_page(&browser, name);
     }
+    // The site's policy: a mistake is shown at its line beside the field;
+    // two good versions, then their differences.
+    browser.goto(&format!("{console_url}/settings/policy?site=Cabot"));
+    browser.wait_for("#policy-text");
+    browser.fill("#policy-text", "extends = \"default\"\nbogus = 1\n");
+    browser.submit_form("form[action='/settings/policy']");
+    browser.wait_for("#policy-errors");
+    assert!(browser.text("#policy-errors").contains("Line 2"));
+    check_page(&browser, "policy-refused");
+    let rule = |phrase: &str| {
+        format!(
+            "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"gambling\"\nseverity = 2\nphrases = [\"{phrase}\"]\n"
+        )
+    };
+    for phrase in ["online casino", "bet now"] {
+        browser.fill("#policy-text", &rule(phrase));
+        browser.submit_form("form[action='/settings/policy']");
+        browser.wait_for("#policy-notice");
+    }
+    browser.wait_for("#policy-diff");
+    assert!(browser.text("#policy-diff").contains("bet now"));
+    check_page(&browser, "policy");
+    // Activity thresholds and retention: a bad value named at its field.
+    browser.goto(&format!("{console_url}/settings/activity?site=Cabot"));
+    browser.wait_for("#f-window_days");
+    browser.fill("#f-window_days", "0");
+    browser.submit_form("form[action='/settings/activity']");
+    browser.wait_for("#err-window_days");
+    check_page(&browser, "activity-refused");
+    browser.goto(&format!("{console_url}/settings/activity?site=Cabot"));
+    browser.wait_for("#activity-in-force");
+    check_page(&browser, "activity");
     // Technicians never see incidents or snapshots.
     browser.goto(&format!("{console_url}/incidents/1"));
     browser.wait_for("main h1");

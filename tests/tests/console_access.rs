@@ -679,26 +679,6 @@ fn settings_and_imports_through_the_console() {
     assert_eq!(gov.get("/mfa").status, 403);
 }
 
-/// Adds a site straight to the database (no command makes one after
-/// `init`), for accounts of another school.
-fn add_site(data: &CollectorData, name: &str) {
-    runtime().block_on(async {
-        let pool = sqlx::SqlitePool::connect_with(
-            sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(data.data.join("collector.db"))
-                .busy_timeout(Duration::from_secs(10)),
-        )
-        .await
-        .expect("collector database");
-        sqlx::query("INSERT INTO sites (name, timezone, created_at) VALUES (?, 'UTC', 0)")
-            .bind(name)
-            .execute(&pool)
-            .await
-            .expect("adding a site");
-        pool.close().await;
-    });
-}
-
 /// The audit rows of one action: (actor, target, detail, address).
 fn audit_rows(data: &CollectorData, action: &str) -> Vec<(String, String, String, String)> {
     runtime().block_on(async {
@@ -747,7 +727,7 @@ fn a_dsl_downloads_the_evidence_as_a_zip_and_no_one_else_can() {
     let dsl_pw = add_user(&data, "dsl1", "dsl");
     let tech_pw = add_user(&data, "tech1", "technician");
     let gov_pw = add_user(&data, "gov1", "governor");
-    add_site(&data, "Elsewhere");
+    add_site(&data, "Elsewhere", "UTC");
     let other = data.cli(&[
         "users",
         "add",
@@ -909,4 +889,319 @@ fn a_dsl_downloads_the_evidence_as_a_zip_and_no_one_else_can() {
         damaged.text()
     );
     assert_eq!(audit_rows(&data, "incident_exported").len(), 1);
+}
+
+/// A page's text between two markers (for one table or section).
+fn between<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
+    let from = page
+        .find(start)
+        .unwrap_or_else(|| panic!("no {start:?} in {page}"));
+    let rest = &page[from..];
+    &rest[..rest.find(end).unwrap_or(rest.len())]
+}
+
+#[test]
+fn site_policies_are_checked_versioned_and_compared_in_the_console() {
+    let data = CollectorData::init("Cabot");
+    add_site(&data, "Dunmore", "UTC");
+    let collector = data.start();
+    let tech_pw = add_site_user(&data, "tech1", "technician", "Cabot");
+    let dsl_pw = add_site_user(&data, "dsl1", "dsl", "Cabot");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let admin_pw = add_user(&data, "admin2", "admin");
+    let history = || json(&data.cli(&["policy", "history", "--site", "Cabot", "--format", "json"]));
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let page = tech.get("/settings/policy?site=Cabot");
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("No version saved yet"));
+    let token = page.csrf();
+    let save = |text: &str, comment: &str| {
+        tech.post(
+            "/settings/policy",
+            &[
+                ("csrf", &token),
+                ("site", "Cabot"),
+                ("text", text),
+                ("comment", comment),
+            ],
+        )
+    };
+
+    let first = "extends = \"default\"\n[[rules]]\nid = \"local\"\ncategory = \"gambling\"\nseverity = 2\nphrases = [\"online casino\"]\n";
+    let saved = save(first, "local slang");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    assert_eq!(
+        saved.header("location").as_deref(),
+        Some("/settings/policy?site=Cabot&saved=1")
+    );
+    assert_eq!(history()["current_version"], 1);
+
+    // A mistake is refused with its line beside the field, the text kept,
+    // and nothing stored.
+    let bad = "extends = \"default\"\n[[rules]]\nid = \"x\"\nsevrity = 2\n";
+    let refused = save(bad, "typo");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let page = refused.text();
+    let errors = between(&page, "id=\"policy-errors\"", "</div>");
+    assert!(errors.contains("Line 4:"), "{errors}");
+    assert!(
+        page.contains("aria-describedby=\"policy-help policy-errors\""),
+        "{page}"
+    );
+    assert!(page.contains("sevrity = 2"), "the refused text is kept");
+    assert_eq!(history()["current_version"], 1, "nothing stored");
+
+    // A good change (as a browser sends it, with CRLF) is version 2, saved
+    // with LF, and audited with the account and address.
+    let second = first.replace("\"online casino\"", "\"online casino\", \"bet now\"");
+    let saved = save(&second.replace('\n', "\r\n"), "more slang");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    assert_eq!(history()["current_version"], 2);
+    let shown = data.cli(&["policy", "show", "--site", "Cabot"]);
+    assert_eq!(text(&shown.stdout), second);
+    let admin = Client::new(&data, &collector);
+    assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+    let audit = admin.get("/audit?action=policy.set").text();
+    let rows = between(&audit, "<tbody", "</tbody>");
+    assert!(
+        rows.contains("console:tech1") && rows.contains("127.0.0.1") && rows.contains("v2"),
+        "{rows}"
+    );
+
+    // The page compares the newest version with the one before by default:
+    // the changed line, marked in words.
+    let page = tech.get("/settings/policy?site=Cabot").text();
+    let diff = between(&page, "id=\"policy-diff\"", "</table>");
+    assert!(
+        page.contains("Changes from version 1 to version 2"),
+        "{page}"
+    );
+    let removed = between(diff, "removed</td>", "</tr>");
+    assert!(removed.contains("online casino") && !removed.contains("bet now"));
+    let added = between(diff, "added</td>", "</tr>");
+    assert!(added.contains("bet now"), "{diff}");
+    assert!(added.contains("<td>6</td>"), "the line number: {added}");
+    // Any version's text, and any two versions compared.
+    let v1 = tech.get("/settings/policy?site=Cabot&version=1").text();
+    let v1_text = between(&v1, "id=\"policy-version\"", "</pre>");
+    assert!(v1_text.contains("online casino") && !v1_text.contains("bet now"));
+    let same = tech.get("/settings/policy?site=Cabot&from=2&to=2").text();
+    assert!(same.contains("the same text"), "{same}");
+    assert_eq!(
+        tech.get("/settings/policy?site=Cabot&version=9").status,
+        404
+    );
+
+    // Reset to the default, as `policy reset` does.
+    let reset = tech.post(
+        "/settings/policy/reset",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(reset.status, 303, "{}", reset.text());
+    let versions = history();
+    assert_eq!(versions["current_version"], 3);
+    assert_eq!(versions["versions"][0]["default"], true);
+
+    // Who may: a DSL of the site yes; a governor no; nobody for a site
+    // that is not theirs, and nothing is stored there.
+    let dsl = Client::new(&data, &collector);
+    assert_eq!(dsl.sign_in("dsl1", &dsl_pw).status, 303);
+    assert_eq!(dsl.get("/settings/policy?site=Cabot").status, 200);
+    assert_eq!(tech.get("/settings/policy?site=Dunmore").status, 403);
+    let elsewhere = tech.post(
+        "/settings/policy",
+        &[("csrf", &token), ("site", "Dunmore"), ("text", first)],
+    );
+    assert_eq!(elsewhere.status, 403);
+    let dunmore = json(&data.cli(&["policy", "history", "--site", "Dunmore", "--format", "json"]));
+    assert_eq!(dunmore["current_version"], 0);
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    assert_eq!(gov.get("/settings/policy?site=Cabot").status, 403);
+    let gov_token = gov.get("/").csrf();
+    assert_eq!(
+        gov.post(
+            "/settings/policy",
+            &[("csrf", &gov_token), ("site", "Cabot"), ("text", first)]
+        )
+        .status,
+        403
+    );
+    assert_eq!(history()["current_version"], 3);
+}
+
+/// A 90-minute graphical session that ended `days_ago` days ago.
+fn past_session(days_ago: i64) -> hallmonitor_proto::v1::event::Body {
+    use hallmonitor_proto::v1;
+    let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * days_ago);
+    v1::event::Body::Session(v1::SessionEvent {
+        phase: v1::session_event::Phase::End as i32,
+        session_id: "s1".into(),
+        account: "pupil1".into(),
+        uid: 1001,
+        kind: v1::session_event::Kind::Graphical as i32,
+        seat: "seat0".into(),
+        started_at: Some(hallmonitor_proto::Timestamp {
+            seconds: start.as_second(),
+            nanos: 0,
+        }),
+        ended_at: Some(hallmonitor_proto::Timestamp {
+            seconds: start.as_second() + 90 * 60,
+            nanos: 0,
+        }),
+        active_secs: 90 * 60,
+    })
+}
+
+#[test]
+fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
+    let data = CollectorData::init("Cabot");
+    add_site(&data, "Dunmore", "UTC");
+    let collector = data.start();
+    let tech_pw = add_site_user(&data, "tech1", "technician", "Cabot");
+    let gov_pw = add_user(&data, "gov1", "governor");
+    let admin_pw = add_user(&data, "admin2", "admin");
+
+    // A device used for 90 minutes ten days ago: compliant under the
+    // default 60 minutes in 28 days.
+    let agent = Agent::with_config(
+        &data.agent_settings(&collector, "e2e-console-thresholds"),
+        "",
+        "[sessions]\nsource = \"utmp\"\nutmp_path = \"/nonexistent/utmp\"\n",
+    );
+    let id = agent.enroll();
+    enrolled_days_ago(&data, &id, 60);
+    queue_now(&agent.data, vec![past_session(10)]);
+    let _daemon = agent.start();
+    let compliance = || {
+        json(&data.cli(&["compliance", "check", "--device", &id, "--format", "json"]))["devices"][0]
+            ["activity"]
+            .clone()
+    };
+    wait_for("the session to arrive", WAIT, || {
+        (compliance()["used_minutes"] == 90).then_some(())
+    });
+    assert_eq!(compliance()["status"], "compliant");
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    let page = tech.get("/settings/activity?site=Cabot");
+    assert_eq!(page.status, 200, "{}", page.text());
+    let in_force = page.text();
+    let table = between(&in_force, "id=\"activity-in-force\"", "</table>");
+    assert!(
+        table.contains("<td>60</td><td>built-in default</td>"),
+        "{table}"
+    );
+    let token = page.csrf();
+    let save = |window: &str, required: &str, retention: &str| {
+        tech.post(
+            "/settings/activity",
+            &[
+                ("csrf", &token),
+                ("site", "Cabot"),
+                ("window_days", window),
+                ("required_minutes", required),
+                ("warning_days", "7"),
+                ("retention_days", retention),
+            ],
+        )
+    };
+
+    // Bad values are refused with each field named, and change nothing.
+    let refused = save("0", "an hour", "5000");
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    let page = refused.text();
+    for (field, message) in [
+        ("window_days", "Window (days): from 1 to 365 days."),
+        (
+            "required_minutes",
+            "Required logged-in minutes in the window: a whole number.",
+        ),
+        (
+            "retention_days",
+            "Keep evidence of closed incidents (days): from 1 to 3650 days.",
+        ),
+    ] {
+        let error = between(&page, &format!("id=\"err-{field}\""), "</span>");
+        assert!(error.contains(message), "{field}: {error}");
+        assert!(
+            page.contains(&format!("aria-describedby=\"hint-{field} err-{field}\"")),
+            "{field}"
+        );
+    }
+    assert!(
+        page.contains("value=\"an hour\""),
+        "the typed value is kept"
+    );
+    assert!(
+        !tech
+            .get("/settings/activity?site=Cabot")
+            .text()
+            .contains("set in the console")
+    );
+    assert_eq!(compliance()["status"], "compliant");
+
+    // 120 minutes: the same device is non-compliant, in the compliance
+    // report and on its console page (evaluated at once).
+    let saved = save("28", "120", "30");
+    assert_eq!(saved.status, 303, "{}", saved.text());
+    let activity = compliance();
+    assert_eq!(activity["status"], "non_compliant", "{activity}");
+    assert_eq!(activity["required_minutes"], 120);
+    let device_page = tech.get(&format!("/devices/{id}")).text();
+    assert!(device_page.contains("Non-compliant"), "{device_page}");
+    let page = tech.get("/settings/activity?site=Cabot").text();
+    let table = between(&page, "id=\"activity-in-force\"", "</table>");
+    assert!(
+        table.contains("<td>120</td><td>set in the console</td>"),
+        "{table}"
+    );
+    let admin = Client::new(&data, &collector);
+    assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+    let audit = admin.get("/audit?action=site_settings").text();
+    let rows = between(&audit, "<tbody", "</tbody>");
+    assert!(
+        rows.contains("required_minutes: 60 → 120")
+            && rows.contains("retention_days: 90 → 30")
+            && rows.contains("console:tech1"),
+        "{rows}"
+    );
+
+    // Cleared: collector.toml's values again.
+    let cleared = tech.post(
+        "/settings/activity/clear",
+        &[("csrf", &token), ("site", "Cabot")],
+    );
+    assert_eq!(cleared.status, 303, "{}", cleared.text());
+    assert_eq!(compliance()["status"], "compliant");
+    assert_eq!(compliance()["required_minutes"], 60);
+
+    // Only the viewer's sites; never governors. The routes are shown read
+    // only on the settings page.
+    assert_eq!(tech.get("/settings/activity?site=Dunmore").status, 403);
+    assert_eq!(
+        tech.post(
+            "/settings/activity",
+            &[
+                ("csrf", &token),
+                ("site", "Dunmore"),
+                ("window_days", "28"),
+                ("required_minutes", "120"),
+                ("warning_days", "7"),
+                ("retention_days", "30"),
+            ],
+        )
+        .status,
+        403
+    );
+    let gov = Client::new(&data, &collector);
+    assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
+    assert_eq!(gov.get("/settings/activity?site=Cabot").status, 403);
+    let settings = tech.get("/settings").text();
+    let routes = between(&settings, "id=\"routes\"", "</table>");
+    assert!(routes.contains("capture_severe"), "{routes}");
+    assert!(settings.contains("/settings/activity?site=Cabot"));
 }

@@ -47,7 +47,8 @@ pub(crate) enum IncidentsCommand {
         #[arg(long, env = "HALLMONITOR_ACTOR")]
         by: Option<String>,
     },
-    /// Purge evidence past `[captures] retention_days` now (the collector
+    /// Purge evidence past each site's retention (`[captures]
+    /// retention_days`, or the console's value for the site) now (the collector
     /// also does it daily): captures of closed incidents, their images and
     /// the content of their events.
     Purge {
@@ -130,9 +131,9 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             let config = CollectorConfig::load(data)?;
             let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
             let retention =
-                jiff::SignedDuration::from_hours(24 * i64::from(config.captures.retention_days));
+                hallmonitor_collector::site_settings::retention_by_site(&store, &config).await?;
             let purge =
-                hallmonitor_collector::incidents::purge_expired(&store, &evidence, retention, now)
+                hallmonitor_collector::incidents::purge_expired(&store, &evidence, &retention, now)
                     .await?;
             audit(
                 cli_actor(by),
@@ -147,8 +148,8 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             )
             .await?;
             println!(
-                "Purged {} capture(s) older than {} days from closed incidents ({} image(s) removed).",
-                purge.captures, config.captures.retention_days, purge.images_removed
+                "Purged {} capture(s) older than their site's retention from closed incidents ({} image(s) removed).",
+                purge.captures, purge.images_removed
             );
             for (sha, why) in &purge.images_skipped {
                 println!(

@@ -91,7 +91,10 @@ pub(crate) async fn policy(data: &Path, command: PolicyCommand) -> anyhow::Resul
                 &text,
                 &file,
                 &comment,
-                &actor,
+                policies::Author {
+                    name: &actor,
+                    address: "cli",
+                },
                 Timestamp::now(),
             )
             .await?
@@ -116,7 +119,10 @@ pub(crate) async fn policy(data: &Path, command: PolicyCommand) -> anyhow::Resul
                 "",
                 file,
                 "reset to the project's default",
-                &actor,
+                policies::Author {
+                    name: &actor,
+                    address: "cli",
+                },
                 Timestamp::now(),
             )
             .await?

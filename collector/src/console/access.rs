@@ -46,8 +46,12 @@ pub enum Permission {
     Users,
     /// The audit log.
     Audit,
-    /// Enrolment secrets, API tokens, notification recipients.
+    /// Enrolment secrets, API tokens, notification recipients, activity
+    /// thresholds and retention.
     Settings,
+    /// Sites' suspicious-activity policies (issue 15: technicians manage
+    /// them, and DSLs have what technicians have for their sites).
+    Policies,
 }
 
 /// The role matrix (README "Console roles").
@@ -61,10 +65,11 @@ pub fn allows(role: ConsoleRole, permission: Permission) -> bool {
         Users => role == Admin,
         Audit => matches!(role, Admin | Dsl),
         Settings => matches!(role, Admin | Technician),
+        Policies => matches!(role, Admin | Technician | Dsl),
     }
 }
 
-const EVERY_PERMISSION: [Permission; 7] = [
+const EVERY_PERMISSION: [Permission; 8] = [
     Permission::Reports,
     Permission::Devices,
     Permission::Flags,
@@ -72,6 +77,7 @@ const EVERY_PERMISSION: [Permission; 7] = [
     Permission::Users,
     Permission::Audit,
     Permission::Settings,
+    Permission::Policies,
 ];
 
 /// Whether an account with role `granter` may give `role` to something
@@ -86,6 +92,8 @@ pub fn may_grant(granter: ConsoleRole, role: ConsoleRole) -> bool {
 /// A permission as a type, for `Allowed<P>`.
 pub trait Needs: Send + Sync + 'static {
     const PERMISSION: Permission;
+    /// The largest form body a `Submit` of this permission reads.
+    const FORM_LIMIT: usize = FORM_LIMIT;
 }
 
 macro_rules! needs {
@@ -107,6 +115,14 @@ needs! {
     UsersP => Users,
     AuditP => Audit,
     SettingsP => Settings,
+}
+
+/// `Policies`, whose form carries a whole policy text (percent-encoded,
+/// so up to three bytes per byte).
+pub struct PoliciesP;
+impl Needs for PoliciesP {
+    const PERMISSION: Permission = Permission::Policies;
+    const FORM_LIMIT: usize = 3 * crate::policies::MAX_POLICY_BYTES + FORM_LIMIT;
 }
 
 /// Who is making this request: a signed-in person, or a program holding
@@ -337,7 +353,7 @@ impl<P: Needs, T: DeserializeOwned + Send> FromRequest<Console> for Submit<P, T>
     async fn from_request(request: Request, console: &Console) -> Result<Self, Refusal> {
         let (mut parts, body) = request.into_parts();
         let Allowed(viewer, _) = Allowed::<P>::from_request_parts(&mut parts, console).await?;
-        let bytes = axum::body::to_bytes(body, FORM_LIMIT)
+        let bytes = axum::body::to_bytes(body, P::FORM_LIMIT)
             .await
             .map_err(|_| Refusal::BadRequest("the form is too large".into()))?;
         let csrf: CsrfField = serde_urlencoded::from_bytes(&bytes)
@@ -378,10 +394,16 @@ mod tests {
     fn the_role_matrix() {
         use ConsoleRole::*;
         let table = [
-            (Admin, [true, true, true, false, true, true, true]),
-            (Technician, [true, true, true, false, false, false, true]),
-            (Dsl, [true, true, true, true, false, true, false]),
-            (Governor, [true, false, false, false, false, false, false]),
+            (Admin, [true, true, true, false, true, true, true, true]),
+            (
+                Technician,
+                [true, true, true, false, false, false, true, true],
+            ),
+            (Dsl, [true, true, true, true, false, true, false, true]),
+            (
+                Governor,
+                [true, false, false, false, false, false, false, false],
+            ),
         ];
         for (role, row) in table {
             for (permission, want) in EVERY_PERMISSION.into_iter().zip(row) {

@@ -9,6 +9,11 @@
 //!   the account page (password, second factor).
 //! - `pages`: dashboard, devices, device detail, flags, incidents, audit
 //!   log, users.
+//! - `settings`: enrolment secrets, API tokens, recipients, notification
+//!   routes (read only).
+//! - `policy`: a site's suspicious-activity policy (edit, versions, diff).
+//! - `thresholds`: a site's activity thresholds and evidence retention
+//!   (over `collector.toml`'s).
 //! - `chart`: server-side SVG charts.
 //!
 //! Architecture invariant: the console reaches data only through the store
@@ -21,7 +26,9 @@ pub mod chart;
 pub mod login;
 pub mod mfa;
 pub mod pages;
+pub mod policy;
 pub mod settings;
+pub mod thresholds;
 
 use std::sync::{Arc, LazyLock};
 
@@ -107,6 +114,16 @@ pub fn router(console: Console) -> Router {
             "/settings/secrets/{id}/revoke",
             post(settings::revoke_secret),
         )
+        .route(
+            "/settings/policy",
+            get(policy::page_handler).post(policy::save),
+        )
+        .route("/settings/policy/reset", post(policy::reset))
+        .route(
+            "/settings/activity",
+            get(thresholds::page_handler).post(thresholds::save),
+        )
+        .route("/settings/activity/clear", post(thresholds::clear))
         .route("/settings/tokens", post(settings::create_token))
         .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
         .route("/settings/recipients", post(settings::add_recipient))
@@ -233,13 +250,14 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 8] = [
+        let links: [(&str, &str, Permission); 9] = [
             ("/", "Dashboard", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
             ("/flags", "Flags", Permission::Flags),
             ("/mfa", "Two-step sign-in", Permission::Devices),
             ("/incidents", "Incidents", Permission::Incidents),
             ("/settings", "Settings", Permission::Settings),
+            ("/settings/policy", "Site policy", Permission::Policies),
             ("/audit", "Audit log", Permission::Audit),
             ("/users", "Users", Permission::Users),
         ];

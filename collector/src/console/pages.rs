@@ -345,7 +345,11 @@ pub async fn device(
     let now = Timestamp::now();
     let zone = d.site_timezone.clone();
     let filter = DeviceFilter::one(id.clone());
-    let rule = console.config.activity_rule(&site.name);
+    let rule = crate::site_settings::activity_rule(
+        &console.config,
+        &site.name,
+        console.store.site_override(site.id).await?.as_ref(),
+    );
     let window = rule.thresholds.window;
     let required = rule.thresholds.required;
     let inputs = console

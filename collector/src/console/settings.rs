@@ -1,5 +1,7 @@
 //! Settings a technician or administrator changes: enrolment secrets (a new
-//! one shown once), API tokens (shown once), notification recipients.
+//! one shown once), API tokens (shown once), notification recipients; the
+//! notification routes `collector.toml` sets, read only; links to each
+//! site's policy (`policy`) and thresholds (`thresholds`) pages.
 //! Every change is audited.
 
 use askama::Template;
@@ -22,12 +24,16 @@ type PageResult = Result<Response, Problem>;
 struct SettingsPage {
     frame: Frame,
     sites: Vec<String>,
+    /// (site, its name for a query string).
+    site_links: Vec<(String, String)>,
     secrets: Vec<(i64, String, String, String, String, String, bool)>,
     tokens: Vec<(i64, String, &'static str, String, String, String, bool)>,
     /// The roles this viewer may give a token (none beyond their own).
     token_roles: Vec<&'static str>,
     recipients: Vec<(i64, String, String, String, String)>,
     roles: Vec<&'static str>,
+    /// (kind, roles, timing) of each notification route.
+    routes: Vec<(String, String, String)>,
     shown_once: String,
     shown_once_what: String,
     error: String,
@@ -108,6 +114,10 @@ async fn render(
     Ok(with_form_error(
         page(&SettingsPage {
             frame: Frame::new(viewer, "Settings", "/settings"),
+            site_links: sites
+                .iter()
+                .map(|s| (s.name.clone(), super::access::encode(&s.name)))
+                .collect(),
             sites: sites.into_iter().map(|s| s.name).collect(),
             secrets,
             tokens,
@@ -121,6 +131,23 @@ async fn render(
                 .iter()
                 .filter(|r| **r != Role::StaffMember)
                 .map(|r| r.as_str())
+                .collect(),
+            routes: console
+                .config
+                .notifications
+                .routes
+                .iter()
+                .map(|r| {
+                    (
+                        r.kind.clone(),
+                        r.roles
+                            .iter()
+                            .map(|role| role.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        r.timing.to_string(),
+                    )
+                })
                 .collect(),
             shown_once,
             shown_once_what,
@@ -146,6 +173,39 @@ async fn site_named(
         .await?
         .into_iter()
         .find(|s| s.name == name))
+}
+
+/// The site a per-site settings page names (the viewer's first when
+/// none), among the viewer's: 404 when no site has
+/// that name, 403 when it is another site's (audited like any refusal).
+pub(super) async fn site_for(
+    console: &Console,
+    viewer: &Viewer,
+    name: &str,
+    path: &str,
+) -> Result<Site, Problem> {
+    if name.is_empty() {
+        return visible_sites(console, viewer)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or(Problem::NotFound);
+    }
+    let Some(site) = console.store.site_by_name(name).await? else {
+        return Err(Problem::NotFound);
+    };
+    if !viewer.sees(site.id) {
+        let _ = console
+            .audit(
+                viewer,
+                "console_forbidden",
+                path,
+                &format!("site={} not among the account's sites", site.name),
+            )
+            .await;
+        return Err(Problem::Forbidden);
+    }
+    Ok(site)
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,7 @@ use crate::directory::Role;
 use crate::model::{DeviceId, SiteId};
 use crate::rules::activity::{self, ActivityEvaluation, DeviceActivityContext, Interval};
 use crate::rules::mfa::{self, PairVerdict};
+use crate::site_settings::{self, SiteOverride};
 use crate::store::{
     ActivityChanges, ActivityInput, ActivityVerdict, DeviceFilter, MfaVerdict, Result, Store,
 };
@@ -101,7 +102,9 @@ async fn evaluate_page(
     as_of: Timestamp,
     after: Option<&DeviceId>,
 ) -> Result<Vec<DeviceVerdict>> {
-    let since = as_of - longest_window(config);
+    // The console's thresholds over collector.toml's (`site_settings`).
+    let overrides = store.site_overrides().await?;
+    let since = as_of - longest_window(config, &overrides);
     let page = store.activity_inputs(filter, since, after, PAGE).await?;
     let ids: Vec<DeviceId> = page.iter().map(|i| i.device.clone()).collect();
     let mut completions: HashMap<DeviceId, BTreeMap<String, Vec<Timestamp>>> = HashMap::new();
@@ -125,13 +128,19 @@ async fn evaluate_page(
     let none = BTreeMap::new();
     // Each site's rule (glob patterns compiled) once per page, not per
     // device.
-    let mut rules: HashMap<String, SiteActivityRule> = HashMap::new();
+    let mut rules: HashMap<SiteId, SiteActivityRule> = HashMap::new();
     Ok(page
         .into_iter()
         .map(|input| {
             let rule = rules
-                .entry(input.site_name.clone())
-                .or_insert_with(|| config.activity_rule(&input.site_name))
+                .entry(input.site)
+                .or_insert_with(|| {
+                    site_settings::activity_rule(
+                        config,
+                        &input.site_name,
+                        overrides.get(&input.site),
+                    )
+                })
                 .clone();
             let evaluation = evaluate_input(&input, &rule, as_of);
             let mfa = mfa::device_pairs(
@@ -293,13 +302,130 @@ fn next_check_at(
         .max(e.as_of + SignedDuration::from_millis(1))
 }
 
-fn longest_window(config: &CollectorConfig) -> SignedDuration {
-    let days = config
-        .sites
-        .values()
-        .filter_map(|s| s.activity.window_days)
-        .chain([config.activity.window_days, config.mfa.validity_days])
-        .max()
-        .unwrap_or(28);
+/// How far back a page's sessions are read: the longest activity window
+/// of any site (collector.toml's or the console's), or the 2FA validity.
+fn longest_window(
+    config: &CollectorConfig,
+    overrides: &HashMap<SiteId, SiteOverride>,
+) -> SignedDuration {
+    let days = site_settings::longest_window_days(config, overrides).max(config.mfa.validity_days);
     SignedDuration::from_hours(i64::from(days) * 24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
+    use crate::rules::activity::ActivityStatus;
+    use crate::site_settings::SiteValues;
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{AuditEntry, IngestStore, SiteStore};
+
+    const DAY: i64 = 86_400;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    /// A device enrolled 40 days before `as_of` with 90 minutes of use
+    /// 10 days before it: compliant under 60 required minutes. The
+    /// console's values change its verdict through the real rule pass (and
+    /// the compliance report built from it).
+    #[tokio::test]
+    async fn the_consoles_thresholds_are_the_ones_the_rule_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, device) = store_with_device(dir.path(), t(0)).await;
+        let as_of = t(40 * DAY);
+        let used = t(30 * DAY);
+        let session = Event {
+            seq: Seq(1),
+            event_id: "e1".into(),
+            occurred_at: used,
+            body: EventBody::Session(SessionRecord {
+                session_id: "s1".into(),
+                account: "pupil1".into(),
+                uid: 1000,
+                kind: SessionKind::Graphical,
+                started_at: used,
+                ended_at: Some(used + SignedDuration::from_mins(90)),
+                active_secs: 5_400,
+            }),
+        };
+        store
+            .record_batch(&device, &[session], used + SignedDuration::from_mins(90))
+            .await
+            .unwrap();
+        let config = CollectorConfig::default();
+        let filter = DeviceFilter::one(device.clone());
+        let status = |verdicts: Vec<DeviceVerdict>| verdicts[0].evaluation.status;
+        let set = |values: Option<SiteValues>| {
+            let store = &store;
+            async move {
+                let value = values.map(|v| SiteOverride::new(v).unwrap());
+                store
+                    .set_site_override(
+                        site.id,
+                        value.as_ref(),
+                        AuditEntry {
+                            at: as_of,
+                            actor: "test",
+                            action: "site_settings_set",
+                            target: "site Cabot",
+                            detail: "",
+                            address: "",
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        let values = |required_minutes, window_days| SiteValues {
+            window_days,
+            required_minutes,
+            warning_days: 7,
+            auto_disable: false,
+            retention_days: 90,
+        };
+        let cases = [
+            (
+                "collector.toml's 60 minutes",
+                None,
+                ActivityStatus::Compliant,
+            ),
+            (
+                "the console's 120 minutes",
+                Some(values(120, 28)),
+                ActivityStatus::NonCompliant,
+            ),
+            (
+                "the console's 14-day window: the use leaves it within the warning week",
+                Some(values(60, 14)),
+                ActivityStatus::AtRisk,
+            ),
+            (
+                "the console's 80 minutes",
+                Some(values(80, 28)),
+                ActivityStatus::Compliant,
+            ),
+            ("cleared again", None, ActivityStatus::Compliant),
+        ];
+        for (name, value, want) in cases {
+            set(value).await;
+            let verdicts = evaluate(&store, &config, &filter, as_of).await.unwrap();
+            assert_eq!(status(verdicts), want, "{name}");
+            let report = crate::compliance::check(&store, &config, &filter, as_of)
+                .await
+                .unwrap();
+            let required = value.map_or(60, |v| i64::from(v.required_minutes));
+            assert_eq!(
+                report.devices[0].activity.required_minutes, required,
+                "{name}"
+            );
+        }
+        // Recording the verdict opens the device_inactive flag the
+        // console's value implies.
+        set(Some(values(120, 28))).await;
+        let changes = refresh(&store, &config, &filter, as_of).await.unwrap();
+        assert_eq!(changes.opened.len(), 1, "{changes:?}");
+    }
 }

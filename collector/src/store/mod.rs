@@ -29,6 +29,8 @@ use crate::model::{
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
 use crate::rules::mfa::{MfaStatus, PairVerdict};
+use crate::site_settings::SiteOverride;
+use std::collections::HashMap;
 
 pub mod sqlite;
 
@@ -354,12 +356,24 @@ pub struct Notification {
     pub sent_at: Option<Timestamp>,
 }
 
-/// Sites (schools): each device, secret, policy and recipient belongs to one.
+/// Sites (schools): each device, secret, policy and recipient belongs to
+/// one; and the thresholds and retention the console set for a site.
 #[async_trait]
 pub trait SiteStore: Send + Sync + 'static {
     async fn create_site(&self, name: &str, timezone: &str, at: Timestamp) -> Result<Site>;
     async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
     async fn sites(&self) -> Result<Vec<Site>>;
+    /// Every site's console override (few rows: one per site at most).
+    async fn site_overrides(&self) -> Result<HashMap<SiteId, SiteOverride>>;
+    async fn site_override(&self, site: SiteId) -> Result<Option<SiteOverride>>;
+    /// Sets (`Some`) or clears (`None`) a site's override and appends
+    /// `audit`, in one transaction.
+    async fn set_site_override(
+        &self,
+        site: SiteId,
+        value: Option<&SiteOverride>,
+        audit: AuditEntry<'_>,
+    ) -> Result<()>;
 }
 
 /// Devices and their enrolment: secrets, certificates, standing.
@@ -607,9 +621,10 @@ pub trait IncidentStore: Send + Sync + 'static {
         )>,
     >;
     async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool>;
-    /// (capture id, image hash) of captures older than `before` whose
-    /// incident is closed.
-    async fn expired_captures(&self, before: Timestamp) -> Result<Vec<(i64, String)>>;
+    /// (capture id, image hash) of the site's captures older than
+    /// `before` whose incident is closed.
+    async fn expired_captures(&self, site: SiteId, before: Timestamp)
+    -> Result<Vec<(i64, String)>>;
     /// Deletes those captures and empties their capture events, in one
     /// transaction.
     async fn purge_captures(&self, ids: &[i64], before: Timestamp) -> Result<u64>;
@@ -619,14 +634,15 @@ pub trait IncidentStore: Send + Sync + 'static {
 /// Sites' suspicious-activity policies, versioned.
 #[async_trait]
 pub trait PolicyStore: Send + Sync + 'static {
-    /// Stores the site's next policy version (with its audit row).
+    /// Stores the site's next policy version (with its audit row: who and
+    /// from where), in one transaction.
     async fn save_site_policy(
         &self,
         site: SiteId,
         text: &str,
         sha256: &str,
         comment: &str,
-        actor: &str,
+        author: crate::policies::Author<'_>,
         at: Timestamp,
     ) -> Result<u64>;
     /// One version, or the newest when `version` is None.

@@ -214,11 +214,16 @@ impl crate::store::IncidentStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn expired_captures(&self, before: Timestamp) -> Result<Vec<(i64, String)>> {
+    async fn expired_captures(
+        &self,
+        site: SiteId,
+        before: Timestamp,
+    ) -> Result<Vec<(i64, String)>> {
         Ok(sqlx::query_as(
             "SELECT c.id, c.image_sha256 FROM captures c JOIN incidents i ON i.id = c.incident_id \
-             WHERE c.occurred_at < ? AND i.status = 'closed' ORDER BY c.id",
+             WHERE i.site_id = ? AND c.occurred_at < ? AND i.status = 'closed' ORDER BY c.id",
         )
+        .bind(site.0)
         .bind(millis(before))
         .fetch_all(&self.reader)
         .await?)
@@ -267,7 +272,7 @@ impl crate::store::IncidentStore for SqliteStore {
 mod tests {
     use jiff::{SignedDuration, Timestamp};
 
-    use crate::model::{CaptureRecord, Event, EventBody, Seq};
+    use crate::model::{CaptureRecord, Event, EventBody, Seq, SiteId};
     use crate::store::sqlite::testing::store_with_device;
     use crate::store::{DeviceFilter, IncidentStore, IngestStore};
 
@@ -304,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn retention_takes_only_old_captures_of_closed_incidents_and_keeps_the_event_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _site, device) = store_with_device(dir.path(), t(0)).await;
+        let (store, site, device) = store_with_device(dir.path(), t(0)).await;
         // Two incidents: "gambling" (old capture, then closed) and
         // "weapons" (old capture, left open); one recent gambling capture
         // in an incident of its own (the window has passed).
@@ -348,13 +353,21 @@ mod tests {
             .unwrap();
 
         let before = t(24 * 30);
-        let expired = store.expired_captures(before).await.unwrap();
+        let expired = store.expired_captures(site.id, before).await.unwrap();
         assert_eq!(
             expired.len(),
             1,
             "only the old capture of a closed incident: {expired:?}"
         );
         assert_eq!(expired[0].1, "aa");
+        assert!(
+            store
+                .expired_captures(SiteId(site.id.0 + 1), before)
+                .await
+                .unwrap()
+                .is_empty(),
+            "another site's retention does not reach them"
+        );
         assert!(store.image_in_use("aa").await.unwrap());
 
         let ids: Vec<i64> = expired.iter().map(|(id, _)| *id).collect();
@@ -370,8 +383,15 @@ mod tests {
         );
         // A second pass finds nothing, and a purge with an id that is not
         // old enough deletes nothing.
-        assert!(store.expired_captures(before).await.unwrap().is_empty());
-        let (recent_capture, _) = store.expired_captures(t(24 * 50)).await.unwrap()[0].clone();
+        assert!(
+            store
+                .expired_captures(site.id, before)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (recent_capture, _) =
+            store.expired_captures(site.id, t(24 * 50)).await.unwrap()[0].clone();
         assert_eq!(
             store
                 .purge_captures(&[recent_capture], before)

@@ -29,7 +29,7 @@ impl crate::store::PolicyStore for SqliteStore {
         text: &str,
         sha256: &str,
         comment: &str,
-        actor: &str,
+        author: crate::policies::Author<'_>,
         at: Timestamp,
     ) -> Result<u64> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -43,17 +43,18 @@ impl crate::store::PolicyStore for SqliteStore {
         .bind(sha256)
         .bind(comment)
         .bind(millis(at))
-        .bind(actor)
+        .bind(author.name)
         .bind(site.0)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, 'policy.set', ?, ?)",
+            "INSERT INTO audit_log (at, actor, action, target, detail, address) VALUES (?, ?, 'policy.set', ?, ?, ?)",
         )
         .bind(millis(at))
-        .bind(actor)
+        .bind(author.name)
         .bind(format!("site {} policy v{version}", site.0))
         .bind(format!("sha256 {sha256}; {comment}"))
+        .bind(author.address)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
