@@ -634,6 +634,34 @@ fn settings_and_imports_through_the_console() {
     assert_eq!(bad_days.status, 422);
     assert!(bad_days.text().contains("Expires in"));
 
+    // An API token gets a role no wider than its maker's: a technician
+    // cannot make one that reads incidents.
+    let tokens = || json(&data.cli(&["api-token", "list", "--format", "json"]));
+    let widened = tech.post(
+        "/settings/tokens",
+        &[
+            ("csrf", &token),
+            ("site", "Cabot"),
+            ("role", "dsl"),
+            ("label", "x"),
+        ],
+    );
+    assert_eq!(widened.status, 422, "{}", widened.text());
+    assert!(widened.text().contains("Choose one of the roles offered"));
+    assert_eq!(tokens()["tokens"].as_array().unwrap().len(), 0);
+    let made = tech.post(
+        "/settings/tokens",
+        &[
+            ("csrf", &token),
+            ("site", "Cabot"),
+            ("role", "technician"),
+            ("label", "asset register"),
+        ],
+    );
+    assert_eq!(made.status, 200, "{}", made.text());
+    assert!(made.text().contains("hmapi_"));
+    assert_eq!(tokens()["tokens"][0]["role"], "technician");
+
     // A directory with a bad row is refused with its line and changes
     // nothing; a good one is imported.
     let dir = tempfile::tempdir().unwrap();
