@@ -81,3 +81,45 @@ fn the_units_parse() {
         );
     }
 }
+
+/// `systemd-analyze security` scores each unit's sandbox from 0 (locked
+/// down) to 10 (none). Recorded: collector 1.4 and agent 3.1 (systemd 252,
+/// 2026-11-30; before the hardening: 7.0 and 9.1). A unit that loosens
+/// its sandbox past these ceilings fails here.
+#[test]
+fn the_units_keep_their_sandbox() {
+    let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: sandboxes not scored");
+        return;
+    };
+    assert!(version.status.success());
+    for (unit, ceiling) in [
+        ("systemd/hallmonitor-collector.service", 1.5),
+        ("systemd/hallmonitor-agent.service", 3.2),
+    ] {
+        let output = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(deploy(unit))
+            .output()
+            .unwrap();
+        let report = text(&output.stdout);
+        let score: f64 = report
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{unit}: no exposure level in {report}{}",
+                    text(&output.stderr)
+                )
+            });
+        assert!(
+            score <= ceiling,
+            "{unit}: exposure {score} above {ceiling}\n{report}"
+        );
+    }
+}
