@@ -112,6 +112,10 @@ const DIFF_CONTEXT: usize = 3;
 /// from 1. A diff that takes longer than a second is cut short by
 /// `similar` into a coarser but still correct one, so two large, unlike
 /// policies cannot hold a request.
+/// Most lines a diff shows (two 4 MiB policies could otherwise make a
+/// page of millions of rows); a longer one ends with `Skipped`.
+pub const MAX_DIFF_LINES: usize = 2000;
+
 pub fn diff(old: &str, new: &str) -> Vec<DiffLine> {
     let diff = similar::TextDiff::configure()
         .timeout(std::time::Duration::from_secs(1))
@@ -123,6 +127,10 @@ pub fn diff(old: &str, new: &str) -> Vec<DiffLine> {
         }
         for op in group {
             for change in diff.iter_changes(op) {
+                if lines.len() >= MAX_DIFF_LINES {
+                    lines.push(DiffLine::Skipped);
+                    return lines;
+                }
                 let text = change.value().trim_end_matches(['\n', '\r']).to_owned();
                 let (old_line, new_line) = (
                     change.old_index().map(|i| i + 1),

@@ -96,11 +96,16 @@ pub struct FieldError {
 
 pub const MAX_WINDOW_DAYS: u32 = 365;
 pub const MAX_RETENTION_DAYS: u32 = 3650;
+/// Fewest days the console may keep evidence of closed incidents: the
+/// technicians who may change this must not be able to make safeguarding
+/// evidence vanish behind the DSL's back (collector.toml, set by whoever
+/// runs the collector, may go lower).
+pub const MIN_RETENTION_DAYS: u32 = 30;
 
 impl SiteOverride {
     /// Checks the values together: window 1–365 days; required minutes
     /// from 1 to the window's length; warning shorter than the window;
-    /// retention 1–3,650 days. Every refused field is named.
+    /// retention 30–3,650 days. Every refused field is named.
     pub fn new(v: SiteValues) -> Result<SiteOverride, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut refuse = |field, message: String| errors.push(FieldError { field, message });
@@ -130,10 +135,10 @@ impl SiteOverride {
                 );
             }
         }
-        if !(1..=MAX_RETENTION_DAYS).contains(&v.retention_days) {
+        if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&v.retention_days) {
             refuse(
                 Field::RetentionDays,
-                format!("from 1 to {MAX_RETENTION_DAYS} days"),
+                format!("from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} days"),
             );
         }
         if errors.is_empty() {
@@ -383,9 +388,14 @@ mod tests {
     #[test]
     fn values_are_checked_together_and_errors_name_the_field() {
         use Field::*;
-        let cases: [(&str, SiteValues, &[Field]); 10] = [
+        let cases: [(&str, SiteValues, &[Field]); 11] = [
             ("the defaults", values(28, 60, 7, 90), &[]),
-            ("smallest", values(1, 1, 0, 1), &[]),
+            ("smallest", values(1, 1, 0, 30), &[]),
+            (
+                "evidence kept less than 30 days",
+                values(28, 60, 7, 29),
+                &[RetentionDays],
+            ),
             ("largest", values(365, 365 * 1440, 364, 3650), &[]),
             ("no window", values(0, 60, 7, 90), &[WindowDays]),
             ("window over a year", values(366, 60, 7, 90), &[WindowDays]),
@@ -446,7 +456,7 @@ mod tests {
             [
                 (Field::RequiredMinutes, "a whole number"),
                 (Field::WindowDays, "a whole number"),
-                (Field::RetentionDays, "from 1 to 3650 days"),
+                (Field::RetentionDays, "from 30 to 3650 days"),
             ]
         );
         assert!(parse(&RawValues::default()).is_err(), "an empty form");

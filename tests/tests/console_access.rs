@@ -659,8 +659,18 @@ fn settings_and_imports_through_the_console() {
         ],
     );
     assert_eq!(made.status, 200, "{}", made.text());
-    assert!(made.text().contains("hmapi_"));
+    let api_token = made
+        .text()
+        .split("id=\"shown-once\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(api_token.starts_with("hmapi_"), "{api_token}");
     assert_eq!(tokens()["tokens"][0]["role"], "technician");
+    let bearer = format!("Authorization: Bearer {api_token}");
+    let api = |client: &Client| client.request_with("GET", "/api/v1/devices", None, &[&bearer]);
+    assert_eq!(api(&tech).status, 200);
 
     // A directory with a bad row is refused with its line and changes
     // nothing; a good one is imported.
@@ -704,6 +714,9 @@ fn settings_and_imports_through_the_console() {
     let gov = Client::new(&data, &collector);
     assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
     assert_eq!(gov.get("/settings").status, 403);
+    // The token works only while its maker could still make it.
+    assert!(data.cli(&["users", "disable", "tech1"]).status.success());
+    assert_eq!(api(&gov).status, 401, "the maker's account is disabled");
     assert_eq!(gov.get("/mfa").status, 403);
 }
 
@@ -1150,7 +1163,7 @@ fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
         ),
         (
             "retention_days",
-            "Keep evidence of closed incidents (days): from 1 to 3650 days.",
+            "Keep evidence of closed incidents (days): from 30 to 3650 days.",
         ),
     ] {
         let error = between(&page, &format!("id=\"err-{field}\""), "</span>");

@@ -529,6 +529,8 @@ fn identity_providers_post_completions_with_a_site_token() {
         "create",
         "--site",
         "Cabot",
+        "--role",
+        "technician",
         "--label",
         "Okta bridge",
     ]);

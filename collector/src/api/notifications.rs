@@ -13,7 +13,7 @@ use super::token::Token;
 use super::{ApiError, ErrorBody};
 use crate::console::Console;
 use crate::console::access::{DevicesP, Permission};
-use crate::model::NotificationStatus;
+use crate::model::{Channel, NotificationStatus};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -22,6 +22,8 @@ pub struct ListQuery {
     status: Option<String>,
     /// Only notifications after this id (for polling).
     after: Option<i64>,
+    /// At most this many, 1 to 1,000 (default 500).
+    limit: Option<usize>,
 }
 
 /// `hallmonitor.notifications.v1`
@@ -40,7 +42,8 @@ pub struct NotificationOut {
     kind: String,
     /// email or webhook.
     channel: String,
-    /// The email address or webhook URL.
+    /// The email address, or the webhook's host (its URL often carries a
+    /// credential, so it is not shown).
     address: String,
     /// immediate or digest.
     timing: String,
@@ -85,12 +88,19 @@ pub async fn list(
     };
     let reads_incidents = viewer.can(Permission::Incidents);
     let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit: {limit} is not between 1 and 1000"
+        )));
+    }
     let notifications = console
         .store
         .list_notifications(status)
         .await?
         .into_iter()
         .filter(|n| n.id > after && viewer.sees(n.site))
+        .take(limit)
         .map(|n| {
             let kind = kind_of(&n.payload);
             let subject = if kind == "capture_severe" && !reads_incidents {
@@ -102,13 +112,16 @@ pub async fn list(
                 id: n.id,
                 kind,
                 channel: n.channel.to_string(),
-                address: n.address,
+                address: match n.channel {
+                    Channel::Webhook => without_urls(&n.address),
+                    _ => n.address,
+                },
                 timing: n.timing.to_string(),
                 subject,
                 status: n.status.to_string(),
                 attempts: n.attempts,
                 next_attempt_at: n.next_attempt_at,
-                last_error: n.last_error,
+                last_error: without_urls(&n.last_error),
                 created_at: n.created_at,
                 sent_at: n.sent_at,
             }
@@ -128,5 +141,41 @@ fn kind_of(payload: &str) -> String {
         Some(kind) => kind.to_owned(),
         None if value.get("items").is_some() => "digest".to_owned(),
         None => String::new(),
+    }
+}
+
+/// `text` with every URL cut to its scheme and host (a webhook's path and
+/// query often carry its secret).
+fn without_urls(text: &str) -> String {
+    text.split(' ')
+        .map(|word| match word.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                let host = host.rsplit('@').next().unwrap_or(host);
+                format!("{scheme}://{host}/…")
+            }
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn webhook_urls_lose_their_path_and_credentials() {
+        for (text, want) in [
+            (
+                "https://hooks.example/services/T0/B0/secret",
+                "https://hooks.example/…",
+            ),
+            (
+                "POST https://user:pw@hooks.example/x?token=1 failed: 500",
+                "POST https://hooks.example/… failed: 500",
+            ),
+            ("connection refused", "connection refused"),
+        ] {
+            assert_eq!(super::without_urls(text), want, "{text}");
+        }
     }
 }

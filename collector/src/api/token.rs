@@ -16,7 +16,7 @@ use jiff::Timestamp;
 
 use super::ApiError;
 use crate::console::Console;
-use crate::console::access::{Needs, Viewer, peer_address};
+use crate::console::access::{Needs, Viewer, may_grant, peer_address};
 use crate::store::{ApiTokenInfo, ConsoleUser};
 
 /// A caller whose token's role grants `P`.
@@ -64,13 +64,32 @@ impl<P: Needs> FromRequestParts<Console> for Token<P> {
             .use_api_token(&crate::auth::secret_digest(bearer), Timestamp::now())
             .await?
             .ok_or(ApiError::Unauthorized("unknown or revoked token"))?;
+        // A token made in the console works only while its maker could
+        // still make it: a disabled account, a narrower role or a lost
+        // site takes its tokens' rights with it.
+        if let Some(maker) = token.created_by {
+            let still_could = match console.store.console_user(maker).await? {
+                Some(user) => {
+                    !user.disabled
+                        && may_grant(user.role, token.role)
+                        && user.sees_site(token.site_id)
+                        && (user.all_sites || !token.all_sites)
+                }
+                None => false,
+            };
+            if !still_could {
+                return Err(ApiError::Unauthorized(
+                    "this token's maker no longer holds its rights; ask for a new one",
+                ));
+            }
+        }
         let viewer = viewer_for(&token, peer_address(parts));
         if !viewer.can(P::PERMISSION) {
             let _ = console
                 .audit(
                     &viewer,
                     "api_forbidden",
-                    parts.uri.path(),
+                    &parts.uri.path().chars().take(200).collect::<String>(),
                     &format!("{:?} needed, role {}", P::PERMISSION, token.role),
                 )
                 .await;

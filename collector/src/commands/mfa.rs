@@ -55,8 +55,9 @@ pub(crate) enum ApiTokenCommand {
         #[arg(long, default_value = "")]
         label: String,
         /// What the token may read and do: admin, technician, dsl or
-        /// governor (the console's roles; only dsl tokens read incidents).
-        #[arg(long, default_value = "technician")]
+        /// governor (the console's roles; only dsl tokens read incidents;
+        /// posting two-step sign-ins needs admin, technician or dsl).
+        #[arg(long)]
         role: String,
         /// Cover every site instead of only --site.
         #[arg(long)]
@@ -166,6 +167,7 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
                         label: &label,
                         role,
                         all_sites,
+                        created_by: None,
                     },
                     now,
                 )

@@ -741,7 +741,9 @@ pub(crate) async fn act_on_flag(
         Some(flag) if viewer.sees(flag.site_id) => {}
         _ => return Ok(Err(format!("There is no flag {id}."))),
     }
-    let reason = reason.trim();
+    // The reason goes into the flag's history and the audit log: bounded.
+    let reason: String = reason.trim().chars().take(1000).collect();
+    let reason = reason.as_str();
     let outcome = console
         .store
         .transition_flag(id, action, &viewer.actor, reason, Timestamp::now())

@@ -27,7 +27,7 @@ struct SettingsPage {
     /// (site, its name for a query string).
     site_links: Vec<(String, String)>,
     secrets: Vec<(i64, String, String, String, String, String, bool)>,
-    tokens: Vec<(i64, String, &'static str, String, String, String, bool)>,
+    tokens: Vec<(i64, String, String, String, String, String, bool)>,
     /// The roles this viewer may give a token (none beyond their own).
     token_roles: Vec<&'static str>,
     recipients: Vec<(i64, String, String, String, String)>,
@@ -83,13 +83,19 @@ async fn render(
         .list_api_tokens(None)
         .await?
         .into_iter()
-        .filter(|t| sees(&t.site))
+        // A token covering every site is shown (and revocable) only to
+        // accounts that cover every site themselves.
+        .filter(|t| sees(&t.site) && (!t.all_sites || viewer.user.all_sites))
         .map(|t| {
             let zone = zone_of(&t.site);
             (
                 t.id,
                 t.site.clone(),
-                t.role.as_str(),
+                if t.all_sites {
+                    format!("{}, every site", t.role)
+                } else {
+                    t.role.to_string()
+                },
                 t.label,
                 super::pages::local(t.created_at, &zone),
                 local_opt(t.last_used_at, &zone),
@@ -301,7 +307,18 @@ async fn revoke(
             "That secret is already revoked.",
         ),
         Revocable::Token => (
-            console.store.revoke_api_token(site.id, id, now).await?,
+            {
+                let covers_all = console
+                    .store
+                    .list_api_tokens(Some(site.id))
+                    .await?
+                    .iter()
+                    .any(|t| t.id == id && t.all_sites);
+                if covers_all && !viewer.user.all_sites {
+                    return Err(Problem::Forbidden);
+                }
+                console.store.revoke_api_token(site.id, id, now).await?
+            },
             "api_token_revoked",
             format!("api-token {id}"),
             "That token is already revoked.",
@@ -356,6 +373,7 @@ pub async fn create_token(
                 label: &label,
                 role,
                 all_sites: false,
+                created_by: Some(viewer.user.id),
             },
             Timestamp::now(),
         )

@@ -272,6 +272,8 @@ pub struct ApiTokenInfo {
     pub role: ConsoleRole,
     /// Every site, or only `site`.
     pub all_sites: bool,
+    /// The console account that made it (None: the command line).
+    pub created_by: Option<i64>,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
@@ -285,6 +287,8 @@ pub struct NewApiToken<'a> {
     pub label: &'a str,
     pub role: ConsoleRole,
     pub all_sites: bool,
+    /// The console account making it (None: the command line).
+    pub created_by: Option<i64>,
 }
 
 /// A person or system told about a site's flags and incidents.
