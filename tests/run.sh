@@ -19,6 +19,12 @@ if [[ ! -f $axe_dir/axe.min.js ]] || ! grep -q "\"version\": \"$axe_version\"" "
     npm install --prefix target/axe-core --no-audit --no-fund --loglevel=error "axe-core@$axe_version"
 fi
 
+# The package tests build .debs with cargo-deb (pinned, like axe-core).
+cargo_deb_version=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $cargo_deb_version"; then
+    cargo install --locked --quiet cargo-deb --version "$cargo_deb_version"
+fi
+
 # End-to-end tests start the binaries from target/debug: build them first.
 cargo build --workspace --bins
 bash deploy/quickstart.sh --check

@@ -57,16 +57,56 @@ pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
             )
         })?;
     let data = &options.data;
-    if data.exists()
-        && data
-            .read_dir()
-            .map(|mut d| d.next().is_some())
+    // A leftover staging folder of an interrupted `init` does not count.
+    let holds_something = |dir: &Path| {
+        dir.read_dir()
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    !e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(STAGING_PREFIX))
+                })
+            })
             .unwrap_or(true)
-    {
+    };
+    if data.exists() && holds_something(data) {
         bail!(
             "{} already exists and is not empty: refusing to overwrite a collector",
             data.display()
         );
+    }
+    if data.exists() {
+        // An empty folder made for us (the package makes
+        // /var/lib/hallmonitor-collector, owned by the service's user, in
+        // a parent that user cannot write): build inside it and move the
+        // pieces up, the configuration last, so a collector never starts
+        // on half a data folder (the unit waits for collector.toml).
+        let staging = data.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let report = match build(&options, &staging).await {
+            Ok(report) => report,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let mut names: Vec<_> = std::fs::read_dir(&staging)
+            .with_context(|| format!("reading {}", staging.display()))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort_by_key(|n| n == config::FILE_NAME);
+        for name in names {
+            std::fs::rename(staging.join(&name), data.join(&name)).with_context(|| {
+                format!("moving {} into {}", name.to_string_lossy(), data.display())
+            })?;
+        }
+        std::fs::remove_dir(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+        return Ok(InitReport {
+            data: data.clone(),
+            ..report
+        });
     }
     let parent = data
         .parent()
@@ -82,10 +122,6 @@ pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
     let result = build(&options, &staging).await;
     match result {
         Ok(report) => {
-            if data.exists() {
-                std::fs::remove_dir(data)
-                    .with_context(|| format!("replacing empty {}", data.display()))?;
-            }
             std::fs::rename(&staging, data)
                 .with_context(|| format!("moving {} to {}", staging.display(), data.display()))?;
             Ok(InitReport {
@@ -99,6 +135,9 @@ pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
         }
     }
 }
+
+/// Names of the folder `init` builds in before moving it into place.
+const STAGING_PREFIX: &str = ".init-";
 
 async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> {
     use std::os::unix::fs::DirBuilderExt;
