@@ -24,10 +24,12 @@ cargo build --release -q -p hallmonitor-collector -p hallmonitor-agent -p hallmo
 bin=$PWD/target/release
 # The agent as shipped: the size-optimised profile (Cargo.toml), whose
 # matcher and snapshot code keep full speed. A separate full build, so
-# only the parts that run the agent make it.
+# only the parts that run the agent make it: the daemon and the session
+# helper, two programs.
 agent_bin=${AGENT_BIN:-$PWD/target/release-agent/hallmonitor-agent}
+session_bin=${SESSION_BIN:-$PWD/target/release-agent/hallmonitor-session}
 build_agent() {
-    [[ -n ${AGENT_BIN:-} ]] || cargo build --profile release-agent -q -p hallmonitor-agent --bins
+    [[ -n ${AGENT_BIN:-} ]] || cargo build --profile release-agent -q -p hallmonitor-agent -p hallmonitor-session --bins
 }
 work=$(mktemp -d)
 pids=()
@@ -190,7 +192,7 @@ bench_snapshot() {
     local xvfb_pid=$!
     for _ in $(seq 100); do [[ -e "/tmp/.X11-unix/X${display#:}" ]] && break; sleep 0.05; done
     DISPLAY=$display "$bin/snapshot" --rounds 20
-    DISPLAY=$display HALLMONITOR_LOG=warn "$agent_bin" session --socket "$work/none.sock" &
+    DISPLAY=$display HALLMONITOR_LOG=warn "$session_bin" --socket "$work/none.sock" &
     pids+=($!)
     local helper_pid=$!
     sleep 10

@@ -5,7 +5,8 @@
 #   bash deploy/system-deps.sh test    # to build and run every test
 set -euo pipefail
 
-# xcap (screen snapshots) links these on Linux; pkg-config and libclang
+# xcap (the session helper's screen snapshots; hallmonitor-session only, the
+# daemon links none of them) links these on Linux; pkg-config and libclang
 # find and bind them at build time.
 build=(pkg-config libclang-dev libxcb1-dev libxcb-randr0-dev libxcb-render0-dev
        libxcb-shm0-dev libegl-dev libwayland-dev libgbm-dev libpipewire-0.3-dev

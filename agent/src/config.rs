@@ -132,8 +132,8 @@ impl Default for CaptureConfig {
     }
 }
 
-/// Where the daemon listens for session helpers.
-pub const DEFAULT_SOCKET: &str = "/run/hallmonitor/agent.sock";
+/// Where the daemon listens for session helpers (the helper's default too).
+pub use hallmonitor_capture_protocol::DEFAULT_SOCKET;
 
 /// `[mfa]`: where two-step sign-ins on this device are seen.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

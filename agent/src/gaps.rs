@@ -64,16 +64,14 @@ impl HelperPresence {
         }
     }
 
-    /// The helper executables of this installation: this program (one
-    /// binary, two roles) and `hallmonitor-session` beside it.
+    /// The helper executable of this installation: `hallmonitor-session`
+    /// beside this program (the daemon itself is no helper).
     pub fn installed() -> HelperPresence {
         let mut executables = Vec::new();
-        if let Ok(me) = std::env::current_exe() {
-            let me = without_deleted(&me);
-            if let Some(dir) = me.parent() {
-                executables.push(dir.join("hallmonitor-session"));
-            }
-            executables.push(me);
+        if let Ok(me) = std::env::current_exe()
+            && let Some(dir) = without_deleted(&me).parent()
+        {
+            executables.push(dir.join("hallmonitor-session"));
         }
         HelperPresence::new(executables)
     }

@@ -1,8 +1,13 @@
-//! Hall Monitor agent. One binary in two roles: the privileged daemon
-//! (`run`, see `daemon`) and the session helper (`session`, see `capture`)
-//! started inside each graphical session, talking to the daemon over a Unix
-//! socket. `main.rs` only parses the command line; everything lives here so
-//! tests and benches reach it.
+//! Hall Monitor agent: the privileged daemon (`run`, see `daemon`) and its
+//! command line (`enroll`, `status`, `check`, the PAM hooks). The session
+//! helper inside each graphical session is another program,
+//! `hallmonitor-session` (the `session/` crate), talking to the daemon over
+//! a Unix socket (`capture`). `main.rs` only parses the command line;
+//! everything lives here so tests and benches reach it.
+//!
+//! Architecture invariant: this crate links no X11, Wayland or image code
+//! (no x11rb, no xcap); what it shares with the helper is
+//! `hallmonitor-capture-protocol`.
 //!
 //! Data flow: producers (heartbeats and facts, login sessions, two-step
 //! sign-ins from the auth logs or journal, captures from helpers, new
@@ -33,11 +38,9 @@ pub mod heartbeat;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;
-pub mod snapshot;
 pub mod socket_dir;
 pub mod state;
 pub mod status;
 pub mod stream;
 pub mod task;
 pub mod tls;
-pub mod window;

@@ -1,5 +1,6 @@
 //! hallmonitor-agent: command-line entry point. Parses arguments, installs
-//! the rustls crypto provider and logging, and calls the library.
+//! the rustls crypto provider and logging, and calls the library. (The
+//! session helper is its own program, `hallmonitor-session`.)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,14 +48,6 @@ enum Command {
     Check {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
-    },
-    /// The session helper: run inside a graphical session (XDG autostart),
-    /// watches the active window and sends suspicious-activity captures to
-    /// the daemon. Needs no configuration file.
-    Session {
-        /// The daemon's socket.
-        #[arg(long, default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
     },
     /// PAM hook placed after a second-factor module that does not log its
     /// own success (pam_u2f, pam_oath): records that the second factor was
@@ -128,15 +121,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Session { socket } = &cli.command {
-        let socket = socket.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut windows = hallmonitor_agent::window::X11Windows::connect()?;
-            hallmonitor_agent::capture::run_helper(&mut windows, &socket)
-        })
-        .await??;
-        return Ok(ExitCode::SUCCESS);
-    }
     let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Enroll { force } => {
@@ -179,7 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MfaHook { method, user } => {
             mfa_hook(&config, &method, &user)?;
         }
-        Command::LoginAllowed { .. } | Command::Session { .. } => {
+        Command::LoginAllowed { .. } => {
             unreachable!("handled before loading the configuration")
         }
     }

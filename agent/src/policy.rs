@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub use hallmonitor_capture_protocol::Origin;
 pub use hallmonitor_policy::{DEFAULT_POLICY, Policy, PolicyError, UserKind};
 use hallmonitor_proto::v1;
 use hallmonitor_report::ComplianceReport;
@@ -26,15 +27,6 @@ use tokio::sync::watch;
 
 use crate::outbox::Outbox;
 use crate::state::{SitePolicy, State};
-
-/// Where the policy in force came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    BuiltIn,
-    Site,
-    LocalOverride,
-}
 
 /// A policy document and its version, as helpers receive it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,7 +149,7 @@ impl PolicyHub {
         update: &v1::PolicyUpdate,
         outbox: &Outbox,
     ) -> Result<(), UpdateError> {
-        if crate::snapshot::sha256_hex(update.policy_toml.as_bytes()) != update.sha256 {
+        if crate::tls::sha256_hex(update.policy_toml.as_bytes()) != update.sha256 {
             return Err(UpdateError::Hash {
                 version: update.version,
             });
@@ -273,16 +265,9 @@ fn in_force(
     }
 }
 
-/// Parses what a helper received; empty text is the project's default.
+/// Parses a policy text as the helpers do: empty is the project's default.
 pub fn parse_text(text: &PolicyText) -> Result<Policy, PolicyError> {
-    if text.toml.is_empty() {
-        return Ok(Policy::default_policy());
-    }
-    let name = match text.origin {
-        Origin::LocalOverride => "local policy override".to_owned(),
-        _ => format!("site policy version {}", text.version),
-    };
-    Policy::parse(&text.toml, Path::new(&name))
+    hallmonitor_capture_protocol::parse_policy(text.version, text.origin, &text.toml)
 }
 
 /// How long the override file must be left alone before it is read.
@@ -366,7 +351,7 @@ mod tests {
         v1::PolicyUpdate {
             version,
             policy_toml: text.to_owned(),
-            sha256: crate::snapshot::sha256_hex(text.as_bytes()),
+            sha256: crate::tls::sha256_hex(text.as_bytes()),
         }
     }
 

@@ -101,8 +101,7 @@ pub async fn init(options: InitOptions) -> anyhow::Result<InitReport> {
                 format!("moving {} into {}", name.to_string_lossy(), data.display())
             })?;
         }
-        std::fs::remove_dir(&staging)
-            .with_context(|| format!("removing {}", staging.display()))?;
+        std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
         return Ok(InitReport {
             data: data.clone(),
             ..report

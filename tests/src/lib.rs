@@ -29,7 +29,11 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("target directory")
         .to_path_buf();
-    for name in ["hallmonitor-collector", "hallmonitor-agent"] {
+    for name in [
+        "hallmonitor-collector",
+        "hallmonitor-agent",
+        "hallmonitor-session",
+    ] {
         assert!(
             dir.join(name).exists(),
             "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
@@ -45,6 +49,11 @@ pub fn collector_bin() -> PathBuf {
 
 pub fn agent_bin() -> PathBuf {
     bin_dir().join("hallmonitor-agent")
+}
+
+/// The session helper, its own program beside the daemon.
+pub fn session_bin() -> PathBuf {
+    bin_dir().join("hallmonitor-session")
 }
 
 /// The actor the collector records for a command run here with `--by

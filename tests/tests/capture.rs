@@ -7,7 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use hallmonitor_e2e::fixtures::{self, *};
-use hallmonitor_e2e::{Agent, CollectorData, Process, Value, agent_bin, cli_actor, text, wait_for};
+use hallmonitor_e2e::{
+    Agent, CollectorData, Process, Value, cli_actor, session_bin, text, wait_for,
+};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, PropMode, Window,
@@ -542,12 +544,12 @@ fn start_helper(agent: &Agent, display: &str, logs: &Path) -> Process {
     wait_for("the daemon's helper socket", WAIT, || {
         agent.socket().exists().then_some(())
     });
-    let mut helper = Command::new(agent_bin());
+    let mut helper = Command::new(session_bin());
     helper
-        .args(["session", "--socket"])
+        .arg("--socket")
         .arg(agent.socket())
         .env("DISPLAY", display)
-        .env("HALLMONITOR_LOG", "info,hallmonitor_agent=debug");
+        .env("HALLMONITOR_LOG", "info,hallmonitor_session=debug");
     Process::spawn("helper", helper, logs)
 }
 

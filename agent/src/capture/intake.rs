@@ -302,7 +302,7 @@ impl Connection {
             image_sha256: if image.is_empty() {
                 String::new()
             } else {
-                crate::snapshot::sha256_hex(&image)
+                crate::tls::sha256_hex(&image)
             },
             image_png: image,
             policy_version: checked.policy_version,

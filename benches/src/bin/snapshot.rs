@@ -1,5 +1,5 @@
 //! `snapshot`: time to capture, downscale and encode the screen (the
-//! agent's real `snapshot::take`), on the X display in `$DISPLAY`.
+//! session helper's real `snapshot::take`), on the X display in `$DISPLAY`.
 //!
 //! ```text
 //! DISPLAY=:99 snapshot [--rounds 20]
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let mut last = None;
     for _ in 0..args.rounds {
         let started = Instant::now();
-        let snapshot = hallmonitor_agent::snapshot::take(None).map_err(|e| anyhow::anyhow!(e))?;
+        let snapshot = hallmonitor_session::snapshot::take(None).map_err(|e| anyhow::anyhow!(e))?;
         times.push(started.elapsed());
         last = Some(snapshot);
     }

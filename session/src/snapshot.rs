@@ -1,6 +1,6 @@
 //! Screen snapshots for captures: the monitor holding the active window,
-//! taken with xcap, scaled down to at most 1280 pixels wide, encoded as
-//! PNG and hashed (SHA-256).
+//! taken with xcap, scaled down to at most 1280 pixels wide and encoded as
+//! PNG. The daemon hashes the image itself (it trusts no helper's hash).
 
 use xcap::image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use xcap::image::{ExtendedColorType, ImageEncoder, RgbaImage, imageops};
@@ -11,13 +11,9 @@ pub const MAX_WIDTH: u32 = 1280;
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub png: Vec<u8>,
-    pub sha256: String,
     pub width: u32,
     pub height: u32,
 }
-
-/// The image's SHA-256 in hex (the same function the TLS pinning uses).
-pub use crate::tls::sha256_hex;
 
 /// Snapshot of the monitor containing `point` (the active window's
 /// centre), or the first monitor. The error says why there is no image
@@ -60,7 +56,6 @@ pub fn encode(image: &RgbaImage) -> Result<Snapshot, String> {
         )
         .map_err(|e| format!("PNG encoding failed: {e}"))?;
     Ok(Snapshot {
-        sha256: sha256_hex(&png),
         width: image.width(),
         height: image.height(),
         png,
@@ -76,7 +71,6 @@ mod tests {
         let screen = RgbaImage::from_pixel(1920, 1080, xcap::image::Rgba([200, 10, 10, 255]));
         let snapshot = encode(&screen).unwrap();
         assert_eq!((snapshot.width, snapshot.height), (1280, 720));
-        assert_eq!(snapshot.sha256, sha256_hex(&snapshot.png));
         let decoded = xcap::image::load_from_memory(&snapshot.png)
             .unwrap()
             .to_rgba8();

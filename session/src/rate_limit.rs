@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::{HelperCapture, REPEAT_WINDOW};
+use hallmonitor_capture_protocol::{HelperCapture, REPEAT_WINDOW};
 
 /// The helper's rate limit per (rule, window): the first match takes a
 /// snapshot; further matches within the repeat window of it are counted,
@@ -154,7 +154,7 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::tests::capture;
+    use crate::tests::capture;
 
     #[test]
     fn one_capture_per_rule_and_window_per_minute_then_a_summary_of_the_repeats() {

@@ -1,5 +1,4 @@
-//! The session helper (`hallmonitor-agent session`), inside a graphical
-//! session: follows the active window, matches titles against the policy
+//! The session helper's loop, inside a graphical session: follows the active window, matches titles against the policy
 //! the daemon sent (the project's default until then), rate-limits per
 //! rule and window, takes a snapshot, and sends captures to the daemon,
 //! holding them while it is unreachable.
@@ -8,9 +7,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{Admission, HelperCapture, HelperPolicy, REPEAT_WINDOW, RateLimit};
-use crate::policy::{Policy, PolicyText, UserKind};
-use crate::window::ActiveWindowSource;
+use hallmonitor_capture_protocol::{HelperCapture, HelperPolicy, REPEAT_WINDOW};
+use hallmonitor_policy::{Policy, UserKind};
+
+use crate::rate_limit::{Admission, RateLimit};
+use crate::window::{ActiveWindow, ActiveWindowSource};
 
 /// A policy the daemon sent, parsed.
 struct Received {
@@ -107,14 +108,14 @@ fn read_policies(
                 continue;
             }
         };
-        let text = PolicyText {
-            version: message.version,
-            origin: message.origin,
-            toml: message.toml.into(),
-        };
-        match crate::policy::parse_text(&text) {
+        let parsed = hallmonitor_capture_protocol::parse_policy(
+            message.version,
+            message.origin,
+            &message.toml,
+        );
+        match parsed {
             Ok(policy) => {
-                tracing::info!(version = message.version, origin = ?text.origin, rules = policy.rules().len(), staff = message.staff, repeat_window_secs = message.repeat_window_secs, "policy received");
+                tracing::info!(version = message.version, origin = ?message.origin, rules = policy.rules().len(), staff = message.staff, repeat_window_secs = message.repeat_window_secs, "policy received");
                 let user = if message.staff {
                     UserKind::Staff
                 } else {
@@ -199,7 +200,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
 /// Matches one window's title; a capture (with one snapshot however many
 /// rules fired) for each rule the rate limit admits.
 fn check_window(
-    window: &crate::window::ActiveWindow,
+    window: &ActiveWindow,
     current: &Received,
     limit: &mut RateLimit,
     buffer: &mut String,

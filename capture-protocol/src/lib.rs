@@ -1,0 +1,119 @@
+//! The helper socket between the agent daemon (`hallmonitor-agent`) and
+//! the session helpers (`hallmonitor-session`), one JSON line each way:
+//! captures from a helper to the daemon (`HelperCapture`), and the policy
+//! in force from the daemon to a helper (`HelperPolicy`).
+//!
+//! This crate is what the two binaries share, so the daemon links none of
+//! the helper's X11 and image code and the helper none of the daemon's
+//! TLS, gRPC and SQLite. Fields are only added, with serde defaults, so a
+//! helper and a daemon of neighbouring versions still understand each
+//! other. No I/O.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hallmonitor_policy::{Policy, PolicyError};
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon listens for helpers unless configured otherwise
+/// (`[capture] socket`; the helper's `--socket`).
+pub const DEFAULT_SOCKET: &str = "/run/hallmonitor/agent.sock";
+
+/// Repeats of one rule in one window within this are counted, not
+/// captured, unless the daemon says otherwise (`[capture]
+/// repeat_window_secs`).
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Where the policy in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    BuiltIn,
+    Site,
+    LocalOverride,
+}
+
+/// A capture on its way from the helper to the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperCapture {
+    pub rule_id: String,
+    pub category: String,
+    pub severity: u32,
+    pub matched_text: String,
+    pub window_title: String,
+    pub process_name: String,
+    pub pid: u32,
+    pub repeat_count: u32,
+    pub no_image_reason: String,
+    /// The PNG snapshot, base64 (empty when there is none).
+    #[serde(default)]
+    pub image_png_base64: String,
+    /// The version of the policy that matched.
+    #[serde(default)]
+    pub policy_version: u64,
+}
+
+/// What the daemon tells a helper: the policy to match with and whether
+/// the helper's user counts as staff.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperPolicy {
+    pub version: u64,
+    pub origin: Origin,
+    /// Empty: the project's default.
+    pub toml: String,
+    pub staff: bool,
+    #[serde(default = "default_repeat_window_secs")]
+    pub repeat_window_secs: u64,
+}
+
+fn default_repeat_window_secs() -> u64 {
+    REPEAT_WINDOW.as_secs()
+}
+
+/// Parses a policy text as both sides do: empty is the project's default;
+/// errors name the text by its origin and version.
+pub fn parse_policy(version: u64, origin: Origin, toml: &str) -> Result<Policy, PolicyError> {
+    if toml.is_empty() {
+        return Ok(Policy::default_policy());
+    }
+    let name = match origin {
+        Origin::LocalOverride => "local policy override".to_owned(),
+        _ => format!("site policy version {version}"),
+    };
+    Policy::parse(toml, Path::new(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_daemon_without_a_repeat_window_means_a_minute() {
+        let line = r#"{"version":3,"origin":"site","toml":"","staff":false}"#;
+        let policy: HelperPolicy = serde_json::from_str(line).unwrap();
+        assert_eq!(policy.repeat_window_secs, 60);
+        assert_eq!(policy.origin, Origin::Site);
+    }
+
+    #[test]
+    fn a_broken_policy_is_named_by_its_origin() {
+        let Err(error) = parse_policy(4, Origin::Site, "[[rules]]\nid = 1\n") else {
+            panic!("a broken site policy parsed");
+        };
+        assert!(
+            error.to_string().contains("site policy version 4"),
+            "{error}"
+        );
+        let Err(error) = parse_policy(4, Origin::LocalOverride, "[[rules]]\nid = 1\n") else {
+            panic!("a broken override parsed");
+        };
+        assert!(
+            error.to_string().contains("local policy override"),
+            "{error}"
+        );
+        assert!(
+            parse_policy(0, Origin::BuiltIn, "").is_ok(),
+            "empty is the default"
+        );
+    }
+}
