@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 use hallmonitor_collector::auth;
-use hallmonitor_collector::console::pages::{parse_sites, username_problem};
+use hallmonitor_collector::console::users::{parse_sites, username_problem};
 use hallmonitor_collector::model::ConsoleRole;
 use hallmonitor_collector::open_store;
 use hallmonitor_collector::render::{self, Format};

@@ -7,8 +7,15 @@
 //! - `access`: roles, permissions and the extractors every handler takes.
 //! - `login`: sign-in (password, then TOTP when set), throttling, sign-out,
 //!   the account page (password, second factor).
-//! - `pages`: dashboard, devices, device detail, flags, incidents, audit
-//!   log, users.
+//! - `pages`: what pages share (visible sites, local times) and the
+//!   dashboard.
+//! - `devices`: the devices list and one device's page.
+//! - `flags`: flags, one flag, their actions (`act_on_flag`, also used by
+//!   the JSON API).
+//! - `incidents`: incidents, one incident, closing, snapshots, the
+//!   evidence zip (DSL only).
+//! - `audit`: the audit log page.
+//! - `users`: console accounts.
 //! - `settings`: enrolment secrets, API tokens, recipients, notification
 //!   routes (read only).
 //! - `policy`: a site's suspicious-activity policy (edit, versions, diff).
@@ -22,13 +29,18 @@
 //! what and from where.
 
 pub mod access;
+pub mod audit;
 pub mod chart;
+pub mod devices;
+pub mod flags;
+pub mod incidents;
 pub mod login;
 pub mod mfa;
 pub mod pages;
 pub mod policy;
 pub mod settings;
 pub mod thresholds;
+pub mod users;
 
 use std::sync::{Arc, LazyLock};
 
@@ -90,19 +102,19 @@ pub fn router(console: Console) -> Router {
         .route("/account", get(login::account))
         .route("/account/password", post(login::change_password))
         .route("/account/second-factor", post(login::set_up_totp))
-        .route("/devices", get(pages::devices))
-        .route("/devices/{id}", get(pages::device))
-        .route("/flags", get(pages::flags).post(pages::flags_bulk))
-        .route("/flags/{id}", get(pages::flag).post(pages::flag_action))
-        .route("/incidents", get(pages::incidents))
-        .route("/incidents/{id}", get(pages::incident))
-        .route("/incidents/{id}/close", post(pages::incident_close))
-        .route("/incidents/{id}/export", post(pages::incident_export))
+        .route("/devices", get(devices::devices))
+        .route("/devices/{id}", get(devices::device))
+        .route("/flags", get(flags::flags).post(flags::flags_bulk))
+        .route("/flags/{id}", get(flags::flag).post(flags::flag_action))
+        .route("/incidents", get(incidents::incidents))
+        .route("/incidents/{id}", get(incidents::incident))
+        .route("/incidents/{id}/close", post(incidents::incident_close))
+        .route("/incidents/{id}/export", post(incidents::incident_export))
         .route(
             "/incidents/{id}/captures/{capture}/image",
-            get(pages::capture_image),
+            get(incidents::capture_image),
         )
-        .route("/audit", get(pages::audit))
+        .route("/audit", get(audit::audit))
         .route("/mfa", get(mfa::page_handler))
         .route(
             "/mfa/import",
@@ -131,8 +143,8 @@ pub fn router(console: Console) -> Router {
             "/settings/recipients/{id}/remove",
             post(settings::remove_recipient),
         )
-        .route("/users", get(pages::users).post(pages::user_add))
-        .route("/users/{id}", post(pages::user_change))
+        .route("/users", get(users::users).post(users::user_add))
+        .route("/users/{id}", post(users::user_change))
         .route(&STYLESHEET.path, get(stylesheet))
         .fallback(not_found)
         .with_state(console)
@@ -309,17 +321,6 @@ pub fn with_form_error(mut response: Response, error: &str) -> Response {
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }
     response
-}
-
-/// A site's IANA zone (UTC for an unknown site), for showing times.
-pub async fn site_zone(console: &Console, site: crate::model::SiteId) -> Result<String, Problem> {
-    Ok(console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .find(|s| s.id == site)
-        .map_or("UTC".to_owned(), |s| s.timezone))
 }
 
 /// An error page: no stack traces, no internals.
