@@ -69,6 +69,7 @@ impl<P: Needs> FromRequestParts<Console> for Token<P> {
             let _ = console
                 .audit(
                     &viewer,
+                    viewer.user.audit_site(),
                     "api_forbidden",
                     parts.uri.path(),
                     &format!("{:?} needed, role {}", P::PERMISSION, token.role),

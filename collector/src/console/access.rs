@@ -323,6 +323,7 @@ impl<P: Needs> FromRequestParts<Console> for Allowed<P> {
             let _ = console
                 .audit(
                     &viewer,
+                    viewer.user.audit_site(),
                     "console_forbidden",
                     parts.uri.path(),
                     &format!("{:?} needed", P::PERMISSION),
@@ -377,7 +378,13 @@ pub async fn check_csrf(
         return Ok(());
     }
     let _ = console
-        .audit(viewer, "console_csrf_refused", path, "")
+        .audit(
+            viewer,
+            viewer.user.audit_site(),
+            "console_csrf_refused",
+            path,
+            "",
+        )
         .await;
     Err(Refusal::Forbidden)
 }

@@ -380,7 +380,13 @@ pub async fn device(
         ("Status", d.status.as_str().to_owned()),
     ];
     let _ = console
-        .audit(&viewer, "console_device_viewed", id.as_str(), "")
+        .audit(
+            &viewer,
+            Some(site.id),
+            "console_device_viewed",
+            id.as_str(),
+            "",
+        )
         .await;
     Ok(page(&DevicePage {
         frame: Frame::new(&viewer, format!("Device {}", d.hostname), "/devices"),

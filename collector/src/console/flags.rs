@@ -207,10 +207,10 @@ pub(crate) async fn act_on_flag(
     action: FlagAction,
     reason: &str,
 ) -> Result<Result<FlagRecord, String>, Problem> {
-    match console.store.flag(id).await? {
-        Some(flag) if viewer.sees(flag.site_id) => {}
+    let site = match console.store.flag(id).await? {
+        Some(flag) if viewer.sees(flag.site_id) => flag.site_id,
         _ => return Ok(Err(format!("There is no flag {id}."))),
-    }
+    };
     let reason = reason.trim();
     let outcome = console
         .store
@@ -221,6 +221,7 @@ pub(crate) async fn act_on_flag(
             let _ = console
                 .audit(
                     viewer,
+                    Some(site),
                     &format!("flag_{}", action.verb().replace([' ', '-'], "_")),
                     &format!("flag {id}"),
                     reason,

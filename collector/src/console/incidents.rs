@@ -92,7 +92,15 @@ pub async fn incidents(
         .collect();
     // Safeguarding data is shown only once its viewing is recorded.
     console
-        .audit(&viewer, "console_incidents_listed", "incidents", &q.status)
+        .audit(
+            &viewer,
+            // The list spans the viewer's sites: their one site, or
+            // collector-wide for an account of several.
+            viewer.user.audit_site(),
+            "console_incidents_listed",
+            "incidents",
+            &q.status,
+        )
         .await?;
     Ok(page(&IncidentsPage {
         frame: Frame::new(&viewer, "Incidents", "/incidents"),
@@ -168,6 +176,7 @@ async fn incident_page(
     console
         .audit(
             viewer,
+            Some(site),
             "incident_viewed",
             &format!("incident {id}"),
             "console",
@@ -240,10 +249,10 @@ pub async fn incident_close(
         )
         .await;
     }
-    match console.store.incident(id).await? {
-        Some((_, _, site)) if viewer.sees(site) => {}
+    let site = match console.store.incident(id).await? {
+        Some((_, _, site)) if viewer.sees(site) => site,
         _ => return Err(Problem::NotFound),
-    }
+    };
     if !console
         .store
         .close_incident(id, reason, Timestamp::now())
@@ -260,6 +269,7 @@ pub async fn incident_close(
     let _ = console
         .audit(
             &viewer,
+            Some(site),
             "incident_closed",
             &format!("incident {id}"),
             // The outcome stays with the incident: it may name a pupil,
@@ -316,6 +326,7 @@ pub async fn incident_export(
     console
         .audit(
             &viewer,
+            Some(site),
             "incident_exported",
             &format!("incident {id}"),
             &format!(
@@ -405,6 +416,7 @@ pub async fn capture_image(
     console
         .audit(
             &viewer,
+            Some(site),
             "snapshot_viewed",
             &format!("incident {id}"),
             &format!("capture {capture}, image {}", c.image_sha256),

@@ -53,6 +53,7 @@ use jiff::Timestamp;
 
 use crate::config::CollectorConfig;
 use crate::evidence::EvidenceStore;
+use crate::model::SiteId;
 use crate::store::{AuditEntry, Store};
 use access::{Permission, Viewer};
 
@@ -68,9 +69,12 @@ pub struct Console {
 
 impl Console {
     /// Appends an audit row for something a viewer saw or did.
+    /// `site` is the site of the thing acted on (see `AuditEntry::site`);
+    /// for what concerns the viewer's own account, `viewer.user.audit_site()`.
     pub async fn audit(
         &self,
         viewer: &Viewer,
+        site: Option<SiteId>,
         action: &str,
         target: &str,
         detail: &str,
@@ -78,6 +82,7 @@ impl Console {
         self.store
             .append_audit(AuditEntry {
                 at: Timestamp::now(),
+                site,
                 actor: &viewer.actor,
                 action,
                 target,

@@ -170,6 +170,7 @@ pub async fn user_add(
         Ok(sites) => sites,
         Err(e) => return users_page(&console, &viewer, &e, None, &username).await,
     };
+    let audit_site = ConsoleUser::audit_site_for(sites.as_deref());
     let password = crate::auth::generate_password();
     let hash = crate::auth::hash_password(&password).map_err(|_| Problem::Internal)?;
     match console
@@ -201,6 +202,7 @@ pub async fn user_add(
     let _ = console
         .audit(
             &viewer,
+            audit_site,
             "console_user_added",
             &format!("user {username}"),
             &format!("role={role} sites={}", form.sites.trim()),
@@ -282,6 +284,13 @@ pub async fn user_change(
     {
         return Err(Problem::NotFound);
     }
+    // The account as it is now: a role change audits under its new sites.
+    let audit_site = console
+        .store
+        .console_user(id)
+        .await?
+        .unwrap_or(user.clone())
+        .audit_site();
     let detail = if form.action == "role" {
         format!("role={} sites={}", form.role, form.sites.trim())
     } else {
@@ -290,6 +299,7 @@ pub async fn user_change(
     let _ = console
         .audit(
             &viewer,
+            audit_site,
             &format!("console_user_{}", form.action),
             &format!("user {}", user.username),
             &detail,
