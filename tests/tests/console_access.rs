@@ -1330,3 +1330,57 @@ fn a_dsl_reads_the_audit_log_of_their_own_site_only() {
     assert_eq!(cabot.get(&format!("/audit?site={dunmore_id}")).status, 404);
     assert_eq!(cabot.get("/audit?site=collector").status, 404);
 }
+
+#[test]
+fn error_pages_keep_the_navigation_of_whoever_is_signed_in() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let nav = "<nav aria-label=\"Main\">";
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    for path in ["/no-such-page", "/devices/no-such-device", "/flags/999999"] {
+        let missing = tech.get(path);
+        assert_eq!(missing.status, 404, "{path}");
+        let page = missing.text();
+        assert!(page.contains("Page not found"), "{path}: {page}");
+        assert!(
+            page.contains(nav) && page.contains("href=\"/devices\""),
+            "{path}: {page}"
+        );
+        assert!(
+            page.contains("tech1") && page.contains("Sign out"),
+            "{path}: {page}"
+        );
+    }
+    let refused = tech.get("/incidents");
+    assert_eq!(refused.status, 403);
+    let page = refused.text();
+    assert!(page.contains("Not allowed") && page.contains(nav), "{page}");
+    assert!(
+        !page.contains("href=\"/incidents\""),
+        "the navigation is the viewer's own: {page}"
+    );
+    // The sign-out form on an error page works.
+    let token = refused.csrf();
+    assert_eq!(tech.post("/logout", &[("csrf", &token)]).status, 303);
+    let after = tech.get("/no-such-page");
+    assert_eq!(after.status, 404);
+    assert!(!after.text().contains(nav), "{}", after.text());
+
+    // Signed out, or with a cookie that names no session: anonymous.
+    let stranger = Client::new(&data, &collector);
+    let missing = stranger.get("/no-such-page");
+    assert_eq!(missing.status, 404);
+    assert!(!missing.text().contains(nav) && !missing.text().contains("Sign out"));
+    let forged = stranger.request_with(
+        "GET",
+        "/no-such-page",
+        None,
+        &["Cookie: __Host-hm_session=not-a-session"],
+    );
+    assert_eq!(forged.status, 404);
+    assert!(!forged.text().contains(nav), "{}", forged.text());
+    assert!(!forged.text().contains("csrf"), "{}", forged.text());
+}

@@ -2,7 +2,9 @@
 //! compile time, in `collector/templates/`) served by the collector's HTTPS
 //! server beside the JSON API. No JavaScript; one stylesheet embedded in
 //! the binary under a name carrying its hash. Every response carries
-//! strict security headers (`security_headers`).
+//! strict security headers (`security_headers`). Every error becomes a
+//! page through `Problem`; `frame_problems` gives it the signed-in
+//! viewer's navigation (the router's fallback included).
 //!
 //! - `access`: roles, permissions and the extractors every handler takes.
 //! - `login`: sign-in (password, then TOTP when set), throttling, sign-out,
@@ -152,6 +154,10 @@ pub fn router(console: Console) -> Router {
         .route("/users/{id}", post(users::user_change))
         .route(&STYLESHEET.path, get(stylesheet))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            frame_problems,
+        ))
         .with_state(console)
 }
 
@@ -328,7 +334,10 @@ pub fn with_form_error(mut response: Response, error: &str) -> Response {
     response
 }
 
-/// An error page: no stack traces, no internals.
+/// An error page: no stack traces, no internals. Every console error
+/// becomes a page here; the anonymous frame is filled in with the
+/// viewer's navigation by `frame_problems` when the request's session is
+/// valid.
 pub enum Problem {
     NotFound,
     Forbidden,
@@ -341,6 +350,25 @@ pub enum Problem {
 struct ProblemPage {
     frame: Frame,
     message: String,
+}
+
+/// What an error page says, kept on its response so `frame_problems` can
+/// render it again with the viewer's navigation.
+#[derive(Clone)]
+struct ShownProblem {
+    heading: &'static str,
+    message: String,
+}
+
+impl ShownProblem {
+    fn render(&self, frame: Frame) -> String {
+        ProblemPage {
+            frame,
+            message: self.message.clone(),
+        }
+        .render()
+        .unwrap_or_else(|_| self.heading.to_owned())
+    }
 }
 
 impl IntoResponse for Problem {
@@ -363,14 +391,36 @@ impl IntoResponse for Problem {
                 "The collector could not complete this request. It has been logged; try again, or tell your technician.".to_owned(),
             ),
         };
-        let body = ProblemPage {
-            frame: Frame::anonymous(heading),
-            message,
-        }
-        .render()
-        .unwrap_or_else(|_| heading.to_owned());
-        (status, Html(body)).into_response()
+        let shown = ShownProblem { heading, message };
+        let body = shown.render(Frame::anonymous(heading));
+        let mut response = (status, Html(body)).into_response();
+        response.extensions_mut().insert(shown);
+        response
     }
+}
+
+/// Gives an error page (any `Problem`, the router's fallback included)
+/// the signed-in viewer's navigation and sign-out form. Only error pages
+/// pay for the session lookup, which is read only (`Viewer::peek`); a
+/// missing, invalid or half-verified session keeps the anonymous page.
+async fn frame_problems(
+    axum::extract::State(console): axum::extract::State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers().clone();
+    let address = access::address_of(request.extensions());
+    let response = next.run(request).await;
+    let Some(shown) = response.extensions().get::<ShownProblem>().cloned() else {
+        return response;
+    };
+    let Some(viewer) = Viewer::peek(&console, &headers, address).await else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = shown.render(Frame::new(&viewer, shown.heading, ""));
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 impl From<crate::store::StoreError> for Problem {
