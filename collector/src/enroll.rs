@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::secret_digest;
 use crate::ingest::facts_from_wire;
-use crate::model::{DeviceFacts, DeviceId, DeviceStatus, Site};
+use crate::model::{DeviceFacts, DeviceId, DeviceStatus, Site, SiteId};
 use crate::pki::{CertificateAuthority, PkiError, sha256_hex, verify_reenrollment_proof};
 use crate::store::{AuditEntry, Enrollment, Store};
 
@@ -232,7 +232,8 @@ impl v1::enrollment_server::Enrollment for EnrollmentService {
                 format!("site={} peer={peer} duplicate_of={of}: {reason}", site.name),
             ),
         };
-        self.audit(now, action, device_id.as_str(), &detail).await?;
+        self.audit(now, Some(site.id), action, device_id.as_str(), &detail)
+            .await?;
         if let Some(ip) = peer_ip {
             self.refusals.forgive(ip);
         }
@@ -330,7 +331,8 @@ impl EnrollmentService {
             status.message()
         );
         if let Err(e) = self
-            .audit(now, "enrollment_refused", &facts.machine_id, &detail)
+            // Collector-wide: a refused request's site is only its claim.
+            .audit(now, None, "enrollment_refused", &facts.machine_id, &detail)
             .await
         {
             return e;
@@ -341,6 +343,7 @@ impl EnrollmentService {
     async fn audit(
         &self,
         at: Timestamp,
+        site: Option<SiteId>,
         action: &str,
         target: &str,
         detail: &str,
@@ -348,6 +351,7 @@ impl EnrollmentService {
         self.store
             .append_audit(AuditEntry {
                 at,
+                site,
                 actor: "enrollment",
                 action,
                 target,

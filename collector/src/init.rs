@@ -194,6 +194,8 @@ async fn build(options: &InitOptions, dir: &Path) -> anyhow::Result<InitReport> 
     store
         .append_audit(AuditEntry {
             at: now,
+            // The first account sees every site: collector-wide.
+            site: None,
             actor: "init",
             action: "collector_initialised",
             target: &options.site,

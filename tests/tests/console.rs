@@ -280,10 +280,14 @@ fn people_use_the_console_in_a_browser() {
     browser.wait_for("main h1");
     assert_eq!(browser.text("main h1"), "Not allowed");
     assert!(!browser.page_source().contains("hurt myself"));
+    browser.wait_for("nav[aria-label='Main'] a[href='/devices']");
     check_page(&browser, "forbidden");
     browser.goto(&format!("{console_url}/no/such/page"));
     browser.wait_for("main h1");
     assert_eq!(browser.text("main h1"), "Page not found");
+    // Still signed in: the page keeps the navigation.
+    browser.wait_for("nav[aria-label='Main'] a[href='/devices']");
+    check_page(&browser, "not-found");
     browser.goto(&format!("{console_url}/account"));
     browser.wait_for("main h1");
     browser.click("form[action='/logout'] button");

@@ -428,10 +428,15 @@ fn forms_need_the_csrf_token_sign_in_is_throttled_and_links_survive_sign_in() {
         !scoped.get("/users").text().contains("admin2"),
         "all-site accounts hidden"
     );
-    assert_eq!(
-        scoped.get("/audit").status,
-        403,
-        "audit rows are not per site yet"
+    // The audit log of its own site: its accounts, whoever acted on
+    // them; not the rows about all-site accounts or the collector.
+    let own = scoped.get("/audit");
+    assert_eq!(own.status, 200);
+    let rows = between(&own.text(), "<tbody", "</tbody>").to_owned();
+    assert!(rows.contains("user newtech"), "{rows}");
+    assert!(
+        !rows.contains("user admin2") && !rows.contains("collector initialised"),
+        "{rows}"
     );
     // A bad field is named beside the form and changes nothing.
     let bad = browser.post(
@@ -1245,4 +1250,178 @@ fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
     let routes = between(&settings, "id=\"routes\"", "</table>");
     assert!(routes.contains("capture_severe"), "{routes}");
     assert!(settings.contains("/settings/activity?site=Cabot"));
+}
+
+/// An incident at another site: an agent enrolled with that site's own
+/// secret sends one severe capture. Returns the incident's id.
+fn incident_at(
+    data: &CollectorData,
+    collector: &RunningCollector,
+    site: &str,
+) -> (i64, hallmonitor_e2e::Process) {
+    let secret = data.cli(&["enroll-secret", "create", "--site", site]);
+    assert!(secret.status.success(), "{}", text(&secret.stderr));
+    let mut settings = data.agent_settings(collector, &format!("e2e-{site}"));
+    settings.site = site.to_owned();
+    settings.secret = text(&secret.stdout).trim().to_owned();
+    let agent = Agent::new(&settings);
+    agent.enroll();
+    queue_now(&agent.data, vec![severe_capture("pupil.eight", &png(90))]);
+    let daemon = agent.start();
+    let incident = wait_for("the other site's incident", WAIT, || {
+        let list = json(&data.cli(&["incidents", "list", "--site", site, "--format", "json"]));
+        list["incidents"].as_array()?.first().cloned()
+    });
+    std::mem::forget(agent);
+    (incident["id"].as_i64().unwrap(), daemon)
+}
+
+/// The value of a `<select>` option by its label.
+fn option_value(page: &str, label: &str) -> String {
+    let end = page
+        .find(&format!("\">{label}</option>"))
+        .unwrap_or_else(|| panic!("no option {label} in {page}"));
+    let start = page[..end].rfind("value=\"").unwrap() + 7;
+    page[start..end].to_owned()
+}
+
+#[test]
+fn a_dsl_reads_the_audit_log_of_their_own_site_only() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let root = tempfile::tempdir().unwrap();
+    add_site(&data, "Dunmore", "Europe/Dublin");
+    let (cabot_incident, _, _, _cabot_agent) =
+        incident_with_snapshot(&data, &collector, root.path());
+    let (dunmore_incident, _dunmore_agent) = incident_at(&data, &collector, "Dunmore");
+    let cabot_pw = add_site_user(&data, "dsl.cabot", "dsl", "Cabot");
+    let dunmore_pw = add_site_user(&data, "dsl.dunmore", "dsl", "Dunmore");
+    let admin_pw = add_user(&data, "admin2", "admin");
+
+    let cabot = Client::new(&data, &collector);
+    assert_eq!(cabot.sign_in("dsl.cabot", &cabot_pw).status, 303);
+    assert_eq!(
+        cabot.get(&format!("/incidents/{cabot_incident}")).status,
+        200
+    );
+    let dunmore = Client::new(&data, &collector);
+    assert_eq!(dunmore.sign_in("dsl.dunmore", &dunmore_pw).status, 303);
+    assert_eq!(
+        dunmore
+            .get(&format!("/incidents/{dunmore_incident}"))
+            .status,
+        200
+    );
+    assert_eq!(
+        cabot.get(&format!("/incidents/{dunmore_incident}")).status,
+        404,
+        "another site's incident"
+    );
+
+    // Cabot's DSL reads Cabot's incident views, and nothing of Dunmore's:
+    // not its views, not its staff, not the collector-wide rows.
+    let page = cabot.get("/audit?action=incident_viewed");
+    assert_eq!(page.status, 200);
+    let rows = between(&page.text(), "<tbody", "</tbody>").to_owned();
+    assert!(
+        rows.contains(&format!("incident {cabot_incident}")),
+        "{rows}"
+    );
+    assert!(rows.contains("console:dsl.cabot"), "{rows}");
+    assert!(
+        !rows.contains(&format!("incident {dunmore_incident}")),
+        "{rows}"
+    );
+    let everything = cabot.get("/audit").text();
+    let rows = between(&everything, "<tbody", "</tbody>");
+    assert!(rows.contains("Cabot"), "{rows}");
+    for other in ["dsl.dunmore", "Dunmore", "admin2", "collector-wide"] {
+        assert!(!rows.contains(other), "{other} in {rows}");
+    }
+    assert!(
+        !everything.contains(">Dunmore</option>"),
+        "no other site to pick"
+    );
+    let dunmore_id = {
+        let admin = Client::new(&data, &collector);
+        assert_eq!(admin.sign_in("admin2", &admin_pw).status, 303);
+        let all = admin.get("/audit?action=incident_viewed").text();
+        let rows = between(&all, "<tbody", "</tbody>");
+        assert!(
+            rows.contains(&format!("incident {cabot_incident}"))
+                && rows.contains(&format!("incident {dunmore_incident}")),
+            "an account of every site reads both: {rows}"
+        );
+        let id = option_value(&all, "Dunmore");
+        let only = admin.get(&format!("/audit?site={id}&action=incident_viewed"));
+        let rows = between(&only.text(), "<tbody", "</tbody>").to_owned();
+        assert!(
+            rows.contains(&format!("incident {dunmore_incident}")),
+            "{rows}"
+        );
+        assert!(
+            !rows.contains(&format!("incident {cabot_incident}")),
+            "{rows}"
+        );
+        let wide = admin.get("/audit?site=collector").text();
+        assert!(wide.contains("collector initialised"), "{wide}");
+        assert!(wide.contains("user admin2"), "{wide}");
+        id
+    };
+    assert_eq!(cabot.get(&format!("/audit?site={dunmore_id}")).status, 404);
+    assert_eq!(cabot.get("/audit?site=collector").status, 404);
+}
+
+#[test]
+fn error_pages_keep_the_navigation_of_whoever_is_signed_in() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let tech_pw = add_user(&data, "tech1", "technician");
+    let nav = "<nav aria-label=\"Main\">";
+
+    let tech = Client::new(&data, &collector);
+    assert_eq!(tech.sign_in("tech1", &tech_pw).status, 303);
+    for path in ["/no-such-page", "/devices/no-such-device", "/flags/999999"] {
+        let missing = tech.get(path);
+        assert_eq!(missing.status, 404, "{path}");
+        let page = missing.text();
+        assert!(page.contains("Page not found"), "{path}: {page}");
+        assert!(
+            page.contains(nav) && page.contains("href=\"/devices\""),
+            "{path}: {page}"
+        );
+        assert!(
+            page.contains("tech1") && page.contains("Sign out"),
+            "{path}: {page}"
+        );
+    }
+    let refused = tech.get("/incidents");
+    assert_eq!(refused.status, 403);
+    let page = refused.text();
+    assert!(page.contains("Not allowed") && page.contains(nav), "{page}");
+    assert!(
+        !page.contains("href=\"/incidents\""),
+        "the navigation is the viewer's own: {page}"
+    );
+    // The sign-out form on an error page works.
+    let token = refused.csrf();
+    assert_eq!(tech.post("/logout", &[("csrf", &token)]).status, 303);
+    let after = tech.get("/no-such-page");
+    assert_eq!(after.status, 404);
+    assert!(!after.text().contains(nav), "{}", after.text());
+
+    // Signed out, or with a cookie that names no session: anonymous.
+    let stranger = Client::new(&data, &collector);
+    let missing = stranger.get("/no-such-page");
+    assert_eq!(missing.status, 404);
+    assert!(!missing.text().contains(nav) && !missing.text().contains("Sign out"));
+    let forged = stranger.request_with(
+        "GET",
+        "/no-such-page",
+        None,
+        &["Cookie: __Host-hm_session=not-a-session"],
+    );
+    assert_eq!(forged.status, 404);
+    assert!(!forged.text().contains(nav), "{}", forged.text());
+    assert!(!forged.text().contains("csrf"), "{}", forged.text());
 }

@@ -1,6 +1,6 @@
 //! The flags queue: list the token's sites' flags, and approve a disable,
 //! dismiss (with a reason) or re-enable, with the same checks and audit
-//! rows as the console (`console::pages::act_on_flag`).
+//! rows as the console (`console::flags::act_on_flag`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -158,7 +158,7 @@ pub async fn act(
         Some(flag) if viewer.sees(flag.site_id) => {}
         _ => return Err(ApiError::NotFound),
     }
-    match crate::console::pages::act_on_flag(&console, &viewer, id, action, &request.reason)
+    match crate::console::flags::act_on_flag(&console, &viewer, id, action, &request.reason)
         .await
         .map_err(|_| ApiError::Unavailable)?
     {

@@ -104,6 +104,7 @@ pub async fn list(
     console
         .audit(
             &viewer,
+            viewer.user.audit_site(),
             "api_incidents_listed",
             "incidents",
             status.unwrap_or("all"),
@@ -196,7 +197,13 @@ pub async fn one(
         return Err(ApiError::NotFound);
     }
     console
-        .audit(&viewer, "incident_viewed", &format!("incident {id}"), "api")
+        .audit(
+            &viewer,
+            Some(site),
+            "incident_viewed",
+            &format!("incident {id}"),
+            "api",
+        )
         .await?;
     Ok(Json(IncidentDetail {
         schema: "hallmonitor.incident.v1",

@@ -233,6 +233,7 @@ pub async fn completions(
         .store
         .append_audit(AuditEntry {
             at: now,
+            site: Some(site.id),
             actor: &viewer.actor,
             action: "mfa_completions_posted",
             target: &format!("site {}", site.name),

@@ -88,6 +88,7 @@ impl<P: Needs> FromRequestParts<Console> for Token<P> {
             let _ = console
                 .audit(
                     &viewer,
+                    viewer.user.audit_site(),
                     "api_forbidden",
                     &parts.uri.path().chars().take(200).collect::<String>(),
                     &format!("{:?} needed, role {}", P::PERMISSION, token.role),

@@ -107,7 +107,7 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
             store
                 .set_device_status(&device.id, DeviceStatus::Revoked, reason, now)
                 .await?;
-            audit_device(&store, now, "device_revoked", &device.id, reason).await?;
+            audit_device(&store, now, "device_revoked", &device, reason).await?;
             println!("Revoked device {id}; its certificate is no longer accepted.");
         }
         DevicesCommand::Approve { id } => {
@@ -119,7 +119,7 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
                 Some(of) => format!("a machine of its own beside {of}"),
                 None => "a machine of its own".to_owned(),
             };
-            audit_device(&store, now, "device_approved", &device.id, &detail).await?;
+            audit_device(&store, now, "device_approved", &device, &detail).await?;
             println!("Approved device {id}.");
         }
         DevicesCommand::Link { id, replaces } => {
@@ -152,7 +152,7 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
                 &store,
                 now,
                 "device_linked",
-                &device.id,
+                &device,
                 &format!("replaces {replaces}"),
             )
             .await?;
@@ -178,18 +178,20 @@ async fn pending_device(store: &impl DeviceStore, id: &str) -> anyhow::Result<De
 }
 
 async fn audit_device(
-    store: &impl AuditStore,
+    store: &(impl AuditStore + SiteStore),
     now: Timestamp,
     action: &str,
-    device: &DeviceId,
+    device: &DeviceRecord,
     detail: &str,
 ) -> anyhow::Result<()> {
+    let site = store.site_by_name(&device.site).await?.map(|s| s.id);
     audit_cli(
         store,
         now,
+        site,
         &format!("cli:{}", os_user()),
         action,
-        device.as_str(),
+        device.id.as_str(),
         detail,
     )
     .await
@@ -223,6 +225,7 @@ pub(crate) async fn enroll_secret(data: &Path, command: SecretCommand) -> anyhow
             audit_cli(
                 &store,
                 now,
+                Some(site.id),
                 &format!("cli:{}", os_user()),
                 "enrollment_secret_created",
                 &format!("secret {}", info.id),
@@ -251,6 +254,7 @@ pub(crate) async fn enroll_secret(data: &Path, command: SecretCommand) -> anyhow
             audit_cli(
                 &store,
                 now,
+                Some(site.id),
                 &format!("cli:{}", os_user()),
                 "enrollment_secret_revoked",
                 &format!("secret {id}"),

@@ -70,20 +70,22 @@ pub(crate) enum EvidenceCommand {
 pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(data).await?;
     let now = Timestamp::now();
-    let audit = |actor: String, action: &'static str, id: i64, detail: String| {
-        let store = &store;
-        async move {
-            audit_cli(
-                store,
-                now,
-                &actor,
-                action,
-                &format!("incident {id}"),
-                &detail,
-            )
-            .await
-        }
-    };
+    let audit =
+        |actor: String, site: Option<SiteId>, action: &'static str, id: i64, detail: String| {
+            let store = &store;
+            async move {
+                audit_cli(
+                    store,
+                    now,
+                    site,
+                    &actor,
+                    action,
+                    &format!("incident {id}"),
+                    &detail,
+                )
+                .await
+            }
+        };
     match command {
         IncidentsCommand::List {
             site,
@@ -95,22 +97,36 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             print!("{}", render::incidents_list(&list, format));
         }
         IncidentsCommand::Show { id, format, by } => {
-            let (incident, captures, _) = store
+            let (incident, captures, site) = store
                 .incident(id)
                 .await?
                 .with_context(|| format!("no incident with id {id}"))?;
-            audit(cli_actor(by), "incident_viewed", id, String::new()).await?;
+            audit(
+                cli_actor(by),
+                Some(site),
+                "incident_viewed",
+                id,
+                String::new(),
+            )
+            .await?;
             print!("{}", render::incident_show(&incident, &captures, format));
         }
         IncidentsCommand::Export { id, out, by } => {
-            let (incident, captures, _) = store
+            let (incident, captures, site) = store
                 .incident(id)
                 .await?
                 .with_context(|| format!("no incident with id {id}"))?;
             let evidence = hallmonitor_collector::evidence::EvidenceStore::open(data)?;
             let actor = cli_actor(by);
             let folder = incidents_export(&evidence, &incident, &captures, &out, &actor, now)?;
-            audit(actor, "incident_exported", id, folder.display().to_string()).await?;
+            audit(
+                actor,
+                Some(site),
+                "incident_exported",
+                id,
+                folder.display().to_string(),
+            )
+            .await?;
             println!(
                 "Exported incident {id} ({} capture(s)) to {}.",
                 captures.len(),
@@ -121,10 +137,11 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
             if reason.trim().is_empty() {
                 bail!("--reason must say why");
             }
+            let site = store.incident(id).await?.map(|(_, _, site)| site);
             if !store.close_incident(id, &reason, now).await? {
                 bail!("no open incident with id {id}");
             }
-            audit(cli_actor(by), "incident_closed", id, reason).await?;
+            audit(cli_actor(by), site, "incident_closed", id, reason).await?;
             println!("Closed incident {id}.");
         }
         IncidentsCommand::Purge { by } => {
@@ -137,6 +154,8 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                     .await?;
             audit(
                 cli_actor(by),
+                // Every site's evidence: collector-wide.
+                None,
                 "evidence_purged",
                 0,
                 format!(
@@ -180,6 +199,7 @@ pub(crate) async fn evidence(data: &Path, command: EvidenceCommand) -> anyhow::R
     audit_cli(
         &store,
         Timestamp::now(),
+        None,
         &actor,
         "evidence_key_rotated",
         "evidence",

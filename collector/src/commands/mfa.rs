@@ -101,6 +101,7 @@ pub(crate) async fn directory(data: &Path, command: DirectoryCommand) -> anyhow:
             audit_cli(
                 &store,
                 now,
+                Some(site.id),
                 &format!("cli:{}", os_user()),
                 "directory_imported",
                 &format!("site {}", site.name),
@@ -175,6 +176,8 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
             audit_cli(
                 &store,
                 now,
+                // A token of every site is collector-wide.
+                (!all_sites).then_some(site.id),
                 &format!("cli:{}", os_user()),
                 "api_token_created",
                 &format!("api token {id}"),
@@ -200,6 +203,7 @@ pub(crate) async fn api_token(data: &Path, command: ApiTokenCommand) -> anyhow::
             audit_cli(
                 &store,
                 now,
+                Some(site.id),
                 &format!("cli:{}", os_user()),
                 "api_token_revoked",
                 &format!("api token {id}"),

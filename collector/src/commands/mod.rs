@@ -13,7 +13,7 @@ pub(crate) mod policy;
 pub(crate) mod users;
 
 use anyhow::Context;
-use hallmonitor_collector::model::DeviceId;
+use hallmonitor_collector::model::{DeviceId, SiteId};
 use hallmonitor_collector::store::{AuditEntry, AuditStore, DeviceFilter, SiteStore};
 use jiff::Timestamp;
 
@@ -21,6 +21,7 @@ use jiff::Timestamp;
 pub(crate) async fn audit_cli(
     store: &impl AuditStore,
     at: Timestamp,
+    site: Option<SiteId>,
     actor: &str,
     action: &str,
     target: &str,
@@ -29,6 +30,7 @@ pub(crate) async fn audit_cli(
     store
         .append_audit(AuditEntry {
             at,
+            site,
             actor,
             action,
             target,

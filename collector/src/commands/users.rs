@@ -7,11 +7,13 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 use hallmonitor_collector::auth;
-use hallmonitor_collector::console::pages::{parse_sites, username_problem};
+use hallmonitor_collector::console::users::{parse_sites, username_problem};
 use hallmonitor_collector::model::ConsoleRole;
 use hallmonitor_collector::open_store;
 use hallmonitor_collector::render::{self, Format};
-use hallmonitor_collector::store::{ConsoleStore, NewConsoleUser, SiteStore, UserChange};
+use hallmonitor_collector::store::{
+    ConsoleStore, ConsoleUser, NewConsoleUser, SiteStore, UserChange,
+};
 use jiff::Timestamp;
 
 use super::{audit_cli, cli_actor};
@@ -85,6 +87,7 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             }
             let role = role_of(&role)?;
             let sites = parse_sites(&sites, &store.sites().await?).map_err(anyhow::Error::msg)?;
+            let audit_site = ConsoleUser::audit_site_for(sites.as_deref());
             let password = auth::generate_password();
             let hash = auth::hash_password(&password)
                 .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
@@ -102,6 +105,7 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             audit_cli(
                 &store,
                 now,
+                audit_site,
                 &actor,
                 "console_user_added",
                 &format!("user {username}"),
@@ -125,6 +129,7 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             audit_cli(
                 &store,
                 now,
+                user.audit_site(),
                 &actor,
                 "console_user_disable",
                 &format!("user {}", user.username),
@@ -141,6 +146,7 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             audit_cli(
                 &store,
                 now,
+                user.audit_site(),
                 &actor,
                 "console_user_enable",
                 &format!("user {}", user.username),
@@ -170,6 +176,7 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             audit_cli(
                 &store,
                 now,
+                user.audit_site(),
                 &actor,
                 "console_password_reset",
                 &format!("user {}", user.username),
@@ -193,12 +200,14 @@ pub(crate) async fn users(data: &Path, command: UsersCommand) -> anyhow::Result<
             let user = existing(username).await?;
             let role = role_of(&role)?;
             let sites = parse_sites(&sites, &store.sites().await?).map_err(anyhow::Error::msg)?;
+            let audit_site = ConsoleUser::audit_site_for(sites.as_deref());
             store
                 .update_console_user(user.id, UserChange::Role { role, sites }, now)
                 .await?;
             audit_cli(
                 &store,
                 now,
+                audit_site,
                 &actor,
                 "console_user_role",
                 &format!("user {}", user.username),

@@ -149,6 +149,25 @@ impl Viewer {
     pub fn name(&self) -> &str {
         &self.user.username
     }
+
+    /// The signed-in viewer a request's cookie names, only to give an
+    /// error page its navigation: read only (the session is neither
+    /// touched nor ended, nothing is audited), and `None` for a missing,
+    /// unknown, ended or half-verified session or a store error.
+    pub async fn peek(console: &Console, headers: &HeaderMap, address: String) -> Option<Viewer> {
+        let digest = token_digest(&session_token(headers)?);
+        let session = console.store.console_session(&digest).await.ok()??;
+        if !session.verified || !session_live(&session, Timestamp::now()) {
+            return None;
+        }
+        Some(Viewer {
+            csrf_token: session.csrf_token.clone(),
+            actor: format!("console:{}", session.user.username),
+            user: session.user,
+            session: digest,
+            address,
+        })
+    }
 }
 
 /// The client's address, put on each request by `api::serve`.
@@ -156,8 +175,12 @@ impl Viewer {
 pub struct Peer(pub Option<SocketAddr>);
 
 pub fn peer_address(parts: &Parts) -> String {
-    parts
-        .extensions
+    address_of(&parts.extensions)
+}
+
+/// The client's address from a request's extensions ("" when unknown).
+pub fn address_of(extensions: &axum::http::Extensions) -> String {
+    extensions
         .get::<Peer>()
         .and_then(|p| p.0)
         .map(|a| a.ip().to_string())
@@ -323,6 +346,7 @@ impl<P: Needs> FromRequestParts<Console> for Allowed<P> {
             let _ = console
                 .audit(
                     &viewer,
+                    viewer.user.audit_site(),
                     "console_forbidden",
                     parts.uri.path(),
                     &format!("{:?} needed", P::PERMISSION),
@@ -377,7 +401,13 @@ pub async fn check_csrf(
         return Ok(());
     }
     let _ = console
-        .audit(viewer, "console_csrf_refused", path, "")
+        .audit(
+            viewer,
+            viewer.user.audit_site(),
+            "console_csrf_refused",
+            path,
+            "",
+        )
         .await;
     Err(Refusal::Forbidden)
 }

@@ -22,7 +22,8 @@ use super::access::{
 };
 use super::{Console, Frame, Problem, page};
 use crate::auth;
-use crate::store::{AuditEntry, ConsoleSession, UserChange};
+use crate::model::SiteId;
+use crate::store::{AuditEntry, ConsoleSession, ConsoleUser, UserChange};
 
 /// Failures counted for throttling are those within this window.
 pub const THROTTLE_WINDOW: SignedDuration = SignedDuration::from_mins(15);
@@ -154,15 +155,25 @@ async fn audit_throttled(console: &Console, username: &str, address: &str) {
         }
     };
     if first {
-        audit_anonymous(console, username, "console_login_throttled", address).await;
+        // No account is read for a throttled attempt: collector-wide.
+        audit_anonymous(console, None, username, "console_login_throttled", address).await;
     }
 }
 
-async fn audit_anonymous(console: &Console, actor: &str, action: &str, address: &str) {
+/// Audits a sign-in step before there is a `Viewer`; `site` is the
+/// account's (`ConsoleUser::audit_site`) when the account is known.
+async fn audit_anonymous(
+    console: &Console,
+    site: Option<SiteId>,
+    actor: &str,
+    action: &str,
+    address: &str,
+) {
     let _ = console
         .store
         .append_audit(AuditEntry {
             at: Timestamp::now(),
+            site,
             actor: &format!("console:{actor}"),
             action,
             target: "console",
@@ -223,7 +234,8 @@ pub async fn submit(
         Some(user) if matches && !user.disabled => user,
         _ => {
             // The attempt stays counted.
-            audit_anonymous(&console, &username, "console_login_failed", &address).await;
+            let site = user.as_ref().and_then(ConsoleUser::audit_site);
+            audit_anonymous(&console, site, &username, "console_login_failed", &address).await;
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "The username or password is not right, or the account is disabled.",
@@ -265,7 +277,14 @@ pub async fn submit(
             format!("/login/second-factor?next={}", access::encode(&next)),
         )
     };
-    audit_anonymous(&console, &user.username, action, &address).await;
+    audit_anonymous(
+        &console,
+        user.audit_site(),
+        &user.username,
+        action,
+        &address,
+    )
+    .await;
     let mut response = Redirect::to(&to).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -353,6 +372,7 @@ pub async fn totp_submit(
     if !fresh {
         audit_anonymous(
             &console,
+            session.user.audit_site(),
             &username,
             "console_second_factor_failed",
             &address,
@@ -373,7 +393,14 @@ pub async fn totp_submit(
     {
         return Problem::from(e).into_response();
     }
-    audit_anonymous(&console, &username, "console_login", &address).await;
+    audit_anonymous(
+        &console,
+        session.user.audit_site(),
+        &username,
+        "console_login",
+        &address,
+    )
+    .await;
     Redirect::to(&next).into_response()
 }
 
@@ -395,7 +422,13 @@ pub async fn logout(
 ) -> Response {
     let _ = console.store.end_console_session(&viewer.session).await;
     let _ = console
-        .audit(&viewer, "console_logout", "console", "")
+        .audit(
+            &viewer,
+            viewer.user.audit_site(),
+            "console_logout",
+            "console",
+            "",
+        )
         .await;
     signed_out()
 }
@@ -412,6 +445,7 @@ pub async fn logout_everywhere(
     let _ = console
         .audit(
             &viewer,
+            viewer.user.audit_site(),
             "console_logout_everywhere",
             "console",
             &format!("{ended} session(s) ended"),
@@ -534,6 +568,7 @@ pub async fn change_password(
     let _ = console
         .audit(
             &viewer,
+            viewer.user.audit_site(),
             "console_password_changed",
             &format!("user {}", viewer.name()),
             &format!("{ended} other session(s) ended"),
@@ -626,7 +661,13 @@ pub async fn set_up_totp(
         return Problem::from(e).into_response();
     }
     let _ = console
-        .audit(&viewer, action, &format!("user {}", viewer.name()), "")
+        .audit(
+            &viewer,
+            viewer.user.audit_site(),
+            action,
+            &format!("user {}", viewer.name()),
+            "",
+        )
         .await;
     viewer.user.totp_secret = secret;
     let notice = if viewer.user.totp_secret.is_empty() {

@@ -192,6 +192,7 @@ pub async fn import(
         let _ = console
             .audit(
                 &viewer,
+                Some(site.id),
                 "directory_imported",
                 &format!("site {}", site.name),
                 &format!("{} accounts from {}", accounts.len(), upload.name),
@@ -233,6 +234,7 @@ pub async fn import(
         let _ = console
             .audit(
                 &viewer,
+                Some(site.id),
                 "signins_imported",
                 &format!("site {}", site.name),
                 &format!(

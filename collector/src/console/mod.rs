@@ -2,13 +2,22 @@
 //! compile time, in `collector/templates/`) served by the collector's HTTPS
 //! server beside the JSON API. No JavaScript; one stylesheet embedded in
 //! the binary under a name carrying its hash. Every response carries
-//! strict security headers (`security_headers`).
+//! strict security headers (`security_headers`). Every error becomes a
+//! page through `Problem`; `frame_problems` gives it the signed-in
+//! viewer's navigation (the router's fallback included).
 //!
 //! - `access`: roles, permissions and the extractors every handler takes.
 //! - `login`: sign-in (password, then TOTP when set), throttling, sign-out,
 //!   the account page (password, second factor).
-//! - `pages`: dashboard, devices, device detail, flags, incidents, audit
-//!   log, users.
+//! - `pages`: what pages share (visible sites, local times) and the
+//!   dashboard.
+//! - `devices`: the devices list and one device's page.
+//! - `flags`: flags, one flag, their actions (`act_on_flag`, also used by
+//!   the JSON API).
+//! - `incidents`: incidents, one incident, closing, snapshots, the
+//!   evidence zip (DSL only).
+//! - `audit`: the audit log page.
+//! - `users`: console accounts.
 //! - `settings`: enrolment secrets, API tokens, recipients, notification
 //!   routes (read only).
 //! - `policy`: a site's suspicious-activity policy (edit, versions, diff).
@@ -22,13 +31,18 @@
 //! what and from where.
 
 pub mod access;
+pub mod audit;
 pub mod chart;
+pub mod devices;
+pub mod flags;
+pub mod incidents;
 pub mod login;
 pub mod mfa;
 pub mod pages;
 pub mod policy;
 pub mod settings;
 pub mod thresholds;
+pub mod users;
 
 use std::sync::{Arc, LazyLock};
 
@@ -41,6 +55,7 @@ use jiff::Timestamp;
 
 use crate::config::CollectorConfig;
 use crate::evidence::EvidenceStore;
+use crate::model::SiteId;
 use crate::store::{AuditEntry, Store};
 use access::{Permission, Viewer};
 
@@ -56,9 +71,12 @@ pub struct Console {
 
 impl Console {
     /// Appends an audit row for something a viewer saw or did.
+    /// `site` is the site of the thing acted on (see `AuditEntry::site`);
+    /// for what concerns the viewer's own account, `viewer.user.audit_site()`.
     pub async fn audit(
         &self,
         viewer: &Viewer,
+        site: Option<SiteId>,
         action: &str,
         target: &str,
         detail: &str,
@@ -66,6 +84,7 @@ impl Console {
         self.store
             .append_audit(AuditEntry {
                 at: Timestamp::now(),
+                site,
                 actor: &viewer.actor,
                 action,
                 target,
@@ -90,19 +109,19 @@ pub fn router(console: Console) -> Router {
         .route("/account", get(login::account))
         .route("/account/password", post(login::change_password))
         .route("/account/second-factor", post(login::set_up_totp))
-        .route("/devices", get(pages::devices))
-        .route("/devices/{id}", get(pages::device))
-        .route("/flags", get(pages::flags).post(pages::flags_bulk))
-        .route("/flags/{id}", get(pages::flag).post(pages::flag_action))
-        .route("/incidents", get(pages::incidents))
-        .route("/incidents/{id}", get(pages::incident))
-        .route("/incidents/{id}/close", post(pages::incident_close))
-        .route("/incidents/{id}/export", post(pages::incident_export))
+        .route("/devices", get(devices::devices))
+        .route("/devices/{id}", get(devices::device))
+        .route("/flags", get(flags::flags).post(flags::flags_bulk))
+        .route("/flags/{id}", get(flags::flag).post(flags::flag_action))
+        .route("/incidents", get(incidents::incidents))
+        .route("/incidents/{id}", get(incidents::incident))
+        .route("/incidents/{id}/close", post(incidents::incident_close))
+        .route("/incidents/{id}/export", post(incidents::incident_export))
         .route(
             "/incidents/{id}/captures/{capture}/image",
-            get(pages::capture_image),
+            get(incidents::capture_image),
         )
-        .route("/audit", get(pages::audit))
+        .route("/audit", get(audit::audit))
         .route("/mfa", get(mfa::page_handler))
         .route(
             "/mfa/import",
@@ -131,10 +150,14 @@ pub fn router(console: Console) -> Router {
             "/settings/recipients/{id}/remove",
             post(settings::remove_recipient),
         )
-        .route("/users", get(pages::users).post(pages::user_add))
-        .route("/users/{id}", post(pages::user_change))
+        .route("/users", get(users::users).post(users::user_add))
+        .route("/users/{id}", post(users::user_change))
         .route(&STYLESHEET.path, get(stylesheet))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            frame_problems,
+        ))
         .with_state(console)
 }
 
@@ -311,18 +334,10 @@ pub fn with_form_error(mut response: Response, error: &str) -> Response {
     response
 }
 
-/// A site's IANA zone (UTC for an unknown site), for showing times.
-pub async fn site_zone(console: &Console, site: crate::model::SiteId) -> Result<String, Problem> {
-    Ok(console
-        .store
-        .sites()
-        .await?
-        .into_iter()
-        .find(|s| s.id == site)
-        .map_or("UTC".to_owned(), |s| s.timezone))
-}
-
-/// An error page: no stack traces, no internals.
+/// An error page: no stack traces, no internals. Every console error
+/// becomes a page here; the anonymous frame is filled in with the
+/// viewer's navigation by `frame_problems` when the request's session is
+/// valid.
 pub enum Problem {
     NotFound,
     Forbidden,
@@ -335,6 +350,25 @@ pub enum Problem {
 struct ProblemPage {
     frame: Frame,
     message: String,
+}
+
+/// What an error page says, kept on its response so `frame_problems` can
+/// render it again with the viewer's navigation.
+#[derive(Clone)]
+struct ShownProblem {
+    heading: &'static str,
+    message: String,
+}
+
+impl ShownProblem {
+    fn render(&self, frame: Frame) -> String {
+        ProblemPage {
+            frame,
+            message: self.message.clone(),
+        }
+        .render()
+        .unwrap_or_else(|_| self.heading.to_owned())
+    }
 }
 
 impl IntoResponse for Problem {
@@ -357,14 +391,36 @@ impl IntoResponse for Problem {
                 "The collector could not complete this request. It has been logged; try again, or tell your technician.".to_owned(),
             ),
         };
-        let body = ProblemPage {
-            frame: Frame::anonymous(heading),
-            message,
-        }
-        .render()
-        .unwrap_or_else(|_| heading.to_owned());
-        (status, Html(body)).into_response()
+        let shown = ShownProblem { heading, message };
+        let body = shown.render(Frame::anonymous(heading));
+        let mut response = (status, Html(body)).into_response();
+        response.extensions_mut().insert(shown);
+        response
     }
+}
+
+/// Gives an error page (any `Problem`, the router's fallback included)
+/// the signed-in viewer's navigation and sign-out form. Only error pages
+/// pay for the session lookup, which is read only (`Viewer::peek`); a
+/// missing, invalid or half-verified session keeps the anonymous page.
+async fn frame_problems(
+    axum::extract::State(console): axum::extract::State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers().clone();
+    let address = access::address_of(request.extensions());
+    let response = next.run(request).await;
+    let Some(shown) = response.extensions().get::<ShownProblem>().cloned() else {
+        return response;
+    };
+    let Some(viewer) = Viewer::peek(&console, &headers, address).await else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = shown.render(Frame::new(&viewer, shown.heading, ""));
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 impl From<crate::store::StoreError> for Problem {

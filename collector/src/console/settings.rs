@@ -204,6 +204,7 @@ pub(super) async fn site_for(
         let _ = console
             .audit(
                 viewer,
+                viewer.user.audit_site(),
                 "console_forbidden",
                 path,
                 &format!("site={} not among the account's sites", site.name),
@@ -260,6 +261,7 @@ pub async fn create_secret(
     let _ = console
         .audit(
             &viewer,
+            Some(site.id),
             "enrollment_secret_created",
             &format!("secret {}", info.id),
             &format!("site={}", site.name),
@@ -328,7 +330,13 @@ async fn revoke(
         return render(console, viewer, None, already).await;
     }
     let _ = console
-        .audit(viewer, action, &target, &format!("site={}", site.name))
+        .audit(
+            viewer,
+            Some(site.id),
+            action,
+            &target,
+            &format!("site={}", site.name),
+        )
         .await;
     Ok(Redirect::to("/settings").into_response())
 }
@@ -381,6 +389,7 @@ pub async fn create_token(
     let _ = console
         .audit(
             &viewer,
+            Some(site.id),
             "api_token_created",
             &format!("api-token {id}"),
             &format!("site={} role={role}", site.name),
@@ -446,6 +455,7 @@ pub async fn add_recipient(
     let _ = console
         .audit(
             &viewer,
+            Some(site.id),
             "recipient_added",
             &format!("recipient {id}"),
             &format!("site={} role={role}", site.name),
@@ -468,6 +478,7 @@ pub async fn remove_recipient(
     let _ = console
         .audit(
             &viewer,
+            Some(site.id),
             "recipient_removed",
             &format!("recipient {id}"),
             &format!("site={}", site.name),

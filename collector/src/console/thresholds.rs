@@ -203,6 +203,7 @@ async fn apply(
             value,
             AuditEntry {
                 at: now,
+                site: Some(site.id),
                 actor: &format!("console:{}", viewer.name()),
                 action,
                 target: &format!("site {}", site.name),

@@ -368,6 +368,7 @@ mod tests {
                         value.as_ref(),
                         AuditEntry {
                             at: as_of,
+                            site: Some(site.id),
                             actor: "test",
                             action: "site_settings_set",
                             target: "site Cabot",

@@ -136,6 +136,11 @@ pub struct NewSecret {
 #[derive(Clone, Debug)]
 pub struct AuditEntry<'a> {
     pub at: Timestamp,
+    /// The site whose device, flag, incident, setting or account this is
+    /// about; `None` for what concerns the whole collector (an account of
+    /// several sites or of all, a sign-in under an unknown name). Only
+    /// accounts that see every site read `None` rows.
+    pub site: Option<SiteId>,
     pub actor: &'a str,
     pub action: &'a str,
     pub target: &'a str,
@@ -719,6 +724,19 @@ impl ConsoleUser {
     pub fn site_filter(&self) -> Option<&[SiteId]> {
         (!self.all_sites).then_some(self.sites.as_slice())
     }
+    /// The site an audit row about this account belongs to: its one site,
+    /// or `None` (collector-wide) for an account of several sites or all,
+    /// so no school's administrator reads about another school's staff.
+    pub fn audit_site(&self) -> Option<SiteId> {
+        ConsoleUser::audit_site_for(self.site_filter())
+    }
+    /// `audit_site` of an account with these sites (`None`: every site).
+    pub fn audit_site_for(sites: Option<&[SiteId]>) -> Option<SiteId> {
+        match sites {
+            Some([site]) => Some(*site),
+            _ => None,
+        }
+    }
 }
 
 /// A new console account.
@@ -761,6 +779,8 @@ pub struct ConsoleSession {
 pub struct AuditRecord {
     pub id: i64,
     pub at: Timestamp,
+    /// `None`: collector-wide.
+    pub site: Option<SiteId>,
     pub actor: String,
     pub action: String,
     pub target: String,
@@ -768,9 +788,21 @@ pub struct AuditRecord {
     pub address: String,
 }
 
+/// Which sites' audit rows a query reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSites {
+    /// Every row, collector-wide ones included (accounts of every site).
+    All,
+    /// Only collector-wide rows.
+    CollectorWide,
+    /// Only rows of these sites (none: no rows).
+    Only(Vec<SiteId>),
+}
+
 /// Which audit rows to list, newest first.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AuditQuery {
+    pub sites: AuditSites,
     /// Substring of the actor.
     pub actor: String,
     /// Prefix of the action.
@@ -851,6 +883,9 @@ pub trait ConsoleStore: Send + Sync + 'static {
         since: Timestamp,
     ) -> Result<(u64, u64)>;
     async fn clear_login_failures(&self, username: &str) -> Result<()>;
+    /// Audit rows newest first, at most `query.limit`; for `Only`, each
+    /// site's rows come from its own index range (`audit_log(site_id,
+    /// id)`), merged, so a page costs the same whatever the log's size.
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// Audit rows about one target (a device id, "flag 3", …), newest first.
     async fn audit_for_target(&self, target: &str, limit: usize) -> Result<Vec<AuditRecord>>;

@@ -11,8 +11,8 @@ use super::{SqliteStore, instant, millis};
 use crate::model::{Connectivity, ConsoleRole, DeviceRecord, SiteId};
 use crate::rules::activity::ActivityStatus;
 use crate::store::{
-    AuditQuery, AuditRecord, ConsoleSession, ConsoleUser, DashboardFigures, DeviceQuery,
-    NewConsoleUser, Result, StoreError, UserChange,
+    AuditQuery, AuditRecord, AuditSites, ConsoleSession, ConsoleUser, DashboardFigures,
+    DeviceQuery, NewConsoleUser, Result, StoreError, UserChange,
 };
 
 const USER_SELECT: &str = "SELECT u.id, u.username, u.password_hash, u.role, u.all_sites, u.disabled, \
@@ -42,10 +42,53 @@ fn user_from_row(r: &SqliteRow) -> Result<ConsoleUser> {
     })
 }
 
+impl SqliteStore {
+    /// One index range of the audit log: every row (`site` `None`), or one
+    /// site's (`Some(Some(id))`), or the collector-wide rows
+    /// (`Some(None)`), newest first, filtered and limited.
+    async fn audit_rows(
+        &self,
+        query: &AuditQuery,
+        site: Option<Option<SiteId>>,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, at, site_id, actor, action, target, detail, address FROM audit_log WHERE 1 = 1",
+        );
+        match site {
+            None => {}
+            Some(None) => {
+                sql.push(" AND site_id IS NULL");
+            }
+            Some(Some(id)) => {
+                sql.push(" AND site_id = ").push_bind(id.0);
+            }
+        }
+        if !query.actor.is_empty() {
+            sql.push(" AND instr(actor, ")
+                .push_bind(query.actor.clone())
+                .push(") > 0");
+        }
+        if !query.action.is_empty() {
+            sql.push(" AND substr(action, 1, ")
+                .push_bind(query.action.chars().count() as i64)
+                .push(") = ")
+                .push_bind(query.action.clone());
+        }
+        if let Some(before) = query.before {
+            sql.push(" AND id < ").push_bind(before);
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(query.limit as i64);
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}
+
 fn audit_from_row(r: &SqliteRow) -> Result<AuditRecord> {
     Ok(AuditRecord {
         id: r.try_get("id")?,
         at: instant(r.try_get("at")?)?,
+        site: r.try_get::<Option<i64>, _>("site_id")?.map(SiteId),
         actor: r.try_get("actor")?,
         action: r.try_get("action")?,
         target: r.try_get("target")?,
@@ -349,23 +392,25 @@ impl crate::store::ConsoleStore for SqliteStore {
     }
 
     async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail, address FROM audit_log \
-             WHERE (?1 = '' OR instr(actor, ?1) > 0) AND (?2 = '' OR substr(action, 1, length(?2)) = ?2) \
-             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
-        )
-        .bind(&query.actor)
-        .bind(&query.action)
-        .bind(query.before)
-        .bind(query.limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(audit_from_row).collect()
+        let mut sites: Vec<Option<SiteId>> = match &query.sites {
+            AuditSites::All => return self.audit_rows(query, None).await,
+            AuditSites::CollectorWide => vec![None],
+            AuditSites::Only(list) => list.iter().copied().map(Some).collect(),
+        };
+        sites.sort();
+        sites.dedup();
+        let mut rows = Vec::new();
+        for site in sites {
+            rows.extend(self.audit_rows(query, Some(site)).await?);
+        }
+        rows.sort_by_key(|r| std::cmp::Reverse(r.id));
+        rows.truncate(query.limit);
+        Ok(rows)
     }
 
     async fn audit_for_target(&self, target: &str, limit: usize) -> Result<Vec<AuditRecord>> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, detail, address FROM audit_log \
+            "SELECT id, at, site_id, actor, action, target, detail, address FROM audit_log \
              WHERE target = ? ORDER BY id DESC LIMIT ?",
         )
         .bind(target)

@@ -48,9 +48,10 @@ impl crate::store::PolicyStore for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, target, detail, address) VALUES (?, ?, 'policy.set', ?, ?, ?)",
+            "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, 'policy.set', ?, ?, ?)",
         )
         .bind(millis(at))
+        .bind(site.0)
         .bind(author.name)
         .bind(format!("site {} policy v{version}", site.0))
         .bind(format!("sha256 {sha256}; {comment}"))

@@ -128,9 +128,11 @@ impl crate::store::SiteStore for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(millis(audit.at))
+        // The row is this site's, whatever `audit.site` says.
+        .bind(site.0)
         .bind(audit.actor)
         .bind(audit.action)
         .bind(audit.target)
@@ -151,6 +153,8 @@ mod tests {
     fn entry(action: &'static str) -> AuditEntry<'static> {
         AuditEntry {
             at: Timestamp::now(),
+            // The store files the row under the site it changes.
+            site: None,
             actor: "console:tech1",
             action,
             target: "site Cabot",
@@ -208,15 +212,18 @@ mod tests {
         assert!(store.site_overrides().await.unwrap().is_empty());
         let audit = store
             .audit_entries(&crate::store::AuditQuery {
+                sites: crate::store::AuditSites::All,
+                actor: String::new(),
                 action: "site_settings".into(),
+                before: None,
                 limit: 10,
-                ..Default::default()
             })
             .await
             .unwrap();
         assert_eq!(audit.len(), 3);
         assert_eq!(audit[0].action, "site_settings_cleared");
         assert_eq!(audit[0].address, "127.0.0.1");
+        assert!(audit.iter().all(|a| a.site == Some(cabot.id)));
 
         // A row no form could write is reported, not used.
         sqlx::query("INSERT INTO site_settings VALUES (?, 0, 60, 7, 0, 90, 0, 'x')")
