@@ -53,6 +53,10 @@ fn field(deb: &Path, name: &str) -> String {
         .to_owned()
 }
 
+/// dpkg takes one lock for the machine (and dpkg-shlibdeps, run while
+/// building, reads its database): the tests take turns.
+static DPKG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn is_root() -> bool {
     text(&run(Command::new("id").arg("-u")).stdout).trim() == "0"
 }
@@ -66,6 +70,7 @@ fn installed(package: &str) -> bool {
 
 #[test]
 fn the_collector_package_installs_keeps_its_data_and_purges_it() {
+    let _turn = DPKG.lock().unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
     let deb = build("hallmonitor-collector", "0.1.0-1", out.path());
     assert_eq!(field(&deb, "Package"), "hallmonitor-collector");
@@ -145,4 +150,75 @@ fn the_collector_package_installs_keeps_its_data_and_purges_it() {
     let purged = run(Command::new("dpkg").args(["--purge", "hallmonitor-collector"]));
     assert!(text(&purged.stdout).contains("deletes /var/lib/hallmonitor-collector"));
     assert!(!data.exists(), "purge deletes the data");
+}
+
+#[test]
+fn the_agent_package_ships_both_binaries_and_never_locks_out_an_unconfigured_device() {
+    let _turn = DPKG.lock().unwrap_or_else(|e| e.into_inner());
+    let out = tempfile::tempdir().unwrap();
+    let deb = build("hallmonitor-agent", "0.1.0-1", out.path());
+    let depends = field(&deb, "Depends");
+    // The helper's X11 library comes in through the package, the daemon
+    // needs none (deploy.rs checks the binaries themselves).
+    for dependency in ["libc6", "libxcb1", "libpam-runtime"] {
+        assert!(depends.contains(dependency), "{dependency} in {depends}");
+    }
+    let contents = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)).stdout);
+    for path in [
+        "./usr/bin/hallmonitor-agent",
+        "./usr/bin/hallmonitor-session",
+        "./usr/lib/systemd/system/hallmonitor-agent.service",
+        "./usr/lib/systemd/user/hallmonitor-session.service",
+        "./etc/xdg/autostart/hallmonitor-session.desktop",
+        "./usr/share/pam-configs/hallmonitor",
+        "./usr/share/doc/hallmonitor-agent/examples/agent.toml",
+    ] {
+        assert!(contents.contains(path), "{path} not in\n{contents}");
+    }
+
+    let config = Path::new("/etc/hallmonitor/agent.toml");
+    if !is_root() || installed("hallmonitor-agent") || config.exists() {
+        eprintln!("not root, or an agent is installed or configured here: dpkg steps skipped");
+        return;
+    }
+    struct Purge;
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = Command::new("dpkg")
+                .args(["--purge", "hallmonitor-agent"])
+                .output();
+        }
+    }
+    let _purge = Purge;
+    let pam_stack = || std::fs::read_to_string("/etc/pam.d/common-account").unwrap_or_default();
+
+    // Without its configuration the login hook stays out of PAM: it fails
+    // closed, and would otherwise let only root log in.
+    let install = run(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(
+        text(&install.stdout).contains("pam-auth-update --enable hallmonitor"),
+        "{}",
+        text(&install.stdout)
+    );
+    assert!(!pam_stack().contains("hallmonitor-agent login-allowed"));
+    let version = run(Command::new("/usr/bin/hallmonitor-session").arg("--version"));
+    assert!(text(&version.stdout).contains("hallmonitor-session"));
+
+    // An identity kept by removal goes with purge.
+    let state = Path::new("/var/lib/hallmonitor-agent");
+    std::fs::create_dir_all(state).unwrap();
+    std::fs::write(state.join("identity.marker"), b"kept").unwrap();
+    run(Command::new("dpkg").args(["--remove", "hallmonitor-agent"]));
+    assert!(!Path::new("/usr/bin/hallmonitor-agent").exists());
+    assert!(
+        state.join("identity.marker").exists(),
+        "removal keeps the identity"
+    );
+    assert!(
+        !pam_stack().contains("hallmonitor-agent"),
+        "no hook left behind"
+    );
+    let purged = run(Command::new("dpkg").args(["--purge", "hallmonitor-agent"]));
+    assert!(text(&purged.stdout).contains("deletes /var/lib/hallmonitor-agent"));
+    assert!(!state.exists());
 }
