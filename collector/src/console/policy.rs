@@ -329,26 +329,8 @@ pub async fn save(
         )
         .await;
     }
-    let (name, address) = author(&viewer);
-    let saved = policies::save(
-        &*console.store,
-        &site,
-        &text,
-        std::path::Path::new(FORM_FILE),
-        &comment,
-        Author {
-            name: &name,
-            address,
-        },
-        Timestamp::now(),
-    )
-    .await;
-    match saved {
-        Ok(Saved::New(version)) => Ok(Redirect::to(&format!(
-            "/settings/policy?site={}&saved={version}",
-            encode(&site.name)
-        ))
-        .into_response()),
+    match save_as(&console, &viewer, &site, &text, FORM_FILE, &comment).await {
+        Ok(Saved::New(version)) => Ok(saved_page(&site, version)),
         Ok(Saved::Unchanged(version)) => {
             let state = FormState {
                 notice: format!("Unchanged: version {version} already has this text."),
@@ -388,6 +370,41 @@ pub async fn save(
     }
 }
 
+/// Stores `text` as the site's next version, by the viewer (checked by
+/// the agents' parser in `policies::save`; `file` names it in errors).
+async fn save_as(
+    console: &Console,
+    viewer: &Viewer,
+    site: &Site,
+    text: &str,
+    file: &str,
+    comment: &str,
+) -> Result<Saved, PolicySaveError> {
+    let (name, address) = author(viewer);
+    policies::save(
+        &*console.store,
+        site,
+        text,
+        std::path::Path::new(file),
+        comment,
+        Author {
+            name: &name,
+            address,
+        },
+        Timestamp::now(),
+    )
+    .await
+}
+
+/// Back to the policy page, saying which version was saved.
+fn saved_page(site: &Site, version: u64) -> Response {
+    Redirect::to(&format!(
+        "/settings/policy?site={}&saved={version}",
+        encode(&site.name)
+    ))
+    .into_response()
+}
+
 #[derive(Deserialize)]
 pub struct SiteForm {
     #[serde(default)]
@@ -401,26 +418,9 @@ pub async fn reset(
     Submit(viewer, form, ..): Submit<PoliciesP, SiteForm>,
 ) -> PageResult {
     let site = site_for(&console, &viewer, &form.site, PATH).await?;
-    let (name, address) = author(&viewer);
-    let saved = policies::save(
-        &*console.store,
-        &site,
-        "",
-        std::path::Path::new("(default)"),
-        "reset to the project's default",
-        Author {
-            name: &name,
-            address,
-        },
-        Timestamp::now(),
-    )
-    .await;
-    match saved {
-        Ok(Saved::New(version)) => Ok(Redirect::to(&format!(
-            "/settings/policy?site={}&saved={version}",
-            encode(&site.name)
-        ))
-        .into_response()),
+    let comment = "reset to the project's default";
+    match save_as(&console, &viewer, &site, "", "(default)", comment).await {
+        Ok(Saved::New(version)) => Ok(saved_page(&site, version)),
         Ok(Saved::Unchanged(version)) => {
             let state = FormState {
                 notice: format!("Unchanged: version {version} is already the project's default."),
