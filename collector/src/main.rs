@@ -151,6 +151,11 @@ enum Command {
         #[command(subcommand)]
         command: EvidenceCommand,
     },
+    /// Sites (schools): add one beyond the first, list them.
+    Sites {
+        #[command(subcommand)]
+        command: commands::sites::SitesCommand,
+    },
     /// Who is told about a site's flags and captures.
     Recipients {
         #[command(subcommand)]
@@ -290,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command } => commands::policy::policy(&data, command).await,
         Command::Evidence { command } => commands::incidents::evidence(&data, command).await,
         Command::Incidents { command } => commands::incidents::incidents(&data, command).await,
+        Command::Sites { command } => commands::sites::sites(&data, command).await,
         Command::Recipients { command } => {
             commands::notifications::recipients(&data, command).await
         }

@@ -584,6 +584,22 @@ pub fn api_tokens(tokens: &[crate::store::ApiTokenInfo], format: Format) -> Stri
     }
 }
 
+pub fn sites(sites: &[crate::model::Site], format: Format) -> String {
+    match format {
+        Format::Json => pretty(&json!({
+            "schema": "hallmonitor.sites.v1",
+            "sites": sites.iter().map(|s| json!({ "id": s.id.0, "name": s.name, "timezone": s.timezone })).collect::<Vec<_>>(),
+        })),
+        Format::Table => {
+            let mut rows = vec![["ID".to_string(), "SITE".into(), "TIME ZONE".into()]];
+            for s in sites {
+                rows.push([s.id.0.to_string(), s.name.clone(), s.timezone.clone()]);
+            }
+            table(&rows)
+        }
+    }
+}
+
 pub fn console_users(
     users: &[crate::store::ConsoleUser],
     sites: &[crate::model::Site],

@@ -859,3 +859,36 @@ fn foreign_client_certificate() -> (String, String) {
     let cert = params.signed_by(&key, &issuer).unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+#[test]
+fn a_collector_serves_more_sites_than_its_first() {
+    let data = CollectorData::init("Cabot");
+    let added = data.cli(&[
+        "sites",
+        "add",
+        "Dunmore Academy",
+        "--timezone",
+        "Europe/Dublin",
+    ]);
+    assert!(added.status.success(), "{}", text(&added.stderr));
+    let again = data.cli(&["sites", "add", "Dunmore Academy"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("exists already"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad_zone = data.cli(&["sites", "add", "Elm", "--timezone", "Mars/Olympus"]);
+    assert!(text(&bad_zone.stderr).contains("--timezone Mars/Olympus"));
+    let list = fixtures::json(&data.cli(&["sites", "list", "--format", "json"]));
+    let names: Vec<&str> = list["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Cabot", "Dunmore Academy"]);
+    // The new site takes enrolment secrets of its own.
+    let secret = data.cli(&["enroll-secret", "create", "--site", "Dunmore Academy"]);
+    assert!(secret.status.success(), "{}", text(&secret.stderr));
+}
