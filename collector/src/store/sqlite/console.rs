@@ -447,27 +447,30 @@ impl crate::store::ConsoleStore for SqliteStore {
                 .push_bind(text.to_lowercase())
                 .push("))");
         }
+        // The OS, connectivity and compliance are columns of the keyset
+        // indexes (migration 0014), so these conditions are checked on
+        // index entries and only matching rows are read.
         let os = query.os.trim();
         if !os.is_empty() {
-            sql.push(" AND json_extract(d.facts_json, '$.os_name') LIKE ")
+            sql.push(" AND d.os_name LIKE ")
                 .push_bind(like_pattern(os))
                 .push(" ESCAPE '\\'");
         }
         if let (Some(connectivity), Some(now)) = (query.connectivity, query.now) {
-            // Online: seen within three heartbeats (as `connectivity`).
-            let online = "(d.last_seen_at IS NOT NULL AND d.last_seen_at >= ";
+            // Online while `now` is at most `online_until` (last seen plus
+            // three heartbeats, as `DeviceRecord::connectivity`); never
+            // seen is NULL, offline.
             sql.push(match connectivity {
-                Connectivity::Online => " AND ",
-                Connectivity::Offline => " AND NOT ",
+                Connectivity::Online => " AND d.online_until >= ",
+                Connectivity::Offline => " AND (d.online_until IS NULL OR d.online_until < ",
             })
-            .push(online)
-            .push_bind(millis(now))
-            .push(" - 3000 * max(d.heartbeat_interval_secs, 1))");
+            .push_bind(millis(now));
+            if connectivity == Connectivity::Offline {
+                sql.push(")");
+            }
         }
         if let Some(status) = query.compliance {
-            sql.push(" AND EXISTS (SELECT 1 FROM device_activity a WHERE a.device_id = d.id AND a.status = ")
-                .push_bind(status.as_str())
-                .push(")");
+            sql.push(" AND d.compliance = ").push_bind(status.as_str());
         }
         if let Some((hostname, id)) = &query.after {
             sql.push(" AND (d.hostname, d.id) > (")
@@ -558,6 +561,9 @@ impl crate::store::ConsoleStore for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod device_list_tests;
 
 #[cfg(test)]
 mod tests {
