@@ -89,6 +89,21 @@ fn inactive_device_is_flagged_disabled_by_approval_and_reenabled() {
     // new pupil logins, keeps administrators able to log in, confirms.
     let approve = data.cli(&["flags", "approve", &flag_id, "--by", "tech1"]);
     assert!(approve.status.success(), "{}", text(&approve.stderr));
+    // In the audit log too, as the console and the API record it.
+    let audited: Vec<String> = runtime().block_on(async {
+        let pool = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new().filename(data.data.join("collector.db")),
+        )
+        .await
+        .unwrap();
+        let rows = sqlx::query_scalar("SELECT actor FROM audit_log WHERE action = 'flag_approved'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    });
+    assert_eq!(audited, [cli_actor("tech1")]);
     wait_for("the agent to confirm the disable", WAIT, || {
         (flags_of(&data, &id)[0]["state"] == "disabled").then_some(())
     });

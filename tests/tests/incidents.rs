@@ -165,6 +165,15 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
         std::fs::read(folder.join(format!("images/{hash}.png"))).unwrap(),
         image
     );
+    // Decrypted evidence is readable by whoever exported it only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&folder), 0o700);
+        assert_eq!(mode(&folder.join("images")), 0o700);
+        assert_eq!(mode(&folder.join(format!("images/{hash}.png"))), 0o600);
+        assert_eq!(mode(&folder.join("SHA256SUMS")), 0o600);
+    }
     let sums = std::fs::read_to_string(folder.join("SHA256SUMS")).unwrap();
     for line in sums.lines() {
         let (sum, name) = line.split_once("  ").unwrap();

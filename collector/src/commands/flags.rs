@@ -136,6 +136,17 @@ pub(crate) async fn flags(data: &Path, command: FlagsCommand) -> anyhow::Result<
     let flag = store
         .transition_flag(id, action, &actor, &reason, now)
         .await??;
+    // The same row the console and the API write for a flag decision.
+    audit_cli(
+        &store,
+        now,
+        Some(flag.site_id),
+        &actor,
+        &format!("flag_{}", action.verb().replace([' ', '-'], "_")),
+        &format!("flag {id}"),
+        &reason,
+    )
+    .await?;
     println!(
         "Flag {} is now {} (device {}).",
         flag.id,

@@ -237,8 +237,16 @@ fn incidents_export(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let staging = out.join(format!(".incident-{}.partial", incident.id));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(staging.join("images"))
-        .with_context(|| format!("creating {}", staging.display()))?;
+    // Decrypted safeguarding evidence: readable by whoever exported it
+    // only (0700 folders, 0600 files), whatever the umask.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(staging.join("images"))
+            .with_context(|| format!("creating {}", staging.display()))?;
+    }
     let exporter = Exporter {
         by: actor,
         from: None,
@@ -246,10 +254,18 @@ fn incidents_export(
     };
     let written =
         evidence_export::entries(evidence, incident, captures, &exporter, |name, bytes| {
-            std::fs::write(staging.join(name), bytes).map_err(|source| ExportError::Write {
-                name: name.to_owned(),
-                source,
-            })
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(staging.join(name))
+                .and_then(|mut file| file.write_all(bytes))
+                .map_err(|source| ExportError::Write {
+                    name: name.to_owned(),
+                    source,
+                })
         });
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);

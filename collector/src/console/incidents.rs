@@ -303,6 +303,12 @@ pub async fn incident_export(
     let Some(evidence) = console.evidence.clone() else {
         return Err(Problem::NotFound);
     };
+    // One export at a time: each holds up to about twice EXPORT_LIMIT in
+    // memory while it is built.
+    static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let Ok(_turn) = EXPORTS.try_acquire() else {
+        return export_refused(&console, &viewer, id, ExportRefusal::Busy).await;
+    };
     let actor = viewer.actor.clone();
     let address = viewer.address.clone();
     let built = tokio::task::spawn_blocking(move || {
@@ -320,7 +326,7 @@ pub async fn incident_export(
     })?;
     let archive = match built {
         Ok(archive) => archive,
-        Err(e) => return export_refused(&console, &viewer, id, e).await,
+        Err(e) => return export_refused(&console, &viewer, id, ExportRefusal::Failed(e)).await,
     };
     let file = format!("{}-evidence.zip", evidence_export::folder_name(id));
     console
@@ -350,19 +356,36 @@ pub async fn incident_export(
         .into_response())
 }
 
+/// Why the console did not hand out an incident's evidence.
+enum ExportRefusal {
+    /// Another export is being built.
+    Busy,
+    Failed(ExportError),
+}
+
 /// The incident page again, saying why its evidence was not exported.
 async fn export_refused(
     console: &Console,
     viewer: &Viewer,
     id: i64,
-    error: ExportError,
+    refusal: ExportRefusal,
 ) -> PageResult {
+    let error = match refusal {
+        ExportRefusal::Busy => {
+            let message = "Another evidence export is being prepared. Try again in a minute.";
+            let mut page = incident_page(console, viewer, id, Refused::Export(message)).await?;
+            *page.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
+            return Ok(page);
+        }
+        ExportRefusal::Failed(error) => error,
+    };
     let (status, message) = match &error {
         ExportError::TooLarge { limit } => (
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "This incident's evidence is larger than the console builds ({} MiB). \
-                 Ask your technician to export it on the collector with \
+                 Ask whoever administers the collector server (not a technician: \
+                 they may not see evidence) to export it there with \
                  `hallmonitor-collector incidents export {id} --out FOLDER`.",
                 limit / (1024 * 1024)
             ),
@@ -374,7 +397,7 @@ async fn export_refused(
                 format!(
                     "The snapshot of capture {capture} failed its check (altered, or sealed \
                      with a key the collector no longer has), so nothing was exported. \
-                     Tell your technician."
+                     Tell whoever administers the collector server; the audit log has the details."
                 ),
             )
         }
