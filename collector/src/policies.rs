@@ -287,6 +287,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_history_without_texts_counts_bytes_and_lines_as_rust_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db"), true)
+            .await
+            .unwrap();
+        let site = store
+            .create_site("Cabot", "Europe/London", Timestamp::now())
+            .await
+            .unwrap();
+        let no_final_newline = format!("{RULE}# café, no newline at the end");
+        let texts = [RULE, no_final_newline.as_str(), ""];
+        for (n, text) in texts.iter().enumerate() {
+            let saved = save(
+                &store,
+                &site,
+                text,
+                Path::new("p.toml"),
+                &n.to_string(),
+                T,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(saved, Saved::New(n as u64 + 1));
+        }
+        let versions = store.site_policy_versions(site.id).await.unwrap();
+        let got: Vec<(u64, u64, u64)> = versions
+            .iter()
+            .map(|v| (v.version, v.bytes, v.lines))
+            .collect();
+        let want: Vec<(u64, u64, u64)> = texts
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(n, t)| (n as u64 + 1, t.len() as u64, t.lines().count() as u64))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test]
     async fn saves_are_checked_versioned_and_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("c.db"), true)

@@ -19,7 +19,7 @@ use super::settings::site_for;
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::model::Site;
 use crate::policies::{self, Author, DiffLine, PolicySaveError, Saved};
-use crate::store::SitePolicy;
+use crate::store::{PolicyVersion, SitePolicy};
 
 type PageResult = Result<Response, Problem>;
 
@@ -115,15 +115,15 @@ fn version_number(text: &str, what: &str) -> Result<Option<u64>, Problem> {
     }
 }
 
-fn version_row(p: &SitePolicy, zone: &str) -> VersionRow {
+fn version_row(p: &PolicyVersion, zone: &str) -> VersionRow {
     VersionRow {
         version: p.version,
         when: local(p.created_at, zone),
         who: p.created_by.clone(),
-        size: if p.toml.is_empty() {
+        size: if p.bytes == 0 {
             "project default".to_owned()
         } else {
-            format!("{} bytes, {} lines", p.toml.len(), p.toml.lines().count())
+            format!("{} bytes, {} lines", p.bytes, p.lines)
         },
         comment: p.comment.clone(),
     }
@@ -186,24 +186,23 @@ async fn render(
     query: &PolicyQuery,
     form: FormState,
 ) -> PageResult {
-    let history = console.store.site_policy_history(site.id).await?;
-    let text_of = |version: u64| {
-        history
-            .iter()
-            .find(|p| p.version == version)
-            .map(|p| policies::effective_text(Some(p)).to_owned())
+    // The list carries no texts (up to 4 MiB each): only the versions
+    // shown or compared are read whole.
+    let history = console.store.site_policy_versions(site.id).await?;
+    let text_of = async |version: u64| -> Result<Option<SitePolicy>, Problem> {
+        Ok(console.store.site_policy(site.id, Some(version)).await?)
     };
     let shown = match version_number(&query.version, "version")? {
         None => None,
         Some(v) => {
-            let Some(p) = history.iter().find(|p| p.version == v) else {
+            let Some(p) = text_of(v).await? else {
                 return Err(Problem::NotFound);
             };
             Some(Shown {
                 version: v,
                 when: local(p.created_at, &site.timezone),
                 who: p.created_by.clone(),
-                text: policies::effective_text(Some(p)).to_owned(),
+                text: policies::effective_text(Some(&p)).to_owned(),
             })
         }
     };
@@ -227,17 +226,23 @@ async fn render(
     let comparison = match pair {
         None => None,
         Some((from, to)) => {
-            let (Some(old), Some(new)) = (text_of(from), text_of(to)) else {
+            let (Some(old), Some(new)) = (text_of(from).await?, text_of(to).await?) else {
                 return Err(Problem::NotFound);
             };
-            Some(Comparison {
-                from,
-                to,
-                rows: diff_rows(&old, &new),
-            })
+            let (old, new) = (
+                policies::effective_text(Some(&old)).to_owned(),
+                policies::effective_text(Some(&new)).to_owned(),
+            );
+            // Up to a second of CPU for two large texts: off the async
+            // workers.
+            let rows = tokio::task::spawn_blocking(move || diff_rows(&old, &new))
+                .await
+                .map_err(|_| Problem::Internal)?;
+            Some(Comparison { from, to, rows })
         }
     };
-    let newest = history.first();
+    let newest = console.store.site_policy(site.id, None).await?;
+    let newest = newest.as_ref();
     let notice = match version_number(&query.saved, "saved")? {
         Some(v) if form.notice.is_empty() => format!(
             "Saved version {v}; connected agents of {} receive it within seconds.",

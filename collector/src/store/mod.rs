@@ -103,6 +103,18 @@ pub struct SitePolicy {
     pub created_by: String,
 }
 
+/// A site policy version without its text (the console's history).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub version: u64,
+    /// 0: the project's default.
+    pub bytes: u64,
+    pub lines: u64,
+    pub comment: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
 /// A device as the telemetry stream needs it.
 #[derive(Clone, Debug)]
 pub struct StreamDevice {
@@ -657,6 +669,9 @@ pub trait PolicyStore: Send + Sync + 'static {
     /// One version, or the newest when `version` is None.
     async fn site_policy(&self, site: SiteId, version: Option<u64>) -> Result<Option<SitePolicy>>;
     async fn site_policy_history(&self, site: SiteId) -> Result<Vec<SitePolicy>>;
+    /// Every version, newest first, without the texts (which may be 4 MiB
+    /// each).
+    async fn site_policy_versions(&self, site: SiteId) -> Result<Vec<PolicyVersion>>;
     /// The newest version of every site that has a policy.
     async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>>;
     /// (version, devices holding it) for the site's devices.

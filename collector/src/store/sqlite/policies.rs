@@ -91,6 +91,31 @@ impl crate::store::PolicyStore for SqliteStore {
         rows.iter().map(from_row).collect()
     }
 
+    async fn site_policy_versions(&self, site: SiteId) -> Result<Vec<crate::store::PolicyVersion>> {
+        let rows = sqlx::query(
+            "SELECT version, length(CAST(policy_toml AS BLOB)) AS bytes, \
+                    length(policy_toml) - length(replace(policy_toml, char(10), '')) \
+                      + (substr(policy_toml, -1) NOT IN ('', char(10))) AS lines, \
+                    comment, created_at, created_by \
+             FROM site_policies WHERE site_id = ? ORDER BY version DESC",
+        )
+        .bind(site.0)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::store::PolicyVersion {
+                    version: row.try_get::<i64, _>("version")? as u64,
+                    bytes: row.try_get::<i64, _>("bytes")? as u64,
+                    lines: row.try_get::<i64, _>("lines")? as u64,
+                    comment: row.try_get("comment")?,
+                    created_at: instant(row.try_get("created_at")?)?,
+                    created_by: row.try_get("created_by")?,
+                })
+            })
+            .collect()
+    }
+
     async fn current_policy_versions(&self) -> Result<Vec<(SiteId, u64)>> {
         let rows: Vec<(i64, i64)> =
             sqlx::query_as("SELECT site_id, max(version) FROM site_policies GROUP BY site_id")
