@@ -121,6 +121,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Run = cli.command {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let Some(config) = usable_config(cli.config.as_deref(), &shutdown).await else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        daemon::run(config, shutdown).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Enroll { force } => {
@@ -140,11 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 identity.device_id, identity.site
             );
         }
-        Command::Run => {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
-            daemon::run(config, shutdown).await?;
-        }
+        Command::Run => unreachable!("handled above"),
         Command::Status { format } => {
             let status = status::read(&config, jiff::Timestamp::now()).await?;
             match format {
@@ -168,6 +173,66 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's configuration, waiting for it to become usable: a file
+/// an MDM delivers late or wrong is reported once per distinct error
+/// (with its file and line), then re-read when it changes or, at the
+/// latest, after a back-off that doubles from 2 s to 2 minutes. Exiting
+/// instead would have the service manager restart the agent and repeat
+/// the same error in the journal every 30 s. None: asked to stop.
+async fn usable_config(
+    path: Option<&std::path::Path>,
+    shutdown: &CancellationToken,
+) -> Option<AgentConfig> {
+    use std::time::Duration;
+    const FIRST: Duration = Duration::from_secs(2);
+    const LONGEST: Duration = Duration::from_secs(120);
+    let watched = path
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| config::DEFAULT_PATH.into());
+    let stamp = || {
+        std::fs::metadata(&watched)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut reported: Option<String> = None;
+    let mut wait = FIRST;
+    loop {
+        let seen = stamp();
+        match AgentConfig::load(path, &config::process_env()) {
+            Ok(config) => {
+                if reported.is_some() {
+                    tracing::info!(file = %watched.display(), "the configuration is usable now");
+                }
+                return Some(config);
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if reported.as_deref() != Some(message.as_str()) {
+                    tracing::error!(
+                        file = %watched.display(),
+                        error = %message,
+                        "the configuration cannot be used; waiting for it to change"
+                    );
+                    reported = Some(message);
+                    wait = FIRST;
+                }
+            }
+        }
+        // Until the file changes or the back-off ends, whichever is first.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if stamp() != seen || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        wait = (wait * 2).min(LONGEST);
+    }
 }
 
 /// Appends one line the auth-log follower recognises. Never fails the

@@ -205,3 +205,54 @@ fn a_stopped_collector_leaves_its_database_in_one_file() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(data.devices().len(), 1, "what it held is in collector.db");
 }
+
+/// An MDM that delivers a broken agent.toml: the daemon says what is wrong
+/// once per distinct error (file and line), keeps waiting without exiting,
+/// and starts as soon as the file is fixed.
+#[test]
+fn a_broken_configuration_is_reported_once_per_change_and_picked_up_when_fixed() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let settings = data.agent_settings(&collector, "e2e-bad-config");
+    let agent = Agent::new(&settings);
+    let good = std::fs::read_to_string(&agent.config).unwrap();
+    let broken = good.replace(
+        "heartbeat_interval_secs = 1",
+        "heartbeat_interval_secs = \"often\"",
+    );
+    assert_ne!(broken, good);
+    std::fs::write(&agent.config, &broken).unwrap();
+    let mut daemon = agent.start();
+    let first = "heartbeat_interval_secs";
+    wait_for("the error in the journal", Duration::from_secs(30), || {
+        daemon.stderr_text().contains(first).then_some(())
+    });
+    // The same text written again (a new mtime) is not reported again; a
+    // different mistake is.
+    std::fs::write(&agent.config, &broken).unwrap();
+    let other = good.replace("site = ", "sitte = ");
+    std::fs::write(&agent.config, &other).unwrap();
+    wait_for("the second error", Duration::from_secs(30), || {
+        daemon.stderr_text().contains("sitte").then_some(())
+    });
+    daemon.assert_running();
+    let reports = |log: &str| log.matches("the configuration cannot be used").count();
+    assert_eq!(
+        reports(&daemon.stderr_text()),
+        2,
+        "{}",
+        daemon.stderr_text()
+    );
+
+    std::fs::write(&agent.config, &good).unwrap();
+    wait_for(
+        "enrolment once the file is fixed",
+        Duration::from_secs(60),
+        || agent.status()["device_id"].as_str().map(str::to_owned),
+    );
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("the configuration is usable now")
+    );
+}
