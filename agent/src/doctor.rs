@@ -749,6 +749,90 @@ mod tests {
         }
     }
 
+    /// An identity folder as enrolment leaves it, with a certificate for
+    /// `common_name` valid for `days` from now.
+    fn identity_files(data_dir: &Path, common_name: &str, days: i64) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        use std::os::unix::fs::PermissionsExt;
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let now = time::OffsetDateTime::now_utc();
+        (params.not_before, params.not_after) = (
+            now - time::Duration::days(1),
+            now + time::Duration::days(days),
+        );
+        let cert = params.self_signed(&key).unwrap();
+        let dir = identity_dir(data_dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in [
+            ("device.key", key.serialize_pem()),
+            ("device.crt", cert.pem()),
+            ("ca.crt", cert.pem()),
+            (
+                "device.toml",
+                "device_id = \"dev-1\"\nsite = \"Cabot\"\n".into(),
+            ),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn identity_findings() {
+        let cases = [
+            ("valid", "dev-1", 365, None, Outcome::Ok, "valid until"),
+            ("expiring", "dev-1", 3, None, Outcome::Warn, "expires"),
+            (
+                "another device's",
+                "dev-2",
+                365,
+                None,
+                Outcome::Fail,
+                "issued for dev-2",
+            ),
+            (
+                "key readable by others",
+                "dev-1",
+                365,
+                Some(0o644),
+                Outcome::Fail,
+                "mode 644",
+            ),
+        ];
+        for (name, common_name, days, key_mode, want, says) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            identity_files(dir.path(), common_name, days);
+            if let Some(mode) = key_mode {
+                use std::os::unix::fs::PermissionsExt;
+                let key = identity_dir(dir.path()).join("device.key");
+                std::fs::set_permissions(key, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            let config = AgentConfig {
+                data_dir: dir.path().to_path_buf(),
+                ..AgentConfig::default()
+            };
+            let finding = identity_check(&config, &Identity::load(dir.path()), Timestamp::now());
+            assert_eq!(finding.outcome, want, "{name}: {}", finding.detail);
+            assert!(finding.detail.contains(says), "{name}: {}", finding.detail);
+            assert!(!finding.detail.contains("PRIVATE KEY"), "{name}");
+        }
+        let empty = tempfile::tempdir().unwrap();
+        let config = AgentConfig {
+            data_dir: empty.path().to_path_buf(),
+            ..AgentConfig::default()
+        };
+        let finding = identity_check(&config, &Identity::load(empty.path()), Timestamp::now());
+        assert_eq!(
+            (finding.outcome, finding.detail.as_str()),
+            (Outcome::Fail, "not enrolled")
+        );
+    }
+
     async fn empty_status() -> Status {
         let dir = tempfile::tempdir().unwrap();
         let config = AgentConfig {
