@@ -1,5 +1,5 @@
 //! Hall Monitor agent: the privileged daemon (`run`, see `daemon`) and its
-//! command line (`enroll`, `status`, `check`, the PAM hooks). The session
+//! command line (`enroll`, `status`, `check`, `doctor`, the PAM hooks). The session
 //! helper inside each graphical session is another program,
 //! `hallmonitor-session` (the `session/` crate), talking to the daemon over
 //! a Unix socket (`capture`). `main.rs` only parses the command line;
@@ -29,6 +29,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod data_dir;
+pub mod doctor;
 pub mod enforce;
 pub mod enroll;
 pub mod facts;

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use hallmonitor_agent::config::{self, AgentConfig};
 use hallmonitor_agent::enroll::{self, Identity};
-use hallmonitor_agent::{check, daemon, enforce, status};
+use hallmonitor_agent::{check, daemon, doctor, enforce, status};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -46,6 +46,13 @@ enum Command {
     /// JSON schema as `hallmonitor-collector compliance check`). Exit 0
     /// when compliant, 1 when not, 2 when unknown or on error.
     Check {
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+    },
+    /// Check configuration, identity, collector and its CA pin, outbox,
+    /// socket folder, session helpers, PAM hook and clock; print what to
+    /// fix. Exit 0 when all is well, 1 on a warning, 2 on a failure.
+    Doctor {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
@@ -130,6 +137,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         daemon::run(config, shutdown).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The doctor reports a configuration that does not load.
+    if let Command::Doctor { format } = cli.command {
+        let report = doctor::run(
+            cli.config.as_deref(),
+            &config::process_env(),
+            jiff::Timestamp::now(),
+        )
+        .await;
+        match format {
+            OutputFormat::Text => print!("{}", doctor::render_text(&report)),
+            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+        return Ok(ExitCode::from(report.exit_code()));
+    }
     let config = AgentConfig::load(cli.config.as_deref(), &config::process_env())?;
     match cli.command {
         Command::Enroll { force } => {
@@ -168,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::MfaHook { method, user } => {
             mfa_hook(&config, &method, &user)?;
         }
-        Command::LoginAllowed { .. } => {
+        Command::LoginAllowed { .. } | Command::Doctor { .. } => {
             unreachable!("handled before loading the configuration")
         }
     }

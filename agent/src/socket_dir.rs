@@ -45,6 +45,15 @@ pub fn prepare_socket_dir(socket: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(MODE))
 }
 
+/// Judges the existing folder of `socket` as `prepare_socket_dir` would,
+/// without creating anything (for `doctor`). NotFound when it is missing.
+pub fn check_socket_dir(socket: &Path) -> std::io::Result<()> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    check_existing(dir, &std::fs::symlink_metadata(dir)?)
+}
+
 fn check_existing(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     let refuse = |why: String| {
         Err(std::io::Error::new(
