@@ -198,7 +198,7 @@ bench_snapshot() {
     Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
     pids+=($!)
     local xvfb_pid=$!
-    for _ in $(seq 100); do [[ -e "/tmp/.X11-unix/X${display#:}" ]] && break; sleep 0.05; done
+    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
     DISPLAY=$display "$bin/snapshot" --rounds 20
     DISPLAY=$display HALLMONITOR_LOG=warn "$session_bin" --socket "$work/none.sock" &
     pids+=($!)
@@ -244,7 +244,7 @@ EOF
     Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
     pids+=($!)
     local xvfb_pid=$!
-    for _ in $(seq 100); do [[ -e "/tmp/.X11-unix/X${display#:}" ]] && break; sleep 0.05; done
+    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
     HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
     pids+=($!)
     local pid=$!
