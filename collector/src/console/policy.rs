@@ -343,35 +343,35 @@ pub async fn save(
             };
             render(&console, &viewer, site, &query, state).await
         }
-        Err(PolicySaveError::Invalid(e)) => {
-            let error = match e.line {
-                Some(line) => format!("Line {line}: {}", e.message),
-                None => e.message,
-            };
-            render(
-                &console,
-                &viewer,
-                site,
-                &query,
-                refuse(vec![error], text, comment),
-            )
-            .await
-        }
-        Err(PolicySaveError::TooLarge { size, .. }) => {
-            let error = format!(
-                "The policy is {size} bytes; it may be at most {} bytes.",
-                policies::MAX_POLICY_BYTES
-            );
-            render(
-                &console,
-                &viewer,
-                site,
-                &query,
-                refuse(vec![error], text, comment),
-            )
-            .await
-        }
-        Err(PolicySaveError::Store(e)) => Err(e.into()),
+        Err(e) => match refusal(e) {
+            Ok(error) => {
+                render(
+                    &console,
+                    &viewer,
+                    site,
+                    &query,
+                    refuse(vec![error], text, comment),
+                )
+                .await
+            }
+            Err(store) => Err(store.into()),
+        },
+    }
+}
+
+/// What to show beside the field for a refused text; a store failure is
+/// not the person's to fix and goes back as it is.
+fn refusal(e: PolicySaveError) -> Result<String, crate::store::StoreError> {
+    match e {
+        PolicySaveError::Invalid(e) => Ok(match e.line {
+            Some(line) => format!("Line {line}: {}", e.message),
+            None => e.message,
+        }),
+        PolicySaveError::TooLarge { size, .. } => Ok(format!(
+            "The policy is {size} bytes; it may be at most {} bytes.",
+            policies::MAX_POLICY_BYTES
+        )),
+        PolicySaveError::Store(e) => Err(e),
     }
 }
 
