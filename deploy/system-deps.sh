@@ -14,8 +14,9 @@ build=(pkg-config libclang-dev libxcb1-dev libxcb-randr0-dev libxcb-render0-dev
 # The real servers the end-to-end tests use: curl (the API's HTTPS client),
 # aiosmtpd (SMTP), Xvfb and openbox (an X server and a window manager for
 # the session helper), chromium and chromium-driver (a headless browser
-# driven over WebDriver for the console's browser tests).
-test=(curl python3-aiosmtpd xvfb openbox chromium chromium-driver)
+# driven over WebDriver for the console's browser tests), libfaketime (moves
+# the agent's wall clock under it for the clock-jump tamper signal).
+test=(curl python3-aiosmtpd xvfb openbox chromium chromium-driver libfaketime)
 
 wanted=("${build[@]}")
 [[ "${1:-build}" == "test" ]] && wanted+=("${test[@]}")

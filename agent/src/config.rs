@@ -31,6 +31,28 @@ pub struct AgentConfig {
     pub mfa: MfaConfig,
     pub capture: CaptureConfig,
     pub files: FilesConfig,
+    pub tamper: TamperConfig,
+    /// The file this was read from (None: defaults and environment only),
+    /// so the daemon can tell when it changes.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[tamper]`: signs that someone interferes with the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TamperConfig {
+    /// The wall clock moving this many seconds more (or less) than the
+    /// time that passed is reported as a clock jump (0: never).
+    pub clock_jump_secs: u32,
+}
+
+impl Default for TamperConfig {
+    fn default() -> Self {
+        TamperConfig {
+            clock_jump_secs: 300,
+        }
+    }
 }
 
 /// Everything but the enrolment secret, which is never logged.
@@ -60,6 +82,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("mfa", &self.mfa)
             .field("capture", &self.capture)
             .field("files", &self.files)
+            .field("tamper", &self.tamper)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -364,6 +388,8 @@ impl Default for AgentConfig {
             mfa: MfaConfig::default(),
             capture: CaptureConfig::default(),
             files: FilesConfig::default(),
+            tamper: TamperConfig::default(),
+            source: None,
         }
     }
 }
@@ -412,7 +438,10 @@ impl AgentConfig {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| DEFAULT_PATH.into());
         let mut config = match std::fs::read_to_string(&path) {
-            Ok(text) => Self::parse(&text, &path)?,
+            Ok(text) => AgentConfig {
+                source: Some(path.clone()),
+                ..Self::parse(&text, &path)?
+            },
             Err(e) if explicit.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
                 AgentConfig::default()
             }

@@ -44,10 +44,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     };
     // Best effort: a disk that filled while the daemon was stopped must not
     // stop it from starting (its tasks retry their writes).
-    if let Err(e) = State::new(&outbox)
-        .record_daemon_start(std::process::id(), Timestamp::now())
-        .await
-    {
+    let this_run = crate::signals::ThisRun::current(&config);
+    if let Err(e) = record_start(&outbox, &this_run).await {
         tracing::error!(error = %e, "cannot record the daemon's start in the outbox");
     }
     if let Some(moved) = moved
@@ -92,6 +90,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     tasks.spawn("sessions", crate::sessions::watch(ctx.clone()));
     let presence = Arc::new(crate::gaps::HelperPresence::installed());
     tasks.spawn(
+        "tamper signals",
+        crate::signals::watch(ctx.clone(), presence.clone(), this_run),
+    );
+    tasks.spawn(
         "session helper socket",
         crate::capture::serve_helpers(
             config.capture.socket.clone(),
@@ -130,6 +132,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     });
 
     let failure = tasks.wait(&shutdown).await;
+    let why = failure
+        .as_ref()
+        .map_or_else(String::new, |e| format!("{e:#}"));
+    let stopped = v1::event::Body::AgentSignal(crate::signals::stopped(why));
+    if let Err(e) = outbox.append(Timestamp::now(), stopped).await {
+        tracing::warn!(error = %e, "cannot queue the agent's stop");
+    }
     State::new(&outbox).record_daemon_stop().await.ok();
     outbox.close().await;
     match failure {
@@ -139,6 +148,33 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             Ok(())
         }
     }
+}
+
+/// Queues what the previous run's end and this start tell (an unclean
+/// stop, an upgrade, a changed configuration, the start), then records
+/// this run for the next start to compare with: events first, so a crash
+/// in between reports twice rather than never.
+async fn record_start(outbox: &Outbox, this_run: &crate::signals::ThisRun) -> anyhow::Result<()> {
+    let state = State::new(outbox);
+    let previous = state.previous_run().await?;
+    let now = Timestamp::now();
+    let signals = crate::signals::at_start(&previous, this_run);
+    for signal in &signals {
+        if signal.kind != v1::agent_signal::Kind::Started as i32 {
+            tracing::warn!(signal = ?v1::agent_signal::Kind::try_from(signal.kind), "reported to the collector");
+        }
+    }
+    outbox
+        .append_all(
+            signals
+                .into_iter()
+                .map(|s| (now, v1::event::Body::AgentSignal(s)))
+                .collect(),
+        )
+        .await?;
+    state.record_run(this_run).await?;
+    state.record_daemon_start(std::process::id(), now).await?;
+    Ok(())
 }
 
 /// Holds an exclusive lock on DATA_DIR/daemon.lock for as long as the

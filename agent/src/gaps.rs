@@ -37,7 +37,13 @@ pub struct HelperPresence {
     next: std::sync::atomic::AtomicU64,
     /// The helper executables' paths and (device, inode) as installed.
     executables: Vec<(PathBuf, Option<(u64, u64)>)>,
+    /// Helpers that went away (uid, when), until `signals` takes them.
+    departed: Mutex<Vec<(u32, Timestamp)>>,
 }
+
+/// Departures kept at most between two takes (a helper restarted in a
+/// loop must not grow the daemon).
+const DEPARTURES_KEPT: usize = 1024;
 
 /// One connected helper process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +60,7 @@ impl HelperPresence {
         HelperPresence {
             connected: Mutex::default(),
             next: Default::default(),
+            departed: Mutex::default(),
             executables: executables
                 .into_iter()
                 .map(|path| {
@@ -116,6 +123,11 @@ impl HelperPresence {
             uid,
             key,
         }
+    }
+
+    /// The helpers that went away since the last call: (uid, when).
+    pub fn take_departures(&self) -> Vec<(u32, Timestamp)> {
+        std::mem::take(&mut *self.departed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether a helper of `uid` is connected now and running: a helper
@@ -185,6 +197,15 @@ impl Drop for PresenceGuard {
             if peers.is_empty() {
                 connected.remove(&self.uid);
             }
+        }
+        drop(connected);
+        let mut departed = self
+            .presence
+            .departed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if departed.len() < DEPARTURES_KEPT {
+            departed.push((self.uid, Timestamp::now()));
         }
     }
 }

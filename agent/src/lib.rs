@@ -39,6 +39,7 @@ pub mod heartbeat;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;
+pub mod signals;
 pub mod socket_dir;
 pub mod state;
 pub mod status;

@@ -38,6 +38,17 @@ pub mod key {
     /// The producer's last successful write (each heartbeat tick). Written
     /// by `heartbeat`, read by `status` (a stalled outbox: a full disk).
     pub const ALIVE_AT: &str = "daemon_alive_at";
+    /// What the last daemon to start ran as: its version, the kernel's boot
+    /// id (`/proc/sys/kernel/random/boot_id`) and the SHA-256 (hex) of the
+    /// configuration file it read (empty: none). Written by `daemon` at
+    /// start (the configuration's also by `signals` when it changes), read
+    /// by `signals` at the next start.
+    pub const AGENT_VERSION: &str = "agent_version";
+    pub const BOOT_ID: &str = "daemon_boot_id";
+    pub const CONFIG_SHA256: &str = "config_sha256";
+    /// SHA-256 (hex) of the daemon's executable file as the last daemon
+    /// to start read it. Written by `daemon` at start, read by `signals`.
+    pub const EXECUTABLE_SHA256: &str = "executable_sha256";
     /// The stream's connection (`Connection`), since when, and the last
     /// error. Written together by `stream`, read together by `status`.
     pub const CONNECTION: &str = "connection";
@@ -247,6 +258,45 @@ impl<'a> State<'a> {
                 (key::DAEMON_STARTED_AT, &at.to_string()),
             ])
             .await
+    }
+
+    /// How the previous daemon ran and ended, as it left the table.
+    pub async fn previous_run(&self) -> Result<crate::signals::PreviousRun> {
+        let keys = [
+            key::DAEMON_PID,
+            key::ALIVE_AT,
+            key::AGENT_VERSION,
+            key::BOOT_ID,
+            key::CONFIG_SHA256,
+            key::EXECUTABLE_SHA256,
+        ];
+        let mut values = self.outbox.states(&keys).await?;
+        let mut take = |key: &str| values.remove(key);
+        Ok(crate::signals::PreviousRun {
+            left_running: take(key::DAEMON_PID).is_some_and(|pid| !pid.is_empty()),
+            alive_at: take(key::ALIVE_AT).and_then(|t| t.parse().ok()),
+            agent_version: take(key::AGENT_VERSION),
+            boot_id: take(key::BOOT_ID),
+            config_sha256: take(key::CONFIG_SHA256),
+            executable_sha256: take(key::EXECUTABLE_SHA256),
+        })
+    }
+
+    /// What this daemon runs as, for the next start to compare with.
+    pub async fn record_run(&self, run: &crate::signals::ThisRun) -> Result<()> {
+        self.outbox
+            .set_states(&[
+                (key::AGENT_VERSION, run.agent_version.as_str()),
+                (key::BOOT_ID, run.boot_id.as_str()),
+                (key::CONFIG_SHA256, run.config_sha256.as_str()),
+                (key::EXECUTABLE_SHA256, run.executable_sha256.as_str()),
+            ])
+            .await
+    }
+
+    /// The configuration file changed under the running daemon (reported).
+    pub async fn set_config_sha256(&self, sha256: &str) -> Result<()> {
+        self.outbox.set_state(key::CONFIG_SHA256, sha256).await
     }
 
     /// The daemon is stopping.
@@ -516,6 +566,10 @@ mod tests {
         ("daemon_pid", "4242"),
         ("daemon_started_at", "2026-03-02T08:00:00Z"),
         ("daemon_alive_at", "2026-03-02T09:59:00.25Z"),
+        ("agent_version", "0.1.0"),
+        ("daemon_boot_id", "9f1c3d8e-2b4a-4c1e-8f00-0123456789ab"),
+        ("config_sha256", "5d41402abc4b2a76b9719d911017c592"),
+        ("executable_sha256", "7d793037a0760186574b0282f2f435e7"),
         ("connection", "clock_wrong"),
         ("connection_since", "2026-03-02T08:00:01Z"),
         ("last_error", "certificate not valid yet"),
@@ -629,6 +683,17 @@ mod tests {
             evicted.iter().filter(|(_, n)| *n > 0).collect::<Vec<_>>(),
             [&("telemetry", 40), &("captures", 1)]
         );
+        assert_eq!(
+            state.previous_run().await.unwrap(),
+            crate::signals::PreviousRun {
+                left_running: true,
+                alive_at: Some(at("2026-03-02T09:59:00.25Z")),
+                agent_version: Some("0.1.0".into()),
+                boot_id: Some("9f1c3d8e-2b4a-4c1e-8f00-0123456789ab".into()),
+                config_sha256: Some("5d41402abc4b2a76b9719d911017c592".into()),
+                executable_sha256: Some("7d793037a0760186574b0282f2f435e7".into()),
+            }
+        );
     }
 
     #[tokio::test]
@@ -688,6 +753,16 @@ mod tests {
             .unwrap();
         state.set_captures_refused(5).await.unwrap();
         state
+            .record_run(&crate::signals::ThisRun {
+                agent_version: "0.1.0".into(),
+                boot_id: "9f1c3d8e-2b4a-4c1e-8f00-0123456789ab".into(),
+                config_sha256: "5d41402abc4b2a76b9719d911017c592".into(),
+                config_path: None,
+                executable_sha256: "7d793037a0760186574b0282f2f435e7".into(),
+            })
+            .await
+            .unwrap();
+        state
             .set_corrupt_moved_to(Path::new("/data/outbox.db.corrupt-20260301T000000Z"))
             .await
             .unwrap();
@@ -711,6 +786,7 @@ mod tests {
             outbox.state("daemon_pid").await.unwrap().as_deref(),
             Some("")
         );
+        assert!(!state.previous_run().await.unwrap().left_running);
         state.set_enforcement(false).await.unwrap();
         assert_eq!(
             outbox.state("enforcement").await.unwrap().as_deref(),

@@ -44,6 +44,9 @@ pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
         Body::Capture(_) => ("capture", Priority::Capture),
         // Two per session, and the signal a pupil would most like lost.
         Body::MonitoringGap(_) => ("monitoring_gap", Priority::Protected),
+        // Tamper signals, few and small (a helper restarted in a loop is
+        // one per user per confirmation period): never evicted.
+        Body::AgentSignal(_) => ("agent_signal", Priority::Protected),
     }
 }
 

@@ -23,9 +23,9 @@
 //!   (sessions, MFA, enforcement, file alerts), then captures of severity
 //!   1–3; oldest first within a class. An append never evicts a class
 //!   above its own: if nothing at or below it can go, the new event itself
-//!   is dropped (and counted). Captures of severity 4–5 and the outbox's
-//!   own reports are never evicted and are always accepted, even past the
-//!   bound. Every eviction is counted per class in the state table (never
+//!   is dropped (and counted). Captures of severity 4–5, monitoring gaps,
+//!   agent signals and the outbox's own reports are never evicted and are
+//!   always accepted, even past the bound. Every eviction is counted per class in the state table (never
 //!   evicted); `take_eviction_report` adds the counts not yet reported to
 //!   the one unsent `OutboxReport` (or starts one), so what the collector
 //!   is told adds up to exactly what was evicted.
