@@ -524,6 +524,72 @@ fn a_graphical_session_without_its_helper_is_a_monitoring_gap_at_the_collector()
     drop(impostor);
 }
 
+/// A session helper killed while its graphical session stays open is
+/// reported to the collector within seconds (long before the monitoring
+/// gap's grace runs out) and opens a tamper flag for technicians.
+#[test]
+fn a_killed_session_helper_is_reported_while_its_session_stays_open() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let root = tempfile::tempdir().unwrap();
+    let utmp = root.path().join("utmp");
+    let now = jiff::Timestamp::now().as_second() - 60;
+    std::fs::write(
+        &utmp,
+        fixtures::utmp_record(&display, &whoami(), &display, now),
+    )
+    .unwrap();
+    let agent = Agent::with_config_and_capture(
+        &data.agent_settings(&collector, "e2e-helper-killed"),
+        &format!(
+            "[sessions]\nsource = \"utmp\"\nutmp_path = \"{}\"\npoll_secs = 1\n",
+            utmp.display()
+        ),
+        // Not the gap: the departure itself is what reports it.
+        "helper_grace_secs = 3600",
+    );
+    let id = agent.enroll();
+    let mut daemon = agent.start();
+    let mut helper = start_helper(&agent, &display, &data.logs());
+    wait_for("the helper to receive its policy", WAIT, || {
+        helper.assert_running();
+        helper.stderr_text().contains("policy received").then_some(())
+    });
+    helper.signal_and_wait(libc::SIGKILL);
+    let signal = wait_for("a helper_gone signal at the collector", WAIT, || {
+        daemon.assert_running();
+        let device = data.device(&id);
+        device["signals"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["kind"] == "helper_gone").cloned())
+    });
+    assert_eq!(signal["account"], whoami(), "{signal}");
+    assert!(
+        signal["session_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{signal}"
+    );
+    let flags = text(&data.cli(&["flags", "list", "--format", "json"]).stdout);
+    let flags: Value = serde_json::from_str(&flags).unwrap();
+    let tamper: Vec<&Value> = flags["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "tamper" && f["device_id"] == id.as_str())
+        .collect();
+    assert_eq!(tamper.len(), 1, "{flags}");
+    assert!(
+        !tamper[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&whoami()),
+        "no account name in a flag's summary (it goes into notifications): {}",
+        tamper[0]
+    );
+}
+
 /// User plus system CPU time a process has used, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
