@@ -35,6 +35,12 @@ pub enum FlagKind {
 }
 
 impl FlagKind {
+    pub const ALL: [FlagKind; 3] = [
+        FlagKind::DeviceInactive,
+        FlagKind::MfaStale,
+        FlagKind::Tamper,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlagKind::DeviceInactive => "device_inactive",

@@ -18,6 +18,10 @@ use crate::model::{GapRecord, SignalKind, SignalRecord};
 /// the silence rule follows (the activity rule's window).
 pub const SILENCE_LOOKBACK: SignedDuration = SignedDuration::from_hours(28 * 24);
 
+/// How many of a device's newest signals the device page and `devices
+/// show` list.
+pub const SIGNALS_SHOWN: usize = 20;
+
 /// `t` to the second, for summaries.
 fn second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
