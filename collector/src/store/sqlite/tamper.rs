@@ -122,15 +122,17 @@ impl crate::store::TamperStore for SqliteStore {
     async fn signins_elsewhere(&self, device: &SilentDevice, window: SilenceWindow) -> Result<u64> {
         // Accounts from `sessions_device_end` (the expression must match
         // the index's); completions by `mfa_completions_account`; other
-        // devices' sessions by `sessions_account`.
+        // devices' sessions by `sessions_account` (CROSS JOIN keeps that
+        // order: the planner would otherwise read every device of the
+        // site).
         let count: i64 = sqlx::query_scalar(
             "WITH accounts AS (SELECT DISTINCT account FROM sessions \
                WHERE device_id = ?1 AND coalesce(ended_at, 9223372036854775807) >= ?2 \
                AND started_at <= ?3 AND account <> '') \
              SELECT (SELECT count(*) FROM accounts a JOIN mfa_completions m \
                        ON m.site_id = ?4 AND m.account = lower(a.account) AND m.completed_at > ?5) \
-                  + (SELECT count(*) FROM accounts a JOIN sessions s ON s.account = a.account \
-                       JOIN devices d ON d.id = s.device_id \
+                  + (SELECT count(*) FROM accounts a CROSS JOIN sessions s ON s.account = a.account \
+                       CROSS JOIN devices d ON d.id = s.device_id \
                        WHERE s.device_id <> ?1 AND d.site_id = ?4 AND s.started_at > ?5)",
         )
         .bind(device.device.as_str())
