@@ -489,6 +489,22 @@ pub struct CaptureRow {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signal_kinds_are_named_the_same_everywhere() {
+        for kind in SignalKind::ALL {
+            assert_eq!(SignalKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(SignalKind::parse("unspecified"), None);
+        let body = EventBody::AgentSignal(SignalRecord::new(SignalKind::ClockJumped));
+        assert_eq!(body.kind(), "agent_signal");
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["kind"], "agent_signal");
+        assert_eq!(json["signal"], "clock_jumped");
+    }
     use super::*;
 
     fn record(last_seen: Option<i64>, interval: u32) -> DeviceRecord {

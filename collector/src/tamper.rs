@@ -149,7 +149,8 @@ pub fn duration_words(secs: u64) -> String {
 pub struct Silence {
     pub last_seen_at: Timestamp,
     /// A tamper flag of this device was opened after `last_seen_at` (open
-    /// or dismissed: a person's dismissal of this silence stands).
+    /// or dismissed: a person's dismissal of this silence stands), or one
+    /// is active.
     pub flagged_since: bool,
     /// Sign-ins (imported completions, and sessions on other devices) of
     /// the device's recent accounts after `last_seen_at + silent_after`.

@@ -721,7 +721,8 @@ pub struct SilentDevice {
     pub device: DeviceId,
     pub site: SiteId,
     pub last_seen_at: Timestamp,
-    /// A tamper flag of the device was opened after `last_seen_at`.
+    /// A tamper flag of the device was opened after `last_seen_at`, or
+    /// one is active (a person has not looked at the earlier sign yet).
     pub flagged_since: bool,
 }
 

@@ -99,7 +99,8 @@ impl crate::store::TamperStore for SqliteStore {
         // one was flagged since.
         let rows = sqlx::query(
             "SELECT d.id, d.site_id, d.last_seen_at, EXISTS (SELECT 1 FROM flags f \
-             WHERE f.device_id = d.id AND f.kind = 'tamper' AND f.opened_at > d.last_seen_at) AS flagged \
+             WHERE f.device_id = d.id AND f.kind = 'tamper' AND (f.opened_at > d.last_seen_at \
+             OR f.state IN ('open', 'disable_approved', 'disabled'))) AS flagged \
              FROM devices d WHERE d.status = 'active' AND d.last_seen_at >= ? AND d.last_seen_at < ? \
              ORDER BY d.last_seen_at",
         )
@@ -414,6 +415,25 @@ mod tests {
             .unwrap();
         // Not before the threshold has passed.
         assert!(check(t(HOUR + 23 * HOUR)).await.is_empty());
+        // Nor while an earlier sign's flag is still open; once a person
+        // dismissed that one, the silence is flagged.
+        let earlier = store
+            .raise_tamper(site.id, &laptop, "clock moved", t(HOUR / 2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(check(t(3 * DAY)).await.is_empty());
+        store
+            .transition_flag(
+                earlier,
+                FlagAction::Dismiss,
+                "cli:t",
+                "daylight saving",
+                t(3 * DAY),
+            )
+            .await
+            .unwrap()
+            .unwrap();
         let opened = check(t(3 * DAY)).await;
         assert_eq!(opened.len(), 1);
         let flag = store.flag(opened[0]).await.unwrap().unwrap();
@@ -433,7 +453,9 @@ mod tests {
         assert!(check(t(5 * DAY)).await.is_empty());
         // The other device is not silent for the rule's purposes: it has
         // no accounts that went elsewhere.
-        assert_eq!(tamper_flags(&store).await.len(), 1);
+        let flags = tamper_flags(&store).await;
+        assert_eq!(flags.len(), 2);
+        assert!(flags.iter().all(|f| f.device_id == laptop));
         // Devices silent past the lookback are no longer read.
         assert!(
             store
