@@ -22,6 +22,18 @@ pub const SILENCE_LOOKBACK: SignedDuration = SignedDuration::from_hours(28 * 24)
 /// show` list.
 pub const SIGNALS_SHOWN: usize = 20;
 
+/// A session id in a summary: device text (bounded at ingest to 1,024
+/// characters) cut shorter, since summaries go into messages.
+fn session(id: &str) -> String {
+    const MAX: usize = 64;
+    if id.chars().count() <= MAX {
+        return id.to_owned();
+    }
+    let mut cut: String = id.chars().take(MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// `t` to the second, for summaries.
 fn second(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).unwrap_or(t)
@@ -49,7 +61,7 @@ pub fn interference(signal: &SignalRecord, occurred_at: Timestamp) -> Option<Str
         )),
         SignalKind::HelperGone => Some(format!(
             "session helper went away while session {} stayed open, at {at}",
-            signal.session_id
+            session(&signal.session_id)
         )),
         SignalKind::Started
         | SignalKind::Stopped
@@ -67,7 +79,7 @@ pub fn gap_interference(gap: &GapRecord) -> Option<String> {
     }
     Some(format!(
         "graphical session {} has no session helper since {}",
-        gap.session_id,
+        session(&gap.session_id),
         second(gap.started_at)
     ))
 }
@@ -279,6 +291,15 @@ mod tests {
         assert_eq!(
             summary,
             "graphical session 4 has no session helper since 2027-01-15T08:00:00Z"
+        );
+        let long = GapRecord {
+            session_id: "9".repeat(1000),
+            ..gap.clone()
+        };
+        assert!(
+            gap_interference(&long)
+                .unwrap()
+                .contains(&format!("{}… has", "9".repeat(63)))
         );
         let closed = GapRecord {
             ended_at: Some(t(60)),
