@@ -63,6 +63,7 @@ pub(crate) fn shared_kind(kind: FlagKind) -> report::FlagKind {
     match kind {
         FlagKind::DeviceInactive => report::FlagKind::DeviceInactive,
         FlagKind::MfaStale => report::FlagKind::MfaStale,
+        FlagKind::Tamper => report::FlagKind::Tamper,
     }
 }
 
@@ -218,7 +219,11 @@ mod tests {
         Enforcement::Disabled,
         Enforcement::EnablePending,
     ];
-    const KINDS: [FlagKind; 2] = [FlagKind::DeviceInactive, FlagKind::MfaStale];
+    const KINDS: [FlagKind; 3] = [
+        FlagKind::DeviceInactive,
+        FlagKind::MfaStale,
+        FlagKind::Tamper,
+    ];
     const STATES: [FlagState; 5] = [
         FlagState::Open,
         FlagState::DisableApproved,

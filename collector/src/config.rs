@@ -34,7 +34,31 @@ pub struct CollectorConfig {
     pub mfa: MfaSettings,
     pub notifications: NotificationSettings,
     pub captures: CaptureSettings,
+    pub tamper: TamperSettings,
     pub sites: BTreeMap<String, SiteSettings>,
+}
+
+/// `[tamper]`: the "agent silent since" rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TamperSettings {
+    /// A device that has sent nothing for this many hours while accounts
+    /// that used it sign in elsewhere gets a `tamper` flag.
+    pub silent_after_hours: NonZeroU32,
+}
+
+impl Default for TamperSettings {
+    fn default() -> Self {
+        TamperSettings {
+            silent_after_hours: NonZeroU32::new(24).expect("not zero"),
+        }
+    }
+}
+
+impl TamperSettings {
+    pub fn silent_after(&self) -> SignedDuration {
+        SignedDuration::from_hours(i64::from(self.silent_after_hours.get()))
+    }
 }
 
 /// `[captures]`: incidents and evidence retention.
@@ -143,6 +167,7 @@ impl Default for NotificationSettings {
                 route("mfa_stale", &[Role::Technician], Timing::Immediate),
                 route("mfa_stale", &[Role::HeadTeacher], Timing::Digest),
                 route("mfa_due_soon", &[Role::StaffMember], Timing::Immediate),
+                route("tamper", &[Role::Technician], Timing::Immediate),
             ],
         }
     }
@@ -330,6 +355,7 @@ impl Default for CollectorConfig {
             mfa: MfaSettings::default(),
             notifications: NotificationSettings::default(),
             captures: CaptureSettings::default(),
+            tamper: TamperSettings::default(),
             sites: BTreeMap::new(),
         }
     }

@@ -9,6 +9,9 @@
 //! dismissed           dismissed / reenabled              reenabled
 //! ```
 //!
+//! A `tamper` flag only goes from open to dismissed, by a person with a
+//! reason (`check_reason`): nothing to approve, and no rule resolves it.
+//!
 //! `next_state` is the whole state machine and `effects` says what a
 //! transition does to the device; both are pure. The store only applies
 //! them: the new state, the effects (a command to the agent, the device's
@@ -25,13 +28,24 @@ use crate::model::{CommandKind, DeviceId, Enforcement, SiteId};
 pub enum FlagKind {
     DeviceInactive,
     MfaStale,
+    /// Signs that someone interfered with the agent. Only a person closes
+    /// it (dismiss, with a reason): nothing to approve, and no rule
+    /// resolves it.
+    Tamper,
 }
 
 impl FlagKind {
+    pub const ALL: [FlagKind; 3] = [
+        FlagKind::DeviceInactive,
+        FlagKind::MfaStale,
+        FlagKind::Tamper,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FlagKind::DeviceInactive => "device_inactive",
             FlagKind::MfaStale => "mfa_stale",
+            FlagKind::Tamper => "tamper",
         }
     }
 
@@ -39,6 +53,7 @@ impl FlagKind {
         match text {
             "device_inactive" => Some(FlagKind::DeviceInactive),
             "mfa_stale" => Some(FlagKind::MfaStale),
+            "tamper" => Some(FlagKind::Tamper),
             _ => None,
         }
     }
@@ -142,7 +157,7 @@ pub fn next_state(
     let next = match (current, action) {
         (S::Open, A::Approve) if kind == FlagKind::DeviceInactive => S::DisableApproved,
         (S::Open | S::DisableApproved, A::Dismiss) => S::Dismissed,
-        (S::Open, A::Resolve) => S::Dismissed,
+        (S::Open, A::Resolve) if kind != FlagKind::Tamper => S::Dismissed,
         (S::DisableApproved, A::ConfirmDisabled) => S::Disabled,
         (S::DisableApproved | S::Disabled, A::Reenable) => S::Reenabled,
         _ => {
@@ -154,6 +169,17 @@ pub fn next_state(
         }
     };
     Ok(next)
+}
+
+/// A person must say why they dismiss a `tamper` flag: it is the only way
+/// one closes, and the reason is what remains of the decision.
+pub fn check_reason(kind: FlagKind, action: FlagAction, reason: &str) -> Result<(), FlagError> {
+    match (kind, action) {
+        (FlagKind::Tamper, FlagAction::Dismiss) if reason.trim().is_empty() => {
+            Err(FlagError::ReasonRequired("dismiss"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What a flag transition does to its device besides changing the flag.
@@ -278,12 +304,43 @@ mod tests {
             (device, S::Dismissed, A::Approve, None),
             (FlagKind::MfaStale, S::Open, A::Approve, None),
             (FlagKind::MfaStale, S::Open, A::Dismiss, Some(S::Dismissed)),
+            (FlagKind::Tamper, S::Open, A::Dismiss, Some(S::Dismissed)),
+            (FlagKind::Tamper, S::Open, A::Approve, None),
+            (FlagKind::Tamper, S::Open, A::Resolve, None),
+            (FlagKind::Tamper, S::Open, A::Reenable, None),
+            (FlagKind::Tamper, S::Open, A::ConfirmDisabled, None),
+            (FlagKind::Tamper, S::Dismissed, A::Dismiss, None),
         ];
         for (kind, from, action, want) in cases {
             assert_eq!(
                 next_state(1, kind, from, action).ok(),
                 want,
                 "{kind:?} {from:?} {action:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dismissing_a_tamper_flag_needs_a_reason() {
+        use FlagAction as A;
+        use FlagKind as K;
+        let cases = [
+            (K::Tamper, A::Dismiss, "", false),
+            (K::Tamper, A::Dismiss, "  ", false),
+            (
+                K::Tamper,
+                A::Dismiss,
+                "pupil was told; agent reinstalled",
+                true,
+            ),
+            (K::DeviceInactive, A::Dismiss, "", true),
+            (K::Tamper, A::Resolve, "", true),
+        ];
+        for (kind, action, reason, want) in cases {
+            assert_eq!(
+                check_reason(kind, action, reason).is_ok(),
+                want,
+                "{kind:?} {action:?} {reason:?}"
             );
         }
     }

@@ -35,6 +35,7 @@ pub mod serve;
 pub mod signins;
 pub mod site_settings;
 pub mod store;
+pub mod tamper;
 
 use std::path::Path;
 

@@ -138,6 +138,9 @@ pub enum EventBody {
     },
     /// The agent could not watch a session (a tamper signal).
     MonitoringGap(GapRecord),
+    /// Something about the agent itself (started, stopped, upgraded …),
+    /// some kinds signs of interference (see `tamper`).
+    AgentSignal(SignalRecord),
     Session(SessionRecord),
     /// A suspicious-activity snapshot (the image itself is kept apart, in
     /// the evidence store).
@@ -182,9 +185,13 @@ impl EventBody {
         )
     }
 
-    /// Whether storing this event can open or raise an incident.
-    pub fn is_capture(&self) -> bool {
-        matches!(self, EventBody::Capture(_))
+    /// Whether storing this event can queue a notification (a severe
+    /// capture, a tamper flag).
+    pub fn may_notify(&self) -> bool {
+        matches!(
+            self,
+            EventBody::Capture(_) | EventBody::AgentSignal(_) | EventBody::MonitoringGap(_)
+        )
     }
 
     /// The short name stored in the `kind` column.
@@ -195,6 +202,7 @@ impl EventBody {
             EventBody::Facts(_) => "facts",
             EventBody::OutboxReport { .. } => "outbox_report",
             EventBody::MonitoringGap(_) => "monitoring_gap",
+            EventBody::AgentSignal(_) => "agent_signal",
             EventBody::Session(_) => "session",
             EventBody::Capture(_) => "capture",
             EventBody::FileAlert { .. } => "file_alert",
@@ -254,6 +262,112 @@ pub struct GapRecord {
     pub started_at: Timestamp,
     /// None while open.
     pub ended_at: Option<Timestamp>,
+}
+
+/// What an agent said about itself (`AgentSignal` on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    Started,
+    Stopped,
+    StoppedUncleanly,
+    ConfigChanged,
+    Upgraded,
+    ClockJumped,
+    HelperGone,
+}
+
+impl SignalKind {
+    pub const ALL: [SignalKind; 7] = [
+        SignalKind::Started,
+        SignalKind::Stopped,
+        SignalKind::StoppedUncleanly,
+        SignalKind::ConfigChanged,
+        SignalKind::Upgraded,
+        SignalKind::ClockJumped,
+        SignalKind::HelperGone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::Started => "started",
+            SignalKind::Stopped => "stopped",
+            SignalKind::StoppedUncleanly => "stopped_uncleanly",
+            SignalKind::ConfigChanged => "config_changed",
+            SignalKind::Upgraded => "upgraded",
+            SignalKind::ClockJumped => "clock_jumped",
+            SignalKind::HelperGone => "helper_gone",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SignalKind> {
+        SignalKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// One agent signal as stored: every string bounded at ingest. Fields a
+/// kind does not use are empty (or zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    pub signal: SignalKind,
+    pub agent_version: String,
+    /// UPGRADED: the version of the previous run.
+    #[serde(default)]
+    pub previous_agent_version: String,
+    /// STOPPED_UNCLEANLY: when the previous run was last known alive.
+    #[serde(default)]
+    pub last_alive_at: Option<Timestamp>,
+    /// STOPPED_UNCLEANLY: the machine kept running meanwhile.
+    #[serde(default)]
+    pub same_boot: bool,
+    /// CLOCK_JUMPED: seconds the wall clock moved beyond the time that
+    /// passed (negative: backwards).
+    #[serde(default)]
+    pub clock_jump_secs: i64,
+    /// CONFIG_CHANGED: SHA-256 (hex) as last read and as it is now.
+    #[serde(default)]
+    pub previous_config_sha256: String,
+    #[serde(default)]
+    pub config_sha256: String,
+    /// HELPER_GONE: the session and its account.
+    #[serde(default)]
+    pub session_id: String,
+    #[serde(default)]
+    pub account: String,
+    #[serde(default)]
+    pub uid: u32,
+    /// Free text for a technician (CONFIG_CHANGED: the file's path).
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl SignalRecord {
+    /// A signal of `signal` with every other field empty.
+    pub fn new(signal: SignalKind) -> SignalRecord {
+        SignalRecord {
+            signal,
+            agent_version: String::new(),
+            previous_agent_version: String::new(),
+            last_alive_at: None,
+            same_boot: false,
+            clock_jump_secs: 0,
+            previous_config_sha256: String::new(),
+            config_sha256: String::new(),
+            session_id: String::new(),
+            account: String::new(),
+            uid: 0,
+            detail: String::new(),
+        }
+    }
+}
+
+/// A stored signal with the event that carried it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredSignal {
+    pub seq: u64,
+    pub occurred_at: Timestamp,
+    #[serde(flatten)]
+    pub record: SignalRecord,
 }
 
 /// Online means a message arrived within three heartbeat intervals.
@@ -375,6 +489,22 @@ pub struct CaptureRow {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn signal_kinds_are_named_the_same_everywhere() {
+        for kind in SignalKind::ALL {
+            assert_eq!(SignalKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        assert_eq!(SignalKind::parse("unspecified"), None);
+        let body = EventBody::AgentSignal(SignalRecord::new(SignalKind::ClockJumped));
+        assert_eq!(body.kind(), "agent_signal");
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["kind"], "agent_signal");
+        assert_eq!(json["signal"], "clock_jumped");
+    }
     use super::*;
 
     fn record(last_seen: Option<i64>, interval: u32) -> DeviceRecord {

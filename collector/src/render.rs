@@ -126,13 +126,23 @@ pub fn devices_list(devices: &[DeviceRecord], now: Timestamp, format: Format) ->
 pub fn device_show(
     d: &DeviceRecord,
     outbox: &OutboxHealth,
+    signals: &[crate::model::StoredSignal],
     now: Timestamp,
     format: Format,
 ) -> String {
+    let zone = TimeZone::get(&d.site_timezone).unwrap_or(TimeZone::UTC);
     match format {
         Format::Json => {
             let mut device = serde_json::to_value(device_json(d, now)).expect("device serialises");
             device["outbox"] = serde_json::to_value(outbox).expect("outbox health serialises");
+            device["signals"] = signals
+                .iter()
+                .map(|s| {
+                    let mut value = serde_json::to_value(s).expect("signals serialise");
+                    value["description"] = crate::tamper::describe(&s.record, &zone).into();
+                    value
+                })
+                .collect();
             pretty(&json!({ "schema": "hallmonitor.device.v1", "as_of": now, "device": device }))
         }
         Format::Table => {
@@ -238,6 +248,17 @@ pub fn device_show(
                         "{what}: {when}, session {} (uid {})",
                         gap.session_id, gap.uid
                     ),
+                );
+            }
+            // Newest first.
+            for signal in signals {
+                let mut what = crate::tamper::describe(&signal.record, &zone);
+                if !signal.record.account.is_empty() {
+                    what.push_str(&format!(", account {}", signal.record.account));
+                }
+                line(
+                    "agent signal",
+                    format!("{}: {what}", local(Some(signal.occurred_at), tz)),
                 );
             }
             line("os", format!("{} {}", f.os_name, f.os_version));
@@ -948,6 +969,68 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_show_lists_the_newest_signals_in_words_and_in_json() {
+        use crate::model::{
+            DeviceFacts, DeviceId, DeviceStatus, Enforcement, SignalKind, SignalRecord,
+            StoredSignal,
+        };
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let d = DeviceRecord {
+            id: DeviceId::from_string("dev-1"),
+            site: "Cabot".into(),
+            site_timezone: "Europe/London".into(),
+            hostname: "lab-01".into(),
+            enrolled_at: at,
+            last_seen_at: Some(at),
+            heartbeat_interval_secs: 60,
+            last_seq: 2,
+            events_stored: 2,
+            facts: DeviceFacts::default(),
+            facts_updated_at: at,
+            enforcement: Enforcement::Enabled,
+            reenabled_at: None,
+            policy_version: 0,
+            status: DeviceStatus::Active,
+            status_reason: String::new(),
+            duplicate_of: None,
+            open_gaps: 0,
+        };
+        let signals = [
+            StoredSignal {
+                seq: 2,
+                occurred_at: at,
+                record: SignalRecord {
+                    session_id: "3".into(),
+                    account: "a\u{1b}b".into(),
+                    ..SignalRecord::new(SignalKind::HelperGone)
+                },
+            },
+            StoredSignal {
+                seq: 1,
+                occurred_at: at,
+                record: SignalRecord {
+                    agent_version: "0.2.0".into(),
+                    previous_agent_version: "0.1.0".into(),
+                    ..SignalRecord::new(SignalKind::Upgraded)
+                },
+            },
+        ];
+        let outbox = OutboxHealth::default();
+        let text = device_show(&d, &outbox, &signals, at, Format::Table);
+        assert!(
+            text.contains("agent signal           2027-01-15 08:00:00 GMT: Session helper went away while session 3 stayed open, account a\\u{1b}b\n"),
+            "{text}"
+        );
+        assert!(text.contains(": Upgraded from 0.1.0 to 0.2.0\n"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&device_show(&d, &outbox, &signals, at, Format::Json)).unwrap();
+        let listed = &json["device"]["signals"];
+        assert_eq!(listed[0]["signal"], "helper_gone");
+        assert_eq!(listed[0]["seq"], 2);
+        assert_eq!(listed[1]["description"], "Upgraded from 0.1.0 to 0.2.0");
+    }
 
     #[test]
     fn byte_sizes_read_naturally() {

@@ -205,7 +205,7 @@ pub async fn serve(
 }
 
 /// Re-evaluates every device every `evaluate_every_secs` (time passing
-/// alone changes verdicts) and sends commands and policies decided
+/// alone changes verdicts), looks for silent agents hourly, and sends commands and policies decided
 /// elsewhere (the CLI, another collector instance) to agents connected
 /// here, once a second.
 async fn rules_loop(
@@ -216,6 +216,8 @@ async fn rules_loop(
 ) {
     let every = Duration::from_secs(config.evaluate_every_secs.get());
     let mut next_evaluation = tokio::time::Instant::now();
+    // The silence rule counts in hours: hourly is often enough.
+    let mut next_silence_check = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Streams opened from now on were checked when they opened.
@@ -255,6 +257,26 @@ async fn rules_loop(
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "evaluating the device-activity rule failed"),
+            }
+        }
+        if tokio::time::Instant::now() >= next_silence_check {
+            next_silence_check = tokio::time::Instant::now() + Duration::from_secs(3600);
+            match crate::rules::silence::check_silent_devices(
+                &*store,
+                &config.tamper,
+                jiff::Timestamp::now(),
+            )
+            .await
+            {
+                Ok(opened) if !opened.is_empty() => {
+                    tracing::info!(
+                        opened = opened.len(),
+                        "agent-silence rule opened tamper flags"
+                    );
+                    streams.notifier.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "checking for silent agents failed"),
             }
         }
         if let Err(e) = dispatch_commands(&*store, &streams).await {

@@ -201,7 +201,7 @@ proptest! {
     /// becomes the time received.
     #[test]
     fn any_event_converts_or_is_kept_as_unrecognised(
-        body in 0..10u8,
+        body in 0..11u8,
         seconds in prop_oneof![any::<i64>(), -377_705_116_800i64..253_402_300_799],
         nanos in prop_oneof![any::<i32>(), -999_999_999i32..=999_999_999],
         number in any::<i32>(),
@@ -239,6 +239,16 @@ proptest! {
             })),
             7 => Some(Body::FileAlert(v1::FileAlert { severity, ..Default::default() })),
             8 => Some(Body::Enforcement(v1::EnforcementResult { kind: number, ..Default::default() })),
+            9 => Some(Body::AgentSignal(v1::AgentSignal {
+                kind: number,
+                last_alive_at: time,
+                clock_jump_secs: i64::from(number),
+                agent_version: text.clone(),
+                session_id: text.clone(),
+                account: text.clone(),
+                detail: text.clone(),
+                ..Default::default()
+            })),
             _ => Some(Body::OutboxReport(v1::OutboxReport::default())),
         };
         let event = v1::Event { seq: 1, event_id: text, occurred_at: time, body };

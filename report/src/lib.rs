@@ -182,6 +182,10 @@ status! {
     FlagKind {
         DeviceInactive = "device_inactive",
         MfaStale = "mfa_stale",
+        /// Signs that someone interfered with the agent (killed, clock
+        /// moved, session helper gone, silent while its users sign in
+        /// elsewhere).
+        Tamper = "tamper",
     }
 }
 

@@ -191,6 +191,62 @@ pub struct DeviceDetail {
     status_reason: String,
     /// The device-activity and 2FA rules' verdicts now, with active flags.
     compliance: Option<DeviceCompliance>,
+    /// The agent's newest signals about itself (at most 20), newest first.
+    agent_signals: Vec<AgentSignal>,
+}
+
+/// Something the agent said about itself. Fields a kind does not use are
+/// empty, zero or null.
+#[derive(Serialize, ToSchema)]
+pub struct AgentSignal {
+    seq: u64,
+    occurred_at: Timestamp,
+    /// One of: started, stopped, stopped_uncleanly, config_changed,
+    /// upgraded, clock_jumped, helper_gone; later versions may add values.
+    kind: String,
+    /// What it means in plain words (times in the site's zone).
+    description: String,
+    agent_version: String,
+    /// upgraded: the previous run's version.
+    previous_agent_version: String,
+    /// stopped_uncleanly: when the previous run was last known alive.
+    last_alive_at: Option<Timestamp>,
+    /// stopped_uncleanly: the machine kept running meanwhile.
+    same_boot: bool,
+    /// clock_jumped: seconds the clock moved beyond the time that passed
+    /// (negative: backwards).
+    clock_jump_secs: i64,
+    /// config_changed: SHA-256 of the file as last read and as it is now.
+    previous_config_sha256: String,
+    config_sha256: String,
+    /// helper_gone: the session and its account.
+    session_id: String,
+    account: String,
+    uid: u32,
+    /// config_changed: the file's path.
+    detail: String,
+}
+
+fn agent_signal(s: crate::model::StoredSignal, zone: &jiff::tz::TimeZone) -> AgentSignal {
+    let description = crate::tamper::describe(&s.record, zone);
+    let r = s.record;
+    AgentSignal {
+        seq: s.seq,
+        occurred_at: s.occurred_at,
+        kind: r.signal.as_str().to_owned(),
+        description,
+        agent_version: r.agent_version,
+        previous_agent_version: r.previous_agent_version,
+        last_alive_at: r.last_alive_at,
+        same_boot: r.same_boot,
+        clock_jump_secs: r.clock_jump_secs,
+        previous_config_sha256: r.previous_config_sha256,
+        config_sha256: r.config_sha256,
+        session_id: r.session_id,
+        account: r.account,
+        uid: r.uid,
+        detail: r.detail,
+    }
 }
 
 /// One device with its compliance now.
@@ -221,6 +277,14 @@ pub async fn one(
     if !sites.iter().any(|s| s.name == d.site) {
         return Err(ApiError::NotFound);
     }
+    let zone = jiff::tz::TimeZone::get(&d.site_timezone).unwrap_or(jiff::tz::TimeZone::UTC);
+    let agent_signals = console
+        .store
+        .agent_signals(&id, crate::tamper::SIGNALS_SHOWN)
+        .await?
+        .into_iter()
+        .map(|s| agent_signal(s, &zone))
+        .collect();
     let report = crate::compliance::check(
         &*console.store,
         &console.config,
@@ -238,6 +302,7 @@ pub async fn one(
         memory_total_bytes: d.facts.memory_total_bytes,
         status_reason: d.status_reason.clone(),
         compliance: report.devices.into_iter().next(),
+        agent_signals,
     }))
 }
 

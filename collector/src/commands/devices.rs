@@ -4,7 +4,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use hallmonitor_collector::model::{DeviceId, DeviceRecord, DeviceStatus};
 use hallmonitor_collector::render::{self, Format};
-use hallmonitor_collector::store::{DeviceStore, IngestStore, NewSecret};
+use hallmonitor_collector::store::{DeviceStore, IngestStore, NewSecret, TamperStore};
 use hallmonitor_collector::{auth, open_store};
 use jiff::Timestamp;
 use std::path::Path;
@@ -93,7 +93,13 @@ pub(crate) async fn devices(data: &Path, command: DevicesCommand) -> anyhow::Res
                 bail!("no device with id {id}");
             };
             let outbox = store.outbox_health(&device.id).await?;
-            print!("{}", render::device_show(&device, &outbox, now, format));
+            let signals = store
+                .agent_signals(&device.id, hallmonitor_collector::tamper::SIGNALS_SHOWN)
+                .await?;
+            print!(
+                "{}",
+                render::device_show(&device, &outbox, &signals, now, format)
+            );
         }
         DevicesCommand::Revoke { id, reason } => {
             let device = existing_device(&store, &id).await?;

@@ -1,6 +1,6 @@
 //! The devices list (search, filters, keyset pages) and one device's page
 //! (facts, activity chart against the site's rule, sessions, 2FA, flags,
-//! commands, agent health, monitoring gaps, audit trail).
+//! commands, agent health, monitoring gaps, agent signals, audit trail).
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -179,6 +179,8 @@ struct DevicePage {
     commands: Vec<(String, String, String)>,
     outbox: Vec<(String, String)>,
     gaps: Vec<(String, String, String)>,
+    /// (when, what in plain words, account where the signal names one).
+    signals: Vec<(String, String, String)>,
     audit: Vec<AuditRow>,
     policy_version: u64,
 }
@@ -350,6 +352,19 @@ pub async fn device(
             )
         })
         .collect();
+    let signals = console
+        .store
+        .agent_signals(&id, crate::tamper::SIGNALS_SHOWN)
+        .await?
+        .iter()
+        .map(|s| {
+            (
+                local(s.occurred_at, &zone),
+                crate::tamper::describe(&s.record, &tz),
+                s.record.account.clone(),
+            )
+        })
+        .collect();
     let audit = console
         .store
         .audit_for_target(id.as_str(), 20)
@@ -401,7 +416,131 @@ pub async fn device(
         commands,
         outbox,
         gaps,
+        signals,
         audit,
         policy_version: d.policy_version,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use jiff::Timestamp;
+    use tower::ServiceExt;
+
+    use crate::config::CollectorConfig;
+    use crate::console::access::{COOKIE, token_digest};
+    use crate::console::{Console, router};
+    use crate::model::{ConsoleRole, Event, EventBody, Seq, SignalKind, SignalRecord};
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{ConsoleStore, IngestStore, NewConsoleUser};
+
+    async fn get(app: &axum::Router, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path)
+            .header(header::COOKIE, format!("{COOKIE}=tok"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_device_page_lists_signals_and_the_flags_queue_shows_tamper_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let (store, _site, device) = store_with_device(dir.path(), now).await;
+        let user = store
+            .create_console_user(
+                NewConsoleUser {
+                    username: "tech",
+                    password_hash: "unused",
+                    role: ConsoleRole::Admin,
+                    sites: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        store
+            .create_console_session(&token_digest("tok"), user, "csrf", true, "127.0.0.1", now)
+            .await
+            .unwrap();
+        let killed = SignalRecord {
+            same_boot: true,
+            ..SignalRecord::new(SignalKind::StoppedUncleanly)
+        };
+        let jump = SignalRecord {
+            clock_jump_secs: 86_400,
+            ..SignalRecord::new(SignalKind::ClockJumped)
+        };
+        let config = SignalRecord {
+            detail: "<script>x</script>".into(),
+            ..SignalRecord::new(SignalKind::ConfigChanged)
+        };
+        let events = [
+            Event {
+                seq: Seq(1),
+                event_id: "a".into(),
+                occurred_at: now,
+                body: EventBody::AgentSignal(killed),
+            },
+            Event {
+                seq: Seq(2),
+                event_id: "b".into(),
+                occurred_at: now,
+                body: EventBody::AgentSignal(jump),
+            },
+            Event {
+                seq: Seq(3),
+                event_id: "c".into(),
+                occurred_at: now,
+                body: EventBody::AgentSignal(config),
+            },
+        ];
+        store.record_batch(&device, &events, now).await.unwrap();
+        let app = router(Console {
+            store: Arc::new(store),
+            config: Arc::new(CollectorConfig::default()),
+            evidence: None,
+            throttle_audits: Default::default(),
+        });
+
+        let (status, page) = get(&app, "/devices/dev-1").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("Agent signals"), "{page}");
+        assert!(page.contains("Agent stopped without shutting down (same boot)"));
+        assert!(page.contains("Clock moved forward 1 day"));
+        // Device text is escaped.
+        assert!(
+            page.contains("Configuration changed (&#60;script&#62;x"),
+            "{page}"
+        );
+        assert!(!page.contains("<script>x"));
+
+        let (status, queue) = get(&app, "/flags?kind=tamper").await;
+        assert_eq!(status, StatusCode::OK, "{queue}");
+        assert!(queue.contains("<td>tamper</td>"), "{queue}");
+        assert!(queue.contains("agent was stopped without shutting down"));
+        assert!(
+            queue.contains(r#"<option value="tamper" selected>"#),
+            "{queue}"
+        );
+        let (_, others) = get(&app, "/flags?kind=mfa_stale").await;
+        assert!(!others.contains("<td>tamper</td>"));
+        let (status, _) = get(&app, "/flags?kind=nonsense").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let (status, flag) = get(&app, "/flags/1").await;
+        assert_eq!(status, StatusCode::OK, "{flag}");
+        assert!(flag.contains("Possible tampering with the agent"), "{flag}");
+        assert!(!flag.contains(r#"value="approve""#));
+        assert!(flag.contains(r#"value="dismiss""#));
+    }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::access::{Allowed, FlagsP, Submit, Viewer};
 use super::pages::{PageResult, local, site_zone, visible_sites};
 use super::{Console, Frame, Problem, page, with_form_error};
-use crate::flags::{FlagAction, FlagRecord, FlagState, FlagTransition};
+use crate::flags::{FlagAction, FlagKind, FlagRecord, FlagState, FlagTransition};
 use crate::model::SiteId;
 use crate::store::DeviceFilter;
 
@@ -56,6 +56,9 @@ pub(super) fn flag_row(f: &FlagRecord, zone: &str) -> FlagRow {
 struct FlagsPage {
     frame: Frame,
     state: String,
+    /// The kind shown ("" for every kind), and (value, label, chosen).
+    kind: String,
+    kinds: Vec<(&'static str, String, bool)>,
     rows: Vec<FlagRow>,
     notice: String,
 }
@@ -64,6 +67,8 @@ struct FlagsPage {
 pub struct FlagsQuery {
     #[serde(default)]
     state: String,
+    #[serde(default)]
+    kind: String,
     /// After a bulk action: what it was and how many flags it changed
     /// and could not change (numbers only, so a link cannot put words
     /// on this page).
@@ -105,13 +110,28 @@ pub async fn flags(
         .into_iter()
         .map(|s| (s.id, s.timezone))
         .collect();
+    let kind = match q.kind.as_str() {
+        "" | "all" => None,
+        text => Some(
+            FlagKind::parse(text)
+                .ok_or(Problem::BadRequest(format!("unknown flag kind '{text}'")))?,
+        ),
+    };
     let mut list = visible_flags(&console, &viewer, state).await?;
     if q.state.is_empty() || q.state == "active" {
         list.retain(|f| f.state.is_active());
     }
+    if let Some(kind) = kind {
+        list.retain(|f| f.kind == kind);
+    }
     Ok(page(&FlagsPage {
         frame: Frame::new(&viewer, "Flags", "/flags"),
         state: q.state,
+        kind: kind.map_or("", FlagKind::as_str).to_owned(),
+        kinds: FlagKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), k.as_str().replace('_', " "), Some(*k) == kind))
+            .collect(),
         rows: list
             .iter()
             .map(|f| flag_row(f, zones.get(&f.site_id).map_or("UTC", |z| z.as_str())))
@@ -136,8 +156,24 @@ pub async fn flags(
 struct FlagPage {
     frame: Frame,
     f: FlagRow,
+    explanation: &'static str,
     history: Vec<(String, String, String, String)>,
     error: String,
+}
+
+/// What a flag of `kind` means and what a person does about it.
+fn explain(kind: FlagKind) -> &'static str {
+    match kind {
+        FlagKind::DeviceInactive => {
+            "The device was not logged in to for the time the site requires in the period. Approve disabling it, or dismiss the flag with a reason."
+        }
+        FlagKind::MfaStale => {
+            "This staff account has not completed two-step sign-in on this device within the period the school's policy requires. Dismiss the flag with a reason once it is dealt with."
+        }
+        FlagKind::Tamper => {
+            "Possible tampering with the agent: it was stopped while the machine kept running, the clock was moved, a session helper was killed or missing, or the device went silent while its users signed in elsewhere. Check the device (the agent running and up to date, who used it then, whether it was reinstalled or its clock changed; its page lists the agent's signals). Only a person closes this flag: dismiss it with a reason once you know what happened. Further signs while it is open are listed on the device page."
+        }
+    }
 }
 
 async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> PageResult {
@@ -166,6 +202,7 @@ async fn flag_page(console: &Console, viewer: &Viewer, id: i64, error: &str) -> 
         page(&FlagPage {
             frame: Frame::new(viewer, format!("Flag {id}"), "/flags"),
             f: flag_row(&flag, &zone),
+            explanation: explain(flag.kind),
             history,
             error: error.to_owned(),
         }),

@@ -160,6 +160,7 @@ fn body_kind(body: &v1::event::Body) -> &'static str {
         Body::Enforcement(_) => "enforcement",
         Body::OutboxReport(_) => "outbox_report",
         Body::MonitoringGap(_) => "monitoring_gap",
+        Body::AgentSignal(_) => "agent_signal",
     }
 }
 
@@ -420,7 +421,7 @@ impl StreamSession {
         // If the agent is gone the ack is lost; it resends, and the
         // duplicates are recognised.
         let _ = self.tx.send(Ok(ack)).await;
-        if outcome.stored > 0 && events.iter().any(|e| e.body.is_capture()) {
+        if outcome.stored > 0 && events.iter().any(|e| e.body.may_notify()) {
             self.streams.notifier.notify_one();
         }
         Ok(outcome.stored > 0 && events.iter().any(|e| e.body.affects_rules()))

@@ -7,7 +7,8 @@
 //!   not before `started_at`; neither is ahead of the clock;
 //! - a heartbeat interval's `last` is not before its `first`, nor ahead.
 //! - a monitoring gap is a START or an END of a known kind, with its
-//!   start (and on END its end, not before the start), neither ahead.
+//!   start (and on END its end, not before the start), neither ahead;
+//! - an agent signal is of a known kind, its `last_alive_at` not ahead.
 //!
 //! An event that fails is kept verbatim as `unrecognised` with the reason
 //! (nothing a device sent is lost) and counted in `Ack.rejected`; it never
@@ -46,6 +47,7 @@ pub fn check(event: &v1::Event, now: Timestamp) -> Result<(), String> {
     match &event.body {
         Some(Body::Session(session)) => check_session(session, &not_ahead),
         Some(Body::MonitoringGap(gap)) => check_gap(gap, &not_ahead),
+        Some(Body::AgentSignal(signal)) => check_signal(signal, &not_ahead),
         Some(Body::OutboxReport(r)) => {
             let counts = [
                 ("evicted_telemetry", r.evicted_telemetry),
@@ -137,6 +139,28 @@ fn check_gap(
         )),
         (_, Some(ended_at)) => not_ahead("monitoring_gap.ended_at", ended_at),
         (_, None) => Ok(()),
+    }
+}
+
+/// A known kind (UNSPECIFIED and kinds newer than this collector are
+/// refused: a rule cannot tell what they mean); `last_alive_at` not ahead.
+fn check_signal(
+    signal: &v1::AgentSignal,
+    not_ahead: &dyn Fn(&str, Timestamp) -> Result<(), String>,
+) -> Result<(), String> {
+    use v1::agent_signal::Kind;
+    match Kind::try_from(signal.kind) {
+        Ok(Kind::Unspecified) | Err(_) => {
+            return Err(format!(
+                "agent_signal.kind: {} is not a known kind",
+                signal.kind
+            ));
+        }
+        Ok(_) => {}
+    }
+    match timestamp(signal.last_alive_at.as_ref()) {
+        Some(at) => not_ahead("agent_signal.last_alive_at", at),
+        None => Ok(()),
     }
 }
 
@@ -301,6 +325,46 @@ mod tests {
         for (name, event, valid) in cases {
             let checked = check(&event, now);
             assert_eq!(checked.is_ok(), valid, "{name}: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn agent_signals_have_a_known_kind_and_no_future_last_alive() {
+        use v1::agent_signal::Kind;
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let hour = SignedDuration::from_hours(1);
+        let signal = |kind: i32, last_alive: Option<Timestamp>| v1::Event {
+            seq: 1,
+            event_id: "s".into(),
+            occurred_at: at(now - hour),
+            body: Some(v1::event::Body::AgentSignal(v1::AgentSignal {
+                kind,
+                last_alive_at: last_alive.and_then(at),
+                ..Default::default()
+            })),
+        };
+        let cases = [
+            ("started", signal(Kind::Started as i32, None), true),
+            (
+                "stopped uncleanly",
+                signal(Kind::StoppedUncleanly as i32, Some(now - hour * 2)),
+                true,
+            ),
+            (
+                "last alive within the skew",
+                signal(Kind::StoppedUncleanly as i32, Some(now + MAX_CLOCK_SKEW)),
+                true,
+            ),
+            (
+                "last alive ahead",
+                signal(Kind::StoppedUncleanly as i32, Some(now + hour)),
+                false,
+            ),
+            ("unspecified", signal(Kind::Unspecified as i32, None), false),
+            ("unknown kind", signal(42, None), false),
+        ];
+        for (name, event, want_ok) in cases {
+            assert_eq!(check(&event, now).is_ok(), want_ok, "{name}");
         }
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::model::{
     CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, GapRecord, Seq,
-    SessionKind, SessionRecord,
+    SessionKind, SessionRecord, SignalKind, SignalRecord,
 };
 use crate::rules::mfa::check_completion_time;
 
@@ -116,6 +116,13 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
                     "monitoring_gap",
                     "unknown kind, or missing session id or start time",
                 )
+            }
+        },
+        Some(Body::AgentSignal(a)) => match signal_from_wire(a) {
+            Some(record) => EventBody::AgentSignal(record),
+            None => {
+                ok = false;
+                unrecognised("agent_signal", "unknown kind")
             }
         },
         // Kinds whose rules arrive with later work: kept, typed by name.
@@ -320,6 +327,35 @@ fn gap_from_wire(g: v1::MonitoringGap) -> Option<GapRecord> {
         uid: g.uid,
         started_at: timestamp(g.started_at.as_ref())?,
         ended_at: timestamp(g.ended_at.as_ref()),
+    })
+}
+
+/// None for an UNSPECIFIED or unknown kind.
+fn signal_from_wire(a: v1::AgentSignal) -> Option<SignalRecord> {
+    use v1::agent_signal::Kind;
+    let signal = match Kind::try_from(a.kind).ok()? {
+        Kind::Started => SignalKind::Started,
+        Kind::Stopped => SignalKind::Stopped,
+        Kind::StoppedUncleanly => SignalKind::StoppedUncleanly,
+        Kind::ConfigChanged => SignalKind::ConfigChanged,
+        Kind::Upgraded => SignalKind::Upgraded,
+        Kind::ClockJumped => SignalKind::ClockJumped,
+        Kind::HelperGone => SignalKind::HelperGone,
+        Kind::Unspecified => return None,
+    };
+    Some(SignalRecord {
+        signal,
+        agent_version: text(a.agent_version),
+        previous_agent_version: text(a.previous_agent_version),
+        last_alive_at: timestamp(a.last_alive_at.as_ref()),
+        same_boot: a.same_boot,
+        clock_jump_secs: a.clock_jump_secs,
+        previous_config_sha256: text(a.previous_config_sha256),
+        config_sha256: text(a.config_sha256),
+        session_id: text(a.session_id),
+        account: text(a.account),
+        uid: a.uid,
+        detail: path(a.detail),
     })
 }
 
@@ -685,6 +721,56 @@ mod tests {
                 assert!(c.no_image_reason.contains("did not match"), "{name}");
                 assert!(!c.no_image_reason.contains('\u{1b}'), "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn agent_signals_convert_bounded_or_are_kept_as_unrecognised() {
+        let now = Timestamp::from_second(2_000).unwrap();
+        let signal = |kind: i32, detail: String, account: String| v1::Event {
+            seq: 9,
+            event_id: "s".into(),
+            occurred_at: ts(1_000),
+            body: Some(v1::event::Body::AgentSignal(v1::AgentSignal {
+                kind,
+                agent_version: "0.2.0\u{1b}[31m".into(),
+                previous_agent_version: "0.1.0".into(),
+                last_alive_at: ts(900),
+                same_boot: true,
+                clock_jump_secs: -86_400,
+                session_id: "3".into(),
+                account,
+                uid: 1001,
+                detail,
+                ..Default::default()
+            })),
+        };
+        use v1::agent_signal::Kind;
+        let (event, ok) = event_from_wire(
+            signal(
+                Kind::StoppedUncleanly as i32,
+                "/etc/".to_owned() + &"a".repeat(MAX_PATH_CHARS),
+                "b".repeat(MAX_TEXT_CHARS + 5),
+            ),
+            now,
+        );
+        assert!(ok);
+        assert_eq!(event.body.kind(), "agent_signal");
+        let EventBody::AgentSignal(s) = event.body else {
+            panic!("not a signal")
+        };
+        assert_eq!(s.signal, SignalKind::StoppedUncleanly);
+        assert_eq!(s.agent_version, "0.2.0\u{fffd}[31m");
+        assert_eq!(s.last_alive_at, Timestamp::from_second(900).ok());
+        assert!(s.same_boot);
+        assert_eq!(s.clock_jump_secs, -86_400);
+        assert_eq!(s.detail.chars().count(), MAX_PATH_CHARS);
+        assert_eq!(s.account.chars().count(), MAX_TEXT_CHARS);
+        assert!(s.account.ends_with('…'));
+        for kind in [Kind::Unspecified as i32, 99] {
+            let (event, ok) = event_from_wire(signal(kind, String::new(), String::new()), now);
+            assert!(!ok, "kind {kind}");
+            assert_eq!(event.body.kind(), "unrecognised", "kind {kind}");
         }
     }
 }

@@ -204,6 +204,12 @@ impl Content {
                 format!("severity {} capture on {hostname}, {}", event.severity, event.summary),
                 "A suspicious-activity capture of high severity was taken on this device. Review the incident and its evidence in the console.".to_owned(),
             ),
+            "tamper" => (
+                // The summary is ours (what happened and when): never the
+                // account, which may be a pupil's.
+                format!("possible tampering with the agent on {hostname}"),
+                "The agent on this device reported a sign of interference (stopped while the machine kept running, its clock moved, a session helper killed or missing), or it has gone silent while its users sign in elsewhere. Check the device: is the agent running and up to date, who used it at that time, was it reinstalled or its clock changed? The device page lists its signals. Dismiss the flag with a reason once you know.".to_owned(),
+            ),
             "test" => (
                 "test message".to_owned(),
                 "A test of this recipient's notifications, sent by a technician.".to_owned(),
@@ -445,4 +451,54 @@ pub async fn queue_test(
         })
         .collect();
     store.queue_notifications(None, &messages, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tamper_flag_is_told_to_the_technician_without_an_account() {
+        let config = CollectorConfig::default();
+        let routes: Vec<_> = config
+            .notifications
+            .routes
+            .iter()
+            .filter(|r| r.kind == "tamper")
+            .collect();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].roles, [Role::Technician]);
+        assert_eq!(routes[0].timing, Timing::Immediate);
+        let site = Site {
+            id: crate::model::SiteId(1),
+            name: "Cabot".into(),
+            timezone: "Europe/London".into(),
+        };
+        let event = NotificationEvent {
+            id: 1,
+            site: site.id,
+            kind: "tamper".into(),
+            flag_id: Some(7),
+            device: Some(crate::model::DeviceId::from_string("dev-1")),
+            account: String::new(),
+            severity: 0,
+            summary: "clock moved forward 1 day at 2027-01-15T08:00:00Z".into(),
+            at: Timestamp::from_second(1_800_000_000).unwrap(),
+        };
+        let content = Content::for_event(&config.notifications, &site, &event, None);
+        assert_eq!(
+            content.subject,
+            "[Hall Monitor] Cabot: possible tampering with the agent on unknown device"
+        );
+        assert!(
+            content.body.contains("Check the device"),
+            "{}",
+            content.body
+        );
+        assert!(
+            content.body.contains("clock moved forward 1 day"),
+            "{}",
+            content.body
+        );
+    }
 }

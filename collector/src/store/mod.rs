@@ -25,7 +25,7 @@ use crate::flags::{FlagAction, FlagError, FlagRecord, FlagState, FlagTransition}
 use crate::model::{
     BatchOutcome, Channel, CommandRecord, ConsoleRole, DeviceFacts, DeviceId, DeviceRecord,
     DeviceStatus, Enforcement, EnrollmentSecretInfo, Event, NotificationStatus, OutboxHealth, Role,
-    SecretRejection, SessionRecord, Site, SiteId, Timing,
+    SecretRejection, SessionRecord, Site, SiteId, StoredSignal, Timing,
 };
 use crate::rules::activity::{ActivityEvaluation, ActivityStatus};
 use crate::rules::mfa::{MfaStatus, PairVerdict};
@@ -695,6 +695,7 @@ pub trait Store:
     + NotificationStore
     + IncidentStore
     + PolicyStore
+    + TamperStore
 {
 }
 
@@ -710,7 +711,54 @@ impl<T> Store for T where
         + NotificationStore
         + IncidentStore
         + PolicyStore
+        + TamperStore
 {
+}
+
+/// A device that stopped reporting, as the silence rule reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SilentDevice {
+    pub device: DeviceId,
+    pub site: SiteId,
+    pub last_seen_at: Timestamp,
+    /// A tamper flag of the device was opened after `last_seen_at`, or
+    /// one is active (a person has not looked at the earlier sign yet).
+    pub flagged_since: bool,
+}
+
+/// Tamper signals: what agents said about themselves (stored by
+/// `record_batch`, which also opens their flags), and the "agent silent
+/// since" rule's inputs and flags.
+#[async_trait]
+pub trait TamperStore: Send + Sync + 'static {
+    /// A device's newest signals (at most `limit`), newest first.
+    async fn agent_signals(&self, device: &DeviceId, limit: usize) -> Result<Vec<StoredSignal>>;
+    /// Active devices last seen at or after `seen_from` and before
+    /// `seen_before`.
+    async fn silent_devices(
+        &self,
+        seen_from: Timestamp,
+        seen_before: Timestamp,
+    ) -> Result<Vec<SilentDevice>>;
+    /// Sign-ins after `window.signins_after` (imported or agent-reported
+    /// two-step completions at the device's site, and sessions on the
+    /// site's other devices) of the accounts that had a session on
+    /// `device` between `window.accounts_since` and `last_seen_at`.
+    async fn signins_elsewhere(
+        &self,
+        device: &SilentDevice,
+        window: crate::tamper::SilenceWindow,
+    ) -> Result<u64>;
+    /// Opens a `tamper` flag for the device (its audit row and
+    /// notification in the same transaction); None when one is active
+    /// (its `updated_at` is then moved to `at`).
+    async fn raise_tamper(
+        &self,
+        site: SiteId,
+        device: &DeviceId,
+        summary: &str,
+        at: Timestamp,
+    ) -> Result<Option<i64>>;
 }
 
 /// A person who signs in to the console.

@@ -269,6 +269,9 @@ pub(super) async fn transition_in(
         Ok(next) => next,
         Err(e) => return Ok(Err(e)),
     };
+    if let Err(e) = crate::flags::check_reason(flag.kind, action, reason) {
+        return Ok(Err(e));
+    }
     sqlx::query("UPDATE flags SET state = ?, updated_at = ? WHERE id = ?")
         .bind(next.as_str())
         .bind(millis(at))

@@ -1,10 +1,12 @@
-//! What agents stream: hellos, batches of events (with their effects on sessions, captures, 2FA completions, command results and monitoring gaps, in the batch's transaction), and outbox health.
+//! What agents stream: hellos, batches of events (with their effects on sessions, captures, 2FA completions, command results, monitoring gaps and agent signals, and the tamper flags these open, in the batch's transaction), and outbox health.
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{SqliteStore, activity, facts_json, incidents, instant, mfa, millis, optional_instant};
+use super::{
+    SqliteStore, activity, facts_json, incidents, instant, mfa, millis, optional_instant, tamper,
+};
 use crate::model::{BatchOutcome, DeviceId, Event, EventBody, GapRecord, OutboxHealth, SiteId};
 use crate::store::{NewMfaCompletion, Result};
 
@@ -39,6 +41,14 @@ async fn record_gap(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+async fn device_site(tx: &mut sqlx::SqliteConnection, device: &DeviceId) -> Result<SiteId> {
+    let site: i64 = sqlx::query_scalar("SELECT site_id FROM devices WHERE id = ?")
+        .bind(device.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(SiteId(site))
 }
 
 fn event_json(body: &EventBody) -> String {
@@ -78,7 +88,8 @@ impl crate::store::IngestStore for SqliteStore {
     ) -> Result<BatchOutcome> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let received = millis(received_at);
-        let mut stored: u64 = 0;
+        // The sequence numbers stored now (not resent ones).
+        let mut new_seqs = std::collections::HashSet::new();
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO events (device_id, seq, event_id, kind, occurred_at, received_at, body) ",
@@ -92,9 +103,11 @@ impl crate::store::IngestStore for SqliteStore {
                     .push_bind(received)
                     .push_bind(event_json(&event.body));
             });
-            insert.push(" ON CONFLICT (device_id, seq) DO NOTHING");
-            stored += insert.build().execute(&mut *tx).await?.rows_affected();
+            insert.push(" ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq");
+            let seqs: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+            new_seqs.extend(seqs.into_iter().map(|seq| seq as u64));
         }
+        let stored = new_seqs.len() as u64;
 
         // Sessions and command results take effect with the batch that
         // carried them. A duplicate event was applied when first stored.
@@ -112,7 +125,31 @@ impl crate::store::IngestStore for SqliteStore {
                     EventBody::Session(session) => {
                         activity::upsert_session(&mut tx, device, session, received_at).await?
                     }
-                    EventBody::MonitoringGap(gap) => record_gap(&mut tx, device, gap).await?,
+                    EventBody::MonitoringGap(gap) => {
+                        record_gap(&mut tx, device, gap).await?;
+                        // A session without its helper: a sign of
+                        // interference, decided in `tamper`.
+                        let summary = crate::tamper::gap_interference(gap);
+                        if let (true, Some(summary)) = (new_seqs.contains(&event.seq.0), summary) {
+                            let site = device_site(&mut tx, device).await?;
+                            tamper::raise(&mut tx, site, device, &summary, received_at).await?;
+                        }
+                    }
+                    EventBody::AgentSignal(signal) => {
+                        let new = tamper::record_signal(
+                            &mut tx,
+                            device,
+                            event.seq.0,
+                            event.occurred_at,
+                            signal,
+                        )
+                        .await?;
+                        let summary = crate::tamper::interference(signal, event.occurred_at);
+                        if let (true, Some(summary)) = (new, summary) {
+                            let site = device_site(&mut tx, device).await?;
+                            tamper::raise(&mut tx, site, device, &summary, received_at).await?;
+                        }
+                    }
                     EventBody::Capture(_) | EventBody::FileAlert { .. } => {
                         let Some(evidence) = crate::incidents::evidence_of(&event.body) else {
                             continue;
@@ -133,13 +170,8 @@ impl crate::store::IngestStore for SqliteStore {
                         method,
                         source,
                     } => {
-                        let site: i64 =
-                            sqlx::query_scalar("SELECT site_id FROM devices WHERE id = ?")
-                                .bind(device.as_str())
-                                .fetch_one(&mut *tx)
-                                .await?;
                         let completion = NewMfaCompletion {
-                            site: SiteId(site),
+                            site: device_site(&mut tx, device).await?,
                             device: Some(device.clone()),
                             account: account.to_lowercase(),
                             completed_at: event.occurred_at,

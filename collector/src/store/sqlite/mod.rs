@@ -29,6 +29,7 @@ mod mfa;
 mod notify;
 mod policies;
 mod sites;
+mod tamper;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
