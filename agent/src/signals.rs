@@ -314,8 +314,10 @@ pub async fn watch(
                     jump_secs = jump.jump_secs,
                     "the wall clock jumped; reported"
                 );
+                // The earlier of the two: a jump ahead, or the return
+                // from one, must not stamp this event in the future.
                 signals.push((
-                    jump.corrected,
+                    jump.corrected.min(now),
                     v1::AgentSignal {
                         kind: v1::agent_signal::Kind::ClockJumped as i32,
                         agent_version: AGENT_VERSION.to_owned(),

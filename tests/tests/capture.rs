@@ -554,7 +554,10 @@ fn a_killed_session_helper_is_reported_while_its_session_stays_open() {
     let mut helper = start_helper(&agent, &display, &data.logs());
     wait_for("the helper to receive its policy", WAIT, || {
         helper.assert_running();
-        helper.stderr_text().contains("policy received").then_some(())
+        helper
+            .stderr_text()
+            .contains("policy received")
+            .then_some(())
     });
     helper.signal_and_wait(libc::SIGKILL);
     let signal = wait_for("a helper_gone signal at the collector", WAIT, || {
@@ -562,13 +565,11 @@ fn a_killed_session_helper_is_reported_while_its_session_stays_open() {
         let device = data.device(&id);
         device["signals"]
             .as_array()
-            .and_then(|s| s.iter().find(|s| s["kind"] == "helper_gone").cloned())
+            .and_then(|s| s.iter().find(|s| s["signal"] == "helper_gone").cloned())
     });
     assert_eq!(signal["account"], whoami(), "{signal}");
     assert!(
-        signal["session_id"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
+        signal["session_id"].as_str().is_some_and(|s| !s.is_empty()),
         "{signal}"
     );
     let flags = text(&data.cli(&["flags", "list", "--format", "json"]).stdout);
@@ -581,10 +582,7 @@ fn a_killed_session_helper_is_reported_while_its_session_stays_open() {
         .collect();
     assert_eq!(tamper.len(), 1, "{flags}");
     assert!(
-        !tamper[0]["summary"]
-            .as_str()
-            .unwrap()
-            .contains(&whoami()),
+        !tamper[0]["summary"].as_str().unwrap().contains(&whoami()),
         "no account name in a flag's summary (it goes into notifications): {}",
         tamper[0]
     );

@@ -359,10 +359,7 @@ fn installed_packages_enrol_stream_and_keep_queued_events_across_an_upgrade() {
             if let Some(code) = process.has_exited() {
                 panic!("collector exited with {code}: {}", process.stderr_text());
             }
-            process
-                .stdout_text()
-                .contains("listening")
-                .then_some(())
+            process.stdout_text().contains("listening").then_some(())
         });
         process
     };
@@ -460,13 +457,22 @@ fn installed_packages_enrol_stream_and_keep_queued_events_across_an_upgrade() {
         "{before} then {after}"
     );
     assert!(
-        held["last_seq"].as_u64().unwrap() >= last_acked,
+        held["last_acked_seq"].as_u64().unwrap() >= last_acked,
         "{held}"
     );
     assert_eq!(
-        held["last_seq"], held["events_stored"],
+        held["sequence_gap"], 0,
         "no sequence number missing at the collector: {held}"
     );
+    // The restart told the collector it was clean.
+    let signals: Vec<&str> = held["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["signal"].as_str())
+        .collect();
+    assert!(signals.contains(&"stopped"), "{signals:?}");
+    assert!(!signals.contains(&"stopped_uncleanly"), "{signals:?}");
     assert_eq!(
         text(
             &run(Command::new("dpkg-query").args(["-W", "-f=${Version}", "hallmonitor-agent"]))

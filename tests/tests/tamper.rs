@@ -14,10 +14,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// libfaketime as Debian installs it (the test command installs it).
 fn libfaketime() -> PathBuf {
-    let found = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"]
-        .iter()
-        .map(|dir| PathBuf::from(dir).join("faketime/libfaketime.so.1"))
-        .find(|path| path.exists());
+    let found = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| PathBuf::from(dir).join("faketime/libfaketime.so.1"))
+    .find(|path| path.exists());
     found.expect("libfaketime is installed (apt-get install libfaketime)")
 }
 
@@ -30,7 +34,7 @@ fn signals(data: &CollectorData, id: &str) -> Vec<Value> {
 }
 
 fn count(signals: &[Value], kind: &str) -> usize {
-    signals.iter().filter(|s| s["kind"] == kind).count()
+    signals.iter().filter(|s| s["signal"] == kind).count()
 }
 
 /// Waits until the collector holds `n` signals of `kind` for `id`; the
@@ -42,12 +46,16 @@ fn wait_for_signal(
     n: usize,
     daemon: &mut Process,
 ) -> Value {
-    wait_for(&format!("{n} '{kind}' signal(s) at the collector"), WAIT, || {
-        daemon.assert_running();
-        let signals = signals(data, id);
-        (count(&signals, kind) >= n)
-            .then(|| signals.into_iter().find(|s| s["kind"] == kind).unwrap())
-    })
+    wait_for(
+        &format!("{n} '{kind}' signal(s) at the collector"),
+        WAIT,
+        || {
+            daemon.assert_running();
+            let signals = signals(data, id);
+            (count(&signals, kind) >= n)
+                .then(|| signals.into_iter().find(|s| s["signal"] == kind).unwrap())
+        },
+    )
 }
 
 fn tamper_flags(data: &CollectorData, id: &str) -> Vec<Value> {
@@ -97,10 +105,7 @@ fn the_agents_life_and_interference_with_it_reach_the_collector() {
     std::fs::write(&agent.config, toml).unwrap();
     let changed = wait_for_signal(&data, &id, "config_changed", 1, &mut daemon);
     assert!(
-        changed["detail"]
-            .as_str()
-            .unwrap()
-            .ends_with("agent.toml"),
+        changed["detail"].as_str().unwrap().ends_with("agent.toml"),
         "{changed}"
     );
 
