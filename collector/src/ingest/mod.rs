@@ -160,6 +160,7 @@ fn body_kind(body: &v1::event::Body) -> &'static str {
         Body::Enforcement(_) => "enforcement",
         Body::OutboxReport(_) => "outbox_report",
         Body::MonitoringGap(_) => "monitoring_gap",
+        Body::AgentSignal(_) => "agent_signal",
     }
 }
 
