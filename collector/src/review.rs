@@ -239,6 +239,38 @@ pub struct Decision {
     pub changes: Vec<Change>,
 }
 
+impl Decision {
+    /// The audit log's words for it: what changed, never what was
+    /// written (an outcome or note may name a pupil, and administrators
+    /// read the audit log too).
+    pub fn audit_words(&self, capture: i64) -> String {
+        let parts: Vec<String> = self
+            .changes
+            .iter()
+            .map(|change| match change {
+                Change::Status {
+                    from,
+                    to,
+                    reference,
+                    ..
+                } => format!(
+                    "status {} -> {}{}",
+                    from.as_str(),
+                    to.as_str(),
+                    if reference.is_empty() {
+                        ""
+                    } else {
+                        " (with a record reference)"
+                    }
+                ),
+                Change::Grade { from, to } => format!("grade {from} -> {to}"),
+                Change::Note { .. } => "note added".into(),
+            })
+            .collect();
+        format!("capture {capture}: {}", parts.join("; "))
+    }
+}
+
 fn bounded(text: &str, field: &'static str, max: usize) -> Result<String, ReviewError> {
     let text = text.trim();
     if text.chars().count() > max {
@@ -594,6 +626,11 @@ mod tests {
         );
         assert!(matches!(&d.changes[2], Change::Note { text } if text == "spoke to the pupil"));
         assert_eq!(d.first_review, None, "already out of new");
+        assert_eq!(
+            d.audit_words(3),
+            "capture 3: status triaged -> escalated (with a record reference); grade 4 -> 5; note added",
+            "no outcome or note text in the audit log"
+        );
     }
 
     #[test]
