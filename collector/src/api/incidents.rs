@@ -386,3 +386,142 @@ pub async fn review(
         .map(|c| Json(capture_out(c)))
         .ok_or(ApiError::NotFound)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use jiff::Timestamp;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{ApiTokenStore, DeviceFilter, IncidentStore, IngestStore, NewApiToken};
+
+    fn capture() -> CaptureRecord {
+        CaptureRecord {
+            rule_id: "drugs-1".into(),
+            category: "drugs".into(),
+            severity: 2,
+            matched_text: "buy weed".into(),
+            window_title: "buy weed".into(),
+            process_name: "firefox".into(),
+            account: "pupil1".into(),
+            image_sha256: String::new(),
+            image_status: "no_image".into(),
+            no_image_reason: "test".into(),
+            repeat_count: 0,
+            kind: "snapshot".into(),
+            file_path: String::new(),
+            file_sha256: String::new(),
+            policy_version: 0,
+            image: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dsl_token_reviews_a_capture_and_others_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let (store, site, device) = store_with_device(dir.path(), now).await;
+        let event = Event {
+            seq: Seq(1),
+            event_id: "e1".into(),
+            occurred_at: now,
+            body: EventBody::Capture(capture()),
+        };
+        store.record_batch(&device, &[event], now).await.unwrap();
+        let incident = store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap()[0]
+            .id;
+        let capture_id = store.incident(incident).await.unwrap().unwrap().1[0].id;
+        for (token, role) in [
+            ("hmapi_dsl", ConsoleRole::Dsl),
+            ("hmapi_tech", ConsoleRole::Technician),
+        ] {
+            store
+                .create_api_token(
+                    NewApiToken {
+                        site: site.id,
+                        token_sha256: &crate::auth::secret_digest(token),
+                        label: token,
+                        role,
+                        all_sites: false,
+                        created_by: None,
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+        let app = crate::api::router(Arc::new(store), Arc::new(Default::default()), None);
+        let call = |token: &'static str, path: String, body: Value| {
+            let app = app.clone();
+            async move {
+                let response = app
+                    .oneshot(
+                        Request::post(path)
+                            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .body(Body::from(body.to_string()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let path = format!("/api/v1/captures/{capture_id}/review");
+
+        let (status, _) = call("hmapi_tech", path.clone(), json!({"status": "triaged"})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, body) = call("hmapi_dsl", path.clone(), json!({"status": "concern"})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, _) = call("hmapi_dsl", path.clone(), json!({"grade": 6})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = call("hmapi_dsl", path.clone(), json!({"colour": "red"})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields refused");
+        let (status, _) = call(
+            "hmapi_dsl",
+            format!("/api/v1/captures/{}/review", capture_id + 1),
+            json!({"status": "triaged"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        let (status, body) = call(
+            "hmapi_dsl",
+            path.clone(),
+            json!({"status": "concern", "grade": 4, "outcome": "form tutor told", "reference": "MC-12"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["review_status"], "concern");
+        assert_eq!(body["grade"], 4);
+        assert_eq!(body["severity"], 2, "the pregrade");
+        assert_eq!(body["outcome_reference"], "MC-12");
+        let (status, body) = call(
+            "hmapi_dsl",
+            path,
+            json!({"status": "escalated", "outcome": "x"}),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "closed: only reopening: {body}"
+        );
+    }
+}

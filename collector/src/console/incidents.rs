@@ -50,10 +50,13 @@ fn review_words(i: &IncidentRecord) -> String {
     let r = &i.review;
     if i.reviewed {
         "all captures reviewed".into()
-    } else if r.unreviewed > 0 {
-        format!("{} new, {} open", r.unreviewed, r.open)
     } else if r.open > 0 {
-        format!("{} open", r.open)
+        let triaged = r.open - r.unreviewed;
+        match (r.unreviewed, triaged) {
+            (new, 0) => format!("{new} new"),
+            (0, triaged) => format!("{triaged} triaged"),
+            (new, triaged) => format!("{new} new, {triaged} triaged"),
+        }
     } else {
         "no captures held".into()
     }
@@ -286,7 +289,13 @@ fn capture_view(
         choices: CaptureStatus::ALL
             .into_iter()
             .filter(|to| next_status(c.id, r.status, *to).is_ok())
-            .map(|to| (to.as_str(), to.label()))
+            .map(|to| match to {
+                // From a closed status the one way is back to triage.
+                CaptureStatus::Triaged if r.status.is_closed() => {
+                    (to.as_str(), "Reopen (back to Triaged)")
+                }
+                _ => (to.as_str(), to.label()),
+            })
             .collect(),
         history: history
             .iter()
