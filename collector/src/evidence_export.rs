@@ -202,6 +202,8 @@ mod tests {
             opened_at: t("2026-03-02T09:00:00Z"),
             last_at: t("2026-03-02T09:05:00Z"),
             capture_count: 3,
+            review: Default::default(),
+            reviewed: false,
         }
     }
 
@@ -225,6 +227,7 @@ mod tests {
             file_path: String::new(),
             file_sha256: String::new(),
             policy_version: 1,
+            review: Default::default(),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod notify;
 pub mod pki;
 pub mod policies;
 pub mod render;
+pub mod review;
 pub mod rules;
 pub mod serve;
 pub mod signins;

@@ -461,6 +461,11 @@ pub struct IncidentRecord {
     pub opened_at: Timestamp,
     pub last_at: Timestamp,
     pub capture_count: i64,
+    /// Its captures' review (`review`).
+    pub review: crate::review::IncidentReview,
+    /// Every capture closed by the DSL (the incident's own open/closed
+    /// status is set apart).
+    pub reviewed: bool,
 }
 
 /// One capture of an incident, as shown (see `incidents`).
@@ -485,6 +490,23 @@ pub struct CaptureRow {
     pub file_path: String,
     pub file_sha256: String,
     pub policy_version: i64,
+    pub review: CaptureReview,
+}
+
+/// Where the DSL's review of a capture stands (`review`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CaptureReview {
+    pub status: crate::review::CaptureStatus,
+    /// The DSL's grade 1–5; `None` while the rule's severity (the
+    /// pregrade) stands.
+    pub grade: Option<i64>,
+    /// The outcome of a closed capture.
+    pub outcome: String,
+    /// The school's own record (MyConcern, CPOMS).
+    pub reference: String,
+    pub first_reviewed_at: Option<Timestamp>,
+    /// From capture to first review, in milliseconds.
+    pub first_review_ms: Option<i64>,
 }
 
 #[cfg(test)]

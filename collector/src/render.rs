@@ -758,6 +758,8 @@ pub fn incidents_list(list: &[crate::incidents::IncidentRecord], format: Format)
                 "SITE".into(),
                 "DEVICE".into(),
                 "CAPTURES".into(),
+                "NEW".into(),
+                "OLDEST NEW".into(),
                 "LAST".into(),
             ]];
             for i in list {
@@ -765,10 +767,18 @@ pub fn incidents_list(list: &[crate::incidents::IncidentRecord], format: Format)
                     i.id.to_string(),
                     i.severity.to_string(),
                     i.category.clone(),
-                    i.status.clone(),
+                    if i.reviewed {
+                        format!("{} (reviewed)", i.status)
+                    } else {
+                        i.status.clone()
+                    },
                     i.site.clone(),
                     or_dash(&i.hostname),
                     i.capture_count.to_string(),
+                    i.review.unreviewed.to_string(),
+                    i.review.oldest_unreviewed_at.map_or("-".to_owned(), |at| {
+                        at.strftime("%Y-%m-%d %H:%M UTC").to_string()
+                    }),
                     i.last_at.strftime("%Y-%m-%d %H:%M UTC").to_string(),
                 ]);
             }
@@ -780,11 +790,12 @@ pub fn incidents_list(list: &[crate::incidents::IncidentRecord], format: Format)
 pub fn incident_show(
     incident: &crate::incidents::IncidentRecord,
     captures: &[crate::incidents::CaptureRow],
+    history: &[crate::review::HistoryEntry],
     format: Format,
 ) -> String {
     match format {
         Format::Json => pretty(
-            &json!({ "schema": "hallmonitor.incident.v1", "incident": incident, "captures": captures }),
+            &json!({ "schema": "hallmonitor.incident.v1", "incident": incident, "captures": captures, "history": history }),
         ),
         Format::Table => {
             let show = |text: &str| terminal_text(text, MAX_COLUMN_CHARS);
@@ -800,8 +811,11 @@ pub fn incident_show(
                 show(&incident.account)
             );
             let mut rows = vec![[
-                "WHEN".to_string(),
+                "CAPTURE".to_string(),
+                "WHEN".into(),
                 "SEV".into(),
+                "GRADE".into(),
+                "STATUS".into(),
                 "RULE".into(),
                 "MATCHED".into(),
                 "WINDOW OR FILE".into(),
@@ -828,8 +842,12 @@ pub fn incident_show(
                     (c.window_title.clone(), c.image_status.clone())
                 };
                 rows.push([
+                    c.id.to_string(),
                     c.occurred_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
                     c.severity.to_string(),
+                    // The rule's severity stays in SEV; a DSL's regrade here.
+                    c.review.grade.map_or("-".to_owned(), |g| g.to_string()),
+                    c.review.status.as_str().to_owned(),
                     c.rule_id.clone(),
                     c.matched_text.clone(),
                     place,
@@ -837,6 +855,62 @@ pub fn incident_show(
                 ]);
             }
             out.push_str(&table(&rows));
+            let closed: Vec<_> = captures
+                .iter()
+                .filter(|c| c.review.status.is_closed())
+                .collect();
+            if !closed.is_empty() {
+                let mut rows = vec![["CAPTURE".to_string(), "OUTCOME".into(), "REFERENCE".into()]];
+                for c in closed {
+                    rows.push([
+                        c.id.to_string(),
+                        c.review.outcome.clone(),
+                        or_dash(&c.review.reference),
+                    ]);
+                }
+                out.push_str("\noutcomes\n");
+                out.push_str(&table(&rows));
+            }
+            if !history.is_empty() {
+                use crate::review::Change;
+                let mut rows = vec![[
+                    "WHEN".to_string(),
+                    "CAPTURE".into(),
+                    "WHO".into(),
+                    "WHAT".into(),
+                    "OUTCOME OR NOTE".into(),
+                ]];
+                for h in history {
+                    let (what, text) = match &h.change {
+                        Change::Status {
+                            from,
+                            to,
+                            outcome,
+                            reference,
+                        } => (
+                            format!("status {} -> {}", from.as_str(), to.as_str()),
+                            if reference.is_empty() {
+                                outcome.clone()
+                            } else {
+                                format!("{outcome} (record {reference})")
+                            },
+                        ),
+                        Change::Grade { from, to } => {
+                            (format!("grade {from} -> {to}"), String::new())
+                        }
+                        Change::Note { text } => ("note".to_owned(), text.clone()),
+                    };
+                    rows.push([
+                        h.at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                        h.capture_id.to_string(),
+                        h.actor.clone(),
+                        what,
+                        text,
+                    ]);
+                }
+                out.push_str("\nhistory\n");
+                out.push_str(&table(&rows));
+            }
             out
         }
     }

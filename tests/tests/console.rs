@@ -3,7 +3,7 @@
 //! the link in a notification email opens the flag after sign-in, a
 //! technician approves disabling and sees the agent's confirmation arrive,
 //! finds one device among hundreds, is refused incidents; a DSL sees the
-//! snapshot; a governor sees only the dashboard; the fifth wrong password
+//! snapshot and reviews the capture through its form; a governor sees only the dashboard; the fifth wrong password
 //! is throttled; every main page (the site policy and activity settings
 //! pages with their refusals too) passes axe-core (no serious or critical
 //! violation), fits a 360-px phone, and is saved as a screenshot under
@@ -311,6 +311,28 @@ fn people_use_the_console_in_a_browser() {
     assert_eq!(width, 64, "the real image, decoded");
     assert!(browser.page_source().contains("hurt myself"));
     check_page(&browser, "incident");
+    // The DSL reviews the capture through its form: closing without an
+    // outcome is refused beside the form, then escalated with one.
+    browser.click("form.review input[value='escalated']");
+    browser.submit_form("form.review");
+    browser.wait_for("form.review p.error[role='alert']");
+    check_page(&browser, "incident-review-refused");
+    browser.click("form.review input[value='escalated']");
+    browser.fill("form.review textarea[name='outcome']", "referred to CEOP");
+    browser.fill("form.review input[name='reference']", "CPOMS-101");
+    browser.submit_form("form.review");
+    browser.wait_for("section.capture table[id^='history-']");
+    let reviewed = browser.text("section.capture table[id^='history-']");
+    assert!(
+        reviewed.contains("Escalated") && reviewed.contains("referred to CEOP (record: CPOMS-101)"),
+        "{reviewed}"
+    );
+    assert!(
+        browser
+            .text("#incident-review")
+            .contains("all captures reviewed")
+    );
+    check_page(&browser, "incident-reviewed");
     browser.click("form[action='/logout'] button");
     browser.wait_for("#username");
 

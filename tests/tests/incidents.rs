@@ -343,3 +343,170 @@ fn a_severe_capture_opens_an_incident_tells_the_dsl_and_exports_its_evidence() {
     );
     smtp.stop();
 }
+
+#[test]
+fn the_dsl_reviews_each_capture_from_the_command_line() {
+    let data = CollectorData::init("Cabot");
+    let collector = data.start();
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-review-1"));
+    agent.enroll();
+    let image = b"\x89PNG\r\n\x1a\n a screen to review ".repeat(200);
+    queue_now(
+        &agent.data,
+        vec![
+            capture("weapons", 3, "buy a knife", &image, None),
+            capture("weapons", 2, "knife crime", b"", None),
+            capture("gambling", 2, "online casino", b"", None),
+        ],
+    );
+    let _daemon = agent.start();
+    let incidents = wait_for("two incidents", WAIT, || {
+        let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+        let incidents = list["incidents"].as_array()?.clone();
+        (incidents.len() == 2
+            && incidents[0]["capture_count"].as_i64()? + incidents[1]["capture_count"].as_i64()?
+                == 3)
+            .then_some(incidents)
+    });
+    let weapons = incidents
+        .iter()
+        .find(|i| i["category"] == "weapons")
+        .unwrap()["id"]
+        .to_string();
+    let show = |id: &str| {
+        json(&data.cli(&[
+            "incidents",
+            "show",
+            id,
+            "--format",
+            "json",
+            "--by",
+            "dsl.jones",
+        ]))
+    };
+    let before = show(&weapons);
+    assert_eq!(before["incident"]["review"]["unreviewed"], 2);
+    let captures: Vec<String> = before["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["review"]["status"], "new");
+            assert!(c["review"]["grade"].is_null());
+            c["id"].to_string()
+        })
+        .collect();
+    let review = |args: &[&str]| {
+        let mut all = vec!["incidents", "review"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--by", "dsl.jones"]);
+        data.cli(&all)
+    };
+
+    let triaged = review(&[&captures[0], "--status", "triaged"]);
+    assert!(triaged.status.success(), "{}", text(&triaged.stderr));
+    // Closing needs an outcome; a refused review changes nothing.
+    let refused = review(&[&captures[0], "--status", "escalated", "--note", "n"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused.stderr).contains("an outcome is required"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let closed = review(&[
+        &captures[0],
+        "--status",
+        "escalated",
+        "--grade",
+        "5",
+        "--outcome",
+        "referred to CEOP",
+        "--reference",
+        "CPOMS-4411",
+        "--note",
+        "head teacher told",
+    ]);
+    assert!(closed.status.success(), "{}", text(&closed.stderr));
+    let bad_grade = review(&[&captures[1], "--grade", "9"]);
+    assert_eq!(bad_grade.status.code(), Some(2));
+
+    let after = show(&weapons);
+    let first = &after["captures"][0];
+    assert_eq!(first["review"]["status"], "escalated");
+    assert_eq!(first["review"]["grade"], 5);
+    assert_eq!(first["severity"], 3, "the pregrade stays");
+    assert_eq!(first["review"]["outcome"], "referred to CEOP");
+    assert_eq!(first["review"]["reference"], "CPOMS-4411");
+    assert!(first["review"]["first_review_ms"].as_i64().unwrap() >= 0);
+    let steps: Vec<(&str, &str)> = after["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert_eq!(h["actor"], cli_actor("dsl.jones").as_str());
+            (h["kind"].as_str().unwrap(), h["to"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("status", "triaged"),
+            ("status", "escalated"),
+            ("grade", ""),
+            ("note", "")
+        ],
+        "{after}"
+    );
+    assert_eq!(after["history"][2]["to"], 5);
+
+    // The other capture still waits: the weapons incident is not reviewed,
+    // and the list puts the longest-waiting unreviewed capture first.
+    assert_eq!(after["incident"]["reviewed"], false);
+    let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+    let waiting: Vec<_> = list["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["review"]["unreviewed"].as_i64().unwrap())
+        .collect();
+    assert_eq!(waiting, [1, 1]);
+    let false_positive = review(&[
+        &captures[1],
+        "--status",
+        "false_positive",
+        "--outcome",
+        "a news article",
+    ]);
+    assert!(
+        false_positive.status.success(),
+        "{}",
+        text(&false_positive.stderr)
+    );
+    let list = json(&data.cli(&["incidents", "list", "--format", "json"]));
+    assert_eq!(
+        list["incidents"][0]["category"], "gambling",
+        "unreviewed first"
+    );
+    assert_eq!(list["incidents"][1]["reviewed"], true);
+    assert_eq!(
+        list["incidents"][1]["status"], "open",
+        "the incident's own status is the DSL's to set"
+    );
+
+    // The table shows status, grade and history.
+    let table = text(
+        &data
+            .cli(&["incidents", "show", &weapons, "--by", "dsl.jones"])
+            .stdout,
+    );
+    for shown in [
+        "escalated",
+        "false_positive",
+        "status new -> triaged",
+        "grade 3 -> 5",
+        "referred to CEOP (record CPOMS-4411)",
+        "head teacher told",
+    ] {
+        assert!(table.contains(shown), "'{shown}' missing:\n{table}");
+    }
+}

@@ -14,7 +14,8 @@
 //!   device with its compliance, the compliance report.
 //! - `flags`: the flags queue and its actions.
 //! - `mfa`: 2FA pairs, and two-step sign-ins posted by identity providers.
-//! - `incidents`: incidents and their captures' metadata (dsl tokens).
+//! - `incidents`: incidents, their captures' metadata and review, and a
+//!   capture's review (dsl tokens).
 //! - `notifications`: what was sent to whom, and whether it arrived.
 
 mod devices;
@@ -128,6 +129,7 @@ fn api_routes() -> OpenApiRouter<Console> {
         .routes(routes!(mfa::completions))
         .routes(routes!(incidents::list))
         .routes(routes!(incidents::one))
+        .routes(routes!(incidents::review))
         .routes(routes!(notifications::list))
 }
 

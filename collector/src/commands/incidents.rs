@@ -5,6 +5,7 @@ use clap::Subcommand;
 use hallmonitor_collector::config::CollectorConfig;
 use hallmonitor_collector::open_store;
 use hallmonitor_collector::render::{self, Format};
+use hallmonitor_collector::review::{CaptureStatus, Grade, ReviewRequest};
 use hallmonitor_collector::store::IncidentStore;
 use jiff::Timestamp;
 use std::path::Path;
@@ -37,6 +38,29 @@ pub(crate) enum IncidentsCommand {
         id: i64,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, env = "HALLMONITOR_ACTOR")]
+        by: Option<String>,
+    },
+    /// Review one capture: move its status (closing needs --outcome),
+    /// regrade it, add a note. Recorded in its history and the audit log.
+    Review {
+        /// The capture's id (`incidents show` lists them).
+        capture: i64,
+        /// triaged, false_positive, no_concern, concern or escalated (a
+        /// closed capture can be reopened to triaged).
+        #[arg(long, value_enum)]
+        status: Option<CaptureStatus>,
+        /// A new grade, 1 to 5 (the rule's severity stays recorded).
+        #[arg(long)]
+        grade: Option<i64>,
+        /// What was decided and done (needed to close).
+        #[arg(long, default_value = "")]
+        outcome: String,
+        /// The school's own record (MyConcern, CPOMS).
+        #[arg(long, default_value = "")]
+        reference: String,
+        #[arg(long, default_value = "")]
+        note: String,
         #[arg(long, env = "HALLMONITOR_ACTOR")]
         by: Option<String>,
     },
@@ -109,7 +133,11 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 String::new(),
             )
             .await?;
-            print!("{}", render::incident_show(&incident, &captures, format));
+            let history = store.incident_history(id).await?;
+            print!(
+                "{}",
+                render::incident_show(&incident, &captures, &history, format)
+            );
         }
         IncidentsCommand::Export { id, out, by } => {
             let (incident, captures, site) = store
@@ -131,6 +159,47 @@ pub(crate) async fn incidents(data: &Path, command: IncidentsCommand) -> anyhow:
                 "Exported incident {id} ({} capture(s)) to {}.",
                 captures.len(),
                 folder.display()
+            );
+        }
+        IncidentsCommand::Review {
+            capture,
+            status,
+            grade,
+            outcome,
+            reference,
+            note,
+            by,
+        } => {
+            let (incident, site) = store
+                .capture_place(capture)
+                .await?
+                .with_context(|| format!("no capture with id {capture}"))?;
+            let request = ReviewRequest {
+                status,
+                grade: grade.map(Grade::new).transpose()?,
+                outcome,
+                reference,
+                note,
+            };
+            let actor = cli_actor(by);
+            let decision = store
+                .review_capture(capture, &request, &actor, now)
+                .await?
+                .with_context(|| format!("reviewing capture {capture}"))?;
+            audit(
+                actor,
+                Some(site),
+                "capture_reviewed",
+                incident,
+                decision.audit_words(capture),
+            )
+            .await?;
+            println!(
+                "Capture {capture} (incident {incident}) is {}; grade {}.",
+                decision.status.label(),
+                decision
+                    .grade
+                    .map_or("as the rule's severity".to_owned(), |g| g.to_string())
             );
         }
         IncidentsCommand::Close { id, reason, by } => {

@@ -1,7 +1,9 @@
-//! Incidents (DSL only): the list, one incident with its captures,
-//! closing with an outcome, a capture's snapshot (decrypted in memory,
-//! never cached) and the evidence zip. Every view is audited before
-//! anything is shown.
+//! Incidents (DSL only): the list (unreviewed captures first, with their
+//! age), one incident with its captures, each capture's review (status,
+//! grade, notes, history: `review_capture`, which the JSON API also
+//! calls), closing with an outcome, a capture's snapshot (decrypted in
+//! memory, never cached) and the evidence zip. Every view is audited
+//! before anything is shown, every change after it is made.
 
 use std::collections::HashMap;
 
@@ -18,6 +20,9 @@ use super::pages::{PageResult, local, site_zone, visible_sites};
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::evidence_export::{self, ExportError, Exporter};
 use crate::incidents::{CaptureRow, IncidentRecord};
+use crate::review::{
+    CaptureStatus, Change, Grade, HistoryEntry, ReviewError, ReviewRequest, age_words, next_status,
+};
 use crate::store::DeviceFilter;
 
 struct IncidentRow {
@@ -32,9 +37,32 @@ struct IncidentRow {
     opened: String,
     last: String,
     captures: i64,
+    /// Captures nobody has reviewed.
+    unreviewed: i64,
+    /// How long the oldest of them has waited ("" without one).
+    waiting: String,
+    /// Where the captures' review stands, in words.
+    review: String,
 }
 
-fn incident_row(i: &IncidentRecord, zone: &str) -> IncidentRow {
+/// An incident's review in words: never a colour alone.
+fn review_words(i: &IncidentRecord) -> String {
+    let r = &i.review;
+    if i.reviewed {
+        "all captures reviewed".into()
+    } else if r.open > 0 {
+        let triaged = r.open - r.unreviewed;
+        match (r.unreviewed, triaged) {
+            (new, 0) => format!("{new} new"),
+            (0, triaged) => format!("{triaged} triaged"),
+            (new, triaged) => format!("{new} new, {triaged} triaged"),
+        }
+    } else {
+        "no captures held".into()
+    }
+}
+
+fn incident_row(i: &IncidentRecord, zone: &str, now: Timestamp) -> IncidentRow {
     IncidentRow {
         id: i.id,
         site: i.site.clone(),
@@ -47,6 +75,13 @@ fn incident_row(i: &IncidentRecord, zone: &str) -> IncidentRow {
         opened: local(i.opened_at, zone),
         last: local(i.last_at, zone),
         captures: i.capture_count,
+        unreviewed: i.review.unreviewed,
+        waiting: i
+            .review
+            .oldest_unreviewed_at
+            .map(|at| age_words(now.duration_since(at)))
+            .unwrap_or_default(),
+        review: review_words(i),
     }
 }
 
@@ -85,10 +120,16 @@ pub async fn incidents(
         .list_incidents(&DeviceFilter::default(), status)
         .await?;
     list.retain(|i| zones.contains_key(&i.site));
-    list.sort_by_key(|i| (std::cmp::Reverse(i.severity), std::cmp::Reverse(i.last_at)));
+    list.sort_by(|a, b| {
+        crate::review::review_order(
+            (&a.review, a.severity, a.last_at),
+            (&b.review, b.severity, b.last_at),
+        )
+    });
+    let now = Timestamp::now();
     let rows = list
         .iter()
-        .map(|i| incident_row(i, zones.get(&i.site).map_or("UTC", |z| z.as_str())))
+        .map(|i| incident_row(i, zones.get(&i.site).map_or("UTC", |z| z.as_str()), now))
         .collect();
     // Safeguarding data is shown only once its viewing is recorded.
     console
@@ -129,6 +170,55 @@ struct CaptureView {
     has_image: bool,
     no_image_reason: String,
     repeats: i64,
+    /// new, triaged, … (for the form's values)
+    status: String,
+    status_label: String,
+    closed: bool,
+    /// The grade in force: the DSL's, or the rule's severity.
+    grade: i64,
+    regraded: bool,
+    outcome: String,
+    reference: String,
+    /// How long it waited for its first review ("" while new).
+    first_review: String,
+    /// The statuses it may move to: (value, label).
+    choices: Vec<(&'static str, &'static str)>,
+    history: Vec<HistoryView>,
+    /// Why this capture's review form was refused.
+    error: String,
+}
+
+struct HistoryView {
+    when: String,
+    who: String,
+    what: String,
+    /// Outcome, reference or note.
+    text: String,
+}
+
+fn history_view(h: &HistoryEntry, zone: &str) -> HistoryView {
+    let (what, text) = match &h.change {
+        Change::Status {
+            from,
+            to,
+            outcome,
+            reference,
+        } => {
+            let mut text = outcome.clone();
+            if !reference.is_empty() {
+                text.push_str(&format!(" (record: {reference})"));
+            }
+            (format!("Status: {} → {}", from.label(), to.label()), text)
+        }
+        Change::Grade { from, to } => (format!("Grade: {from} → {to}"), String::new()),
+        Change::Note { text } => ("Note".to_owned(), text.clone()),
+    };
+    HistoryView {
+        when: local(h.at, zone),
+        who: h.actor.clone(),
+        what,
+        text,
+    }
 }
 
 #[derive(Template)]
@@ -149,14 +239,73 @@ enum Refused<'a> {
     Nothing,
     Close(&'a str),
     Export(&'a str),
+    /// A capture's review form: (capture id, why).
+    Review(i64, &'a str),
 }
 
 impl<'a> Refused<'a> {
     fn message(self) -> &'a str {
         match self {
             Refused::Nothing => "",
-            Refused::Close(why) | Refused::Export(why) => why,
+            Refused::Close(why) | Refused::Export(why) | Refused::Review(_, why) => why,
         }
+    }
+}
+
+fn capture_view(
+    c: &CaptureRow,
+    zone: &str,
+    history: &[HistoryEntry],
+    refused: Refused<'_>,
+) -> CaptureView {
+    let r = &c.review;
+    CaptureView {
+        id: c.id,
+        when: local(c.occurred_at, zone),
+        rule: c.rule_id.clone(),
+        category: c.category.clone(),
+        severity: c.severity,
+        matched: c.matched_text.clone(),
+        window: c.window_title.clone(),
+        process: c.process_name.clone(),
+        kind: c.kind.clone(),
+        file_path: c.file_path.clone(),
+        file_sha256: c.file_sha256.clone(),
+        image_sha256: c.image_sha256.clone(),
+        has_image: !c.image_sha256.is_empty() && c.image_status == "verified",
+        no_image_reason: c.no_image_reason.clone(),
+        repeats: c.repeat_count,
+        status: r.status.as_str().to_owned(),
+        status_label: r.status.label().to_owned(),
+        closed: r.status.is_closed(),
+        grade: r.grade.unwrap_or(c.severity),
+        regraded: r.grade.is_some(),
+        outcome: r.outcome.clone(),
+        reference: r.reference.clone(),
+        first_review: r
+            .first_review_ms
+            .map(|ms| age_words(jiff::SignedDuration::from_millis(ms)))
+            .unwrap_or_default(),
+        choices: CaptureStatus::ALL
+            .into_iter()
+            .filter(|to| next_status(c.id, r.status, *to).is_ok())
+            .map(|to| match to {
+                // From a closed status the one way is back to triage.
+                CaptureStatus::Triaged if r.status.is_closed() => {
+                    (to.as_str(), "Reopen (back to Triaged)")
+                }
+                _ => (to.as_str(), to.label()),
+            })
+            .collect(),
+        history: history
+            .iter()
+            .filter(|h| h.capture_id == c.id)
+            .map(|h| history_view(h, zone))
+            .collect(),
+        error: match refused {
+            Refused::Review(id, why) if id == c.id => why.to_owned(),
+            _ => String::new(),
+        },
     }
 }
 
@@ -182,28 +331,13 @@ async fn incident_page(
             "console",
         )
         .await?;
+    let history = console.store.incident_history(id).await?;
     let captures = captures
         .iter()
-        .map(|c: &CaptureRow| CaptureView {
-            id: c.id,
-            when: local(c.occurred_at, &zone),
-            rule: c.rule_id.clone(),
-            category: c.category.clone(),
-            severity: c.severity,
-            matched: c.matched_text.clone(),
-            window: c.window_title.clone(),
-            process: c.process_name.clone(),
-            kind: c.kind.clone(),
-            file_path: c.file_path.clone(),
-            file_sha256: c.file_sha256.clone(),
-            image_sha256: c.image_sha256.clone(),
-            has_image: !c.image_sha256.is_empty() && c.image_status == "verified",
-            no_image_reason: c.no_image_reason.clone(),
-            repeats: c.repeat_count,
-        })
+        .map(|c| capture_view(c, &zone, &history, refused))
         .collect();
     let (close_error, export_error) = match refused {
-        Refused::Nothing => ("", ""),
+        Refused::Nothing | Refused::Review(..) => ("", ""),
         Refused::Close(error) => (error, ""),
         Refused::Export(error) => ("", error),
     };
@@ -211,7 +345,7 @@ async fn incident_page(
         page(&IncidentPage {
             frame: Frame::new(viewer, format!("Incident {id}"), "/incidents"),
             open: incident.status == "open",
-            i: incident_row(&incident, &zone),
+            i: incident_row(&incident, &zone, Timestamp::now()),
             captures,
             close_error: close_error.to_owned(),
             export_error: export_error.to_owned(),
@@ -278,6 +412,142 @@ pub async fn incident_close(
         )
         .await;
     Ok(Redirect::to(&format!("/incidents/{id}")).into_response())
+}
+
+/// What became of a review asked for through the console or the API.
+pub(crate) enum Reviewed {
+    /// Applied; the capture's incident.
+    Done(i64),
+    /// Not applied (an unknown capture, or one in a site the viewer does
+    /// not see, is `ReviewError::NotFound`).
+    Refused(ReviewError),
+}
+
+/// Applies a review to one capture the viewer may see, then writes the
+/// audit row (with the capture's site). The outcome, reference and note
+/// stay with the capture: they may name a pupil, and the audit log is
+/// read by administrators too.
+pub(crate) async fn review_capture(
+    console: &Console,
+    viewer: &Viewer,
+    capture: i64,
+    request: &ReviewRequest,
+) -> Result<Reviewed, Problem> {
+    let (incident, site) = match console.store.capture_place(capture).await? {
+        Some((incident, site)) if viewer.sees(site) => (incident, site),
+        _ => return Ok(Reviewed::Refused(ReviewError::NotFound(capture))),
+    };
+    let decision = match console
+        .store
+        .review_capture(capture, request, &viewer.actor, Timestamp::now())
+        .await?
+    {
+        Ok(decision) => decision,
+        Err(refused) => return Ok(Reviewed::Refused(refused)),
+    };
+    let _ = console
+        .audit(
+            viewer,
+            Some(site),
+            "capture_reviewed",
+            &format!("incident {incident}"),
+            &decision.audit_words(capture),
+        )
+        .await;
+    Ok(Reviewed::Done(incident))
+}
+
+#[derive(Deserialize)]
+pub struct ReviewForm {
+    /// A status value, or "" to keep it.
+    #[serde(default)]
+    status: String,
+    /// 1–5, or "" to keep the grade in force.
+    #[serde(default)]
+    grade: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    reference: String,
+    #[serde(default)]
+    note: String,
+}
+
+impl ReviewForm {
+    fn request(self) -> Result<ReviewRequest, &'static str> {
+        let status = match self.status.as_str() {
+            "" | "keep" => None,
+            text => Some(CaptureStatus::parse(text).ok_or("Choose one of the statuses listed.")?),
+        };
+        let grade = match self.grade.as_str() {
+            "" | "keep" => None,
+            text => Some(
+                text.parse()
+                    .ok()
+                    .and_then(|n| Grade::new(n).ok())
+                    .ok_or("A grade is 1 to 5.")?,
+            ),
+        };
+        Ok(ReviewRequest {
+            status,
+            grade,
+            outcome: self.outcome,
+            reference: self.reference,
+            note: self.note,
+        })
+    }
+}
+
+/// The words the incident page shows for a refused review.
+fn refusal_words(error: &ReviewError) -> String {
+    match error {
+        ReviewError::OutcomeRequired(_) => {
+            "Record the outcome to close this capture (what was decided and done).".into()
+        }
+        ReviewError::OutcomeWithoutClosing => {
+            "An outcome and a record reference go with one of the four closing statuses.".into()
+        }
+        ReviewError::NothingToDo => {
+            "Nothing to record: choose a new status, a different grade or write a note.".into()
+        }
+        other => format!("{}.", capitalised(&other.to_string())),
+    }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+pub async fn capture_review(
+    State(console): State<Console>,
+    Path((id, capture)): Path<(i64, i64)>,
+    Submit(viewer, form, ..): Submit<IncidentsP, ReviewForm>,
+) -> PageResult {
+    // The capture must belong to the incident in the address.
+    match console.store.capture_place(capture).await? {
+        Some((incident, site)) if incident == id && viewer.sees(site) => {}
+        _ => return Err(Problem::NotFound),
+    }
+    let request = match form.request() {
+        Ok(request) => request,
+        Err(why) => {
+            return incident_page(&console, &viewer, id, Refused::Review(capture, why)).await;
+        }
+    };
+    match review_capture(&console, &viewer, capture, &request).await? {
+        Reviewed::Done(_) => {
+            Ok(Redirect::to(&format!("/incidents/{id}#cap-{capture}")).into_response())
+        }
+        Reviewed::Refused(ReviewError::NotFound(_)) => Err(Problem::NotFound),
+        Reviewed::Refused(error) => {
+            let words = refusal_words(&error);
+            incident_page(&console, &viewer, id, Refused::Review(capture, &words)).await
+        }
+    }
 }
 
 /// The largest evidence archive the console builds in memory (32 snapshots
@@ -453,4 +723,237 @@ pub async fn capture_image(
         image,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use jiff::Timestamp;
+    use tower::ServiceExt;
+
+    use crate::console::access::{COOKIE, token_digest};
+    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq, SiteId};
+    use crate::review::CaptureStatus;
+    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::{
+        ConsoleStore, DeviceFilter, IncidentStore, IngestStore, NewConsoleUser, SqliteStore,
+    };
+
+    /// A signed-in account of `role` for `site`: its cookie token and CSRF
+    /// token are both `NAME-token`.
+    async fn session(store: &SqliteStore, name: &str, role: ConsoleRole, site: SiteId) {
+        let user = store
+            .create_console_user(
+                NewConsoleUser {
+                    username: name,
+                    password_hash: "not used",
+                    role,
+                    sites: Some(vec![site]),
+                },
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+        let token = format!("{name}-token");
+        store
+            .create_console_session(
+                &token_digest(&token),
+                user,
+                &token,
+                true,
+                "192.0.2.9",
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn post(path: &str, who: &str, form: &str) -> Request<Body> {
+        Request::post(path)
+            .header(header::COOKIE, format!("{COOKIE}={who}-token"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(form.to_owned()))
+            .unwrap()
+    }
+
+    fn get(path: &str, who: &str) -> Request<Body> {
+        Request::get(path)
+            .header(header::COOKIE, format!("{COOKIE}={who}-token"))
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn body(response: axum::response::Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    async fn status_of(store: &SqliteStore, incident: i64) -> (CaptureStatus, Option<i64>) {
+        let (_, captures, _) = store.incident(incident).await.unwrap().unwrap();
+        (captures[0].review.status, captures[0].review.grade)
+    }
+
+    #[tokio::test]
+    async fn a_dsl_reviews_a_capture_through_the_form_and_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let (store, site, device) = store_with_device(dir.path(), now).await;
+        let capture = CaptureRecord {
+            rule_id: "weapons-1".into(),
+            category: "weapons".into(),
+            severity: 3,
+            matched_text: "buy a knife".into(),
+            window_title: "buy a knife - Chromium".into(),
+            process_name: "chromium".into(),
+            account: "pupil1".into(),
+            image_sha256: String::new(),
+            image_status: "no_image".into(),
+            no_image_reason: "test".into(),
+            repeat_count: 0,
+            kind: "snapshot".into(),
+            file_path: String::new(),
+            file_sha256: String::new(),
+            policy_version: 0,
+            image: Vec::new(),
+        };
+        let event = Event {
+            seq: Seq(1),
+            event_id: "e1".into(),
+            occurred_at: now,
+            body: EventBody::Capture(capture),
+        };
+        store.record_batch(&device, &[event], now).await.unwrap();
+        let incident = store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap()[0]
+            .id;
+        let (_, captures, _) = store.incident(incident).await.unwrap().unwrap();
+        let capture = captures[0].id;
+        session(&store, "dsl1", ConsoleRole::Dsl, site.id).await;
+        session(&store, "tech1", ConsoleRole::Technician, site.id).await;
+        let store = Arc::new(store);
+        let app = crate::api::router(store.clone(), Arc::new(Default::default()), None);
+        let review = format!("/incidents/{incident}/captures/{capture}/review");
+
+        // The page offers the form, with the rule's severity as the grade.
+        let page = app
+            .clone()
+            .oneshot(get(&format!("/incidents/{incident}"), "dsl1"))
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let html = body(page).await;
+        assert!(html.contains(&format!("action=\"{review}\"")), "{html}");
+        assert!(html.contains("<legend>Status of capture"), "{html}");
+        assert!(
+            html.contains("3 (the rule&#x27;s severity)")
+                || html.contains("3 (the rule's severity)"),
+            "{html}"
+        );
+
+        // A forged form (wrong CSRF token) and a technician are refused.
+        let forged = app
+            .clone()
+            .oneshot(post(&review, "dsl1", "csrf=wrong&status=triaged"))
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        let technician = app
+            .clone()
+            .oneshot(post(&review, "tech1", "csrf=tech1-token&status=triaged"))
+            .await
+            .unwrap();
+        assert_eq!(technician.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            status_of(&store, incident).await,
+            (CaptureStatus::New, None)
+        );
+
+        // Closing without an outcome is refused beside the form.
+        let refused = app
+            .clone()
+            .oneshot(post(
+                &review,
+                "dsl1",
+                "csrf=dsl1-token&status=escalated&grade=keep",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let html = body(refused).await;
+        assert!(
+            html.contains(&format!("id=\"review-error-{capture}\""))
+                && html.contains("Record the outcome"),
+            "{html}"
+        );
+        assert_eq!(
+            status_of(&store, incident).await,
+            (CaptureStatus::New, None)
+        );
+
+        // Escalated with an outcome, a reference, a regrade and a note.
+        let done = app
+            .clone()
+            .oneshot(post(
+                &review,
+                "dsl1",
+                "csrf=dsl1-token&status=escalated&grade=5&outcome=referred+to+CEOP&reference=CPOMS-9&note=parents+told",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(done.status(), StatusCode::SEE_OTHER, "{}", body(done).await);
+        assert_eq!(
+            status_of(&store, incident).await,
+            (CaptureStatus::Escalated, Some(5))
+        );
+        let html = body(
+            app.clone()
+                .oneshot(get(&format!("/incidents/{incident}"), "dsl1"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        for shown in [
+            "Escalated (CEOP, police or LADO)",
+            "regraded by the DSL; rule's severity 3",
+            "Status: New → Escalated (CEOP, police or LADO)",
+            "Grade: 3 → 5",
+            "parents told",
+            "referred to CEOP (record: CPOMS-9)",
+            "console:dsl1",
+            "all captures reviewed",
+        ] {
+            assert!(html.contains(shown), "'{shown}' missing: {html}");
+        }
+        // Audited with the site, without what the DSL wrote.
+        let audit = store
+            .audit_for_target(&format!("incident {incident}"), 20)
+            .await
+            .unwrap();
+        let reviewed: Vec<_> = audit
+            .iter()
+            .filter(|a| a.action == "capture_reviewed")
+            .collect();
+        assert_eq!(reviewed.len(), 1, "{audit:?}");
+        assert_eq!(reviewed[0].site, Some(site.id));
+        assert_eq!(reviewed[0].actor, "console:dsl1");
+        assert!(!reviewed[0].detail.contains("CEOP"), "{:?}", reviewed[0]);
+
+        // A capture of another incident cannot be reviewed through this one's address.
+        let elsewhere = app
+            .oneshot(post(
+                &format!("/incidents/{}/captures/{capture}/review", incident + 1),
+                "dsl1",
+                "csrf=dsl1-token&status=triaged",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    }
 }

@@ -14,8 +14,9 @@
 //! - `devices`: the devices list and one device's page.
 //! - `flags`: flags, one flag, their actions (`act_on_flag`, also used by
 //!   the JSON API).
-//! - `incidents`: incidents, one incident, closing, snapshots, the
-//!   evidence zip (DSL only).
+//! - `incidents`: incidents, one incident, each capture's review (also
+//!   used by the JSON API), closing, snapshots, the evidence zip (DSL
+//!   only).
 //! - `audit`: the audit log page.
 //! - `users`: console accounts.
 //! - `settings`: enrolment secrets, API tokens, recipients, notification
@@ -120,6 +121,10 @@ pub fn router(console: Console) -> Router {
         .route(
             "/incidents/{id}/captures/{capture}/image",
             get(incidents::capture_image),
+        )
+        .route(
+            "/incidents/{id}/captures/{capture}/review",
+            post(incidents::capture_review),
         )
         .route("/audit", get(audit::audit))
         .route("/mfa", get(mfa::page_handler))

@@ -642,6 +642,21 @@ pub trait IncidentStore: Send + Sync + 'static {
         )>,
     >;
     async fn close_incident(&self, id: i64, reason: &str, at: Timestamp) -> Result<bool>;
+    /// The incident and site of a capture (for access checks).
+    async fn capture_place(&self, capture: i64) -> Result<Option<(i64, SiteId)>>;
+    /// Applies a DSL's review of a capture (`review::decide`): its new
+    /// status, grade and outcome, its first-review time and one history
+    /// row per change, in one transaction. Nothing is written when the
+    /// review is refused.
+    async fn review_capture(
+        &self,
+        capture: i64,
+        request: &crate::review::ReviewRequest,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<std::result::Result<crate::review::Decision, crate::review::ReviewError>>;
+    /// Every review step on an incident's captures, oldest first.
+    async fn incident_history(&self, incident: i64) -> Result<Vec<crate::review::HistoryEntry>>;
     /// (capture id, image hash) of the site's captures older than
     /// `before` whose incident is closed.
     async fn expired_captures(&self, site: SiteId, before: Timestamp)

@@ -5,10 +5,14 @@ use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{SqliteStore, instant, millis};
+use super::{SqliteStore, instant, millis, optional_instant};
 use crate::incidents::{CaptureRow, IncidentRecord};
-use crate::model::{CaptureRecord, DeviceId, SiteId};
-use crate::store::{DeviceFilter, Result};
+use crate::model::{CaptureRecord, CaptureReview, DeviceId, SiteId};
+use crate::review::{
+    CaptureStatus, Change, Decision, HistoryEntry, IncidentReview, ReviewError, ReviewRequest,
+    ReviewState,
+};
+use crate::store::{DeviceFilter, Result, StoreError};
 
 /// Records a capture event (inside `record_batch`): the capture row, its
 /// incident (joined or opened), and a notification event when the incident
@@ -121,8 +125,12 @@ pub(super) async fn record_capture(
     Ok(())
 }
 
-const INCIDENT_SELECT: &str = "SELECT i.*, s.name AS site, d.hostname FROM incidents i \
-     JOIN sites s ON s.id = i.site_id JOIN devices d ON d.id = i.device_id";
+const INCIDENT_SELECT: &str = "SELECT i.*, s.name AS site, d.hostname, \
+     (SELECT count(*) FROM captures c WHERE c.incident_id = i.id AND c.review_status = 'new') AS unreviewed, \
+     (SELECT count(*) FROM captures c WHERE c.incident_id = i.id AND c.review_status IN ('new', 'triaged')) AS open_captures, \
+     (SELECT count(*) FROM captures c WHERE c.incident_id = i.id) AS held_captures, \
+     (SELECT min(c.occurred_at) FROM captures c WHERE c.incident_id = i.id AND c.review_status = 'new') AS oldest_unreviewed \
+     FROM incidents i JOIN sites s ON s.id = i.site_id JOIN devices d ON d.id = i.device_id";
 
 fn incident_from_row(r: &SqliteRow) -> Result<IncidentRecord> {
     Ok(IncidentRecord {
@@ -137,6 +145,106 @@ fn incident_from_row(r: &SqliteRow) -> Result<IncidentRecord> {
         opened_at: instant(r.try_get("opened_at")?)?,
         last_at: instant(r.try_get("last_at")?)?,
         capture_count: r.try_get("capture_count")?,
+        review: IncidentReview {
+            unreviewed: r.try_get("unreviewed")?,
+            open: r.try_get("open_captures")?,
+            oldest_unreviewed_at: optional_instant(r.try_get("oldest_unreviewed")?)?,
+        },
+        // Captures held now: a purge leaves the incident's count as it was.
+        reviewed: r.try_get::<i64, _>("open_captures")? == 0
+            && r.try_get::<i64, _>("held_captures")? > 0,
+    })
+}
+
+fn capture_from_row(r: &SqliteRow) -> Result<CaptureRow> {
+    let status: String = r.try_get("review_status")?;
+    Ok(CaptureRow {
+        id: r.try_get("id")?,
+        seq: r.try_get("seq")?,
+        occurred_at: instant(r.try_get("occurred_at")?)?,
+        rule_id: r.try_get("rule_id")?,
+        category: r.try_get("category")?,
+        severity: r.try_get("severity")?,
+        matched_text: r.try_get("matched_text")?,
+        window_title: r.try_get("window_title")?,
+        process_name: r.try_get("process_name")?,
+        account: r.try_get("account")?,
+        image_sha256: r.try_get("image_sha256")?,
+        image_status: r.try_get("image_status")?,
+        no_image_reason: r.try_get("no_image_reason")?,
+        repeat_count: r.try_get("repeat_count")?,
+        kind: r.try_get("kind")?,
+        file_path: r.try_get("file_path")?,
+        file_sha256: r.try_get("file_sha256")?,
+        policy_version: r.try_get("policy_version")?,
+        review: CaptureReview {
+            status: parse_status(&status)?,
+            grade: r.try_get("grade")?,
+            outcome: r.try_get("outcome")?,
+            reference: r.try_get("outcome_reference")?,
+            first_reviewed_at: optional_instant(r.try_get("first_reviewed_at")?)?,
+            first_review_ms: r.try_get("first_review_ms")?,
+        },
+    })
+}
+
+fn parse_status(text: &str) -> Result<CaptureStatus> {
+    CaptureStatus::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("capture review status '{text}'")))
+}
+
+/// One history row: what `Change` it records, in three text columns.
+fn change_columns(change: &Change) -> (&'static str, String, String, &str, &str) {
+    match change {
+        Change::Status {
+            from,
+            to,
+            outcome,
+            reference,
+        } => (
+            "status",
+            from.as_str().to_owned(),
+            to.as_str().to_owned(),
+            outcome,
+            reference,
+        ),
+        Change::Grade { from, to } => ("grade", from.to_string(), to.to_string(), "", ""),
+        Change::Note { text } => ("note", String::new(), String::new(), text, ""),
+    }
+}
+
+fn history_from_row(r: &SqliteRow) -> Result<HistoryEntry> {
+    let kind: String = r.try_get("kind")?;
+    let from: String = r.try_get("from_value")?;
+    let to: String = r.try_get("to_value")?;
+    let text: String = r.try_get("text")?;
+    let grade = |v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| StoreError::Corrupt(format!("capture review grade '{v}'")))
+    };
+    let change = match kind.as_str() {
+        "status" => Change::Status {
+            from: parse_status(&from)?,
+            to: parse_status(&to)?,
+            outcome: text,
+            reference: r.try_get("reference")?,
+        },
+        "grade" => Change::Grade {
+            from: grade(&from)?,
+            to: grade(&to)?,
+        },
+        "note" => Change::Note { text },
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "capture review kind '{other}'"
+            )));
+        }
+    };
+    Ok(HistoryEntry {
+        capture_id: r.try_get("capture_id")?,
+        at: instant(r.try_get("at")?)?,
+        actor: r.try_get("actor")?,
+        change,
     })
 }
 
@@ -149,7 +257,8 @@ impl crate::store::IncidentStore for SqliteStore {
     ) -> Result<Vec<IncidentRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{INCIDENT_SELECT} WHERE (?1 IS NULL OR i.site_id = ?1) AND (?2 IS NULL OR i.device_id = ?2) \
-             AND (?3 IS NULL OR i.status = ?3) ORDER BY i.severity DESC, i.last_at DESC"
+             AND (?3 IS NULL OR i.status = ?3) \
+             ORDER BY oldest_unreviewed IS NULL, oldest_unreviewed, i.severity DESC, i.last_at DESC"
         )))
         .bind(filter.site.map(|s| s.0))
         .bind(filter.device.as_ref().map(|d| d.as_str().to_owned()))
@@ -176,28 +285,7 @@ impl crate::store::IncidentStore for SqliteStore {
                 .await?;
         let captures = rows
             .iter()
-            .map(|r| {
-                Ok(CaptureRow {
-                    id: r.try_get("id")?,
-                    seq: r.try_get("seq")?,
-                    occurred_at: instant(r.try_get("occurred_at")?)?,
-                    rule_id: r.try_get("rule_id")?,
-                    category: r.try_get("category")?,
-                    severity: r.try_get("severity")?,
-                    matched_text: r.try_get("matched_text")?,
-                    window_title: r.try_get("window_title")?,
-                    process_name: r.try_get("process_name")?,
-                    account: r.try_get("account")?,
-                    image_sha256: r.try_get("image_sha256")?,
-                    image_status: r.try_get("image_status")?,
-                    no_image_reason: r.try_get("no_image_reason")?,
-                    repeat_count: r.try_get("repeat_count")?,
-                    kind: r.try_get("kind")?,
-                    file_path: r.try_get("file_path")?,
-                    file_sha256: r.try_get("file_sha256")?,
-                    policy_version: r.try_get("policy_version")?,
-                })
-            })
+            .map(capture_from_row)
             .collect::<Result<Vec<_>>>()?;
         Ok(Some((incident, captures, site)))
     }
@@ -212,6 +300,104 @@ impl crate::store::IncidentStore for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn capture_place(&self, capture: i64) -> Result<Option<(i64, SiteId)>> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT c.incident_id, i.site_id FROM captures c JOIN incidents i ON i.id = c.incident_id WHERE c.id = ?",
+        )
+        .bind(capture)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|(incident, site)| (incident, SiteId(site))))
+    }
+
+    async fn review_capture(
+        &self,
+        capture: i64,
+        request: &ReviewRequest,
+        actor: &str,
+        at: Timestamp,
+    ) -> Result<std::result::Result<Decision, ReviewError>> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT incident_id, review_status, severity, grade, occurred_at, first_reviewed_at \
+             FROM captures WHERE id = ?",
+        )
+        .bind(capture)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(ReviewError::NotFound(capture)));
+        };
+        let incident: i64 = row.try_get("incident_id")?;
+        let state = ReviewState {
+            id: capture,
+            status: parse_status(&row.try_get::<String, _>("review_status")?)?,
+            pregrade: row.try_get("severity")?,
+            grade: row.try_get("grade")?,
+            occurred_at: instant(row.try_get("occurred_at")?)?,
+            first_reviewed_at: optional_instant(row.try_get("first_reviewed_at")?)?,
+        };
+        let decision = match crate::review::decide(&state, request, at) {
+            Ok(decision) => decision,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        sqlx::query("UPDATE captures SET review_status = ?, grade = ? WHERE id = ?")
+            .bind(decision.status.as_str())
+            .bind(decision.grade)
+            .bind(capture)
+            .execute(&mut *tx)
+            .await?;
+        if let Some((outcome, reference)) = &decision.outcome {
+            sqlx::query("UPDATE captures SET outcome = ?, outcome_reference = ? WHERE id = ?")
+                .bind(outcome)
+                .bind(reference)
+                .bind(capture)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((when, waited)) = decision.first_review {
+            sqlx::query(
+                "UPDATE captures SET first_reviewed_at = ?, first_review_ms = ? WHERE id = ? AND first_reviewed_at IS NULL",
+            )
+            .bind(millis(when))
+            .bind(waited.as_millis() as i64)
+            .bind(capture)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for change in &decision.changes {
+            let (kind, from, to, text, reference) = change_columns(change);
+            sqlx::query(
+                "INSERT INTO capture_reviews (capture_id, incident_id, at, actor, kind, from_value, to_value, text, reference) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(capture)
+            .bind(incident)
+            .bind(millis(at))
+            .bind(actor)
+            .bind(kind)
+            .bind(from)
+            .bind(to)
+            .bind(text)
+            .bind(reference)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(decision))
+    }
+
+    async fn incident_history(&self, incident: i64) -> Result<Vec<HistoryEntry>> {
+        let rows = sqlx::query(
+            "SELECT capture_id, at, actor, kind, from_value, to_value, text, reference \
+             FROM capture_reviews WHERE incident_id = ? ORDER BY id",
+        )
+        .bind(incident)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(history_from_row).collect()
     }
 
     async fn expired_captures(
@@ -417,5 +603,168 @@ mod tests {
             .await
             .unwrap();
         assert!(kept.contains("weapons"), "{kept}");
+    }
+
+    #[tokio::test]
+    async fn a_review_is_applied_with_its_history_in_one_go_and_refusals_change_nothing() {
+        use crate::review::{CaptureStatus as S, Change, Grade, ReviewError, ReviewRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _site, device) = store_with_device(dir.path(), t(0)).await;
+        store
+            .record_batch(
+                &device,
+                &[
+                    capture(1, t(1), "weapons", "aa"),
+                    capture(2, t(2), "weapons", "bb"),
+                    capture(3, t(3), "drugs", "cc"),
+                ],
+                t(3),
+            )
+            .await
+            .unwrap();
+        let list = store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap();
+        // Both incidents wait; the one whose new capture is oldest first.
+        assert_eq!(list[0].category, "weapons");
+        assert_eq!(list[0].review.unreviewed, 2);
+        assert_eq!(list[0].review.oldest_unreviewed_at, Some(t(1)));
+        assert!(!list[0].reviewed);
+        let weapons = list[0].id;
+        let (_, captures, site) = store.incident(weapons).await.unwrap().unwrap();
+        let (first, second) = (captures[0].id, captures[1].id);
+        assert_eq!(
+            store.capture_place(first).await.unwrap(),
+            Some((weapons, site))
+        );
+        assert_eq!(store.capture_place(999).await.unwrap(), None);
+
+        // Refused: nothing written, not even the note.
+        let refused = store
+            .review_capture(
+                first,
+                &ReviewRequest {
+                    status: Some(S::Concern),
+                    note: "a note".into(),
+                    ..ReviewRequest::default()
+                },
+                "console:dsl1",
+                t(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(ReviewError::OutcomeRequired("concern")));
+        assert!(store.incident_history(weapons).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .review_capture(999, &ReviewRequest::default(), "x", t(1))
+                .await
+                .unwrap(),
+            Err(ReviewError::NotFound(999))
+        );
+
+        // Triaged an hour after the capture, then closed with a regrade.
+        store
+            .review_capture(
+                first,
+                &ReviewRequest {
+                    status: Some(S::Triaged),
+                    ..ReviewRequest::default()
+                },
+                "console:dsl1",
+                t(2),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .review_capture(
+                first,
+                &ReviewRequest {
+                    status: Some(S::Escalated),
+                    grade: Some(Grade::new(5).unwrap()),
+                    outcome: "referred to the LADO".into(),
+                    reference: "CPOMS-77".into(),
+                    note: "head teacher told".into(),
+                },
+                "cli:dsl.jones",
+                t(3),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, captures, _) = store.incident(weapons).await.unwrap().unwrap();
+        let reviewed = &captures[0].review;
+        assert_eq!(reviewed.status, S::Escalated);
+        assert_eq!(reviewed.grade, Some(5));
+        assert_eq!(captures[0].severity, 3, "the pregrade is kept");
+        assert_eq!(reviewed.outcome, "referred to the LADO");
+        assert_eq!(reviewed.reference, "CPOMS-77");
+        assert_eq!(reviewed.first_reviewed_at, Some(t(2)));
+        assert_eq!(reviewed.first_review_ms, Some(3600 * 1000));
+        let history = store.incident_history(weapons).await.unwrap();
+        let kinds: Vec<_> = history
+            .iter()
+            .map(|h| match &h.change {
+                Change::Status { to, .. } => to.as_str(),
+                Change::Grade { .. } => "grade",
+                Change::Note { .. } => "note",
+            })
+            .collect();
+        assert_eq!(kinds, ["triaged", "escalated", "grade", "note"]);
+        assert_eq!(history[1].actor, "cli:dsl.jones");
+        assert_eq!(history[2].change, Change::Grade { from: 3, to: 5 });
+
+        // One capture still new: the incident is not reviewed yet, and now
+        // the drugs incident (no older new capture) waits longer.
+        let list = store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(list[0].category, "weapons");
+        assert_eq!(list[0].review.oldest_unreviewed_at, Some(t(2)));
+        store
+            .review_capture(
+                second,
+                &ReviewRequest {
+                    status: Some(S::FalsePositive),
+                    outcome: "a history lesson".into(),
+                    ..ReviewRequest::default()
+                },
+                "console:dsl1",
+                t(4),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let list = store
+            .list_incidents(&DeviceFilter::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(list[0].category, "drugs", "the unreviewed one first");
+        let weapons_now = list.iter().find(|i| i.id == weapons).unwrap();
+        assert!(weapons_now.reviewed);
+        assert_eq!(
+            weapons_now.status, "open",
+            "the incident's own status is the DSL's"
+        );
+
+        // Retention takes a capture's history with it.
+        store.close_incident(weapons, "done", t(5)).await.unwrap();
+        let ids: Vec<i64> = store
+            .expired_captures(site, t(24 * 400))
+            .await
+            .unwrap()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(store.purge_captures(&ids, t(24 * 400)).await.unwrap(), 2);
+        assert!(store.incident_history(weapons).await.unwrap().is_empty());
+        let gone = store
+            .list_incidents(&DeviceFilter::default(), Some("closed"))
+            .await
+            .unwrap();
+        assert!(!gone[0].reviewed, "no captures held: not called reviewed");
     }
 }
