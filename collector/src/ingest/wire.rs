@@ -164,10 +164,6 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             account: text(f.account),
             sha256: text(f.sha256),
         },
-        Some(Body::AgentSignal(_)) => {
-            ok = false;
-            unrecognised("agent_signal", "not handled by this collector version")
-        }
         None => {
             ok = false;
             unrecognised("unknown", "no body this collector version understands")
