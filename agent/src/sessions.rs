@@ -194,40 +194,48 @@ impl SessionSource for Logind {
             let show = loginctl(&[
                 "show-session",
                 id,
-                "--property=Name,User,Type,Class,Remote,Seat,Timestamp,IdleHint,Active",
+                "--property=Name,User,Type,Class,Remote,Seat,Timestamp,IdleHint,Active,State",
                 "--timestamp=unix",
             ])?;
             let props: BTreeMap<&str, &str> =
                 show.lines().filter_map(|l| l.split_once('=')).collect();
-            if props.get("Class") != Some(&"user") {
-                continue; // greeters, lock screens, managers
-            }
-            let kind = match (props.get("Remote"), props.get("Type")) {
-                (Some(&"yes"), _) => Kind::Remote,
-                (_, Some(&("x11" | "wayland" | "mir"))) => Kind::Graphical,
-                _ => Kind::Console,
-            };
-            let started_at = props
-                .get("Timestamp")
-                .and_then(|t| t.trim_start_matches('@').parse::<i64>().ok())
-                .and_then(|s| Timestamp::from_second(s).ok())
-                .unwrap_or_else(Timestamp::now);
-            sessions.push(LiveSession {
-                id: format!("logind:{boot}:{id}"),
-                platform_id: id.to_owned(),
-                account: props.get("Name").copied().unwrap_or("").to_owned(),
-                uid: props
-                    .get("User")
-                    .and_then(|u| u.parse().ok())
-                    .unwrap_or(u32::MAX),
-                kind,
-                seat: props.get("Seat").copied().unwrap_or("").to_owned(),
-                started_at,
-                idle: props.get("IdleHint") == Some(&"yes"),
-            });
+            sessions.extend(logind_session(id, &boot, &props));
         }
         Ok(sessions)
     }
+}
+
+/// A logind session from its properties; None for what is no user's
+/// login: greeters, lock screens, managers, and a session `closing` (the
+/// user logged out; a process left running keeps it listed, and it must
+/// count neither as use nor as a session its helper left).
+fn logind_session(id: &str, boot: &str, props: &BTreeMap<&str, &str>) -> Option<LiveSession> {
+    if props.get("Class") != Some(&"user") || props.get("State") == Some(&"closing") {
+        return None;
+    }
+    let kind = match (props.get("Remote"), props.get("Type")) {
+        (Some(&"yes"), _) => Kind::Remote,
+        (_, Some(&("x11" | "wayland" | "mir"))) => Kind::Graphical,
+        _ => Kind::Console,
+    };
+    let started_at = props
+        .get("Timestamp")
+        .and_then(|t| t.trim_start_matches('@').parse::<i64>().ok())
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .unwrap_or_else(Timestamp::now);
+    Some(LiveSession {
+        id: format!("logind:{boot}:{id}"),
+        platform_id: id.to_owned(),
+        account: props.get("Name").copied().unwrap_or("").to_owned(),
+        uid: props
+            .get("User")
+            .and_then(|u| u.parse().ok())
+            .unwrap_or(u32::MAX),
+        kind,
+        seat: props.get("Seat").copied().unwrap_or("").to_owned(),
+        started_at,
+        idle: props.get("IdleHint") == Some(&"yes"),
+    })
 }
 
 fn loginctl(args: &[&str]) -> Result<String, SessionError> {
@@ -461,6 +469,48 @@ async fn stale_mfa_login(config: &AgentConfig, outbox: &Outbox, session: &LiveSe
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn logind_sessions_that_are_no_login_are_skipped() {
+        let props =
+            |class: &'static str, state: &'static str| -> BTreeMap<&'static str, &'static str> {
+                [
+                    ("Name", "pupil1"),
+                    ("User", "1001"),
+                    ("Type", "x11"),
+                    ("Class", class),
+                    ("Remote", "no"),
+                    ("Timestamp", "@1796076000"),
+                    ("State", state),
+                ]
+                .into_iter()
+                .collect()
+            };
+        let rows = [
+            ("an active login", "user", "active", true),
+            (
+                "in the background (another user in front)",
+                "user",
+                "online",
+                true,
+            ),
+            (
+                "logged out, a process left behind",
+                "user",
+                "closing",
+                false,
+            ),
+            ("the login screen", "greeter", "active", false),
+        ];
+        for (name, class, state, counted) in rows {
+            let session = logind_session("4", "boot", &props(class, state));
+            assert_eq!(session.is_some(), counted, "{name}");
+        }
+        let session = logind_session("4", "boot", &props("user", "active")).unwrap();
+        assert_eq!(session.kind, Kind::Graphical);
+        assert_eq!(session.id, "logind:boot:4");
+        assert_eq!(session.uid, 1001);
+    }
 
     /// A utmp record as glibc writes it.
     pub fn utmp_record(kind: i16, line: &str, user: &str, host: &str, seconds: i32) -> Vec<u8> {

@@ -13,6 +13,7 @@
 //! (left running? its version, boot, configuration) is in the outbox's
 //! state table (`State::previous_run`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ use crate::state::State;
 use crate::task::TaskContext;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A session's helper going away is reported at most once in this long.
+const GONE_REPEAT: Duration = Duration::from_secs(3600);
 
 /// What the previous daemon left in the state table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -279,6 +283,10 @@ pub async fn watch(
     let mut clock_checked = tokio::time::Instant::now();
     let mut config_sha256 = this.config_sha256.clone();
     let mut departures: Vec<(u32, Timestamp)> = Vec::new();
+    // Sessions reported as left by their helper within the hour: a helper
+    // restarted in a loop is one signal an hour, not a stream of them
+    // (they are never evicted from the outbox).
+    let mut reported: HashMap<String, tokio::time::Instant> = HashMap::new();
     let state = State::new(&outbox);
     loop {
         tokio::select! {
@@ -298,7 +306,13 @@ pub async fn watch(
             match state.session_ledger().await {
                 Ok(ledger) => {
                     let ledger = ledger.or_default();
+                    reported.retain(|_, at| at.elapsed() < GONE_REPEAT);
                     for gone in helpers_gone(&mut departures, &ledger, now, confirm) {
+                        if reported.contains_key(&gone.session_id) {
+                            tracing::debug!(session = %gone.session_id, "a session helper went away again within the hour");
+                            continue;
+                        }
+                        reported.insert(gone.session_id.clone(), tokio::time::Instant::now());
                         tracing::warn!(session = %gone.session_id, uid = gone.uid, "a session helper went away while its session stayed open");
                         signals.push((now, gone));
                     }

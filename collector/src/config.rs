@@ -42,8 +42,8 @@ pub struct CollectorConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TamperSettings {
-    /// A device that has sent nothing for this many hours while accounts
-    /// that used it sign in elsewhere gets a `tamper` flag.
+    /// A device that has sent nothing for this many hours while the
+    /// identity provider saw sign-ins from it gets a `tamper` flag.
     pub silent_after_hours: NonZeroU32,
 }
 

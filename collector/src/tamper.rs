@@ -164,25 +164,23 @@ pub struct Silence {
     /// or dismissed: a person's dismissal of this silence stands), or one
     /// is active.
     pub flagged_since: bool,
-    /// Sign-ins (imported completions, and sessions on other devices) of
-    /// the device's recent accounts after `last_seen_at + silent_after`.
-    pub signins_elsewhere: u64,
+    /// Sign-ins the identity provider saw from this very device (imported
+    /// and mapped to it) after `last_seen_at + silent_after`: the device
+    /// is in use, its agent is not reporting. Sign-ins of its users on
+    /// other devices do not count: a laptop switched off for a weekend
+    /// while its pupil uses a phone is no tampering.
+    pub signins_from_device: u64,
 }
 
-/// The instants the silence rule's queries need for a device last seen at
-/// `last_seen_at`: accounts from sessions since `accounts_since`, sign-ins
-/// after `signins_after`.
+/// The instant after which the silence rule counts sign-ins for a device
+/// last seen at `last_seen_at`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SilenceWindow {
-    pub accounts_since: Timestamp,
     pub signins_after: Timestamp,
 }
 
 pub fn silence_window(last_seen_at: Timestamp, silent_after: SignedDuration) -> SilenceWindow {
     SilenceWindow {
-        accounts_since: last_seen_at
-            .saturating_sub(SILENCE_LOOKBACK)
-            .unwrap_or(last_seen_at),
         signins_after: last_seen_at
             .saturating_add(silent_after)
             .unwrap_or(last_seen_at),
@@ -191,23 +189,22 @@ pub fn silence_window(last_seen_at: Timestamp, silent_after: SignedDuration) -> 
 
 /// The summary of a tamper flag to open for a silent device, or None:
 /// not silent for `silent_after` yet at `as_of`, already flagged for this
-/// silence, or its users did not sign in elsewhere since.
+/// silence, or nobody signed in from it since.
 pub fn on_silence(
     silence: &Silence,
     silent_after: SignedDuration,
     as_of: Timestamp,
 ) -> Option<String> {
     let window = silence_window(silence.last_seen_at, silent_after);
-    if as_of < window.signins_after || silence.flagged_since || silence.signins_elsewhere == 0 {
+    if as_of < window.signins_after || silence.flagged_since || silence.signins_from_device == 0 {
         return None;
     }
-    let times = if silence.signins_elsewhere == 1 {
-        "once".to_owned()
-    } else {
-        format!("{} times", silence.signins_elsewhere)
+    let times = match silence.signins_from_device {
+        1 => "1 sign-in".to_owned(),
+        n => format!("{n} sign-ins"),
     };
     Some(format!(
-        "agent silent since {}; its users signed in elsewhere {times} since",
+        "agent silent since {}; the identity provider saw {times} from this device since",
         second(silence.last_seen_at)
     ))
 }
@@ -374,14 +371,14 @@ mod tests {
     #[test]
     fn silence_table() {
         let day = SignedDuration::from_hours(24);
-        let silent = |flagged_since, signins_elsewhere| Silence {
+        let silent = |flagged_since, signins_from_device| Silence {
             last_seen_at: t(0),
             flagged_since,
-            signins_elsewhere,
+            signins_from_device,
         };
         let cases = [
             (
-                "signed in elsewhere",
+                "signed in from the device",
                 silent(false, 3),
                 t(0) + day * 2,
                 true,
@@ -399,7 +396,7 @@ mod tests {
                 false,
             ),
             (
-                "nobody signed in elsewhere",
+                "nobody signed in from it",
                 silent(false, 0),
                 t(0) + day * 2,
                 false,
@@ -416,12 +413,11 @@ mod tests {
         }
         assert_eq!(
             on_silence(&silent(false, 3), day, t(0) + day * 2).unwrap(),
-            "agent silent since 2027-01-15T08:00:00Z; its users signed in elsewhere 3 times since"
+            "agent silent since 2027-01-15T08:00:00Z; the identity provider saw 3 sign-ins from this device since"
         );
         assert_eq!(
             silence_window(t(0), day),
             SilenceWindow {
-                accounts_since: t(0) - SILENCE_LOOKBACK,
                 signins_after: t(0) + day,
             }
         );

@@ -14,9 +14,7 @@ CREATE TABLE agent_signals (
 CREATE INDEX agent_signals_newest ON agent_signals(device_id, occurred_at);
 
 -- The "agent silent since" rule: active devices by when they were last
--- heard from; whether a device got a tamper flag since; sign-ins of an
--- account at a site after a time (sessions are found by account through
--- `sessions_account`).
+-- heard from; whether a device got a tamper flag since (sign-ins mapped
+-- to a device are found through `mfa_completions_device`).
 CREATE INDEX devices_silent ON devices(last_seen_at) WHERE status = 'active';
 CREATE INDEX flags_device_kind ON flags(device_id, kind, opened_at);
-CREATE INDEX mfa_completions_account ON mfa_completions(site_id, account, completed_at);

@@ -171,7 +171,7 @@ fn explain(kind: FlagKind) -> &'static str {
             "This staff account has not completed two-step sign-in on this device within the period the school's policy requires. Dismiss the flag with a reason once it is dealt with."
         }
         FlagKind::Tamper => {
-            "Possible tampering with the agent: it was stopped while the machine kept running, the clock was moved, a session helper was killed or missing, or the device went silent while its users signed in elsewhere. Check the device (the agent running and up to date, who used it then, whether it was reinstalled or its clock changed; its page lists the agent's signals). Only a person closes this flag: dismiss it with a reason once you know what happened. Further signs while it is open are listed on the device page."
+            "Possible tampering with the agent: it was stopped while the machine kept running, the clock was moved, a session helper was killed or missing, or the device went silent while the identity provider saw sign-ins from it. Check the device (the agent running and up to date, who used it then, whether it was reinstalled or its clock changed; its page lists the agent's signals). Only a person closes this flag: dismiss it with a reason once you know what happened. Further signs while it is open are listed on the device page."
         }
     }
 }

@@ -400,7 +400,9 @@ pub async fn incident_close(
         )
         .await;
     }
-    let _ = console
+    // A change the audit log cannot record is reported as a failure, not
+    // passed over in silence.
+    console
         .audit(
             &viewer,
             Some(site),
@@ -410,7 +412,7 @@ pub async fn incident_close(
             // and the audit log is read by administrators too.
             "",
         )
-        .await;
+        .await?;
     Ok(Redirect::to(&format!("/incidents/{id}")).into_response())
 }
 
@@ -445,7 +447,9 @@ pub(crate) async fn review_capture(
         Ok(decision) => decision,
         Err(refused) => return Ok(Reviewed::Refused(refused)),
     };
-    let _ = console
+    // After the review's commit: a failure here is reported (the API
+    // then returns no capture data), never passed over.
+    console
         .audit(
             viewer,
             Some(site),
@@ -453,7 +457,7 @@ pub(crate) async fn review_capture(
             &format!("incident {incident}"),
             &decision.audit_words(capture),
         )
-        .await;
+        .await?;
     Ok(Reviewed::Done(incident))
 }
 

@@ -208,7 +208,7 @@ impl Content {
                 // The summary is ours (what happened and when): never the
                 // account, which may be a pupil's.
                 format!("possible tampering with the agent on {hostname}"),
-                "The agent on this device reported a sign of interference (stopped while the machine kept running, its clock moved, a session helper killed or missing), or it has gone silent while its users sign in elsewhere. Check the device: is the agent running and up to date, who used it at that time, was it reinstalled or its clock changed? The device page lists its signals. Dismiss the flag with a reason once you know.".to_owned(),
+                "The agent on this device reported a sign of interference (stopped while the machine kept running, its clock moved, a session helper killed or missing), or it has gone silent while the identity provider saw sign-ins from it. Check the device: is the agent running and up to date, who used it at that time, was it reinstalled or its clock changed? The device page lists its signals. Dismiss the flag with a reason once you know.".to_owned(),
             ),
             "test" => (
                 "test message".to_owned(),

@@ -3,20 +3,20 @@
 //! `tamper::on_silence` (pure, with `as_of`) and opens the flags. The rules
 //! loop runs it hourly.
 //!
-//! Work is bounded: only devices last seen between `silent_after` and
-//! `silent_after` + 28 days before `as_of` are read (a device silent longer
-//! has been flagged already or is the device-activity rule's), each with
-//! one indexed query, and a device flagged since it went silent is
-//! skipped before that query.
+//! Work is bounded: one statement reads the devices last seen between
+//! `silent_after` and `silent_after` + 28 days before `as_of` (a device
+//! silent longer has been flagged already or is the device-activity
+//! rule's) with their flags and sign-ins through indexes; only a device
+//! to flag costs a write.
 
 use jiff::Timestamp;
 
 use crate::config::TamperSettings;
 use crate::store::{Result, TamperStore};
-use crate::tamper::{SILENCE_LOOKBACK, Silence, on_silence, silence_window};
+use crate::tamper::{SILENCE_LOOKBACK, Silence, on_silence};
 
 /// Opens a tamper flag for each device whose agent went silent while its
-/// users signed in elsewhere; the ids of the flags opened.
+/// identity provider saw sign-ins from it; the ids of the flags opened.
 pub async fn check_silent_devices(
     store: &dyn TamperStore,
     settings: &TamperSettings,
@@ -28,24 +28,28 @@ pub async fn check_silent_devices(
         .saturating_sub(SILENCE_LOOKBACK)
         .unwrap_or(seen_before);
     let mut opened = Vec::new();
-    for device in store.silent_devices(seen_from, seen_before).await? {
-        if device.flagged_since {
-            continue;
-        }
-        let window = silence_window(device.last_seen_at, silent_after);
+    let devices = store
+        .silent_devices(seen_from, seen_before, silent_after)
+        .await?;
+    for device in devices {
         let silence = Silence {
             last_seen_at: device.last_seen_at,
             flagged_since: device.flagged_since,
-            signins_elsewhere: store.signins_elsewhere(&device, window).await?,
+            signins_from_device: device.signins_from_device,
         };
         let Some(summary) = on_silence(&silence, silent_after, as_of) else {
             continue;
         };
-        if let Some(id) = store
+        // One device's failure does not stop the others'.
+        match store
             .raise_tamper(device.site, &device.device, &summary, as_of)
-            .await?
+            .await
         {
-            opened.push(id);
+            Ok(Some(id)) => opened.push(id),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(device_id = %device.device, error = %e, "cannot open a tamper flag for a silent agent")
+            }
         }
     }
     Ok(opened)

@@ -739,6 +739,9 @@ pub struct SilentDevice {
     /// A tamper flag of the device was opened after `last_seen_at`, or
     /// one is active (a person has not looked at the earlier sign yet).
     pub flagged_since: bool,
+    /// Two-step sign-ins mapped to the device (imported from the identity
+    /// provider) more than `silent_after` after `last_seen_at`.
+    pub signins_from_device: u64,
 }
 
 /// Tamper signals: what agents said about themselves (stored by
@@ -749,21 +752,14 @@ pub trait TamperStore: Send + Sync + 'static {
     /// A device's newest signals (at most `limit`), newest first.
     async fn agent_signals(&self, device: &DeviceId, limit: usize) -> Result<Vec<StoredSignal>>;
     /// Active devices last seen at or after `seen_from` and before
-    /// `seen_before`.
+    /// `seen_before`, each with the sign-ins seen from it more than
+    /// `silent_after` after it went silent: one statement.
     async fn silent_devices(
         &self,
         seen_from: Timestamp,
         seen_before: Timestamp,
+        silent_after: jiff::SignedDuration,
     ) -> Result<Vec<SilentDevice>>;
-    /// Sign-ins after `window.signins_after` (imported or agent-reported
-    /// two-step completions at the device's site, and sessions on the
-    /// site's other devices) of the accounts that had a session on
-    /// `device` between `window.accounts_since` and `last_seen_at`.
-    async fn signins_elsewhere(
-        &self,
-        device: &SilentDevice,
-        window: crate::tamper::SilenceWindow,
-    ) -> Result<u64>;
     /// Opens a `tamper` flag for the device (its audit row and
     /// notification in the same transaction); None when one is active
     /// (its `updated_at` is then moved to `at`).

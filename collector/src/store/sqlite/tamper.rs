@@ -12,7 +12,6 @@ use super::{SqliteStore, activity, instant, millis};
 use crate::flags::FlagKind;
 use crate::model::{DeviceId, SignalRecord, SiteId, StoredSignal};
 use crate::store::{Result, SilentDevice, StoreError};
-use crate::tamper::SilenceWindow;
 
 /// Stores a signal; true when it was new (a resent event is not).
 pub(super) async fn record_signal(
@@ -94,16 +93,21 @@ impl crate::store::TamperStore for SqliteStore {
         &self,
         seen_from: Timestamp,
         seen_before: Timestamp,
+        silent_after: jiff::SignedDuration,
     ) -> Result<Vec<SilentDevice>> {
         // `devices_silent` finds the devices; `flags_device_kind` whether
-        // one was flagged since.
+        // one was flagged since; `mfa_completions_device` the sign-ins
+        // mapped to each.
         let rows = sqlx::query(
             "SELECT d.id, d.site_id, d.last_seen_at, EXISTS (SELECT 1 FROM flags f \
              WHERE f.device_id = d.id AND f.kind = 'tamper' AND (f.opened_at > d.last_seen_at \
-             OR f.state IN ('open', 'disable_approved', 'disabled'))) AS flagged \
+             OR f.state IN ('open', 'disable_approved', 'disabled'))) AS flagged, \
+             (SELECT count(*) FROM mfa_completions m WHERE m.device_id = d.id \
+              AND m.completed_at > d.last_seen_at + ?) AS signins \
              FROM devices d WHERE d.status = 'active' AND d.last_seen_at >= ? AND d.last_seen_at < ? \
              ORDER BY d.last_seen_at",
         )
+        .bind(silent_after.as_millis() as i64)
         .bind(millis(seen_from))
         .bind(millis(seen_before))
         .fetch_all(&self.reader)
@@ -115,35 +119,10 @@ impl crate::store::TamperStore for SqliteStore {
                     site: SiteId(row.try_get("site_id")?),
                     last_seen_at: instant(row.try_get("last_seen_at")?)?,
                     flagged_since: row.try_get("flagged")?,
+                    signins_from_device: row.try_get::<i64, _>("signins")? as u64,
                 })
             })
             .collect()
-    }
-
-    async fn signins_elsewhere(&self, device: &SilentDevice, window: SilenceWindow) -> Result<u64> {
-        // Accounts from `sessions_device_end` (the expression must match
-        // the index's); completions by `mfa_completions_account`; other
-        // devices' sessions by `sessions_account` (CROSS JOIN keeps that
-        // order: the planner would otherwise read every device of the
-        // site).
-        let count: i64 = sqlx::query_scalar(
-            "WITH accounts AS (SELECT DISTINCT account FROM sessions \
-               WHERE device_id = ?1 AND coalesce(ended_at, 9223372036854775807) >= ?2 \
-               AND started_at <= ?3 AND account <> '') \
-             SELECT (SELECT count(*) FROM accounts a JOIN mfa_completions m \
-                       ON m.site_id = ?4 AND m.account = lower(a.account) AND m.completed_at > ?5) \
-                  + (SELECT count(*) FROM accounts a CROSS JOIN sessions s ON s.account = a.account \
-                       CROSS JOIN devices d ON d.id = s.device_id \
-                       WHERE s.device_id <> ?1 AND d.site_id = ?4 AND s.started_at > ?5)",
-        )
-        .bind(device.device.as_str())
-        .bind(millis(window.accounts_since))
-        .bind(millis(device.last_seen_at))
-        .bind(device.site.0)
-        .bind(millis(window.signins_after))
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(count as u64)
     }
 
     async fn raise_tamper(
@@ -349,7 +328,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_device_whose_users_sign_in_elsewhere_is_flagged_once() {
+    async fn a_silent_device_the_identity_provider_sees_in_use_is_flagged_once() {
         let dir = tempfile::tempdir().unwrap();
         let (store, site, laptop) = store_with_device(dir.path(), t(0)).await;
         let other = DeviceId::from_string("dev-2");
@@ -385,10 +364,9 @@ mod tests {
                     .unwrap()
             }
         };
-        // Silent, but nobody signed in elsewhere.
+        // Silent, and Alice signs in on another device and from a phone
+        // (an import mapped to no device): the laptop may simply be off.
         assert!(check(t(3 * DAY)).await.is_empty());
-        // Alice signs in on another device after the threshold, and an
-        // import records a completion: the laptop is flagged.
         store
             .record_batch(
                 &other,
@@ -397,19 +375,30 @@ mod tests {
             )
             .await
             .unwrap();
+        let completion = |device: Option<DeviceId>, id: &str, at: Timestamp| NewMfaCompletion {
+            site: site.id,
+            device,
+            account: "alice".into(),
+            completed_at: at,
+            source: "entra".into(),
+            method: "app".into(),
+            external_id: id.into(),
+            device_hint: String::new(),
+        };
+        store
+            .record_mfa_completions(&[completion(None, "x0", t(2 * DAY))], t(2 * DAY))
+            .await
+            .unwrap();
+        assert!(check(t(3 * DAY)).await.is_empty());
+        // The identity provider saw sign-ins from the laptop itself after
+        // the threshold: it is in use while its agent is silent.
         store
             .record_mfa_completions(
-                &[NewMfaCompletion {
-                    site: site.id,
-                    device: None,
-                    account: "alice".into(),
-                    completed_at: t(2 * DAY + HOUR),
-                    source: "entra".into(),
-                    method: "app".into(),
-                    external_id: "x1".into(),
-                    device_hint: String::new(),
-                }],
-                t(2 * DAY + HOUR),
+                &[
+                    completion(Some(laptop.clone()), "x1", t(2 * DAY + HOUR)),
+                    completion(Some(laptop.clone()), "x2", t(2 * DAY + 2 * HOUR)),
+                ],
+                t(2 * DAY + 2 * HOUR),
             )
             .await
             .unwrap();
@@ -440,7 +429,7 @@ mod tests {
         assert_eq!(flag.device_id, laptop);
         assert_eq!(
             flag.summary,
-            "agent silent since 2027-01-15T09:00:00Z; its users signed in elsewhere 2 times since"
+            "agent silent since 2027-01-15T09:00:00Z; the identity provider saw 2 sign-ins from this device since"
         );
         assert!(!flag.summary.to_lowercase().contains("alice"));
         // Not again while it is open, nor once a person dismissed it.
@@ -451,15 +440,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(check(t(5 * DAY)).await.is_empty());
-        // The other device is not silent for the rule's purposes: it has
-        // no accounts that went elsewhere.
+        // The other device went silent too, but nobody signed in from it.
         let flags = tamper_flags(&store).await;
         assert_eq!(flags.len(), 2);
         assert!(flags.iter().all(|f| f.device_id == laptop));
         // Devices silent past the lookback are no longer read.
         assert!(
             store
-                .silent_devices(t(40 * DAY), t(41 * DAY))
+                .silent_devices(
+                    t(40 * DAY),
+                    t(41 * DAY),
+                    jiff::SignedDuration::from_hours(24)
+                )
                 .await
                 .unwrap()
                 .is_empty()
