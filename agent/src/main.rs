@@ -157,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Run = cli.command {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(hallmonitor_agent::memory::watch(shutdown.clone()));
         let Some(config) = usable_config(cli.config.as_deref(), &shutdown).await else {
             return Ok(ExitCode::SUCCESS);
         };
