@@ -36,6 +36,7 @@ pub mod facts;
 pub mod files;
 pub mod gaps;
 pub mod heartbeat;
+pub mod memory;
 pub mod outbox;
 pub mod policy;
 pub mod sessions;

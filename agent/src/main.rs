@@ -107,11 +107,8 @@ fn main() -> ExitCode {
         let config = cli.config.as_deref().filter(|_| config_on_command_line);
         return login_allowed(config, user);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    limit_malloc_arenas();
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -127,10 +124,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// The agent's runtime: one thread. Every command, the daemon included,
+/// waits on sockets, timers and SQLite (sqlx gives the connection a thread
+/// of its own) and does its blocking work (sysinfo, `loginctl`, reading
+/// logs, files) through `spawn_blocking`; a pool of workers would add only
+/// threads to keep resident, each with its stack and a malloc arena
+/// (issue 17: the daemon idles in at most 10 MiB). The blocking pool is
+/// bounded (tokio's default is 512): the daemon's blocking calls are
+/// short and few at a time.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+}
+
+/// glibc gives every new thread a malloc arena of its own (up to eight
+/// per core) and keeps what each arena frees for that arena, so a thread
+/// that once allocated leaves its free pages resident. The daemon's
+/// threads (the runtime, sqlx's connection, the blocking pool, the file
+/// watcher) allocate little and seldom contend, so two arenas serve them.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers and runs before any other thread
+    // exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Run = cli.command {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        tokio::spawn(hallmonitor_agent::memory::watch(shutdown.clone()));
         let Some(config) = usable_config(cli.config.as_deref(), &shutdown).await else {
             return Ok(ExitCode::SUCCESS);
         };
