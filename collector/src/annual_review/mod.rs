@@ -171,6 +171,51 @@ impl Period {
     }
 }
 
+/// `from`..`to` (days in `zone`, both included), or the `default_days`
+/// before `now`.
+pub fn period_of(
+    from: &str,
+    to: &str,
+    zone: &TimeZone,
+    now: Timestamp,
+    default_days: i64,
+) -> Result<Period, String> {
+    let day = |text: &str, name: &str| -> Result<Option<jiff::civil::Date>, String> {
+        match text.trim() {
+            "" => Ok(None),
+            text => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}: '{text}' is not a date (YYYY-MM-DD)")),
+        }
+    };
+    let start = |d: jiff::civil::Date| {
+        d.to_zoned(zone.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| e.to_string())
+    };
+    let (from, to) = (day(from, "from")?, day(to, "to")?);
+    let end = match to {
+        Some(d) => start(d.tomorrow().map_err(|e| e.to_string())?)?,
+        None => now,
+    };
+    let begin = match from {
+        Some(d) => start(d)?,
+        None => end - jiff::SignedDuration::from_hours(24 * default_days),
+    };
+    Period::new(begin, end).map_err(|e| e.to_string())
+}
+
+/// "1 Dec 2025 to 30 Nov 2026" (the last day included).
+pub fn period_words(period: Period, zone: &TimeZone) -> String {
+    let last = period.to - jiff::SignedDuration::from_millis(1);
+    format!(
+        "{} to {}",
+        period.from.to_zoned(zone.clone()).strftime("%-d %b %Y"),
+        last.to_zoned(zone.clone()).strftime("%-d %b %Y")
+    )
+}
+
 /// A figure with its name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Count {

@@ -72,7 +72,12 @@ fn lines(r: &AnnualReview, period_words: &str) -> Vec<Line> {
         Line::Title("Monitoring effectiveness review".into()),
         Line::Text(format!("Sites: {}", r.sites.join(", "))),
         Line::Text(format!("Period: {period_words} ({})", r.timezone)),
-        Line::Text(format!("Generated: {}", r.generated_at)),
+        Line::Text(format!(
+            "Generated: {}",
+            r.generated_at
+                .to_zoned(jiff::tz::TimeZone::get(&r.timezone).unwrap_or(jiff::tz::TimeZone::UTC))
+                .strftime("%-d %b %Y %H:%M")
+        )),
         Line::Gap,
         Line::Heading("Device coverage".into()),
     ];

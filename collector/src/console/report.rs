@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::access::{Allowed, IncidentsP, ReportsP, Viewer};
 use super::pages::{PageResult, local, visible_sites};
 use super::{Console, Frame, Problem, chart, page};
-use crate::annual_review::{self, AnnualReview, Count, Period, duration_words};
+use crate::annual_review::{self, AnnualReview, Count, duration_words, period_of, period_words};
 use crate::model::{DeviceId, Site};
 use crate::risk::{self, Subject};
 
@@ -53,41 +53,6 @@ impl PeriodQuery {
     }
 }
 
-/// `from`..`to` (days in `zone`, both included), or the `default_days`
-/// before `now`.
-pub fn period_of(
-    from: &str,
-    to: &str,
-    zone: &TimeZone,
-    now: Timestamp,
-    default_days: i64,
-) -> Result<Period, String> {
-    let day = |text: &str, name: &str| -> Result<Option<jiff::civil::Date>, String> {
-        match text.trim() {
-            "" => Ok(None),
-            text => text
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("{name}: '{text}' is not a date (YYYY-MM-DD)")),
-        }
-    };
-    let start = |d: jiff::civil::Date| {
-        d.to_zoned(zone.clone())
-            .map(|z| z.timestamp())
-            .map_err(|e| e.to_string())
-    };
-    let (from, to) = (day(from, "from")?, day(to, "to")?);
-    let end = match to {
-        Some(d) => start(d.tomorrow().map_err(|e| e.to_string())?)?,
-        None => now,
-    };
-    let begin = match from {
-        Some(d) => start(d)?,
-        None => end - jiff::SignedDuration::from_hours(24 * default_days),
-    };
-    Period::new(begin, end).map_err(|e| e.to_string())
-}
-
 /// The sites a query names (one of the viewer's, by id) or every site the
 /// viewer sees.
 async fn chosen_sites(
@@ -120,16 +85,6 @@ fn zone_of(sites: &[Site]) -> TimeZone {
         .first()
         .and_then(|s| TimeZone::get(&s.timezone).ok())
         .unwrap_or(TimeZone::UTC)
-}
-
-/// "1 Dec 2025 to 30 Nov 2026" (the last day included).
-fn period_words(period: Period, zone: &TimeZone) -> String {
-    let last = period.to - jiff::SignedDuration::from_millis(1);
-    format!(
-        "{} to {}",
-        period.from.to_zoned(zone.clone()).strftime("%-d %b %Y"),
-        last.to_zoned(zone.clone()).strftime("%-d %b %Y")
-    )
 }
 
 async fn review_for(

@@ -295,7 +295,7 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
     assert_eq!(response.status(), StatusCode::OK);
     let html = String::from_utf8(body(response).await).unwrap();
     assert!(
-        html.contains(r#"<p id="risk-total">2 captures in the period.</p>"#),
+        html.contains(r#"<p id="risk-total">Captures in the period: 2</p>"#),
         "{html}"
     );
     assert!(html.contains("<caption>Captures by rule and hour of day</caption>"));
@@ -316,7 +316,7 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
     let response = app.clone().oneshot(get(&by_device, "dsl1")).await.unwrap();
     let html = String::from_utf8(body(response).await).unwrap();
     assert!(
-        html.contains(r#"<p id="risk-total">3 captures in the period.</p>"#),
+        html.contains(r#"<p id="risk-total">Captures in the period: 3</p>"#),
         "{html}"
     );
 
