@@ -117,6 +117,9 @@ pub struct ReviewInput {
     pub activity_now: Vec<(String, u64)>,
     /// (staff account, device) pairs by their current 2FA verdict.
     pub mfa_now: Vec<(String, u64)>,
+    /// Agent signals in the period (started, stopped uncleanly, clock
+    /// jumped, helper gone …), by kind.
+    pub signals: Vec<(String, u64)>,
     pub flags: Vec<FlagSpan>,
     pub captures: Vec<CaptureFact>,
     pub incidents: Vec<IncidentFact>,
@@ -266,6 +269,8 @@ pub struct Coverage {
     pub helpers_missing: u64,
     /// Tamper flags opened in the period.
     pub tamper_flags: u64,
+    /// What agents said about themselves in the period, by kind.
+    pub agent_signals: Vec<Count>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -428,6 +433,14 @@ pub fn build(input: &ReviewInput) -> AnnualReview {
             .saturating_sub(input.coverage.helpers_missing),
         helpers_missing: input.coverage.helpers_missing,
         tamper_flags,
+        agent_signals: input
+            .signals
+            .iter()
+            .map(|(k, n)| Count {
+                key: k.clone(),
+                count: *n,
+            })
+            .collect(),
     };
 
     let months = months(period, &zone)
@@ -601,6 +614,7 @@ where
         coverage: CoverageFacts::default(),
         activity_now: Vec::new(),
         mfa_now: Vec::new(),
+        signals: Vec::new(),
         flags: Vec::new(),
         captures: Vec::new(),
         incidents: Vec::new(),
@@ -608,6 +622,7 @@ where
     };
     let mut activity = BTreeMap::new();
     let mut mfa = BTreeMap::new();
+    let mut signals = BTreeMap::new();
     let since = now - SignedDuration::from_hours(24 * reporting_days);
     for site in sites {
         let coverage = store.coverage(site.id, since).await?;
@@ -621,6 +636,9 @@ where
         for (k, n) in m {
             *mfa.entry(k).or_insert(0) += n;
         }
+        for (k, n) in store.signals_in_period(site.id, period).await? {
+            *signals.entry(k).or_insert(0) += n;
+        }
         input
             .flags
             .extend(store.flags_in_period(site.id, period).await?);
@@ -633,6 +651,7 @@ where
     }
     input.activity_now = activity.into_iter().collect();
     input.mfa_now = mfa.into_iter().collect();
+    input.signals = signals.into_iter().collect();
     input.accounts = store
         .console_users()
         .await?

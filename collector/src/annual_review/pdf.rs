@@ -106,6 +106,11 @@ fn lines(r: &AnnualReview, period_words: &str) -> Vec<Line> {
             ],
         ],
     );
+    table(
+        &mut l,
+        &["Agent signals in the period", "Signals"],
+        count_rows(&c.agent_signals, ""),
+    );
     l.push(Line::Heading("Compliance with the rules".into()));
     table(
         &mut l,

@@ -112,6 +112,7 @@ fn input(period: Period) -> ReviewInput {
         coverage: CoverageFacts::default(),
         activity_now: vec![],
         mfa_now: vec![],
+        signals: vec![],
         flags: vec![],
         captures: vec![],
         incidents: vec![],
@@ -146,6 +147,7 @@ fn an_empty_period_has_zero_figures_and_no_times() {
 fn the_figures_of_a_period() {
     let period = Period::new(at("2026-01-01T00:00:00Z"), at("2026-03-01T00:00:00Z")).unwrap();
     let mut i = input(period);
+    i.signals = vec![("stopped_uncleanly".into(), 2)];
     i.coverage = CoverageFacts {
         enrolled: 10,
         reporting: 8,
@@ -218,6 +220,13 @@ fn the_figures_of_a_period() {
     assert_eq!(review.coverage.silent, 2);
     assert_eq!(review.coverage.helpers_running, 7);
     assert_eq!(review.coverage.tamper_flags, 1);
+    assert_eq!(
+        review.coverage.agent_signals,
+        [Count {
+            key: "stopped_uncleanly".into(),
+            count: 2
+        }]
+    );
     assert_eq!(review.captures.total, 4);
     let grade = |n: &str| {
         review

@@ -748,6 +748,12 @@ pub trait ReportStore: Send + Sync + 'static {
     /// A site's devices by activity verdict and its staff pairs by 2FA
     /// verdict, as they stand.
     async fn verdicts_now(&self, site: SiteId) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)>;
+    /// A site's agent signals in the period, by kind.
+    async fn signals_in_period(
+        &self,
+        site: SiteId,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<(String, u64)>>;
     /// A site's flags active at some time in the period.
     async fn flags_in_period(
         &self,

@@ -30,6 +30,10 @@ const ACTIVITY_NOW: &str = "SELECT a.status, count(*) AS n FROM devices d \
 
 const MFA_NOW: &str = "SELECT status, count(*) AS n FROM mfa_pairs WHERE site_id = ?1 GROUP BY status ORDER BY status";
 
+const SIGNALS: &str = "SELECT s.kind AS status, count(*) AS n FROM devices d \
+     JOIN agent_signals s ON s.device_id = d.id AND s.occurred_at >= ?2 AND s.occurred_at < ?3 \
+     WHERE d.site_id = ?1 GROUP BY s.kind ORDER BY s.kind";
+
 const FLAGS: &str = "SELECT kind, opened_at, state, updated_at FROM flags \
      WHERE site_id = ?1 AND opened_at < ?3 \
      AND (state IN ('open', 'disable_approved', 'disabled') OR updated_at >= ?2)";
@@ -141,6 +145,16 @@ impl ReportStore for SqliteStore {
         Ok((status_counts(&activity)?, status_counts(&mfa)?))
     }
 
+    async fn signals_in_period(&self, site: SiteId, period: Period) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(SIGNALS)
+            .bind(site.0)
+            .bind(millis(period.from))
+            .bind(millis(period.to))
+            .fetch_all(&self.reader)
+            .await?;
+        status_counts(&rows)
+    }
+
     async fn flags_in_period(&self, site: SiteId, period: Period) -> Result<Vec<FlagSpan>> {
         let rows = sqlx::query(FLAGS)
             .bind(site.0)
@@ -246,7 +260,7 @@ impl ReportStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CaptureRecord, Event, EventBody, Seq};
+    use crate::model::{CaptureRecord, Event, EventBody, Seq, SignalKind, SignalRecord};
     use crate::review::{Grade, ReviewRequest};
     use crate::store::sqlite::testing::store_with_device;
     use crate::store::{DeviceFilter, IncidentStore, IngestStore};
@@ -288,6 +302,12 @@ mod tests {
             capture_event(2, now - 9 * hour, "pupil1", 3),
             // Before the period.
             capture_event(3, now - 900 * hour, "pupil2", 5),
+            Event {
+                seq: Seq(4),
+                event_id: "e4".into(),
+                occurred_at: now - 8 * hour,
+                body: EventBody::AgentSignal(SignalRecord::new(SignalKind::Started)),
+            },
         ];
         store.record_batch(&device, &events, now).await.unwrap();
         // The first capture is reviewed an hour after it happened.
@@ -324,6 +344,8 @@ mod tests {
         assert_eq!(reviewed.first_review_ms, Some(3_600_000));
         assert!(!reviewed.staff);
 
+        let signals = store.signals_in_period(site.id, period).await.unwrap();
+        assert_eq!(signals, [("started".to_owned(), 1)]);
         let incidents = store.incidents_in_period(site.id, period).await.unwrap();
         assert_eq!(incidents.len(), 2, "the old one is still open");
         let coverage = store.coverage(site.id, now - 24 * hour).await.unwrap();
@@ -363,6 +385,7 @@ mod tests {
             ("activity", ACTIVITY_NOW.to_owned(), "devices_site"),
             ("mfa", MFA_NOW.to_owned(), "mfa_pairs_site"),
             ("flags", FLAGS.to_owned(), "flags_site_opened"),
+            ("signals", SIGNALS.to_owned(), "agent_signals_newest"),
             ("captures", captures_in_period_sql(), "incidents_site_last"),
             ("incidents", INCIDENTS.to_owned(), "incidents_site_last"),
             ("by account", subject_captures_sql(true), "captures_account"),
