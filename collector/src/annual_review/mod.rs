@@ -17,12 +17,17 @@
 //! (`device_inactive`, `mfa_stale`): opened in the month, and still active
 //! at its end; the verdicts themselves are shown as they stand now.
 
+mod document;
 pub mod pdf;
+mod period;
+
+pub use document::*;
+pub use period::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp, ToSpan};
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use crate::console::access::{Permission, allows};
@@ -126,242 +131,6 @@ pub struct ReviewInput {
     pub accounts: Vec<AccessFact>,
 }
 
-/// `[from, to)`, `from` before `to`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Period {
-    pub from: Timestamp,
-    pub to: Timestamp,
-}
-
-/// Why a period was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PeriodError {
-    #[error("the period must end after it starts")]
-    Backwards,
-    #[error("the period may be at most {0} days long")]
-    TooLong(i64),
-}
-
-/// The longest period a report or profile covers.
-pub const MAX_PERIOD_DAYS: i64 = 3 * 366;
-
-impl Period {
-    pub fn new(from: Timestamp, to: Timestamp) -> Result<Period, PeriodError> {
-        if from >= to {
-            return Err(PeriodError::Backwards);
-        }
-        if to.duration_since(from) > SignedDuration::from_hours(24 * MAX_PERIOD_DAYS) {
-            return Err(PeriodError::TooLong(MAX_PERIOD_DAYS));
-        }
-        Ok(Period { from, to })
-    }
-
-    /// The `days` before `now`, to `now`.
-    pub fn last_days(now: Timestamp, days: i64) -> Period {
-        Period {
-            from: now - SignedDuration::from_hours(24 * days),
-            to: now,
-        }
-    }
-
-    /// The default: the last twelve months (365 days).
-    pub fn last_year(now: Timestamp) -> Period {
-        Period::last_days(now, 365)
-    }
-
-    pub fn contains(&self, at: Timestamp) -> bool {
-        self.from <= at && at < self.to
-    }
-}
-
-/// `from`..`to` (days in `zone`, both included), or the `default_days`
-/// before `now`.
-pub fn period_of(
-    from: &str,
-    to: &str,
-    zone: &TimeZone,
-    now: Timestamp,
-    default_days: i64,
-) -> Result<Period, String> {
-    let day = |text: &str, name: &str| -> Result<Option<jiff::civil::Date>, String> {
-        match text.trim() {
-            "" => Ok(None),
-            text => text
-                .parse()
-                .map(Some)
-                .map_err(|_| format!("{name}: '{text}' is not a date (YYYY-MM-DD)")),
-        }
-    };
-    let start = |d: jiff::civil::Date| {
-        d.to_zoned(zone.clone())
-            .map(|z| z.timestamp())
-            .map_err(|e| e.to_string())
-    };
-    let (from, to) = (day(from, "from")?, day(to, "to")?);
-    let end = match to {
-        Some(d) => start(d.tomorrow().map_err(|e| e.to_string())?)?,
-        None => now,
-    };
-    let begin = match from {
-        Some(d) => start(d)?,
-        None => end - jiff::SignedDuration::from_hours(24 * default_days),
-    };
-    Period::new(begin, end).map_err(|e| e.to_string())
-}
-
-/// "1 Dec 2025 to 30 Nov 2026" (the last day included).
-pub fn period_words(period: Period, zone: &TimeZone) -> String {
-    let last = period.to - jiff::SignedDuration::from_millis(1);
-    format!(
-        "{} to {}",
-        period.from.to_zoned(zone.clone()).strftime("%-d %b %Y"),
-        last.to_zoned(zone.clone()).strftime("%-d %b %Y")
-    )
-}
-
-/// A figure with its name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Count {
-    pub key: String,
-    pub count: u64,
-}
-
-fn counts<K: ToString>(map: BTreeMap<K, u64>) -> Vec<Count> {
-    map.into_iter()
-        .map(|(k, count)| Count {
-            key: k.to_string(),
-            count,
-        })
-        .collect()
-}
-
-/// The annual review, `hallmonitor.annual_review.v1`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AnnualReview {
-    pub schema: &'static str,
-    pub sites: Vec<String>,
-    pub timezone: String,
-    pub from: Timestamp,
-    pub to: Timestamp,
-    pub generated_at: Timestamp,
-    pub coverage: Coverage,
-    pub compliance: Compliance,
-    pub captures: Captures,
-    pub incidents: Incidents,
-    pub accounts_affected: AccountsAffected,
-    pub review: ReviewTimes,
-    pub access: Access,
-    pub freedom_of_information: FreedomOfInformation,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Coverage {
-    pub enrolled: u64,
-    /// Heard from in the last `reporting_days` days.
-    pub reporting: u64,
-    pub reporting_days: i64,
-    /// Enrolled but not heard from in `reporting_days` days.
-    pub silent: u64,
-    /// Reporting devices without an open monitoring gap.
-    pub helpers_running: u64,
-    /// Devices with an open monitoring gap (no session helper in a
-    /// graphical session).
-    pub helpers_missing: u64,
-    /// Tamper flags opened in the period.
-    pub tamper_flags: u64,
-    /// What agents said about themselves in the period, by kind.
-    pub agent_signals: Vec<Count>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Compliance {
-    /// Devices by their device-activity verdict now.
-    pub activity_now: Vec<Count>,
-    /// Staff (account, device) pairs by their 2FA verdict now.
-    pub mfa_now: Vec<Count>,
-    /// One row per calendar month (site time) of the period.
-    pub months: Vec<MonthCompliance>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MonthCompliance {
-    /// `YYYY-MM`.
-    pub month: String,
-    pub inactive_opened: u64,
-    /// `device_inactive` flags active at the month's end (or the period's).
-    pub inactive_at_end: u64,
-    pub mfa_stale_opened: u64,
-    pub mfa_stale_at_end: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Captures {
-    pub total: u64,
-    /// By grade: the DSL's when set, else the rule's severity.
-    pub by_grade: Vec<Count>,
-    pub by_category: Vec<Count>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Incidents {
-    /// Opened in the period.
-    pub opened: u64,
-    pub by_severity: Vec<Count>,
-    pub by_category: Vec<Count>,
-    /// Open at the period's end.
-    pub open_at_end: u64,
-}
-
-/// Distinct accounts with a capture in the period: counts, never names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AccountsAffected {
-    pub pupils: u64,
-    pub staff: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ReviewTimes {
-    /// Captures of the period reviewed at least once.
-    pub reviewed: u64,
-    pub not_reviewed: u64,
-    /// Capture to first review, milliseconds (nearest rank).
-    pub median_ms: Option<i64>,
-    pub p90_ms: Option<i64>,
-    /// Captures by where their review stands (new, triaged and the four
-    /// outcomes).
-    pub outcomes: Vec<Count>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Access {
-    /// Enabled console accounts that can see the site(s), per role.
-    pub by_role: Vec<Count>,
-    /// Those accounts, by name (staff, never pupils).
-    pub staff: Vec<StaffAccess>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct StaffAccess {
-    pub username: String,
-    pub role: String,
-    /// Sees pupil-level captures (snapshots, matched text).
-    pub sees_captures: bool,
-    /// Sees devices and the accounts that use them.
-    pub sees_devices: bool,
-}
-
-/// The figures a freedom-of-information request usually asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FreedomOfInformation {
-    /// Alerts (captures) by the rule's severity, as they were raised.
-    pub alerts_by_severity: Vec<Count>,
-    pub alerts_by_category: Vec<Count>,
-    /// Enabled staff console accounts that can see any monitoring data.
-    pub staff_accounts_with_access: u64,
-    /// Of those, the ones that can see pupil-level captures.
-    pub staff_accounts_seeing_captures: u64,
-}
-
 /// The `p`th percentile (0 < p ≤ 100) by nearest rank: the smallest value
 /// with at least p % of the values at or below it. `None` when empty.
 /// The median is `percentile(_, 50)` (the lower middle of an even count).
@@ -375,33 +144,6 @@ pub fn percentile(values: &[i64], p: u32) -> Option<i64> {
     // ceil(p/100 · n), at least 1.
     let rank = (p as usize * n).div_ceil(100).max(1);
     Some(sorted[rank - 1])
-}
-
-/// The calendar months (in `zone`) that overlap `period`, each clipped to
-/// it: (`YYYY-MM`, start, end).
-pub fn months(period: Period, zone: &TimeZone) -> Vec<(String, Timestamp, Timestamp)> {
-    let mut out = Vec::new();
-    let first = period.from.to_zoned(zone.clone()).date().first_of_month();
-    let mut month = first;
-    while let Ok(start) = month.to_zoned(zone.clone()) {
-        let start = start.timestamp();
-        if start >= period.to {
-            break;
-        }
-        let Ok(next) = month.checked_add(1.month()) else {
-            break;
-        };
-        let end = next
-            .to_zoned(zone.clone())
-            .map_or(period.to, |z| z.timestamp());
-        out.push((
-            month.strftime("%Y-%m").to_string(),
-            start.max(period.from),
-            end.min(period.to),
-        ));
-        month = next;
-    }
-    out
 }
 
 /// The review from its facts.
