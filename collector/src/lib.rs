@@ -9,6 +9,7 @@
 //! (`hallmonitor_proto::v1`) are converted to `model` at the edge
 //! (`ingest`, `enroll`, `ingest::downstream`) and appear nowhere else.
 
+pub mod annual_review;
 pub mod api;
 pub mod auth;
 pub mod compliance;
@@ -31,6 +32,7 @@ pub mod pki;
 pub mod policies;
 pub mod render;
 pub mod review;
+pub mod risk;
 pub mod rules;
 pub mod serve;
 pub mod signins;

@@ -176,6 +176,10 @@ enum Command {
         #[command(subcommand)]
         command: MfaCommand,
     },
+    /// The annual review of monitoring's effectiveness for a period (the
+    /// console's /report), as JSON (hallmonitor.annual_review.v1) or PDF.
+    /// Counts only: no pupil is named. Audited.
+    Report(commands::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -296,6 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evidence { command } => commands::incidents::evidence(&data, command).await,
         Command::Incidents { command } => commands::incidents::incidents(&data, command).await,
         Command::Sites { command } => commands::sites::sites(&data, command).await,
+        Command::Report(args) => commands::report::report(&data, args).await,
         Command::Recipients { command } => {
             commands::notifications::recipients(&data, command).await
         }

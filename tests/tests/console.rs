@@ -3,7 +3,8 @@
 //! the link in a notification email opens the flag after sign-in, a
 //! technician approves disabling and sees the agent's confirmation arrive,
 //! finds one device among hundreds, is refused incidents; a DSL sees the
-//! snapshot and reviews the capture through its form; a governor sees only the dashboard; the fifth wrong password
+//! snapshot and reviews the capture through its form, then opens the pupil's risk profile; a governor sees only the
+//! dashboard and the annual review; the fifth wrong password
 //! is throttled; every main page (the site policy and activity settings
 //! pages with their refusals too) passes axe-core (no serious or critical
 //! violation), fits a 360-px phone, and is saved as a screenshot under
@@ -333,20 +334,43 @@ fn people_use_the_console_in_a_browser() {
             .contains("all captures reviewed")
     );
     check_page(&browser, "incident-reviewed");
+    // From the incident to the pupil's risk profile: the capture, graded
+    // 5 by its rule, at its hour in the heatmap.
+    browser.click("#risk-account");
+    browser.wait_for("#heatmap");
+    assert_eq!(browser.text("#risk-total"), "Captures in the period: 1");
+    assert!(
+        browser.text("#grades").contains("self-harm"),
+        "{}",
+        browser.text("#grades")
+    );
+    check_page(&browser, "risk-profile");
     browser.click("form[action='/logout'] button");
     browser.wait_for("#username");
 
-    // The governor sees the dashboard only.
+    // The governor sees the dashboard and the annual review only: counts,
+    // never a pupil.
     sign_in(&browser, "gov1", &gov_pw);
     browser.wait_for("main h1");
     assert_eq!(
         browser.count("nav[aria-label='Main'] li"),
-        1,
+        2,
         "{}",
         browser.page_source()
     );
     check_page(&browser, "governor-dashboard");
+    browser.click("nav[aria-label='Main'] a[href='/report']");
+    browser.wait_for("#coverage");
+    assert_eq!(browser.text("#pupils-affected"), "1");
+    assert!(browser.text("#coverage").contains("Enrolled"));
+    assert!(browser.text("#staff-access").contains("dsl1"));
+    let report = browser.page_source();
+    assert!(!report.contains("pupil1") && !report.contains("hurt myself"));
+    check_page(&browser, "governor-report");
     browser.goto(&format!("{console_url}/devices"));
+    browser.wait_for("main h1");
+    assert_eq!(browser.text("main h1"), "Not allowed");
+    browser.goto(&format!("{console_url}/risk?account=pupil1"));
     browser.wait_for("main h1");
     assert_eq!(browser.text("main h1"), "Not allowed");
     browser.goto(&format!("{console_url}/"));
@@ -367,4 +391,16 @@ fn people_use_the_console_in_a_browser() {
         audit.contains("snapshot viewed") && audit.contains("console:dsl1"),
         "{audit}"
     );
+    assert!(
+        audit.contains("report viewed") && audit.contains("risk profile viewed"),
+        "{audit}"
+    );
+
+    // The same review for scripts, as JSON.
+    let json = data.cli(&["report", "--site", "Cabot"]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let review: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(review["schema"], "hallmonitor.annual_review.v1");
+    assert_eq!(review["accounts_affected"]["pupils"], 1);
+    assert!(!text(&json.stdout).contains("pupil1"));
 }

@@ -81,6 +81,29 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_routes().into_openapi()
 }
 
+/// Every API route (method, path pattern) the router serves from its
+/// handlers' own descriptions (`routes!` registers exactly what the
+/// document lists), plus the document itself.
+pub fn routes() -> Vec<(axum::http::Method, String)> {
+    use axum::http::Method;
+    let mut out = vec![(Method::GET, "/api/v1/openapi.json".to_owned())];
+    for (path, item) in openapi().paths.paths {
+        let methods = [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::PATCH, &item.patch),
+            (Method::DELETE, &item.delete),
+        ];
+        for (method, operation) in methods {
+            if operation.is_some() {
+                out.push((method, path.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// `openapi()` as the indented JSON kept in `docs/openapi.json`.
 pub fn openapi_json() -> String {
     openapi()

@@ -169,6 +169,8 @@ fn device_row(d: &DeviceRecord, now: Timestamp) -> DeviceRow {
 struct DevicePage {
     frame: Frame,
     d: DeviceRow,
+    /// The device's risk profile, for a viewer who may see it (a DSL).
+    risk: Option<String>,
     facts: Vec<(&'static str, String)>,
     compliance: String,
     compliance_detail: String,
@@ -406,6 +408,9 @@ pub async fn device(
     Ok(page(&DevicePage {
         frame: Frame::new(&viewer, format!("Device {}", d.hostname), "/devices"),
         d: device_row(&d, now),
+        risk: viewer
+            .can(super::access::Permission::Incidents)
+            .then(|| super::report::risk_link(site.id, None, Some(id.as_str()))),
         facts,
         compliance,
         compliance_detail,

@@ -230,6 +230,9 @@ struct IncidentPage {
     open: bool,
     close_error: String,
     export_error: String,
+    /// The risk profiles of the incident's account and device.
+    risk_account: String,
+    risk_device: String,
 }
 
 /// A form on the incident page that was refused, with why (shown beside
@@ -345,6 +348,8 @@ async fn incident_page(
         page(&IncidentPage {
             frame: Frame::new(viewer, format!("Incident {id}"), "/incidents"),
             open: incident.status == "open",
+            risk_account: super::report::risk_link(site, Some(&incident.account), None),
+            risk_device: super::report::risk_link(site, None, Some(incident.device_id.as_str())),
             i: incident_row(&incident, &zone, Timestamp::now()),
             captures,
             close_error: close_error.to_owned(),

@@ -24,6 +24,9 @@
 //! - `policy`: a site's suspicious-activity policy (edit, versions, diff).
 //! - `thresholds`: a site's activity thresholds and evidence retention
 //!   (over `collector.toml`'s).
+//! - `report`: the annual review page and its PDF (every role; all a
+//!   governor sees besides the dashboard), and the DSL's risk profile of
+//!   an account or a device.
 //! - `chart`: server-side SVG charts.
 //!
 //! Architecture invariant: the console reaches data only through the store
@@ -41,6 +44,7 @@ pub mod login;
 pub mod mfa;
 pub mod pages;
 pub mod policy;
+pub mod report;
 pub mod settings;
 pub mod thresholds;
 pub mod users;
@@ -49,9 +53,10 @@ use std::sync::{Arc, LazyLock};
 
 use askama::Template;
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use jiff::Timestamp;
 
 use crate::config::CollectorConfig;
@@ -96,68 +101,109 @@ impl Console {
     }
 }
 
-/// The console's routes, merged into the API's router.
-pub fn router(console: Console) -> Router {
-    Router::new()
-        .route("/", get(pages::dashboard))
-        .route("/login", get(login::form).post(login::submit))
-        .route(
-            "/login/second-factor",
-            get(login::totp_form).post(login::totp_submit),
-        )
-        .route("/logout", post(login::logout))
-        .route("/logout/everywhere", post(login::logout_everywhere))
-        .route("/account", get(login::account))
-        .route("/account/password", post(login::change_password))
-        .route("/account/second-factor", post(login::set_up_totp))
-        .route("/devices", get(devices::devices))
-        .route("/devices/{id}", get(devices::device))
-        .route("/flags", get(flags::flags).post(flags::flags_bulk))
-        .route("/flags/{id}", get(flags::flag).post(flags::flag_action))
-        .route("/incidents", get(incidents::incidents))
-        .route("/incidents/{id}", get(incidents::incident))
-        .route("/incidents/{id}/close", post(incidents::incident_close))
-        .route("/incidents/{id}/export", post(incidents::incident_export))
-        .route(
+/// The console's routes as a table: the router is built from it, and
+/// tests walk it (`routes`), so no route can be missed by a check that
+/// every role reaches only what it may.
+struct RouteTable {
+    router: Router<Console>,
+    routes: Vec<(Method, String)>,
+}
+
+impl RouteTable {
+    fn new() -> RouteTable {
+        RouteTable {
+            router: Router::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    fn add(mut self, method: Method, path: &str, route: MethodRouter<Console>) -> RouteTable {
+        self.routes.push((method, path.to_owned()));
+        // Routes of one path merge, one method each.
+        self.router = self.router.route(path, route);
+        self
+    }
+
+    fn get<H: Handler<T, Console>, T: 'static>(self, path: &str, handler: H) -> RouteTable {
+        self.add(Method::GET, path, get(handler))
+    }
+
+    fn post<H: Handler<T, Console>, T: 'static>(self, path: &str, handler: H) -> RouteTable {
+        self.add(Method::POST, path, post(handler))
+    }
+}
+
+fn route_table() -> RouteTable {
+    RouteTable::new()
+        .get("/", pages::dashboard)
+        .get("/login", login::form)
+        .post("/login", login::submit)
+        .get("/login/second-factor", login::totp_form)
+        .post("/login/second-factor", login::totp_submit)
+        .post("/logout", login::logout)
+        .post("/logout/everywhere", login::logout_everywhere)
+        .get("/account", login::account)
+        .post("/account/password", login::change_password)
+        .post("/account/second-factor", login::set_up_totp)
+        .get("/report", report::report)
+        .get("/report/pdf", report::report_pdf)
+        .get("/risk", report::risk_profile)
+        .get("/devices", devices::devices)
+        .get("/devices/{id}", devices::device)
+        .get("/flags", flags::flags)
+        .post("/flags", flags::flags_bulk)
+        .get("/flags/{id}", flags::flag)
+        .post("/flags/{id}", flags::flag_action)
+        .get("/incidents", incidents::incidents)
+        .get("/incidents/{id}", incidents::incident)
+        .post("/incidents/{id}/close", incidents::incident_close)
+        .post("/incidents/{id}/export", incidents::incident_export)
+        .get(
             "/incidents/{id}/captures/{capture}/image",
-            get(incidents::capture_image),
+            incidents::capture_image,
         )
-        .route(
+        .post(
             "/incidents/{id}/captures/{capture}/review",
-            post(incidents::capture_review),
+            incidents::capture_review,
         )
-        .route("/audit", get(audit::audit))
-        .route("/mfa", get(mfa::page_handler))
-        .route(
+        .get("/audit", audit::audit)
+        .get("/mfa", mfa::page_handler)
+        .add(
+            Method::POST,
             "/mfa/import",
             post(mfa::import).layer(axum::extract::DefaultBodyLimit::max(mfa::UPLOAD_LIMIT)),
         )
-        .route("/settings", get(settings::page_handler))
-        .route("/settings/secrets", post(settings::create_secret))
-        .route(
-            "/settings/secrets/{id}/revoke",
-            post(settings::revoke_secret),
-        )
-        .route(
-            "/settings/policy",
-            get(policy::page_handler).post(policy::save),
-        )
-        .route("/settings/policy/reset", post(policy::reset))
-        .route(
-            "/settings/activity",
-            get(thresholds::page_handler).post(thresholds::save),
-        )
-        .route("/settings/activity/clear", post(thresholds::clear))
-        .route("/settings/tokens", post(settings::create_token))
-        .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
-        .route("/settings/recipients", post(settings::add_recipient))
-        .route(
+        .get("/settings", settings::page_handler)
+        .post("/settings/secrets", settings::create_secret)
+        .post("/settings/secrets/{id}/revoke", settings::revoke_secret)
+        .get("/settings/policy", policy::page_handler)
+        .post("/settings/policy", policy::save)
+        .post("/settings/policy/reset", policy::reset)
+        .get("/settings/activity", thresholds::page_handler)
+        .post("/settings/activity", thresholds::save)
+        .post("/settings/activity/clear", thresholds::clear)
+        .post("/settings/tokens", settings::create_token)
+        .post("/settings/tokens/{id}/revoke", settings::revoke_token)
+        .post("/settings/recipients", settings::add_recipient)
+        .post(
             "/settings/recipients/{id}/remove",
-            post(settings::remove_recipient),
+            settings::remove_recipient,
         )
-        .route("/users", get(users::users).post(users::user_add))
-        .route("/users/{id}", post(users::user_change))
-        .route(&STYLESHEET.path, get(stylesheet))
+        .get("/users", users::users)
+        .post("/users", users::user_add)
+        .post("/users/{id}", users::user_change)
+        .get(&STYLESHEET.path, stylesheet)
+}
+
+/// Every console route (method, path pattern), as the router has them.
+pub fn routes() -> Vec<(Method, String)> {
+    route_table().routes
+}
+
+/// The console's routes, merged into the API's router.
+pub fn router(console: Console) -> Router {
+    route_table()
+        .router
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             console.clone(),
@@ -278,8 +324,9 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 9] = [
+        let links: [(&str, &str, Permission); 10] = [
             ("/", "Dashboard", Permission::Reports),
+            ("/report", "Annual review", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
             ("/flags", "Flags", Permission::Flags),
             ("/mfa", "Two-step sign-in", Permission::Devices),

@@ -2,7 +2,8 @@
 //! `SiteStore`, `DeviceStore` (devices and enrolment), `IngestStore` (what
 //! agents stream), `AuditStore`, `ActivityStore` (the device-activity rule,
 //! flags, commands), `MfaStore`, `ApiTokenStore`, `NotificationStore`,
-//! `IncidentStore`, `PolicyStore` and `ConsoleStore` (console accounts,
+//! `IncidentStore`, `PolicyStore`, `ReportStore` (the annual review and
+//! risk profile) and `ConsoleStore` (console accounts,
 //! sessions, sign-in throttling, the audit log and device search). `Store` is all of them, for the code
 //! that wires the collector together (`Arc<dyn Store>`); methods of every
 //! domain can be called on it. SQLite is the only backend so far
@@ -711,6 +712,7 @@ pub trait Store:
     + IncidentStore
     + PolicyStore
     + TamperStore
+    + ReportStore
 {
 }
 
@@ -727,7 +729,74 @@ impl<T> Store for T where
         + IncidentStore
         + PolicyStore
         + TamperStore
+        + ReportStore
 {
+}
+
+/// What the annual review (`annual_review`) and the DSL's risk profile
+/// (`risk`) read: one site at a time, over a period, each query through an
+/// index (migration 0020).
+#[async_trait]
+pub trait ReportStore: Send + Sync + 'static {
+    /// A site's active devices, those heard from since `reporting_since`,
+    /// and those with an open monitoring gap.
+    async fn coverage(
+        &self,
+        site: SiteId,
+        reporting_since: Timestamp,
+    ) -> Result<crate::annual_review::CoverageFacts>;
+    /// A site's devices by activity verdict and its staff pairs by 2FA
+    /// verdict, as they stand.
+    async fn verdicts_now(&self, site: SiteId) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)>;
+    /// A site's agent signals in the period, by kind.
+    async fn signals_in_period(
+        &self,
+        site: SiteId,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<(String, u64)>>;
+    /// A site's flags active at some time in the period.
+    async fn flags_in_period(
+        &self,
+        site: SiteId,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<crate::annual_review::FlagSpan>>;
+    /// A site's captures in the period.
+    async fn captures_in_period(
+        &self,
+        site: SiteId,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<crate::annual_review::CaptureFact>>;
+    /// A site's incidents opened before the period's end and open at some
+    /// time in it.
+    async fn incidents_in_period(
+        &self,
+        site: SiteId,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<crate::annual_review::IncidentFact>>;
+    /// One account's or one device's captures at a site in the period.
+    async fn subject_captures(
+        &self,
+        site: SiteId,
+        subject: &crate::risk::Subject,
+        period: crate::annual_review::Period,
+    ) -> Result<Vec<crate::annual_review::CaptureFact>>;
+    /// One account's or one device's open incidents at a site.
+    async fn subject_open_incidents(
+        &self,
+        site: SiteId,
+        subject: &crate::risk::Subject,
+    ) -> Result<Vec<OpenIncident>>;
+}
+
+/// An open incident, as the risk profile lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenIncident {
+    pub id: i64,
+    pub hostname: String,
+    pub category: String,
+    pub severity: i64,
+    pub opened_at: Timestamp,
+    pub capture_count: i64,
 }
 
 /// A device that stopped reporting, as the silence rule reads it.

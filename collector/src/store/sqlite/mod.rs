@@ -28,6 +28,7 @@ mod ingest;
 mod mfa;
 mod notify;
 mod policies;
+mod report;
 mod sites;
 mod tamper;
 
