@@ -9,6 +9,7 @@
 //! (`hallmonitor_proto::v1`) are converted to `model` at the edge
 //! (`ingest`, `enroll`, `ingest::downstream`) and appear nowhere else.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod compliance;
