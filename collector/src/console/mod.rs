@@ -32,6 +32,7 @@
 //! what and from where.
 
 pub mod access;
+pub mod alerts;
 pub mod audit;
 pub mod chart;
 pub mod devices;
@@ -42,6 +43,8 @@ pub mod mfa;
 pub mod pages;
 pub mod policy;
 pub mod settings;
+#[cfg(test)]
+mod test_support;
 pub mod thresholds;
 pub mod users;
 
@@ -148,6 +151,14 @@ pub fn router(console: Console) -> Router {
             get(thresholds::page_handler).post(thresholds::save),
         )
         .route("/settings/activity/clear", post(thresholds::clear))
+        .route(
+            "/settings/alerts",
+            get(alerts::page_handler).post(alerts::save),
+        )
+        .route("/settings/alerts/clear", post(alerts::clear))
+        .route("/settings/routes", post(settings::add_route))
+        .route("/settings/routes/clear", post(settings::clear_routes))
+        .route("/settings/routes/{id}/remove", post(settings::remove_route))
         .route("/settings/tokens", post(settings::create_token))
         .route("/settings/tokens/{id}/revoke", post(settings::revoke_token))
         .route("/settings/recipients", post(settings::add_recipient))
@@ -278,7 +289,7 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 9] = [
+        let links: [(&str, &str, Permission); 10] = [
             ("/", "Dashboard", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
             ("/flags", "Flags", Permission::Flags),
@@ -286,6 +297,7 @@ impl Frame {
             ("/incidents", "Incidents", Permission::Incidents),
             ("/settings", "Settings", Permission::Settings),
             ("/settings/policy", "Site policy", Permission::Policies),
+            ("/settings/alerts", "Capture alerts", Permission::Policies),
             ("/audit", "Audit log", Permission::Audit),
             ("/users", "Users", Permission::Users),
         ];
