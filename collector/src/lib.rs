@@ -19,6 +19,7 @@ pub mod directory;
 pub mod enroll;
 pub mod evidence;
 pub mod evidence_export;
+pub mod exclusions;
 pub mod flags;
 pub mod incidents;
 pub mod ingest;

@@ -36,6 +36,7 @@ pub mod alerts;
 pub mod audit;
 pub mod chart;
 pub mod devices;
+pub mod exclusions;
 pub mod flags;
 pub mod incidents;
 pub mod login;
@@ -146,6 +147,15 @@ pub fn router(console: Console) -> Router {
             get(policy::page_handler).post(policy::save),
         )
         .route("/settings/policy/reset", post(policy::reset))
+        .route("/settings/policy/restore", post(policy::restore))
+        .route(
+            "/incidents/{id}/captures/{capture}/exclude",
+            post(exclusions::exclude),
+        )
+        .route(
+            "/incidents/{id}/exclusions/{exclusion}/undo",
+            post(exclusions::undo),
+        )
         .route(
             "/settings/activity",
             get(thresholds::page_handler).post(thresholds::save),
