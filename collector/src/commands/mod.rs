@@ -10,6 +10,7 @@ pub(crate) mod incidents;
 pub(crate) mod mfa;
 pub(crate) mod notifications;
 pub(crate) mod policy;
+pub(crate) mod routes;
 pub(crate) mod sites;
 pub(crate) mod users;
 
