@@ -542,4 +542,109 @@ mod tests {
             content.body
         );
     }
+
+    fn cabot() -> Site {
+        Site {
+            id: crate::model::SiteId(1),
+            name: "Cabot".into(),
+            timezone: "Europe/London".into(),
+        }
+    }
+
+    #[test]
+    fn capture_alerts_name_the_device_category_and_count_never_the_account() {
+        let mut settings = CollectorConfig::default().notifications;
+        settings.console_url = "https://hm.example/".into();
+        // (kind, severity, summary, subject contains, body contains)
+        let cases = [
+            (
+                "capture_threshold",
+                0,
+                "5 bullying captures in 7 days by one account (the latest on this device); incident #12",
+                "capture threshold passed on unknown device",
+                "5 bullying captures in 7 days by one account",
+            ),
+            (
+                "capture_instant",
+                2,
+                "incident #9: self-harm",
+                "self-harm capture on unknown device, incident #9",
+                "whatever its severity",
+            ),
+        ];
+        for (kind, severity, summary, subject, body) in cases {
+            let event = NotificationEvent {
+                id: 1,
+                site: cabot().id,
+                kind: kind.into(),
+                flag_id: None,
+                device: Some(crate::model::DeviceId::from_string("dev-1")),
+                account: String::new(),
+                severity,
+                summary: summary.into(),
+                at: Timestamp::from_second(1_800_000_000).unwrap(),
+            };
+            let content = Content::for_event(&settings, &cabot(), &event, None);
+            assert!(
+                content.subject.contains(subject),
+                "{kind}: {}",
+                content.subject
+            );
+            assert!(content.body.contains(body), "{kind}: {}", content.body);
+            let incident = summary
+                .rsplit_once('#')
+                .map(|(_, n)| n.trim_end_matches(": self-harm"))
+                .unwrap();
+            let incident: String = incident.chars().take_while(char::is_ascii_digit).collect();
+            assert!(
+                content
+                    .body
+                    .contains(&format!("Review: https://hm.example/incidents/{incident}")),
+                "{kind}: {}",
+                content.body
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sites_own_routes_replace_collector_tomls() {
+        use crate::store::{AlertStore, AuditEntry, SiteRoute};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), Timestamp::now()).await;
+        let config = CollectorConfig::default();
+        let routes = routes_for(&store, &config, site.id).await.unwrap();
+        assert_eq!(routes, config.notifications.routes);
+        store
+            .add_site_route(
+                site.id,
+                &SiteRoute {
+                    id: 0,
+                    kind: "capture_threshold".into(),
+                    role: Role::HeadTeacher,
+                    timing: Timing::Digest,
+                },
+                &[],
+                AuditEntry {
+                    at: Timestamp::now(),
+                    site: None,
+                    actor: "cli:root",
+                    action: "route_added",
+                    target: "site Cabot",
+                    detail: "",
+                    address: "cli",
+                },
+            )
+            .await
+            .unwrap();
+        let routes = routes_for(&store, &config, site.id).await.unwrap();
+        assert_eq!(
+            routes,
+            [Route {
+                kind: "capture_threshold".into(),
+                roles: vec![Role::HeadTeacher],
+                timing: Timing::Digest,
+            }]
+        );
+    }
 }
