@@ -7,7 +7,8 @@
 //! (`[captures] incident_window_hours`, default 24); otherwise it
 //! opens a new one. Opening an incident of severity 4–5, or raising one to
 //! 4–5, queues a `capture_severe` notification (which carries no matched
-//! text and no names).
+//! text and no names); `alerts` adds instant categories and thresholds,
+//! decided in the same transaction.
 
 use jiff::{SignedDuration, Timestamp};
 

@@ -1,7 +1,8 @@
 //! Settings a technician or administrator changes: enrolment secrets (a new
-//! one shown once), API tokens (shown once), notification recipients; the
-//! notification routes `collector.toml` sets, read only; links to each
-//! site's policy (`policy`) and thresholds (`thresholds`) pages.
+//! one shown once), API tokens (shown once), notification recipients; each
+//! site's notification routes (its own, else `collector.toml`'s), which
+//! only administrators change; links to each site's policy (`policy`),
+//! thresholds (`thresholds`) and capture alerts (`alerts`) pages.
 //! Every change is audited.
 
 use askama::Template;
