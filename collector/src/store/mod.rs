@@ -757,6 +757,9 @@ pub trait AlertStore: Send + Sync + 'static {
     async fn policy_exclusion(&self, id: i64) -> Result<Option<PolicyExclusion>>;
     /// Marks an exclusion undone by `version`; false when it already was.
     async fn exclusion_undone(&self, id: i64, version: u64) -> Result<bool>;
+    /// Deletes the site's threshold alert rows (which name accounts)
+    /// crossed before `before`.
+    async fn purge_threshold_alerts(&self, site: SiteId, before: Timestamp) -> Result<u64>;
 }
 
 /// Every domain store of one backend. Callers that need one domain take

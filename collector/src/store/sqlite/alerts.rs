@@ -248,6 +248,19 @@ impl crate::store::AlertStore for SqliteStore {
             .transpose()
     }
 
+    async fn purge_threshold_alerts(&self, site: SiteId, before: jiff::Timestamp) -> Result<u64> {
+        Ok(
+            sqlx::query(
+                "DELETE FROM capture_threshold_alerts WHERE site_id = ? AND crossed_at < ?",
+            )
+            .bind(site.0)
+            .bind(millis(before))
+            .execute(&self.writer)
+            .await?
+            .rows_affected(),
+        )
+    }
+
     async fn exclusion_undone(&self, id: i64, version: u64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE policy_exclusions SET undone_version = ? WHERE id = ? AND undone_version IS NULL",
@@ -398,6 +411,30 @@ mod tests {
             got[2].1.starts_with("2 drugs captures in 1 days"),
             "{got:?}"
         );
+
+        // The retention purge takes the alert rows (which name accounts),
+        // once no threshold's period can need them.
+        let alert_rows = async || -> i64 {
+            sqlx::query_scalar("SELECT count(*) FROM capture_threshold_alerts")
+                .fetch_one(&store.reader)
+                .await
+                .unwrap()
+        };
+        std::fs::create_dir_all(dir.path().join("pki")).unwrap();
+        let evidence = crate::evidence::EvidenceStore::open(dir.path()).unwrap();
+        let retention = [(site.id, 30 * day)];
+        crate::incidents::purge_expired(&store, &evidence, &retention, start + 60 * day)
+            .await
+            .unwrap();
+        assert_eq!(
+            alert_rows().await,
+            6,
+            "kept while a 90-day threshold could need them"
+        );
+        crate::incidents::purge_expired(&store, &evidence, &retention, start + 200 * day)
+            .await
+            .unwrap();
+        assert_eq!(alert_rows().await, 0);
     }
 
     #[tokio::test]
