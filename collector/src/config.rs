@@ -35,6 +35,8 @@ pub struct CollectorConfig {
     pub notifications: NotificationSettings,
     pub captures: CaptureSettings,
     pub tamper: TamperSettings,
+    /// `[alerts]`: instant categories and threshold alerts (`alerts.rs`).
+    pub alerts: crate::alerts::AlertSettings,
     pub sites: BTreeMap<String, SiteSettings>,
 }
 
@@ -162,6 +164,16 @@ impl Default for NotificationSettings {
                     &[Role::HeadTeacher, Role::Dsl],
                     Timing::Immediate,
                 ),
+                route(
+                    crate::alerts::CAPTURE_INSTANT,
+                    &[Role::HeadTeacher, Role::Dsl],
+                    Timing::Immediate,
+                ),
+                route(
+                    crate::alerts::CAPTURE_THRESHOLD,
+                    &[Role::Dsl],
+                    Timing::Immediate,
+                ),
                 route("device_inactive", &[Role::Technician], Timing::Immediate),
                 route("device_inactive", &[Role::HeadTeacher], Timing::Digest),
                 route("mfa_stale", &[Role::Technician], Timing::Immediate),
@@ -251,6 +263,7 @@ impl Default for ActivitySettings {
 pub struct SiteSettings {
     pub activity: ActivityOverrides,
     pub mfa: MfaOverrides,
+    pub alerts: crate::alerts::AlertOverrides,
 }
 
 /// `[sites."NAME".mfa]`: what a site may set differently.
@@ -356,6 +369,7 @@ impl Default for CollectorConfig {
             notifications: NotificationSettings::default(),
             captures: CaptureSettings::default(),
             tamper: TamperSettings::default(),
+            alerts: crate::alerts::AlertSettings::default(),
             sites: BTreeMap::new(),
         }
     }
@@ -422,7 +436,16 @@ impl CollectorConfig {
             glob::Pattern::new(p)
                 .map_err(|e| invalid(&format!("mfa.staff_accounts: pattern \"{p}\": {e}")))?;
         }
+        config
+            .alerts
+            .check()
+            .map_err(|m| invalid(&format!("alerts: {m}")))?;
         for (name, site) in &config.sites {
+            crate::alerts::FileAlerts::from_config(&config)
+                .for_site(name)
+                .settings
+                .check()
+                .map_err(|m| invalid(&format!("sites.\"{name}\".alerts: {m}")))?;
             config
                 .activity
                 .with(&site.activity)

@@ -7,7 +7,8 @@
 //! (`[captures] incident_window_hours`, default 24); otherwise it
 //! opens a new one. Opening an incident of severity 4–5, or raising one to
 //! 4–5, queues a `capture_severe` notification (which carries no matched
-//! text and no names).
+//! text and no names); `alerts` adds instant categories and thresholds,
+//! decided in the same transaction.
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -42,6 +43,12 @@ pub async fn purge_expired(
     let mut expired = Vec::new();
     for (site, period) in retention {
         let before = now - *period;
+        // Threshold alert rows name accounts: kept as long as the site's
+        // evidence, and as long as the longest threshold may need them.
+        let alerts_before = before.min(
+            now - SignedDuration::from_hours(24 * i64::from(crate::alerts::MAX_THRESHOLD_DAYS)),
+        );
+        store.purge_threshold_alerts(*site, alerts_before).await?;
         let site_expired = store.expired_captures(*site, before).await?;
         if site_expired.is_empty() {
             continue;

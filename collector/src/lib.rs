@@ -9,6 +9,7 @@
 //! (`hallmonitor_proto::v1`) are converted to `model` at the edge
 //! (`ingest`, `enroll`, `ingest::downstream`) and appear nowhere else.
 
+pub mod alerts;
 pub mod annual_review;
 pub mod api;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod directory;
 pub mod enroll;
 pub mod evidence;
 pub mod evidence_export;
+pub mod exclusions;
 pub mod flags;
 pub mod incidents;
 pub mod ingest;

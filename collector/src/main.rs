@@ -161,6 +161,11 @@ enum Command {
         #[command(subcommand)]
         command: RecipientsCommand,
     },
+    /// A site's own notification routes (else collector.toml's).
+    Routes {
+        #[command(subcommand)]
+        command: commands::routes::RoutesCommand,
+    },
     /// Send a test message to a site's recipients of one role.
     Notify {
         #[command(subcommand)]
@@ -304,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recipients { command } => {
             commands::notifications::recipients(&data, command).await
         }
+        Command::Routes { command } => commands::routes::routes(&data, command).await,
         Command::Notify { command } => commands::notifications::notify(&data, command).await,
         Command::Notifications { command } => {
             commands::notifications::notifications(&data, command).await

@@ -42,9 +42,12 @@ pub async fn serve(
     config.enroll_listen = overrides.enroll_listen.unwrap_or(config.enroll_listen);
     config.api_listen = overrides.api_listen.unwrap_or(config.api_listen);
 
-    let store = crate::open_checked_store(data).await?.with_incident_window(
-        jiff::SignedDuration::from_hours(i64::from(config.captures.incident_window_hours)),
-    );
+    let store = crate::open_checked_store(data)
+        .await?
+        .with_incident_window(jiff::SignedDuration::from_hours(i64::from(
+            config.captures.incident_window_hours,
+        )))
+        .with_alerts(crate::alerts::FileAlerts::from_config(&config));
     let paths = PkiPaths::in_data_dir(data);
     let ca = Arc::new(CertificateAuthority::load(&paths)?);
     let (server_cert, server_key) = (read(&paths.server_cert)?, read(&paths.server_key)?);

@@ -238,6 +238,7 @@ fn people_use_the_console_in_a_browser() {
         ("/flags?state=all", "flags"),
         ("/mfa", "mfa"),
         ("/settings", "settings"),
+        ("/settings/alerts", "alerts"),
         ("/account", "account"),
     ] {
         browser.goto(&format!("{console_url}{path}"));
@@ -381,7 +382,13 @@ fn people_use_the_console_in_a_browser() {
     // The administrator's pages.
     sign_in(&browser, "admin2", &admin_pw);
     browser.wait_for("main h1");
-    for (path, name) in [("/users", "users"), ("/audit", "audit")] {
+    for (path, name) in [
+        ("/users", "users"),
+        // With the routes editor.
+        ("/settings", "settings-admin"),
+        // Last: its text is read below.
+        ("/audit", "audit"),
+    ] {
         browser.goto(&format!("{console_url}{path}"));
         browser.wait_for("main h1");
         check_page(&browser, name);

@@ -1225,8 +1225,8 @@ fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
     assert_eq!(compliance()["status"], "compliant");
     assert_eq!(compliance()["required_minutes"], 60);
 
-    // Only the viewer's sites; never governors. The routes are shown read
-    // only on the settings page.
+    // Only the viewer's sites; never governors. A technician sees each
+    // site's routes on the settings page (administrators edit them).
     assert_eq!(tech.get("/settings/activity?site=Dunmore").status, 403);
     assert_eq!(
         tech.post(
@@ -1247,8 +1247,16 @@ fn activity_thresholds_and_retention_are_set_per_site_in_the_console() {
     assert_eq!(gov.sign_in("gov1", &gov_pw).status, 303);
     assert_eq!(gov.get("/settings/activity?site=Cabot").status, 403);
     let settings = tech.get("/settings").text();
-    let routes = between(&settings, "id=\"routes\"", "</table>");
+    let routes = between(&settings, "id=\"routes-1\"", "</table>");
     assert!(routes.contains("capture_severe"), "{routes}");
+    assert!(
+        routes.contains("Notification routes of Cabot (collector.toml)"),
+        "{routes}"
+    );
+    assert!(
+        !settings.contains("action=\"/settings/routes\""),
+        "{settings}"
+    );
     assert!(settings.contains("/settings/activity?site=Cabot"));
 }
 

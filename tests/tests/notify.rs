@@ -414,3 +414,136 @@ fn two_collector_instances_on_one_database_send_each_message_once() {
         "one flag per device"
     );
 }
+
+/// A capture as a session helper sends one, without an image.
+fn capture(category: &str, severity: u32, matched: &str, account: &str) -> v1::event::Body {
+    v1::event::Body::Capture(v1::Capture {
+        rule_id: category.into(),
+        category: category.into(),
+        severity,
+        matched_text: matched.into(),
+        window_title: format!("{matched} - Chat - Chromium"),
+        process_name: "chromium".into(),
+        pid: 4242,
+        account: account.into(),
+        no_image_reason: "no display".into(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn an_instant_self_harm_capture_and_a_threshold_crossing_alert_once_by_the_sites_routes() {
+    let data = CollectorData::init("Cabot");
+    let root = tempfile::tempdir().unwrap();
+    let smtp_port = free_port();
+    edit_config(
+        &data,
+        &[
+            ("host = \"\"", "host = \"127.0.0.1\"".into()),
+            ("port = 587", format!("port = {smtp_port}")),
+            ("security = \"starttls\"", "security = \"none\"".into()),
+            // A threshold of 3 in a day for this test, besides bullying's.
+            (
+                "[[alerts.thresholds]]",
+                "[[alerts.thresholds]]\ncategory = \"violence\"\ncount = 3\ndays = 1\n\n[[alerts.thresholds]]"
+                    .into(),
+            ),
+        ],
+    );
+    let smtp = start_smtp(smtp_port, &root.path().join("maildir"), &data.logs());
+    let collector = data.start();
+    for (role, email) in [
+        ("dsl", "dsl@cabot.sch.uk"),
+        ("head_teacher", "head@cabot.sch.uk"),
+    ] {
+        let added = data.cli(&[
+            "recipients",
+            "add",
+            "--site",
+            "Cabot",
+            "--role",
+            role,
+            "--email",
+            email,
+        ]);
+        assert!(added.status.success(), "{}", text(&added.stderr));
+    }
+    // The site's own route: the head teacher hears of threshold alerts too
+    // (collector.toml tells only the DSL); the rest are copied from it.
+    let route = data.cli(&[
+        "routes",
+        "add",
+        "--site",
+        "Cabot",
+        "--kind",
+        "capture_threshold",
+        "--role",
+        "head_teacher",
+        "--timing",
+        "immediate",
+        "--by",
+        "e2e",
+    ]);
+    assert!(route.status.success(), "{}", text(&route.stderr));
+
+    let agent = Agent::new(&data.agent_settings(&collector, "e2e-alerts-1"));
+    let id = agent.enroll();
+    let now = jiff::Timestamp::now();
+    let minutes = |n: i64| now - jiff::SignedDuration::from_mins(n);
+    let mut events = vec![
+        // Severity 2 self-harm: at once, whatever the severity.
+        (
+            minutes(50),
+            capture("self-harm", 2, "i hate myself", "pupil.surname3"),
+        ),
+    ];
+    // Four violence captures: the third crosses the threshold, the fourth
+    // does not alert again.
+    for n in 0..4 {
+        events.push((
+            minutes(40 - n),
+            capture("violence", 2, "fight after school", "pupil.surname3"),
+        ));
+    }
+    queue(&agent.data, events);
+    let _daemon = agent.start();
+
+    let mails = wait_for("both alerts to both people", WAIT, || {
+        let dsl = smtp.to("dsl@cabot.sch.uk");
+        let head = smtp.to("head@cabot.sch.uk");
+        (dsl.len() >= 2 && head.len() >= 2).then_some((dsl, head))
+    });
+    for (who, mails) in [("dsl", &mails.0), ("head", &mails.1)] {
+        let instant: Vec<_> = mails
+            .iter()
+            .filter(|(s, _)| s.contains("self-harm capture on"))
+            .collect();
+        let threshold: Vec<_> = mails
+            .iter()
+            .filter(|(s, _)| s.contains("capture threshold passed on"))
+            .collect();
+        assert_eq!((instant.len(), threshold.len()), (1, 1), "{who}: {mails:?}");
+        let (_, body) = threshold[0];
+        assert!(
+            body.contains("3 violence captures in 1 days on this device"),
+            "{who}: {body}"
+        );
+        assert!(body.contains(&id), "{who}: the device is named: {body}");
+        for (subject, body) in mails {
+            for secret in ["pupil.surname3", "i hate myself", "fight after school"] {
+                assert!(
+                    !body.contains(secret) && !subject.contains(secret),
+                    "{who}: '{secret}' in {subject}: {body}"
+                );
+            }
+        }
+    }
+    // Exactly once: every message sent, nothing else queued.
+    wait_for("all messages sent", WAIT, || {
+        let all = json(&data.cli(&["notifications", "list", "--format", "json"]));
+        let all = all["notifications"].as_array()?.clone();
+        all.iter().all(|n| n["status"] == "sent").then_some(())
+    });
+    assert_eq!(smtp.to("dsl@cabot.sch.uk").len(), 2);
+    assert_eq!(smtp.to("head@cabot.sch.uk").len(), 2);
+}

@@ -38,7 +38,7 @@ pub struct NotificationList {
 pub struct NotificationOut {
     id: i64,
     /// What it is about (device_inactive, mfa_stale, capture_severe,
-    /// digest, test …).
+    /// capture_instant, capture_threshold, digest, test …).
     kind: String,
     /// email or webhook.
     channel: String,
@@ -103,7 +103,8 @@ pub async fn list(
         .take(limit)
         .map(|n| {
             let kind = kind_of(&n.payload);
-            let subject = if kind == "capture_severe" && !reads_incidents {
+            // capture_severe, capture_instant, capture_threshold.
+            let subject = if kind.starts_with("capture_") && !reads_incidents {
                 "(a capture's notification: shown to DSLs)".to_owned()
             } else {
                 n.subject
@@ -176,6 +177,86 @@ mod tests {
             ("connection refused", "connection refused"),
         ] {
             assert_eq!(super::without_urls(text), want, "{text}");
+        }
+    }
+
+    /// Every capture alert's subject (severe, instant, threshold) is for
+    /// DSLs: a technician's token sees that one exists, not what it says.
+    #[tokio::test]
+    async fn capture_alert_subjects_are_withheld_from_technicians() {
+        use std::sync::Arc;
+
+        use axum::body::Body;
+        use axum::http::{Request, header};
+        use tower::ServiceExt;
+
+        use crate::model::{Channel, ConsoleRole, Timing};
+        use crate::store::{ApiTokenStore, NewApiToken, NewNotification, NotificationStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let now = jiff::Timestamp::now();
+        let (store, site, _) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), now).await;
+        let kinds = [
+            "capture_severe",
+            "capture_instant",
+            "capture_threshold",
+            "tamper",
+        ];
+        let messages: Vec<NewNotification> = kinds
+            .iter()
+            .map(|kind| NewNotification {
+                site: site.id,
+                channel: Channel::Email,
+                address: format!("{kind}@cabot.sch.uk"),
+                webhook_format: "json".into(),
+                webhook_secret: String::new(),
+                timing: Timing::Immediate,
+                subject: format!("subject of {kind}"),
+                body: String::new(),
+                payload: serde_json::json!({ "kind": kind }).to_string(),
+            })
+            .collect();
+        store
+            .queue_notifications(None, &messages, now)
+            .await
+            .unwrap();
+        for (token, role) in [
+            ("hmapi_dsl", ConsoleRole::Dsl),
+            ("hmapi_tech", ConsoleRole::Technician),
+        ] {
+            store
+                .create_api_token(
+                    NewApiToken {
+                        site: site.id,
+                        token_sha256: &crate::auth::secret_digest(token),
+                        label: token,
+                        role,
+                        all_sites: false,
+                        created_by: None,
+                    },
+                    now,
+                )
+                .await
+                .unwrap();
+        }
+        let app = crate::api::router(Arc::new(store), Arc::new(Default::default()), None);
+        for (token, shown) in [("hmapi_dsl", 4), ("hmapi_tech", 1)] {
+            let response = app
+                .clone()
+                .oneshot(
+                    Request::get("/api/v1/notifications")
+                        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            assert_eq!(text.matches("subject of").count(), shown, "{token}: {text}");
         }
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod mfa;
 pub(crate) mod notifications;
 pub(crate) mod policy;
 pub(crate) mod report;
+pub(crate) mod routes;
 pub(crate) mod sites;
 pub(crate) mod users;
 

@@ -115,6 +115,10 @@ needs! {
     UsersP => Users,
     AuditP => Audit,
     SettingsP => Settings,
+    // A site's capture alerts: whoever may change its policy.
+    AlertsP => Policies,
+    // A site's notification routes: administrators only, like accounts.
+    RoutesP => Users,
 }
 
 /// `Policies`, whose form carries a whole policy text (percent-encoded,

@@ -19,6 +19,7 @@ use super::login::Empty;
 use super::pages::{PageResult, local, site_zone, visible_sites};
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::evidence_export::{self, ExportError, Exporter};
+use crate::exclusions::ExclusionKind;
 use crate::incidents::{CaptureRow, IncidentRecord};
 use crate::review::{
     CaptureStatus, Change, Grade, HistoryEntry, ReviewError, ReviewRequest, age_words, next_status,
@@ -186,6 +187,11 @@ struct CaptureView {
     history: Vec<HistoryView>,
     /// Why this capture's review form was refused.
     error: String,
+    /// "Not a concern — exclude …" offers while the capture is open:
+    /// (what, button words, the text excluded).
+    exclusions: Vec<(&'static str, &'static str, String)>,
+    /// Exclusions added from this capture: (id, words, undoable).
+    taught: Vec<(i64, String, bool)>,
 }
 
 struct HistoryView {
@@ -238,7 +244,7 @@ struct IncidentPage {
 /// A form on the incident page that was refused, with why (shown beside
 /// it).
 #[derive(Clone, Copy)]
-enum Refused<'a> {
+pub(super) enum Refused<'a> {
     Nothing,
     Close(&'a str),
     Export(&'a str),
@@ -309,10 +315,19 @@ fn capture_view(
             Refused::Review(id, why) if id == c.id => why.to_owned(),
             _ => String::new(),
         },
+        exclusions: if r.status.is_closed() {
+            Vec::new()
+        } else {
+            ExclusionKind::ALL
+                .into_iter()
+                .filter_map(|k| Some((k.as_str(), k.label(), k.text_of(c)?)))
+                .collect()
+        },
+        taught: Vec::new(),
     }
 }
 
-async fn incident_page(
+pub(super) async fn incident_page(
     console: &Console,
     viewer: &Viewer,
     id: i64,
@@ -335,9 +350,27 @@ async fn incident_page(
         )
         .await?;
     let history = console.store.incident_history(id).await?;
+    let ids: Vec<i64> = captures.iter().map(|c| c.id).collect();
+    let taught = console.store.policy_exclusions(&ids).await?;
+    let current = match taught.is_empty() {
+        true => 0,
+        false => console
+            .store
+            .site_policy(site, None)
+            .await?
+            .map_or(0, |p| p.version),
+    };
     let captures = captures
         .iter()
-        .map(|c| capture_view(c, &zone, &history, refused))
+        .map(|c| {
+            let mut view = capture_view(c, &zone, &history, refused);
+            view.taught = taught
+                .iter()
+                .filter(|e| e.capture == c.id)
+                .map(|e| super::exclusions::taught_words(e, current))
+                .collect();
+            view
+        })
         .collect();
     let (close_error, export_error) = match refused {
         Refused::Nothing | Refused::Review(..) => ("", ""),

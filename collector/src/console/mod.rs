@@ -35,9 +35,11 @@
 //! what and from where.
 
 pub mod access;
+pub mod alerts;
 pub mod audit;
 pub mod chart;
 pub mod devices;
+pub mod exclusions;
 pub mod flags;
 pub mod incidents;
 pub mod login;
@@ -46,6 +48,8 @@ pub mod pages;
 pub mod policy;
 pub mod report;
 pub mod settings;
+#[cfg(test)]
+mod test_support;
 pub mod thresholds;
 pub mod users;
 
@@ -179,9 +183,24 @@ fn route_table() -> RouteTable {
         .get("/settings/policy", policy::page_handler)
         .post("/settings/policy", policy::save)
         .post("/settings/policy/reset", policy::reset)
+        .post("/settings/policy/restore", policy::restore)
+        .post(
+            "/incidents/{id}/captures/{capture}/exclude",
+            exclusions::exclude,
+        )
+        .post(
+            "/incidents/{id}/exclusions/{exclusion}/undo",
+            exclusions::undo,
+        )
         .get("/settings/activity", thresholds::page_handler)
         .post("/settings/activity", thresholds::save)
         .post("/settings/activity/clear", thresholds::clear)
+        .get("/settings/alerts", alerts::page_handler)
+        .post("/settings/alerts", alerts::save)
+        .post("/settings/alerts/clear", alerts::clear)
+        .post("/settings/routes", settings::add_route)
+        .post("/settings/routes/clear", settings::clear_routes)
+        .post("/settings/routes/{id}/remove", settings::remove_route)
         .post("/settings/tokens", settings::create_token)
         .post("/settings/tokens/{id}/revoke", settings::revoke_token)
         .post("/settings/recipients", settings::add_recipient)
@@ -324,7 +343,7 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 10] = [
+        let links: [(&str, &str, Permission); 11] = [
             ("/", "Dashboard", Permission::Reports),
             ("/report", "Annual review", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
@@ -333,6 +352,7 @@ impl Frame {
             ("/incidents", "Incidents", Permission::Incidents),
             ("/settings", "Settings", Permission::Settings),
             ("/settings/policy", "Site policy", Permission::Policies),
+            ("/settings/alerts", "Capture alerts", Permission::Policies),
             ("/audit", "Audit log", Permission::Audit),
             ("/users", "Users", Permission::Users),
         ];

@@ -441,3 +441,50 @@ pub async fn reset(
         }
     }
 }
+
+#[derive(Deserialize)]
+pub struct RestoreForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    version: String,
+}
+
+/// "Restore": an earlier version's text saved as a new version (how an
+/// exclusion added from a capture, or any change, is undone; history is
+/// never rewritten).
+pub async fn restore(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<PoliciesP, RestoreForm>,
+) -> PageResult {
+    let site = site_for(&console, &viewer, &form.site, PATH).await?;
+    let Some(version) = version_number(&form.version, "version")? else {
+        return Err(Problem::NotFound);
+    };
+    let Some(old) = console.store.site_policy(site.id, Some(version)).await? else {
+        return Err(Problem::NotFound);
+    };
+    let comment = format!("restored version {version}");
+    match save_as(&console, &viewer, &site, &old.toml, "(restored)", &comment).await {
+        Ok(Saved::New(new)) => Ok(saved_page(&site, new)),
+        Ok(Saved::Unchanged(current)) => {
+            let state = FormState {
+                notice: format!(
+                    "Unchanged: version {current} already has the text of version {version}."
+                ),
+                ..FormState::default()
+            };
+            render(&console, &viewer, site, &PolicyQuery::default(), state).await
+        }
+        Err(PolicySaveError::Store(e)) => Err(e.into()),
+        Err(e) => {
+            // A stored version was checked when it was saved; the parser
+            // may since have grown stricter.
+            let state = FormState {
+                errors: vec![format!("Version {version} is no longer accepted: {e}")],
+                ..FormState::default()
+            };
+            render(&console, &viewer, site, &PolicyQuery::default(), state).await
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! Settings a technician or administrator changes: enrolment secrets (a new
-//! one shown once), API tokens (shown once), notification recipients; the
-//! notification routes `collector.toml` sets, read only; links to each
-//! site's policy (`policy`) and thresholds (`thresholds`) pages.
+//! one shown once), API tokens (shown once), notification recipients; each
+//! site's notification routes (its own, else `collector.toml`'s), which
+//! only administrators change; links to each site's policy (`policy`),
+//! thresholds (`thresholds`) and capture alerts (`alerts`) pages.
 //! Every change is audited.
 
 use askama::Template;
@@ -10,14 +11,18 @@ use axum::response::{IntoResponse, Redirect, Response};
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
-use super::access::{Allowed, SettingsP, Submit, Viewer, may_grant};
+use super::access::{Allowed, Permission, RoutesP, SettingsP, Submit, Viewer, may_grant};
 use super::pages::{local_opt, visible_sites};
 use super::{Console, Frame, Problem, page, with_form_error};
 use crate::auth;
-use crate::model::{Channel, ConsoleRole, Role, Site};
-use crate::store::{NewApiToken, NewSecret, Recipient};
+use crate::model::{Channel, ConsoleRole, Role, Site, Timing};
+use crate::store::{AuditEntry, NewApiToken, NewSecret, Recipient, SiteRoute};
 
 type PageResult = Result<Response, Problem>;
+
+/// A route as the settings page lists it: (id, 0 for collector.toml's;
+/// kind; roles; timing).
+type RouteRow = (i64, String, String, String);
 
 #[derive(Template)]
 #[template(path = "settings.html")]
@@ -32,8 +37,14 @@ struct SettingsPage {
     token_roles: Vec<&'static str>,
     recipients: Vec<(i64, String, String, String, String)>,
     roles: Vec<&'static str>,
-    /// (kind, roles, timing) of each notification route.
-    routes: Vec<(String, String, String)>,
+    /// Each site's routes in force: (site, where they come from, routes
+    /// as (id (0: collector.toml's), kind, roles, timing)).
+    site_routes: Vec<(String, &'static str, Vec<RouteRow>)>,
+    /// Whether the viewer may edit routes (administrators).
+    edits_routes: bool,
+    kinds: Vec<&'static str>,
+    timings: Vec<&'static str>,
+    all_roles: Vec<&'static str>,
     shown_once: String,
     shown_once_what: String,
     error: String,
@@ -115,6 +126,41 @@ async fn render(
             ));
         }
     }
+    let mut site_routes = Vec::new();
+    for site in &sites {
+        let own = console.store.site_routes(site.id).await?;
+        let (source, routes) = if own.is_empty() {
+            (
+                "collector.toml",
+                console
+                    .config
+                    .notifications
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            0,
+                            r.kind.clone(),
+                            r.roles
+                                .iter()
+                                .map(|role| role.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            r.timing.to_string(),
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            (
+                "set for this site",
+                own.into_iter()
+                    .map(|r| (r.id, r.kind, r.role.to_string(), r.timing.to_string()))
+                    .collect(),
+            )
+        };
+        site_routes.push((site.name.clone(), source, routes));
+    }
     let (shown_once_what, shown_once) =
         shown_once.map_or((String::new(), String::new()), |(w, s)| (w.to_owned(), s));
     Ok(with_form_error(
@@ -138,23 +184,11 @@ async fn render(
                 .filter(|r| **r != Role::StaffMember)
                 .map(|r| r.as_str())
                 .collect(),
-            routes: console
-                .config
-                .notifications
-                .routes
-                .iter()
-                .map(|r| {
-                    (
-                        r.kind.clone(),
-                        r.roles
-                            .iter()
-                            .map(|role| role.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        r.timing.to_string(),
-                    )
-                })
-                .collect(),
+            site_routes,
+            edits_routes: viewer.can(Permission::Users),
+            kinds: crate::alerts::EVENT_KINDS.to_vec(),
+            timings: Timing::ALL.iter().map(|t| t.as_str()).collect(),
+            all_roles: Role::ALL.iter().map(|r| r.as_str()).collect(),
             shown_once,
             shown_once_what,
             error: error.to_owned(),
@@ -485,4 +519,123 @@ pub async fn remove_recipient(
         )
         .await;
     Ok(Redirect::to("/settings").into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RouteForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    timing: String,
+}
+
+fn route_audit<'a>(
+    viewer: &'a Viewer,
+    site: &Site,
+    action: &'a str,
+    target: &'a str,
+    detail: &'a str,
+) -> AuditEntry<'a> {
+    AuditEntry {
+        at: Timestamp::now(),
+        site: Some(site.id),
+        actor: &viewer.actor,
+        action,
+        target,
+        detail,
+        address: &viewer.address,
+    }
+}
+
+/// Adds a route to a site (administrators). A site that used
+/// collector.toml's routes starts from a copy of them, so adding one
+/// route silences none of the others.
+pub async fn add_route(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<RoutesP, RouteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return render(&console, &viewer, None, "Choose one of your sites.").await;
+    };
+    let (Some(kind), Some(role), Some(timing)) = (
+        crate::alerts::EVENT_KINDS.iter().find(|k| **k == form.kind),
+        Role::parse(&form.role),
+        Timing::parse(&form.timing),
+    ) else {
+        return render(&console, &viewer, None, "Choose an event, a role and when.").await;
+    };
+    let route = SiteRoute {
+        id: 0,
+        kind: (*kind).to_owned(),
+        role,
+        timing,
+    };
+    let target = format!("site {}", site.name);
+    let detail = format!("{kind} → {role} ({timing})");
+    let added = console
+        .store
+        .add_site_route(
+            site.id,
+            &route,
+            &console.config.notifications.routes,
+            route_audit(&viewer, &site, "route_added", &target, &detail),
+        )
+        .await?;
+    if !added {
+        return render(&console, &viewer, None, "The site already has that route.").await;
+    }
+    Ok(Redirect::to("/settings#routes-heading").into_response())
+}
+
+pub async fn remove_route(
+    State(console): State<Console>,
+    Path(id): Path<i64>,
+    Submit(viewer, form, ..): Submit<RoutesP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return Err(Problem::NotFound);
+    };
+    let target = format!("site {}", site.name);
+    let detail = format!("route {id}");
+    if !console
+        .store
+        .remove_site_route(
+            site.id,
+            id,
+            route_audit(&viewer, &site, "route_removed", &target, &detail),
+        )
+        .await?
+    {
+        return Err(Problem::NotFound);
+    }
+    Ok(Redirect::to("/settings#routes-heading").into_response())
+}
+
+/// Removes every route of a site: it uses collector.toml's again.
+pub async fn clear_routes(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<RoutesP, SiteForm>,
+) -> PageResult {
+    let Some(site) = site_named(&console, &viewer, &form.site).await? else {
+        return Err(Problem::NotFound);
+    };
+    let target = format!("site {}", site.name);
+    console
+        .store
+        .clear_site_routes(
+            site.id,
+            route_audit(
+                &viewer,
+                &site,
+                "routes_cleared",
+                &target,
+                "back to collector.toml's routes",
+            ),
+        )
+        .await?;
+    Ok(Redirect::to("/settings#routes-heading").into_response())
 }

@@ -24,7 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{CollectorConfig, NotificationSettings};
+use crate::config::{CollectorConfig, NotificationSettings, Route};
 use crate::model::{Channel, Role, Site, Timing};
 use crate::store::{NewNotification, Notification, NotificationEvent, Result, Store};
 
@@ -116,13 +116,9 @@ async fn plan(
     };
     let recipients = store.recipients(Some(site.id)).await?;
     let content = Content::for_event(&config.notifications, &site, event, device.as_ref());
+    let routes = routes_for(store, config, site.id).await?;
     let mut messages = Vec::new();
-    for route in config
-        .notifications
-        .routes
-        .iter()
-        .filter(|r| r.kind == event.kind)
-    {
+    for route in routes.iter().filter(|r| r.kind == event.kind) {
         for role in &route.roles {
             if *role == Role::StaffMember {
                 // The account concerned, by the address the directory holds.
@@ -158,6 +154,27 @@ async fn plan(
         }
     }
     Ok(messages)
+}
+
+/// The routes in force at a site: its own (set in the console or with
+/// `routes`), or `collector.toml`'s when it has none.
+pub async fn routes_for(
+    store: &dyn Store,
+    config: &CollectorConfig,
+    site: crate::model::SiteId,
+) -> Result<Vec<Route>> {
+    let own = store.site_routes(site).await?;
+    if own.is_empty() {
+        return Ok(config.notifications.routes.clone());
+    }
+    Ok(own
+        .into_iter()
+        .map(|r| Route {
+            kind: r.kind,
+            roles: vec![r.role],
+            timing: r.timing,
+        })
+        .collect())
 }
 
 /// What a message says, before it is addressed.
@@ -204,6 +221,19 @@ impl Content {
                 format!("severity {} capture on {hostname}, {}", event.severity, event.summary),
                 "A suspicious-activity capture of high severity was taken on this device. Review the incident and its evidence in the console.".to_owned(),
             ),
+            "capture_instant" => (
+                // Ours ("incident #N: category"), as for capture_severe.
+                match event.summary.split_once(": ") {
+                    Some((incident, category)) => format!("{category} capture on {hostname}, {incident}"),
+                    None => format!("capture on {hostname}, {}", event.summary),
+                },
+                "A suspicious-activity capture in a category this school asks to hear about at once, whatever its severity, was taken on this device. Review the incident and its evidence in the console.".to_owned(),
+            ),
+            "capture_threshold" => (
+                // Ours: device, category and count, never the account.
+                format!("capture threshold passed on {hostname}"),
+                format!("{}. Several captures of one category in a short time can matter more than each alone: review the device's incidents in the console.", event.summary),
+            ),
             "tamper" => (
                 // The summary is ours (what happened and when): never the
                 // account, which may be a pupil's.
@@ -216,8 +246,19 @@ impl Content {
             ),
             other => (other.replace('_', " "), String::new()),
         };
+        let incident = event
+            .summary
+            .split_once("incident #")
+            .and_then(|(_, rest)| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<i64>().ok()
+            })
+            .filter(|_| event.kind.starts_with("capture_"));
         let link = match (settings.console_url.trim_end_matches('/'), event.flag_id) {
             ("", _) => String::new(),
+            (base, None) if incident.is_some() => {
+                format!("{base}/incidents/{}", incident.unwrap_or_default())
+            }
             (base, Some(flag)) => format!("{base}/flags/{flag}"),
             (base, None) if !device_id.is_empty() => format!("{base}/devices/{device_id}"),
             (base, None) => base.to_owned(),
@@ -499,6 +540,111 @@ mod tests {
             content.body.contains("clock moved forward 1 day"),
             "{}",
             content.body
+        );
+    }
+
+    fn cabot() -> Site {
+        Site {
+            id: crate::model::SiteId(1),
+            name: "Cabot".into(),
+            timezone: "Europe/London".into(),
+        }
+    }
+
+    #[test]
+    fn capture_alerts_name_the_device_category_and_count_never_the_account() {
+        let mut settings = CollectorConfig::default().notifications;
+        settings.console_url = "https://hm.example/".into();
+        // (kind, severity, summary, subject contains, body contains)
+        let cases = [
+            (
+                "capture_threshold",
+                0,
+                "5 bullying captures in 7 days by one account (the latest on this device); incident #12",
+                "capture threshold passed on unknown device",
+                "5 bullying captures in 7 days by one account",
+            ),
+            (
+                "capture_instant",
+                2,
+                "incident #9: self-harm",
+                "self-harm capture on unknown device, incident #9",
+                "whatever its severity",
+            ),
+        ];
+        for (kind, severity, summary, subject, body) in cases {
+            let event = NotificationEvent {
+                id: 1,
+                site: cabot().id,
+                kind: kind.into(),
+                flag_id: None,
+                device: Some(crate::model::DeviceId::from_string("dev-1")),
+                account: String::new(),
+                severity,
+                summary: summary.into(),
+                at: Timestamp::from_second(1_800_000_000).unwrap(),
+            };
+            let content = Content::for_event(&settings, &cabot(), &event, None);
+            assert!(
+                content.subject.contains(subject),
+                "{kind}: {}",
+                content.subject
+            );
+            assert!(content.body.contains(body), "{kind}: {}", content.body);
+            let incident = summary
+                .rsplit_once('#')
+                .map(|(_, n)| n.trim_end_matches(": self-harm"))
+                .unwrap();
+            let incident: String = incident.chars().take_while(char::is_ascii_digit).collect();
+            assert!(
+                content
+                    .body
+                    .contains(&format!("Review: https://hm.example/incidents/{incident}")),
+                "{kind}: {}",
+                content.body
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sites_own_routes_replace_collector_tomls() {
+        use crate::store::{AlertStore, AuditEntry, SiteRoute};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), Timestamp::now()).await;
+        let config = CollectorConfig::default();
+        let routes = routes_for(&store, &config, site.id).await.unwrap();
+        assert_eq!(routes, config.notifications.routes);
+        store
+            .add_site_route(
+                site.id,
+                &SiteRoute {
+                    id: 0,
+                    kind: "capture_threshold".into(),
+                    role: Role::HeadTeacher,
+                    timing: Timing::Digest,
+                },
+                &[],
+                AuditEntry {
+                    at: Timestamp::now(),
+                    site: None,
+                    actor: "cli:root",
+                    action: "route_added",
+                    target: "site Cabot",
+                    detail: "",
+                    address: "cli",
+                },
+            )
+            .await
+            .unwrap();
+        let routes = routes_for(&store, &config, site.id).await.unwrap();
+        assert_eq!(
+            routes,
+            [Route {
+                kind: "capture_threshold".into(),
+                roles: vec![Role::HeadTeacher],
+                timing: Timing::Digest,
+            }]
         );
     }
 }

@@ -694,6 +694,75 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>>;
 }
 
+/// A site's own notification route: one role told of one event kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteRoute {
+    pub id: i64,
+    pub kind: String,
+    pub role: crate::model::Role,
+    pub timing: crate::model::Timing,
+}
+
+/// An exclusion a DSL added to a site's policy from a capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyExclusion {
+    pub id: i64,
+    pub capture: i64,
+    pub site: SiteId,
+    pub rule_id: String,
+    /// phrase | title | website
+    pub what: String,
+    /// 0: the project's default.
+    pub version_before: u64,
+    pub version_after: u64,
+    /// The version that restored `version_before`'s text, once undone.
+    pub undone_version: Option<u64>,
+    pub at: Timestamp,
+    pub actor: String,
+}
+
+/// Capture alerts and routes a site sets in the console (`alerts.rs`), and
+/// the policy exclusions DSLs add from captures.
+#[async_trait]
+pub trait AlertStore: Send + Sync + 'static {
+    async fn alert_override(&self, site: SiteId) -> Result<Option<crate::alerts::AlertSettings>>;
+    /// Sets (`Some`) or clears (`None`) a site's alert settings and
+    /// appends `audit`, in one transaction.
+    async fn set_alert_override(
+        &self,
+        site: SiteId,
+        value: Option<&crate::alerts::AlertSettings>,
+        audit: AuditEntry<'_>,
+    ) -> Result<()>;
+    /// The site's own routes (empty: it uses `collector.toml`'s).
+    async fn site_routes(&self, site: SiteId) -> Result<Vec<SiteRoute>>;
+    /// Adds a route to the site; a site that had none first gets `seed`
+    /// (collector.toml's routes, so adding one does not silence the rest).
+    /// False when the site already has it. With `audit`, in one
+    /// transaction.
+    async fn add_site_route(
+        &self,
+        site: SiteId,
+        route: &SiteRoute,
+        seed: &[crate::config::Route],
+        audit: AuditEntry<'_>,
+    ) -> Result<bool>;
+    /// Removes one route (false: no such route of the site).
+    async fn remove_site_route(&self, site: SiteId, id: i64, audit: AuditEntry<'_>)
+    -> Result<bool>;
+    /// Removes every route of the site: back to collector.toml's.
+    async fn clear_site_routes(&self, site: SiteId, audit: AuditEntry<'_>) -> Result<u64>;
+    async fn record_policy_exclusion(&self, exclusion: &PolicyExclusion) -> Result<i64>;
+    /// The exclusions added from these captures.
+    async fn policy_exclusions(&self, captures: &[i64]) -> Result<Vec<PolicyExclusion>>;
+    async fn policy_exclusion(&self, id: i64) -> Result<Option<PolicyExclusion>>;
+    /// Marks an exclusion undone by `version`; false when it already was.
+    async fn exclusion_undone(&self, id: i64, version: u64) -> Result<bool>;
+    /// Deletes the site's threshold alert rows (which name accounts)
+    /// crossed before `before`.
+    async fn purge_threshold_alerts(&self, site: SiteId, before: Timestamp) -> Result<u64>;
+}
+
 /// Every domain store of one backend. Callers that need one domain take
 /// that trait (`&dyn IncidentStore`); those that wire the collector
 /// together hold an `Arc<dyn Store>`, which hands out any of them. Each
@@ -713,6 +782,7 @@ pub trait Store:
     + PolicyStore
     + TamperStore
     + ReportStore
+    + AlertStore
 {
 }
 
@@ -730,6 +800,7 @@ impl<T> Store for T where
         + PolicyStore
         + TamperStore
         + ReportStore
+        + AlertStore
 {
 }
 

@@ -168,10 +168,11 @@ async fn a_governor_reaches_no_other_console_or_api_route() {
         if GOVERNOR_MAY.contains(&pattern.as_str()) || pattern.starts_with("/assets/") {
             continue;
         }
-        let path = pattern
-            .replace("/devices/{id}", "/devices/dev-1")
-            .replace("{id}", "1")
-            .replace("{capture}", "1");
+        // Every path parameter made concrete: a device id, else 1.
+        let mut path = pattern.replace("/devices/{id}", "/devices/dev-1");
+        while let (Some(open), Some(close)) = (path.find('{'), path.find('}')) {
+            path.replace_range(open..=close, "1");
+        }
         let request = Request::builder()
             .method(method.clone())
             .uri(&path)

@@ -6,6 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use super::{SqliteStore, instant, millis, optional_instant};
+use crate::alerts::{FileAlerts, Subject, Threshold, should_alert, threshold_summary};
 use crate::incidents::{CaptureRow, IncidentRecord};
 use crate::model::{CaptureRecord, CaptureReview, DeviceId, SiteId};
 use crate::review::{
@@ -17,9 +18,11 @@ use crate::store::{DeviceFilter, Result, StoreError};
 /// Records a capture event (inside `record_batch`): the capture row, its
 /// incident (joined or opened), and a notification event when the incident
 /// becomes severe.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn record_capture(
     tx: &mut SqliteConnection,
     window: jiff::SignedDuration,
+    alerts: &FileAlerts,
     device: &DeviceId,
     seq: u64,
     occurred_at: Timestamp,
@@ -52,6 +55,7 @@ pub(super) async fn record_capture(
     .fetch_optional(&mut *tx)
     .await?;
     let severity = i64::from(capture.severity);
+    let opened = open.is_none();
     let (incident, became_severe) = match open {
         Some((id, before)) => {
             sqlx::query(
@@ -119,6 +123,137 @@ pub(super) async fn record_capture(
         .bind(severity)
         .bind(format!("incident #{incident}: {}", capture.category))
         .bind(millis(at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (name,): (String,) = sqlx::query_as("SELECT name FROM sites WHERE id = ?")
+        .bind(site)
+        .fetch_one(&mut *tx)
+        .await?;
+    let console = super::alerts::alert_override_in(tx, site).await?;
+    let settings = alerts.effective(&name, console).settings;
+    // The first capture of an incident in an instant category, unless it
+    // already alerted as severe.
+    if opened && !became_severe && settings.is_instant(&capture.category) {
+        sqlx::query(
+            "INSERT INTO notification_events (site_id, kind, device_id, severity, summary, at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(site)
+        .bind(crate::alerts::CAPTURE_INSTANT)
+        .bind(device.as_str())
+        .bind(severity)
+        .bind(format!("incident #{incident}: {}", capture.category))
+        .bind(millis(at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for threshold in settings.thresholds_for(&capture.category) {
+        record_threshold(
+            tx,
+            site,
+            device,
+            incident,
+            occurred_at,
+            capture,
+            threshold,
+            at,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Counts the device's and the account's captures of the threshold's
+/// category in the period ending at this capture (false positives left
+/// out), and writes one `capture_threshold` event when either crosses
+/// (`alerts::should_alert`), with an alert row for each subject that did.
+#[allow(clippy::too_many_arguments)]
+async fn record_threshold(
+    tx: &mut SqliteConnection,
+    site: i64,
+    device: &DeviceId,
+    incident: i64,
+    occurred_at: Timestamp,
+    capture: &CaptureRecord,
+    threshold: &Threshold,
+    at: Timestamp,
+) -> Result<()> {
+    let since = millis(occurred_at - threshold.period());
+    let mut crossed: Vec<(Subject, String, u64)> = Vec::new();
+    for subject in [Subject::Device, Subject::Account] {
+        let (key, count): (String, i64) = match subject {
+            Subject::Device => (
+                device.as_str().to_owned(),
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM captures WHERE device_id = ? AND category = ?                      AND occurred_at > ? AND occurred_at <= ? AND review_status <> 'false_positive'",
+                )
+                .bind(device.as_str())
+                .bind(&capture.category)
+                .bind(since)
+                .bind(millis(occurred_at))
+                .fetch_one(&mut *tx)
+                .await?,
+            ),
+            Subject::Account if capture.account.is_empty() => continue,
+            Subject::Account => (
+                capture.account.clone(),
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM captures WHERE account = ? AND category = ?                      AND occurred_at > ? AND occurred_at <= ? AND review_status <> 'false_positive'                      AND device_id IN (SELECT id FROM devices WHERE site_id = ?)",
+                )
+                .bind(&capture.account)
+                .bind(&capture.category)
+                .bind(since)
+                .bind(millis(occurred_at))
+                .bind(site)
+                .fetch_one(&mut *tx)
+                .await?,
+            ),
+        };
+        let period = threshold.period();
+        let nearest: Option<i64> = sqlx::query_scalar(
+            "SELECT crossed_at FROM capture_threshold_alerts WHERE site_id = ? AND subject_kind = ?              AND subject = ? AND category = ? AND days = ? AND crossed_at > ? AND crossed_at < ?              ORDER BY abs(crossed_at - ?) LIMIT 1",
+        )
+        .bind(site)
+        .bind(subject.as_str())
+        .bind(&key)
+        .bind(&capture.category)
+        .bind(i64::from(threshold.days))
+        .bind(millis(occurred_at - period))
+        .bind(millis(occurred_at + period))
+        .bind(millis(occurred_at))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let nearest = nearest.map(super::instant).transpose()?;
+        if should_alert(count as u64, threshold, nearest, occurred_at) {
+            crossed.push((subject, key, count as u64));
+        }
+    }
+    // One message when the device and the account cross together.
+    let Some((first, _, count)) = crossed.first() else {
+        return Ok(());
+    };
+    let event: i64 = sqlx::query_scalar(
+        "INSERT INTO notification_events (site_id, kind, device_id, severity, summary, at)          VALUES (?, ?, ?, 0, ?, ?) RETURNING id",
+    )
+    .bind(site)
+    .bind(crate::alerts::CAPTURE_THRESHOLD)
+    .bind(device.as_str())
+    .bind(threshold_summary(*first, *count, threshold, incident))
+    .bind(millis(at))
+    .fetch_one(&mut *tx)
+    .await?;
+    for (subject, key, count) in &crossed {
+        sqlx::query(
+            "INSERT INTO capture_threshold_alerts (site_id, subject_kind, subject, category, count, days, crossed_at, event_id)              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(site)
+        .bind(subject.as_str())
+        .bind(key)
+        .bind(&capture.category)
+        .bind(*count as i64)
+        .bind(i64::from(threshold.days))
+        .bind(millis(occurred_at))
+        .bind(event)
         .execute(&mut *tx)
         .await?;
     }

@@ -157,6 +157,7 @@ impl crate::store::IngestStore for SqliteStore {
                         incidents::record_capture(
                             &mut tx,
                             self.incident_window,
+                            &self.alerts,
                             device,
                             event.seq.0,
                             event.occurred_at,

@@ -19,6 +19,7 @@ use crate::model::{DeviceFacts, Enforcement, Site, SiteId};
 use crate::store::{DeviceStore, SiteStore};
 
 mod activity;
+mod alerts;
 mod api_tokens;
 mod audit;
 mod console;
@@ -40,6 +41,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// How close captures must be to join an incident.
     incident_window: jiff::SignedDuration,
+    /// `collector.toml`'s capture alerts (under each site's console
+    /// override, read in the batch's transaction).
+    alerts: std::sync::Arc<crate::alerts::FileAlerts>,
 }
 
 impl SqliteStore {
@@ -82,6 +86,7 @@ impl SqliteStore {
             writer,
             reader,
             incident_window: crate::incidents::DEFAULT_INCIDENT_WINDOW,
+            alerts: Default::default(),
         })
     }
 
@@ -108,6 +113,13 @@ impl SqliteStore {
 
     pub fn with_incident_window(mut self, window: jiff::SignedDuration) -> Self {
         self.incident_window = window;
+        self
+    }
+
+    /// `collector.toml`'s capture alerts (`alerts::FileAlerts`); the
+    /// built-in defaults until set.
+    pub fn with_alerts(mut self, alerts: crate::alerts::FileAlerts) -> Self {
+        self.alerts = std::sync::Arc::new(alerts);
         self
     }
 
