@@ -771,69 +771,15 @@ pub async fn capture_image(
 mod tests {
     use std::sync::Arc;
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode, header};
+    use axum::http::StatusCode;
     use jiff::Timestamp;
     use tower::ServiceExt;
 
-    use crate::console::access::{COOKIE, token_digest};
-    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq, SiteId};
+    use crate::console::test_support::{body, get, post, session};
+    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
     use crate::review::CaptureStatus;
     use crate::store::sqlite::testing::store_with_device;
-    use crate::store::{
-        ConsoleStore, DeviceFilter, IncidentStore, IngestStore, NewConsoleUser, SqliteStore,
-    };
-
-    /// A signed-in account of `role` for `site`: its cookie token and CSRF
-    /// token are both `NAME-token`.
-    async fn session(store: &SqliteStore, name: &str, role: ConsoleRole, site: SiteId) {
-        let user = store
-            .create_console_user(
-                NewConsoleUser {
-                    username: name,
-                    password_hash: "not used",
-                    role,
-                    sites: Some(vec![site]),
-                },
-                Timestamp::now(),
-            )
-            .await
-            .unwrap();
-        let token = format!("{name}-token");
-        store
-            .create_console_session(
-                &token_digest(&token),
-                user,
-                &token,
-                true,
-                "192.0.2.9",
-                Timestamp::now(),
-            )
-            .await
-            .unwrap();
-    }
-
-    fn post(path: &str, who: &str, form: &str) -> Request<Body> {
-        Request::post(path)
-            .header(header::COOKIE, format!("{COOKIE}={who}-token"))
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form.to_owned()))
-            .unwrap()
-    }
-
-    fn get(path: &str, who: &str) -> Request<Body> {
-        Request::get(path)
-            .header(header::COOKIE, format!("{COOKIE}={who}-token"))
-            .body(Body::empty())
-            .unwrap()
-    }
-
-    async fn body(response: axum::response::Response) -> String {
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
-            .await
-            .unwrap();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    }
+    use crate::store::{ConsoleStore, DeviceFilter, IncidentStore, IngestStore, SqliteStore};
 
     async fn status_of(store: &SqliteStore, incident: i64) -> (CaptureStatus, Option<i64>) {
         let (_, captures, _) = store.incident(incident).await.unwrap().unwrap();

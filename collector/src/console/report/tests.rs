@@ -6,49 +6,17 @@ use jiff::{SignedDuration, Timestamp};
 use tower::ServiceExt;
 
 use super::*;
-use crate::console::access::{COOKIE, token_digest};
+use crate::console::access::COOKIE;
+use crate::console::test_support::{body, get, session};
 use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq, SiteId};
 use crate::store::sqlite::testing::store_with_device;
 use crate::store::{
     ApiTokenStore, AuditQuery, AuditSites, ConsoleStore, IncidentStore, IngestStore, NewApiToken,
-    NewConsoleUser, SqliteStore,
+    SqliteStore,
 };
 
-async fn session(store: &SqliteStore, name: &str, role: ConsoleRole, site: SiteId) {
-    let user = store
-        .create_console_user(
-            NewConsoleUser {
-                username: name,
-                password_hash: "not used",
-                role,
-                sites: Some(vec![site]),
-            },
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
-    let token = format!("{name}-token");
-    store
-        .create_console_session(
-            &token_digest(&token),
-            user,
-            &token,
-            true,
-            "192.0.2.9",
-            Timestamp::now(),
-        )
-        .await
-        .unwrap();
-}
-
-fn get(path: &str, who: &str) -> Request<Body> {
-    Request::get(path)
-        .header(header::COOKIE, format!("{COOKIE}={who}-token"))
-        .body(Body::empty())
-        .unwrap()
-}
-
-async fn body(response: axum::response::Response) -> Vec<u8> {
+/// The response's bytes (a PDF is not text).
+async fn bytes(response: axum::response::Response) -> Vec<u8> {
     axum::body::to_bytes(response.into_body(), 1 << 22)
         .await
         .unwrap()
@@ -222,7 +190,7 @@ async fn the_review_page_and_pdf_for_a_governor_are_counts_and_audited() {
 
     let response = app.clone().oneshot(get("/report", "gov1")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(html.contains("Monitoring review"), "{html}");
     assert!(
         html.contains(r#"<strong id="pupils-affected">2</strong>"#),
@@ -250,7 +218,7 @@ async fn the_review_page_and_pdf_for_a_governor_are_counts_and_audited() {
             .unwrap()
             .starts_with("attachment; filename=\"monitoring-review-")
     );
-    let pdf = body(response).await;
+    let pdf = bytes(response).await;
     assert!(pdf.starts_with(b"%PDF-"));
     let text = String::from_utf8_lossy(&pdf);
     assert!(!text.contains("pupil-amy"));
@@ -294,7 +262,7 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
     }
     let response = app.clone().oneshot(get(&link, "dsl1")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(
         html.contains(r#"<p id="risk-total">Captures in the period: 2</p>"#),
         "{html}"
@@ -315,7 +283,7 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
 
     let by_device = risk_link(site, None, Some("dev-1"));
     let response = app.clone().oneshot(get(&by_device, "dsl1")).await.unwrap();
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(
         html.contains(r#"<p id="risk-total">Captures in the period: 3</p>"#),
         "{html}"
@@ -346,7 +314,7 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
         .oneshot(get(&format!("/incidents/{}", incident.id), "dsl1"))
         .await
         .unwrap();
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(
         html.contains(&format!("href=\"{}\"", link.replace('&', "&#38;"))),
         "{html}"
@@ -356,14 +324,14 @@ async fn the_risk_profile_is_the_dsls_alone_and_audited() {
         .oneshot(get("/devices/dev-1", "dsl1"))
         .await
         .unwrap();
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(html.contains("id=\"risk-profile\""), "{html}");
     let response = app
         .clone()
         .oneshot(get("/devices/dev-1", "tech1"))
         .await
         .unwrap();
-    let html = String::from_utf8(body(response).await).unwrap();
+    let html = body(response).await;
     assert!(
         !html.contains("id=\"risk-profile\""),
         "not offered to a technician"
