@@ -398,27 +398,15 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
-    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::sqlite::testing::{snapshot, store_with_device};
     use crate::store::{ApiTokenStore, DeviceFilter, IncidentStore, IngestStore, NewApiToken};
 
     fn capture() -> CaptureRecord {
         CaptureRecord {
             rule_id: "drugs-1".into(),
-            category: "drugs".into(),
-            severity: 2,
             matched_text: "buy weed".into(),
             window_title: "buy weed".into(),
-            process_name: "firefox".into(),
-            account: "pupil1".into(),
-            image_sha256: String::new(),
-            image_status: "no_image".into(),
-            no_image_reason: "test".into(),
-            repeat_count: 0,
-            kind: "snapshot".into(),
-            file_path: String::new(),
-            file_sha256: String::new(),
-            policy_version: 0,
-            image: Vec::new(),
+            ..snapshot("drugs", 2)
         }
     }
 

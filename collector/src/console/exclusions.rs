@@ -294,7 +294,7 @@ mod tests {
     use crate::console::test_support::{body, get, post, session};
     use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
     use crate::review::CaptureStatus;
-    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::sqlite::testing::{snapshot, store_with_device};
     use crate::store::{
         AlertStore, ConsoleStore, DeviceFilter, IncidentStore, IngestStore, PolicyStore,
     };
@@ -307,21 +307,9 @@ mod tests {
         let title = "nobody likes you - Drama Club Script - Mozilla Firefox";
         let capture = CaptureRecord {
             rule_id: "bullying".into(),
-            category: "bullying".into(),
-            severity: 3,
             matched_text: "nobody likes you".into(),
             window_title: title.into(),
-            process_name: "firefox".into(),
-            account: "pupil1".into(),
-            image_sha256: String::new(),
-            image_status: "no_image".into(),
-            no_image_reason: "test".into(),
-            repeat_count: 0,
-            kind: "snapshot".into(),
-            file_path: String::new(),
-            file_sha256: String::new(),
-            policy_version: 0,
-            image: Vec::new(),
+            ..snapshot("bullying", 3)
         };
         let event = Event {
             seq: Seq(1),

@@ -778,7 +778,7 @@ mod tests {
     use crate::console::test_support::{body, get, post, session};
     use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
     use crate::review::CaptureStatus;
-    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::sqlite::testing::{snapshot, store_with_device};
     use crate::store::{ConsoleStore, DeviceFilter, IncidentStore, IngestStore, SqliteStore};
 
     async fn status_of(store: &SqliteStore, incident: i64) -> (CaptureStatus, Option<i64>) {
@@ -793,21 +793,10 @@ mod tests {
         let (store, site, device) = store_with_device(dir.path(), now).await;
         let capture = CaptureRecord {
             rule_id: "weapons-1".into(),
-            category: "weapons".into(),
-            severity: 3,
             matched_text: "buy a knife".into(),
             window_title: "buy a knife - Chromium".into(),
             process_name: "chromium".into(),
-            account: "pupil1".into(),
-            image_sha256: String::new(),
-            image_status: "no_image".into(),
-            no_image_reason: "test".into(),
-            repeat_count: 0,
-            kind: "snapshot".into(),
-            file_path: String::new(),
-            file_sha256: String::new(),
-            policy_version: 0,
-            image: Vec::new(),
+            ..snapshot("weapons", 3)
         };
         let event = Event {
             seq: Seq(1),

@@ -9,7 +9,7 @@ use super::*;
 use crate::console::access::COOKIE;
 use crate::console::test_support::{body, get, session};
 use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq, SiteId};
-use crate::store::sqlite::testing::store_with_device;
+use crate::store::sqlite::testing::{snapshot, store_with_device};
 use crate::store::{
     ApiTokenStore, AuditQuery, AuditSites, ConsoleStore, IncidentStore, IngestStore, NewApiToken,
     SqliteStore,
@@ -30,21 +30,11 @@ fn capture(seq: u64, at: Timestamp, account: &str, category: &str) -> Event {
         occurred_at: at,
         body: EventBody::Capture(CaptureRecord {
             rule_id: format!("{category}-1"),
-            category: category.into(),
-            severity: 4,
             matched_text: "secret words".into(),
             window_title: "secret words - Chromium".into(),
             process_name: "chromium".into(),
             account: account.into(),
-            image_sha256: String::new(),
-            image_status: "no_image".into(),
-            no_image_reason: "test".into(),
-            repeat_count: 0,
-            kind: "snapshot".into(),
-            file_path: String::new(),
-            file_sha256: String::new(),
-            policy_version: 0,
-            image: Vec::new(),
+            ..snapshot(category, 4)
         }),
     }
 }

@@ -279,26 +279,16 @@ mod tests {
 
     use crate::alerts::{AlertSettings, Threshold};
     use crate::model::{CaptureRecord, Event, EventBody, Role, Seq, Timing};
+    use crate::store::sqlite::testing::snapshot;
     use crate::store::{AlertStore, AuditEntry, IngestStore, NotificationStore, SiteRoute};
 
     fn capture(category: &str, severity: u8, account: &str) -> CaptureRecord {
         CaptureRecord {
             rule_id: "r".into(),
-            category: category.into(),
-            severity,
             matched_text: "nobody likes you".into(),
             window_title: "nobody likes you - Chat".into(),
-            process_name: "firefox".into(),
             account: account.into(),
-            image_sha256: String::new(),
-            image_status: "no_image".into(),
-            no_image_reason: "test".into(),
-            repeat_count: 0,
-            kind: "snapshot".into(),
-            file_path: String::new(),
-            file_sha256: String::new(),
-            policy_version: 0,
-            image: Vec::new(),
+            ..snapshot(category, severity)
         }
     }
 

@@ -594,7 +594,7 @@ mod tests {
     use jiff::{SignedDuration, Timestamp};
 
     use crate::model::{CaptureRecord, Event, EventBody, Seq, SiteId};
-    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::sqlite::testing::{snapshot, store_with_device};
     use crate::store::{DeviceFilter, IncidentStore, IngestStore};
 
     fn t(hours: i64) -> Timestamp {
@@ -608,21 +608,12 @@ mod tests {
             occurred_at: at,
             body: EventBody::Capture(CaptureRecord {
                 rule_id: "r1".into(),
-                category: category.into(),
-                severity: 3,
                 matched_text: "matched words".into(),
                 window_title: "a window".into(),
-                process_name: "firefox".into(),
-                account: "pupil1".into(),
                 image_sha256: image.into(),
                 image_status: "verified".into(),
                 no_image_reason: String::new(),
-                repeat_count: 0,
-                kind: "snapshot".into(),
-                file_path: String::new(),
-                file_sha256: String::new(),
-                policy_version: 0,
-                image: Vec::new(),
+                ..snapshot(category, 3)
             }),
         }
     }

@@ -198,6 +198,29 @@ pub(crate) mod testing {
             .unwrap();
         (store, site, device)
     }
+
+    /// A snapshot capture without an image, rule `CATEGORY-1`, by
+    /// `pupil1` in Firefox: tests change the fields they care about.
+    pub(crate) fn snapshot(category: &str, severity: u8) -> crate::model::CaptureRecord {
+        crate::model::CaptureRecord {
+            rule_id: format!("{category}-1"),
+            category: category.into(),
+            severity,
+            matched_text: "matched words".into(),
+            window_title: "matched words - Mozilla Firefox".into(),
+            process_name: "firefox".into(),
+            account: "pupil1".into(),
+            image_sha256: String::new(),
+            image_status: "no_image".into(),
+            no_image_reason: "test".into(),
+            repeat_count: 0,
+            kind: "snapshot".into(),
+            file_path: String::new(),
+            file_sha256: String::new(),
+            policy_version: 0,
+            image: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -262,7 +262,7 @@ mod tests {
     use super::*;
     use crate::model::{CaptureRecord, Event, EventBody, Seq, SignalKind, SignalRecord};
     use crate::review::{Grade, ReviewRequest};
-    use crate::store::sqlite::testing::store_with_device;
+    use crate::store::sqlite::testing::{snapshot, store_with_device};
     use crate::store::{DeviceFilter, IncidentStore, IngestStore};
 
     fn capture_event(seq: u64, at: Timestamp, account: &str, severity: u8) -> Event {
@@ -271,22 +271,11 @@ mod tests {
             event_id: format!("e{seq}"),
             occurred_at: at,
             body: EventBody::Capture(CaptureRecord {
-                rule_id: "weapons-1".into(),
-                category: "weapons".into(),
-                severity,
                 matched_text: "buy a knife".into(),
                 window_title: "buy a knife - Chromium".into(),
                 process_name: "chromium".into(),
                 account: account.into(),
-                image_sha256: String::new(),
-                image_status: "no_image".into(),
-                no_image_reason: "test".into(),
-                repeat_count: 0,
-                kind: "snapshot".into(),
-                file_path: String::new(),
-                file_sha256: String::new(),
-                policy_version: 0,
-                image: Vec::new(),
+                ..snapshot("weapons", severity)
             }),
         }
     }
