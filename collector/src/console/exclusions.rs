@@ -292,12 +292,10 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::console::test_support::{body, get, post, session};
-    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
+    use crate::model::{CaptureRecord, ConsoleRole};
     use crate::review::CaptureStatus;
-    use crate::store::sqlite::testing::{snapshot, store_with_device};
-    use crate::store::{
-        AlertStore, ConsoleStore, DeviceFilter, IncidentStore, IngestStore, PolicyStore,
-    };
+    use crate::store::sqlite::testing::{record_first_capture, snapshot, store_with_device};
+    use crate::store::{AlertStore, ConsoleStore, IncidentStore, PolicyStore};
 
     #[tokio::test]
     async fn not_a_concern_excludes_the_title_in_a_new_policy_version_and_undo_restores_the_old() {
@@ -311,19 +309,7 @@ mod tests {
             window_title: title.into(),
             ..snapshot("bullying", 3)
         };
-        let event = Event {
-            seq: Seq(1),
-            event_id: "e1".into(),
-            occurred_at: now,
-            body: EventBody::Capture(capture),
-        };
-        store.record_batch(&device, &[event], now).await.unwrap();
-        let incident = store
-            .list_incidents(&DeviceFilter::default(), None)
-            .await
-            .unwrap()[0]
-            .id;
-        let capture = store.incident(incident).await.unwrap().unwrap().1[0].id;
+        let (incident, capture) = record_first_capture(&store, &device, capture, now).await;
         session(&store, "dsl1", ConsoleRole::Dsl, site.id).await;
         session(&store, "tech1", ConsoleRole::Technician, site.id).await;
         let store = Arc::new(store);

@@ -776,10 +776,10 @@ mod tests {
     use tower::ServiceExt;
 
     use crate::console::test_support::{body, get, post, session};
-    use crate::model::{CaptureRecord, ConsoleRole, Event, EventBody, Seq};
+    use crate::model::{CaptureRecord, ConsoleRole};
     use crate::review::CaptureStatus;
-    use crate::store::sqlite::testing::{snapshot, store_with_device};
-    use crate::store::{ConsoleStore, DeviceFilter, IncidentStore, IngestStore, SqliteStore};
+    use crate::store::sqlite::testing::{record_first_capture, snapshot, store_with_device};
+    use crate::store::{ConsoleStore, IncidentStore, SqliteStore};
 
     async fn status_of(store: &SqliteStore, incident: i64) -> (CaptureStatus, Option<i64>) {
         let (_, captures, _) = store.incident(incident).await.unwrap().unwrap();
@@ -798,20 +798,7 @@ mod tests {
             process_name: "chromium".into(),
             ..snapshot("weapons", 3)
         };
-        let event = Event {
-            seq: Seq(1),
-            event_id: "e1".into(),
-            occurred_at: now,
-            body: EventBody::Capture(capture),
-        };
-        store.record_batch(&device, &[event], now).await.unwrap();
-        let incident = store
-            .list_incidents(&DeviceFilter::default(), None)
-            .await
-            .unwrap()[0]
-            .id;
-        let (_, captures, _) = store.incident(incident).await.unwrap().unwrap();
-        let capture = captures[0].id;
+        let (incident, capture) = record_first_capture(&store, &device, capture, now).await;
         session(&store, "dsl1", ConsoleRole::Dsl, site.id).await;
         session(&store, "tech1", ConsoleRole::Technician, site.id).await;
         let store = Arc::new(store);

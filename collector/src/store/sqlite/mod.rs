@@ -199,6 +199,31 @@ pub(crate) mod testing {
         (store, site, device)
     }
 
+    /// Records `capture` as the device's first event, at `at`: the
+    /// incident it opened and the capture's id.
+    pub(crate) async fn record_first_capture(
+        store: &SqliteStore,
+        device: &DeviceId,
+        capture: crate::model::CaptureRecord,
+        at: Timestamp,
+    ) -> (i64, i64) {
+        use crate::store::{IncidentStore, IngestStore};
+        let event = crate::model::Event {
+            seq: crate::model::Seq(1),
+            event_id: "e1".into(),
+            occurred_at: at,
+            body: crate::model::EventBody::Capture(capture),
+        };
+        store.record_batch(device, &[event], at).await.unwrap();
+        let incident = store
+            .list_incidents(&crate::store::DeviceFilter::default(), None)
+            .await
+            .unwrap()[0]
+            .id;
+        let capture = store.incident(incident).await.unwrap().unwrap().1[0].id;
+        (incident, capture)
+    }
+
     /// A snapshot capture without an image, rule `CATEGORY-1`, by
     /// `pupil1` in Firefox: tests change the fields they care about.
     pub(crate) fn snapshot(category: &str, severity: u8) -> crate::model::CaptureRecord {
