@@ -322,6 +322,7 @@ mod tests {
             file_sha256: String::new(),
             policy_version: 0,
             image: Vec::new(),
+            context: Vec::new(),
         };
         let event = Event {
             seq: Seq(1),

@@ -77,6 +77,7 @@ fn capture(seq: u64, at: Timestamp, account: &str, category: &str) -> Event {
             file_sha256: String::new(),
             policy_version: 0,
             image: Vec::new(),
+            context: Vec::new(),
         }),
     }
 }

@@ -299,6 +299,7 @@ mod tests {
             file_sha256: String::new(),
             policy_version: 0,
             image: Vec::new(),
+            context: Vec::new(),
         }
     }
 
