@@ -51,6 +51,26 @@ pub struct HelperCapture {
     /// The version of the policy that matched.
     #[serde(default)]
     pub policy_version: u64,
+    /// What was on screen before: the session's distinct active-window
+    /// titles within the policy's `context_minutes`, oldest first. Kept
+    /// in the helper's memory only and sent only with a capture; absent
+    /// from older helpers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<ContextWindow>,
+}
+
+/// Most context entries one capture carries (the helper keeps no more;
+/// the daemon drops the oldest beyond it).
+pub const MAX_CONTEXT_ENTRIES: usize = 200;
+
+/// One window title that was in front before a capture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextWindow {
+    pub title: String,
+    pub process_name: String,
+    /// Unix milliseconds (UTC) it first and last came to the front.
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
 }
 
 /// What the daemon tells a helper: the policy to match with and whether
@@ -93,6 +113,15 @@ mod tests {
         let policy: HelperPolicy = serde_json::from_str(line).unwrap();
         assert_eq!(policy.repeat_window_secs, 60);
         assert_eq!(policy.origin, Origin::Site);
+    }
+
+    #[test]
+    fn captures_without_context_read_both_ways() {
+        let old = r#"{"rule_id":"r","category":"c","severity":5,"matched_text":"m","window_title":"t","process_name":"p","pid":1,"repeat_count":0,"no_image_reason":""}"#;
+        let capture: HelperCapture = serde_json::from_str(old).unwrap();
+        assert!(capture.context.is_empty());
+        let line = serde_json::to_string(&capture).unwrap();
+        assert!(!line.contains("context"), "{line}");
     }
 
     #[test]

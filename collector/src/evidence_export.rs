@@ -228,6 +228,12 @@ mod tests {
             file_sha256: String::new(),
             policy_version: 1,
             review: Default::default(),
+            context: vec![crate::model::ContextEntry {
+                title: "Maths homework".into(),
+                process_name: "firefox".into(),
+                first_seen: t("2026-03-02T08:40:00Z"),
+                last_seen: t("2026-03-02T08:55:00Z"),
+            }],
         }
     }
 
@@ -318,6 +324,16 @@ mod tests {
         assert_eq!(metadata["exported_at"], "2026-03-03T10:30:00Z");
         assert_eq!(metadata["incident"]["id"], 7);
         assert_eq!(metadata["captures"].as_array().unwrap().len(), 4);
+        // What was on screen before each capture goes with it.
+        assert_eq!(
+            metadata["captures"][0]["context"],
+            serde_json::json!([{
+                "title": "Maths homework",
+                "process_name": "firefox",
+                "first_seen": "2026-03-02T08:40:00Z",
+                "last_seen": "2026-03-02T08:55:00Z",
+            }])
+        );
         assert!(!String::from_utf8_lossy(sums).contains(&declared));
     }
 

@@ -122,6 +122,7 @@ pub fn evidence_of(
         file_sha256: sha256.clone(),
         policy_version: 0,
         image: Vec::new(),
+        context: Vec::new(),
     }))
 }
 
@@ -151,6 +152,7 @@ mod tests {
             file_sha256: String::new(),
             policy_version: 0,
             image: Vec::new(),
+            context: Vec::new(),
         }
     }
 

@@ -491,6 +491,19 @@ pub struct CaptureRow {
     pub file_sha256: String,
     pub policy_version: i64,
     pub review: CaptureReview,
+    /// What was on screen before, oldest first (empty for file alerts,
+    /// older agents and sites with `context_minutes = 0`).
+    pub context: Vec<ContextEntry>,
+}
+
+/// One window title that was in front before a capture, as the device
+/// reported it (bounded at ingest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContextEntry {
+    pub title: String,
+    pub process_name: String,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
 }
 
 /// Where the DSL's review of a capture stands (`review`).
@@ -754,6 +767,10 @@ pub struct CaptureRecord {
     /// with the event.
     #[serde(skip)]
     pub image: Vec<u8>,
+    /// The titles in front before the capture; stored beside the capture
+    /// (`capture_context`, purged with it), not with the event.
+    #[serde(skip)]
+    pub context: Vec<ContextEntry>,
 }
 
 /// Declares a closed set of names as an enum understood by serde (the

@@ -43,6 +43,12 @@ struct PolicyFile {
     /// Rule ids of the extended policy to leave out.
     #[serde(default)]
     disable: Vec<toml::Spanned<String>>,
+    /// Minutes of earlier window titles sent with a capture (0: none).
+    #[serde(default)]
+    context_minutes: Option<toml::Spanned<i64>>,
+    /// Words shown to the user when a capture is taken (absent: silent).
+    #[serde(default)]
+    capture_notice: Option<toml::Spanned<String>>,
 }
 
 fn one() -> u64 {
@@ -103,8 +109,23 @@ pub struct PolicyError {
     pub message: String,
 }
 
+/// Minutes of window-title context a capture carries unless the policy
+/// says otherwise (`context_minutes`).
+pub const DEFAULT_CONTEXT_MINUTES: u32 = 60;
+
+/// The longest context a policy may ask for: a school day.
+pub const MAX_CONTEXT_MINUTES: u32 = 8 * 60;
+
+/// The longest `capture_notice`, in characters.
+pub const MAX_CAPTURE_NOTICE_CHARS: usize = 200;
+
 pub struct Policy {
     pub version: u64,
+    /// Minutes of earlier window titles (distinct, in memory in the
+    /// helper only) sent with each capture; 0 sends none.
+    pub context_minutes: u32,
+    /// Shown to the user when a capture is taken; `None`: silent.
+    pub capture_notice: Option<String>,
     rules: Vec<Rule>,
     phrases: AhoCorasick,
     /// For each phrase pattern: (rule index, phrase as written).
@@ -151,6 +172,8 @@ fn extend(
         rules,
         extends: None,
         disable: Vec::new(),
+        context_minutes: site.context_minutes,
+        capture_notice: site.capture_notice,
     })
 }
 
@@ -199,6 +222,32 @@ impl Policy {
                 message: "disable needs extends = \"default\"".into(),
             });
         }
+        let context_minutes = match &spec.context_minutes {
+            None => DEFAULT_CONTEXT_MINUTES,
+            Some(minutes) => u32::try_from(*minutes.get_ref())
+                .ok()
+                .filter(|m| *m <= MAX_CONTEXT_MINUTES)
+                .ok_or_else(|| PolicyError {
+                    file: file_name.clone(),
+                    line: Some(line_of(minutes.span().start)),
+                    message: format!(
+                        "context_minutes = {}: must be 0 (no context) to {MAX_CONTEXT_MINUTES}",
+                        minutes.get_ref()
+                    ),
+                })?,
+        };
+        let capture_notice = match &spec.capture_notice {
+            None => None,
+            Some(notice) => {
+                Some(
+                    check_notice(notice.get_ref()).map_err(|message| PolicyError {
+                        file: file_name.clone(),
+                        line: Some(line_of(notice.span().start)),
+                        message,
+                    })?,
+                )
+            }
+        };
         let mut rules = Vec::new();
         let mut phrase_patterns = Vec::new();
         let mut phrase_rule = Vec::new();
@@ -269,6 +318,8 @@ impl Policy {
         };
         Ok(Policy {
             version: spec.version,
+            context_minutes,
+            capture_notice,
             rules,
             phrases: build(&phrase_patterns)?,
             phrase_rule,
@@ -345,6 +396,24 @@ impl Policy {
             })
             .collect()
     }
+}
+
+/// A `capture_notice` as it will be shown: one line of at most
+/// `MAX_CAPTURE_NOTICE_CHARS` characters, no control characters.
+fn check_notice(notice: &str) -> Result<String, String> {
+    let trimmed = notice.trim();
+    if trimmed.is_empty() {
+        return Err("capture_notice is empty (leave it out for no notice)".into());
+    }
+    if trimmed.chars().count() > MAX_CAPTURE_NOTICE_CHARS {
+        return Err(format!(
+            "capture_notice is longer than {MAX_CAPTURE_NOTICE_CHARS} characters"
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err("capture_notice must be one line without control characters".into());
+    }
+    Ok(trimmed.to_owned())
 }
 
 /// The project's default policy (documented in the file itself).
@@ -483,6 +552,69 @@ mod tests {
             assert!(err.starts_with("/etc/hallmonitor/policy.toml: "), "{err}");
             assert!(err.contains(want), "{want}: {err}");
         }
+    }
+
+    #[test]
+    fn context_minutes_and_capture_notice() {
+        // (name, policy text, (context minutes, notice) or an error's words)
+        type Case<'a> = (&'a str, &'a str, Result<(u32, Option<&'a str>), &'a str>);
+        let cases: &[Case] = &[
+            ("absent: an hour, silent", "", Ok((60, None))),
+            (
+                "zero turns context off",
+                "context_minutes = 0\n",
+                Ok((0, None)),
+            ),
+            ("a school day", "context_minutes = 480\n", Ok((480, None))),
+            (
+                "more than a day",
+                "\ncontext_minutes = 481\n",
+                Err("line 2: context_minutes = 481"),
+            ),
+            (
+                "negative",
+                "context_minutes = -1\n",
+                Err("line 1: context_minutes = -1"),
+            ),
+            ("not a number", "context_minutes = \"60\"\n", Err("line 1")),
+            (
+                "a notice",
+                "capture_notice = \"  This screen was recorded for safeguarding.  \"\n",
+                Ok((60, Some("This screen was recorded for safeguarding."))),
+            ),
+            (
+                "an empty notice",
+                "\n\ncapture_notice = \" \"\n",
+                Err("line 3: capture_notice is empty"),
+            ),
+            (
+                "a notice on two lines",
+                "capture_notice = \"a\\nb\"\n",
+                Err("line 1: capture_notice must be one line"),
+            ),
+        ];
+        for (name, text, want) in cases {
+            let got = Policy::parse(text, Path::new("policy.toml"))
+                .map(|p| (p.context_minutes, p.capture_notice))
+                .map_err(|e| e.to_string());
+            match (want, got) {
+                (Ok((minutes, notice)), Ok((got_minutes, got_notice))) => {
+                    assert_eq!(
+                        (*minutes, notice.map(str::to_owned)),
+                        (got_minutes, got_notice),
+                        "{name}"
+                    )
+                }
+                (Err(want), Err(got)) => assert!(got.contains(want), "{name}: {got}"),
+                (want, got) => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
+        let long = format!("capture_notice = \"{}\"\n", "a".repeat(201));
+        assert!(Policy::parse(&long, Path::new("p.toml")).is_err());
+        let extended =
+            policy("extends = \"default\"\ncontext_minutes = 15\ncapture_notice = \"Seen\"\n");
+        assert_eq!(extended.context_minutes, 15);
+        assert_eq!(extended.capture_notice.as_deref(), Some("Seen"));
     }
 
     #[test]

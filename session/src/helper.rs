@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use hallmonitor_capture_protocol::{HelperCapture, HelperPolicy, REPEAT_WINDOW};
 use hallmonitor_policy::{Policy, UserKind};
 
+use crate::context::ContextBuffer;
+use crate::notice::NoticeGate;
 use crate::rate_limit::{Admission, RateLimit};
 use crate::window::{ActiveWindow, ActiveWindowSource};
 
@@ -155,6 +157,8 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
     let mut last: Option<(u64, String)> = None;
     let mut pending: Vec<HelperCapture> = Vec::new();
     let mut buffer = String::new();
+    let mut context = ContextBuffer::default();
+    let mut notices = NoticeGate::default();
     let mut link = Link::new(socket);
     loop {
         link.connect();
@@ -183,7 +187,29 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
             let key = (window.id, window.title.clone());
             if last.as_ref() != Some(&key) {
                 last = Some(key);
-                check_window(&window, &current, &mut limit, &mut buffer, &mut pending);
+                let now_ms = unix_millis(std::time::SystemTime::now());
+                let minutes = current.policy.context_minutes;
+                context.observe(&window.title, &window.process_name, now_ms, minutes);
+                let earlier = Earlier {
+                    buffer: &mut context,
+                    now_ms,
+                    minutes,
+                };
+                let taken = check_window(
+                    &window,
+                    &current,
+                    &mut limit,
+                    &mut buffer,
+                    &mut pending,
+                    earlier,
+                );
+                // The site's words, when it asked to tell the user.
+                if taken
+                    && let Some(notice) = &current.policy.capture_notice
+                    && notices.admit(Instant::now())
+                {
+                    crate::notice::show(notice);
+                }
             }
         }
         pending.extend(limit.due_summaries(Instant::now()));
@@ -197,16 +223,32 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
     }
 }
 
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_millis(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The session's earlier titles, read only when a capture is taken.
+struct Earlier<'a> {
+    buffer: &'a mut ContextBuffer,
+    now_ms: i64,
+    minutes: u32,
+}
+
 /// Matches one window's title; a capture (with one snapshot however many
-/// rules fired) for each rule the rate limit admits.
+/// rules fired, and the titles in front before it) for each rule the rate
+/// limit admits. True when it took one.
 fn check_window(
     window: &ActiveWindow,
     current: &Received,
     limit: &mut RateLimit,
     buffer: &mut String,
     pending: &mut Vec<HelperCapture>,
-) {
+    earlier: Earlier<'_>,
+) -> bool {
     let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
+    let mut context = None;
     for hit in current.policy.matches(&window.title, current.user, buffer) {
         if limit.admit(&hit.rule.id, window.id, &window.title, Instant::now()) == Admission::Counted
         {
@@ -232,8 +274,12 @@ fn check_window(
             no_image_reason,
             image_png_base64,
             policy_version: current.version,
+            context: context
+                .get_or_insert_with(|| earlier.buffer.before_front(earlier.now_ms, earlier.minutes))
+                .clone(),
         };
         limit.remember(window.id, &capture);
         pending.push(capture);
     }
+    snapshot.is_some()
 }

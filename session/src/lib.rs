@@ -14,7 +14,9 @@
 //! beyond what it can check (it re-matches every title itself).
 //! `main.rs` only parses the command line.
 
+pub mod context;
 pub mod helper;
+pub mod notice;
 pub mod rate_limit;
 pub mod snapshot;
 pub mod window;
@@ -39,6 +41,7 @@ pub(crate) mod tests {
             no_image_reason: String::new(),
             image_png_base64: "aW1hZ2U=".into(),
             policy_version: 3,
+            context: Vec::new(),
         }
     }
 }

@@ -261,6 +261,41 @@ fn window_titles_matching_the_policy_become_captures_at_the_collector() {
         3,
         "nothing for the harmless or excluded titles: {all:?}"
     );
+    // Each capture carries what was on screen before it (the policy's
+    // default hour), oldest first, from the helper's memory through the
+    // daemon to the collector; never the capture's own title.
+    let context_titles = |capture: &Value| -> Vec<String> {
+        capture["context"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no context: {capture}"))
+            .iter()
+            .map(|e| {
+                let at = |field: &str| -> jiff::Timestamp {
+                    e[field].as_str().unwrap().parse().unwrap()
+                };
+                assert!(at("first_seen") <= at("last_seen"), "{e}");
+                e["title"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let before_drugs = context_titles(&all[2]);
+    let kill = before_drugs
+        .iter()
+        .position(|t| t == "how to kill myself - Chromium");
+    let legacy = before_drugs.iter().position(|t| t == "k1ll mys3lf");
+    assert!(
+        kill.is_some() && legacy.is_some() && kill < legacy,
+        "the earlier windows, oldest first: {before_drugs:?}"
+    );
+    assert!(
+        !before_drugs.iter().any(|t| t == "buy weed near me"),
+        "{before_drugs:?}"
+    );
+    assert!(
+        context_titles(&all[1]).contains(&"how to kill myself - Chromium".to_owned()),
+        "{}",
+        all[1]
+    );
 
     // A thousand rapid title changes matching one rule in one window: one
     // capture, the rest counted.

@@ -10,6 +10,11 @@
 //! longer than `MAX_LINE` is refused before it is buffered (the connection
 //! is closed); a snapshot must be a PNG no wider than the helper makes them
 //! and at most `MAX_IMAGE_BYTES`, or the capture goes out without it.
+//! The earlier window titles a capture carries (`context`) are passed on
+//! only when the policy in force allows context (`context_minutes` above
+//! 0), and bounded again: the newest `MAX_CONTEXT_ENTRIES`, each title and
+//! process cut and stripped of control characters, at most
+//! `MAX_CONTEXT_BYTES` in all, times inside the Unix epoch and now.
 //! Connections per uid are capped, and an accept error (descriptors
 //! exhausted) is logged at once and retried with back-off, never ending the
 //! listener.
@@ -30,10 +35,16 @@ use super::{HelperCapture, HelperPolicy};
 use crate::outbox::Outbox;
 use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
 use crate::state::State;
+use hallmonitor_capture_protocol::{ContextWindow, MAX_CONTEXT_ENTRIES};
 
 /// The longest line a helper may send: a `MAX_IMAGE_BYTES` image in base64
 /// and the text around it.
-const MAX_LINE: usize = MAX_IMAGE_BYTES / 3 * 4 + 64 * 1024;
+const MAX_LINE: usize = MAX_IMAGE_BYTES / 3 * 4 + 64 * 1024 + 4 * MAX_CONTEXT_BYTES;
+/// Bytes of context titles and process names passed on with one capture
+/// (the helper keeps 64 KiB; escapes may grow it on the way).
+const MAX_CONTEXT_BYTES: usize = 128 * 1024;
+/// Characters kept of one context title.
+const MAX_CONTEXT_TITLE: usize = 1024;
 /// The largest snapshot accepted (the helper's are far smaller).
 const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Snapshots are scaled to this width by the helper.
@@ -288,6 +299,8 @@ impl Connection {
 
     async fn queue(&self, capture: HelperCapture, checked: Checked) {
         let (image, no_image_reason) = image_of(&capture);
+        let now = Timestamp::now();
+        let context = context_of(capture.context, checked.context_minutes, now);
         let body = v1::event::Body::Capture(v1::Capture {
             rule_id: checked.rule_id,
             category: checked.category,
@@ -306,8 +319,9 @@ impl Connection {
             },
             image_png: image,
             policy_version: checked.policy_version,
+            context,
         });
-        match self.outbox.append(Timestamp::now(), body).await {
+        match self.outbox.append(now, body).await {
             Ok(_) => self.wake.notify_one(),
             Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
         }
@@ -352,6 +366,8 @@ struct Checked {
     matched_text: String,
     window_title: String,
     policy_version: u64,
+    /// The policy's `context_minutes`: 0 passes no context on.
+    context_minutes: u32,
 }
 
 /// Matches the helper's title against the policy in force: the helper's
@@ -378,7 +394,55 @@ fn check(
         matched_text: hit.phrase.to_owned(),
         window_title: title,
         policy_version,
+        context_minutes: policy.context_minutes,
     })
+}
+
+/// The helper's earlier titles as the daemon passes them on: none when
+/// the policy in force allows no context; otherwise the newest
+/// `MAX_CONTEXT_ENTRIES` within `MAX_CONTEXT_BYTES`, text bounded, empty
+/// titles dropped, times between the epoch and `now`, first not after last.
+fn context_of(
+    context: Vec<ContextWindow>,
+    context_minutes: u32,
+    now: Timestamp,
+) -> Vec<v1::ContextWindow> {
+    if context_minutes == 0 {
+        return Vec::new();
+    }
+    let now_ms = now.as_millisecond();
+    let time = |ms: i64| {
+        let ms = ms.clamp(0, now_ms);
+        hallmonitor_proto::Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        }
+    };
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for entry in context.into_iter().rev() {
+        if kept.len() == MAX_CONTEXT_ENTRIES {
+            break;
+        }
+        let title = bounded(&entry.title, MAX_CONTEXT_TITLE);
+        if title.trim().is_empty() {
+            continue;
+        }
+        let process_name = bounded(&entry.process_name, MAX_SHORT_TEXT);
+        bytes += title.len() + process_name.len();
+        if bytes > MAX_CONTEXT_BYTES {
+            break;
+        }
+        let last = entry.last_seen_ms;
+        kept.push(v1::ContextWindow {
+            title,
+            process_name,
+            first_seen: Some(time(entry.first_seen_ms.min(last))),
+            last_seen: Some(time(last)),
+        });
+    }
+    kept.reverse();
+    kept
 }
 
 /// The snapshot, when it is a PNG of the size helpers make; otherwise
@@ -533,6 +597,53 @@ mod tests {
                 (got, _) => panic!("{name}: {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn context_is_bounded_and_follows_the_policy() {
+        let now: Timestamp = "2026-03-02T10:00:00Z".parse().unwrap();
+        let entry = |title: &str, first: i64, last: i64| ContextWindow {
+            title: title.into(),
+            process_name: "firefox\u{7}".into(),
+            first_seen_ms: first,
+            last_seen_ms: last,
+        };
+        let sent = vec![
+            entry("Maths\nhomework", 1_000, 2_000),
+            entry("   ", 2_000, 3_000),
+            entry("from the future", 5_000, i64::MAX),
+            entry("backwards", 9_000, 4_000),
+        ];
+        assert!(
+            context_of(sent.clone(), 0, now).is_empty(),
+            "0 minutes: none"
+        );
+        let kept = context_of(sent, 60, now);
+        let titles: Vec<&str> = kept.iter().map(|c| c.title.as_str()).collect();
+        assert_eq!(titles, ["Maths homework", "from the future", "backwards"]);
+        assert_eq!(kept[0].process_name, "firefox ");
+        assert_eq!(kept[0].first_seen.unwrap().seconds, 1);
+        assert_eq!(kept[1].last_seen.unwrap().seconds, now.as_second());
+        assert_eq!(kept[2].first_seen, kept[2].last_seen);
+
+        let many: Vec<ContextWindow> = (0..500)
+            .map(|n| entry(&format!("{n} {}", "x".repeat(5_000)), n, n))
+            .collect();
+        let kept = context_of(many, 60, now);
+        assert!(kept.len() <= MAX_CONTEXT_ENTRIES);
+        assert!(
+            kept.iter()
+                .all(|c| c.title.chars().count() <= MAX_CONTEXT_TITLE)
+        );
+        assert!(kept.iter().map(|c| c.title.len()).sum::<usize>() <= MAX_CONTEXT_BYTES);
+        assert!(
+            kept.last().unwrap().title.starts_with("499 "),
+            "the newest are kept"
+        );
+        let few: Vec<ContextWindow> = (0..500).map(|n| entry(&n.to_string(), n, n)).collect();
+        let kept = context_of(few, 60, now);
+        assert_eq!(kept.len(), MAX_CONTEXT_ENTRIES);
+        assert_eq!(kept[0].title, "300");
     }
 
     #[test]

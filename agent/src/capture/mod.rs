@@ -39,6 +39,7 @@ mod tests {
             no_image_reason: String::new(),
             image_png_base64: "aW1hZ2U=".into(),
             policy_version: 3,
+            context: Vec::new(),
         }
     }
 }

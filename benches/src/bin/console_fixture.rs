@@ -208,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
                 file_sha256: String::new(),
                 policy_version: 0,
                 image: Vec::new(),
+                context: Vec::new(),
             }),
         };
         store.record_batch(&device, &[event], now).await?;

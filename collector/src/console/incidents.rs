@@ -192,6 +192,16 @@ struct CaptureView {
     exclusions: Vec<(&'static str, &'static str, String)>,
     /// Exclusions added from this capture: (id, words, undoable).
     taught: Vec<(i64, String, bool)>,
+    /// What was on screen before, oldest first.
+    context: Vec<ContextView>,
+}
+
+/// One earlier window title, its times in the site's zone.
+struct ContextView {
+    first_seen: String,
+    last_seen: String,
+    title: String,
+    process: String,
 }
 
 struct HistoryView {
@@ -277,6 +287,16 @@ fn capture_view(
         matched: c.matched_text.clone(),
         window: c.window_title.clone(),
         process: c.process_name.clone(),
+        context: c
+            .context
+            .iter()
+            .map(|e| ContextView {
+                first_seen: local(e.first_seen, zone),
+                last_seen: local(e.last_seen, zone),
+                title: e.title.clone(),
+                process: e.process_name.clone(),
+            })
+            .collect(),
         kind: c.kind.clone(),
         file_path: c.file_path.clone(),
         file_sha256: c.file_sha256.clone(),
@@ -796,6 +816,12 @@ mod tests {
             matched_text: "buy a knife".into(),
             window_title: "buy a knife - Chromium".into(),
             process_name: "chromium".into(),
+            context: vec![crate::model::ContextEntry {
+                title: "<script>alert(1)</script> maths homework".into(),
+                process_name: "firefox".into(),
+                first_seen: now - jiff::SignedDuration::from_mins(20),
+                last_seen: now - jiff::SignedDuration::from_mins(5),
+            }],
             ..snapshot("weapons", 3)
         };
         let (incident, capture) = record_first_capture(&store, &device, capture, now).await;
@@ -815,6 +841,18 @@ mod tests {
         let html = body(page).await;
         assert!(html.contains(&format!("action=\"{review}\"")), "{html}");
         assert!(html.contains("<legend>Status of capture"), "{html}");
+        // What was on screen before, escaped, in the site's zone.
+        assert!(html.contains("What was on screen before"), "{html}");
+        assert!(
+            html.contains("&#60;script&#62;alert(1)&#60;/script&#62; maths homework"),
+            "{html}"
+        );
+        assert!(!html.contains("<script>alert(1)"), "{html}");
+        let zone = crate::store::SiteStore::sites(&*store).await.unwrap()[0]
+            .timezone
+            .clone();
+        let shown = crate::console::pages::local(now - jiff::SignedDuration::from_mins(20), &zone);
+        assert!(html.contains(&shown), "{shown}: {html}");
         assert!(
             html.contains("3 (the rule&#x27;s severity)")
                 || html.contains("3 (the rule's severity)"),

@@ -14,8 +14,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use crate::model::{
-    CaptureRecord, CommandKind, DeviceFacts, Disk, Encryption, Event, EventBody, GapRecord, Seq,
-    SessionKind, SessionRecord, SignalKind, SignalRecord,
+    CaptureRecord, CommandKind, ContextEntry, DeviceFacts, Disk, Encryption, Event, EventBody,
+    GapRecord, Seq, SessionKind, SessionRecord, SignalKind, SignalRecord,
 };
 use crate::rules::mfa::check_completion_time;
 
@@ -28,6 +28,10 @@ pub const MAX_TEXT_CHARS: usize = 1_024;
 pub const MAX_PATH_CHARS: usize = 4_096;
 /// The most disks kept from one device's facts.
 pub const MAX_DISKS: usize = 64;
+/// The most earlier window titles kept with one capture (the newest).
+pub const MAX_CONTEXT_ENTRIES: usize = 200;
+/// Bytes of earlier titles and process names kept with one capture.
+pub const MAX_CONTEXT_BYTES: usize = 128 * 1024;
 
 /// `text` made safe to store and show: tabs and line breaks become spaces,
 /// other control characters U+FFFD, and text longer than `max` characters
@@ -439,11 +443,108 @@ fn capture_from_wire(c: v1::Capture) -> CaptureRecord {
         file_sha256: String::new(),
         policy_version: c.policy_version,
         image,
+        context: context_from_wire(c.context),
     }
+}
+
+/// The titles in front before a capture, as the collector keeps them: the
+/// newest `MAX_CONTEXT_ENTRIES` within `MAX_CONTEXT_BYTES`, text bounded,
+/// entries without a title or a valid time dropped, first seen not after
+/// last seen; oldest first.
+fn context_from_wire(context: Vec<v1::ContextWindow>) -> Vec<ContextEntry> {
+    let mut kept = Vec::new();
+    let mut bytes = 0;
+    for entry in context.into_iter().rev() {
+        if kept.len() == MAX_CONTEXT_ENTRIES {
+            break;
+        }
+        let (Some(first), Some(last)) = (
+            timestamp(entry.first_seen.as_ref()),
+            timestamp(entry.last_seen.as_ref()),
+        ) else {
+            continue;
+        };
+        let title = text(entry.title);
+        if title.trim().is_empty() {
+            continue;
+        }
+        let process_name = text(entry.process_name);
+        bytes += title.len() + process_name.len();
+        if bytes > MAX_CONTEXT_BYTES {
+            break;
+        }
+        kept.push(ContextEntry {
+            title,
+            process_name,
+            first_seen: first.min(last),
+            last_seen: last,
+        });
+    }
+    kept.reverse();
+    kept
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn capture_context_is_bounded() {
+        let at = |seconds: i64| Some(hallmonitor_proto::Timestamp { seconds, nanos: 0 });
+        let entry = |title: &str, first, last| v1::ContextWindow {
+            title: title.into(),
+            process_name: "firefox\u{1b}[31m".into(),
+            first_seen: first,
+            last_seen: last,
+        };
+        let record = capture_from_wire(v1::Capture {
+            context: vec![
+                entry("Maths\r\nhomework", at(10), at(20)),
+                entry("no time", None, at(20)),
+                entry("bad time", at(i64::MAX), at(20)),
+                entry("   ", at(10), at(20)),
+                entry(&"x".repeat(5_000), at(40), at(30)),
+            ],
+            ..Default::default()
+        });
+        let context = &record.context;
+        assert_eq!(context.len(), 2, "{context:?}");
+        assert_eq!(context[0].title, "Maths  homework");
+        assert_eq!(context[0].process_name, "firefox\u{fffd}[31m");
+        assert_eq!(context[1].title.chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(
+            context[1].first_seen, context[1].last_seen,
+            "first not after last"
+        );
+
+        let many = (0..500)
+            .map(|n| entry(&format!("{n} {}", "y".repeat(900)), at(n), at(n)))
+            .collect();
+        let context = capture_from_wire(v1::Capture {
+            context: many,
+            ..Default::default()
+        })
+        .context;
+        assert!(context.len() <= MAX_CONTEXT_ENTRIES);
+        let bytes: usize = context
+            .iter()
+            .map(|c| c.title.len() + c.process_name.len())
+            .sum();
+        assert!(bytes <= MAX_CONTEXT_BYTES, "{bytes}");
+        assert!(
+            context.last().unwrap().title.starts_with("499 "),
+            "the newest are kept"
+        );
+        let few = (0..500)
+            .map(|n| entry(&n.to_string(), at(n), at(n)))
+            .collect();
+        let context = capture_from_wire(v1::Capture {
+            context: few,
+            ..Default::default()
+        })
+        .context;
+        assert_eq!(context.len(), MAX_CONTEXT_ENTRIES);
+        assert_eq!(context[0].title, "300");
+    }
+
     #[test]
     fn only_png_snapshots_of_at_most_4_mib_are_kept_as_evidence() {
         let png = |len: usize| {

@@ -8,7 +8,7 @@ use sqlx::{Row, SqliteConnection};
 use super::{SqliteStore, instant, millis, optional_instant};
 use crate::alerts::{FileAlerts, Subject, Threshold, should_alert, threshold_summary};
 use crate::incidents::{CaptureRow, IncidentRecord};
-use crate::model::{CaptureRecord, CaptureReview, DeviceId, SiteId};
+use crate::model::{CaptureRecord, CaptureReview, ContextEntry, DeviceId, SiteId};
 use crate::review::{
     CaptureStatus, Change, Decision, HistoryEntry, IncidentReview, ReviewError, ReviewRequest,
     ReviewState,
@@ -86,11 +86,11 @@ pub(super) async fn record_capture(
             (id, severity >= 4)
         }
     };
-    sqlx::query(
+    let capture_id: i64 = sqlx::query_scalar(
         "INSERT INTO captures (incident_id, device_id, seq, occurred_at, rule_id, category, severity, matched_text, \
          window_title, process_name, account, image_sha256, image_status, no_image_reason, repeat_count, \
          kind, file_path, file_sha256, policy_version) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
     )
     .bind(incident)
     .bind(device.as_str())
@@ -111,8 +111,22 @@ pub(super) async fn record_capture(
     .bind(&capture.file_path)
     .bind(&capture.file_sha256)
     .bind(capture.policy_version as i64)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    for (position, entry) in capture.context.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO capture_context (capture_id, position, title, process_name, first_seen, last_seen) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(capture_id)
+        .bind(position as i64)
+        .bind(&entry.title)
+        .bind(&entry.process_name)
+        .bind(millis(entry.first_seen))
+        .bind(millis(entry.last_seen))
+        .execute(&mut *tx)
+        .await?;
+    }
     if became_severe {
         // Category and severity only: no matched text, no account.
         sqlx::query(
@@ -312,6 +326,7 @@ fn capture_from_row(r: &SqliteRow) -> Result<CaptureRow> {
         file_path: r.try_get("file_path")?,
         file_sha256: r.try_get("file_sha256")?,
         policy_version: r.try_get("policy_version")?,
+        context: Vec::new(),
         review: CaptureReview {
             status: parse_status(&status)?,
             grade: r.try_get("grade")?,
@@ -418,10 +433,29 @@ impl crate::store::IncidentStore for SqliteStore {
                 .bind(id)
                 .fetch_all(&self.reader)
                 .await?;
-        let captures = rows
+        let mut captures = rows
             .iter()
             .map(capture_from_row)
             .collect::<Result<Vec<_>>>()?;
+        let context = sqlx::query(
+            "SELECT x.* FROM capture_context x JOIN captures c ON c.id = x.capture_id \
+             WHERE c.incident_id = ? ORDER BY x.capture_id, x.position",
+        )
+        .bind(id)
+        .fetch_all(&self.reader)
+        .await?;
+        for row in &context {
+            let capture_id: i64 = row.try_get("capture_id")?;
+            let entry = ContextEntry {
+                title: row.try_get("title")?,
+                process_name: row.try_get("process_name")?,
+                first_seen: instant(row.try_get("first_seen")?)?,
+                last_seen: instant(row.try_get("last_seen")?)?,
+            };
+            if let Some(capture) = captures.iter_mut().find(|c| c.id == capture_id) {
+                capture.context.push(entry);
+            }
+        }
         Ok(Some((incident, captures, site)))
     }
 
@@ -562,6 +596,10 @@ impl crate::store::IncidentStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((device, seq)) = row {
+                sqlx::query("DELETE FROM capture_context WHERE capture_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 // The event row stays (it is the record that this sequence
                 // number arrived); what it said goes.
                 sqlx::query(

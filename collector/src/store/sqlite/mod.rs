@@ -244,6 +244,7 @@ pub(crate) mod testing {
             file_sha256: String::new(),
             policy_version: 0,
             image: Vec::new(),
+            context: Vec::new(),
         }
     }
 }
