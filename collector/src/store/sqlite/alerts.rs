@@ -29,21 +29,9 @@ pub(super) async fn alert_override_in(
     .transpose()
 }
 
+/// The row is this site's, whatever `audit.site` says.
 async fn audit_in(conn: &mut SqliteConnection, site: SiteId, audit: &AuditEntry<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(millis(audit.at))
-    // The row is this site's, whatever `audit.site` says.
-    .bind(site.0)
-    .bind(audit.actor)
-    .bind(audit.action)
-    .bind(audit.target)
-    .bind(audit.detail)
-    .bind(audit.address)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::audit::write_in(conn, Some(site), audit).await
 }
 
 fn exclusion_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<PolicyExclusion> {

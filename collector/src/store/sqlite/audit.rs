@@ -2,25 +2,40 @@
 
 use async_trait::async_trait;
 
+use sqlx::SqliteConnection;
+
 use super::{SqliteStore, millis};
+use crate::model::SiteId;
 use crate::store::{AuditEntry, Result};
+
+/// Writes `entry` as a row of `site` (None: collector-wide), whatever
+/// `entry.site` says, on `conn`: inside the caller's transaction when the
+/// change it records is written there too.
+pub(super) async fn write_in(
+    conn: &mut SqliteConnection,
+    site: Option<SiteId>,
+    entry: &AuditEntry<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(millis(entry.at))
+    .bind(site.map(|s| s.0))
+    .bind(entry.actor)
+    .bind(entry.action)
+    .bind(entry.target)
+    .bind(entry.detail)
+    .bind(entry.address)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
 
 #[async_trait]
 impl crate::store::AuditStore for SqliteStore {
     async fn append_audit(&self, entry: AuditEntry<'_>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(millis(entry.at))
-        .bind(entry.site.map(|s| s.0))
-        .bind(entry.actor)
-        .bind(entry.action)
-        .bind(entry.target)
-        .bind(entry.detail)
-        .bind(entry.address)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        write_in(&mut conn, entry.site, &entry).await
     }
 }
 

@@ -127,19 +127,8 @@ impl crate::store::SiteStore for SqliteStore {
                     .await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO audit_log (at, site_id, actor, action, target, detail, address) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(millis(audit.at))
         // The row is this site's, whatever `audit.site` says.
-        .bind(site.0)
-        .bind(audit.actor)
-        .bind(audit.action)
-        .bind(audit.target)
-        .bind(audit.detail)
-        .bind(audit.address)
-        .execute(&mut *tx)
-        .await?;
+        super::audit::write_in(&mut tx, Some(site), &audit).await?;
         tx.commit().await?;
         Ok(())
     }
