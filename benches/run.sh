@@ -11,6 +11,8 @@
 #   4. the device-activity rule (`rules`);
 #   5. alert latency: a severity-5 capture to the SMTP server (`alerts`;
 #      needs Debian's python3-aiosmtpd).
+#      title_alerts: the same from a flagged window title on an Xvfb
+#      screen through the real session helper and agent daemon.
 #   6. matching titles against a 10,000-phrase policy (`policy`);
 #   7. screen snapshot time and session helper memory (`snapshot`, Xvfb).
 #   9. the web console with 50,000 devices (`console`; not in the default
@@ -19,7 +21,7 @@
 #   8. collector memory after repeated load: `loadgen` with 2,000 agents
 #      run several times against one collector (`memory`; not in the
 #      default set: it takes a few minutes).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|policy|snapshot|memory|console]...   (default: all but memory and console)
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|title_alerts|policy|snapshot|memory|console]...   (default: all but memory and console)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -156,14 +158,16 @@ bench_outbox() {
     "$bin/outbox" bench --events 100000
 }
 
-bench_alerts() {
-    echo "== alert latency (capture → SMTP, aiosmtpd on loopback)"
+# Starts Debian's aiosmtpd on loopback with a Maildir in $work/maildir and
+# initialises a collector in $work/collector that mails a head-teacher
+# recipient through it; sets SMTP_PID, SECRET and FINGERPRINT.
+init_mailing_collector() {
     rm -rf "$work/collector" "$work/maildir"
     local smtp_port
     smtp_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$smtp_port" -c aiosmtpd.handlers.Mailbox "$work/maildir" &
     pids+=($!)
-    local smtp_pid=$!
+    SMTP_PID=$!
     for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$smtp_port") 2>/dev/null && break; sleep 0.05; done
     "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
         --listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 > "$work/init.txt"
@@ -173,16 +177,69 @@ bench_alerts() {
         --role head_teacher --email head@bench.example > /dev/null
     SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
     FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
+}
+
+# Serves the collector initialised above; sets COLLECTOR_PID, TELEMETRY
+# and ENROLL.
+serve_collector() {
     HALLMONITOR_LOG=warn "$bin/hallmonitor-collector" --data "$work/collector" serve > "$work/serve.out" 2> "$work/serve.err" &
     pids+=($!)
-    local collector_pid=$!
-    for _ in $(seq 200); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
+    COLLECTOR_PID=$!
+    wait_for "the collector to listen" 20 'grep -qs listening "$work/serve.out"'
+    local line
     line=$(grep listening "$work/serve.out")
-    "$bin/alert_latency" --enroll "localhost:$(sed 's/.*enroll=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")" \
-        --telemetry "localhost:$(sed 's/.*telemetry=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")" \
+    TELEMETRY=localhost:$(sed 's/.*telemetry=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")
+    ENROLL=localhost:$(sed 's/.*enroll=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")
+}
+
+bench_alerts() {
+    echo "== alert latency (capture → SMTP, aiosmtpd on loopback)"
+    init_mailing_collector
+    serve_collector
+    "$bin/alert_latency" --enroll "$ENROLL" --telemetry "$TELEMETRY" \
         --ca-fingerprint "$FINGERPRINT" --secret "$SECRET" --site Bench --maildir "$work/maildir" --captures 100
-    kill "$collector_pid" "$smtp_pid"
-    wait "$collector_pid" "$smtp_pid" 2>/dev/null || true
+    kill "$COLLECTOR_PID" "$SMTP_PID"
+    wait "$COLLECTOR_PID" "$SMTP_PID" 2>/dev/null || true
+}
+
+# End to end as the DSL experiences it: a flagged title on an Xvfb screen,
+# the real session helper and agent daemon (release-agent build), the
+# collector, aiosmtpd; `title_alert` times title → email.
+bench_title_alerts() {
+    echo "== alert latency end to end (Xvfb title → helper → daemon → collector → SMTP)"
+    build_agent
+    init_mailing_collector
+    serve_collector
+    cat > "$work/agent.toml" <<EOF
+collector = "$TELEMETRY"
+enroll_address = "$ENROLL"
+ca_fingerprint = "$FINGERPRINT"
+site = "Bench"
+enrollment_secret = "$SECRET"
+data_dir = "$work/agent"
+machine_id = "bench-title-alert"
+[capture]
+socket = "$work/agent.sock"
+EOF
+    local agent=("$agent_bin" --config "$work/agent.toml")
+    HALLMONITOR_LOG=warn "${agent[@]}" enroll > /dev/null
+    local display=":$((RANDOM % 100 + 300))"
+    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
+    pids+=($!)
+    local xvfb_pid=$!
+    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
+    HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
+    pids+=($!)
+    local agent_pid=$!
+    wait_for "the agent's socket" 30 '[[ -S "$work/agent.sock" ]]'
+    DISPLAY=$display HALLMONITOR_LOG=info "$session_bin" --socket "$work/agent.sock" 2> "$work/helper.err" &
+    pids+=($!)
+    local helper_pid=$!
+    wait_for "the helper to connect" 30 'grep -qs "policy received" "$work/helper.err"'
+    DISPLAY=$display "$bin/title_alert" --maildir "$work/maildir" --collector "$bin/hallmonitor-collector" \
+        --data "$work/collector" --alerts "${TITLE_ALERTS:-100}"
+    kill "$helper_pid" "$agent_pid" "$xvfb_pid" "$COLLECTOR_PID" "$SMTP_PID"
+    wait "$helper_pid" "$agent_pid" "$xvfb_pid" "$COLLECTOR_PID" "$SMTP_PID" 2>/dev/null || true
 }
 
 bench_policy() {
@@ -355,5 +412,5 @@ bench_console() {
 }
 
 what=("$@")
-((${#what[@]})) || what=(ingest outbox rss rules alerts policy snapshot)
+((${#what[@]})) || what=(ingest outbox rss rules alerts title_alerts policy snapshot)
 for w in "${what[@]}"; do "bench_$w"; done

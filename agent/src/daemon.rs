@@ -17,7 +17,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -63,7 +62,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);
-    let wake = Arc::new(Notify::new());
+    let wake = Arc::new(crate::stream::Wake::default());
     let ctx = TaskContext {
         config: config.clone(),
         outbox: outbox.clone(),

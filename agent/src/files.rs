@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::FilesConfig;
@@ -324,7 +323,7 @@ fn files_under(folders: &[PathBuf], since: i64, depth: usize, limit: usize) -> V
 pub async fn watch(
     config: FilesConfig,
     outbox: Outbox,
-    wake: Arc<Notify>,
+    wake: Arc<crate::stream::Wake>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use notify::Watcher;
@@ -593,7 +592,7 @@ mod tests {
         let task = tokio::spawn(watch(
             config,
             outbox.clone(),
-            Arc::new(Notify::new()),
+            Arc::new(crate::stream::Wake::default()),
             shutdown.clone(),
         ));
         let depth = || async { outbox.stats().await.unwrap().depth };

@@ -66,6 +66,44 @@ pub struct StreamSettings {
     pub policies: Arc<crate::policy::PolicyHub>,
 }
 
+/// How producers tell the stream that something was queued. An ordinary
+/// wake lets the stream wait `batch_linger_ms` so a burst of events goes
+/// in one batch; an urgent one (a capture: a person may be waiting for its
+/// alert) is sent at once and cuts a linger already under way short.
+#[derive(Debug, Default)]
+pub struct Wake {
+    gather: Notify,
+    urgent: Notify,
+}
+
+impl Wake {
+    /// Something was queued; more may follow.
+    pub fn notify_one(&self) {
+        self.gather.notify_one();
+    }
+
+    /// Something was queued that must not wait for company.
+    pub fn urgent(&self) {
+        self.urgent.notify_one();
+    }
+
+    /// Returns when there is something to send: at once after an urgent
+    /// wake, `linger` after an ordinary one unless an urgent one comes
+    /// first.
+    pub async fn gathered(&self, linger: Duration) {
+        tokio::select! {
+            biased;
+            _ = self.urgent.notified() => return,
+            _ = self.gather.notified() => {}
+        }
+        tokio::select! {
+            biased;
+            _ = self.urgent.notified() => {}
+            _ = tokio::time::sleep(linger) => {}
+        }
+    }
+}
+
 enum Ended {
     Shutdown,
     ClosedByCollector,
@@ -76,7 +114,7 @@ pub async fn run(
     identity: Identity,
     settings: StreamSettings,
     outbox: Outbox,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     shutdown: CancellationToken,
 ) -> Result<(), StreamError> {
     let tls = tls::mutual_tls_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)?;
@@ -168,7 +206,7 @@ async fn run_once(
     settings: &StreamSettings,
     tls: rustls::ClientConfig,
     outbox: &Outbox,
-    wake: &Notify,
+    wake: &Wake,
     shutdown: &CancellationToken,
     connected: &mut bool,
 ) -> Result<Ended, StreamError> {
@@ -245,10 +283,10 @@ async fn run_once(
                         .map_err(|_| StreamError::Protocol("stream closed while sending".into()))?;
                 }
             }
-            _ = wake.notified(), if in_flight.len() < WINDOW => {
-                // Let a burst of appends gather into one batch.
-                tokio::time::sleep(Duration::from_millis(settings.delivery.batch_linger_ms)).await;
-            }
+            // Cancelled by a message from the collector mid-linger: the
+            // loop sends what is queued anyway.
+            _ = wake.gathered(Duration::from_millis(settings.delivery.batch_linger_ms)),
+                if in_flight.len() < WINDOW => {}
         }
     }
 }
@@ -377,6 +415,52 @@ fn random_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Longer than any test runs: a linger that is not cut short fails
+    /// the deadline below instead of hanging.
+    const FOREVER: Duration = Duration::from_secs(3600);
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn an_urgent_wake_is_sent_at_once() {
+        let wake = Wake::default();
+        wake.urgent();
+        tokio::time::timeout(DEADLINE, wake.gathered(FOREVER))
+            .await
+            .expect("an urgent wake does not linger");
+    }
+
+    #[tokio::test]
+    async fn an_urgent_wake_cuts_a_linger_short() {
+        let wake = Arc::new(Wake::default());
+        wake.notify_one();
+        let waiting = tokio::spawn({
+            let wake = wake.clone();
+            async move { wake.gathered(FOREVER).await }
+        });
+        // Whether it arrives before or during the linger, it ends it.
+        wake.urgent();
+        tokio::time::timeout(DEADLINE, waiting)
+            .await
+            .expect("the capture waited for the linger")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_ordinary_wake_lingers_for_company() {
+        let wake = Wake::default();
+        wake.notify_one();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wake.gathered(FOREVER))
+                .await
+                .is_err(),
+            "an ordinary wake must wait for the linger"
+        );
+        wake.notify_one();
+        tokio::time::timeout(DEADLINE, wake.gathered(Duration::from_millis(1)))
+            .await
+            .expect("the linger ends");
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
@@ -15,7 +14,7 @@ pub struct TaskContext {
     pub config: AgentConfig,
     pub outbox: Outbox,
     /// Wakes the stream when something was queued.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<crate::stream::Wake>,
     pub shutdown: CancellationToken,
 }
 

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use hallmonitor_proto::v1;
 use jiff::Timestamp;
-use tokio::sync::Notify;
 use tokio_stream::StreamExt;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +77,7 @@ pub async fn serve_helpers(
     outbox: Outbox,
     hub: Arc<PolicyHub>,
     presence: Arc<crate::gaps::HelperPresence>,
-    wake: Arc<Notify>,
+    wake: Arc<crate::stream::Wake>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -234,7 +233,7 @@ struct Connection {
     uid: u32,
     account: String,
     outbox: Outbox,
-    wake: Arc<Notify>,
+    wake: Arc<crate::stream::Wake>,
     policies: tokio::sync::watch::Receiver<InForce>,
     shared: Arc<Shared>,
 }
@@ -322,7 +321,8 @@ impl Connection {
             context,
         });
         match self.outbox.append(now, body).await {
-            Ok(_) => self.wake.notify_one(),
+            // A capture may be an alert someone is waiting for.
+            Ok(_) => self.wake.urgent(),
             Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
         }
     }
