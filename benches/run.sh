@@ -18,10 +18,13 @@
 #   9. the web console with 50,000 devices (`console`; not in the default
 #      set: filling the database takes a few minutes): server time of the
 #      device list, device pages, dashboard and snapshot view.
+#  10. a fleet of idle agents (`connections`; not in the default set):
+#      collector memory per connection, heartbeat round trips, reconnect
+#      storm after a restart.
 #   8. collector memory after repeated load: `loadgen` with 2,000 agents
 #      run several times against one collector (`memory`; not in the
 #      default set: it takes a few minutes).
-# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|title_alerts|policy|snapshot|memory|console]...   (default: all but memory and console)
+# Usage: bash benches/run.sh [ingest|outbox|rss|rules|alerts|title_alerts|policy|snapshot|memory|console|connections]...   (default: all but memory and console)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -409,6 +412,55 @@ bench_console() {
     for n in $(seq 1 50); do urls+=("$base/incidents/$n/captures/$n/image"); done
     console_times "snapshot view (150 KB, decrypted)" "${urls[@]}"
     echo "collector RSS after the console runs: $(mib "$(rss_kib "${pids[-1]}")") MiB"
+}
+
+# A fleet of mostly idle agents (`idle_agents`, one mTLS stream each, a
+# heartbeat a minute) against one collector: its RSS idle and with the
+# fleet connected (so the cost of a connection), heartbeat round trips,
+# and the reconnect storm after the collector restarts (SIGTERM, serve
+# again on the same ports). CONNECTIONS (default 19000: this container's
+# hard descriptor limit is 20,000 per process and the collector keeps a
+# reserve) agents.
+bench_connections() {
+    local agents=${CONNECTIONS:-19000}
+    echo "== $agents idle agents connected to one collector"
+    rm -rf "$work/collector"
+    local port
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    port=$(free_port)
+    "$bin/hallmonitor-collector" --data "$work/collector" init --site Bench --hostname localhost \
+        --listen "127.0.0.1:$port" --enroll-listen "127.0.0.1:$(free_port)" --api-listen 127.0.0.1:0 > "$work/init.txt"
+    SECRET=$(awk -F': *' '/enrolment secret:/ {print $2}' "$work/init.txt")
+    FINGERPRINT=$(awk -F': *' '/CA fingerprint:/ {print $2}' "$work/init.txt")
+    serve_collector
+    local idle_rss
+    sleep 5
+    idle_rss=$(rss_kib "$COLLECTOR_PID")
+    echo "collector idle: RSS $(mib "$idle_rss") MiB"
+    "$bin/idle_agents" --enroll "$ENROLL" --telemetry "$TELEMETRY" --ca-fingerprint "$FINGERPRINT" \
+        --secret "$SECRET" --site Bench --agents "$agents" --work "$work/idle-agents" \
+        --report-secs 60 > "$work/idle.out" 2> "$work/idle.err" &
+    pids+=($!)
+    local fleet_pid=$!
+    wait_for "all agents connected" 1800 'grep -qs "all $agents connected" "$work/idle.out"'
+    grep "identities ready" "$work/idle.err" || true
+    grep "connected in" "$work/idle.out"
+    # One heartbeat interval, so every agent has sent and been answered.
+    wait_for "a heartbeat report" 150 'grep -qs "heartbeats acknowledged" "$work/idle.out"'
+    local rss
+    rss=$(rss_kib "$COLLECTOR_PID")
+    echo "collector with $agents agents connected: RSS $(mib "$rss") MiB ($(rss_split "$COLLECTOR_PID")), $(( (rss - idle_rss) / agents )) KiB per connection; idle_agents RSS $(mib "$(rss_kib "$fleet_pid")") MiB"
+    grep "heartbeats acknowledged" "$work/idle.out" | tail -1
+    kill -TERM "$COLLECTOR_PID"
+    wait "$COLLECTOR_PID" || true
+    serve_collector
+    wait_for "the fleet to reconnect" 600 'grep -qs "reconnected" "$work/idle.out"'
+    grep "reconnected" "$work/idle.out" || true
+    echo "collector after the reconnect storm: RSS $(mib "$(rss_kib "$COLLECTOR_PID")") MiB, peak $(mib "$(hwm_kib "$COLLECTOR_PID")") MiB; refused handshakes in its log: $(grep -c -i 'refus\|limit' "$work/serve.err" || true)"
+    wait_for "a heartbeat report after the storm" 150 '(( $(grep -c "heartbeats acknowledged" "$work/idle.out") >= 3 ))'
+    grep "heartbeats acknowledged" "$work/idle.out" | tail -1
+    kill "$fleet_pid" "$COLLECTOR_PID"
+    wait "$fleet_pid" "$COLLECTOR_PID" 2>/dev/null || true
 }
 
 what=("$@")
