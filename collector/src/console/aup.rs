@@ -8,7 +8,9 @@ use askama::Template;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 
-use super::access::{Allowed, DevicesP};
+use axum::response::IntoResponse;
+
+use super::access::{Allowed, DevicesP, SettingsP, Submit};
 use super::pages::{PageResult, local, visible_sites};
 use super::{Console, Frame, Problem, page};
 use crate::model::{AupAnswerKind, SiteId};
@@ -140,6 +142,122 @@ pub async fn answers(
     }))
 }
 
+/// The form the edit page shows, with the text as typed and why it was
+/// refused.
+#[derive(Template)]
+#[template(path = "aup_edit.html")]
+struct AupEditPage {
+    frame: Frame,
+    site: String,
+    /// "Version N, saved … by …", or that there is none yet.
+    current: String,
+    text: String,
+    errors: Vec<String>,
+    notice: String,
+}
+
+#[derive(Deserialize)]
+pub struct EditParams {
+    #[serde(default)]
+    site: String,
+    saved: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub struct AupForm {
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    text: String,
+}
+
+const EDIT_PATH: &str = "/settings/aup";
+
+/// A site's acceptable-use policy to edit (administrators and
+/// technicians).
+pub async fn edit(
+    State(console): State<Console>,
+    Allowed(viewer, _): Allowed<SettingsP>,
+    Query(q): Query<EditParams>,
+) -> PageResult {
+    let site = super::settings::site_for(&console, &viewer, &q.site, EDIT_PATH).await?;
+    let notice = q
+        .saved
+        .map(|v| format!("Saved version {v}; connected agents receive it within seconds."))
+        .unwrap_or_default();
+    render_edit(&console, &viewer, &site, None, Vec::new(), notice).await
+}
+
+async fn render_edit(
+    console: &Console,
+    viewer: &super::access::Viewer,
+    site: &crate::model::Site,
+    text: Option<String>,
+    errors: Vec<String>,
+    notice: String,
+) -> PageResult {
+    let held = console.store.site_aup(site.id, None).await?;
+    let current = match &held {
+        Some(aup) => format!(
+            "Version {}, saved {} by {}.",
+            aup.version,
+            local(aup.created_at, &site.timezone),
+            aup.created_by
+        ),
+        None => "No acceptable-use policy yet: users are asked nothing.".to_owned(),
+    };
+    let text = text.unwrap_or_else(|| held.map(|a| a.toml).unwrap_or_default());
+    Ok(page(&AupEditPage {
+        frame: Frame::new(viewer, "Acceptable-use policy", EDIT_PATH),
+        site: site.name.clone(),
+        current,
+        text,
+        errors,
+        notice,
+    }))
+}
+
+/// Saves the form's text as the site's next version through
+/// `aup::save`, so the agents' parser decides; a refusal shows its line.
+pub async fn save(
+    State(console): State<Console>,
+    Submit(viewer, form, ..): Submit<SettingsP, AupForm>,
+) -> PageResult {
+    let site = super::settings::site_for(&console, &viewer, &form.site, EDIT_PATH).await?;
+    let text = form.text.replace("\r\n", "\n");
+    let name = format!("console:{}", viewer.name());
+    let saved = crate::aup::save(
+        &*console.store,
+        &site,
+        &text,
+        std::path::Path::new("the form"),
+        crate::policies::Author {
+            name: &name,
+            address: &viewer.address,
+        },
+        jiff::Timestamp::now(),
+    )
+    .await;
+    match saved {
+        Ok(crate::policies::Saved::New(version)) => Ok(axum::response::Redirect::to(&format!(
+            "{EDIT_PATH}?site={}&saved={version}",
+            serde_urlencoded::to_string([("", site.name.as_str())])
+                .unwrap_or_default()
+                .trim_start_matches('=')
+        ))
+        .into_response()),
+        Ok(crate::policies::Saved::Unchanged(version)) => {
+            let notice = format!("Unchanged: version {version} already has this text.");
+            render_edit(&console, &viewer, &site, None, Vec::new(), notice).await
+        }
+        Err(crate::aup::AupSaveError::Store(e)) => Err(e.into()),
+        Err(refused) => {
+            let errors = vec![refused.to_string()];
+            render_edit(&console, &viewer, &site, Some(text), errors, String::new()).await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -152,6 +270,81 @@ mod tests {
     use crate::model::{AupAnswerKind, AupAnswerRecord, ConsoleRole, Event, EventBody, Seq};
     use crate::store::sqlite::testing::store_with_device;
     use crate::store::{ConsoleStore, IngestStore};
+
+    #[tokio::test]
+    async fn technicians_edit_the_aup_and_a_broken_text_is_refused_with_its_line() {
+        use crate::console::test_support::post;
+        use crate::store::AupStore;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) = store_with_device(dir.path(), Timestamp::now()).await;
+        for (name, role) in [
+            ("tech1", ConsoleRole::Technician),
+            ("dsl1", ConsoleRole::Dsl),
+            ("gov1", ConsoleRole::Governor),
+        ] {
+            session(&store, name, role, site.id).await;
+        }
+        let store = Arc::new(store);
+        let app = crate::api::router(store.clone(), Arc::new(Default::default()), None);
+        let html = body(
+            app.clone()
+                .oneshot(get("/settings/aup", "tech1"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(html.contains("No acceptable-use policy yet"), "{html}");
+        for who in ["dsl1", "gov1"] {
+            let refused = app
+                .clone()
+                .oneshot(get("/settings/aup", who))
+                .await
+                .unwrap();
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{who}");
+        }
+        let good = "csrf=tech1-token&site=Cabot&text=title+%3D+%22Rules%22%0D%0Atext+%3D+%22Be+kind.%22%0D%0A";
+        let forged = app
+            .clone()
+            .oneshot(post(
+                "/settings/aup",
+                "tech1",
+                &good.replace("tech1-token", "x"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        let saved = app
+            .clone()
+            .oneshot(post("/settings/aup", "tech1", good))
+            .await
+            .unwrap();
+        assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+        let held = store.site_aup(site.id, None).await.unwrap().unwrap();
+        assert_eq!(
+            (held.version, held.toml.as_str()),
+            (1, "title = \"Rules\"\ntext = \"Be kind.\"\n")
+        );
+        assert_eq!(held.created_by, "console:tech1");
+        let broken =
+            "csrf=tech1-token&site=Cabot&text=text+%3D+%22a%22%0D%0Adecline+%3D+%22shout%22%0D%0A";
+        let html = body(
+            app.clone()
+                .oneshot(post("/settings/aup", "tech1", broken))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(html.contains("the form: line 2:"), "{html}");
+        assert_eq!(
+            store
+                .site_aup(site.id, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+    }
 
     #[tokio::test]
     async fn staff_who_see_devices_list_answers_audited_and_governors_are_refused() {
