@@ -15,8 +15,11 @@ build=(pkg-config libclang-dev libxcb1-dev libxcb-randr0-dev libxcb-render0-dev
 # aiosmtpd (SMTP), Xvfb and openbox (an X server and a window manager for
 # the session helper), chromium and chromium-driver (a headless browser
 # driven over WebDriver for the console's browser tests), libfaketime (moves
-# the agent's wall clock under it for the clock-jump tamper signal).
-test=(curl python3-aiosmtpd xvfb openbox chromium chromium-driver libfaketime)
+# the agent's wall clock under it for the clock-jump tamper signal),
+# fonts-dejavu-core (the acceptable-use window's font, also a dependency of
+# the agent's package).
+test=(curl python3-aiosmtpd xvfb openbox chromium chromium-driver libfaketime
+      fonts-dejavu-core)
 
 wanted=("${build[@]}")
 [[ "${1:-build}" == "test" ]] && wanted+=("${test[@]}")

@@ -296,6 +296,10 @@ pub struct EnforcementConfig {
     /// For `action = "builtin"`: program and arguments run with a session
     /// id appended, for each session of a non-administrator account.
     pub lock_session_command: Vec<String>,
+    /// Program and arguments run with a logind session id appended to end
+    /// the session of a user who declined the acceptable-use policy when
+    /// the site's policy says `decline = "log_out"`.
+    pub end_session_command: Vec<String>,
     /// File that marks the device disabled for the login hook
     /// (`hallmonitor-agent login-allowed`); empty means DATA_DIR/disabled.
     pub disabled_marker: String,
@@ -316,6 +320,7 @@ impl Default for EnforcementConfig {
             disable_command: Vec::new(),
             enable_command: Vec::new(),
             lock_session_command: vec!["loginctl".into(), "lock-session".into()],
+            end_session_command: vec!["loginctl".into(), "terminate-session".into()],
             disabled_marker: String::new(),
         }
     }

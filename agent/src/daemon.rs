@@ -62,6 +62,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
 
     let hub = Arc::new(crate::policy::PolicyHub::load(&outbox, &config.capture).await?);
+    let aup = Arc::new(crate::aup::AupHub::load(&outbox).await?);
     let wake = Arc::new(crate::stream::Wake::default());
     let ctx = TaskContext {
         config: config.clone(),
@@ -94,14 +95,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     );
     tasks.spawn(
         "session helper socket",
-        crate::capture::serve_helpers(
-            config.capture.socket.clone(),
-            outbox.clone(),
-            hub.clone(),
-            presence.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        ),
+        crate::capture::serve_helpers(crate::capture::HelperSocket {
+            socket: config.capture.socket.clone(),
+            outbox: outbox.clone(),
+            hub: hub.clone(),
+            aup: aup.clone(),
+            config: Arc::new(config.clone()),
+            presence: presence.clone(),
+            wake: wake.clone(),
+            shutdown: shutdown.clone(),
+        }),
     );
     if config.capture.helper_grace_secs > 0 {
         tasks.spawn("monitoring gaps", crate::gaps::watch(ctx.clone(), presence));
@@ -122,6 +125,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         heartbeat_interval_secs: config.heartbeat_interval_secs.get(),
         commands,
         policies: hub,
+        aup,
     };
     let (stream_outbox, token) = (outbox.clone(), shutdown.clone());
     tasks.spawn("stream", async move {

@@ -23,6 +23,7 @@
 //! decides what is evicted and only the stream deletes events.
 
 pub mod accounts;
+pub mod aup;
 pub mod authlog;
 pub mod capture;
 pub mod check;

@@ -70,6 +70,10 @@ pub mod key {
     /// read by `policy`; the version also by `status`.
     pub const SITE_POLICY_VERSION: &str = "site_policy_version";
     pub const SITE_POLICY_TOML: &str = "site_policy_toml";
+    /// The site's acceptable-use policy held: its version (decimal) and
+    /// TOML. Written and read by `aup`.
+    pub const AUP_VERSION: &str = "aup_version";
+    pub const AUP_TOML: &str = "aup_toml";
     /// Whether pupils may log in as of the last command applied: `enabled`
     /// or `disabled`. Written by `enforce`; read by no code (the marker
     /// file is what counts), kept for a technician reading the file.
@@ -96,6 +100,12 @@ pub mod key {
     /// `1` once this outbox met the collector and its numbers were checked
     /// (`Outbox::raise_sequence_floor`). Written and read by the outbox.
     pub const SEQUENCE_VERIFIED: &str = "sequence_verified";
+
+    /// The newest AUP version `account` answered (decimal). Written and
+    /// read by `aup`: a version is asked once per account.
+    pub fn aup_answered(account: &str) -> String {
+        format!("aup_answered.{account}")
+    }
 
     /// When the enforcer applied command `id` (an instant). Written and
     /// read by `enforce`: each command id is applied once.
@@ -400,6 +410,41 @@ impl<'a> State<'a> {
                 (key::SITE_POLICY_VERSION, &version.to_string()),
                 (key::SITE_POLICY_TOML, toml),
             ])
+            .await
+    }
+
+    // --------------------------------------------------------------- aup
+
+    /// The AUP held, when both its version and text are stored.
+    pub async fn aup(&self) -> Result<Option<SitePolicy>> {
+        let version = self.text(key::AUP_VERSION).await?;
+        let toml = self.text(key::AUP_TOML).await?;
+        Ok(match (version, toml) {
+            (Some(version), Some(toml)) => Some(SitePolicy {
+                version: version.parse().unwrap_or(0),
+                toml,
+            }),
+            _ => None,
+        })
+    }
+
+    pub async fn set_aup(&self, version: u64, toml: &str) -> Result<()> {
+        self.outbox
+            .set_states(&[
+                (key::AUP_VERSION, &version.to_string()),
+                (key::AUP_TOML, toml),
+            ])
+            .await
+    }
+
+    /// The newest AUP version `account` answered (0: none).
+    pub async fn aup_answered(&self, account: &str) -> Result<u64> {
+        self.number(&key::aup_answered(account)).await
+    }
+
+    pub async fn set_aup_answered(&self, account: &str, version: u64) -> Result<()> {
+        self.outbox
+            .set_state(&key::aup_answered(account), &version.to_string())
             .await
     }
 

@@ -64,6 +64,8 @@ pub struct StreamSettings {
     pub commands: mpsc::Sender<v1::Command>,
     /// The suspicious-activity policy: updates from the collector go there.
     pub policies: Arc<crate::policy::PolicyHub>,
+    /// The acceptable-use policy: updates from the collector go there.
+    pub aup: Arc<crate::aup::AupHub>,
 }
 
 /// How producers tell the stream that something was queued. An ordinary
@@ -303,6 +305,7 @@ async fn agent_hello(
             next_seq: stats.next_seq,
             policy_version: settings.policies.site_version(),
             heartbeat_interval_secs: settings.heartbeat_interval_secs,
+            aup_version: settings.aup.version(),
         })),
     })
 }
@@ -358,6 +361,14 @@ async fn handle(
                 }
             }
         }
+        Some(Body::Aup(update)) => match settings.aup.apply(&update, outbox).await {
+            Ok(()) => return Ok(true),
+            Err(crate::aup::UpdateError::Outbox(e)) => return Err(e.into()),
+            // Checked by the collector too; the last good one stays.
+            Err(e) => {
+                tracing::error!(error = %e, "acceptable-use policy refused; the last good one stays in force")
+            }
+        },
         Some(Body::Command(c)) => {
             tracing::info!(command_id = %c.command_id, kind = c.kind, "command received");
             if commands.send(c).await.is_err() {

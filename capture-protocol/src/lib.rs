@@ -90,6 +90,43 @@ fn default_repeat_window_secs() -> u64 {
     REPEAT_WINDOW.as_secs()
 }
 
+/// The site's acceptable-use policy as one user is to be shown it: the
+/// daemon chooses the audience, so the helper parses no AUP document.
+/// Sent only when this account has not answered this version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AupPrompt {
+    pub version: u64,
+    pub title: String,
+    pub text: String,
+    /// A decline ends the user's session (the window says so first).
+    pub log_out_on_decline: bool,
+}
+
+/// A user's answer, helper to daemon. The daemon takes the account from
+/// the socket's peer and refuses a version other than the one in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AupAnswer {
+    pub version: u64,
+    pub accepted: bool,
+}
+
+/// One line from the daemon: an AUP prompt or the policy in force (the
+/// only line older daemons send).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DaemonLine {
+    Aup { aup: AupPrompt },
+    Policy(HelperPolicy),
+}
+
+/// One line from a helper: an AUP answer or a capture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HelperLine {
+    AupAnswer { aup_answer: AupAnswer },
+    Capture(Box<HelperCapture>),
+}
+
 /// Parses a policy text as both sides do: empty is the project's default;
 /// errors name the text by its origin and version.
 pub fn parse_policy(version: u64, origin: Origin, toml: &str) -> Result<Policy, PolicyError> {
@@ -122,6 +159,39 @@ mod tests {
         assert!(capture.context.is_empty());
         let line = serde_json::to_string(&capture).unwrap();
         assert!(!line.contains("context"), "{line}");
+    }
+
+    #[test]
+    fn lines_are_told_apart_and_plain_policies_and_captures_still_read() {
+        let policy = r#"{"version":3,"origin":"site","toml":"","staff":false}"#;
+        assert!(matches!(
+            serde_json::from_str::<DaemonLine>(policy).unwrap(),
+            DaemonLine::Policy(_)
+        ));
+        let prompt = DaemonLine::Aup {
+            aup: AupPrompt {
+                version: 2,
+                title: "T".into(),
+                text: "x".into(),
+                log_out_on_decline: true,
+            },
+        };
+        let line = serde_json::to_string(&prompt).unwrap();
+        assert_eq!(serde_json::from_str::<DaemonLine>(&line).unwrap(), prompt);
+        let answer = HelperLine::AupAnswer {
+            aup_answer: AupAnswer {
+                version: 2,
+                accepted: false,
+            },
+        };
+        let line = serde_json::to_string(&answer).unwrap();
+        assert_eq!(line, r#"{"aup_answer":{"version":2,"accepted":false}}"#);
+        assert_eq!(serde_json::from_str::<HelperLine>(&line).unwrap(), answer);
+        let capture = r#"{"rule_id":"r","category":"c","severity":5,"matched_text":"m","window_title":"t","process_name":"p","pid":1,"repeat_count":0,"no_image_reason":""}"#;
+        assert!(matches!(
+            serde_json::from_str::<HelperLine>(capture).unwrap(),
+            HelperLine::Capture(_)
+        ));
     }
 
     #[test]

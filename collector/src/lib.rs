@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod annual_review;
 pub mod api;
+pub mod aup;
 pub mod auth;
 pub mod compliance;
 pub mod config;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use commands::aup::AupCommand;
 use commands::devices::{DevicesCommand, SecretCommand};
 use commands::flags::{ComplianceCommand, FlagsCommand};
 use commands::incidents::{EvidenceCommand, IncidentsCommand};
@@ -133,6 +134,12 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// A site's acceptable-use policy, shown by the session helper at
+    /// log-on and after each new version, and the answers users gave.
+    Aup {
+        #[command(subcommand)]
+        command: AupCommand,
     },
     /// A consistent copy of the database, taken while the collector runs
     /// (restore: stop the collector, copy it to DATA/collector.db). The
@@ -302,6 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Directory { command } => commands::mfa::directory(&data, command).await,
         Command::Signins { command } => commands::mfa::signins(&data, command).await,
         Command::Policy { command } => commands::policy::policy(&data, command).await,
+        Command::Aup { command } => commands::aup::aup(&data, command).await,
         Command::Evidence { command } => commands::incidents::evidence(&data, command).await,
         Command::Incidents { command } => commands::incidents::incidents(&data, command).await,
         Command::Sites { command } => commands::sites::sites(&data, command).await,

@@ -167,6 +167,8 @@ pub enum EventBody {
         ok: bool,
         detail: String,
     },
+    /// A user's answer to the site's acceptable-use policy.
+    AupAnswer(AupAnswerRecord),
     /// A kind this version stores but does not interpret yet (stored as its
     /// own JSON, not through this enum's tagging).
     #[serde(skip)]
@@ -208,9 +210,45 @@ impl EventBody {
             EventBody::FileAlert { .. } => "file_alert",
             EventBody::Mfa { .. } => "mfa",
             EventBody::Enforcement { .. } => "enforcement",
+            EventBody::AupAnswer(_) => "aup_answer",
             EventBody::Other { name, .. } => name,
         }
     }
+}
+
+/// Accept or decline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AupAnswerKind {
+    Accept,
+    Decline,
+}
+
+impl AupAnswerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AupAnswerKind::Accept => "accept",
+            AupAnswerKind::Decline => "decline",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AupAnswerKind> {
+        [AupAnswerKind::Accept, AupAnswerKind::Decline]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+/// One answer to an acceptable-use policy as an agent reported it, every
+/// string bounded at ingest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AupAnswerRecord {
+    pub account: String,
+    pub version: u64,
+    pub answer: AupAnswerKind,
+    pub answered_at: Timestamp,
+    /// What the agent did about a decline ("" for an accept).
+    pub outcome: String,
 }
 
 /// What `record_batch` did with a batch.

@@ -20,6 +20,7 @@ use crate::model::{
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    #[value(alias = "text")]
     Table,
     Json,
 }

@@ -290,6 +290,9 @@ async fn rules_loop(
         if let Err(e) = dispatch_policies(&*store, &streams, None).await {
             tracing::error!(error = %e, "dispatching policies failed");
         }
+        if let Err(e) = crate::ingest::dispatch_aups(&*store, &streams, None).await {
+            tracing::error!(error = %e, "dispatching acceptable-use policies failed");
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::Path;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use serde::Deserialize;
 
+pub mod aup;
 mod normalise;
 pub use normalise::normalise;
 

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hallmonitor_capture_protocol::{HelperCapture, HelperPolicy, REPEAT_WINDOW};
+use hallmonitor_capture_protocol::{
+    AupAnswer, DaemonLine, HelperCapture, HelperLine, HelperPolicy, REPEAT_WINDOW,
+};
 use hallmonitor_policy::{Policy, UserKind};
 
 use crate::context::ContextBuffer;
@@ -32,17 +34,24 @@ struct Link {
     tried_at: Option<Instant>,
     incoming: std::sync::mpsc::Receiver<Option<Received>>,
     sender: std::sync::mpsc::Sender<Option<Received>>,
+    /// To the acceptable-use window's thread (`crate::aup::serve`), and
+    /// its answers back.
+    prompts: crate::aup::Prompts,
+    answers: std::sync::mpsc::Receiver<AupAnswer>,
 }
 
 impl Link {
     fn new(socket: &Path) -> Link {
         let (sender, incoming) = std::sync::mpsc::channel();
+        let (prompts, answers) = crate::aup::serve();
         Link {
             socket: socket.to_path_buf(),
             stream: None,
             tried_at: None,
             incoming,
             sender,
+            prompts,
+            answers,
         }
     }
 
@@ -63,7 +72,8 @@ impl Link {
             return;
         };
         let sender = self.sender.clone();
-        std::thread::spawn(move || read_policies(reader, sender));
+        let prompts = self.prompts.clone();
+        std::thread::spawn(move || read_policies(reader, sender, prompts));
         tracing::info!(socket = %self.socket.display(), "connected to the agent daemon");
         self.stream = Some(stream);
     }
@@ -75,6 +85,26 @@ impl Link {
     }
 
     /// Sends what it can; what it cannot stays in `pending`.
+    /// Sends the answers given so far; held while the daemon is away.
+    fn send_answers(&mut self, held: &mut Vec<AupAnswer>) {
+        held.extend(self.answers.try_iter());
+        let Some(connection) = self.stream.as_mut() else {
+            return;
+        };
+        while let Some(answer) = held.first() {
+            let line = HelperLine::AupAnswer {
+                aup_answer: *answer,
+            };
+            let mut bytes = serde_json::to_vec(&line).expect("plain data serialises");
+            bytes.push(b'\n');
+            if connection.write_all(&bytes).is_err() {
+                self.lost();
+                return;
+            }
+            held.remove(0);
+        }
+    }
+
     fn send(&mut self, pending: &mut Vec<HelperCapture>) -> anyhow::Result<()> {
         let Some(connection) = self.stream.as_mut() else {
             return Ok(());
@@ -99,12 +129,18 @@ impl Link {
 fn read_policies(
     stream: std::os::unix::net::UnixStream,
     sender: std::sync::mpsc::Sender<Option<Received>>,
+    prompts: crate::aup::Prompts,
 ) {
     use std::io::BufRead;
     for line in std::io::BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         let message: HelperPolicy = match serde_json::from_str(&line) {
-            Ok(message) => message,
+            Ok(DaemonLine::Policy(message)) => message,
+            Ok(DaemonLine::Aup { aup }) => {
+                tracing::info!(version = aup.version, "acceptable-use policy to answer");
+                let _ = prompts.send(aup);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable policy message from the daemon");
                 continue;
@@ -160,6 +196,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
     let mut context = ContextBuffer::default();
     let mut notices = NoticeGate::default();
     let mut link = Link::new(socket);
+    let mut answers: Vec<AupAnswer> = Vec::new();
     loop {
         link.connect();
         let window = match source.next(Duration::from_secs(1)) {
@@ -183,6 +220,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
                 None => link.lost(),
             }
         }
+        link.send_answers(&mut answers);
         if let Some(window) = window {
             let key = (window.id, window.title.clone());
             if last.as_ref() != Some(&key) {

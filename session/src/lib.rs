@@ -14,6 +14,7 @@
 //! beyond what it can check (it re-matches every title itself).
 //! `main.rs` only parses the command line.
 
+pub mod aup;
 pub mod context;
 pub mod helper;
 pub mod notice;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::Value;
 
 pub mod browser;
+pub mod display;
 pub mod fixtures;
 
 /// Directory holding the built binaries (`target/debug`).

@@ -2,14 +2,12 @@
 //! against the default policy reach the collector as captures, tagged with
 //! the account the kernel says the helper runs as.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use hallmonitor_e2e::display::{start_helper, start_openbox, start_xvfb};
 use hallmonitor_e2e::fixtures::{self, *};
-use hallmonitor_e2e::{
-    Agent, CollectorData, Process, Value, cli_actor, session_bin, text, wait_for,
-};
+use hallmonitor_e2e::{Agent, CollectorData, Value, cli_actor, text, wait_for};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     AtomEnum, ClientMessageEvent, ConnectionExt, CreateWindowAux, EventMask, PropMode, Window,
@@ -18,27 +16,6 @@ use x11rb::protocol::xproto::{
 use x11rb::wrapper::ConnectionExt as _;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn start_xvfb(logs: &Path) -> (Process, String) {
-    // Xvfb picks a free display itself and writes its number to stdout.
-    let mut command = Command::new("Xvfb");
-    command.args([
-        "-displayfd",
-        "1",
-        "-nolisten",
-        "tcp",
-        "-screen",
-        "0",
-        "1280x800x24",
-    ]);
-    let mut xvfb = Process::spawn("xvfb", command, logs);
-    let number = wait_for("Xvfb to choose a display", WAIT, || {
-        xvfb.assert_running();
-        let out = xvfb.stdout_text();
-        out.ends_with('\n').then(|| out.trim().to_owned())
-    });
-    (xvfb, format!(":{number}"))
-}
 
 /// Plays the window manager's part: makes windows and says which is active.
 struct Desktop {
@@ -638,20 +615,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// A helper started against `agent`'s daemon on `display`.
-fn start_helper(agent: &Agent, display: &str, logs: &Path) -> Process {
-    wait_for("the daemon's helper socket", WAIT, || {
-        agent.socket().exists().then_some(())
-    });
-    let mut helper = Command::new(session_bin());
-    helper
-        .arg("--socket")
-        .arg(agent.socket())
-        .env("DISPLAY", display)
-        .env("HALLMONITOR_LOG", "info,hallmonitor_session=debug");
-    Process::spawn("helper", helper, logs)
-}
-
 fn whoami() -> String {
     text(&Command::new("id").arg("-un").output().unwrap().stdout)
         .trim()
@@ -948,32 +911,6 @@ fn new_software_in_a_watched_folder_is_reported_once() {
     assert_eq!(evidence["file_path"], script.display().to_string());
     assert_eq!(evidence["file_sha256"], alert["sha256"]);
     assert_eq!(evidence["matched_text"], "free-robux.sh");
-}
-
-/// Starts openbox on `display` and waits until it manages the screen (it
-/// names itself on the root window, as EWMH window managers do).
-fn start_openbox(display: &str, logs: &Path) -> Process {
-    let mut command = Command::new("openbox");
-    command.args(["--sm-disable"]).env("DISPLAY", display);
-    let mut openbox = Process::spawn("openbox", command, logs);
-    let (conn, screen) = x11rb::connect(Some(display)).expect("X connection");
-    let root = conn.setup().roots[screen].root;
-    let check = conn
-        .intern_atom(false, b"_NET_SUPPORTING_WM_CHECK")
-        .unwrap()
-        .reply()
-        .unwrap()
-        .atom;
-    wait_for("openbox to manage the screen", WAIT, || {
-        openbox.assert_running();
-        let reply = conn
-            .get_property(false, root, check, AtomEnum::WINDOW, 0, 1)
-            .unwrap()
-            .reply()
-            .unwrap();
-        (reply.value_len > 0).then_some(())
-    });
-    openbox
 }
 
 #[test]

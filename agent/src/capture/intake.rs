@@ -31,10 +31,14 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::{HelperCapture, HelperPolicy};
+use crate::aup::{AupHub, AupInForce, Verdict};
+use crate::config::AgentConfig;
 use crate::outbox::Outbox;
 use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
 use crate::state::State;
+use hallmonitor_capture_protocol::{AupAnswer, DaemonLine, HelperLine};
 use hallmonitor_capture_protocol::{ContextWindow, MAX_CONTEXT_ENTRIES};
+use hallmonitor_policy::aup::builtin_groups;
 
 /// The longest line a helper may send: a `MAX_IMAGE_BYTES` image in base64
 /// and the text around it.
@@ -70,17 +74,34 @@ pub enum Refusal {
     RateLimited,
 }
 
+/// What the helper socket serves from.
+pub struct HelperSocket {
+    pub socket: std::path::PathBuf,
+    pub outbox: Outbox,
+    pub hub: Arc<PolicyHub>,
+    /// The acceptable-use policy: prompts down, answers up.
+    pub aup: Arc<AupHub>,
+    /// For ending a session after a decline (`[enforcement]`, `[sessions]`).
+    pub config: Arc<AgentConfig>,
+    pub presence: Arc<crate::gaps::HelperPresence>,
+    pub wake: Arc<crate::stream::Wake>,
+    pub shutdown: CancellationToken,
+}
+
 /// Accepts helpers on `socket`, queues what they send, tagged with the
 /// connecting user's account, and keeps each helper's policy current.
-pub async fn serve_helpers(
-    socket: std::path::PathBuf,
-    outbox: Outbox,
-    hub: Arc<PolicyHub>,
-    presence: Arc<crate::gaps::HelperPresence>,
-    wake: Arc<crate::stream::Wake>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve_helpers(settings: HelperSocket) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    let HelperSocket {
+        socket,
+        outbox,
+        hub,
+        aup,
+        config,
+        presence,
+        wake,
+        shutdown,
+    } = settings;
     crate::socket_dir::prepare_socket_dir(&socket)
         .map_err(|e| anyhow::anyhow!("preparing the folder of {}: {e}", socket.display()))?;
     let _ = std::fs::remove_file(&socket);
@@ -138,13 +159,20 @@ pub async fn serve_helpers(
         let (reader, writer) = stream.into_split();
         let writing = tokio::spawn(send_policies(
             writer,
-            hub.subscribe(),
+            Subscriptions {
+                policies: hub.subscribe(),
+                aup: aup.subscribe(),
+                outbox: outbox.clone(),
+            },
             account.clone(),
             shutdown.clone(),
         ));
         let connection = Connection {
             uid,
+            pid: credentials.pid(),
             account,
+            aup: aup.clone(),
+            config: config.clone(),
             outbox: outbox.clone(),
             wake: wake.clone(),
             policies: hub.subscribe(),
@@ -231,7 +259,10 @@ impl Shared {
 
 struct Connection {
     uid: u32,
+    pid: Option<i32>,
     account: String,
+    aup: Arc<AupHub>,
+    config: Arc<AgentConfig>,
     outbox: Outbox,
     wake: Arc<crate::stream::Wake>,
     policies: tokio::sync::watch::Receiver<InForce>,
@@ -262,8 +293,12 @@ impl Connection {
                     return;
                 }
             };
-            let capture: HelperCapture = match serde_json::from_str(&line) {
-                Ok(capture) => capture,
+            let capture = match serde_json::from_str::<HelperLine>(&line) {
+                Ok(HelperLine::Capture(capture)) => *capture,
+                Ok(HelperLine::AupAnswer { aup_answer }) => {
+                    self.answer(aup_answer).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(uid, error = %e, "unreadable line from a session helper");
                     continue;
@@ -324,6 +359,60 @@ impl Connection {
             // A capture may be an alert someone is waiting for.
             Ok(_) => self.wake.urgent(),
             Err(e) => tracing::error!(error = %e, "cannot queue a capture"),
+        }
+    }
+
+    /// Records an answer to the acceptable-use policy when it is one the
+    /// daemon asked of this account (`aup::judge`), then ends the session
+    /// when a decline says so.
+    async fn answer(&mut self, answer: AupAnswer) {
+        let groups =
+            builtin_groups(self.policies.borrow().user_kind(&self.account) == UserKind::Staff);
+        let state = State::new(&self.outbox);
+        let answered = match state.aup_answered(&self.account).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read acceptable-use answers");
+                return;
+            }
+        };
+        let in_force = self.aup.current();
+        let (accepted, log_out) = match crate::aup::judge(
+            in_force.as_ref(),
+            &groups,
+            answered,
+            answer.version,
+            answer.accepted,
+        ) {
+            Verdict::Record { accepted, log_out } => (accepted, log_out),
+            Verdict::AlreadyAnswered => return,
+            Verdict::Refused(why) => {
+                tracing::warn!(
+                    uid = self.uid,
+                    version = answer.version,
+                    why,
+                    "acceptable-use answer refused"
+                );
+                return;
+            }
+        };
+        let now = Timestamp::now();
+        // Recorded first: a helper that sends the answer again, or a
+        // daemon restarted after queuing, asks no second time.
+        if let Err(e) = state.set_aup_answered(&self.account, answer.version).await {
+            tracing::error!(error = %e, "cannot record an acceptable-use answer");
+            return;
+        }
+        let outcome = if log_out {
+            crate::aup::end_sessions(&self.config, &self.account, self.pid).await
+        } else {
+            String::new()
+        };
+        tracing::info!(uid = self.uid, version = answer.version, accepted, outcome = %outcome, "acceptable-use policy answered");
+        let body = crate::aup::answer_event(&self.account, answer.version, accepted, now, outcome);
+        match self.outbox.append(now, body).await {
+            Ok(_) => self.wake.notify_one(),
+            Err(e) => tracing::error!(error = %e, "cannot queue an acceptable-use answer"),
         }
     }
 
@@ -501,16 +590,30 @@ fn bounded(text: &str, max: usize) -> String {
         .collect()
 }
 
+/// What a helper's writer follows.
+struct Subscriptions {
+    policies: tokio::sync::watch::Receiver<InForce>,
+    aup: tokio::sync::watch::Receiver<Option<AupInForce>>,
+    outbox: Outbox,
+}
+
 /// Sends the helper the policy in force now and after every change that
-/// concerns it.
+/// concerns it, and the acceptable-use policy when its account has not
+/// answered the version in force (once per version and connection).
 async fn send_policies(
     mut writer: tokio::net::unix::OwnedWriteHalf,
-    mut policies: tokio::sync::watch::Receiver<InForce>,
+    subscriptions: Subscriptions,
     account: String,
     shutdown: CancellationToken,
 ) {
     use tokio::io::AsyncWriteExt;
+    let Subscriptions {
+        mut policies,
+        mut aup,
+        outbox,
+    } = subscriptions;
     let mut sent: Option<HelperPolicy> = None;
+    let mut prompted = 0;
     loop {
         let message = {
             let in_force = policies.borrow_and_update();
@@ -530,8 +633,28 @@ async fn send_policies(
             }
             sent = Some(message);
         }
+        let in_force = aup.borrow_and_update().clone();
+        if let Some(in_force) = in_force.filter(|a| a.version > prompted) {
+            let staff = policies.borrow().user_kind(&account) == UserKind::Staff;
+            let answered = State::new(&outbox)
+                .aup_answered(&account)
+                .await
+                .unwrap_or(0);
+            if let Some(prompt) =
+                crate::aup::prompt_for(&in_force, &builtin_groups(staff), answered)
+            {
+                let line = DaemonLine::Aup { aup: prompt };
+                let mut line = serde_json::to_vec(&line).expect("plain data serialises");
+                line.push(b'\n');
+                if writer.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+            prompted = in_force.version;
+        }
         tokio::select! {
             changed = policies.changed() => if changed.is_err() { return },
+            changed = aup.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }

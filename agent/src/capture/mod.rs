@@ -20,7 +20,7 @@
 mod intake;
 
 pub use hallmonitor_capture_protocol::{HelperCapture, HelperPolicy};
-pub use intake::serve_helpers;
+pub use intake::{HelperSocket, serve_helpers};
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,8 @@ pub fn classify(body: &v1::event::Body) -> (&'static str, Priority) {
         // Tamper signals, few and small (a helper restarted in a loop is
         // one per user per confirmation period): never evicted.
         Body::AgentSignal(_) => ("agent_signal", Priority::Protected),
+        // An agreement on record; one per account and version.
+        Body::AupAnswer(_) => ("aup_answer", Priority::Protected),
     }
 }
 

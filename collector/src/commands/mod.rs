@@ -4,6 +4,7 @@
 //! of the library. The helpers below name sites, filters and the person
 //! running a command for the audit log.
 
+pub(crate) mod aup;
 pub(crate) mod devices;
 pub(crate) mod flags;
 pub(crate) mod incidents;

@@ -37,6 +37,7 @@
 pub mod access;
 pub mod alerts;
 pub mod audit;
+pub mod aup;
 pub mod chart;
 pub mod devices;
 pub mod exclusions;
@@ -171,6 +172,9 @@ fn route_table() -> RouteTable {
             incidents::capture_review,
         )
         .get("/audit", audit::audit)
+        .get("/aup", aup::answers)
+        .get("/settings/aup", aup::edit)
+        .post("/settings/aup", aup::save)
         .get("/mfa", mfa::page_handler)
         .add(
             Method::POST,
@@ -343,7 +347,7 @@ pub struct NavLink {
 
 impl Frame {
     pub fn new(viewer: &Viewer, title: impl Into<String>, here: &str) -> Frame {
-        let links: [(&str, &str, Permission); 11] = [
+        let links: [(&str, &str, Permission); 13] = [
             ("/", "Dashboard", Permission::Reports),
             ("/report", "Annual review", Permission::Reports),
             ("/devices", "Devices", Permission::Devices),
@@ -353,6 +357,12 @@ impl Frame {
             ("/settings", "Settings", Permission::Settings),
             ("/settings/policy", "Site policy", Permission::Policies),
             ("/settings/alerts", "Capture alerts", Permission::Policies),
+            (
+                "/settings/aup",
+                "Acceptable-use policy",
+                Permission::Settings,
+            ),
+            ("/aup", "Acceptable-use answers", Permission::Devices),
             ("/audit", "Audit log", Permission::Audit),
             ("/users", "Users", Permission::Users),
         ];

@@ -37,6 +37,8 @@ struct Connected {
     close: Option<tokio::sync::oneshot::Sender<tonic::Status>>,
     /// The site policy version the agent holds, or was last sent.
     policy_version: u64,
+    /// The acceptable-use policy version the agent holds, or was last sent.
+    aup_version: u64,
 }
 
 impl Connected {
@@ -108,6 +110,7 @@ impl Streams {
             cert_sha256: cert_sha256.to_owned(),
             close: Some(close),
             policy_version: 0,
+            aup_version: 0,
         };
         if let Some(mut older) = self.lock().insert(device.clone(), connected) {
             tracing::info!(device_id = %device, "a newer stream of this device replaces the open one");
@@ -154,6 +157,21 @@ impl Streams {
         if let Some(connected) = self.lock().get_mut(device) {
             connected.policy_version = version;
         }
+    }
+
+    /// Records the AUP version an agent holds (its hello) or was sent.
+    pub(super) fn set_aup_version(&self, device: &DeviceId, version: u64) {
+        if let Some(connected) = self.lock().get_mut(device) {
+            connected.aup_version = version;
+        }
+    }
+
+    /// (device, site, AUP version held) of every agent connected here.
+    fn aup_holders(&self) -> Vec<(DeviceId, SiteId, u64)> {
+        self.lock()
+            .iter()
+            .map(|(id, c)| (id.clone(), c.site, c.aup_version))
+            .collect()
     }
 
     /// (device, site, policy version held) of every agent connected here.
@@ -278,6 +296,51 @@ pub async fn dispatch_policies(
         if streams.send(&device, policy_message(policy)).await {
             streams.set_policy_version(&device, version);
             tracing::info!(device_id = %device, version, "policy sent");
+        }
+    }
+    Ok(())
+}
+
+/// Sends each connected agent (or just `only`) its site's newest
+/// acceptable-use policy when it holds another version, as
+/// `dispatch_policies` does for the site policy.
+pub async fn dispatch_aups(
+    store: &dyn Store,
+    streams: &Streams,
+    only: Option<&DeviceId>,
+) -> crate::store::Result<()> {
+    let current: std::collections::HashMap<SiteId, u64> =
+        store.current_aup_versions().await?.into_iter().collect();
+    let mut aups: std::collections::HashMap<SiteId, crate::store::SiteAup> = Default::default();
+    for (device, site, held) in streams.aup_holders() {
+        if only.is_some_and(|d| *d != device) {
+            continue;
+        }
+        let Some(&version) = current.get(&site) else {
+            continue;
+        };
+        if held == version {
+            continue;
+        }
+        let aup = match aups.entry(site) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let Some(aup) = store.site_aup(site, Some(version)).await? else {
+                    continue;
+                };
+                slot.insert(aup)
+            }
+        };
+        let message = v1::CollectorMessage {
+            body: Some(v1::collector_message::Body::Aup(v1::AupUpdate {
+                version: aup.version,
+                aup_toml: aup.toml.clone(),
+                sha256: aup.sha256.clone(),
+            })),
+        };
+        if streams.send(&device, message).await {
+            streams.set_aup_version(&device, version);
+            tracing::info!(device_id = %device, version, "acceptable-use policy sent");
         }
     }
     Ok(())

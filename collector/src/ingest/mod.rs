@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use downstream::{
-    Streams, close_superseded_streams, device_state, dispatch_commands, dispatch_policies,
+    Streams, close_superseded_streams, device_state, dispatch_aups, dispatch_commands,
+    dispatch_policies,
 };
 pub use wire::{command_from_wire, command_to_wire, event_from_wire, facts_from_wire};
 
@@ -161,6 +162,7 @@ fn body_kind(body: &v1::event::Body) -> &'static str {
         Body::OutboxReport(_) => "outbox_report",
         Body::MonitoringGap(_) => "monitoring_gap",
         Body::AgentSignal(_) => "agent_signal",
+        Body::AupAnswer(_) => "aup_answer",
     }
 }
 
@@ -274,6 +276,11 @@ impl StreamSession {
                 self.streams
                     .set_policy_version(&self.device.id, hello.policy_version);
                 dispatch_policies(&*self.store, &self.streams, Some(&self.device.id))
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                self.streams
+                    .set_aup_version(&self.device.id, hello.aup_version);
+                dispatch_aups(&*self.store, &self.streams, Some(&self.device.id))
                     .await
                     .map_err(|e| unavailable(&e))?;
                 Ok(false)

@@ -14,8 +14,9 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use crate::model::{
-    CaptureRecord, CommandKind, ContextEntry, DeviceFacts, Disk, Encryption, Event, EventBody,
-    GapRecord, Seq, SessionKind, SessionRecord, SignalKind, SignalRecord,
+    AupAnswerKind, AupAnswerRecord, CaptureRecord, CommandKind, ContextEntry, DeviceFacts, Disk,
+    Encryption, Event, EventBody, GapRecord, Seq, SessionKind, SessionRecord, SignalKind,
+    SignalRecord,
 };
 use crate::rules::mfa::check_completion_time;
 
@@ -168,6 +169,16 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
             account: text(f.account),
             sha256: text(f.sha256),
         },
+        Some(Body::AupAnswer(a)) => match aup_answer_from_wire(a) {
+            Some(record) => EventBody::AupAnswer(record),
+            None => {
+                ok = false;
+                unrecognised(
+                    "aup_answer",
+                    "unknown answer, no account or version, or no time",
+                )
+            }
+        },
         None => {
             ok = false;
             unrecognised("unknown", "no body this collector version understands")
@@ -180,6 +191,27 @@ pub fn event_from_wire(e: v1::Event, received_at: Timestamp) -> (Event, bool) {
         body,
     };
     (event, ok)
+}
+
+/// An acceptable-use answer, when it names an account, a version, an
+/// answer and a time.
+fn aup_answer_from_wire(a: v1::AupAnswer) -> Option<AupAnswerRecord> {
+    let answer = match v1::AupAnswerKind::try_from(a.answer).ok()? {
+        v1::AupAnswerKind::Accept => AupAnswerKind::Accept,
+        v1::AupAnswerKind::Decline => AupAnswerKind::Decline,
+        v1::AupAnswerKind::Unspecified => return None,
+    };
+    let account = bounded(a.account, MAX_HOSTNAME_CHARS).0;
+    if account.trim().is_empty() || a.version == 0 || a.version > i64::MAX as u64 {
+        return None;
+    }
+    Some(AupAnswerRecord {
+        account,
+        version: a.version,
+        answer,
+        answered_at: timestamp(a.answered_at.as_ref())?,
+        outcome: text(a.outcome),
+    })
 }
 
 fn unrecognised(kind: &str, why: &str) -> EventBody {

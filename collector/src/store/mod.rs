@@ -694,6 +694,60 @@ pub trait PolicyStore: Send + Sync + 'static {
     async fn device_policy_versions(&self, site: SiteId) -> Result<Vec<(u64, u64)>>;
 }
 
+/// One version of a site's acceptable-use policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteAup {
+    pub site: SiteId,
+    pub version: u64,
+    pub toml: String,
+    pub sha256: String,
+    pub created_at: Timestamp,
+    pub created_by: String,
+}
+
+/// Which acceptable-use answers to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AupAnswerFilter {
+    /// None: every site.
+    pub sites: Option<Vec<SiteId>>,
+    pub version: Option<u64>,
+    pub answer: Option<crate::model::AupAnswerKind>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+/// One stored answer, with its device and site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AupAnswerRow {
+    pub device: DeviceId,
+    pub hostname: String,
+    pub site: String,
+    pub record: crate::model::AupAnswerRecord,
+    pub received_at: Timestamp,
+}
+
+/// Sites' acceptable-use policies and the answers to them.
+#[async_trait]
+pub trait AupStore: Send + Sync + 'static {
+    /// Stores the site's next AUP version with its audit row, in one
+    /// transaction.
+    async fn save_site_aup(
+        &self,
+        site: SiteId,
+        text: &str,
+        sha256: &str,
+        author: crate::policies::Author<'_>,
+        at: Timestamp,
+    ) -> Result<u64>;
+    /// One version, or the newest when `version` is None.
+    async fn site_aup(&self, site: SiteId, version: Option<u64>) -> Result<Option<SiteAup>>;
+    /// Every version of a site, newest first.
+    async fn site_aup_versions(&self, site: SiteId) -> Result<Vec<SiteAup>>;
+    /// The newest version of every site that has an AUP.
+    async fn current_aup_versions(&self) -> Result<Vec<(SiteId, u64)>>;
+    async fn aup_answers(&self, filter: &AupAnswerFilter) -> Result<Vec<AupAnswerRow>>;
+}
+
 /// A site's own notification route: one role told of one event kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteRoute {
@@ -783,6 +837,7 @@ pub trait Store:
     + TamperStore
     + ReportStore
     + AlertStore
+    + AupStore
 {
 }
 
@@ -801,6 +856,7 @@ impl<T> Store for T where
         + TamperStore
         + ReportStore
         + AlertStore
+        + AupStore
 {
 }
 

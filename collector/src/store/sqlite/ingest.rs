@@ -5,7 +5,8 @@ use jiff::Timestamp;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{
-    SqliteStore, activity, facts_json, incidents, instant, mfa, millis, optional_instant, tamper,
+    SqliteStore, activity, aup, facts_json, incidents, instant, mfa, millis, optional_instant,
+    tamper,
 };
 use crate::model::{BatchOutcome, DeviceId, Event, EventBody, GapRecord, OutboxHealth, SiteId};
 use crate::store::{NewMfaCompletion, Result};
@@ -149,6 +150,10 @@ impl crate::store::IngestStore for SqliteStore {
                             let site = device_site(&mut tx, device).await?;
                             tamper::raise(&mut tx, site, device, &summary, received_at).await?;
                         }
+                    }
+                    EventBody::AupAnswer(answer) => {
+                        aup::record_answer(&mut tx, device, event.seq.0, answer, received_at)
+                            .await?
                     }
                     EventBody::Capture(_) | EventBody::FileAlert { .. } => {
                         let Some(evidence) = crate::incidents::evidence_of(&event.body) else {

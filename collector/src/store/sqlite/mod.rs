@@ -22,6 +22,7 @@ mod activity;
 mod alerts;
 mod api_tokens;
 mod audit;
+mod aup;
 mod console;
 mod devices;
 mod incidents;
