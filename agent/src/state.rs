@@ -70,6 +70,10 @@ pub mod key {
     /// read by `policy`; the version also by `status`.
     pub const SITE_POLICY_VERSION: &str = "site_policy_version";
     pub const SITE_POLICY_TOML: &str = "site_policy_toml";
+    /// The directory groups of the accounts used on this device, as the
+    /// collector's last device state named them: a JSON object of account
+    /// to group names. Written and read by `policy`.
+    pub const ACCOUNT_GROUPS: &str = "account_groups";
     /// Whether pupils may log in as of the last command applied: `enabled`
     /// or `disabled`. Written by `enforce`; read by no code (the marker
     /// file is what counts), kept for a technician reading the file.
@@ -401,6 +405,15 @@ impl<'a> State<'a> {
                 (key::SITE_POLICY_TOML, toml),
             ])
             .await
+    }
+
+    /// The account groups held, as JSON (see `key::ACCOUNT_GROUPS`).
+    pub async fn account_groups_json(&self) -> Result<Option<String>> {
+        self.text(key::ACCOUNT_GROUPS).await
+    }
+
+    pub async fn set_account_groups_json(&self, json: &str) -> Result<()> {
+        self.outbox.set_state(key::ACCOUNT_GROUPS, json).await
     }
 
     // ----------------------------------------------------------- enforce

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{HelperCapture, HelperPolicy};
 use crate::outbox::Outbox;
-use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
+use crate::policy::{InForce, Policy, PolicyHub, PolicyText, User, UserKind};
 use crate::state::State;
 use hallmonitor_capture_protocol::{ContextWindow, MAX_CONTEXT_ENTRIES};
 
@@ -272,7 +272,10 @@ impl Connection {
             };
             let in_force = self.policies.borrow_and_update().clone();
             let policy = policy_for(&mut parsed, &in_force.policy);
-            let user = in_force.user_kind(&self.account);
+            let user = User {
+                kind: in_force.user_kind(&self.account),
+                groups: in_force.user_groups(&self.account),
+            };
             let checked = check(
                 &capture,
                 &policy,
@@ -377,7 +380,7 @@ fn check(
     capture: &HelperCapture,
     policy: &Policy,
     policy_version: u64,
-    user: UserKind,
+    user: User<'_>,
     buffer: &mut String,
 ) -> Result<Checked, Refusal> {
     let title = bounded(&capture.window_title, MAX_TITLE);
@@ -519,6 +522,7 @@ async fn send_policies(
                 origin: in_force.policy.origin,
                 toml: in_force.policy.toml.to_string(),
                 staff: in_force.user_kind(&account) == UserKind::Staff,
+                groups: in_force.user_groups(&account).to_vec(),
                 repeat_window_secs: u64::from(in_force.repeat_window_secs),
             }
         };
@@ -581,7 +585,13 @@ mod tests {
             ),
         ];
         for (name, claim, expected) in cases {
-            let checked = check(&claim, &policy, 3, UserKind::Pupil, &mut buffer);
+            let checked = check(
+                &claim,
+                &policy,
+                3,
+                User::without_groups(UserKind::Pupil),
+                &mut buffer,
+            );
             match (checked, expected) {
                 (Ok(checked), Ok(category)) => {
                     assert_eq!(checked.category, category, "{name}");
