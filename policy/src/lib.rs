@@ -851,7 +851,9 @@ mod tests {
             g(&[]),
         );
         use UserKind::{Pupil, Staff};
-        let cases: &[(&str, &str, UserKind, &[String], &[&str])] = &[
+        // (name, title, user kind, user groups, rules that fire)
+        type Case<'a> = (&'a str, &'a str, UserKind, &'a [String], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 "rule group: in it",
                 "Fortnite battle pass",
