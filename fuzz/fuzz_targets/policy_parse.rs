@@ -24,9 +24,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let mut buffer = String::new();
-    let groups = ["year-7".to_owned(), "sen".to_owned()];
+    let some: &[String] = &["year-7".to_owned(), "sen".to_owned()];
+    let none: &[String] = &[];
     for kind in [UserKind::Pupil, UserKind::Staff] {
-        for groups in [&groups[..], &[]] {
+        for groups in [some, none] {
             for m in policy.matches(title, User { kind, groups }, &mut buffer) {
                 assert!((1..=5).contains(&m.rule.severity));
             }
