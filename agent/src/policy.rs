@@ -10,17 +10,20 @@
 //! override, a corrupt update — is logged with file, line and reason and
 //! the last good one stays in force.
 //!
-//! Helpers learn the policy and whether their user counts as staff (rule
-//! scope) through `PolicyHub::subscribe`; staff are the accounts matching
-//! `[capture] staff_accounts` and the staff accounts the collector's last
-//! device state named.
+//! Helpers learn the policy, whether their user counts as staff (rule
+//! scope) and their directory groups (rule and category groups) through
+//! `PolicyHub::subscribe`; staff are the accounts matching `[capture]
+//! staff_accounts` and the staff accounts the collector's last device state
+//! named. Groups come from the same device state, which names only the
+//! accounts that have used this device; they are kept in the state table,
+//! so the last ones received hold after a restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub use hallmonitor_capture_protocol::Origin;
-pub use hallmonitor_policy::{DEFAULT_POLICY, Policy, PolicyError, UserKind};
+pub use hallmonitor_policy::{DEFAULT_POLICY, Policy, PolicyError, User, UserKind};
 use hallmonitor_proto::v1;
 use hallmonitor_report::ComplianceReport;
 use tokio::sync::watch;
@@ -44,16 +47,39 @@ pub struct InForce {
     pub policy: PolicyText,
     staff: Arc<BTreeSet<String>>,
     staff_patterns: Arc<Vec<glob::Pattern>>,
+    groups: Arc<AccountGroups>,
     pub repeat_window_secs: u32,
 }
 
+/// Each account's directory groups (normalised names).
+pub type AccountGroups = BTreeMap<String, Vec<String>>;
+
+/// Most accounts a device state may name groups for, and the longest
+/// account name kept: more is not a school laptop's use.
+const MAX_GROUP_ACCOUNTS: usize = 1000;
+const MAX_ACCOUNT_CHARS: usize = 256;
+
 impl InForce {
+    /// The directory groups `account` is in (none when unknown).
+    pub fn user_groups(&self, account: &str) -> &[String] {
+        self.groups.get(account).map_or(&[], Vec::as_slice)
+    }
+
     pub fn user_kind(&self, account: &str) -> UserKind {
         if self.staff.contains(account) || self.staff_patterns.iter().any(|p| p.matches(account)) {
             UserKind::Staff
         } else {
             UserKind::Pupil
         }
+    }
+
+    /// The groups an acceptable-use audience may name for `account`: the
+    /// built-in `staff` or `pupils`, and its directory groups.
+    pub fn aup_groups(&self, account: &str) -> BTreeSet<String> {
+        let staff = self.user_kind(account) == UserKind::Staff;
+        let mut groups = hallmonitor_policy::aup::builtin_groups(staff);
+        groups.extend(self.user_groups(account).iter().cloned());
+        groups
     }
 }
 
@@ -72,6 +98,7 @@ struct Sources {
     site: Option<PolicyText>,
     local: Option<PolicyText>,
     staff: BTreeSet<String>,
+    groups: AccountGroups,
 }
 
 /// The daemon's policy state, shared by the stream (site updates, staff
@@ -115,6 +142,14 @@ impl PolicyHub {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "stored site policy unusable; using the default")
+                }
+            }
+        }
+        if let Some(json) = State::new(outbox).account_groups_json().await? {
+            match serde_json::from_str::<AccountGroups>(&json) {
+                Ok(groups) => sources.groups = bounded_groups(groups),
+                Err(e) => {
+                    tracing::error!(error = %e, "stored account groups unreadable; none until the collector sends them")
                 }
             }
         }
@@ -176,6 +211,30 @@ impl PolicyHub {
         if self.lock().staff != staff {
             self.change(|s| s.staff = staff);
         }
+    }
+
+    /// The account groups from the collector's device state: checked
+    /// (names normalised, bad ones dropped, sizes bounded), kept, then in
+    /// force. Replaces what was held: an account it does not name has no
+    /// groups.
+    pub async fn apply_account_groups(
+        &self,
+        wire: &[v1::AccountGroups],
+        outbox: &Outbox,
+    ) -> Result<(), crate::outbox::OutboxError> {
+        let groups = bounded_groups(
+            wire.iter()
+                .map(|a| (a.account.clone(), a.groups.clone()))
+                .collect(),
+        );
+        if self.lock().groups == groups {
+            return Ok(());
+        }
+        let json = serde_json::to_string(&groups).expect("plain data serialises");
+        State::new(outbox).set_account_groups_json(&json).await?;
+        tracing::info!(accounts = groups.len(), "account groups applied");
+        self.change(|s| s.groups = groups);
+        Ok(())
     }
 
     /// Reads the override file again: present and valid → in force;
@@ -261,8 +320,30 @@ fn in_force(
         policy,
         staff: Arc::new(sources.staff.clone()),
         staff_patterns: staff_patterns.clone(),
+        groups: Arc::new(sources.groups.clone()),
         repeat_window_secs,
     }
+}
+
+/// Account groups as the daemon holds them, whatever arrived: group names
+/// normalised as the policy compares them (invalid ones dropped, each once,
+/// at most a rule's worth), accounts with a sane name and no more than
+/// `MAX_GROUP_ACCOUNTS`.
+fn bounded_groups(raw: AccountGroups) -> AccountGroups {
+    raw.into_iter()
+        .filter(|(account, _)| !account.is_empty() && account.chars().count() <= MAX_ACCOUNT_CHARS)
+        .filter_map(|(account, names)| {
+            let mut groups: Vec<String> = names
+                .iter()
+                .filter_map(|g| hallmonitor_policy::group_name(g).ok())
+                .collect();
+            groups.sort();
+            groups.dedup();
+            groups.truncate(hallmonitor_policy::MAX_GROUPS_PER_LIST);
+            (!groups.is_empty()).then_some((account, groups))
+        })
+        .take(MAX_GROUP_ACCOUNTS)
+        .collect()
 }
 
 /// Parses a policy text as the helpers do: empty is the project's default.
@@ -440,7 +521,12 @@ mod tests {
         let kept = parse_text(&hub.current().policy).unwrap();
         let mut buffer = String::new();
         assert_eq!(
-            kept.matches("charlie", UserKind::Pupil, &mut buffer).len(),
+            kept.matches(
+                "charlie",
+                User::without_groups(UserKind::Pupil),
+                &mut buffer
+            )
+            .len(),
             1
         );
         std::fs::remove_file(&path).unwrap();
@@ -463,5 +549,69 @@ mod tests {
         );
         hub.set_staff_from_compliance(&report_with_pair("head", MfaStatus::Stale));
         assert!(!changes.has_changed().unwrap(), "same staff: no change");
+    }
+
+    fn wire_groups(rows: &[(&str, &[&str])]) -> Vec<v1::AccountGroups> {
+        rows.iter()
+            .map(|(account, groups)| v1::AccountGroups {
+                account: (*account).to_owned(),
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn account_groups_are_checked_kept_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, outbox) = hub(dir.path()).await;
+        let mut changes = hub.subscribe();
+        assert!(hub.current().user_groups("pupil7").is_empty());
+        let long_account = "a".repeat(300);
+        let sent = wire_groups(&[
+            ("pupil7", &["Year 7", "sen", "year-7", "bad;name", ""]),
+            ("pupil8", &["year 8"]),
+            ("", &["year-9"]),
+            (&long_account, &["year-9"]),
+            ("nogroups", &["!!"]),
+        ]);
+        hub.apply_account_groups(&sent, &outbox).await.unwrap();
+        assert!(changes.has_changed().unwrap());
+        let in_force = changes.borrow_and_update().clone();
+        assert_eq!(
+            in_force.user_groups("pupil7"),
+            ["sen", "year-7"],
+            "normalised, each once, bad ones dropped"
+        );
+        assert_eq!(in_force.user_groups("pupil8"), ["year-8"]);
+        assert!(in_force.user_groups("nogroups").is_empty());
+        assert!(in_force.user_groups(&long_account).is_empty(), "bounded");
+        hub.apply_account_groups(&sent, &outbox).await.unwrap();
+        assert!(!changes.has_changed().unwrap(), "same groups: no change");
+        outbox.close().await;
+        drop(outbox);
+
+        let (again, outbox) = self::hub(dir.path()).await;
+        assert_eq!(
+            again.current().user_groups("pupil7"),
+            ["sen", "year-7"],
+            "kept across restarts"
+        );
+        again
+            .apply_account_groups(&wire_groups(&[("pupil8", &["year-8"])]), &outbox)
+            .await
+            .unwrap();
+        assert!(
+            again.current().user_groups("pupil7").is_empty(),
+            "replaced, not merged"
+        );
+        let many: Vec<(String, Vec<String>)> = (0..1500)
+            .map(|n| (format!("u{n}"), vec!["year-7".to_owned()]))
+            .collect();
+        let many: Vec<v1::AccountGroups> = many
+            .into_iter()
+            .map(|(account, groups)| v1::AccountGroups { account, groups })
+            .collect();
+        again.apply_account_groups(&many, &outbox).await.unwrap();
+        assert_eq!(again.current().groups.len(), MAX_GROUP_ACCOUNTS);
     }
 }

@@ -74,6 +74,10 @@ pub mod key {
     /// TOML. Written and read by `aup`.
     pub const AUP_VERSION: &str = "aup_version";
     pub const AUP_TOML: &str = "aup_toml";
+    /// The directory groups of the accounts used on this device, as the
+    /// collector's last device state named them: a JSON object of account
+    /// to group names. Written and read by `policy`.
+    pub const ACCOUNT_GROUPS: &str = "account_groups";
     /// Whether pupils may log in as of the last command applied: `enabled`
     /// or `disabled`. Written by `enforce`; read by no code (the marker
     /// file is what counts), kept for a technician reading the file.
@@ -446,6 +450,15 @@ impl<'a> State<'a> {
         self.outbox
             .set_state(&key::aup_answered(account), &version.to_string())
             .await
+    }
+
+    /// The account groups held, as JSON (see `key::ACCOUNT_GROUPS`).
+    pub async fn account_groups_json(&self) -> Result<Option<String>> {
+        self.text(key::ACCOUNT_GROUPS).await
+    }
+
+    pub async fn set_account_groups_json(&self, json: &str) -> Result<()> {
+        self.outbox.set_state(key::ACCOUNT_GROUPS, json).await
     }
 
     // ----------------------------------------------------------- enforce

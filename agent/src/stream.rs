@@ -383,6 +383,10 @@ async fn handle(
             if let Ok(report) = serde_json::from_str::<ComplianceReport>(&state.compliance_json) {
                 settings.policies.set_staff_from_compliance(&report);
             }
+            settings
+                .policies
+                .apply_account_groups(&state.account_groups, outbox)
+                .await?;
             State::new(outbox)
                 .set_device_state(
                     &state.compliance_json,

@@ -73,8 +73,8 @@ pub struct ContextWindow {
     pub last_seen_ms: i64,
 }
 
-/// What the daemon tells a helper: the policy to match with and whether
-/// the helper's user counts as staff.
+/// What the daemon tells a helper: the policy to match with, whether the
+/// helper's user counts as staff and the directory groups they are in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelperPolicy {
     pub version: u64,
@@ -82,6 +82,9 @@ pub struct HelperPolicy {
     /// Empty: the project's default.
     pub toml: String,
     pub staff: bool,
+    /// The user's groups (normalised names); an older daemon sends none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     #[serde(default = "default_repeat_window_secs")]
     pub repeat_window_secs: u64,
 }

@@ -1,4 +1,5 @@
-//! A site's directory of accounts (who is staff, who is a pupil), imported
+//! A site's directory of accounts (who is staff, who is a pupil, which
+//! groups they are in: year groups, staff teams, SEN), imported
 //! from a plain MIS or identity-provider CSV export, and the sign-in log
 //! imports that share its CSV handling.
 //!
@@ -45,6 +46,32 @@ pub struct DirectoryAccount {
     /// Lower-cased; also matches identity-provider sign-ins.
     pub email: String,
     pub display_name: String,
+    /// Normalised group names (`hallmonitor_policy::group_name`), sorted,
+    /// each once; policy rules and categories can be scoped to them.
+    pub groups: Vec<String>,
+}
+
+/// Most groups one account may be in.
+pub const MAX_GROUPS_PER_ACCOUNT: usize = 50;
+
+/// The groups cell: names separated by `;` ("Year 7; SEN"), normalised;
+/// empty pieces (a trailing `;`) are skipped.
+pub fn parse_groups(cell: &str) -> Result<Vec<String>, String> {
+    let mut groups = Vec::new();
+    for piece in cell.split(';') {
+        if piece.trim().is_empty() {
+            continue;
+        }
+        groups.push(hallmonitor_policy::group_name(piece)?);
+    }
+    groups.sort();
+    groups.dedup();
+    if groups.len() > MAX_GROUPS_PER_ACCOUNT {
+        return Err(format!(
+            "more than {MAX_GROUPS_PER_ACCOUNT} groups for one account"
+        ));
+    }
+    Ok(groups)
 }
 
 /// A problem in an imported file, located for the person fixing it.
@@ -165,13 +192,14 @@ fn csv_problem(e: &csv::Error) -> String {
 }
 
 /// Parses a directory export: columns `username` and `role` (required),
-/// `email` and `display name` (optional), in any order.
+/// `email`, `display name` and `groups` (optional), in any order.
 pub fn parse_directory(bytes: &[u8], file: &str) -> Result<Vec<DirectoryAccount>, ImportError> {
     let table = CsvTable::read(bytes, file)?;
     let username = table.require(&["username", "user name", "login", "account"])?;
     let role = table.require(&["role", "type", "user type"])?;
     let email = table.column(&["email", "email address", "mail", "upn"]);
     let name = table.column(&["display name", "name", "full name"]);
+    let groups = table.column(&["groups", "group", "user groups"]);
     let mut seen = BTreeSet::new();
     let mut accounts = Vec::with_capacity(table.rows.len());
     for (line, fields) in &table.rows {
@@ -202,11 +230,18 @@ pub fn parse_directory(bytes: &[u8], file: &str) -> Result<Vec<DirectoryAccount>
                 format!("'{email}' is not an email address"),
             ));
         }
+        let account_groups = match groups {
+            None => Vec::new(),
+            Some(c) => {
+                parse_groups(&fields[c]).map_err(|message| table.error(*line, c, message))?
+            }
+        };
         accounts.push(DirectoryAccount {
             username: user,
             role: parsed_role,
             email,
             display_name: name.map(|c| fields[c].clone()).unwrap_or_default(),
+            groups: account_groups,
         });
     }
     Ok(accounts)
@@ -228,10 +263,32 @@ mod tests {
         assert_eq!(accounts[0].role, Role::Staff);
         assert_eq!(accounts[0].email, "j.smith@cabot.sch.uk");
         assert_eq!(accounts[1].role, Role::Pupil);
+        assert!(accounts[1].groups.is_empty(), "no groups column");
+    }
+
+    #[test]
+    fn groups_are_normalised() {
+        let csv = "username,role,Groups\n\
+                   p1,pupil,Year 7; SEN\n\
+                   p2,pupil,\n\
+                   t1,staff,staff;Staff ; year-7;\n";
+        let accounts = parse_directory(csv.as_bytes(), "mis.csv").unwrap();
+        let groups: Vec<&[String]> = accounts.iter().map(|a| a.groups.as_slice()).collect();
+        assert_eq!(groups[0], ["sen", "year-7"]);
+        assert!(groups[1].is_empty(), "empty cell: no groups");
+        assert_eq!(groups[2], ["staff", "year-7"], "each once, sorted");
     }
 
     #[test]
     fn problems_name_line_and_column() {
+        let long_group = format!("username,role,groups\na,pupil,{}\n", "g".repeat(41));
+        let many_groups = format!(
+            "username,role,groups\na,pupil,{}\n",
+            (0..51)
+                .map(|n| format!("g{n}"))
+                .collect::<Vec<_>>()
+                .join(";")
+        );
         let cases = [
             (
                 "no role column",
@@ -259,8 +316,23 @@ mod tests {
                 "line 2, column 3 (email): 'nope' is not an email",
             ),
             ("empty file", "", "line 1: the file is empty"),
+            (
+                "bad group",
+                "username,role,groups\na,pupil,year 7\nb,pupil,year 7;SEN/2\n",
+                "line 3, column 3 (groups): group 'SEN/2': '/' is not allowed",
+            ),
+            (
+                "long group",
+                long_group.as_str(),
+                "line 2, column 3 (groups): group 'ggg",
+            ),
+            (
+                "too many groups",
+                many_groups.as_str(),
+                "line 2, column 3 (groups): more than 50 groups",
+            ),
         ];
-        for (name, csv, want) in cases {
+        for (name, csv, want) in &cases {
             let err = parse_directory(csv.as_bytes(), "mis.csv")
                 .unwrap_err()
                 .to_string();

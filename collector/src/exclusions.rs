@@ -226,7 +226,7 @@ pub fn comment(kind: ExclusionKind, rule_id: &str, capture: i64, incident: i64) 
 mod tests {
     use std::path::Path;
 
-    use hallmonitor_policy::{DEFAULT_POLICY, Policy, UserKind};
+    use hallmonitor_policy::{DEFAULT_POLICY, Policy, User, UserKind};
 
     use super::*;
 
@@ -234,7 +234,7 @@ mod tests {
         let policy = Policy::parse(text, Path::new("t.toml")).unwrap();
         let mut buffer = String::new();
         policy
-            .matches(title, UserKind::Pupil, &mut buffer)
+            .matches(title, User::without_groups(UserKind::Pupil), &mut buffer)
             .iter()
             .map(|m| m.rule.id.clone())
             .collect()

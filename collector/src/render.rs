@@ -490,6 +490,7 @@ pub fn directory_list(accounts: &[crate::directory::DirectoryAccount], format: F
                 "ROLE".into(),
                 "EMAIL".into(),
                 "NAME".into(),
+                "GROUPS".into(),
             ]];
             for a in accounts {
                 rows.push([
@@ -497,6 +498,7 @@ pub fn directory_list(accounts: &[crate::directory::DirectoryAccount], format: F
                     a.role.as_str().into(),
                     or_dash(&a.email),
                     or_dash(&a.display_name),
+                    or_dash(&a.groups.join(";")),
                 ]);
             }
             table(&rows)

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::LazyLock;
 
-use hallmonitor_policy::{Policy, UserKind};
+use hallmonitor_policy::{Policy, User, UserKind};
 use libfuzzer_sys::fuzz_target;
 
 static DEFAULT: LazyLock<Policy> = LazyLock::new(Policy::default_policy);
@@ -24,9 +24,13 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let mut buffer = String::new();
-    for user in [UserKind::Pupil, UserKind::Staff] {
-        for m in policy.matches(title, user, &mut buffer) {
-            assert!((1..=5).contains(&m.rule.severity));
+    let some: &[String] = &["year-7".to_owned(), "sen".to_owned()];
+    let none: &[String] = &[];
+    for kind in [UserKind::Pupil, UserKind::Staff] {
+        for groups in [some, none] {
+            for m in policy.matches(title, User { kind, groups }, &mut buffer) {
+                assert!((1..=5).contains(&m.rule.severity));
+            }
         }
     }
 });

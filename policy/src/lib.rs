@@ -12,13 +12,21 @@
 //! This crate is shared: the collector validates a site's policy with it
 //! before storing and sending it; the agent matches titles with it.
 //!
+//! Rules can be narrowed to groups of users (year groups, staff, SEN, as
+//! the site's directory names them): a rule's `groups`, and per category
+//! `[categories.<name>] groups` / `skip_groups`. `ignored_words` (pupils'
+//! first names that collide with slang) are taken out of a title before
+//! phrases count: a phrase hit overlapping one never fires.
+//!
 //! Matching is on normalised text: case folded, accents removed (NFKD),
 //! common letter substitutions undone (`k1ll` → `kill`, `@` → `a`), and
 //! everything that is not a letter or digit turned into one space, so
 //! spacing and punctuation do not matter. Phrases are normalised the same
 //! way and matched on word boundaries, all at once with one Aho-Corasick
-//! automaton, never by a loop over rules.
+//! automaton, never by a loop over rules. Ignored words are patterns of the
+//! same automaton, so the title is still read once.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
@@ -50,6 +58,23 @@ struct PolicyFile {
     /// Words shown to the user when a capture is taken (absent: silent).
     #[serde(default)]
     capture_notice: Option<toml::Spanned<String>>,
+    /// Words (pupils' first names…) blanked out of titles before matching.
+    #[serde(default)]
+    ignored_words: Vec<toml::Spanned<String>>,
+    /// Per category: which groups its rules apply to.
+    #[serde(default)]
+    categories: BTreeMap<toml::Spanned<String>, CategorySpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategorySpec {
+    /// Only users in one of these groups (empty: everyone).
+    #[serde(default)]
+    groups: Vec<toml::Spanned<String>>,
+    /// Never users in any of these groups.
+    #[serde(default)]
+    skip_groups: Vec<toml::Spanned<String>>,
 }
 
 fn one() -> u64 {
@@ -67,6 +92,9 @@ struct RuleSpec {
     exclusions: Vec<String>,
     #[serde(default)]
     scope: Scope,
+    /// Only users in one of these groups (empty: everyone in scope).
+    #[serde(default)]
+    groups: Vec<toml::Spanned<String>>,
 }
 
 /// Whose activity a rule applies to.
@@ -86,12 +114,60 @@ pub enum UserKind {
     Staff,
 }
 
+/// The user whose screen is matched: staff or pupil, and the groups the
+/// site's directory puts them in (normalised names, see [`group_name`]).
+#[derive(Clone, Copy, Debug)]
+pub struct User<'a> {
+    pub kind: UserKind,
+    pub groups: &'a [String],
+}
+
+impl User<'static> {
+    /// A user in no group.
+    pub fn without_groups(kind: UserKind) -> User<'static> {
+        User { kind, groups: &[] }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub id: String,
     pub category: String,
     pub severity: u8,
     pub scope: Scope,
+    pub audience: Audience,
+}
+
+/// Which groups a rule applies to, from the rule and its category; all
+/// empty: everyone its scope allows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audience {
+    /// The rule's `groups`: the user must be in one (empty: anyone).
+    pub groups: Vec<String>,
+    /// Its category's `groups`: the user must be in one (empty: anyone).
+    pub category_groups: Vec<String>,
+    /// Its category's `skip_groups`: a user in any is left out.
+    pub skip_groups: Vec<String>,
+}
+
+impl Audience {
+    pub fn includes(&self, groups: &[String]) -> bool {
+        let in_any = |wanted: &[String]| wanted.iter().any(|g| groups.contains(g));
+        (self.groups.is_empty() || in_any(&self.groups))
+            && (self.category_groups.is_empty() || in_any(&self.category_groups))
+            && !in_any(&self.skip_groups)
+    }
+}
+
+impl Rule {
+    /// Whether this rule applies to `user` (scope and groups).
+    pub fn applies_to(&self, user: User<'_>) -> bool {
+        let in_scope = matches!(
+            (self.scope, user.kind),
+            (Scope::All, _) | (Scope::Pupils, UserKind::Pupil) | (Scope::Staff, UserKind::Staff)
+        );
+        in_scope && self.audience.includes(user.groups)
+    }
 }
 
 /// A rule that fired on a title.
@@ -120,6 +196,53 @@ pub const MAX_CONTEXT_MINUTES: u32 = 8 * 60;
 /// The longest `capture_notice`, in characters.
 pub const MAX_CAPTURE_NOTICE_CHARS: usize = 200;
 
+/// The longest group name, in characters (after normalising).
+pub const MAX_GROUP_NAME_CHARS: usize = 40;
+
+/// Most groups one list (a rule's, a category's) may name.
+pub const MAX_GROUPS_PER_LIST: usize = 50;
+
+/// Most `ignored_words` a policy may have, and the longest one.
+pub const MAX_IGNORED_WORDS: usize = 2000;
+pub const MAX_IGNORED_WORD_CHARS: usize = 60;
+
+/// A group name as stored and compared: trimmed, lower case, runs of
+/// spaces as one `-` ("Year 7" → "year-7"); only letters a–z, digits, `-`,
+/// `_` and `.`; at most [`MAX_GROUP_NAME_CHARS`]. The directory import and
+/// the policy both use it, so "Year 7" in one is `year-7` in the other.
+pub fn group_name(raw: &str) -> Result<String, String> {
+    let words: Vec<&str> = raw.split_whitespace().collect();
+    if words.is_empty() {
+        return Err("a group name is empty".into());
+    }
+    let name = words.join("-").to_lowercase();
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(*c)))
+    {
+        return Err(format!(
+            "group '{}': '{}' is not allowed (letters a-z, digits, '-', '_', '.')",
+            raw.trim(),
+            bad.escape_default()
+        ));
+    }
+    if name.chars().count() > MAX_GROUP_NAME_CHARS {
+        return Err(format!(
+            "group '{}' is longer than {MAX_GROUP_NAME_CHARS} characters",
+            raw.trim()
+        ));
+    }
+    Ok(name)
+}
+
+/// What a pattern of the phrase automaton is.
+enum Pattern {
+    /// A rule's phrase, as the policy writes it.
+    Phrase { rule: usize, written: String },
+    /// An ignored word: phrase hits overlapping it do not count.
+    Ignored,
+}
+
 pub struct Policy {
     pub version: u64,
     /// Minutes of earlier window titles (distinct, in memory in the
@@ -128,9 +251,12 @@ pub struct Policy {
     /// Shown to the user when a capture is taken; `None`: silent.
     pub capture_notice: Option<String>,
     rules: Vec<Rule>,
+    /// Normalised, as matched.
+    ignored_words: Vec<String>,
+    /// Phrases and ignored words.
     phrases: AhoCorasick,
-    /// For each phrase pattern: (rule index, phrase as written).
-    phrase_rule: Vec<(usize, String)>,
+    /// For each pattern of `phrases`: what it is.
+    patterns: Vec<Pattern>,
     exclusions: AhoCorasick,
     /// For each exclusion pattern: the rule it silences (None: all).
     exclusion_rule: Vec<Option<usize>>,
@@ -167,6 +293,11 @@ fn extend(
     rules.append(&mut site.rules);
     let mut exclusions = base.exclusions;
     exclusions.append(&mut site.exclusions);
+    let mut ignored_words = base.ignored_words;
+    ignored_words.append(&mut site.ignored_words);
+    // A site's category settings replace the default's for that category.
+    let mut categories = base.categories;
+    categories.append(&mut site.categories);
     Ok(PolicyFile {
         version: site.version,
         exclusions,
@@ -175,6 +306,8 @@ fn extend(
         disable: Vec::new(),
         context_minutes: site.context_minutes,
         capture_notice: site.capture_notice,
+        ignored_words,
+        categories,
     })
 }
 
@@ -249,9 +382,45 @@ impl Policy {
                 )
             }
         };
+        let located = |span: std::ops::Range<usize>, message: String| PolicyError {
+            file: file_name.clone(),
+            line: Some(line_of(span.start)),
+            message,
+        };
+        let group_list = |what: &str, list: &[toml::Spanned<String>]| {
+            if list.len() > MAX_GROUPS_PER_LIST {
+                return Err(located(
+                    list[MAX_GROUPS_PER_LIST].span(),
+                    format!("{what}: more than {MAX_GROUPS_PER_LIST} groups"),
+                ));
+            }
+            list.iter()
+                .map(|g| {
+                    group_name(g.get_ref())
+                        .map_err(|message| located(g.span(), format!("{what}: {message}")))
+                })
+                .collect::<Result<Vec<String>, PolicyError>>()
+        };
+        let mut categories: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for (name, category) in &spec.categories {
+            if !spec.rules.iter().any(|r| &r.category == name.get_ref()) {
+                return Err(located(
+                    name.span(),
+                    format!("categories.{}: no rule has this category", name.get_ref()),
+                ));
+            }
+            let what = format!("categories.{}", name.get_ref());
+            categories.insert(
+                name.get_ref(),
+                (
+                    group_list(&format!("{what}.groups"), &category.groups)?,
+                    group_list(&format!("{what}.skip_groups"), &category.skip_groups)?,
+                ),
+            );
+        }
         let mut rules = Vec::new();
         let mut phrase_patterns = Vec::new();
-        let mut phrase_rule = Vec::new();
+        let mut patterns = Vec::new();
         let mut exclusion_patterns = Vec::new();
         let mut exclusion_rule = Vec::new();
         let mut buffer = String::new();
@@ -287,7 +456,10 @@ impl Policy {
                     )));
                 }
                 phrase_patterns.push(buffer.trim().to_owned());
-                phrase_rule.push((n, phrase.clone()));
+                patterns.push(Pattern::Phrase {
+                    rule: n,
+                    written: phrase.clone(),
+                });
             }
             for exclusion in &rule.exclusions {
                 normalise(exclusion, &mut buffer);
@@ -299,12 +471,52 @@ impl Policy {
                 exclusion_patterns.push(buffer.trim().to_owned());
                 exclusion_rule.push(Some(n));
             }
+            let (category_groups, skip_groups) = categories
+                .get(rule.category.as_str())
+                .cloned()
+                .unwrap_or_default();
             rules.push(Rule {
                 id: rule.id.clone(),
                 category: rule.category.clone(),
                 severity: rule.severity,
                 scope: rule.scope,
+                audience: Audience {
+                    groups: group_list(&format!("{name}: groups"), &rule.groups)?,
+                    category_groups,
+                    skip_groups,
+                },
             });
+        }
+        if spec.ignored_words.len() > MAX_IGNORED_WORDS {
+            return Err(located(
+                spec.ignored_words[MAX_IGNORED_WORDS].span(),
+                format!("ignored_words: more than {MAX_IGNORED_WORDS} words"),
+            ));
+        }
+        let mut ignored_words = Vec::new();
+        for word in &spec.ignored_words {
+            let word_text = word.get_ref();
+            if word_text.chars().count() > MAX_IGNORED_WORD_CHARS {
+                return Err(located(
+                    word.span(),
+                    format!(
+                        "ignored_words: '{word_text}' is longer than {MAX_IGNORED_WORD_CHARS} characters"
+                    ),
+                ));
+            }
+            normalise(word_text, &mut buffer);
+            let normalised = buffer.trim();
+            if normalised.is_empty() {
+                return Err(located(
+                    word.span(),
+                    format!("ignored_words: '{word_text}' has no letters or digits"),
+                ));
+            }
+            if !ignored_words.iter().any(|w| w == normalised) {
+                ignored_words.push(normalised.to_owned());
+                phrase_patterns.push(normalised.to_owned());
+                patterns.push(Pattern::Ignored);
+            }
         }
         let build = |patterns: &[String]| {
             AhoCorasick::builder()
@@ -322,8 +534,9 @@ impl Policy {
             context_minutes,
             capture_notice,
             rules,
+            ignored_words,
             phrases: build(&phrase_patterns)?,
-            phrase_rule,
+            patterns,
             exclusions: build(&exclusion_patterns)?,
             exclusion_rule,
         })
@@ -338,28 +551,54 @@ impl Policy {
         &self.rules
     }
 
-    /// The rules `title` triggers for this user, each once (first phrase
-    /// found), in policy order. `buffer` is reused between calls.
+    /// The ignored words, normalised, in policy order.
+    pub fn ignored_words(&self) -> &[String] {
+        &self.ignored_words
+    }
+
+    /// The rules `title` triggers for this user (scope and groups), each
+    /// once (first phrase found), in policy order. `buffer` is reused
+    /// between calls.
     pub fn matches<'a>(
         &'a self,
         title: &str,
-        user: UserKind,
+        user: User<'_>,
         buffer: &mut String,
     ) -> Vec<Match<'a>> {
         normalise(title, buffer);
-        let mut fired: Vec<(usize, &'a str)> = Vec::new();
         let bytes = buffer.as_bytes();
         // Patterns are unpadded (so the automaton's prefilter can skip
         // ahead); a hit counts only on word boundaries. The buffer starts
         // and ends with a space, so the neighbours exist.
         let whole_words = |start: usize, end: usize| bytes[start - 1] == b' ' && bytes[end] == b' ';
+        // Phrase hits are kept until every ignored word is known: one
+        // that ends later (a longer name) can still cover an earlier hit.
+        let mut hits: Vec<(std::ops::Range<usize>, usize)> = Vec::new();
+        let mut ignored: Vec<std::ops::Range<usize>> = Vec::new();
         for hit in self.phrases.find_overlapping_iter(buffer.as_str()) {
             if !whole_words(hit.start(), hit.end()) {
                 continue;
             }
-            let (rule, phrase) = &self.phrase_rule[hit.pattern().as_usize()];
-            if !fired.iter().any(|(r, _)| r == rule) {
-                fired.push((*rule, phrase));
+            match self.patterns[hit.pattern().as_usize()] {
+                Pattern::Ignored => ignored.push(hit.range()),
+                Pattern::Phrase { .. } => hits.push((hit.range(), hit.pattern().as_usize())),
+            }
+        }
+        let mut fired: Vec<(usize, &'a str)> = Vec::new();
+        for (range, pattern) in hits {
+            // Blanking the ignored word out of the title would leave this
+            // hit without its letters: it does not count.
+            if ignored
+                .iter()
+                .any(|i| i.start < range.end && range.start < i.end)
+            {
+                continue;
+            }
+            let Pattern::Phrase { rule, written } = &self.patterns[pattern] else {
+                continue;
+            };
+            if !fired.iter().any(|(r, _)| r == rule) && self.rules[*rule].applies_to(user) {
+                fired.push((*rule, written));
             }
         }
         if fired.is_empty() {
@@ -386,14 +625,6 @@ impl Policy {
             .map(|(rule, phrase)| Match {
                 rule: &self.rules[rule],
                 phrase,
-            })
-            .filter(|m| {
-                matches!(
-                    (m.rule.scope, user),
-                    (Scope::All, _)
-                        | (Scope::Pupils, UserKind::Pupil)
-                        | (Scope::Staff, UserKind::Staff)
-                )
             })
             .collect()
     }
@@ -520,12 +751,378 @@ mod tests {
         ];
         for (name, title, user, want) in cases {
             let got: Vec<&str> = p
-                .matches(title, *user, &mut buffer)
+                .matches(title, User::without_groups(*user), &mut buffer)
                 .iter()
                 .map(|m| m.rule.id.as_str())
                 .collect();
             assert_eq!(&got, want, "{name}: '{title}'");
         }
+    }
+
+    #[test]
+    fn group_names_are_normalised_or_refused() {
+        let forty = "a".repeat(40);
+        let forty_one = "a".repeat(41);
+        let cases: &[(&str, &str, Result<&str, &str>)] = &[
+            ("spaces become one dash", "  Year 7 ", Ok("year-7")),
+            ("tabs and runs of spaces", "Year\t \t7", Ok("year-7")),
+            ("upper case", "SEN", Ok("sen")),
+            (
+                "dots and underscores",
+                "staff_2026.support",
+                Ok("staff_2026.support"),
+            ),
+            ("forty characters", &forty, Ok(&forty)),
+            ("forty-one characters", &forty_one, Err("longer than 40")),
+            ("empty", "", Err("empty")),
+            ("only spaces", "   ", Err("empty")),
+            (
+                "the directory's separator",
+                "year;7",
+                Err("';' is not allowed"),
+            ),
+            ("not a slug letter", "élèves", Err("is not allowed")),
+            ("a control character", "year\u{7}", Err("is not allowed")),
+        ];
+        for (name, raw, want) in cases {
+            let got = group_name(raw);
+            match (want, &got) {
+                (Ok(want), Ok(got)) => assert_eq!(want, got, "{name}"),
+                (Err(want), Err(got)) => assert!(got.contains(want), "{name}: {got}"),
+                _ => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    const GROUPS: &str = r#"
+        ignored_words = ["Charlie", "Mary Jane", "  "]
+        [[rules]]
+        id = "slang"
+        category = "drugs"
+        severity = 2
+        phrases = ["charlie", "snow", "mary jane", "buy charlie"]
+        [[rules]]
+        id = "gaming-y7"
+        category = "gaming"
+        severity = 1
+        phrases = ["fortnite"]
+        groups = ["Year 7"]
+        [[rules]]
+        id = "loans-staff-y7"
+        category = "money"
+        severity = 1
+        phrases = ["payday loan"]
+        scope = "staff"
+        groups = ["year-7"]
+        [[rules]]
+        id = "self-harm"
+        category = "self-harm"
+        severity = 5
+        phrases = ["kill myself"]
+        [[rules]]
+        id = "self-harm-y8"
+        category = "self-harm"
+        severity = 4
+        phrases = ["pro ana"]
+        groups = ["year-8", "sen"]
+        [[rules]]
+        id = "dating"
+        category = "adult"
+        severity = 2
+        phrases = ["dating site"]
+        [categories.self-harm]
+        groups = ["Year 7", "year-8"]
+        [categories.adult]
+        skip_groups = ["sixth-form"]
+    "#;
+
+    #[test]
+    fn groups_and_ignored_words() {
+        // The "  " ignored word has no letters: refused, so drop it here
+        // (tested below) and check matching on the rest.
+        let p = policy(&GROUPS.replace(", \"  \"]", "]"));
+        let mut buffer = String::new();
+        let g = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let (y7, y8, y9, sen, sixth, none) = (
+            g(&["year-7"]),
+            g(&["year-8"]),
+            g(&["year-9"]),
+            g(&["sen", "year-9"]),
+            g(&["sixth-form", "year-7"]),
+            g(&[]),
+        );
+        use UserKind::{Pupil, Staff};
+        // (name, title, user kind, user groups, rules that fire)
+        type Case<'a> = (&'a str, &'a str, UserKind, &'a [String], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                "rule group: in it",
+                "Fortnite battle pass",
+                Pupil,
+                &y7,
+                &["gaming-y7"],
+            ),
+            (
+                "rule group: not in it",
+                "Fortnite battle pass",
+                Pupil,
+                &y8,
+                &[],
+            ),
+            (
+                "rule group: in no group",
+                "Fortnite battle pass",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "rule group and scope: staff in it",
+                "payday loan",
+                Staff,
+                &y7,
+                &["loans-staff-y7"],
+            ),
+            (
+                "rule group and scope: pupil in it",
+                "payday loan",
+                Pupil,
+                &y7,
+                &[],
+            ),
+            (
+                "category groups: in one",
+                "how to kill myself",
+                Pupil,
+                &y8,
+                &["self-harm"],
+            ),
+            (
+                "category groups: in none",
+                "how to kill myself",
+                Pupil,
+                &y9,
+                &[],
+            ),
+            (
+                "category groups: no groups at all",
+                "how to kill myself",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "rule and category groups: both",
+                "pro ana tips",
+                Pupil,
+                &y8,
+                &["self-harm-y8"],
+            ),
+            (
+                "rule group but not category's",
+                "pro ana tips",
+                Pupil,
+                &sen,
+                &[],
+            ),
+            (
+                "category's group but not rule's",
+                "pro ana tips",
+                Pupil,
+                &y7,
+                &[],
+            ),
+            ("skip group", "best dating site", Pupil, &sixth, &[]),
+            ("not skipped", "best dating site", Pupil, &y9, &["dating"]),
+            (
+                "not skipped, no groups",
+                "best dating site",
+                Staff,
+                &none,
+                &["dating"],
+            ),
+            (
+                "ignored word is a phrase",
+                "Charlie's birthday party",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "ignored word, leetspeak",
+                "CH4RL1E - Google Docs",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "ignored word, another phrase still fires",
+                "Charlie: snow day!",
+                Pupil,
+                &none,
+                &["slang"],
+            ),
+            (
+                "ignored word, another rule still fires",
+                "Charlie, how to kill myself",
+                Pupil,
+                &y7,
+                &["self-harm"],
+            ),
+            (
+                "ignored word inside a phrase",
+                "buy charlie online",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "ignored word only as a whole word",
+                "charlies angels snow",
+                Pupil,
+                &none,
+                &["slang"],
+            ),
+            ("not the word itself", "charlies angels", Pupil, &none, &[]),
+            (
+                "ignored words of two words",
+                "Mary Jane Smith homework",
+                Pupil,
+                &none,
+                &[],
+            ),
+            (
+                "half of an ignored pair",
+                "jane is selling mary jane",
+                Pupil,
+                &none,
+                &[],
+            ),
+        ];
+        for (name, title, kind, groups, want) in cases {
+            let user = User {
+                kind: *kind,
+                groups,
+            };
+            let got: Vec<&str> = p
+                .matches(title, user, &mut buffer)
+                .iter()
+                .map(|m| m.rule.id.as_str())
+                .collect();
+            assert_eq!(&got, want, "{name}: '{title}'");
+        }
+        assert_eq!(p.ignored_words(), ["charlie", "mary jane"]);
+        assert_eq!(p.rules()[1].audience.groups, ["year-7"], "normalised");
+    }
+
+    #[test]
+    fn group_and_ignored_word_mistakes_name_the_line() {
+        let rule = "[[rules]]\nid = \"a\"\ncategory = \"x\"\nseverity = 2\nphrases = [\"y\"]\n";
+        let many_groups = format!(
+            "{rule}groups = [{}]\n",
+            (0..51)
+                .map(|n| format!("\"g{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let many_words = format!(
+            "ignored_words = [{}]\n",
+            (0..2001)
+                .map(|n| format!("\"w{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let long_word = format!("ignored_words = [\"{}\"]\n", "a".repeat(61));
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "empty group",
+                format!("{rule}groups = [\"\"]\n"),
+                "line 6: rules[0] (a): groups: a group name is empty",
+            ),
+            (
+                "bad group",
+                format!("{rule}groups = [\"year 7!\"]\n"),
+                "line 6: rules[0] (a): groups: group 'year 7!': '!' is not allowed",
+            ),
+            (
+                "too many groups",
+                many_groups,
+                "line 6: rules[0] (a): groups: more than 50 groups",
+            ),
+            (
+                "ignored word without letters",
+                GROUPS.to_owned(),
+                "line 2: ignored_words: '  ' has no letters",
+            ),
+            (
+                "long ignored word",
+                long_word,
+                "line 1: ignored_words: 'aaa",
+            ),
+            (
+                "too many ignored words",
+                many_words,
+                "line 1: ignored_words: more than 2000 words",
+            ),
+            (
+                "unknown category",
+                format!("{rule}\n[categories.nope]\ngroups = [\"sen\"]\n"),
+                "line 7: categories.nope: no rule has this category",
+            ),
+            (
+                "empty category group",
+                format!("{rule}\n[categories.x]\nskip_groups = [\"sen\", \" \"]\n"),
+                "line 8: categories.x.skip_groups: a group name is empty",
+            ),
+            (
+                "unknown category key",
+                format!("{rule}\n[categories.x]\nwho = [\"sen\"]\n"),
+                "line 8",
+            ),
+            (
+                "groups not a list",
+                format!("{rule}groups = \"sen\"\n"),
+                "line 6",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let err = Policy::parse(&text, Path::new("site.toml"))
+                .err()
+                .unwrap_or_else(|| panic!("{name}: parsed"))
+                .to_string();
+            assert!(
+                err.starts_with("site.toml: ") && err.contains(want),
+                "{name}: {err}"
+            );
+        }
+        // Groups no directory knows yet are fine: the policy may come first.
+        policy(&format!("{rule}groups = [\"year-13\"]\n"));
+    }
+
+    #[test]
+    fn a_site_scopes_default_categories_and_adds_ignored_words() {
+        let p = policy(
+            "extends = \"default\"\nignored_words = [\"Kys\"]\n[categories.drugs]\nskip_groups = [\"staff\"]\n",
+        );
+        let mut buffer = String::new();
+        let staff = ["staff".to_owned()];
+        let ids = |title: &str, groups: &[String], buffer: &mut String| -> Vec<String> {
+            let user = User {
+                kind: UserKind::Pupil,
+                groups,
+            };
+            p.matches(title, user, buffer)
+                .iter()
+                .map(|m| m.rule.id.clone())
+                .collect()
+        };
+        assert!(
+            ids("buy cocaine", &staff, &mut buffer).is_empty(),
+            "skipped group"
+        );
+        assert_eq!(ids("buy cocaine", &[], &mut buffer), ["drugs"]);
+        assert!(ids("kys", &[], &mut buffer).is_empty(), "ignored word");
+        assert_eq!(ids("kys nobody likes you", &[], &mut buffer), ["bullying"]);
     }
 
     #[test]
@@ -646,7 +1243,7 @@ mod tests {
         );
         let mut buffer = String::new();
         let ids = |title: &str, buffer: &mut String| -> Vec<String> {
-            p.matches(title, UserKind::Pupil, buffer)
+            p.matches(title, User::without_groups(UserKind::Pupil), buffer)
                 .iter()
                 .map(|m| m.rule.id.clone())
                 .collect()
@@ -718,12 +1315,20 @@ mod tests {
         }
         let mut buffer = String::new();
         assert!(
-            p.matches("Anti-Bullying Week assembly", UserKind::Pupil, &mut buffer)
-                .is_empty()
+            p.matches(
+                "Anti-Bullying Week assembly",
+                User::without_groups(UserKind::Pupil),
+                &mut buffer
+            )
+            .is_empty()
         );
         assert!(
-            !p.matches("how to kill myself", UserKind::Pupil, &mut buffer)
-                .is_empty()
+            !p.matches(
+                "how to kill myself",
+                User::without_groups(UserKind::Pupil),
+                &mut buffer
+            )
+            .is_empty()
         );
     }
 
@@ -731,7 +1336,7 @@ mod tests {
     /// sometimes right, so generated files get past the TOML parser.
     fn policy_lines() -> impl proptest::strategy::Strategy<Value = String> {
         proptest::string::string_regex(
-            "(\\[\\[rules\\]\\]\n|id = \"[a-z-]{0,4}\"\n|category = \"[a-z]{0,3}\"\n|severity = -?[0-9]{1,3}\n|phrases = \\[(\"[^\"\\\\]{0,6}\",? ?){0,3}\\]\n|exclusions = \\[\"[^\"\\\\]{0,6}\"\\]\n|scope = \"(all|pupils|staff|x)\"\n|extends = \"(default|strict)\"\n|disable = \\[\"(drugs|bullying|nope)\"\\]\n|version = [0-9]{1,3}\n|\\PC{0,8}\n){0,10}",
+            "(\\[\\[rules\\]\\]\n|id = \"[a-z-]{0,4}\"\n|category = \"[a-z]{0,3}\"\n|severity = -?[0-9]{1,3}\n|phrases = \\[(\"[^\"\\\\]{0,6}\",? ?){0,3}\\]\n|exclusions = \\[\"[^\"\\\\]{0,6}\"\\]\n|scope = \"(all|pupils|staff|x)\"\n|extends = \"(default|strict)\"\n|disable = \\[\"(drugs|bullying|nope)\"\\]\n|version = [0-9]{1,3}\n|groups = \\[(\"[^\"\\\\]{0,6}\",? ?){0,3}\\]\n|ignored_words = \\[(\"[^\"\\\\]{0,6}\",? ?){0,3}\\]\n|\\[categories\\.[a-z]{0,3}\\]\n|skip_groups = \\[\"[^\"\\\\]{0,6}\"\\]\n|\\PC{0,8}\n){0,10}",
         )
         .expect("a valid expression")
     }
@@ -749,7 +1354,7 @@ mod tests {
             match Policy::parse(&text, Path::new("site.toml")) {
                 Ok(p) => {
                     let mut buffer = String::new();
-                    for m in p.matches(&title, UserKind::Staff, &mut buffer) {
+                    for m in p.matches(&title, User { kind: UserKind::Staff, groups: &["year-7".to_owned()] }, &mut buffer) {
                         proptest::prop_assert!((1..=5).contains(&m.rule.severity));
                     }
                 }
@@ -768,7 +1373,7 @@ mod tests {
         fn any_title_is_matched(title in proptest::arbitrary::any::<String>()) {
             let p = default_policy_once();
             let mut buffer = String::new();
-            let _ = p.matches(&title, UserKind::Pupil, &mut buffer);
+            let _ = p.matches(&title, User::without_groups(UserKind::Pupil), &mut buffer);
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hallmonitor_capture_protocol::{
     AupAnswer, DaemonLine, HelperCapture, HelperLine, HelperPolicy, REPEAT_WINDOW,
 };
-use hallmonitor_policy::{Policy, UserKind};
+use hallmonitor_policy::{Policy, User, UserKind};
 
 use crate::context::ContextBuffer;
 use crate::notice::NoticeGate;
@@ -23,6 +23,8 @@ struct Received {
     /// The site's version number (the file's own for a local override).
     version: u64,
     user: UserKind,
+    /// The user's directory groups, as the daemon knows them.
+    groups: Vec<String>,
     repeat_window: Duration,
 }
 
@@ -153,7 +155,7 @@ fn read_policies(
         );
         match parsed {
             Ok(policy) => {
-                tracing::info!(version = message.version, origin = ?message.origin, rules = policy.rules().len(), staff = message.staff, repeat_window_secs = message.repeat_window_secs, "policy received");
+                tracing::info!(version = message.version, origin = ?message.origin, rules = policy.rules().len(), staff = message.staff, groups = message.groups.len(), repeat_window_secs = message.repeat_window_secs, "policy received");
                 let user = if message.staff {
                     UserKind::Staff
                 } else {
@@ -163,6 +165,7 @@ fn read_policies(
                     policy,
                     version: message.version,
                     user,
+                    groups: message.groups,
                     repeat_window: Duration::from_secs(message.repeat_window_secs),
                 };
                 if sender.send(Some(received)).is_err() {
@@ -187,6 +190,7 @@ pub fn run_helper(source: &mut dyn ActiveWindowSource, socket: &Path) -> anyhow:
         policy: Policy::default_policy(),
         version: 0,
         user: UserKind::Pupil,
+        groups: Vec::new(),
         repeat_window: REPEAT_WINDOW,
     };
     let mut limit = RateLimit::default();
@@ -287,7 +291,11 @@ fn check_window(
 ) -> bool {
     let mut snapshot: Option<Result<crate::snapshot::Snapshot, String>> = None;
     let mut context = None;
-    for hit in current.policy.matches(&window.title, current.user, buffer) {
+    let user = User {
+        kind: current.user,
+        groups: &current.groups,
+    };
+    for hit in current.policy.matches(&window.title, user, buffer) {
         if limit.admit(&hit.rule.id, window.id, &window.title, Instant::now()) == Admission::Counted
         {
             continue;

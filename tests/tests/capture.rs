@@ -1019,3 +1019,103 @@ fn active_window(desktop: &Desktop) -> Option<Window> {
         .ok()?;
     reply.value32()?.next().filter(|w| *w != 0)
 }
+
+/// Groups from the directory reach the device for the accounts that use
+/// it: a rule scoped to the user's group fires, one scoped to another
+/// group does not, and an ignored word (a pupil's name that is also slang)
+/// does not fire, while the other phrases of the same title still do.
+#[test]
+fn group_scoped_rules_and_ignored_words_follow_the_directory() {
+    let data = CollectorData::init("Cabot");
+    let (_xvfb, display) = start_xvfb(&data.logs());
+    let folder = tempfile::tempdir().unwrap();
+    // This test's user is a pupil in Year 7 (and SEN) in the directory.
+    let directory = folder.path().join("mis.csv");
+    std::fs::write(
+        &directory,
+        format!(
+            "username,role,groups\n{},pupil,Year 7;SEN\nsomeone.else,pupil,Year 9\n",
+            whoami()
+        ),
+    )
+    .unwrap();
+    let imported = data.cli(&[
+        "directory",
+        "import",
+        "--site",
+        "Cabot",
+        directory.to_str().unwrap(),
+    ]);
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    let listed = text(&data.cli(&["directory", "list", "--site", "Cabot"]).stdout);
+    assert!(listed.contains("sen;year-7"), "{listed}");
+    let policy = folder.path().join("cabot.toml");
+    std::fs::write(
+        &policy,
+        "extends = \"default\"\nignored_words = [\"Charlie\"]\n\
+         [[rules]]\nid = \"year-7-only\"\ncategory = \"violence\"\nseverity = 3\ngroups = [\"Year 7\"]\nphrases = [\"zebra protocol\"]\n\
+         [[rules]]\nid = \"year-9-only\"\ncategory = \"violence\"\nseverity = 3\ngroups = [\"year-9\"]\nphrases = [\"yellow submarine\"]\n\
+         [[rules]]\nid = \"slang\"\ncategory = \"drugs\"\nseverity = 2\nphrases = [\"charlie\"]\n",
+    )
+    .unwrap();
+    let saved = data.cli(&["policy", "set", "--site", "Cabot", policy.to_str().unwrap()]);
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
+
+    let collector = data.start();
+    let utmp = folder.path().join("utmp");
+    let now = jiff::Timestamp::now().as_second();
+    std::fs::write(
+        &utmp,
+        fixtures::utmp_record(&display, &whoami(), &display, now),
+    )
+    .unwrap();
+    let agent = Agent::with_config_and_capture(
+        &data.agent_settings(&collector, "e2e-groups"),
+        &format!(
+            "[sessions]\nsource = \"utmp\"\nutmp_path = \"{}\"\npoll_secs = 1\n",
+            utmp.display()
+        ),
+        "",
+    );
+    agent.enroll();
+    let _daemon = agent.start();
+    let mut helper = start_helper(&agent, &display, &data.logs());
+    // The session reaches the collector, which sends the device its
+    // account's groups; the daemon passes them to the helper.
+    wait_for(
+        "the helper to hold the site policy and its groups",
+        WAIT,
+        || {
+            helper.assert_running();
+            let log = helper.stderr_text();
+            log.lines()
+                .any(|l| {
+                    l.contains("policy received")
+                        && l.contains("version=1")
+                        && l.contains("groups=2")
+                })
+                .then_some(())
+        },
+    );
+    let title = "Charlie: zebra protocol, yellow submarine, how to kill myself";
+    let desktop = Desktop::connect(&display);
+    desktop.show(title);
+    let rules = || -> Vec<String> {
+        let mut rules: Vec<String> = captures(&data)
+            .iter()
+            .filter(|c| c["window_title"] == title)
+            .map(|c| c["rule_id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        rules.sort();
+        rules
+    };
+    wait_for("the title's captures", WAIT, || {
+        helper.assert_running();
+        (rules().len() >= 2).then_some(())
+    });
+    assert_eq!(
+        rules(),
+        ["self-harm-suicide", "year-7-only"],
+        "the Year 7 rule fires, the Year 9 one and the ignored name do not"
+    );
+}

@@ -34,11 +34,10 @@ use super::{HelperCapture, HelperPolicy};
 use crate::aup::{AupHub, AupInForce, Verdict};
 use crate::config::AgentConfig;
 use crate::outbox::Outbox;
-use crate::policy::{InForce, Policy, PolicyHub, PolicyText, UserKind};
+use crate::policy::{InForce, Policy, PolicyHub, PolicyText, User, UserKind};
 use crate::state::State;
 use hallmonitor_capture_protocol::{AupAnswer, DaemonLine, HelperLine};
 use hallmonitor_capture_protocol::{ContextWindow, MAX_CONTEXT_ENTRIES};
-use hallmonitor_policy::aup::builtin_groups;
 
 /// The longest line a helper may send: a `MAX_IMAGE_BYTES` image in base64
 /// and the text around it.
@@ -306,7 +305,10 @@ impl Connection {
             };
             let in_force = self.policies.borrow_and_update().clone();
             let policy = policy_for(&mut parsed, &in_force.policy);
-            let user = in_force.user_kind(&self.account);
+            let user = User {
+                kind: in_force.user_kind(&self.account),
+                groups: in_force.user_groups(&self.account),
+            };
             let checked = check(
                 &capture,
                 &policy,
@@ -366,8 +368,7 @@ impl Connection {
     /// daemon asked of this account (`aup::judge`), then ends the session
     /// when a decline says so.
     async fn answer(&mut self, answer: AupAnswer) {
-        let groups =
-            builtin_groups(self.policies.borrow().user_kind(&self.account) == UserKind::Staff);
+        let groups = self.policies.borrow().aup_groups(&self.account);
         let state = State::new(&self.outbox);
         let answered = match state.aup_answered(&self.account).await {
             Ok(answered) => answered,
@@ -466,7 +467,7 @@ fn check(
     capture: &HelperCapture,
     policy: &Policy,
     policy_version: u64,
-    user: UserKind,
+    user: User<'_>,
     buffer: &mut String,
 ) -> Result<Checked, Refusal> {
     let title = bounded(&capture.window_title, MAX_TITLE);
@@ -622,6 +623,7 @@ async fn send_policies(
                 origin: in_force.policy.origin,
                 toml: in_force.policy.toml.to_string(),
                 staff: in_force.user_kind(&account) == UserKind::Staff,
+                groups: in_force.user_groups(&account).to_vec(),
                 repeat_window_secs: u64::from(in_force.repeat_window_secs),
             }
         };
@@ -635,13 +637,13 @@ async fn send_policies(
         }
         let in_force = aup.borrow_and_update().clone();
         if let Some(in_force) = in_force.filter(|a| a.version > prompted) {
-            let staff = policies.borrow().user_kind(&account) == UserKind::Staff;
+            let groups = policies.borrow().aup_groups(&account);
             let answered = State::new(&outbox)
                 .aup_answered(&account)
                 .await
                 .unwrap_or(0);
             if let Some(prompt) =
-                crate::aup::prompt_for(&in_force, &builtin_groups(staff), answered)
+                crate::aup::prompt_for(&in_force, &groups, answered)
             {
                 let line = DaemonLine::Aup { aup: prompt };
                 let mut line = serde_json::to_vec(&line).expect("plain data serialises");
@@ -704,7 +706,13 @@ mod tests {
             ),
         ];
         for (name, claim, expected) in cases {
-            let checked = check(&claim, &policy, 3, UserKind::Pupil, &mut buffer);
+            let checked = check(
+                &claim,
+                &policy,
+                3,
+                User::without_groups(UserKind::Pupil),
+                &mut buffer,
+            );
             match (checked, expected) {
                 (Ok(checked), Ok(category)) => {
                     assert_eq!(checked.category, category, "{name}");

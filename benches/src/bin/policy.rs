@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use clap::Parser;
-use hallmonitor_policy::{Policy, UserKind};
+use hallmonitor_policy::{Policy, User, UserKind};
 
 #[derive(Parser)]
 struct Args {
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         hits += policy
             .matches(
                 black_box(&titles[n % titles.len()]),
-                UserKind::Pupil,
+                User::without_groups(UserKind::Pupil),
                 &mut buffer,
             )
             .len();

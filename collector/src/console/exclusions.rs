@@ -287,7 +287,7 @@ mod tests {
     use std::sync::Arc;
 
     use axum::http::StatusCode;
-    use hallmonitor_policy::{Policy, UserKind};
+    use hallmonitor_policy::{Policy, User, UserKind};
     use jiff::Timestamp;
     use tower::ServiceExt;
 
@@ -361,14 +361,14 @@ mod tests {
         let mut buffer = String::new();
         assert!(
             policy
-                .matches(title, UserKind::Pupil, &mut buffer)
+                .matches(title, User::without_groups(UserKind::Pupil), &mut buffer)
                 .is_empty()
         );
         assert!(
             !policy
                 .matches(
                     "nobody likes you - Chat - Mozilla Firefox",
-                    UserKind::Pupil,
+                    User::without_groups(UserKind::Pupil),
                     &mut buffer
                 )
                 .is_empty(),

@@ -260,3 +260,102 @@ pub async fn import(
         .await
         .map_err(IntoResponse::into_response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use jiff::Timestamp;
+    use tower::ServiceExt;
+
+    use crate::console::access::COOKIE;
+    use crate::console::test_support::{body, get, session};
+    use crate::model::ConsoleRole;
+    use crate::store::MfaStore;
+    use crate::store::sqlite::testing::store_with_device;
+
+    fn upload(who: &str, csrf: &str, csv: &str) -> Request<Body> {
+        let boundary = "hm-test-boundary";
+        let mut form = String::new();
+        for (name, value) in [("csrf", csrf), ("site", "Cabot"), ("kind", "directory")] {
+            form.push_str(&format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            ));
+        }
+        form.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"mis.csv\"\r\nContent-Type: text/csv\r\n\r\n{csv}\r\n--{boundary}--\r\n"
+        ));
+        Request::post("/mfa/import")
+            .header(header::COOKIE, format!("{COOKIE}={who}-token"))
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Body::from(form))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_directory_with_groups_is_imported_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, site, _) = store_with_device(dir.path(), Timestamp::now()).await;
+        session(&store, "tech1", ConsoleRole::Technician, site.id).await;
+        session(&store, "gov1", ConsoleRole::Governor, site.id).await;
+        let store = Arc::new(store);
+        let app = crate::api::router(store.clone(), Arc::new(Default::default()), None);
+        let good = "username,role,groups\npupil1,pupil,Year 7; SEN\n";
+
+        let forged = app
+            .clone()
+            .oneshot(upload("tech1", "x", good))
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        let governor = app
+            .clone()
+            .oneshot(upload("gov1", "gov1-token", good))
+            .await
+            .unwrap();
+        assert_eq!(governor.status(), StatusCode::FORBIDDEN);
+        assert!(store.directory(site.id).await.unwrap().is_empty());
+
+        let page = body(
+            app.clone()
+                .oneshot(upload("tech1", "tech1-token", good))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            page.contains("Directory of Cabot: 1 accounts; 1 added"),
+            "{page}"
+        );
+        let stored = store.directory(site.id).await.unwrap();
+        assert_eq!(stored[0].groups, ["sen", "year-7"]);
+
+        let bad = "username,role,groups\npupil1,pupil,Year 9\npupil2,pupil,Year<8>\n";
+        let page = body(
+            app.clone()
+                .oneshot(upload("tech1", "tech1-token", bad))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            page.contains("mis.csv: line 3, column 3 (groups): group"),
+            "{page}"
+        );
+        assert_eq!(
+            store.directory(site.id).await.unwrap()[0].groups,
+            ["sen", "year-7"],
+            "nothing half-imported"
+        );
+        let listed = body(app.oneshot(get("/mfa", "tech1")).await.unwrap()).await;
+        assert!(
+            listed.contains("groups"),
+            "the import form names the column: {listed}"
+        );
+    }
+}

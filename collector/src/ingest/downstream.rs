@@ -368,7 +368,8 @@ pub(super) fn command_message(command: &CommandRecord) -> v1::CollectorMessage {
 }
 
 /// The device's compliance as the agent keeps it for `hallmonitor-agent
-/// check`: re-evaluated now, so it is current.
+/// check`: re-evaluated now, so it is current; with the directory groups
+/// of the accounts that have used the device (for group-scoped rules).
 pub async fn device_state(
     store: &dyn Store,
     config: &CollectorConfig,
@@ -382,11 +383,18 @@ pub async fn device_state(
     }
     let lock = config.lock_stale_sessions(&report.devices[0].site);
     let json = serde_json::to_string(&report).expect("reports serialise");
+    let account_groups = store
+        .account_groups_on_device(device)
+        .await?
+        .into_iter()
+        .map(|(account, groups)| v1::AccountGroups { account, groups })
+        .collect();
     Ok(Some(v1::CollectorMessage {
         body: Some(v1::collector_message::Body::State(v1::DeviceState {
             as_of: Some(wire_timestamp(now)),
             compliance_json: json,
             lock_stale_mfa_sessions: lock,
+            account_groups,
         })),
     }))
 }

@@ -529,6 +529,12 @@ pub trait MfaStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<DirectoryImport>;
     async fn directory(&self, site: SiteId) -> Result<Vec<DirectoryAccount>>;
+    /// The directory groups of the accounts that have had a session on
+    /// `device` (and are in its site's directory with a group), by account.
+    async fn account_groups_on_device(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Vec<(String, Vec<String>)>>;
     /// Stores completions not held yet (by source and external id), in one
     /// transaction; returns how many were new.
     async fn record_mfa_completions(

@@ -21,7 +21,7 @@ async fn directory_in(
     site: SiteId,
 ) -> Result<Vec<DirectoryAccount>> {
     let rows = sqlx::query(
-        "SELECT username, role, email, display_name FROM directory_accounts WHERE site_id = ? ORDER BY username",
+        "SELECT username, role, email, display_name, groups FROM directory_accounts WHERE site_id = ? ORDER BY username",
     )
     .bind(site.0)
     .fetch_all(&mut *executor)
@@ -35,8 +35,18 @@ async fn directory_in(
                     .ok_or_else(|| StoreError::Corrupt(format!("directory role '{role}'")))?,
                 email: r.try_get("email")?,
                 display_name: r.try_get("display_name")?,
+                groups: split_groups(&r.try_get::<String, _>("groups")?),
             })
         })
+        .collect()
+}
+
+/// The stored `groups` column: names joined by ';' (none may hold one).
+fn split_groups(column: &str) -> Vec<String> {
+    column
+        .split(';')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
         .collect()
 }
 
@@ -99,7 +109,7 @@ impl crate::store::MfaStore for SqliteStore {
             .await?;
         for chunk in accounts.chunks(500) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO directory_accounts (site_id, username, role, email, display_name, imported_at) ",
+                "INSERT INTO directory_accounts (site_id, username, role, email, display_name, groups, imported_at) ",
             );
             insert.push_values(chunk, |mut row, a| {
                 row.push_bind(site.0)
@@ -107,6 +117,7 @@ impl crate::store::MfaStore for SqliteStore {
                     .push_bind(a.role.as_str())
                     .push_bind(a.email.clone())
                     .push_bind(a.display_name.clone())
+                    .push_bind(a.groups.join(";"))
                     .push_bind(millis(at));
             });
             insert.build().execute(&mut *tx).await?;
@@ -118,6 +129,32 @@ impl crate::store::MfaStore for SqliteStore {
     async fn directory(&self, site: SiteId) -> Result<Vec<DirectoryAccount>> {
         let mut connection = self.reader.acquire().await?;
         directory_in(&mut connection, site).await
+    }
+
+    async fn account_groups_on_device(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Vec<(String, Vec<String>)>> {
+        // Only accounts with a session on this device, from its own site's
+        // directory: a device never learns the rest of the school.
+        let rows = sqlx::query(
+            "SELECT d.username, d.groups FROM directory_accounts d \
+             JOIN devices v ON v.id = ? AND d.site_id = v.site_id \
+             WHERE d.groups <> '' AND d.username IN (SELECT DISTINCT account FROM sessions WHERE device_id = ?) \
+             ORDER BY d.username",
+        )
+        .bind(device.as_str())
+        .bind(device.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("username")?,
+                    split_groups(&r.try_get::<String, _>("groups")?),
+                ))
+            })
+            .collect()
     }
 
     async fn record_mfa_completions(
@@ -494,6 +531,7 @@ mod tests {
             role: Role::Staff,
             email: String::new(),
             display_name: String::new(),
+            groups: Vec::new(),
         };
         store
             .import_directory(site.id, &[teacher], enrolled)
@@ -546,5 +584,104 @@ mod tests {
         assert_eq!(pairs.len(), 1, "{pairs:?}");
         assert_eq!(pairs[0].last_mfa, Some(as_of - day * 10));
         assert_eq!(pairs[0].status, MfaStatus::Fresh);
+    }
+
+    /// Groups are stored per site, replaced with each import, and a device
+    /// learns only those of accounts that have had sessions on it.
+    #[tokio::test]
+    async fn groups_are_imported_replaced_and_given_only_to_devices_used() {
+        use crate::directory::parse_directory;
+        use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
+        use crate::store::SiteStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = t("2026-11-01T00:00:00Z");
+        let (store, site, device) =
+            crate::store::sqlite::testing::store_with_device(dir.path(), at).await;
+        let other = store
+            .create_site("Brook", "Europe/London", at)
+            .await
+            .unwrap();
+        let csv = "username,role,groups\n\
+                   pupil1,pupil,Year 7;SEN\n\
+                   pupil2,pupil,Year 8\n\
+                   pupil3,pupil,Year 7\n\
+                   j.smith,staff,\n";
+        let accounts = parse_directory(csv.as_bytes(), "mis.csv").unwrap();
+        store
+            .import_directory(site.id, &accounts, at)
+            .await
+            .unwrap();
+        // The other school names pupil3 too, in another group.
+        let theirs =
+            parse_directory(b"username,role,groups\npupil3,pupil,Brook Y9\n", "b.csv").unwrap();
+        store.import_directory(other.id, &theirs, at).await.unwrap();
+        let stored = store.directory(site.id).await.unwrap();
+        let groups_of = |name: &str| {
+            stored
+                .iter()
+                .find(|a| a.username == name)
+                .map(|a| a.groups.clone())
+                .unwrap()
+        };
+        assert_eq!(groups_of("pupil1"), ["sen", "year-7"]);
+        assert!(groups_of("j.smith").is_empty());
+        assert!(
+            store
+                .account_groups_on_device(&device)
+                .await
+                .unwrap()
+                .is_empty(),
+            "no sessions yet"
+        );
+
+        let events: Vec<Event> = ["pupil1", "pupil3", "j.smith", "stranger"]
+            .iter()
+            .enumerate()
+            .map(|(n, account)| Event {
+                seq: Seq(n as u64 + 1),
+                event_id: format!("e{n}"),
+                occurred_at: at,
+                body: EventBody::Session(SessionRecord {
+                    session_id: format!("s{n}"),
+                    account: (*account).into(),
+                    uid: 1001 + n as u32,
+                    kind: SessionKind::Graphical,
+                    started_at: at,
+                    ended_at: Some(at + SignedDuration::from_hours(1)),
+                    active_secs: 3600,
+                }),
+            })
+            .collect();
+        store.record_batch(&device, &events, at).await.unwrap();
+        let on_device = store.account_groups_on_device(&device).await.unwrap();
+        assert_eq!(
+            on_device,
+            [
+                (
+                    "pupil1".to_owned(),
+                    vec!["sen".to_owned(), "year-7".to_owned()]
+                ),
+                ("pupil3".to_owned(), vec!["year-7".to_owned()]),
+            ],
+            "pupil2 never used it; no groups for j.smith; not the other site's"
+        );
+
+        let again = parse_directory(
+            b"username,role,groups\npupil1,pupil,Year 8\npupil3,pupil,Year 7\n",
+            "mis.csv",
+        )
+        .unwrap();
+        let summary = store.import_directory(site.id, &again, at).await.unwrap();
+        assert_eq!(
+            (summary.updated, summary.unchanged, summary.removed),
+            (1, 1, 2)
+        );
+        let on_device = store.account_groups_on_device(&device).await.unwrap();
+        assert_eq!(
+            on_device[0],
+            ("pupil1".to_owned(), vec!["year-8".to_owned()]),
+            "replaced"
+        );
     }
 }
