@@ -191,45 +191,58 @@ pub fn answer_event(
     })
 }
 
-/// The logind session a process belongs to, from its cgroup
-/// (`…/session-N.scope`, as `sd_pid_get_session` reads it).
-pub fn session_of_cgroup(cgroup: &str) -> Option<String> {
+/// The logind session a process of `uid` belongs to, from its cgroup:
+/// only the exact path logind gives a session,
+/// `/user.slice/user-UID.slice/session-N.scope`, which root owns. A
+/// `session-N.scope` anywhere else (a user may name scopes under their own
+/// `user@UID.service`) is no session.
+pub fn session_of_cgroup(cgroup: &str, uid: u32) -> Option<String> {
+    let prefix = format!("/user.slice/user-{uid}.slice/session-");
     cgroup.lines().find_map(|line| {
-        let path = line.rsplit(':').next()?;
-        path.split('/').find_map(|part| {
-            let id = part.strip_prefix("session-")?.strip_suffix(".scope")?;
-            (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-                .then(|| id.to_owned())
-        })
+        // cgroup v2's line is `0::PATH`; v1 lines name a controller.
+        let path = line.splitn(3, ':').nth(2)?;
+        let id = path.strip_prefix(&prefix)?.strip_suffix(".scope")?;
+        (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then(|| id.to_owned())
     })
 }
 
+/// Which sessions to end for `account`: of the sessions the session source
+/// lists for it (never anyone else's), the helper's own when its cgroup
+/// names one of them, else all of them.
+pub fn sessions_to_end(listed: Vec<String>, from_cgroup: Option<String>) -> Vec<String> {
+    match from_cgroup {
+        Some(own) if listed.contains(&own) => vec![own],
+        _ => listed,
+    }
+}
+
 /// Ends the session of a user who declined: the session of the helper
-/// process `pid` when logind placed it in one, else the account's sessions
-/// the session source lists. Returns what happened, for the event.
+/// process `pid` when logind placed it in one of the account's sessions,
+/// else the account's sessions the session source lists. Returns what
+/// happened, for the event.
 pub async fn end_sessions(
     config: &crate::config::AgentConfig,
     account: &str,
+    uid: u32,
     pid: Option<i32>,
 ) -> String {
-    let mut targets = Vec::new();
+    let mut from_cgroup = None;
     if let Some(pid) = pid
         && let Ok(cgroup) = tokio::fs::read_to_string(format!("/proc/{pid}/cgroup")).await
-        && let Some(session) = session_of_cgroup(&cgroup)
     {
-        targets.push(session);
+        from_cgroup = session_of_cgroup(&cgroup, uid);
     }
-    if targets.is_empty() {
-        let source = crate::sessions::source(&config.sessions);
-        if let Ok(Ok(sessions)) = tokio::task::spawn_blocking(move || source.sessions()).await {
-            targets.extend(
-                sessions
-                    .into_iter()
-                    .filter(|s| s.account == account)
-                    .map(|s| s.platform_id),
-            );
-        }
-    }
+    let source = crate::sessions::source(&config.sessions);
+    let listed = match tokio::task::spawn_blocking(move || source.sessions()).await {
+        Ok(Ok(sessions)) => sessions
+            .into_iter()
+            .filter(|s| s.account == account)
+            .map(|s| s.platform_id)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let targets = sessions_to_end(listed, from_cgroup);
     if targets.is_empty() {
         return "no session found to end".into();
     }
@@ -401,24 +414,72 @@ mod tests {
     fn the_logind_session_is_read_from_the_cgroup() {
         let cases = [
             (
+                "v2",
                 "0::/user.slice/user-1000.slice/session-3.scope\n",
                 Some("3"),
             ),
             (
+                "v1 controller line",
                 "12:pids:/user.slice/user-1000.slice/session-c2.scope\n0::/x\n",
                 Some("c2"),
             ),
             (
+                "the user's own manager",
                 "0::/user.slice/user-1000.slice/user@1000.service/app.slice\n",
                 None,
             ),
-            ("0::/session-.scope\n", None),
-            ("0::/session-1;rm.scope\n", None),
-            ("", None),
+            (
+                "a scope the user named session-c1",
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/session-c1.scope\n",
+                None,
+            ),
+            (
+                "another uid's session",
+                "0::/user.slice/user-1001.slice/session-4.scope\n",
+                None,
+            ),
+            (
+                "nested deeper",
+                "0::/user.slice/user-1000.slice/session-3.scope/x\n",
+                None,
+            ),
+            (
+                "empty id",
+                "0::/user.slice/user-1000.slice/session-.scope\n",
+                None,
+            ),
+            (
+                "odd characters",
+                "0::/user.slice/user-1000.slice/session-1;rm.scope\n",
+                None,
+            ),
+            ("nothing", "", None),
         ];
-        for (cgroup, expected) in cases {
-            assert_eq!(session_of_cgroup(cgroup).as_deref(), expected, "{cgroup}");
+        for (name, cgroup, expected) in cases {
+            assert_eq!(
+                session_of_cgroup(cgroup, 1000).as_deref(),
+                expected,
+                "{name}"
+            );
         }
+    }
+
+    #[test]
+    fn only_the_accounts_own_sessions_are_ended() {
+        let listed = || vec!["3".to_owned(), "7".to_owned()];
+        let cases = [
+            ("its own, named by the cgroup", Some("7"), vec!["7"]),
+            ("a session not the account's", Some("c1"), vec!["3", "7"]),
+            ("no cgroup session", None, vec!["3", "7"]),
+        ];
+        for (name, cgroup, expected) in cases {
+            assert_eq!(
+                sessions_to_end(listed(), cgroup.map(str::to_owned)),
+                expected,
+                "{name}"
+            );
+        }
+        assert!(sessions_to_end(Vec::new(), Some("3".into())).is_empty());
     }
 
     #[tokio::test]

@@ -157,12 +157,15 @@ impl Aup {
                     format!("audiences.groups: at most {MAX_GROUPS} groups"),
                 ));
             }
-            if let Some(empty) = groups.iter().find(|g| g.trim().is_empty() || g.len() > 200) {
-                return Err(error(
-                    at,
-                    format!("audiences.groups: {empty:?} is not a group name"),
-                ));
-            }
+            // Named as the directory names them ("Year 7" is `year-7`), so
+            // an audience matches the groups users are in.
+            let groups = groups
+                .iter()
+                .map(|g| {
+                    crate::group_name(g)
+                        .map_err(|m| error(at, format!("audiences.groups: {g:?}: {m}")))
+                })
+                .collect::<Result<BTreeSet<String>, _>>()?;
             let title = match &spec.title {
                 Some(own) => {
                     check_title(own.get_ref()).map_err(|m| error(Some(own.span().start), m))?;
@@ -173,7 +176,7 @@ impl Aup {
             check_text(spec.text.get_ref())
                 .map_err(|m| error(Some(spec.text.span().start), format!("audiences.{m}")))?;
             audiences.push(Audience {
-                groups: groups.iter().map(|g| g.trim().to_owned()).collect(),
+                groups,
                 prompt: Prompt {
                     title,
                     text: spec.text.get_ref().clone(),
@@ -371,6 +374,12 @@ text = "Year 7: ask a teacher."
             ),
             ("title too long", long_title.as_str(), Some(1), "title"),
             (
+                "a group name the directory could not have",
+                "text = \"t\"\n[[audiences]]\ngroups = [\"year 7!\"]\ntext = \"p\"\n",
+                Some(3),
+                "year 7!",
+            ),
+            (
                 "control characters",
                 "text = \"a\\u0007b\"\n",
                 Some(1),
@@ -383,6 +392,18 @@ text = "Year 7: ask a teacher."
             assert_eq!(error.line, *line, "{name}: {error}");
             assert!(error.to_string().contains(needle), "{name}: {error}");
         }
+    }
+
+    #[test]
+    fn audience_groups_are_named_as_the_directory_names_them() {
+        let aup = Aup::parse(
+            "[[audiences]]\ngroups = [\"Year 7\", \"SEN\"]\ntext = \"y7\"\n",
+            "aup.toml",
+        )
+        .unwrap();
+        assert_eq!(aup.select(&groups(&["year-7"])).unwrap().text, "y7");
+        assert_eq!(aup.select(&groups(&["sen"])).unwrap().text, "y7");
+        assert!(aup.select(&groups(&["year-8"])).is_none());
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! Rules can be narrowed to groups of users (year groups, staff, SEN, as
 //! the site's directory names them): a rule's `groups`, and per category
 //! `[categories.<name>] groups` / `skip_groups`. `ignored_words` (pupils'
-//! first names that collide with slang) are taken out of a title before
-//! phrases count: a phrase hit overlapping one never fires.
+//! first names that collide with slang) do not fire: a phrase hit lying
+//! wholly inside one does not count, while a longer phrase that includes
+//! it still does (so one name cannot silence "pro ana").
 //!
 //! Matching is on normalised text: case folded, accents removed (NFKD),
 //! common letter substitutions undone (`k1ll` → `kill`, `@` → `a`), and
@@ -239,7 +240,7 @@ pub fn group_name(raw: &str) -> Result<String, String> {
 enum Pattern {
     /// A rule's phrase, as the policy writes it.
     Phrase { rule: usize, written: String },
-    /// An ignored word: phrase hits overlapping it do not count.
+    /// An ignored word: phrase hits lying wholly inside it do not count.
     Ignored,
 }
 
@@ -586,11 +587,13 @@ impl Policy {
         }
         let mut fired: Vec<(usize, &'a str)> = Vec::new();
         for (range, pattern) in hits {
-            // Blanking the ignored word out of the title would leave this
-            // hit without its letters: it does not count.
+            // A hit that lies wholly inside an ignored word (the pupil's
+            // name "Charlie", not the slang) does not count; a longer
+            // phrase that merely includes it ("pro ana" with "Ana"
+            // ignored) still does, so one name cannot silence a phrase.
             if ignored
                 .iter()
-                .any(|i| i.start < range.end && range.start < i.end)
+                .any(|i| i.start <= range.start && range.end <= i.end)
             {
                 continue;
             }
@@ -648,12 +651,81 @@ fn check_notice(notice: &str) -> Result<String, String> {
     Ok(trimmed.to_owned())
 }
 
+/// The group names a stored policy or acceptable-use document (`toml`,
+/// already validated) gives a meaning: rules' `groups`, categories'
+/// `groups` and `skip_groups`, audiences' `groups`; normalised as the
+/// directory names them. The collector tells a device only about these
+/// groups of its users, so a device never learns a group (SEN, say) that
+/// changes nothing it does.
+pub fn named_groups(toml: &str) -> std::collections::BTreeSet<String> {
+    let mut named = std::collections::BTreeSet::new();
+    let Ok(document) = toml.parse::<toml::Table>() else {
+        return named;
+    };
+    let mut take = |list: Option<&toml::Value>| {
+        for name in list
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(toml::Value::as_str)
+        {
+            if let Ok(name) = group_name(name) {
+                named.insert(name);
+            }
+        }
+    };
+    for section in ["rules", "audiences"] {
+        for entry in document
+            .get(section)
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            take(entry.get("groups"));
+        }
+    }
+    for category in document
+        .get("categories")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flat_map(|t| t.values())
+    {
+        take(category.get("groups"));
+        take(category.get("skip_groups"));
+    }
+    named
+}
+
 /// The project's default policy (documented in the file itself).
 pub const DEFAULT_POLICY: &str = include_str!("../default.toml");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_groups_a_document_names() {
+        let policy = r#"
+            ignored_words = ["sen"]
+            [[rules]]
+            id = "a"
+            category = "gaming"
+            severity = 1
+            phrases = ["x"]
+            groups = ["Year 7"]
+            [categories.drugs]
+            skip_groups = ["Sixth Form"]
+            [categories.gaming]
+            groups = ["year-8", "year 7"]
+        "#;
+        let named: Vec<String> = named_groups(policy).into_iter().collect();
+        assert_eq!(named, ["sixth-form", "year-7", "year-8"]);
+        let aup = "text = \"t\"\n[[audiences]]\ngroups = [\"SEN\", \"pupils\"]\ntext = \"p\"\n";
+        let named: Vec<String> = named_groups(aup).into_iter().collect();
+        assert_eq!(named, ["pupils", "sen"]);
+        assert!(named_groups("not = [toml").is_empty());
+        assert!(named_groups("").is_empty());
+    }
 
     fn policy(text: &str) -> Policy {
         Policy::parse(text, Path::new("policy.toml")).unwrap()
@@ -970,11 +1042,11 @@ mod tests {
                 &["self-harm"],
             ),
             (
-                "ignored word inside a phrase",
+                "a longer phrase holding an ignored word still fires",
                 "buy charlie online",
                 Pupil,
                 &none,
-                &[],
+                &["slang"],
             ),
             (
                 "ignored word only as a whole word",

@@ -405,7 +405,7 @@ impl Connection {
             return;
         }
         let outcome = if log_out {
-            crate::aup::end_sessions(&self.config, &self.account, self.pid).await
+            crate::aup::end_sessions(&self.config, &self.account, self.uid, self.pid).await
         } else {
             String::new()
         };
@@ -642,17 +642,17 @@ async fn send_policies(
                 .aup_answered(&account)
                 .await
                 .unwrap_or(0);
-            if let Some(prompt) =
-                crate::aup::prompt_for(&in_force, &groups, answered)
-            {
+            if let Some(prompt) = crate::aup::prompt_for(&in_force, &groups, answered) {
                 let line = DaemonLine::Aup { aup: prompt };
                 let mut line = serde_json::to_vec(&line).expect("plain data serialises");
                 line.push(b'\n');
                 if writer.write_all(&line).await.is_err() {
                     return;
                 }
+                prompted = in_force.version;
             }
-            prompted = in_force.version;
+            // Not asked (no audience for this user yet, or answered):
+            // looked at again when the user's groups or kind arrive.
         }
         tokio::select! {
             changed = policies.changed() => if changed.is_err() { return },

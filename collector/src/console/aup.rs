@@ -367,6 +367,15 @@ mod tests {
                 },
             }),
         };
+        let author = crate::policies::Author {
+            name: "tech",
+            address: "cli",
+        };
+        for text in ["text = \"a\"\n", "text = \"b\"\n"] {
+            crate::store::AupStore::save_site_aup(&store, site.id, text, "h", author, now)
+                .await
+                .unwrap();
+        }
         store
             .record_batch(
                 &device,

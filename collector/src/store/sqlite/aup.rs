@@ -30,9 +30,15 @@ pub(super) async fn record_answer(
     answer: &AupAnswerRecord,
     received_at: Timestamp,
 ) -> Result<()> {
+    // A device's clock (or a hostile device) cannot date an answer in the
+    // future to sit at the top of the list, and an answer to a version its
+    // site never had is not one (the event itself is still kept).
+    let latest = received_at + crate::rules::mfa::MAX_CLOCK_SKEW;
+    let answered_at = answer.answered_at.min(latest);
     sqlx::query(
         "INSERT INTO aup_answers (device_id, seq, site_id, account, version, answer, outcome, answered_at, received_at) \
-         SELECT ?, ?, site_id, ?, ?, ?, ?, ?, ? FROM devices WHERE id = ? \
+         SELECT ?, ?, d.site_id, ?, ?, ?, ?, ?, ? FROM devices d WHERE d.id = ? \
+         AND EXISTS (SELECT 1 FROM site_aups a WHERE a.site_id = d.site_id AND a.version = ?) \
          ON CONFLICT (device_id, seq) DO NOTHING",
     )
     .bind(device.as_str())
@@ -41,9 +47,10 @@ pub(super) async fn record_answer(
     .bind(answer.version as i64)
     .bind(answer.answer.as_str())
     .bind(&answer.outcome)
-    .bind(millis(answer.answered_at))
+    .bind(millis(answered_at))
     .bind(millis(received_at))
     .bind(device.as_str())
+    .bind(answer.version as i64)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -213,12 +220,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = at("2026-11-30T09:00:00Z");
         let (store, site, device) = store_with_device(dir.path(), now).await;
+        let author = crate::policies::Author {
+            name: "tech",
+            address: "cli",
+        };
+        for text in ["text = \"a\"\n", "text = \"b\"\n"] {
+            store
+                .save_site_aup(site.id, text, "h", author, now)
+                .await
+                .unwrap();
+        }
+        let mut from_the_future = answer(4, "pupil3", 2, AupAnswerKind::Accept);
+        if let EventBody::AupAnswer(a) = &mut from_the_future.body {
+            a.answered_at = at("2030-01-01T00:00:00Z");
+        }
         let batch = [
             answer(1, "pupil1", 1, AupAnswerKind::Accept),
             answer(2, "pupil2", 1, AupAnswerKind::Decline),
             answer(3, "pupil1", 2, AupAnswerKind::Decline),
+            // A version the site never had: not an answer.
+            answer(5, "pupil4", 9, AupAnswerKind::Accept),
+            from_the_future,
         ];
         store.record_batch(&device, &batch, now).await.unwrap();
+        let future = store
+            .aup_answers(&AupAnswerFilter {
+                limit: 100,
+                ..AupAnswerFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.record.account == "pupil3")
+            .unwrap();
+        assert_eq!(
+            future.record.answered_at,
+            now + crate::rules::mfa::MAX_CLOCK_SKEW,
+            "a time ahead of the collector's clock is held to its skew"
+        );
+        // The rest counts the three ordinary answers.
+        sqlx::query("DELETE FROM aup_answers WHERE account = 'pupil3'")
+            .execute(&store.writer)
+            .await
+            .unwrap();
         // The agent retries the batch: nothing doubles.
         store.record_batch(&device, &batch, now).await.unwrap();
         let all = AupAnswerFilter {

@@ -147,14 +147,37 @@ impl crate::store::MfaStore for SqliteStore {
         .bind(device.as_str())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("username")?,
-                    split_groups(&r.try_get::<String, _>("groups")?),
-                ))
-            })
-            .collect()
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Only the groups the site's policy or acceptable-use policy in
+        // force name: a group that changes nothing on the device (SEN, say)
+        // never reaches it, whatever sessions it reports.
+        let documents: Vec<(String,)> = sqlx::query_as(
+            "SELECT toml FROM (SELECT p.policy_toml AS toml FROM site_policies p JOIN devices v ON v.id = ? AND p.site_id = v.site_id \
+             ORDER BY p.version DESC LIMIT 1) \
+             UNION ALL SELECT toml FROM (SELECT a.aup_toml AS toml FROM site_aups a JOIN devices v ON v.id = ? AND a.site_id = v.site_id \
+             ORDER BY a.version DESC LIMIT 1)",
+        )
+        .bind(device.as_str())
+        .bind(device.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let named: std::collections::BTreeSet<String> = documents
+            .iter()
+            .flat_map(|(toml,)| hallmonitor_policy::named_groups(toml))
+            .collect();
+        let mut accounts = Vec::new();
+        for r in &rows {
+            let groups: Vec<String> = split_groups(&r.try_get::<String, _>("groups")?)
+                .into_iter()
+                .filter(|g| named.contains(g))
+                .collect();
+            if !groups.is_empty() {
+                accounts.push((r.try_get("username")?, groups));
+            }
+        }
+        Ok(accounts)
     }
 
     async fn record_mfa_completions(
@@ -592,7 +615,7 @@ mod tests {
     async fn groups_are_imported_replaced_and_given_only_to_devices_used() {
         use crate::directory::parse_directory;
         use crate::model::{Event, EventBody, Seq, SessionKind, SessionRecord};
-        use crate::store::SiteStore;
+        use crate::store::{PolicyStore, SiteStore};
 
         let dir = tempfile::tempdir().unwrap();
         let at = t("2026-11-01T00:00:00Z");
@@ -654,6 +677,25 @@ mod tests {
             })
             .collect();
         store.record_batch(&device, &events, at).await.unwrap();
+        assert!(
+            store
+                .account_groups_on_device(&device)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the site's policy names no group yet: the device learns none"
+        );
+        let policy = "extends = \"default\"\n[[rules]]\nid = \"y\"\ncategory = \"gaming\"\n\
+                      severity = 1\nphrases = [\"x\"]\ngroups = [\"Year 7\", \"Year 8\"]\n\
+                      [categories.drugs]\nskip_groups = [\"SEN\"]\n";
+        let author = crate::policies::Author {
+            name: "test",
+            address: "test",
+        };
+        store
+            .save_site_policy(site.id, policy, "sha", "", author, at)
+            .await
+            .unwrap();
         let on_device = store.account_groups_on_device(&device).await.unwrap();
         assert_eq!(
             on_device,
