@@ -239,6 +239,8 @@ fn people_use_the_console_in_a_browser() {
         ("/mfa", "mfa"),
         ("/settings", "settings"),
         ("/settings/alerts", "alerts"),
+        ("/settings/aup?site=Cabot", "aup-settings"),
+        ("/aup", "aup-answers"),
         ("/account", "account"),
     ] {
         browser.goto(&format!("{console_url}{path}"));

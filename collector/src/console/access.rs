@@ -129,6 +129,13 @@ impl Needs for PoliciesP {
     const FORM_LIMIT: usize = 3 * crate::policies::MAX_POLICY_BYTES + FORM_LIMIT;
 }
 
+/// `Settings`, whose form carries a whole acceptable-use text.
+pub struct AupSettingsP;
+impl Needs for AupSettingsP {
+    const PERMISSION: Permission = Permission::Settings;
+    const FORM_LIMIT: usize = 3 * crate::aup::MAX_AUP_BYTES + FORM_LIMIT;
+}
+
 /// Who is making this request: a signed-in person, or a program holding
 /// an API token (`api::token`), which gets a `Viewer` with the token's role
 /// and sites so both go through the same checks.

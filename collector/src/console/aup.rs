@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use axum::response::IntoResponse;
 
-use super::access::{Allowed, DevicesP, SettingsP, Submit};
+use super::access::{Allowed, AupSettingsP, DevicesP, SettingsP, Submit};
 use super::pages::{PageResult, local, visible_sites};
 use super::{Console, Frame, Problem, page};
 use crate::model::{AupAnswerKind, SiteId};
@@ -221,7 +221,7 @@ async fn render_edit(
 /// `aup::save`, so the agents' parser decides; a refusal shows its line.
 pub async fn save(
     State(console): State<Console>,
-    Submit(viewer, form, ..): Submit<SettingsP, AupForm>,
+    Submit(viewer, form, ..): Submit<AupSettingsP, AupForm>,
 ) -> PageResult {
     let site = super::settings::site_for(&console, &viewer, &form.site, EDIT_PATH).await?;
     let text = form.text.replace("\r\n", "\n");
@@ -325,6 +325,27 @@ mod tests {
             (1, "title = \"Rules\"\ntext = \"Be kind.\"\n")
         );
         assert_eq!(held.created_by, "console:tech1");
+        // A long policy (60 KB, about 180 KB percent-encoded) is not
+        // refused by the form's size limit.
+        let long = format!(
+            "csrf=tech1-token&site=Cabot&text=text+%3D+%22{}%22%0D%0A",
+            "Be%20kind.%20".repeat(5_000)
+        );
+        let saved = app
+            .clone()
+            .oneshot(post("/settings/aup", "tech1", &long))
+            .await
+            .unwrap();
+        assert_eq!(saved.status(), StatusCode::SEE_OTHER, "a long AUP");
+        assert_eq!(
+            store
+                .site_aup(site.id, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            2
+        );
         let broken =
             "csrf=tech1-token&site=Cabot&text=text+%3D+%22a%22%0D%0Adecline+%3D+%22shout%22%0D%0A";
         let html = body(
@@ -342,7 +363,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .version,
-            1
+            2
         );
     }
 
