@@ -271,19 +271,9 @@ pub async fn dispatch_policies(
     streams: &Streams,
     only: Option<&DeviceId>,
 ) -> crate::store::Result<()> {
-    let current: std::collections::HashMap<SiteId, u64> =
-        store.current_policy_versions().await?.into_iter().collect();
+    let current = store.current_policy_versions().await?;
     let mut policies: std::collections::HashMap<SiteId, SitePolicy> = Default::default();
-    for (device, site, held) in streams.policy_holders() {
-        if only.is_some_and(|d| *d != device) {
-            continue;
-        }
-        let Some(&version) = current.get(&site) else {
-            continue;
-        };
-        if held == version {
-            continue;
-        }
+    for (device, site, version) in behind(streams.policy_holders(), current, only) {
         let policy = match policies.entry(site) {
             std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -309,19 +299,9 @@ pub async fn dispatch_aups(
     streams: &Streams,
     only: Option<&DeviceId>,
 ) -> crate::store::Result<()> {
-    let current: std::collections::HashMap<SiteId, u64> =
-        store.current_aup_versions().await?.into_iter().collect();
+    let current = store.current_aup_versions().await?;
     let mut aups: std::collections::HashMap<SiteId, crate::store::SiteAup> = Default::default();
-    for (device, site, held) in streams.aup_holders() {
-        if only.is_some_and(|d| *d != device) {
-            continue;
-        }
-        let Some(&version) = current.get(&site) else {
-            continue;
-        };
-        if held == version {
-            continue;
-        }
+    for (device, site, version) in behind(streams.aup_holders(), current, only) {
         let aup = match aups.entry(site) {
             std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -344,6 +324,25 @@ pub async fn dispatch_aups(
         }
     }
     Ok(())
+}
+
+/// Of the connected agents (`holders`: device, site, version held; or
+/// just `only`), those holding another version of a site document than
+/// their site's newest (`current`: site, version), with that version.
+fn behind(
+    holders: Vec<(DeviceId, SiteId, u64)>,
+    current: Vec<(SiteId, u64)>,
+    only: Option<&DeviceId>,
+) -> Vec<(DeviceId, SiteId, u64)> {
+    let current: std::collections::HashMap<SiteId, u64> = current.into_iter().collect();
+    holders
+        .into_iter()
+        .filter(|(device, _, _)| only.is_none_or(|d| d == device))
+        .filter_map(|(device, site, held)| {
+            let version = *current.get(&site)?;
+            (held != version).then_some((device, site, version))
+        })
+        .collect()
 }
 
 fn policy_message(policy: &SitePolicy) -> v1::CollectorMessage {
@@ -402,6 +401,37 @@ pub async fn device_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_agents_holding_another_version_are_sent_the_newest() {
+        let device = |n: &str| DeviceId::from_string(n.to_owned());
+        let holders = vec![
+            (device("behind"), SiteId(1), 2),
+            (device("current"), SiteId(1), 3),
+            (device("other-site"), SiteId(2), 0),
+            (device("site-without-one"), SiteId(3), 0),
+            // A site's newest may be lower than held (a restored database).
+            (device("ahead"), SiteId(2), 9),
+        ];
+        let current = vec![(SiteId(1), 3), (SiteId(2), 1)];
+        let names = |list: Vec<(DeviceId, SiteId, u64)>| -> Vec<(String, u64)> {
+            list.into_iter()
+                .map(|(d, _, v)| (d.as_str().to_owned(), v))
+                .collect()
+        };
+        assert_eq!(
+            names(behind(holders.clone(), current.clone(), None)),
+            [
+                ("behind".to_owned(), 3),
+                ("other-site".to_owned(), 1),
+                ("ahead".to_owned(), 1)
+            ]
+        );
+        assert_eq!(
+            names(behind(holders, current, Some(&device("current")))),
+            []
+        );
+    }
 
     #[test]
     fn each_device_has_an_evidence_budget_per_day() {
