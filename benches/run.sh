@@ -76,6 +76,16 @@ start_collector() {
     ENROLL=localhost:$(sed 's/.*enroll=[^ ]*:\([0-9]*\).*/\1/' <<< "$line")
 }
 
+# Starts Xvfb (1920x1080) on a free-looking display; sets display and
+# xvfb_pid in the caller's scope (declare them local there).
+start_xvfb() {
+    display=":$((RANDOM % 100 + 300))"
+    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
+    pids+=($!)
+    xvfb_pid=$!
+    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
+}
+
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # "anonymous A MiB, file-backed F MiB": heap and stacks against mapped code.
 rss_split() { awk '/^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "anonymous %.1f MiB, file-backed %.1f MiB", a / 1024, f / 1024}' "/proc/$1/status"; }
@@ -226,11 +236,8 @@ socket = "$work/agent.sock"
 EOF
     local agent=("$agent_bin" --config "$work/agent.toml")
     HALLMONITOR_LOG=warn "${agent[@]}" enroll > /dev/null
-    local display=":$((RANDOM % 100 + 300))"
-    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
-    pids+=($!)
-    local xvfb_pid=$!
-    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
+    local display xvfb_pid
+    start_xvfb
     HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
     pids+=($!)
     local agent_pid=$!
@@ -254,11 +261,8 @@ bench_policy() {
 bench_snapshot() {
     echo "== screen snapshot and session helper memory (Xvfb 1920x1080)"
     build_agent
-    local display=":$((RANDOM % 100 + 300))"
-    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
-    pids+=($!)
-    local xvfb_pid=$!
-    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
+    local display xvfb_pid
+    start_xvfb
     DISPLAY=$display "$bin/snapshot" --rounds 20
     DISPLAY=$display HALLMONITOR_LOG=warn "$session_bin" --socket "$work/none.sock" &
     pids+=($!)
@@ -300,11 +304,8 @@ EOF
     # Idle: the daemon connected with an empty queue (one heartbeat a
     # minute), and a session helper on an X display, connected to it, with
     # nothing on screen changing.
-    local display=":$((RANDOM % 100 + 300))"
-    Xvfb "$display" -nolisten tcp -screen 0 1920x1080x24 2> /dev/null &
-    pids+=($!)
-    local xvfb_pid=$!
-    wait_for "Xvfb on $display" 10 '[[ -e "/tmp/.X11-unix/X${display#:}" ]]'
+    local display xvfb_pid
+    start_xvfb
     HALLMONITOR_LOG=warn "${agent[@]}" run 2> "$work/agent.err" &
     pids+=($!)
     local pid=$!
