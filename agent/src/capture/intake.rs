@@ -223,6 +223,9 @@ impl Drop for ConnectionSlot {
 struct Shared {
     minutes: Mutex<HashMap<String, (Instant, u32)>>,
     refused: AtomicU64,
+    /// Held while an acceptable-use answer is judged and recorded: two
+    /// connections of one user answering at once record one answer.
+    aup_answers: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -231,6 +234,7 @@ impl Shared {
         Shared {
             minutes: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(refused),
+            aup_answers: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -368,6 +372,8 @@ impl Connection {
     /// daemon asked of this account (`aup::judge`), then ends the session
     /// when a decline says so.
     async fn answer(&mut self, answer: AupAnswer) {
+        let shared = self.shared.clone();
+        let _one_at_a_time = shared.aup_answers.lock().await;
         let groups = self.policies.borrow().aup_groups(&self.account);
         let state = State::new(&self.outbox);
         let answered = match state.aup_answered(&self.account).await {
@@ -413,7 +419,14 @@ impl Connection {
         let body = crate::aup::answer_event(&self.account, answer.version, accepted, now, outcome);
         match self.outbox.append(now, body).await {
             Ok(_) => self.wake.notify_one(),
-            Err(e) => tracing::error!(error = %e, "cannot queue an acceptable-use answer"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot queue an acceptable-use answer");
+                // Not recorded after all: the user is asked again rather
+                // than their answer being lost.
+                if let Err(e) = state.set_aup_answered(&self.account, answered).await {
+                    tracing::error!(error = %e, "cannot undo an unqueued acceptable-use answer");
+                }
+            }
         }
     }
 
@@ -803,6 +816,7 @@ mod tests {
         let shared = Shared {
             minutes: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
+            aup_answers: tokio::sync::Mutex::new(()),
         };
         let start = Instant::now();
         for n in 0..CAPTURES_PER_MINUTE {
